@@ -1,0 +1,1 @@
+"""Cluster metadata: objects, event-sourced commands and controllers (DESIGN.md §3)."""

@@ -1,0 +1,1 @@
+"""TLS, identities, the ACL policy engine, masking and audit (DESIGN.md §7)."""

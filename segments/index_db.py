@@ -1,0 +1,225 @@
+"""The one RocksDB of a data directory and the key layout of its column families.
+
+Everything here is a *view* of the segment files except where noted: recovery can rebuild it
+from the ``.log`` files (DESIGN.md §4). Keys start with the partition key (the log's name
+and a NUL byte) so that one database serves every partition; integers in keys are big-endian
+so that RocksDB's byte order is numeric order.
+
+================= ======================================= ===========================================
+column family     key                                      value
+================= ======================================= ===========================================
+offset_index      pkey, base_offset u64                    segment_base u64, position u64, size u32,
+                                                           last_offset_delta i32, max_timestamp i64,
+                                                           segment_max_timestamp i64 (running max)
+time_index        pkey, segment_base u64, ts u64 (biased)  base_offset u64 of the first batch whose
+                                                           max_timestamp raised the segment's max
+partition_state   pkey, name                               per name (see PartitionState)
+leader_epochs     pkey, epoch u32                          start_offset u64
+================= ======================================= ===========================================
+
+``partition_state`` holds the high watermark (a checkpoint, capped by the log end on load),
+the log start offset (also implied by the first segment), the recovery point (how far the
+files are known to be fsynced) and the fenced batches. The leader-epoch history can be rebuilt
+from the batch headers, which carry the epoch.
+"""
+
+from __future__ import annotations
+
+import gc
+import struct
+from typing import Iterator, NamedTuple
+
+from rocksdict import Options, Rdict, WriteBatch
+
+OFFSET_INDEX = "offset_index"
+TIME_INDEX = "time_index"
+PARTITION_STATE = "partition_state"
+LEADER_EPOCHS = "leader_epochs"
+COLUMN_FAMILIES = (OFFSET_INDEX, TIME_INDEX, PARTITION_STATE, LEADER_EPOCHS)
+
+U64 = struct.Struct(">Q")
+U32 = struct.Struct(">I")
+Q = struct.Struct("<q")
+TS_BIAS = 1 << 63
+_ENTRY = struct.Struct("<QQIiqq")
+_RECOVERY_POINT = struct.Struct("<qqq")
+_FENCE = struct.Struct("<qq")
+
+
+def partition_key(name: str) -> bytes:
+    return name.encode("utf-8") + b"\x00"
+
+
+class IndexEntry(NamedTuple):
+    """Where one batch lives, and what the offset index knows of it."""
+
+    base_offset: int
+    segment_base: int
+    position: int
+    size: int
+    last_offset_delta: int
+    max_timestamp: int
+    segment_max_timestamp: int
+
+    @property
+    def next_offset(self) -> int:
+        return self.base_offset + self.last_offset_delta + 1
+
+    @property
+    def end_position(self) -> int:
+        return self.position + self.size
+
+
+def encode_entry(e: IndexEntry) -> bytes:
+    return _ENTRY.pack(
+        e.segment_base, e.position, e.size, e.last_offset_delta, e.max_timestamp, e.segment_max_timestamp
+    )
+
+
+def decode_entry(key: bytes, value: bytes) -> IndexEntry:
+    (base,) = U64.unpack_from(key, len(key) - 8)
+    return IndexEntry(base, *_ENTRY.unpack(value))
+
+
+class RecoveryPoint(NamedTuple):
+    """The log was fsynced up to ``offset``, which begins at ``position`` of ``segment_base``."""
+
+    segment_base: int
+    position: int
+    offset: int
+
+
+class FencedBatch(NamedTuple):
+    """A stored region that failed verification; reads stop before it."""
+
+    segment_base: int
+    position: int
+    size: int
+    base_offset: int
+    reason: str
+
+
+class IndexDb:
+    """One RocksDB per data directory, with a column family per purpose."""
+
+    def __init__(self, path: str) -> None:
+        opts = Options(raw_mode=True)
+        opts.create_if_missing(True)
+        opts.create_missing_column_families(True)
+        self.path = path
+        self._db = Rdict(path, opts, column_families={cf: Options(raw_mode=True) for cf in COLUMN_FAMILIES})
+        self.cf = {cf: self._db.get_column_family(cf) for cf in COLUMN_FAMILIES}
+        self.handle = {cf: self._db.get_column_family_handle(cf) for cf in COLUMN_FAMILIES}
+
+    def write(self, wb: WriteBatch) -> None:
+        self._db.write(wb)
+
+    @staticmethod
+    def batch() -> WriteBatch:
+        return WriteBatch(raw_mode=True)
+
+    def get(self, cf: str, key: bytes) -> bytes | None:
+        return self.cf[cf].get(key)
+
+    def put(self, cf: str, key: bytes, value: bytes) -> None:
+        self.cf[cf].put(key, value)
+
+    def delete(self, cf: str, key: bytes) -> None:
+        self.cf[cf].delete(key)
+
+    def delete_range(self, cf: str, begin: bytes, end: bytes) -> None:
+        wb = self.batch()
+        wb.delete_range(begin, end, self.handle[cf])
+        self._db.write(wb)
+
+    def items_from(self, cf: str, start: bytes, stop: bytes) -> Iterator[tuple[bytes, bytes]]:
+        """Keys in ``[start, stop)`` in order. The iterator is dropped before this returns."""
+        it = self.cf[cf].iter()
+        try:
+            it.seek(start)
+            while it.valid():
+                k = it.key()
+                if k >= stop:
+                    break
+                yield k, it.value()
+                it.next()
+        finally:
+            del it
+
+    def last_before(self, cf: str, key: bytes, floor: bytes) -> tuple[bytes, bytes] | None:
+        """The greatest key ``<= key`` and ``>= floor``, or None."""
+        it = self.cf[cf].iter()
+        try:
+            it.seek_for_prev(key)
+            if it.valid() and it.key() >= floor:
+                return it.key(), it.value()
+            return None
+        finally:
+            del it
+
+    def first_from(self, cf: str, key: bytes, stop: bytes) -> tuple[bytes, bytes] | None:
+        it = self.cf[cf].iter()
+        try:
+            it.seek(key)
+            if it.valid() and it.key() < stop:
+                return it.key(), it.value()
+            return None
+        finally:
+            del it
+
+    def flush(self) -> None:
+        self._db.flush()
+
+    def close(self) -> None:
+        # rocksdict keeps the LOCK while any handle or iterator lives (DEPENDENCIES.md).
+        self.cf.clear()
+        self.handle.clear()
+        self._db.close()
+        del self._db
+        gc.collect()
+
+
+def offset_key(pkey: bytes, offset: int) -> bytes:
+    return pkey + U64.pack(offset)
+
+
+def time_key(pkey: bytes, segment_base: int, timestamp: int) -> bytes:
+    return pkey + U64.pack(segment_base) + U64.pack(max(0, min(timestamp + TS_BIAS, 2**64 - 1)))
+
+
+def epoch_key(pkey: bytes, epoch: int) -> bytes:
+    return pkey + U32.pack(epoch)
+
+
+def state_key(pkey: bytes, name: bytes) -> bytes:
+    return pkey + name
+
+
+def fence_key(pkey: bytes, segment_base: int, position: int) -> bytes:
+    return pkey + b"fence/" + U64.pack(segment_base) + U64.pack(position)
+
+
+def encode_fence(f: FencedBatch) -> bytes:
+    return _FENCE.pack(f.size, f.base_offset) + f.reason.encode("utf-8")
+
+
+def decode_fence(key: bytes, value: bytes) -> FencedBatch:
+    seg, pos = struct.unpack(">QQ", key[-16:])
+    size, base = _FENCE.unpack_from(value)
+    return FencedBatch(seg, pos, size, base, value[_FENCE.size :].decode("utf-8", "replace"))
+
+
+def encode_recovery_point(rp: RecoveryPoint) -> bytes:
+    return _RECOVERY_POINT.pack(*rp)
+
+
+def decode_recovery_point(value: bytes) -> RecoveryPoint:
+    return RecoveryPoint(*_RECOVERY_POINT.unpack(value))
+
+
+def prefix_end(prefix: bytes) -> bytes:
+    """The smallest key greater than every key that starts with ``prefix``."""
+    stripped = prefix.rstrip(b"\xff")
+    if not stripped:
+        raise ValueError("a prefix of only 0xff bytes has no end key")
+    return stripped[:-1] + bytes([stripped[-1] + 1])

@@ -1,0 +1,897 @@
+"""The partition log: an ordered, durable sequence of record batches for one partition replica.
+
+A partition log is a directory of segment files (authoritative) plus entries in the data
+directory's RocksDB (rebuildable views; see index_db.py). Offsets are assigned here on append.
+
+Invariants (checked by tests/test_log_model.py against a plain model):
+
+* ``log_start_offset <= high_watermark <= log_end_offset``; offsets in
+  ``[log_start_offset, log_end_offset)`` are readable unless fenced as corrupt.
+* batches are contiguous: each batch's base offset is the previous batch's last offset + 1.
+* ``durable_offset`` only grows except by truncation, and everything below it survived an
+  fsync of its file; a sealed segment was fsynced whole before its successor was created.
+* reads verify every batch's CRC and never return a batch that fails.
+
+Threading: one thread (the event loop) calls every method; only :meth:`SyncTicket.run`
+may run on another thread, and it touches nothing but duplicated file descriptors.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Callable, NamedTuple
+
+from .batch import HEADER_SIZE, check_header, crc_of, iter_batches, parse_header, with_head
+from .config import LogConfig
+from .errors import (
+    BatchTooLargeError,
+    CorruptBatchError,
+    InvalidBatchError,
+    LogClosedError,
+    NotALogDirectoryError,
+    OffsetOutOfRangeError,
+    SegmentDeletedError,
+    StorageError,
+)
+from .file_names import parse_segment_file_name
+from .index_db import (
+    LEADER_EPOCHS,
+    OFFSET_INDEX,
+    PARTITION_STATE,
+    TIME_INDEX,
+    U64,
+    FencedBatch,
+    IndexDb,
+    IndexEntry,
+    Q,
+    RecoveryPoint,
+    decode_entry,
+    decode_fence,
+    decode_recovery_point,
+    encode_entry,
+    encode_fence,
+    encode_recovery_point,
+    epoch_key,
+    fence_key,
+    offset_key,
+    partition_key,
+    prefix_end,
+    state_key,
+    time_key,
+)
+from .leader_epochs import EpochEnd, EpochEntry, LeaderEpochHistory
+from .records import decode_records
+from .recovery import ScanResult, scan_segment
+from .retention import SegmentSummary, segments_to_delete, should_roll
+from .segment import Segment, fsync_directory
+
+Clock = Callable[[], int]
+
+_LOG_START = b"log_start_offset"
+_HIGH_WATERMARK = b"high_watermark"
+_RECOVERY_POINT = b"recovery_point"
+_FENCE_PREFIX = b"fence/"
+
+
+def wall_clock_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class AppendInfo(NamedTuple):
+    base_offset: int
+    last_offset: int
+    max_timestamp: int
+
+    @property
+    def next_offset(self) -> int:
+        return self.last_offset + 1
+
+
+class FileRegion:
+    """Bytes of one segment file, for a server that sends them with ``os.sendfile``."""
+
+    __slots__ = ("segment", "position", "length")
+
+    def __init__(self, segment: Segment, position: int, length: int) -> None:
+        self.segment = segment
+        self.position = position
+        self.length = length
+
+    @property
+    def path(self) -> str:
+        return self.segment.path
+
+    def fileno(self) -> int:
+        if self.segment.deleted:
+            raise SegmentDeletedError(
+                f"{self.segment.path} was deleted by retention or truncation; read again from "
+                "the log start offset"
+            )
+        return self.segment.fd
+
+    def read(self) -> bytes:
+        return self.segment.read(self.position, self.length)
+
+    def __repr__(self) -> str:
+        return f"FileRegion({self.path!r}, {self.position}, {self.length})"
+
+
+class ReadResult(NamedTuple):
+    data: bytes
+    regions: tuple[FileRegion, ...]
+    next_offset: int  # where the next read should start
+    high_watermark: int
+    log_start_offset: int
+    log_end_offset: int
+
+
+class SyncTicket:
+    """One group-commit fsync: every file written since the previous ticket.
+
+    :meth:`run` blocks and may run on another thread; it works on duplicated descriptors, so a
+    segment deleted meanwhile is harmless.
+    """
+
+    def __init__(self, fds: list[int], directory: str | None, end: RecoveryPoint, generation: int) -> None:
+        self.fds = fds
+        self.directory = directory
+        self.end = end
+        self.generation = generation
+        self.done = False
+
+    def run(self) -> None:
+        try:
+            for fd in self.fds:
+                os.fdatasync(fd)
+            if self.directory is not None:
+                fsync_directory(self.directory)
+            self.done = True
+        finally:
+            for fd in self.fds:
+                os.close(fd)
+            self.fds = []
+
+
+def validate_log_name(name: str) -> None:
+    if not name or len(name) > 255 or name in (".", ".."):
+        raise ValueError(f"log name {name!r} must be 1-255 characters and not '.' or '..'")
+    bad = [c for c in name if not (c.isascii() and (c.isalnum() or c in "._-"))]
+    if bad:
+        raise ValueError(f"log name {name!r} has {bad[0]!r}; use letters, digits, '.', '_' and '-'")
+
+
+class PartitionLog:
+    """One partition replica's log. Open it through :class:`kolk.segments.LogStore`."""
+
+    def __init__(self, name: str, directory: str, index: IndexDb, config: LogConfig,
+                 clock: Clock = wall_clock_ms) -> None:
+        validate_log_name(name)
+        self.name = name
+        self.directory = directory
+        self.config = config
+        self._index = index
+        self._clock = clock
+        self._pkey = partition_key(name)
+        self._segments: list[Segment] = []
+        self._fences: dict[int, dict[int, FencedBatch]] = {}
+        self._dirty: set[Segment] = set()
+        self._generation = 0  # bumps on truncation, so an in-flight sync cannot claim cut data
+        self._closed = False
+        self.leader_epochs = LeaderEpochHistory()
+        self.recovery_report: list[str] = []
+        self._load()
+
+    # ----------------------------------------------------------------- properties
+
+    @property
+    def log_start_offset(self) -> int:
+        return self._log_start
+
+    @property
+    def log_end_offset(self) -> int:
+        return self._segments[-1].next_offset
+
+    @property
+    def high_watermark(self) -> int:
+        return self._high_watermark
+
+    @property
+    def durable_offset(self) -> int:
+        """Every offset below this survived an fsync."""
+        return self._recovery_point.offset
+
+    @property
+    def generation(self) -> int:
+        """Bumps on every truncation."""
+        return self._generation
+
+    @property
+    def size_bytes(self) -> int:
+        return sum(s.size for s in self._segments)
+
+    def segments(self) -> list[SegmentSummary]:
+        return [SegmentSummary(s.base_offset, s.next_offset, s.size, s.max_timestamp) for s in self._segments]
+
+    def segment_paths(self) -> list[str]:
+        return [s.path for s in self._segments]
+
+    def fenced_batches(self) -> list[FencedBatch]:
+        return [f for seg in self._fences.values() for f in seg.values()]
+
+    # ----------------------------------------------------------------- append
+
+    def append(self, data: bytes | bytearray | memoryview, leader_epoch: int = 0) -> AppendInfo:
+        """Append one or more batches as the leader: offsets and the epoch are assigned here.
+
+        Every batch is validated before anything is written, so a bad batch anywhere rejects
+        the whole call and the log is unchanged. The data is written to the page cache; it is
+        durable once :meth:`sync` (or a group commit) covers ``next_offset``.
+        """
+        self._check_open()
+        if len(data) > self.config.append_bytes_max:
+            raise BatchTooLargeError(
+                f"append of {len(data)} bytes is more than append_bytes_max ({self.config.append_bytes_max})"
+            )
+        batches = list(iter_batches(data, self.config.batch_bytes_max))
+        if leader_epoch < self.leader_epochs.latest_epoch:
+            raise InvalidBatchError(
+                f"leader epoch {leader_epoch} is older than this log's latest epoch "
+                f"{self.leader_epochs.latest_epoch}; a newer leader has written"
+            )
+        if leader_epoch < 0 or leader_epoch >= 2**31:
+            raise InvalidBatchError(f"leader epoch {leader_epoch} does not fit the i32 field")
+        mv = memoryview(data)
+        next_offset = self.log_end_offset
+        parts: list[bytes | memoryview] = []
+        headers = []
+        for pos, h in batches:
+            parts.append(with_head(h, next_offset, leader_epoch))
+            parts.append(mv[pos + 16 : pos + h.size])
+            headers.append(h._replace(base_offset=next_offset, leader_epoch=leader_epoch))
+            next_offset += h.last_offset_delta + 1
+        return self._write(parts, len(data), headers)
+
+    def append_replicated(self, data: bytes | bytearray | memoryview) -> AppendInfo:
+        """Append batches as a follower: offsets and epochs are kept as the leader wrote them.
+
+        The first batch must start at the log end offset and epochs must not go down.
+        """
+        self._check_open()
+        if len(data) > self.config.append_bytes_max:
+            raise BatchTooLargeError(
+                f"append of {len(data)} bytes is more than append_bytes_max ({self.config.append_bytes_max})"
+            )
+        expected = self.log_end_offset
+        epoch = self.leader_epochs.latest_epoch
+        headers = []
+        for pos, h in iter_batches(data, self.config.batch_bytes_max):
+            if h.base_offset != expected:
+                raise InvalidBatchError(
+                    f"replicated batch at byte {pos} starts at offset {h.base_offset}, "
+                    f"the log ends at {expected}", pos)
+            if h.leader_epoch < epoch:
+                raise InvalidBatchError(
+                    f"replicated batch at byte {pos} has leader epoch {h.leader_epoch}, "
+                    f"older than {epoch}", pos)
+            epoch = h.leader_epoch
+            expected = h.next_offset
+            headers.append(h)
+        return self._write([memoryview(data)], len(data), headers)
+
+    def _write(self, parts: list[bytes | memoryview], nbytes: int, headers: list) -> AppendInfo:
+        active = self._segments[-1]
+        now = self._clock()
+        if should_roll(active.size, nbytes, now - active.created_ms, self.config.segment_bytes,
+                       self.config.segment_ms):
+            self.roll()
+            active = self._segments[-1]
+        position = active.write(parts, nbytes)
+        # The bytes are in the file; now the views. None of this can fail on bad input.
+        wb = self._index.batch()
+        h_off = self._index.handle[OFFSET_INDEX]
+        h_time = self._index.handle[TIME_INDEX]
+        seg_max = active.max_timestamp
+        for h in headers:
+            if h.max_timestamp > seg_max:
+                seg_max = h.max_timestamp
+                wb.put(time_key(self._pkey, active.base_offset, seg_max), U64.pack(h.base_offset), h_time)
+            entry = IndexEntry(h.base_offset, active.base_offset, position, h.size, h.last_offset_delta,
+                               h.max_timestamp, seg_max)
+            wb.put(offset_key(self._pkey, h.base_offset), encode_entry(entry), h_off)
+            position += h.size
+            if self.leader_epochs.assign(h.leader_epoch, h.base_offset):
+                wb.put(epoch_key(self._pkey, h.leader_epoch), Q.pack(h.base_offset),
+                       self._index.handle[LEADER_EPOCHS])
+        self._index.write(wb)
+        active.max_timestamp = seg_max
+        active.next_offset = headers[-1].next_offset
+        self._dirty.add(active)
+        return AppendInfo(headers[0].base_offset, headers[-1].last_offset,
+                          max(h.max_timestamp for h in headers))
+
+    def roll(self) -> None:
+        """Seal the active segment (fsynced whole) and start a new one at the log end."""
+        self._check_open()
+        active = self._segments[-1]
+        if active.size == 0:
+            return
+        active.sync()
+        self._dirty.discard(active)
+        seg = Segment(self.directory, active.next_offset, self._clock(), create=True)
+        seg.next_offset = active.next_offset
+        self._segments.append(seg)
+        fsync_directory(self.directory)
+        # Everything before the new segment is durable now: the sealed segments each were
+        # fsynced when they were rolled.
+        self._set_recovery_point(RecoveryPoint(seg.base_offset, 0, seg.base_offset))
+
+    # ----------------------------------------------------------------- durability
+
+    def begin_sync(self) -> SyncTicket:
+        """Capture what the next fsync must cover. Call :meth:`complete_sync` after run()."""
+        self._check_open()
+        active = self._segments[-1]
+        fds = [os.dup(s.fd) for s in self._dirty]
+        self._dirty.clear()
+        end = RecoveryPoint(active.base_offset, active.size, active.next_offset)
+        # Segment creations are made durable by roll() itself, so no directory fsync here.
+        return SyncTicket(fds, None, end, self._generation)
+
+    def complete_sync(self, ticket: SyncTicket) -> int:
+        """Record what ``ticket`` made durable; returns :attr:`durable_offset`."""
+        if (ticket.done and not self._closed and ticket.generation == self._generation
+                and ticket.end.offset > self._recovery_point.offset):
+            self._set_recovery_point(ticket.end)
+        return self.durable_offset
+
+    def sync(self) -> int:
+        """fsync everything appended so far (one fsync per dirty file); returns durable_offset."""
+        ticket = self.begin_sync()
+        ticket.run()
+        return self.complete_sync(ticket)
+
+    def _set_recovery_point(self, rp: RecoveryPoint) -> None:
+        self._recovery_point = rp
+        self._index.put(PARTITION_STATE, state_key(self._pkey, _RECOVERY_POINT), encode_recovery_point(rp))
+
+    # ----------------------------------------------------------------- read
+
+    def read(self, offset: int, max_bytes: int, upto: int | None = None) -> ReadResult:
+        """Whole batches from the one holding ``offset``, up to ``max_bytes``.
+
+        ``upto`` (exclusive) bounds the offsets returned: a server passes the high watermark
+        for consumers; None means the log end. The first batch is returned whole even if it is
+        larger than ``max_bytes``, so a reader always makes progress. A batch may start before
+        ``offset``: the reader skips the records it did not ask for, as Kafka clients do.
+        """
+        self._check_open()
+        if max_bytes <= 0:
+            raise ValueError(f"max_bytes must be positive, got {max_bytes}")
+        max_bytes = min(max_bytes, self.config.read_bytes_max)
+        leo = self.log_end_offset
+        end = leo if upto is None else min(upto, leo)
+        if offset < self._log_start or offset > leo:
+            raise OffsetOutOfRangeError(offset, self._log_start, leo)
+        if offset >= end:
+            return self._empty_read(offset)
+        found = self._index.last_before(OFFSET_INDEX, offset_key(self._pkey, offset), self._pkey)
+        entry = decode_entry(*found) if found else None
+        if entry is None or entry.next_offset <= offset:
+            fence = self._fence_covering(offset)
+            if fence is not None:
+                raise self._corrupt(fence)
+            raise StorageError(
+                f"log {self.name}: the index has no batch for offset {offset}; reopen the log to "
+                "rebuild the index from the segments"
+            )
+        seg = self._segment(entry.segment_base)
+        pos = entry.position
+        expected = entry.base_offset
+        chunks: list[bytes] = []
+        regions: list[FileRegion] = []
+        total = 0
+        stop = False
+        while not stop and total < max_bytes:
+            if pos >= seg.size:
+                nxt = self._next_segment(seg)
+                if nxt is None or expected >= end:
+                    break
+                seg, pos = nxt, 0
+                continue
+            want = min(seg.size - pos, max_bytes - total)
+            if total == 0:
+                want = max(want, min(entry.size, seg.size - pos))
+            buf = seg.read(pos, want)
+            p = 0
+            fences = self._fences.get(seg.base_offset)
+            while len(buf) - p >= HEADER_SIZE:
+                h = parse_header(buf, p)
+                if h.base_offset >= end and h.base_offset == expected:
+                    stop = True
+                    break
+                if fences and pos + p in fences:
+                    if total == 0 and p == 0:
+                        raise self._corrupt(fences[pos + p])
+                    stop = True
+                    break
+                if p + h.size > len(buf) and h.batch_length > 0 and pos + p + h.size <= seg.size:
+                    break  # cut by max_bytes: the next read starts here
+                problem = self._verify(buf, p, h, expected)
+                if problem is not None:
+                    fence = self._add_fence(FencedBatch(seg.base_offset, pos + p,
+                                                        max(0, min(h.size, seg.size - pos - p)), expected, problem))
+                    if total == 0 and p == 0:
+                        raise self._corrupt(fence)
+                    stop = True
+                    break
+                p += h.size
+                expected = h.next_offset
+            if p == 0:
+                break
+            chunks.append(buf[:p] if p < len(buf) else buf)
+            regions.append(FileRegion(seg, pos, p))
+            total += p
+            pos += p
+            if p < len(buf):
+                break
+        return ReadResult(b"".join(chunks) if len(chunks) != 1 else chunks[0], tuple(regions), expected,
+                          self._high_watermark, self._log_start, leo)
+
+    def _verify(self, buf: bytes, p: int, h, expected: int) -> str | None:
+        try:
+            check_header(h, p, self.config.batch_bytes_max)
+        except InvalidBatchError as e:
+            return str(e)
+        if p + h.size > len(buf):
+            return f"batch announces {h.size} bytes past the end of the segment"
+        if h.base_offset != expected:
+            return f"base offset {h.base_offset}, expected {expected}"
+        if crc_of(buf, p, p + h.size) != h.crc:
+            return "CRC-32C mismatch"
+        return None
+
+    def _empty_read(self, offset: int) -> ReadResult:
+        return ReadResult(b"", (), offset, self._high_watermark, self._log_start, self.log_end_offset)
+
+    def offset_for_timestamp(self, timestamp: int) -> int | None:
+        """The first offset whose record timestamp is >= ``timestamp``, or None if no record is.
+
+        Segments are tried in offset order; inside one, the time index finds the first batch
+        whose timestamps reach ``timestamp``, and that batch's records are decoded to find the
+        exact record.
+        """
+        self._check_open()
+        for seg in self._segments:
+            if seg.max_timestamp < timestamp:
+                continue
+            seg_prefix = self._pkey + U64.pack(seg.base_offset)
+            found = self._index.first_from(TIME_INDEX, time_key(self._pkey, seg.base_offset, timestamp),
+                                           prefix_end(seg_prefix))
+            if found is None:
+                continue
+            (batch_base,) = U64.unpack(found[1])
+            result = self.read(max(batch_base, self._log_start), 1)
+            for rec in decode_records(result.data, 0):
+                if rec.timestamp >= timestamp and rec.offset >= self._log_start:
+                    return rec.offset
+        return None
+
+    # ----------------------------------------------------------------- high watermark
+
+    def set_high_watermark(self, offset: int) -> None:
+        if not self._log_start <= offset <= self.log_end_offset:
+            raise OffsetOutOfRangeError(offset, self._log_start, self.log_end_offset)
+        if offset != self._high_watermark:
+            self._high_watermark = offset
+            self._index.put(PARTITION_STATE, state_key(self._pkey, _HIGH_WATERMARK), Q.pack(offset))
+
+    # ----------------------------------------------------------------- leader epochs
+
+    def end_offset_for_epoch(self, epoch: int) -> EpochEnd:
+        """Where ``epoch`` ended in this log (see LeaderEpochHistory.end_offset_for)."""
+        return self.leader_epochs.end_offset_for(epoch, self.log_end_offset)
+
+    # ----------------------------------------------------------------- truncation
+
+    def truncate_to(self, offset: int) -> int:
+        """Remove every batch holding an offset >= ``offset``; returns the new log end.
+
+        When ``offset`` falls inside a batch, the whole batch goes (batches are never split),
+        so the log may end below ``offset``, as in Kafka. The cut is fsynced before returning.
+        """
+        self._check_open()
+        leo = self.log_end_offset
+        if not self._log_start <= offset <= leo:
+            raise OffsetOutOfRangeError(offset, self._log_start, leo)
+        if offset == leo:
+            return leo
+        # Appends not yet fsynced below the cut must be durable before the recovery point moves.
+        self.sync()
+        found = self._index.last_before(OFFSET_INDEX, offset_key(self._pkey, offset), self._pkey)
+        entry = decode_entry(*found) if found else None
+        if entry is not None and entry.next_offset <= offset:
+            seg = self._segment(entry.segment_base)
+            cut_seg, cut_pos, new_end = seg, entry.end_position, entry.next_offset
+        elif entry is not None:
+            cut_seg, cut_pos, new_end = self._segment(entry.segment_base), entry.position, entry.base_offset
+        else:
+            cut_seg, cut_pos, new_end = self._segments[0], 0, self._segments[0].base_offset
+        self._generation += 1
+        # Segments after the cut go first (newest first), then the cut segment is shortened.
+        while self._segments[-1] is not cut_seg and len(self._segments) > 1:
+            self._drop_segment(self._segments.pop())
+        if cut_pos == 0 and cut_seg is not self._segments[0]:
+            self._drop_segment(self._segments.pop())
+            cut_seg = self._segments[-1]
+            cut_pos = cut_seg.size
+        else:
+            cut_seg.truncate(cut_pos)
+        cut_seg.next_offset = new_end if cut_pos > 0 else cut_seg.base_offset
+        fsync_directory(self.directory)
+        self._index.delete_range(OFFSET_INDEX, offset_key(self._pkey, cut_seg.next_offset), prefix_end(self._pkey))
+        self._trim_time_index(cut_seg)
+        for fenced_pos in [p for p in self._fences.get(cut_seg.base_offset, {}) if p >= cut_pos]:
+            self._remove_fence(cut_seg.base_offset, fenced_pos)
+        for removed in self.leader_epochs.truncate_from_end(cut_seg.next_offset):
+            self._index.delete(LEADER_EPOCHS, epoch_key(self._pkey, removed.epoch))
+        if self._high_watermark > cut_seg.next_offset:
+            self.set_high_watermark(cut_seg.next_offset)
+        self._dirty.discard(cut_seg)
+        self._set_recovery_point(RecoveryPoint(cut_seg.base_offset, cut_seg.size, cut_seg.next_offset))
+        return self.log_end_offset
+
+    def _trim_time_index(self, seg: Segment) -> None:
+        """Drop time-index entries of ``seg`` that point at or past its (new) end, and reset its
+        max timestamp from the offset index."""
+        seg_prefix = self._pkey + U64.pack(seg.base_offset)
+        for k, v in list(self._index.items_from(TIME_INDEX, seg_prefix, prefix_end(seg_prefix))):
+            if U64.unpack(v)[0] >= seg.next_offset:
+                self._index.delete(TIME_INDEX, k)
+        last = self._last_entry(seg)
+        seg.max_timestamp = last.segment_max_timestamp if last else -1
+
+    def _drop_segment(self, seg: Segment) -> None:
+        seg_prefix = self._pkey + U64.pack(seg.base_offset)
+        self._index.delete_range(TIME_INDEX, seg_prefix, prefix_end(seg_prefix))
+        for fenced_pos in list(self._fences.get(seg.base_offset, {})):
+            self._remove_fence(seg.base_offset, fenced_pos)
+        self._dirty.discard(seg)
+        seg.delete()
+
+    # ----------------------------------------------------------------- retention
+
+    def enforce_retention(self, now_ms: int | None = None) -> list[int]:
+        """Delete the oldest segments that retention allows; returns their base offsets."""
+        self._check_open()
+        now = self._clock() if now_ms is None else now_ms
+        count = segments_to_delete(
+            self.segments(), now_ms=now, retention_ms=self.config.retention_ms,
+            retention_bytes=self.config.retention_bytes, high_watermark=self._high_watermark)
+        if count == 0:
+            return []
+        doomed = self._segments[:count]
+        new_start = self._segments[count].base_offset
+        # The new log start is recorded first: a crash part way leaves segments below it, and
+        # the next open deletes them.
+        self._set_log_start(new_start)
+        self._segments = self._segments[count:]
+        for seg in doomed:
+            self._index.delete_range(OFFSET_INDEX, offset_key(self._pkey, seg.base_offset),
+                                     offset_key(self._pkey, seg.next_offset))
+            self._drop_segment(seg)
+        fsync_directory(self.directory)
+        removed, moved = self.leader_epochs.truncate_from_start(new_start)
+        for e in removed:
+            self._index.delete(LEADER_EPOCHS, epoch_key(self._pkey, e.epoch))
+        if moved is not None:
+            self._index.put(LEADER_EPOCHS, epoch_key(self._pkey, moved.epoch), Q.pack(moved.start_offset))
+        return [s.base_offset for s in doomed]
+
+    def _set_log_start(self, offset: int) -> None:
+        self._log_start = offset
+        self._index.put(PARTITION_STATE, state_key(self._pkey, _LOG_START), Q.pack(offset))
+        if self._high_watermark < offset:
+            self.set_high_watermark(offset)
+
+    # ----------------------------------------------------------------- fences
+
+    def _fence_covering(self, offset: int) -> FencedBatch | None:
+        for fences in self._fences.values():
+            for f in fences.values():
+                if f.base_offset <= offset:
+                    nxt = self._next_offset_after_fence(f)
+                    if offset < nxt:
+                        return f
+        return None
+
+    def _next_offset_after_fence(self, f: FencedBatch) -> int:
+        found = self._index.first_from(OFFSET_INDEX, offset_key(self._pkey, f.base_offset + 1),
+                                       prefix_end(self._pkey))
+        return decode_entry(*found).base_offset if found else self.log_end_offset
+
+    def _add_fence(self, fence: FencedBatch) -> FencedBatch:
+        self._fences.setdefault(fence.segment_base, {})[fence.position] = fence
+        self._index.put(PARTITION_STATE, fence_key(self._pkey, fence.segment_base, fence.position),
+                        encode_fence(fence))
+        self.recovery_report.append(
+            f"fenced corrupt batch in {self._segment(fence.segment_base).path} at byte {fence.position}: "
+            f"{fence.reason}")
+        return fence
+
+    def _remove_fence(self, segment_base: int, position: int) -> None:
+        self._fences.get(segment_base, {}).pop(position, None)
+        self._index.delete(PARTITION_STATE, fence_key(self._pkey, segment_base, position))
+
+    def _corrupt(self, f: FencedBatch) -> CorruptBatchError:
+        seg = self._segment_or_none(f.segment_base)
+        path = seg.path if seg else os.path.join(self.directory, f"{f.segment_base:020d}.log")
+        return CorruptBatchError(path, f.position, f.reason, f.base_offset)
+
+    # ----------------------------------------------------------------- lookup helpers
+
+    def _segment_or_none(self, base: int) -> Segment | None:
+        lo, hi = 0, len(self._segments) - 1
+        while lo <= hi:
+            mid = (lo + hi) // 2
+            b = self._segments[mid].base_offset
+            if b == base:
+                return self._segments[mid]
+            if b < base:
+                lo = mid + 1
+            else:
+                hi = mid - 1
+        return None
+
+    def _segment(self, base: int) -> Segment:
+        seg = self._segment_or_none(base)
+        if seg is None:
+            raise SegmentDeletedError(
+                f"log {self.name}: segment {base} is gone (deleted by retention or truncation)")
+        return seg
+
+    def _next_segment(self, seg: Segment) -> Segment | None:
+        i = self._segments.index(seg)
+        return self._segments[i + 1] if i + 1 < len(self._segments) else None
+
+    def _last_entry(self, seg: Segment, end_offset: int | None = None) -> IndexEntry | None:
+        """The last index entry of ``seg`` for a batch starting below ``end_offset`` (default:
+        anywhere in the partition's index), or None."""
+        key = offset_key(self._pkey, end_offset - 1) if end_offset is not None else prefix_end(self._pkey)
+        found = self._index.last_before(OFFSET_INDEX, key, offset_key(self._pkey, seg.base_offset))
+        if found is None:
+            return None
+        e = decode_entry(*found)
+        return e if e.segment_base == seg.base_offset else None
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise LogClosedError(f"log {self.name} is closed")
+
+    # ----------------------------------------------------------------- open / close
+
+    def close(self, sync: bool = True) -> None:
+        """Close the files. ``sync=False`` skips the final fsync (tests use it to crash)."""
+        if self._closed:
+            return
+        if sync:
+            self.sync()
+        self._closed = True
+        for seg in self._segments:
+            seg.close()
+
+    def _load(self) -> None:
+        """Open the segments and make files and index agree (module doc of recovery.py)."""
+        directory = self.directory
+        if not os.path.isdir(directory):
+            raise NotALogDirectoryError(directory, "it does not exist or is not a directory")
+        bases = []
+        for entry in sorted(os.listdir(directory)):
+            base = parse_segment_file_name(entry)
+            if base is None:
+                raise NotALogDirectoryError(
+                    directory, f"it holds {entry!r}, which is not a segment file (NNNNNNNNNNNNNNNNNNNN.log)")
+            bases.append(base)
+        get_state = lambda name: self._index.get(PARTITION_STATE, state_key(self._pkey, name))  # noqa: E731
+        raw = get_state(_LOG_START)
+        stored_start = Q.unpack(raw)[0] if raw else None
+        raw = get_state(_HIGH_WATERMARK)
+        stored_hw = Q.unpack(raw)[0] if raw else None
+        raw = get_state(_RECOVERY_POINT)
+        stored_rp = decode_recovery_point(raw) if raw else None
+        now = self._clock()
+
+        if not bases:
+            start = stored_start or 0
+            seg = Segment(directory, start, now, create=True)
+            seg.next_offset = start
+            self._segments = [seg]
+            fsync_directory(directory)
+            self._index.delete_range(OFFSET_INDEX, self._pkey, prefix_end(self._pkey))
+            self._index.delete_range(TIME_INDEX, self._pkey, prefix_end(self._pkey))
+            self._index.delete_range(LEADER_EPOCHS, self._pkey, prefix_end(self._pkey))
+        else:
+            self._segments = [Segment(directory, b, now, create=False) for b in bases]
+        # Segments wholly below a recorded log start are left over from retention.
+        if stored_start is not None:
+            while len(self._segments) > 1 and self._segments[1].base_offset <= stored_start:
+                self._segments.pop(0).delete()
+                self.recovery_report.append("deleted a segment below the log start offset")
+
+        # Fences recorded earlier.
+        fence_prefix = state_key(self._pkey, _FENCE_PREFIX)
+        for k, v in self._index.items_from(PARTITION_STATE, fence_prefix, prefix_end(fence_prefix)):
+            f = decode_fence(k, v)
+            if self._segment_or_none(f.segment_base) is not None:
+                self._fences.setdefault(f.segment_base, {})[f.position] = f
+            else:
+                self._index.delete(PARTITION_STATE, k)
+
+        # Index entries and time entries below the first segment belong to deleted segments.
+        first = self._segments[0].base_offset
+        self._index.delete_range(OFFSET_INDEX, self._pkey, offset_key(self._pkey, first))
+        self._index.delete_range(TIME_INDEX, self._pkey, self._pkey + U64.pack(first))
+
+        epochs = [EpochEntry(int.from_bytes(k[-4:], "big"), Q.unpack(v)[0]) for k, v in
+                  self._index.items_from(LEADER_EPOCHS, self._pkey, prefix_end(self._pkey))]
+        self.leader_epochs = LeaderEpochHistory(epochs)
+        rebuilt_epochs: list[tuple[int, int]] = []
+        epochs_trusted = True
+
+        for i, seg in enumerate(self._segments):
+            file_size = os.fstat(seg.fd).st_size
+            is_last = i == len(self._segments) - 1
+            if not is_last:
+                nxt = self._segments[i + 1].base_offset
+                if self._sealed_index_agrees(seg, nxt, file_size):
+                    continue
+                epochs_trusted = False
+                self.recovery_report.append(f"rebuilt the index of sealed segment {seg.path}")
+                self._clear_index_from(seg, seg.base_offset, nxt)
+                result = self._scan(seg, 0, seg.base_offset, -1, -1, sealed=True, file_size=file_size)
+                self._store_scan(seg, result, -1)
+                for fence in result.fences:
+                    self._add_fence(fence)
+                rebuilt_epochs.extend(result.epochs)
+                seg.size = file_size
+                if result.next_offset < nxt:
+                    # The file ends before its successor begins: those offsets are unreadable.
+                    self._add_fence(FencedBatch(seg.base_offset, file_size, 0, result.next_offset,
+                                                f"segment ends at offset {result.next_offset}, the next begins at {nxt}"))
+                seg.next_offset = nxt
+                continue
+            # The last segment: trust up to the recovery point, scan the rest, cut what is bad.
+            start_pos, expected, seg_max = 0, seg.base_offset, -1
+            if stored_rp is not None and stored_rp.segment_base == seg.base_offset and stored_rp.position <= file_size:
+                if stored_rp.position == 0:
+                    start_pos, expected = 0, seg.base_offset
+                else:
+                    e = self._last_entry(seg, stored_rp.offset)
+                    if e is not None and e.end_position == stored_rp.position and e.next_offset == stored_rp.offset:
+                        start_pos, expected, seg_max = stored_rp.position, stored_rp.offset, e.segment_max_timestamp
+            if start_pos == 0:
+                epochs_trusted = epochs_trusted and stored_rp is not None
+            # Epochs recorded for appends the crash lost would wrongly reject older-epoch
+            # batches that did reach the file.
+            for removed in self.leader_epochs.truncate_from_end(expected):
+                self._index.delete(LEADER_EPOCHS, epoch_key(self._pkey, removed.epoch))
+            self._clear_index_from(seg, expected, None)
+            result = self._scan(seg, start_pos, expected, seg_max,
+                                self.leader_epochs.latest_epoch if start_pos else -1,
+                                sealed=False, file_size=file_size)
+            self._store_scan(seg, result, seg_max)
+            rebuilt_epochs.extend(result.epochs)
+            if result.valid_end < file_size:
+                reason = result.failure[1] if result.failure else "unknown"
+                self.recovery_report.append(
+                    f"cut {file_size - result.valid_end} bytes from the tail of {seg.path} at byte "
+                    f"{result.valid_end}: {reason}")
+                os.ftruncate(seg.fd, result.valid_end)
+            seg.size = result.valid_end
+            seg.next_offset = result.next_offset
+            seg.max_timestamp = result.max_timestamp
+            # The scanned tail may sit only in the page cache (after kill -9): make it durable
+            # now, so the recovery point below is true.
+            os.fdatasync(seg.fd)
+            for fenced_pos in [p for p in self._fences.get(seg.base_offset, {}) if p >= seg.size]:
+                self._remove_fence(seg.base_offset, fenced_pos)
+
+        # Sealed segments whose index was trusted: their max timestamps come from the index.
+        for seg in self._segments[:-1]:
+            if seg.max_timestamp < 0:
+                last = self._last_entry(seg, seg.next_offset)
+                seg.max_timestamp = last.segment_max_timestamp if last else -1
+            seg.size = os.fstat(seg.fd).st_size
+
+        leo = self.log_end_offset
+        for removed in self.leader_epochs.truncate_from_end(leo):
+            self._index.delete(LEADER_EPOCHS, epoch_key(self._pkey, removed.epoch))
+        if not epochs_trusted:
+            self._index.delete_range(LEADER_EPOCHS, self._pkey, prefix_end(self._pkey))
+            self.leader_epochs = LeaderEpochHistory()
+            # rebuilt_epochs covers only scanned segments; read the others' headers.
+            self._rebuild_epochs()
+        else:
+            for epoch, base in rebuilt_epochs:
+                if epoch > self.leader_epochs.latest_epoch and self.leader_epochs.assign(epoch, base):
+                    self._index.put(LEADER_EPOCHS, epoch_key(self._pkey, epoch), Q.pack(base))
+
+        self._log_start = max(stored_start if stored_start is not None else first, self._segments[0].base_offset)
+        self._log_start = min(self._log_start, leo)
+        self._index.put(PARTITION_STATE, state_key(self._pkey, _LOG_START), Q.pack(self._log_start))
+        hw = stored_hw if stored_hw is not None else self._log_start
+        self._high_watermark = max(self._log_start, min(hw, leo))
+        self._index.put(PARTITION_STATE, state_key(self._pkey, _HIGH_WATERMARK), Q.pack(self._high_watermark))
+        last = self._segments[-1]
+        self._set_recovery_point(RecoveryPoint(last.base_offset, last.size, last.next_offset))
+
+    def _sealed_index_agrees(self, seg: Segment, next_base: int, file_size: int) -> bool:
+        first = self._index.first_from(OFFSET_INDEX, offset_key(self._pkey, seg.base_offset),
+                                       offset_key(self._pkey, next_base))
+        if first is None:
+            return False
+        fe = decode_entry(*first)
+        last = self._last_entry(seg, next_base)
+        if last is None or fe.position != 0 or fe.base_offset != seg.base_offset or fe.segment_base != seg.base_offset:
+            return False
+        # A fence at the end of the file accounts for offsets the file lost.
+        return last.end_position == file_size and last.next_offset == next_base and last.segment_base == seg.base_offset \
+            or any(f.position + f.size == file_size for f in self._fences.get(seg.base_offset, {}).values())
+
+    def _clear_index_from(self, seg: Segment, from_offset: int, to_offset: int | None) -> None:
+        hi = offset_key(self._pkey, to_offset) if to_offset is not None else prefix_end(self._pkey)
+        self._index.delete_range(OFFSET_INDEX, offset_key(self._pkey, from_offset), hi)
+        seg_prefix = self._pkey + U64.pack(seg.base_offset)
+        if from_offset == seg.base_offset:
+            self._index.delete_range(TIME_INDEX, seg_prefix, prefix_end(self._pkey) if to_offset is None
+                                     else self._pkey + U64.pack(to_offset))
+        else:
+            for k, v in list(self._index.items_from(TIME_INDEX, seg_prefix, prefix_end(seg_prefix))):
+                if U64.unpack(v)[0] >= from_offset:
+                    self._index.delete(TIME_INDEX, k)
+            self._index.delete_range(TIME_INDEX, prefix_end(seg_prefix), prefix_end(self._pkey))
+
+    def _scan(self, seg: Segment, start: int, expected: int, seg_max: int, last_epoch: int, *,
+              sealed: bool, file_size: int) -> ScanResult:
+        return scan_segment(seg, start, expected, seg_max, last_epoch,
+                            batch_bytes_max=self.config.batch_bytes_max,
+                            window_bytes=self.config.scan_window_bytes, sealed=sealed, file_size=file_size)
+
+    def _store_scan(self, seg: Segment, result: ScanResult, start_max: int) -> None:
+        """Write the index entries a scan found; ``start_max`` is the segment's running max
+        timestamp before the scanned part."""
+        wb = self._index.batch()
+        h_off = self._index.handle[OFFSET_INDEX]
+        h_time = self._index.handle[TIME_INDEX]
+        prev_max = start_max
+        for e in result.entries:
+            wb.put(offset_key(self._pkey, e.base_offset), encode_entry(e), h_off)
+            if e.segment_max_timestamp > prev_max:
+                wb.put(time_key(self._pkey, seg.base_offset, e.segment_max_timestamp), U64.pack(e.base_offset), h_time)
+                prev_max = e.segment_max_timestamp
+        self._index.write(wb)
+        seg.max_timestamp = result.max_timestamp
+
+    def _rebuild_epochs(self) -> None:
+        wb_entries = []
+        for seg in self._segments:
+            pos = 0
+            while pos < seg.size:
+                if any(f.position == pos for f in self._fences.get(seg.base_offset, {}).values()):
+                    f = self._fences[seg.base_offset][pos]
+                    if f.size == 0:
+                        break
+                    pos += f.size
+                    continue
+                head = seg.read(pos, HEADER_SIZE)
+                if len(head) < HEADER_SIZE:
+                    break
+                h = parse_header(head, 0)
+                if h.batch_length <= 0:
+                    break
+                if self.leader_epochs.latest_epoch < h.leader_epoch:
+                    self.leader_epochs.assign(h.leader_epoch, h.base_offset)
+                    wb_entries.append((h.leader_epoch, h.base_offset))
+                pos += h.size
+        for epoch, base in wb_entries:
+            self._index.put(LEADER_EPOCHS, epoch_key(self._pkey, epoch), Q.pack(base))

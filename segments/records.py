@@ -1,0 +1,282 @@
+"""Records inside a batch: encoding, decoding and a builder for whole batches.
+
+The records section follows the 61-byte batch header (see batch.py) and is compressed as a
+whole when the batch's codec is not ``none``. Each record is little-endian, fixed-width, so
+that Python packs it with one ``struct`` call and a WebAssembly module reads it without a
+varint decoder:
+
+====================== ===== ==================================================
+field                  type  meaning
+====================== ===== ==================================================
+length                 u32   bytes after this field
+attributes             u8    reserved, 0
+timestamp_delta        i64   record timestamp minus the batch's first_timestamp
+offset_delta           u32   record offset minus the batch's base_offset
+key_length             i32   -1 for a null key
+key                    bytes
+value_length           i32   -1 for a null value
+value                  bytes
+header_count           u32
+  header_key_length    u32
+  header_key           utf-8
+  header_value_length  i32   -1 for a null header value
+  header_value         bytes
+====================== ===== ==================================================
+
+Only clients, SmartModules and tools decode records; the server's produce and fetch path does
+not (DESIGN.md §6, §10).
+"""
+
+from __future__ import annotations
+
+import struct
+import time
+import zlib
+from typing import Iterable, NamedTuple, Sequence
+
+import crc32c as _crc32c
+
+from .batch import (
+    CODEC_GZIP,
+    CODEC_NONE,
+    CODEC_ZSTD,
+    CONTROL_FLAG,
+    CRC_START,
+    HEADER,
+    HEADER_SIZE,
+    KNOWN_CODECS,
+    LENGTH_PREFIX_SIZE,
+    MAGIC,
+    NO_PRODUCER_EPOCH,
+    NO_PRODUCER_ID,
+    NO_SEQUENCE,
+    parse_header,
+)
+from .errors import InvalidBatchError
+
+_REC_HEAD = struct.Struct("<IBqIi")  # length, attributes, timestamp_delta, offset_delta, key_length
+_I32 = struct.Struct("<i")
+_U32 = struct.Struct("<I")
+_REC_FIXED = _REC_HEAD.size + _I32.size + _U32.size  # bytes of a record besides key, value, headers
+_REC_LENGTH_MIN = _REC_FIXED - 4  # the length field counts what follows it
+_HDR_KEY = struct.Struct("<I")
+
+Headers = tuple[tuple[str, bytes | None], ...]
+
+
+class Record(NamedTuple):
+    """One decoded record with its absolute offset and timestamp."""
+
+    offset: int
+    timestamp: int
+    key: bytes | None
+    value: bytes | None
+    headers: Headers = ()
+
+
+def _encode_headers(headers: Sequence[tuple[str, bytes | None]]) -> bytes:
+    parts = [_U32.pack(len(headers))]
+    for name, value in headers:
+        raw = name.encode("utf-8")
+        parts.append(_HDR_KEY.pack(len(raw)))
+        parts.append(raw)
+        if value is None:
+            parts.append(_I32.pack(-1))
+        else:
+            parts.append(_I32.pack(len(value)))
+            parts.append(value)
+    return b"".join(parts)
+
+
+_NO_HEADERS = _U32.pack(0)
+
+
+def compress(codec: int, data: bytes) -> bytes:
+    if codec == CODEC_NONE:
+        return data
+    if codec == CODEC_GZIP:
+        # wbits=31: a gzip stream, as Kafka clients write it.
+        c = zlib.compressobj(6, zlib.DEFLATED, 31)
+        return c.compress(data) + c.flush()
+    raise InvalidBatchError(f"compression codec {KNOWN_CODECS.get(codec, codec)} is not available "
+                            "in this build of kolk.segments")
+
+
+def decompress(codec: int, data: bytes, limit: int) -> bytes:
+    """Decompress at most ``limit`` bytes: a small batch must not expand without bound."""
+    if codec == CODEC_NONE:
+        return data
+    if codec == CODEC_GZIP:
+        d = zlib.decompressobj(31)
+        try:
+            out = d.decompress(data, limit)
+        except zlib.error as e:
+            raise InvalidBatchError(f"gzip records section does not decompress: {e}") from e
+        if d.unconsumed_tail:
+            raise InvalidBatchError(
+                f"gzip records section expands past the limit of {limit} bytes"
+            )
+        return out
+    raise InvalidBatchError(f"compression codec {KNOWN_CODECS.get(codec, codec)} is not available "
+                            "in this build of kolk.segments")
+
+
+def build_batch(
+    records: Iterable[tuple[bytes | None, bytes | None]] | Iterable[Sequence],
+    *,
+    base_offset: int = 0,
+    leader_epoch: int = 0,
+    first_timestamp: int | None = None,
+    timestamps: Sequence[int] | None = None,
+    codec: int = CODEC_NONE,
+    control: bool = False,
+    producer_id: int = NO_PRODUCER_ID,
+    producer_epoch: int = NO_PRODUCER_EPOCH,
+    base_sequence: int = NO_SEQUENCE,
+) -> bytes:
+    """Build one batch from ``(key, value)`` or ``(key, value, headers)`` tuples.
+
+    Timestamps default to now (ms) for every record; ``timestamps`` gives one per record.
+    The server assigns the real ``base_offset`` and ``leader_epoch`` on append.
+    """
+    if first_timestamp is None and timestamps is None:
+        first_timestamp = int(time.time() * 1000)
+    parts: list[bytes] = []
+    count = 0
+    first_ts = first_timestamp
+    max_ts = first_timestamp
+    pack_head = _REC_HEAD.pack
+    pack_i32 = _I32.pack
+    for i, rec in enumerate(records):
+        key, value = rec[0], rec[1]
+        headers = rec[2] if len(rec) > 2 else ()
+        if timestamps is not None:
+            ts = timestamps[i]
+            if first_ts is None:
+                first_ts = ts
+                max_ts = ts
+            if ts > max_ts:
+                max_ts = ts
+            ts_delta = ts - first_ts
+        else:
+            ts_delta = 0
+        if headers:
+            tail = _encode_headers(headers)
+        else:
+            tail = _NO_HEADERS
+        klen = -1 if key is None else len(key)
+        vlen = -1 if value is None else len(value)
+        # tail already holds header_count, so it is not counted twice.
+        length = _REC_LENGTH_MIN - 4 + (klen if klen > 0 else 0) + (vlen if vlen > 0 else 0) + len(tail)
+        parts.append(pack_head(length, 0, ts_delta, i, klen))
+        if key:
+            parts.append(key)
+        parts.append(pack_i32(vlen))
+        if value:
+            parts.append(value)
+        parts.append(tail)
+        count += 1
+    if count == 0:
+        raise InvalidBatchError("a batch holds at least one record; none were given")
+    body = compress(codec, b"".join(parts))
+    attributes = (codec & 0x07) | (CONTROL_FLAG if control else 0)
+    batch_length = HEADER_SIZE - LENGTH_PREFIX_SIZE + len(body)
+    header = bytearray(
+        HEADER.pack(
+            base_offset,
+            batch_length,
+            leader_epoch,
+            MAGIC,
+            0,
+            attributes,
+            count - 1,
+            first_ts,
+            max_ts,
+            producer_id,
+            producer_epoch,
+            base_sequence,
+            count,
+        )
+    )
+    crc = _crc32c.crc32c(memoryview(header)[CRC_START:])
+    crc = _crc32c.crc32c(body, crc)
+    struct.pack_into("<I", header, 17, crc)
+    return bytes(header) + body
+
+
+def decode_records(
+    buf: bytes | bytearray | memoryview, pos: int = 0, *, records_bytes_max: int = 64 << 20
+) -> list[Record]:
+    """Decode every record of the batch at ``pos``. The batch's CRC is not checked here.
+
+    Raises :class:`InvalidBatchError` naming the record when the section is malformed.
+    """
+    header = parse_header(buf, pos)
+    end = pos + header.size
+    if end > len(buf):
+        raise InvalidBatchError(f"batch at byte {pos} is truncated", pos)
+    body = decompress(header.codec, bytes(memoryview(buf)[pos + HEADER_SIZE : end]), records_bytes_max)
+    out: list[Record] = []
+    p = 0
+    n = len(body)
+    base = header.base_offset
+    first_ts = header.first_timestamp
+    unpack_head = _REC_HEAD.unpack_from
+    unpack_i32 = _I32.unpack_from
+    for index in range(header.record_count):
+        if n - p < _REC_HEAD.size:
+            raise InvalidBatchError(
+                f"record {index} of the batch at offset {base} is truncated", pos
+            )
+        length, _attrs, ts_delta, offset_delta, klen = unpack_head(body, p)
+        rec_end = p + 4 + length
+        if rec_end > n or length < _REC_LENGTH_MIN:
+            raise InvalidBatchError(
+                f"record {index} of the batch at offset {base} has length {length}, "
+                f"outside the {n - p - 4} bytes left",
+                pos,
+            )
+        q = p + _REC_HEAD.size
+        if klen < -1 or q + max(klen, 0) + 8 > rec_end:
+            raise InvalidBatchError(f"record {index} of the batch at offset {base} has a bad key length {klen}", pos)
+        key = None if klen < 0 else body[q : q + klen]
+        q += max(klen, 0)
+        (vlen,) = unpack_i32(body, q)
+        q += 4
+        if vlen < -1 or q + max(vlen, 0) + 4 > rec_end:
+            raise InvalidBatchError(f"record {index} of the batch at offset {base} has a bad value length {vlen}", pos)
+        value = None if vlen < 0 else body[q : q + vlen]
+        q += max(vlen, 0)
+        (hcount,) = _U32.unpack_from(body, q)
+        q += 4
+        headers: list[tuple[str, bytes | None]] = []
+        for _ in range(hcount):
+            if q + 4 > rec_end:
+                raise InvalidBatchError(f"record {index} of the batch at offset {base} has truncated headers", pos)
+            (hk,) = _HDR_KEY.unpack_from(body, q)
+            q += 4
+            if q + hk + 4 > rec_end:
+                raise InvalidBatchError(f"record {index} of the batch at offset {base} has a bad header key length", pos)
+            try:
+                name = body[q : q + hk].decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise InvalidBatchError(f"record {index} of the batch at offset {base} has a header name that is not UTF-8", pos) from e
+            q += hk
+            (hv,) = unpack_i32(body, q)
+            q += 4
+            if hv < -1 or q + max(hv, 0) > rec_end:
+                raise InvalidBatchError(f"record {index} of the batch at offset {base} has a bad header value length", pos)
+            headers.append((name, None if hv < 0 else body[q : q + hv]))
+            q += max(hv, 0)
+        if q != rec_end:
+            raise InvalidBatchError(
+                f"record {index} of the batch at offset {base} has {rec_end - q} bytes past its fields",
+                pos,
+            )
+        out.append(Record(base + offset_delta, first_ts + ts_delta, key, value, tuple(headers)))
+        p = rec_end
+    if p != n:
+        raise InvalidBatchError(
+            f"batch at offset {base} has {n - p} bytes after its {header.record_count} records", pos
+        )
+    return out

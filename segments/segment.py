@@ -1,0 +1,138 @@
+"""One segment file: record batches back to back, exactly as they travel on the wire.
+
+The file is authoritative (DESIGN.md §4). A segment knows its base offset (its name), its
+size in bytes, the offset after its last batch and the largest timestamp in it; the RocksDB
+indexes point into it by byte position. Writes go through ``pwritev`` at the logical end,
+so a failed or partial write is cut away and never becomes part of the log.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from typing import Sequence
+
+from .errors import SegmentDeletedError, StorageError, StorageFullError
+from .file_names import segment_file_name
+
+IOV_MAX = 1024
+_FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+
+# Indirection so that tests can simulate a full disk without a real one.
+_pwritev = os.pwritev
+
+
+class Segment:
+    __slots__ = (
+        "base_offset",
+        "path",
+        "fd",
+        "size",
+        "next_offset",
+        "max_timestamp",
+        "created_ms",
+        "deleted",
+        "_closed",
+    )
+
+    def __init__(self, directory: str, base_offset: int, created_ms: int, *, create: bool) -> None:
+        self.base_offset = base_offset
+        self.path = os.path.join(directory, segment_file_name(base_offset))
+        flags = os.O_RDWR | os.O_CLOEXEC | (os.O_CREAT | os.O_EXCL if create else 0)
+        self.fd = os.open(self.path, flags, 0o644)
+        self.size = os.fstat(self.fd).st_size
+        self.next_offset = base_offset
+        self.max_timestamp = -1
+        self.created_ms = created_ms
+        self.deleted = False
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"Segment({self.path!r}, size={self.size}, next_offset={self.next_offset})"
+
+    def write(self, parts: Sequence[bytes | memoryview], nbytes: int) -> int:
+        """Append ``parts`` at the logical end; return the position they start at.
+
+        On any failure the file is cut back to its previous size and the error is raised
+        (a full disk as :class:`StorageFullError`).
+        """
+        start = self.size
+        pos = start
+        try:
+            i = 0
+            n = len(parts)
+            while i < n:
+                chunk = parts[i : i + IOV_MAX]
+                want = sum(len(p) for p in chunk)
+                done = _pwritev(self.fd, chunk, pos)
+                pos += done
+                if done == want:
+                    i += len(chunk)
+                    continue
+                # Partial write: keep the unwritten remainder and try again.
+                rest: list[bytes | memoryview] = []
+                skip = done
+                for p in chunk:
+                    if skip >= len(p):
+                        skip -= len(p)
+                        continue
+                    rest.append(memoryview(p)[skip:])
+                    skip = 0
+                parts = list(rest) + list(parts[i + len(chunk) :])
+                i = 0
+                n = len(parts)
+        except OSError as e:
+            self._cut_back(start)
+            if e.errno in _FULL_ERRNOS:
+                raise StorageFullError(
+                    f"{self.path}: the file system refused {nbytes} bytes ({os.strerror(e.errno)}); "
+                    "nothing was appended"
+                ) from e
+            raise StorageError(f"{self.path}: write failed: {e}; nothing was appended") from e
+        assert pos - start == nbytes, (pos, start, nbytes)
+        self.size = pos
+        return start
+
+    def _cut_back(self, size: int) -> None:
+        try:
+            os.ftruncate(self.fd, size)
+        except OSError:
+            # The logical size is what counts for reads and later writes; recovery cuts the
+            # file on the next open if this failed too.
+            pass
+
+    def read(self, position: int, length: int) -> bytes:
+        if self.deleted:
+            raise SegmentDeletedError(f"{self.path} was deleted; read from the log start offset again")
+        return os.pread(self.fd, length, position)
+
+    def truncate(self, size: int) -> None:
+        os.ftruncate(self.fd, size)
+        os.fdatasync(self.fd)
+        self.size = size
+
+    def sync(self) -> None:
+        os.fdatasync(self.fd)
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            os.close(self.fd)
+
+    def delete(self) -> None:
+        """Unlink the file. Regions handed out earlier raise SegmentDeletedError."""
+        self.deleted = True
+        self.close()
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+
+
+def fsync_directory(path: str) -> None:
+    """Make renames, creations and unlinks in ``path`` durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,1 @@
+"""The WebAssembly SmartModule engine and its ABI (DESIGN.md §8)."""
