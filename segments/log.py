@@ -202,6 +202,11 @@ class PartitionLog:
         return self._recovery_point.offset
 
     @property
+    def recovery_point(self) -> RecoveryPoint:
+        """Where the last fsync ended: segment, byte position and offset."""
+        return self._recovery_point
+
+    @property
     def generation(self) -> int:
         """Bumps on every truncation."""
         return self._generation
@@ -744,6 +749,10 @@ class PartitionLog:
             if not is_last:
                 nxt = self._segments[i + 1].base_offset
                 if self._sealed_index_agrees(seg, nxt, file_size):
+                    last = self._last_entry(seg, nxt)
+                    seg.size = file_size
+                    seg.next_offset = nxt
+                    seg.max_timestamp = last.segment_max_timestamp if last else -1
                     continue
                 epochs_trusted = False
                 self.recovery_report.append(f"rebuilt the index of sealed segment {seg.path}")
@@ -795,13 +804,6 @@ class PartitionLog:
             os.fdatasync(seg.fd)
             for fenced_pos in [p for p in self._fences.get(seg.base_offset, {}) if p >= seg.size]:
                 self._remove_fence(seg.base_offset, fenced_pos)
-
-        # Sealed segments whose index was trusted: their max timestamps come from the index.
-        for seg in self._segments[:-1]:
-            if seg.max_timestamp < 0:
-                last = self._last_entry(seg, seg.next_offset)
-                seg.max_timestamp = last.segment_max_timestamp if last else -1
-            seg.size = os.fstat(seg.fd).st_size
 
         leo = self.log_end_offset
         for removed in self.leader_epochs.truncate_from_end(leo):

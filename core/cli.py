@@ -1,0 +1,32 @@
+"""The ``kolk`` command line. Subcommands grow with the parts (DESIGN.md §1)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from . import __version__
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="kolk", description="Kolk, a programmable streaming platform.")
+    parser.add_argument("--version", action="version", version=f"kolk {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="run the storage engine demo on a temporary directory")
+    demo.add_argument("--records", type=int, default=1_000_000, help="records to append (default 1,000,000)")
+    demo.add_argument("--data-dir", help="keep the data here instead of a temporary directory")
+
+    args = parser.parse_args(argv)
+    if args.command == "demo":
+        from .demo import run_storage_demo
+
+        if args.records < 1000:
+            parser.error("--records must be at least 1000")
+        return run_storage_demo(args.records, args.data_dir)
+    parser.error(f"unknown command {args.command}")
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
