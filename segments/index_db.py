@@ -37,6 +37,12 @@ PARTITION_STATE = "partition_state"
 LEADER_EPOCHS = "leader_epochs"
 COLUMN_FAMILIES = (OFFSET_INDEX, TIME_INDEX, PARTITION_STATE, LEADER_EPOCHS)
 
+# Names in partition_state (after the partition key).
+LOG_START = b"log_start_offset"
+HIGH_WATERMARK = b"high_watermark"
+RECOVERY_POINT = b"recovery_point"
+FENCE_PREFIX = b"fence/"
+
 U64 = struct.Struct(">Q")
 U32 = struct.Struct(">I")
 Q = struct.Struct("<q")
@@ -196,7 +202,7 @@ def state_key(pkey: bytes, name: bytes) -> bytes:
 
 
 def fence_key(pkey: bytes, segment_base: int, position: int) -> bytes:
-    return pkey + b"fence/" + U64.pack(segment_base) + U64.pack(position)
+    return pkey + FENCE_PREFIX + U64.pack(segment_base) + U64.pack(position)
 
 
 def encode_fence(f: FencedBatch) -> bytes:

@@ -29,13 +29,14 @@ from .errors import (
     CorruptBatchError,
     InvalidBatchError,
     LogClosedError,
-    NotALogDirectoryError,
     OffsetOutOfRangeError,
     SegmentDeletedError,
     StorageError,
 )
-from .file_names import parse_segment_file_name
 from .index_db import (
+    HIGH_WATERMARK,
+    LOG_START,
+    RECOVERY_POINT,
     LEADER_EPOCHS,
     OFFSET_INDEX,
     PARTITION_STATE,
@@ -47,8 +48,6 @@ from .index_db import (
     Q,
     RecoveryPoint,
     decode_entry,
-    decode_fence,
-    decode_recovery_point,
     encode_entry,
     encode_fence,
     encode_recovery_point,
@@ -60,18 +59,14 @@ from .index_db import (
     state_key,
     time_key,
 )
-from .leader_epochs import EpochEnd, EpochEntry, LeaderEpochHistory
+from .leader_epochs import EpochEnd, LeaderEpochHistory
 from .records import decode_records
-from .recovery import ScanResult, scan_segment
+from .loader import load_log
 from .retention import SegmentSummary, segments_to_delete, should_roll
 from .segment import Segment, fsync_directory
 
 Clock = Callable[[], int]
 
-_LOG_START = b"log_start_offset"
-_HIGH_WATERMARK = b"high_watermark"
-_RECOVERY_POINT = b"recovery_point"
-_FENCE_PREFIX = b"fence/"
 
 
 def wall_clock_ms() -> int:
@@ -180,7 +175,7 @@ class PartitionLog:
         self._closed = False
         self.leader_epochs = LeaderEpochHistory()
         self.recovery_report: list[str] = []
-        self._load()
+        load_log(self)
 
     # ----------------------------------------------------------------- properties
 
@@ -358,7 +353,7 @@ class PartitionLog:
 
     def _set_recovery_point(self, rp: RecoveryPoint) -> None:
         self._recovery_point = rp
-        self._index.put(PARTITION_STATE, state_key(self._pkey, _RECOVERY_POINT), encode_recovery_point(rp))
+        self._index.put(PARTITION_STATE, state_key(self._pkey, RECOVERY_POINT), encode_recovery_point(rp))
 
     # ----------------------------------------------------------------- read
 
@@ -489,7 +484,7 @@ class PartitionLog:
             raise OffsetOutOfRangeError(offset, self._log_start, self.log_end_offset)
         if offset != self._high_watermark:
             self._high_watermark = offset
-            self._index.put(PARTITION_STATE, state_key(self._pkey, _HIGH_WATERMARK), Q.pack(offset))
+            self._index.put(PARTITION_STATE, state_key(self._pkey, HIGH_WATERMARK), Q.pack(offset))
 
     # ----------------------------------------------------------------- leader epochs
 
@@ -595,7 +590,7 @@ class PartitionLog:
 
     def _set_log_start(self, offset: int) -> None:
         self._log_start = offset
-        self._index.put(PARTITION_STATE, state_key(self._pkey, _LOG_START), Q.pack(offset))
+        self._index.put(PARTITION_STATE, state_key(self._pkey, LOG_START), Q.pack(offset))
         if self._high_watermark < offset:
             self.set_high_watermark(offset)
 
@@ -684,216 +679,3 @@ class PartitionLog:
         self._closed = True
         for seg in self._segments:
             seg.close()
-
-    def _load(self) -> None:
-        """Open the segments and make files and index agree (module doc of recovery.py)."""
-        directory = self.directory
-        if not os.path.isdir(directory):
-            raise NotALogDirectoryError(directory, "it does not exist or is not a directory")
-        bases = []
-        for entry in sorted(os.listdir(directory)):
-            base = parse_segment_file_name(entry)
-            if base is None:
-                raise NotALogDirectoryError(
-                    directory, f"it holds {entry!r}, which is not a segment file (NNNNNNNNNNNNNNNNNNNN.log)")
-            bases.append(base)
-        get_state = lambda name: self._index.get(PARTITION_STATE, state_key(self._pkey, name))  # noqa: E731
-        raw = get_state(_LOG_START)
-        stored_start = Q.unpack(raw)[0] if raw else None
-        raw = get_state(_HIGH_WATERMARK)
-        stored_hw = Q.unpack(raw)[0] if raw else None
-        raw = get_state(_RECOVERY_POINT)
-        stored_rp = decode_recovery_point(raw) if raw else None
-        now = self._clock()
-
-        if not bases:
-            start = stored_start or 0
-            seg = Segment(directory, start, now, create=True)
-            seg.next_offset = start
-            self._segments = [seg]
-            fsync_directory(directory)
-            self._index.delete_range(OFFSET_INDEX, self._pkey, prefix_end(self._pkey))
-            self._index.delete_range(TIME_INDEX, self._pkey, prefix_end(self._pkey))
-            self._index.delete_range(LEADER_EPOCHS, self._pkey, prefix_end(self._pkey))
-        else:
-            self._segments = [Segment(directory, b, now, create=False) for b in bases]
-        # Segments wholly below a recorded log start are left over from retention.
-        if stored_start is not None:
-            while len(self._segments) > 1 and self._segments[1].base_offset <= stored_start:
-                self._segments.pop(0).delete()
-                self.recovery_report.append("deleted a segment below the log start offset")
-
-        # Fences recorded earlier.
-        fence_prefix = state_key(self._pkey, _FENCE_PREFIX)
-        for k, v in self._index.items_from(PARTITION_STATE, fence_prefix, prefix_end(fence_prefix)):
-            f = decode_fence(k, v)
-            if self._segment_or_none(f.segment_base) is not None:
-                self._fences.setdefault(f.segment_base, {})[f.position] = f
-            else:
-                self._index.delete(PARTITION_STATE, k)
-
-        # Index entries and time entries below the first segment belong to deleted segments.
-        first = self._segments[0].base_offset
-        self._index.delete_range(OFFSET_INDEX, self._pkey, offset_key(self._pkey, first))
-        self._index.delete_range(TIME_INDEX, self._pkey, self._pkey + U64.pack(first))
-
-        epochs = [EpochEntry(int.from_bytes(k[-4:], "big"), Q.unpack(v)[0]) for k, v in
-                  self._index.items_from(LEADER_EPOCHS, self._pkey, prefix_end(self._pkey))]
-        self.leader_epochs = LeaderEpochHistory(epochs)
-        rebuilt_epochs: list[tuple[int, int]] = []
-        epochs_trusted = True
-
-        for i, seg in enumerate(self._segments):
-            file_size = os.fstat(seg.fd).st_size
-            is_last = i == len(self._segments) - 1
-            if not is_last:
-                nxt = self._segments[i + 1].base_offset
-                if self._sealed_index_agrees(seg, nxt, file_size):
-                    last = self._last_entry(seg, nxt)
-                    seg.size = file_size
-                    seg.next_offset = nxt
-                    seg.max_timestamp = last.segment_max_timestamp if last else -1
-                    continue
-                epochs_trusted = False
-                self.recovery_report.append(f"rebuilt the index of sealed segment {seg.path}")
-                self._clear_index_from(seg, seg.base_offset, nxt)
-                result = self._scan(seg, 0, seg.base_offset, -1, -1, sealed=True, file_size=file_size)
-                self._store_scan(seg, result, -1)
-                for fence in result.fences:
-                    self._add_fence(fence)
-                rebuilt_epochs.extend(result.epochs)
-                seg.size = file_size
-                if result.next_offset < nxt:
-                    # The file ends before its successor begins: those offsets are unreadable.
-                    self._add_fence(FencedBatch(seg.base_offset, file_size, 0, result.next_offset,
-                                                f"segment ends at offset {result.next_offset}, the next begins at {nxt}"))
-                seg.next_offset = nxt
-                continue
-            # The last segment: trust up to the recovery point, scan the rest, cut what is bad.
-            start_pos, expected, seg_max = 0, seg.base_offset, -1
-            if stored_rp is not None and stored_rp.segment_base == seg.base_offset and stored_rp.position <= file_size:
-                if stored_rp.position == 0:
-                    start_pos, expected = 0, seg.base_offset
-                else:
-                    e = self._last_entry(seg, stored_rp.offset)
-                    if e is not None and e.end_position == stored_rp.position and e.next_offset == stored_rp.offset:
-                        start_pos, expected, seg_max = stored_rp.position, stored_rp.offset, e.segment_max_timestamp
-            if start_pos == 0:
-                epochs_trusted = epochs_trusted and stored_rp is not None
-            # Epochs recorded for appends the crash lost would wrongly reject older-epoch
-            # batches that did reach the file.
-            for removed in self.leader_epochs.truncate_from_end(expected):
-                self._index.delete(LEADER_EPOCHS, epoch_key(self._pkey, removed.epoch))
-            self._clear_index_from(seg, expected, None)
-            result = self._scan(seg, start_pos, expected, seg_max,
-                                self.leader_epochs.latest_epoch if start_pos else -1,
-                                sealed=False, file_size=file_size)
-            self._store_scan(seg, result, seg_max)
-            rebuilt_epochs.extend(result.epochs)
-            if result.valid_end < file_size:
-                reason = result.failure[1] if result.failure else "unknown"
-                self.recovery_report.append(
-                    f"cut {file_size - result.valid_end} bytes from the tail of {seg.path} at byte "
-                    f"{result.valid_end}: {reason}")
-                os.ftruncate(seg.fd, result.valid_end)
-            seg.size = result.valid_end
-            seg.next_offset = result.next_offset
-            seg.max_timestamp = result.max_timestamp
-            # The scanned tail may sit only in the page cache (after kill -9): make it durable
-            # now, so the recovery point below is true.
-            os.fdatasync(seg.fd)
-            for fenced_pos in [p for p in self._fences.get(seg.base_offset, {}) if p >= seg.size]:
-                self._remove_fence(seg.base_offset, fenced_pos)
-
-        leo = self.log_end_offset
-        for removed in self.leader_epochs.truncate_from_end(leo):
-            self._index.delete(LEADER_EPOCHS, epoch_key(self._pkey, removed.epoch))
-        if not epochs_trusted:
-            self._index.delete_range(LEADER_EPOCHS, self._pkey, prefix_end(self._pkey))
-            self.leader_epochs = LeaderEpochHistory()
-            # rebuilt_epochs covers only scanned segments; read the others' headers.
-            self._rebuild_epochs()
-        else:
-            for epoch, base in rebuilt_epochs:
-                if epoch > self.leader_epochs.latest_epoch and self.leader_epochs.assign(epoch, base):
-                    self._index.put(LEADER_EPOCHS, epoch_key(self._pkey, epoch), Q.pack(base))
-
-        self._log_start = max(stored_start if stored_start is not None else first, self._segments[0].base_offset)
-        self._log_start = min(self._log_start, leo)
-        self._index.put(PARTITION_STATE, state_key(self._pkey, _LOG_START), Q.pack(self._log_start))
-        hw = stored_hw if stored_hw is not None else self._log_start
-        self._high_watermark = max(self._log_start, min(hw, leo))
-        self._index.put(PARTITION_STATE, state_key(self._pkey, _HIGH_WATERMARK), Q.pack(self._high_watermark))
-        last = self._segments[-1]
-        self._set_recovery_point(RecoveryPoint(last.base_offset, last.size, last.next_offset))
-
-    def _sealed_index_agrees(self, seg: Segment, next_base: int, file_size: int) -> bool:
-        first = self._index.first_from(OFFSET_INDEX, offset_key(self._pkey, seg.base_offset),
-                                       offset_key(self._pkey, next_base))
-        if first is None:
-            return False
-        fe = decode_entry(*first)
-        last = self._last_entry(seg, next_base)
-        if last is None or fe.position != 0 or fe.base_offset != seg.base_offset or fe.segment_base != seg.base_offset:
-            return False
-        # A fence at the end of the file accounts for offsets the file lost.
-        return last.end_position == file_size and last.next_offset == next_base and last.segment_base == seg.base_offset \
-            or any(f.position + f.size == file_size for f in self._fences.get(seg.base_offset, {}).values())
-
-    def _clear_index_from(self, seg: Segment, from_offset: int, to_offset: int | None) -> None:
-        hi = offset_key(self._pkey, to_offset) if to_offset is not None else prefix_end(self._pkey)
-        self._index.delete_range(OFFSET_INDEX, offset_key(self._pkey, from_offset), hi)
-        seg_prefix = self._pkey + U64.pack(seg.base_offset)
-        if from_offset == seg.base_offset:
-            self._index.delete_range(TIME_INDEX, seg_prefix, prefix_end(self._pkey) if to_offset is None
-                                     else self._pkey + U64.pack(to_offset))
-        else:
-            for k, v in list(self._index.items_from(TIME_INDEX, seg_prefix, prefix_end(seg_prefix))):
-                if U64.unpack(v)[0] >= from_offset:
-                    self._index.delete(TIME_INDEX, k)
-            self._index.delete_range(TIME_INDEX, prefix_end(seg_prefix), prefix_end(self._pkey))
-
-    def _scan(self, seg: Segment, start: int, expected: int, seg_max: int, last_epoch: int, *,
-              sealed: bool, file_size: int) -> ScanResult:
-        return scan_segment(seg, start, expected, seg_max, last_epoch,
-                            batch_bytes_max=self.config.batch_bytes_max,
-                            window_bytes=self.config.scan_window_bytes, sealed=sealed, file_size=file_size)
-
-    def _store_scan(self, seg: Segment, result: ScanResult, start_max: int) -> None:
-        """Write the index entries a scan found; ``start_max`` is the segment's running max
-        timestamp before the scanned part."""
-        wb = self._index.batch()
-        h_off = self._index.handle[OFFSET_INDEX]
-        h_time = self._index.handle[TIME_INDEX]
-        prev_max = start_max
-        for e in result.entries:
-            wb.put(offset_key(self._pkey, e.base_offset), encode_entry(e), h_off)
-            if e.segment_max_timestamp > prev_max:
-                wb.put(time_key(self._pkey, seg.base_offset, e.segment_max_timestamp), U64.pack(e.base_offset), h_time)
-                prev_max = e.segment_max_timestamp
-        self._index.write(wb)
-        seg.max_timestamp = result.max_timestamp
-
-    def _rebuild_epochs(self) -> None:
-        wb_entries = []
-        for seg in self._segments:
-            pos = 0
-            while pos < seg.size:
-                if any(f.position == pos for f in self._fences.get(seg.base_offset, {}).values()):
-                    f = self._fences[seg.base_offset][pos]
-                    if f.size == 0:
-                        break
-                    pos += f.size
-                    continue
-                head = seg.read(pos, HEADER_SIZE)
-                if len(head) < HEADER_SIZE:
-                    break
-                h = parse_header(head, 0)
-                if h.batch_length <= 0:
-                    break
-                if self.leader_epochs.latest_epoch < h.leader_epoch:
-                    self.leader_epochs.assign(h.leader_epoch, h.base_offset)
-                    wb_entries.append((h.leader_epoch, h.base_offset))
-                pos += h.size
-        for epoch, base in wb_entries:
-            self._index.put(LEADER_EPOCHS, epoch_key(self._pkey, epoch), Q.pack(base))

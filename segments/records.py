@@ -39,7 +39,6 @@ import crc32c as _crc32c
 from .batch import (
     CODEC_GZIP,
     CODEC_NONE,
-    CODEC_ZSTD,
     CONTROL_FLAG,
     CRC_START,
     HEADER,

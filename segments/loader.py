@@ -1,0 +1,262 @@
+"""Opening a partition log: make the segment files and the index agree (DESIGN.md §4).
+
+What is trusted and what is scanned, and how damage is handled, is described in
+recovery.py; this module walks the segments of one log on open and applies it: segments
+left below the log start are deleted, sealed segments whose index disagrees with the file are
+rescanned (damage fenced), the last segment is scanned from the recovery point and cut at the
+first bad batch, index entries outside the valid log are dropped, the leader-epoch history is
+trimmed or rebuilt, and the high watermark is capped at the log end.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING
+
+from .batch import HEADER_SIZE, parse_header
+from .errors import NotALogDirectoryError
+from .file_names import parse_segment_file_name
+from .index_db import (
+    FENCE_PREFIX,
+    HIGH_WATERMARK,
+    LOG_START,
+    RECOVERY_POINT,
+    LEADER_EPOCHS,
+    OFFSET_INDEX,
+    PARTITION_STATE,
+    TIME_INDEX,
+    U64,
+    FencedBatch,
+    Q,
+    RecoveryPoint,
+    decode_entry,
+    decode_fence,
+    decode_recovery_point,
+    encode_entry,
+    epoch_key,
+    offset_key,
+    prefix_end,
+    state_key,
+    time_key,
+)
+from .leader_epochs import EpochEntry, LeaderEpochHistory
+from .recovery import ScanResult, scan_segment
+from .segment import Segment, fsync_directory
+
+if TYPE_CHECKING:
+    from .log import PartitionLog
+
+
+
+def load_log(log: "PartitionLog") -> None:
+    """Open the segments and make files and index agree (module doc of recovery.py)."""
+    directory = log.directory
+    if not os.path.isdir(directory):
+        raise NotALogDirectoryError(directory, "it does not exist or is not a directory")
+    bases = []
+    for entry in sorted(os.listdir(directory)):
+        base = parse_segment_file_name(entry)
+        if base is None:
+            raise NotALogDirectoryError(
+                directory, f"it holds {entry!r}, which is not a segment file (NNNNNNNNNNNNNNNNNNNN.log)")
+        bases.append(base)
+    get_state = lambda name: log._index.get(PARTITION_STATE, state_key(log._pkey, name))  # noqa: E731
+    raw = get_state(LOG_START)
+    stored_start = Q.unpack(raw)[0] if raw else None
+    raw = get_state(HIGH_WATERMARK)
+    stored_hw = Q.unpack(raw)[0] if raw else None
+    raw = get_state(RECOVERY_POINT)
+    stored_rp = decode_recovery_point(raw) if raw else None
+    now = log._clock()
+
+    if not bases:
+        start = stored_start or 0
+        seg = Segment(directory, start, now, create=True)
+        seg.next_offset = start
+        log._segments = [seg]
+        fsync_directory(directory)
+        log._index.delete_range(OFFSET_INDEX, log._pkey, prefix_end(log._pkey))
+        log._index.delete_range(TIME_INDEX, log._pkey, prefix_end(log._pkey))
+        log._index.delete_range(LEADER_EPOCHS, log._pkey, prefix_end(log._pkey))
+    else:
+        log._segments = [Segment(directory, b, now, create=False) for b in bases]
+    # Segments wholly below a recorded log start are left over from retention.
+    if stored_start is not None:
+        while len(log._segments) > 1 and log._segments[1].base_offset <= stored_start:
+            log._segments.pop(0).delete()
+            log.recovery_report.append("deleted a segment below the log start offset")
+
+    # Fences recorded earlier.
+    fence_prefix = state_key(log._pkey, FENCE_PREFIX)
+    for k, v in log._index.items_from(PARTITION_STATE, fence_prefix, prefix_end(fence_prefix)):
+        f = decode_fence(k, v)
+        if log._segment_or_none(f.segment_base) is not None:
+            log._fences.setdefault(f.segment_base, {})[f.position] = f
+        else:
+            log._index.delete(PARTITION_STATE, k)
+
+    # Index entries and time entries below the first segment belong to deleted segments.
+    first = log._segments[0].base_offset
+    log._index.delete_range(OFFSET_INDEX, log._pkey, offset_key(log._pkey, first))
+    log._index.delete_range(TIME_INDEX, log._pkey, log._pkey + U64.pack(first))
+
+    epochs = [EpochEntry(int.from_bytes(k[-4:], "big"), Q.unpack(v)[0]) for k, v in
+              log._index.items_from(LEADER_EPOCHS, log._pkey, prefix_end(log._pkey))]
+    log.leader_epochs = LeaderEpochHistory(epochs)
+    rebuilt_epochs: list[tuple[int, int]] = []
+    epochs_trusted = True
+
+    for i, seg in enumerate(log._segments):
+        file_size = os.fstat(seg.fd).st_size
+        is_last = i == len(log._segments) - 1
+        if not is_last:
+            nxt = log._segments[i + 1].base_offset
+            if _sealed_index_agrees(log, seg, nxt, file_size):
+                last = log._last_entry(seg, nxt)
+                seg.size = file_size
+                seg.next_offset = nxt
+                seg.max_timestamp = last.segment_max_timestamp if last else -1
+                continue
+            epochs_trusted = False
+            log.recovery_report.append(f"rebuilt the index of sealed segment {seg.path}")
+            _clear_index_from(log, seg, seg.base_offset, nxt)
+            result = _scan(log, seg, 0, seg.base_offset, -1, -1, sealed=True, file_size=file_size)
+            _store_scan(log, seg, result, -1)
+            for fence in result.fences:
+                log._add_fence(fence)
+            rebuilt_epochs.extend(result.epochs)
+            seg.size = file_size
+            if result.next_offset < nxt:
+                # The file ends before its successor begins: those offsets are unreadable.
+                log._add_fence(FencedBatch(seg.base_offset, file_size, 0, result.next_offset,
+                                            f"segment ends at offset {result.next_offset}, the next begins at {nxt}"))
+            seg.next_offset = nxt
+            continue
+        # The last segment: trust up to the recovery point, scan the rest, cut what is bad.
+        start_pos, expected, seg_max = 0, seg.base_offset, -1
+        if stored_rp is not None and stored_rp.segment_base == seg.base_offset and stored_rp.position <= file_size:
+            if stored_rp.position == 0:
+                start_pos, expected = 0, seg.base_offset
+            else:
+                e = log._last_entry(seg, stored_rp.offset)
+                if e is not None and e.end_position == stored_rp.position and e.next_offset == stored_rp.offset:
+                    start_pos, expected, seg_max = stored_rp.position, stored_rp.offset, e.segment_max_timestamp
+        if start_pos == 0:
+            epochs_trusted = epochs_trusted and stored_rp is not None
+        # Epochs recorded for appends the crash lost would wrongly reject older-epoch
+        # batches that did reach the file.
+        for removed in log.leader_epochs.truncate_from_end(expected):
+            log._index.delete(LEADER_EPOCHS, epoch_key(log._pkey, removed.epoch))
+        _clear_index_from(log, seg, expected, None)
+        result = _scan(log, seg, start_pos, expected, seg_max,
+                            log.leader_epochs.latest_epoch if start_pos else -1,
+                            sealed=False, file_size=file_size)
+        _store_scan(log, seg, result, seg_max)
+        rebuilt_epochs.extend(result.epochs)
+        if result.valid_end < file_size:
+            reason = result.failure[1] if result.failure else "unknown"
+            log.recovery_report.append(
+                f"cut {file_size - result.valid_end} bytes from the tail of {seg.path} at byte "
+                f"{result.valid_end}: {reason}")
+            os.ftruncate(seg.fd, result.valid_end)
+        seg.size = result.valid_end
+        seg.next_offset = result.next_offset
+        seg.max_timestamp = result.max_timestamp
+        # The scanned tail may sit only in the page cache (after kill -9): make it durable
+        # now, so the recovery point below is true.
+        os.fdatasync(seg.fd)
+        for fenced_pos in [p for p in log._fences.get(seg.base_offset, {}) if p >= seg.size]:
+            log._remove_fence(seg.base_offset, fenced_pos)
+
+    leo = log.log_end_offset
+    for removed in log.leader_epochs.truncate_from_end(leo):
+        log._index.delete(LEADER_EPOCHS, epoch_key(log._pkey, removed.epoch))
+    if not epochs_trusted:
+        log._index.delete_range(LEADER_EPOCHS, log._pkey, prefix_end(log._pkey))
+        log.leader_epochs = LeaderEpochHistory()
+        # rebuilt_epochs covers only scanned segments; read the others' headers.
+        _rebuild_epochs(log)
+    else:
+        for epoch, base in rebuilt_epochs:
+            if epoch > log.leader_epochs.latest_epoch and log.leader_epochs.assign(epoch, base):
+                log._index.put(LEADER_EPOCHS, epoch_key(log._pkey, epoch), Q.pack(base))
+
+    log._log_start = max(stored_start if stored_start is not None else first, log._segments[0].base_offset)
+    log._log_start = min(log._log_start, leo)
+    log._index.put(PARTITION_STATE, state_key(log._pkey, LOG_START), Q.pack(log._log_start))
+    hw = stored_hw if stored_hw is not None else log._log_start
+    log._high_watermark = max(log._log_start, min(hw, leo))
+    log._index.put(PARTITION_STATE, state_key(log._pkey, HIGH_WATERMARK), Q.pack(log._high_watermark))
+    last = log._segments[-1]
+    log._set_recovery_point(RecoveryPoint(last.base_offset, last.size, last.next_offset))
+
+def _sealed_index_agrees(log: "PartitionLog", seg: Segment, next_base: int, file_size: int) -> bool:
+    first = log._index.first_from(OFFSET_INDEX, offset_key(log._pkey, seg.base_offset),
+                                   offset_key(log._pkey, next_base))
+    if first is None:
+        return False
+    fe = decode_entry(*first)
+    last = log._last_entry(seg, next_base)
+    if last is None or fe.position != 0 or fe.base_offset != seg.base_offset or fe.segment_base != seg.base_offset:
+        return False
+    # A fence at the end of the file accounts for offsets the file lost.
+    return last.end_position == file_size and last.next_offset == next_base and last.segment_base == seg.base_offset \
+        or any(f.position + f.size == file_size for f in log._fences.get(seg.base_offset, {}).values())
+
+def _clear_index_from(log: "PartitionLog", seg: Segment, from_offset: int, to_offset: int | None) -> None:
+    hi = offset_key(log._pkey, to_offset) if to_offset is not None else prefix_end(log._pkey)
+    log._index.delete_range(OFFSET_INDEX, offset_key(log._pkey, from_offset), hi)
+    seg_prefix = log._pkey + U64.pack(seg.base_offset)
+    if from_offset == seg.base_offset:
+        log._index.delete_range(TIME_INDEX, seg_prefix, prefix_end(log._pkey) if to_offset is None
+                                 else log._pkey + U64.pack(to_offset))
+    else:
+        for k, v in list(log._index.items_from(TIME_INDEX, seg_prefix, prefix_end(seg_prefix))):
+            if U64.unpack(v)[0] >= from_offset:
+                log._index.delete(TIME_INDEX, k)
+        log._index.delete_range(TIME_INDEX, prefix_end(seg_prefix), prefix_end(log._pkey))
+
+def _scan(log: "PartitionLog", seg: Segment, start: int, expected: int, seg_max: int, last_epoch: int, *,
+          sealed: bool, file_size: int) -> ScanResult:
+    return scan_segment(seg, start, expected, seg_max, last_epoch,
+                        batch_bytes_max=log.config.batch_bytes_max,
+                        window_bytes=log.config.scan_window_bytes, sealed=sealed, file_size=file_size)
+
+def _store_scan(log: "PartitionLog", seg: Segment, result: ScanResult, start_max: int) -> None:
+    """Write the index entries a scan found; ``start_max`` is the segment's running max
+    timestamp before the scanned part."""
+    wb = log._index.batch()
+    h_off = log._index.handle[OFFSET_INDEX]
+    h_time = log._index.handle[TIME_INDEX]
+    prev_max = start_max
+    for e in result.entries:
+        wb.put(offset_key(log._pkey, e.base_offset), encode_entry(e), h_off)
+        if e.segment_max_timestamp > prev_max:
+            wb.put(time_key(log._pkey, seg.base_offset, e.segment_max_timestamp), U64.pack(e.base_offset), h_time)
+            prev_max = e.segment_max_timestamp
+    log._index.write(wb)
+    seg.max_timestamp = result.max_timestamp
+
+def _rebuild_epochs(log: "PartitionLog") -> None:
+    wb_entries = []
+    for seg in log._segments:
+        pos = 0
+        while pos < seg.size:
+            if any(f.position == pos for f in log._fences.get(seg.base_offset, {}).values()):
+                f = log._fences[seg.base_offset][pos]
+                if f.size == 0:
+                    break
+                pos += f.size
+                continue
+            head = seg.read(pos, HEADER_SIZE)
+            if len(head) < HEADER_SIZE:
+                break
+            h = parse_header(head, 0)
+            if h.batch_length <= 0:
+                break
+            if log.leader_epochs.latest_epoch < h.leader_epoch:
+                log.leader_epochs.assign(h.leader_epoch, h.base_offset)
+                wb_entries.append((h.leader_epoch, h.base_offset))
+            pos += h.size
+    for epoch, base in wb_entries:
+        log._index.put(LEADER_EPOCHS, epoch_key(log._pkey, epoch), Q.pack(base))
