@@ -12,6 +12,7 @@ KIB = 1 << 10
 MIB = 1 << 20
 GIB = 1 << 30
 DAY_MS = 24 * 3600 * 1000
+BATCH_BYTES_MIN = 90  # a 61-byte header and one empty record of 29 bytes
 
 
 @dataclass(frozen=True)
@@ -39,7 +40,8 @@ class LogConfig:
             if not ok:
                 raise ValueError(f"invalid LogConfig: {why}")
 
-        need(self.batch_bytes_max >= 64, f"batch_bytes_max={self.batch_bytes_max} is below 64 bytes")
+        need(self.batch_bytes_max >= BATCH_BYTES_MIN,
+             f"batch_bytes_max={self.batch_bytes_max} is below {BATCH_BYTES_MIN} bytes, the smallest batch")
         need(self.batch_bytes_max < 2**31, "batch_bytes_max must fit in the i32 batch_length field")
         need(
             self.append_bytes_max >= self.batch_bytes_max,

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 
-from .errors import TruncatedBeforeDurableError
+from .errors import LogClosedError, TruncatedBeforeDurableError
 from .log import AppendInfo, PartitionLog
 
 
@@ -48,17 +48,19 @@ class GroupCommit:
     async def _flush_loop(self) -> None:
         loop = asyncio.get_running_loop()
         while self._waiters:
-            ticket = self.log.begin_sync()
             try:
+                ticket = self.log.begin_sync()
                 await loop.run_in_executor(None, ticket.run)
             except BaseException as e:  # noqa: BLE001 - every waiter must hear of the failure
-                while self._waiters:
-                    fut = self._waiters.popleft()[2]
-                    if not fut.done():
-                        fut.set_exception(e if isinstance(e, Exception) else RuntimeError(str(e)))
+                self._fail_all(e if isinstance(e, Exception) else LogClosedError(str(e)))
+                if isinstance(e, Exception):
+                    return
                 raise
             self.fsyncs += 1
             durable = self.log.complete_sync(ticket)
+            if self.log.closed:
+                self._fail_all(LogClosedError(f"log {self.log.name} was closed before the append became durable"))
+                return
             generation = self.log.generation
             still: deque[tuple[int, int, asyncio.Future[int]]] = deque()
             for offset, gen, fut in self._waiters:
@@ -72,3 +74,9 @@ class GroupCommit:
                 else:
                     still.append((offset, gen, fut))
             self._waiters = still
+
+    def _fail_all(self, error: Exception) -> None:
+        while self._waiters:
+            fut = self._waiters.popleft()[2]
+            if not fut.done():
+                fut.set_exception(error)

@@ -126,7 +126,7 @@ def load_log(log: "PartitionLog") -> None:
                 log._add_fence(fence)
             rebuilt_epochs.extend(result.epochs)
             seg.size = file_size
-            if result.next_offset < nxt:
+            if result.next_offset < nxt and not any(f.position + f.size == file_size for f in result.fences):
                 # The file ends before its successor begins: those offsets are unreadable.
                 log._add_fence(FencedBatch(seg.base_offset, file_size, 0, result.next_offset,
                                             f"segment ends at offset {result.next_offset}, the next begins at {nxt}"))
@@ -193,15 +193,14 @@ def load_log(log: "PartitionLog") -> None:
 def _sealed_index_agrees(log: "PartitionLog", seg: Segment, next_base: int, file_size: int) -> bool:
     first = log._index.first_from(OFFSET_INDEX, offset_key(log._pkey, seg.base_offset),
                                    offset_key(log._pkey, next_base))
-    if first is None:
-        return False
-    fe = decode_entry(*first)
+    fences = log._fences.get(seg.base_offset, {})
+    fe = decode_entry(*first) if first is not None else None
     last = log._last_entry(seg, next_base)
-    if last is None or fe.position != 0 or fe.base_offset != seg.base_offset or fe.segment_base != seg.base_offset:
-        return False
-    # A fence at the end of the file accounts for offsets the file lost.
-    return last.end_position == file_size and last.next_offset == next_base and last.segment_base == seg.base_offset \
-        or any(f.position + f.size == file_size for f in log._fences.get(seg.base_offset, {}).values())
+    # A fence stands for the batches it covers: at the start, at the end, or both.
+    starts_ok = fe is not None and fe.position == 0 and fe.base_offset == seg.base_offset or 0 in fences
+    ends_ok = (last is not None and last.end_position == file_size and last.next_offset == next_base) \
+        or any(f.position + f.size == file_size for f in fences.values())
+    return starts_ok and ends_ok
 
 def _clear_index_from(log: "PartitionLog", seg: Segment, from_offset: int, to_offset: int | None) -> None:
     hi = offset_key(log._pkey, to_offset) if to_offset is not None else prefix_end(log._pkey)

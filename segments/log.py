@@ -98,11 +98,7 @@ class FileRegion:
         return self.segment.path
 
     def fileno(self) -> int:
-        if self.segment.deleted:
-            raise SegmentDeletedError(
-                f"{self.segment.path} was deleted by retention or truncation; read again from "
-                "the log start offset"
-            )
+        self.segment.check_readable()
         return self.segment.fd
 
     def read(self) -> bytes:
@@ -200,6 +196,10 @@ class PartitionLog:
     def recovery_point(self) -> RecoveryPoint:
         """Where the last fsync ended: segment, byte position and offset."""
         return self._recovery_point
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
 
     @property
     def generation(self) -> int:
@@ -471,11 +471,38 @@ class PartitionLog:
             if found is None:
                 continue
             (batch_base,) = U64.unpack(found[1])
-            result = self.read(max(batch_base, self._log_start), 1)
-            for rec in decode_records(result.data, 0):
-                if rec.timestamp >= timestamp and rec.offset >= self._log_start:
-                    return rec.offset
+            return self._scan_for_timestamp(max(batch_base, self._log_start), timestamp)
         return None
+
+    def _scan_for_timestamp(self, offset: int, timestamp: int) -> int | None:
+        """Decode batches from ``offset`` on until a record reaches ``timestamp``. A producer may
+        overstate a batch's max_timestamp (the server does not decode records), so the first
+        candidate batch need not hold the answer; fenced batches are stepped over."""
+        end = self.log_end_offset
+        while offset < end:
+            try:
+                result = self.read(offset, 1 << 20)
+            except CorruptBatchError as e:
+                fence = self._fence_covering(offset) or (
+                    self._fences.get(self._segment_base_of(e), {}).get(e.position))
+                if fence is None:
+                    raise
+                offset = max(offset + 1, self._next_offset_after_fence(fence))
+                continue
+            for pos, _ in iter_batches(result.data, self.config.batch_bytes_max):
+                for rec in decode_records(result.data, pos):
+                    if rec.timestamp >= timestamp and rec.offset >= offset:
+                        return rec.offset
+            if result.next_offset <= offset:
+                break
+            offset = result.next_offset
+        return None
+
+    def _segment_base_of(self, e: CorruptBatchError) -> int:
+        for seg in self._segments:
+            if seg.path == e.path:
+                return seg.base_offset
+        return -1
 
     # ----------------------------------------------------------------- high watermark
 
@@ -669,6 +696,11 @@ class PartitionLog:
             raise LogClosedError(f"log {self.name} is closed")
 
     # ----------------------------------------------------------------- open / close
+
+    def mark_deleted(self) -> None:
+        """The log's files are being removed: regions handed out must not be served."""
+        for seg in self._segments:
+            seg.deleted = True
 
     def close(self, sync: bool = True) -> None:
         """Close the files. ``sync=False`` skips the final fsync (tests use it to crash)."""

@@ -115,6 +115,10 @@ def decompress(codec: int, data: bytes, limit: int) -> bytes:
             raise InvalidBatchError(
                 f"gzip records section expands past the limit of {limit} bytes"
             )
+        if not d.eof:
+            raise InvalidBatchError("gzip records section ends before its stream does (no trailer)")
+        if d.unused_data:
+            raise InvalidBatchError(f"gzip records section has {len(d.unused_data)} bytes after its stream")
         return out
     raise InvalidBatchError(f"compression codec {KNOWN_CODECS.get(codec, codec)} is not available "
                             "in this build of kolk.segments")
@@ -138,6 +142,9 @@ def build_batch(
     Timestamps default to now (ms) for every record; ``timestamps`` gives one per record.
     The server assigns the real ``base_offset`` and ``leader_epoch`` on append.
     """
+    if first_timestamp is not None and timestamps is not None:
+        raise ValueError("give first_timestamp (one timestamp for all records) or timestamps "
+                         "(one per record), not both")
     if first_timestamp is None and timestamps is None:
         first_timestamp = int(time.time() * 1000)
     parts: list[bytes] = []
@@ -157,6 +164,8 @@ def build_batch(
             if ts > max_ts:
                 max_ts = ts
             ts_delta = ts - first_ts
+            if not -(2**63) <= ts_delta < 2**63:
+                raise InvalidBatchError(f"record {i}'s timestamp {ts} is too far from the first ({first_ts})")
         else:
             ts_delta = 0
         if headers:

@@ -101,9 +101,17 @@ class Segment:
             # file on the next open if this failed too.
             pass
 
-    def read(self, position: int, length: int) -> bytes:
+    def check_readable(self) -> None:
+        """Raise unless the descriptor still belongs to this segment's file."""
         if self.deleted:
-            raise SegmentDeletedError(f"{self.path} was deleted; read from the log start offset again")
+            raise SegmentDeletedError(
+                f"{self.path} was deleted by retention, truncation or deletion of its log; read "
+                "again from the log start offset")
+        if self._closed:
+            raise SegmentDeletedError(f"{self.path} was closed with its log; reopen the log and read again")
+
+    def read(self, position: int, length: int) -> bytes:
+        self.check_readable()
         return os.pread(self.fd, length, position)
 
     def truncate(self, size: int) -> None:

@@ -102,6 +102,7 @@ class LogStore:
         log = self._logs.pop(name, None)
         if log is not None:
             log.close(sync=False)
+            log.mark_deleted()
         from .index_db import COLUMN_FAMILIES, partition_key, prefix_end
 
         pkey = partition_key(name)
