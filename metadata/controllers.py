@@ -1,0 +1,98 @@
+"""Controllers: pure functions from state (and what the SC leader observed) to commands.
+
+They run on the SC leader only, in a loop and after every change; what they return is
+proposed through Raft, and apply re-validates it, so a controller working from a state that
+moved on is harmless (its command fails with ``stale_epoch`` or similar and the next round
+starts from the new state). Time comes in as ``now_ms``.
+
+* :func:`place_replicas`: where a new topic's replicas go. Least-loaded SPUs first, the
+  replicas of one partition on distinct racks while racks last, the first replica (the
+  preferred leader) spread by leader count. Deterministic for a given state.
+* :func:`reconcile_liveness`: an SPU that has not sent a heartbeat for ``timeout_ms`` is marked
+  dead; one that sends again is marked alive.
+* :func:`reconcile_leaders`: a partition whose leader is gone (dead, or none) gets the first
+  live replica of its in-sync set as leader, with the epoch bumped; with no live in-sync
+  replica it goes offline (leader None, epoch bumped, so the old leader is fenced).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any, Mapping
+
+from .objects import PARTITION, SPU, State
+
+
+def place_replicas(state: State, partitions: int, replication_factor: int) -> list[list[int]]:
+    """Replica lists for ``partitions`` new partitions; raises ValueError if RF > SPUs."""
+    spus = sorted(state.all(SPU), key=lambda o: o.spec["id"])
+    if replication_factor > len(spus):
+        raise ValueError(f"replication factor {replication_factor} is more than the {len(spus)} registered SPUs")
+    alive = {o.spec["id"] for o in spus if o.status.get("alive")}
+    rack_of = {o.spec["id"]: o.spec.get("rack") for o in spus}
+    load: Counter[int] = Counter({o.spec["id"]: 0 for o in spus})
+    leaders: Counter[int] = Counter({o.spec["id"]: 0 for o in spus})
+    for p in state.all(PARTITION):
+        for r in p.spec["replicas"]:
+            if r in load:
+                load[r] += 1
+        first = p.spec["replicas"][0] if p.spec["replicas"] else None
+        if first in leaders:
+            leaders[first] += 1
+    out = []
+    for _ in range(partitions):
+        # The preferred leader: a live SPU with the fewest leaders, then the fewest replicas.
+        first = min(load, key=lambda s: (s not in alive, leaders[s], load[s], s))
+        chosen = [first]
+        racks_used = {rack_of[first]}
+        rest = sorted((s for s in load if s != first), key=lambda s: (s not in alive, load[s], s))
+        # One replica per rack while racks last, then anywhere.
+        for s in rest:
+            if len(chosen) < replication_factor and (rack_of[s] is None or rack_of[s] not in racks_used):
+                chosen.append(s)
+                racks_used.add(rack_of[s])
+        for s in rest:
+            if len(chosen) < replication_factor and s not in chosen:
+                chosen.append(s)
+        for s in chosen:
+            load[s] += 1
+        leaders[first] += 1
+        out.append(chosen)
+    return out
+
+
+def reconcile_liveness(state: State, last_heartbeat_ms: Mapping[int, int], now_ms: int,
+                       timeout_ms: int) -> list[dict[str, Any]]:
+    """``set_spu_status`` commands for SPUs whose liveness changed.
+
+    ``last_heartbeat_ms`` is the SC leader's memory; an SPU it has not heard from since it
+    became leader should be given the leader's start time, so a new leader waits a whole
+    timeout before it declares anyone dead.
+    """
+    commands = []
+    for spu in state.all(SPU):
+        spu_id = spu.spec["id"]
+        seen = last_heartbeat_ms.get(spu_id)
+        alive_now = seen is not None and now_ms - seen < timeout_ms
+        if bool(spu.status.get("alive")) != alive_now:
+            commands.append({"op": "set_spu_status", "id": spu_id, "alive": alive_now, "ts": now_ms})
+    return commands
+
+
+def reconcile_leaders(state: State, now_ms: int) -> list[dict[str, Any]]:
+    """``elect_leader`` commands for partitions whose leader is gone or missing."""
+    alive = {o.spec["id"] for o in state.all(SPU) if o.status.get("alive")}
+    commands = []
+    for p in sorted(state.all(PARTITION), key=lambda o: o.name):
+        leader = p.status["leader"]
+        if leader is not None and leader in alive:
+            continue
+        isr = p.status["isr"]
+        # Prefer the replica order (the first replica is the preferred leader).
+        candidates = [r for r in p.spec["replicas"] if r in isr and r in alive]
+        new_leader = candidates[0] if candidates else None
+        if new_leader is None and leader is None:
+            continue  # already offline; nothing new to say
+        commands.append({"op": "elect_leader", "partition": p.name, "leader": new_leader,
+                         "epoch": p.status["epoch"], "ts": now_ms})
+    return commands
