@@ -29,7 +29,7 @@ import gc
 import struct
 from typing import Iterator, NamedTuple
 
-from rocksdict import Options, Rdict, WriteBatch
+from rocksdict import Options, Rdict, WriteBatch, WriteOptions
 
 OFFSET_INDEX = "offset_index"
 TIME_INDEX = "time_index"
@@ -114,8 +114,19 @@ class IndexDb:
         opts.create_missing_column_families(True)
         self.path = path
         self._db = Rdict(path, opts, column_families={cf: Options(raw_mode=True) for cf in COLUMN_FAMILIES})
+        # No write-ahead log: the index is a view of the segment files. A crash loses the
+        # memtable, and recovery rebuilds what is missing from the segments, starting at the
+        # last recovery point that reached an SST file. flush() after each segment roll and on
+        # close bounds that work to about one segment. With a WAL, every segment fsync would
+        # also force RocksDB's WAL blocks out through the ext4 journal (measured: appends at
+        # ~55% of the raw-file rate instead of ~80-90%).
         self.cf = {cf: self._db.get_column_family(cf) for cf in COLUMN_FAMILIES}
         self.handle = {cf: self._db.get_column_family_handle(cf) for cf in COLUMN_FAMILIES}
+        wo = WriteOptions()
+        wo.disable_wal = True
+        self._db.set_write_options(wo)
+        for handle in self.cf.values():
+            handle.set_write_options(wo)
 
     def write(self, wb: WriteBatch) -> None:
         self._db.write(wb)
@@ -177,6 +188,7 @@ class IndexDb:
         self._db.flush()
 
     def close(self) -> None:
+        self._db.flush()
         # rocksdict keeps the LOCK while any handle or iterator lives (DEPENDENCIES.md).
         self.cf.clear()
         self.handle.clear()

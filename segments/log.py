@@ -322,6 +322,9 @@ class PartitionLog:
         seg.next_offset = active.next_offset
         self._segments.append(seg)
         fsync_directory(self.directory)
+        # The index has no WAL: persist it now so that recovery after a crash scans at most
+        # the segments rolled since (see index_db.py).
+        self._index.flush()
         # Everything before the new segment is durable now: the sealed segments each were
         # fsynced when they were rolled.
         self._set_recovery_point(RecoveryPoint(seg.base_offset, 0, seg.base_offset))
