@@ -17,7 +17,17 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--records", type=int, default=1_000_000, help="records to append (default 1,000,000)")
     demo.add_argument("--data-dir", help="keep the data here instead of a temporary directory")
 
+    from . import cli_admin, sc_main
+
+    sc = sub.add_parser("sc", help="run a stream controller (SC) node")
+    sc_main.add_arguments(sc)
+    cli_admin.add_commands(sub)
+
     args = parser.parse_args(argv)
+    if args.command == "sc":
+        return sc_main.run_sc(args)
+    if args.command in cli_admin.COMMANDS:
+        return cli_admin.dispatch(args)
     if args.command == "demo":
         from .demo import run_storage_demo
 

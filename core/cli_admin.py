@@ -1,0 +1,131 @@
+"""Admin commands of the ``kolk`` CLI: ``topic``, ``cluster status``, ``spu``.
+
+Each talks to any SC (``--sc`` or ``$KOLK_SC``, comma-separated for several). Errors print
+one line naming what was wrong and exit with status 1; ``--json`` prints machine output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any
+
+from .admin import AdminClient, run
+from .errors import KolkError
+
+SC_ENV = "KOLK_SC"
+DEFAULT_SC = "127.0.0.1:9003"
+COMMANDS = ("topic", "cluster", "spu")
+
+
+def _sc_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--sc", default=os.environ.get(SC_ENV, DEFAULT_SC),
+                   help=f"SC admin address(es), comma-separated (default ${SC_ENV} or {DEFAULT_SC})")
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+
+def add_commands(sub: Any) -> None:
+    topic = sub.add_parser("topic", help="create, list, describe and delete topics")
+    tsub = topic.add_subparsers(dest="action", required=True)
+    c = tsub.add_parser("create", help="create a topic")
+    c.add_argument("name")
+    c.add_argument("-p", "--partitions", type=int, default=1)
+    c.add_argument("-r", "--replication", type=int, default=1, help="replication factor (default 1)")
+    c.add_argument("--config", action="append", default=[], metavar="KEY=VALUE")
+    _sc_option(c)
+    for name, helptext in (("list", "list topics"), ("describe", "show a topic and its partitions"),
+                           ("delete", "delete a topic")):
+        a = tsub.add_parser(name, help=helptext)
+        if name != "list":
+            a.add_argument("name")
+        _sc_option(a)
+
+    cluster = sub.add_parser("cluster", help="cluster status")
+    csub = cluster.add_subparsers(dest="action", required=True)
+    _sc_option(csub.add_parser("status", help="SCs, which one leads, SPUs and their liveness"))
+
+    spu = sub.add_parser("spu", help="register, list and unregister SPUs")
+    ssub = spu.add_subparsers(dest="action", required=True)
+    r = ssub.add_parser("register", help="register an SPU by id and address")
+    r.add_argument("--id", type=int, required=True)
+    r.add_argument("--public", required=True, help="address clients use, host:port")
+    r.add_argument("--private", help="address other SPUs use (default: --public)")
+    r.add_argument("--rack")
+    _sc_option(r)
+    _sc_option(ssub.add_parser("list", help="list SPUs"))
+    u = ssub.add_parser("unregister", help="unregister an SPU that holds no replicas")
+    u.add_argument("--id", type=int, required=True)
+    _sc_option(u)
+
+
+def _print(args: argparse.Namespace, value: Any, text: str) -> None:
+    print(json.dumps(value, indent=2, sort_keys=True) if args.json else text)
+
+
+def _table(rows: list[list[Any]], header: list[str]) -> str:
+    cells = [header] + [[("-" if c is None else str(c)) for c in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells)
+
+
+async def _run(args: argparse.Namespace) -> int:
+    client = AdminClient(args.sc)
+    if args.command == "topic":
+        if args.action == "create":
+            config = {}
+            for kv in args.config:
+                if "=" not in kv:
+                    raise KolkError(f"--config {kv!r} must be KEY=VALUE")
+                k, v = kv.split("=", 1)
+                config[k] = v
+            topic = await client.create_topic(args.name, args.partitions, args.replication, config)
+            _print(args, topic, f"topic {args.name} created with {args.partitions} partition(s), "
+                                f"replication factor {args.replication}")
+        elif args.action == "list":
+            topics = await client.list_topics()
+            _print(args, topics, _table([[t["name"], t["spec"]["partitions"], t["spec"]["replication_factor"],
+                                          t["status"].get("state")] for t in topics],
+                                        ["TOPIC", "PARTITIONS", "REPLICATION", "STATE"]))
+        elif args.action == "describe":
+            t = await client.describe_topic(args.name)
+            rows = [[p["name"], p["status"]["leader"], p["spec"]["replicas"], p["status"]["isr"], p["status"]["epoch"]]
+                    for p in t["partitions"]]
+            _print(args, t, f"topic {t['name']}: {t['spec']['partitions']} partition(s), replication factor "
+                            f"{t['spec']['replication_factor']}, config {t['spec']['config']}\n"
+                            + _table(rows, ["PARTITION", "LEADER", "REPLICAS", "IN-SYNC", "EPOCH"]))
+        elif args.action == "delete":
+            await client.delete_topic(args.name)
+            _print(args, {"deleted": args.name}, f"topic {args.name} deleted")
+    elif args.command == "cluster":
+        s = await client.cluster_status()
+        text = (f"SC leader: {s['leader'] or 'none (no quorum?)'}  metadata version {s['metadata_version']}\n"
+                + _table([[sc["id"], sc["admin"], sc["raft"], "leader" if sc["leader"] else "follower",
+                           "yes" if sc["reachable"] else "NO"] for sc in s["scs"]],
+                         ["SC", "ADMIN", "RAFT", "ROLE", "REACHABLE"])
+                + "\n" + (_table([[u["id"], u["public_address"], u["rack"], "alive" if u["alive"] else "DOWN"]
+                                  for u in s["spus"]], ["SPU", "ADDRESS", "RACK", "STATUS"]) if s["spus"]
+                          else "no SPUs registered"))
+        _print(args, s, text)
+    elif args.command == "spu":
+        if args.action == "register":
+            await client.register_spu(args.id, args.public, args.private, args.rack)
+            _print(args, {"registered": args.id}, f"SPU {args.id} registered at {args.public}")
+        elif args.action == "list":
+            spus = await client.list_objects("spu")
+            _print(args, spus, _table([[u["spec"]["id"], u["spec"]["public_address"], u["spec"]["rack"],
+                                        "alive" if u["status"].get("alive") else "DOWN"] for u in spus],
+                                      ["SPU", "ADDRESS", "RACK", "STATUS"]))
+        elif args.action == "unregister":
+            await client.unregister_spu(args.id)
+            _print(args, {"unregistered": args.id}, f"SPU {args.id} unregistered")
+    return 0
+
+
+def dispatch(args: argparse.Namespace) -> int:
+    try:
+        return run(lambda: _run(args))
+    except KolkError as e:
+        print(f"kolk {args.command} {args.action}: {e}", file=sys.stderr)
+        return 1

@@ -1,0 +1,97 @@
+"""The errors a Kolk client sees. One root, :class:`KolkError`; each subclass says whose fault
+it is and whether a retry can help (``retriable``)."""
+
+from __future__ import annotations
+
+
+class KolkError(Exception):
+    """Root of every error raised by the Kolk client."""
+
+    code = "internal"
+    retriable = False
+
+    def __init__(self, message: str, *, code: str | None = None, leader: str | None = None,
+                 retriable: bool | None = None) -> None:
+        super().__init__(message)
+        if code is not None:
+            self.code = code
+        if retriable is not None:
+            self.retriable = retriable
+        self.leader = leader
+
+
+class ClusterUnavailableError(KolkError):
+    """No SC could be reached, or none had a leader in time. Retry later."""
+
+    code = "unavailable"
+    retriable = True
+
+
+class NotLeaderError(KolkError):
+    """This node does not lead; ``leader`` is where to go (None when unknown)."""
+
+    code = "notLeader"
+    retriable = True
+
+
+class RequestTimeoutError(KolkError):
+    """No answer in time. A write may or may not have been applied."""
+
+    code = "timeout"
+    retriable = True
+
+
+class InvalidRequestError(KolkError):
+    """The request is malformed or asks for something impossible; fix it before retrying."""
+
+    code = "invalidArgument"
+
+
+class ReplicationFactorTooHighError(InvalidRequestError):
+    code = "replicationFactorTooHigh"
+
+
+class AlreadyExistsError(KolkError):
+    code = "alreadyExists"
+
+
+class NotFoundError(KolkError):
+    code = "notFound"
+
+
+class VersionConflictError(KolkError):
+    """A compare-and-set saw another version: read again, then decide."""
+
+    code = "versionConflict"
+
+
+class InUseError(KolkError):
+    code = "inUse"
+
+
+class StaleEpochError(KolkError):
+    code = "staleEpoch"
+
+
+_BY_CODE: dict[str, type[KolkError]] = {
+    "unavailable": ClusterUnavailableError,
+    "noLeader": ClusterUnavailableError,
+    "notLeader": NotLeaderError,
+    "timeout": RequestTimeoutError,
+    "invalidArgument": InvalidRequestError,
+    "invalidCommand": InvalidRequestError,
+    "unknownCommand": InvalidRequestError,
+    "tooLarge": InvalidRequestError,
+    "replicationFactorTooHigh": ReplicationFactorTooHighError,
+    "alreadyExists": AlreadyExistsError,
+    "notFound": NotFoundError,
+    "versionConflict": VersionConflictError,
+    "inUse": InUseError,
+    "staleEpoch": StaleEpochError,
+    "notPartitionLeader": StaleEpochError,
+}
+
+
+def error_from_wire(code: str, message: str, leader: str | None = None, retriable: bool = False) -> KolkError:
+    cls = _BY_CODE.get(code, KolkError)
+    return cls(message, code=code, leader=leader, retriable=retriable or cls.retriable)

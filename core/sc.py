@@ -1,0 +1,390 @@
+"""The SC (stream controller): cluster metadata on durable Raft, controllers, and the admin API.
+
+One process: the asyncio loop serves Cap'n Proto (``ScAdmin`` in kolk.capnp) and runs the
+controllers; pysyncobj runs Raft on its own thread. Writes become commands proposed through
+Raft (a follower's pysyncobj forwards them to the leader); reads are linearizable by default
+(a ``barrier`` command goes through the log first) and local when ``stale`` is asked for.
+Controllers run only on the leader; SPU heartbeats go to the leader and live in its memory,
+so only liveness *changes* go through Raft.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import capnp
+
+from .metadata.apply import encode_command
+from .metadata.controllers import place_replicas, reconcile_leaders, reconcile_liveness
+from .metadata.objects import KINDS, TOPIC, State
+from .raft.node import RaftConfig, RaftError, RaftNode
+from .sc_state import MetadataStateMachine
+from .wire import WATCH_EVENTS_PER_PUSH_MAX, camel, config_map, schema, set_error, set_object
+
+log = logging.getLogger("kolk.sc")
+
+
+@dataclass(frozen=True)
+class ScPeer:
+    node_id: int
+    raft_address: str
+    admin_address: str
+
+
+@dataclass
+class ScConfig:
+    node_id: int
+    data_dir: str
+    peers: dict[int, ScPeer]  # every SC, this one included
+    secret: str
+    bind_raft: str | None = None  # default: the advertised raft address
+    bind_admin: str | None = None  # default: the advertised admin address
+    heartbeat_timeout_ms: int = 3_000
+    controller_interval_ms: int = 200
+    request_timeout_s: float = 5.0
+    watchers_max: int = 1_000
+    election_timeout_min_s: float = 0.4
+    election_timeout_max_s: float = 1.2
+    snapshot_min_entries: int = 5_000
+    on_sync: Any = None  # test hook passed to the Raft journal
+    ready_file: str | None = None  # written with the bound admin address once serving
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.node_id not in self.peers:
+            raise ValueError(f"--id {self.node_id} is not among the peers {sorted(self.peers)}")
+        if self.heartbeat_timeout_ms <= self.controller_interval_ms:
+            raise ValueError("heartbeat_timeout_ms must be longer than controller_interval_ms")
+
+    @property
+    def me(self) -> ScPeer:
+        return self.peers[self.node_id]
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class ScServer:
+    def __init__(self, config: ScConfig) -> None:
+        self.config = config
+        self.loop = asyncio.get_running_loop()
+        self.sm = MetadataStateMachine(self.loop)
+        me = config.me
+        raft_cfg = RaftConfig(
+            self_address=me.raft_address,
+            peers=tuple(p.raft_address for i, p in sorted(config.peers.items()) if i != config.node_id),
+            data_dir=os.path.join(config.data_dir, "raft"),
+            secret=config.secret,
+            bind_address=config.bind_raft,
+            election_timeout_min_s=config.election_timeout_min_s,
+            election_timeout_max_s=config.election_timeout_max_s,
+            snapshot_min_entries=config.snapshot_min_entries,
+            on_sync=config.on_sync,
+        )
+        self.raft = RaftNode(raft_cfg, self.sm)
+        self._admin_by_raft = {p.raft_address: p.admin_address for p in config.peers.values()}
+        self._heartbeats: dict[int, int] = {}
+        self._leader_since_ms: int | None = None
+        self._watchers = 0
+        self._server: Any = None
+        self._tasks: list[asyncio.Task[Any]] = []
+        self.admin_address = me.admin_address
+
+    # ---------------------------------------------------------------- lifecycle
+
+    async def start(self) -> None:
+        host, port = (self.config.bind_admin or self.config.me.admin_address).rsplit(":", 1)
+
+        async def on_connection(stream: Any) -> None:
+            try:
+                await capnp.TwoPartyServer(stream, bootstrap=AdminImpl(self)).on_disconnect()
+            except Exception as e:  # a broken or hostile client ends only its own connection
+                log.info("admin connection ended: %s", e)
+
+        self._server = await capnp.AsyncIoStream.create_server(on_connection, host, int(port))
+        bound = self._server.sockets[0].getsockname()
+        self.admin_address = f"{bound[0]}:{bound[1]}"
+        self._tasks.append(asyncio.ensure_future(self._controller_loop()))
+        if self.config.ready_file:
+            tmp = self.config.ready_file + ".tmp"
+            with open(tmp, "w") as f:
+                json.dump({"admin": self.admin_address, "pid": os.getpid()}, f)
+            os.replace(tmp, self.config.ready_file)
+        log.info("SC %d serving admin on %s, raft on %s", self.config.node_id, self.admin_address,
+                 self.config.me.raft_address)
+
+    async def stop(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        if self._server is not None:
+            self._server.close()
+        await asyncio.get_running_loop().run_in_executor(None, self.raft.stop)
+
+    # ---------------------------------------------------------------- raft edge
+
+    def leader_admin(self) -> str | None:
+        raft_leader = self.raft.leader()
+        return self._admin_by_raft.get(raft_leader) if raft_leader else None
+
+    async def propose(self, cmd: dict[str, Any]) -> dict[str, Any]:
+        """Propose through Raft; returns the outcome dict, or an error outcome on failure."""
+        fut: asyncio.Future[tuple[Any, RaftError | None]] = self.loop.create_future()
+
+        def done(result: Any, err: RaftError | None) -> None:
+            self.loop.call_soon_threadsafe(lambda: fut.done() or fut.set_result((result, err)))
+
+        self.raft.propose(encode_command(cmd), done)
+        try:
+            result, err = await asyncio.wait_for(fut, self.config.request_timeout_s)
+        except asyncio.TimeoutError:
+            return {"ok": False, "code": "timeout", "retriable": True,
+                    "message": f"no commit within {self.config.request_timeout_s} s (leader: "
+                               f"{self.leader_admin() or 'unknown'}); the change may or may not be applied"}
+        if err is not None:
+            code = "noLeader" if self.raft.leader() is None else "timeout"
+            return {"ok": False, "code": code, "retriable": err.retriable, "message": err.reason}
+        return result
+
+    async def read_state(self, stale: bool) -> State | dict[str, Any]:
+        """The state for a read: after a barrier through the log unless ``stale``."""
+        if stale:
+            return self.sm.state
+        outcome = await self.propose({"op": "barrier", "ts": now_ms()})
+        if not outcome.get("ok"):
+            return outcome
+        return self.sm.state
+
+    # ---------------------------------------------------------------- controllers
+
+    async def _controller_loop(self) -> None:
+        interval = self.config.controller_interval_ms / 1000
+        while True:
+            await asyncio.sleep(interval)  # a period, not synchronisation
+            try:
+                await self._reconcile_once()
+            except Exception:  # noqa: BLE001 - a failed round must not stop the controllers
+                log.exception("controller round failed")
+
+    async def _reconcile_once(self) -> None:
+        if not self.raft.is_leader():
+            self._leader_since_ms = None
+            return
+        now = now_ms()
+        if self._leader_since_ms is None:
+            self._leader_since_ms = now
+            self._heartbeats.clear()
+        state = self.sm.state
+        seen = {spu.spec["id"]: self._heartbeats.get(spu.spec["id"], self._leader_since_ms)
+                for spu in state.all("spu")}
+        for cmd in reconcile_liveness(state, seen, now, self.config.heartbeat_timeout_ms):
+            await self.propose(cmd)
+        for cmd in reconcile_leaders(self.sm.state, now_ms()):
+            await self.propose(cmd)
+
+    def heartbeat(self, spu_id: int) -> None:
+        self._heartbeats[spu_id] = now_ms()
+
+    # ---------------------------------------------------------------- status
+
+    def status(self) -> dict[str, Any]:
+        raft = self.raft.status()
+        leader_raft = raft["leader"]
+        scs = []
+        for p in sorted(self.config.peers.values(), key=lambda p: p.node_id):
+            if p.node_id == self.config.node_id:
+                reachable = True
+            else:
+                reachable = raft["peers"].get(p.raft_address, False)
+            scs.append({"id": p.node_id, "raft": p.raft_address, "admin": p.admin_address,
+                        "leader": p.raft_address == leader_raft, "reachable": reachable})
+        state = self.sm.state
+        spus = [{"id": o.spec["id"], "rack": o.spec.get("rack"), "public_address": o.spec["public_address"],
+                 "alive": o.status.get("alive", False)} for o in sorted(state.all("spu"), key=lambda o: o.spec["id"])]
+        return {"self": self.config.node_id, "leader": self.leader_admin(), "scs": scs, "spus": spus,
+                "metadata_version": state.version, "raft": {k: raft[k] for k in
+                                                            ("term", "commit_index", "last_applied", "state",
+                                                             "journal_entries", "has_quorum")}}
+
+
+def _fill_error(result: Any, outcome: dict[str, Any], server: ScServer) -> bool:
+    if outcome.get("ok"):
+        result.ok = True
+        return True
+    code = outcome.get("code", "internal")
+    wire_code = code if code in ("noLeader", "timeout") else camel(code)
+    set_error(result, wire_code, outcome.get("message", ""), server.leader_admin(),
+              bool(outcome.get("retriable", False)))
+    return False
+
+
+class WatchHandleImpl(schema.WatchHandle.Server):
+    def __init__(self, task: asyncio.Task[Any]) -> None:
+        self._task = task
+
+    async def cancel(self, _context: Any, **kwargs: Any) -> None:
+        self._task.cancel()
+
+
+class AdminImpl(schema.ScAdmin.Server):
+    """Thin adapter: decode, call the server, encode. Errors become Result values."""
+
+    def __init__(self, server: ScServer) -> None:
+        self.s = server
+
+    async def createTopic(self, name, partitions, replicationFactor, config, _context, **kwargs):  # noqa: N802, ANN001
+        r = _context.results
+        state = self.s.sm.state
+        try:
+            assignment = place_replicas(state, int(partitions), int(replicationFactor)) if partitions <= 1000 else []
+        except ValueError as e:
+            set_error(r.result, "replicationFactorTooHigh", f"topic {name}: {e}")
+            return
+        cmd = {"op": "create_topic", "name": name, "partitions": int(partitions),
+               "replication_factor": int(replicationFactor), "config": dict(config_map(config)),
+               "assignment": assignment, "ts": now_ms()}
+        if _fill_error(r.result, await self.s.propose(cmd), self.s):
+            topic = self.s.sm.state.get(TOPIC, name)
+            if topic is not None:
+                set_object(r.topic, topic)
+
+    async def deleteTopic(self, name, _context, **kwargs):  # noqa: N802, ANN001
+        _fill_error(_context.results.result, await self.s.propose({"op": "delete_topic", "name": name, "ts": now_ms()}),
+                    self.s)
+
+    async def listObjects(self, kind, stale, _context, **kwargs):  # noqa: N802, ANN001
+        r = _context.results
+        if kind not in KINDS:
+            set_error(r.result, "invalidArgument", f"unknown kind {kind!r}; known: {', '.join(KINDS)}")
+            return
+        state = await self.s.read_state(stale)
+        if isinstance(state, dict):
+            _fill_error(r.result, state, self.s)
+            return
+        objs = sorted(state.all(kind), key=lambda o: o.name)
+        out = r.init("objects", len(objs))
+        for i, o in enumerate(objs):
+            set_object(out[i], o)
+        r.version = state.version
+        r.result.ok = True
+
+    async def getObject(self, kind, name, stale, _context, **kwargs):  # noqa: N802, ANN001
+        r = _context.results
+        if kind not in KINDS:
+            set_error(r.result, "invalidArgument", f"unknown kind {kind!r}; known: {', '.join(KINDS)}")
+            return
+        state = await self.s.read_state(stale)
+        if isinstance(state, dict):
+            _fill_error(r.result, state, self.s)
+            return
+        obj = state.get(kind, name)
+        r.found = obj is not None
+        if obj is not None:
+            set_object(r.object, obj)
+        r.result.ok = True
+
+    async def putObject(self, kind, name, specJson, hasExpected, expectedVersion, _context, **kwargs):  # noqa: N802, N803, ANN001
+        r = _context.results
+        try:
+            spec = json.loads(specJson)
+        except ValueError as e:
+            set_error(r.result, "invalidArgument", f"specJson is not JSON: {e}")
+            return
+        cmd = {"op": "put_object", "kind": kind, "name": name, "spec": spec, "ts": now_ms()}
+        if hasExpected:
+            cmd["expected_version"] = int(expectedVersion)
+        outcome = await self.s.propose(cmd)
+        if _fill_error(r.result, outcome, self.s):
+            r.version = outcome["value"]["version"]
+
+    async def deleteObject(self, kind, name, hasExpected, expectedVersion, _context, **kwargs):  # noqa: N802, N803, ANN001
+        cmd = {"op": "delete_object", "kind": kind, "name": name, "ts": now_ms()}
+        if hasExpected:
+            cmd["expected_version"] = int(expectedVersion)
+        _fill_error(_context.results.result, await self.s.propose(cmd), self.s)
+
+    async def registerSpu(self, id, rack, publicAddress, privateAddress, _context, **kwargs):  # noqa: A002, N802, N803, ANN001
+        cmd = {"op": "register_spu", "id": int(id), "rack": rack or None, "public_address": publicAddress,
+               "private_address": privateAddress, "ts": now_ms()}
+        outcome = await self.s.propose(cmd)
+        if outcome.get("ok"):
+            self.s.heartbeat(int(id))
+        _fill_error(_context.results.result, outcome, self.s)
+
+    async def unregisterSpu(self, id, _context, **kwargs):  # noqa: A002, N802, ANN001
+        _fill_error(_context.results.result,
+                    await self.s.propose({"op": "unregister_spu", "id": int(id), "ts": now_ms()}), self.s)
+
+    async def heartbeat(self, spuId, _context, **kwargs):  # noqa: N803, ANN001
+        r = _context.results
+        if not self.s.raft.is_leader():
+            set_error(r.result, "notLeader", "heartbeats go to the SC leader", self.s.leader_admin(), True)
+            return
+        self.s.heartbeat(int(spuId))
+        r.result.ok = True
+
+    async def updateIsr(self, partition, isr, epoch, leader, _context, **kwargs):  # noqa: N802, ANN001
+        cmd = {"op": "update_isr", "partition": partition, "isr": [int(x) for x in isr], "epoch": int(epoch),
+               "leader": int(leader), "ts": now_ms()}
+        _fill_error(_context.results.result, await self.s.propose(cmd), self.s)
+
+    async def clusterStatus(self, _context, **kwargs):  # noqa: N802, ANN001
+        r = _context.results
+        r.statusJson = json.dumps(self.s.status())
+        r.result.ok = True
+
+    async def watch(self, fromVersion, watcher, _context, **kwargs):  # noqa: N803, ANN001
+        r = _context.results
+        if self.s._watchers >= self.s.config.watchers_max:
+            set_error(r.result, "tooLarge", f"this SC already serves {self.s.config.watchers_max} watchers", None, True)
+            return
+        task = asyncio.ensure_future(self._watch_loop(int(fromVersion), watcher))
+        r.handle = WatchHandleImpl(task)
+        r.result.ok = True
+
+    async def _watch_loop(self, version: int, watcher: Any) -> None:
+        sm = self.s.sm
+        self.s._watchers += 1
+        try:
+            while True:
+                changed = sm.changed
+                events = sm.changelog.since(version)
+                if events is None:
+                    state = sm.state
+                    objs = [o for k in KINDS for o in state.all(k)]
+                    await self._push(watcher, True, state.version, [(o.version, o.kind, o.name, o) for o in objs])
+                    version = state.version
+                    continue
+                if events:
+                    for i in range(0, len(events), WATCH_EVENTS_PER_PUSH_MAX):
+                        chunk = events[i : i + WATCH_EVENTS_PER_PUSH_MAX]
+                        await self._push(watcher, False, chunk[-1].version,
+                                         [(e.version, e.kind, e.name, e.obj) for e in chunk])
+                    version = events[-1].version
+                    continue
+                await changed.wait()
+        except (asyncio.CancelledError, capnp.KjException):
+            pass  # cancelled, or the watcher went away
+        finally:
+            self.s._watchers -= 1
+
+    @staticmethod
+    async def _push(watcher: Any, full: bool, version: int, items: list[tuple[int, str, str, Any]]) -> None:
+        msg = watcher.push_request()
+        msg.fullSync = full
+        msg.version = version
+        evs = msg.init("events", len(items))
+        for i, (v, kind, name, obj) in enumerate(items):
+            evs[i].version = v
+            evs[i].kind = kind
+            evs[i].name = name
+            evs[i].deleted = obj is None
+            if obj is not None:
+                set_object(evs[i].object, obj)
+        await msg.send()

@@ -1,0 +1,86 @@
+"""``kolk sc``: run one SC process until SIGTERM or SIGINT."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+
+import capnp
+
+from .sc import ScConfig, ScPeer, ScServer
+
+SECRET_ENV = "KOLK_CLUSTER_SECRET"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--id", type=int, required=True, help="this SC's id (a small integer, unique in the cluster)")
+    p.add_argument("--data-dir", required=True, help="where the Raft journal, meta and snapshots live")
+    p.add_argument("--raft", required=True, help="this SC's Raft address host:port, as the others reach it")
+    p.add_argument("--admin", required=True, help="this SC's admin API address host:port, as clients reach it")
+    p.add_argument("--peer", action="append", default=[], metavar="ID=RAFT/ADMIN",
+                   help="another SC, e.g. 2=10.0.0.2:7000/10.0.0.2:9003 (repeat for each)")
+    p.add_argument("--bind-raft", help="bind Raft here instead of --raft (for proxies and NAT)")
+    p.add_argument("--bind-admin", help="bind the admin API here instead of --admin (port 0: any free port)")
+    p.add_argument("--secret-file", help=f"file holding the cluster secret (else ${SECRET_ENV})")
+    p.add_argument("--heartbeat-timeout-ms", type=int, default=3000, help="SPU liveness timeout (default 3000)")
+    p.add_argument("--ready-file", help="write {admin, pid} here once serving")
+    p.add_argument("--log-level", default="INFO")
+
+
+def _parse_peer(text: str) -> ScPeer:
+    try:
+        ident, addrs = text.split("=", 1)
+        raft, admin = addrs.split("/", 1)
+        return ScPeer(int(ident), raft, admin)
+    except ValueError:
+        raise SystemExit(f"kolk sc: --peer {text!r} must look like ID=RAFT_HOST:PORT/ADMIN_HOST:PORT") from None
+
+
+def config_from_args(args: argparse.Namespace) -> ScConfig:
+    if args.secret_file:
+        try:
+            with open(args.secret_file, encoding="utf-8") as f:
+                secret = f.read().strip()
+        except OSError as e:
+            raise SystemExit(f"kolk sc: cannot read --secret-file: {e}") from None
+    else:
+        secret = os.environ.get(SECRET_ENV, "")
+    if len(secret) < 16:
+        raise SystemExit(f"kolk sc: a cluster secret of at least 16 characters is required (--secret-file or "
+                         f"${SECRET_ENV}); without one anyone reaching the Raft port could run code on this node")
+    peers = {args.id: ScPeer(args.id, args.raft, args.admin)}
+    for text in args.peer:
+        peer = _parse_peer(text)
+        if peer.node_id in peers:
+            raise SystemExit(f"kolk sc: SC id {peer.node_id} appears twice")
+        peers[peer.node_id] = peer
+    try:
+        return ScConfig(node_id=args.id, data_dir=args.data_dir, peers=peers, secret=secret,
+                        bind_raft=args.bind_raft, bind_admin=args.bind_admin,
+                        heartbeat_timeout_ms=args.heartbeat_timeout_ms, ready_file=args.ready_file)
+    except ValueError as e:
+        raise SystemExit(f"kolk sc: {e}") from None
+
+
+def run_sc(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    config = config_from_args(args)
+    os.makedirs(config.data_dir, exist_ok=True)
+
+    async def main() -> None:
+        server = ScServer(config)
+        await server.start()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        await server.stop()
+
+    asyncio.run(capnp.run(main()))
+    return 0
