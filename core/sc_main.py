@@ -14,6 +14,18 @@ import capnp
 from .sc import ScConfig, ScPeer, ScServer
 
 SECRET_ENV = "KOLK_CLUSTER_SECRET"
+# Test hook: append "path size" after every fsync, so a test can simulate power loss by
+# cutting each file back to its last durable size. Off unless the variable is set.
+FSYNC_LOG_ENV = "KOLK_TEST_FSYNC_LOG"
+
+
+def _fsync_reporter(path: str):  # noqa: ANN202
+    f = open(path, "a", buffering=1, encoding="utf-8")
+
+    def report(name: str, size: int) -> None:
+        f.write(f"{os.path.abspath(name)} {size}\n")
+
+    return report
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -59,9 +71,11 @@ def config_from_args(args: argparse.Namespace) -> ScConfig:
             raise SystemExit(f"kolk sc: SC id {peer.node_id} appears twice")
         peers[peer.node_id] = peer
     try:
+        on_sync = _fsync_reporter(os.environ[FSYNC_LOG_ENV]) if os.environ.get(FSYNC_LOG_ENV) else None
         return ScConfig(node_id=args.id, data_dir=args.data_dir, peers=peers, secret=secret,
                         bind_raft=args.bind_raft, bind_admin=args.bind_admin,
-                        heartbeat_timeout_ms=args.heartbeat_timeout_ms, ready_file=args.ready_file)
+                        heartbeat_timeout_ms=args.heartbeat_timeout_ms, ready_file=args.ready_file,
+                        on_sync=on_sync)
     except ValueError as e:
         raise SystemExit(f"kolk sc: {e}") from None
 
