@@ -1,0 +1,288 @@
+"""A Raft node on pysyncobj, made durable and wired to a state machine given as functions.
+
+What pysyncobj lacks and this module adds (../shared/DESIGN.md §3):
+
+* **Durability.** The journal is :class:`DurableJournal`. Before any message leaves this node
+  (an append-entries acknowledgement, a vote, a forwarded command) and at the end of each
+  tick in which the leader appended its own entries, the journal is fsynced. So a follower
+  acknowledges only what is on its disk, the leader counts its own copy only once it is on
+  its disk, and term and vote are stored before a vote is answered (``setCurrentTerm``
+  stores synchronously).
+* **Snapshots** in a format of ours, fsynced before the journal is trimmed: the state
+  machine's bytes (no pickle), the two last applied entries and the cluster members, with a
+  CRC, written to a temporary file, fsynced, renamed and the directory fsynced.
+* **A cluster secret is required**: pysyncobj unpickles what arrives on its port, and with a
+  password it encrypts and authenticates every message (Fernet, from ``cryptography``).
+* Commands are plain ``bytes``; the state machine is ``apply(bytes) -> result``,
+  ``snapshot() -> bytes`` and ``restore(bytes)``, called on pysyncobj's thread.
+
+pysyncobj forwards a command proposed on a follower to the leader by itself; this module
+answers who the leader is, proposes with a deadline, reads linearizably through the log, and
+changes membership one node at a time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import threading
+from dataclasses import dataclass
+from typing import Any, Callable, Protocol
+
+import crc32c as _crc32c
+import pysyncobj.syncobj as _pso
+from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, replicated
+from pysyncobj.node import TCPNode
+
+from .journal import DurableJournal, _replace_file
+
+SNAPSHOT_MAGIC = b"KOLKSNAP"
+_SNAP_HEAD = struct.Struct("<8sIII")  # magic, crc of the rest, header length, state length
+
+
+class StateMachine(Protocol):
+    def apply(self, command: bytes) -> Any: ...
+
+    def snapshot(self) -> bytes: ...
+
+    def restore(self, data: bytes) -> None: ...
+
+
+class RaftError(Exception):
+    """A proposal failed; ``reason`` says why and whether a retry can help."""
+
+    def __init__(self, reason: str, retriable: bool, leader: str | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.retriable = retriable
+        self.leader = leader
+
+
+_FAIL_TEXT = {
+    FAIL_REASON.QUEUE_FULL: ("the command queue is full", True),
+    FAIL_REASON.MISSING_LEADER: ("no leader is known yet", True),
+    FAIL_REASON.DISCARDED: ("the command was discarded by a leader change", True),
+    FAIL_REASON.NOT_LEADER: ("this node is not the leader", True),
+    FAIL_REASON.LEADER_CHANGED: ("the leader changed before the command committed; it may or may not "
+                                 "have been applied", True),
+    FAIL_REASON.REQUEST_DENIED: ("the request was denied", False),
+}
+
+
+@dataclass(frozen=True)
+class RaftConfig:
+    self_address: str  # host:port this node binds and is known by
+    peers: tuple[str, ...]  # the other nodes' host:port
+    data_dir: str
+    secret: str
+    bind_address: str | None = None
+    election_timeout_min_s: float = 0.4
+    election_timeout_max_s: float = 1.2
+    snapshot_min_entries: int = 5000  # compact the journal past this many entries
+    commands_queue_max: int = 10_000
+    on_sync: Callable[[str, int], None] | None = None  # test hook: (path, durable size)
+
+    def __post_init__(self) -> None:
+        if not self.secret or len(self.secret) < 16:
+            raise ValueError("a Raft cluster secret of at least 16 characters is required: without one, "
+                             "anyone who reaches the Raft port can run code on the node")
+        if not 0 < self.election_timeout_min_s < self.election_timeout_max_s:
+            raise ValueError("election_timeout_min_s must be positive and below election_timeout_max_s")
+        if self.self_address in self.peers:
+            raise ValueError(f"peers must not include this node ({self.self_address})")
+
+
+_journals_lock = threading.Lock()
+_pending_journals: dict[str, DurableJournal] = {}
+_original_create_journal = _pso.createJournal
+
+
+def _create_journal(path: str | None):  # noqa: ANN202 - pysyncobj's factory
+    journal = _pending_journals.pop(path, None) if path else None
+    return journal if journal is not None else _original_create_journal(path)
+
+
+_pso.createJournal = _create_journal
+
+
+class _Replica(SyncObj):
+    def __init__(self, node: "RaftNode", conf: RaftConfig, journal: DurableJournal) -> None:
+        self._node = node
+        self._journal = journal
+        snap_path = os.path.join(conf.data_dir, "snapshot")
+        so_conf = SyncObjConf(
+            password=conf.secret,
+            journalFile=journal.path,
+            fullDumpFile=snap_path,
+            serializer=self._write_snapshot,
+            deserializer=self._read_snapshot,
+            dynamicMembershipChange=True,
+            appendEntriesUseBatch=False,
+            raftMinTimeout=conf.election_timeout_min_s,
+            raftMaxTimeout=conf.election_timeout_max_s,
+            appendEntriesPeriod=0.05,
+            connectionRetryTime=0.5,
+            connectionTimeout=2.0,
+            leaderFallbackTimeout=max(2.0, conf.election_timeout_max_s * 2),
+            logCompactionMinEntries=conf.snapshot_min_entries,
+            logCompactionMinTime=3600,
+            commandsQueueSize=conf.commands_queue_max,
+            bindAddress=conf.bind_address,
+        )
+        with _journals_lock:
+            _pending_journals[journal.path] = journal
+            try:
+                super().__init__(conf.self_address, list(conf.peers), so_conf)
+            finally:
+                _pending_journals.pop(journal.path, None)
+        transport = self._SyncObj__transport  # type: ignore[attr-defined]
+        send = transport.send
+
+        def durable_send(node, message):  # noqa: ANN001, ANN202
+            # Nothing leaves this node before the journal state it reflects is on disk.
+            journal.sync()
+            return send(node, message)
+
+        transport.send = durable_send
+
+    def _checkCommandsToApply(self) -> None:  # noqa: N802 - pysyncobj's hook
+        super()._checkCommandsToApply()
+        # The leader appended its own new entries in this call; they must be on disk before
+        # the next tick counts this node towards a majority.
+        self._journal.sync()
+
+    @replicated
+    def _apply(self, command: bytes) -> Any:
+        return self._node._state_machine.apply(command)
+
+    # Snapshot files: header JSON + state bytes, CRC'd, written atomically and durably.
+    def _write_snapshot(self, path: str, raft_data) -> None:  # noqa: ANN001
+        last, prelast, cluster = raft_data
+        header = json.dumps({
+            "last": [last[0].hex(), last[1], last[2]],
+            "prelast": [prelast[0].hex(), prelast[1], prelast[2]],
+            "cluster": sorted(n.id if hasattr(n, "id") else str(n) for n in cluster),
+        }).encode()
+        state = self._node._state_machine.snapshot()
+        body = header + state
+        blob = _SNAP_HEAD.pack(SNAPSHOT_MAGIC, _crc32c.crc32c(body), len(header), len(state)) + body
+        # pysyncobj hands a temporary name and renames it itself (without fsync); write it
+        # durably, then make the final name durable too.
+        final = path[: -len(".tmp")] if path.endswith(".tmp") else path
+        _replace_file(final, blob)
+        _replace_file(path, blob)
+        if self._node.config.on_sync is not None:
+            self._node.config.on_sync(final, len(blob))
+
+    def _read_snapshot(self, path: str):  # noqa: ANN202
+        with open(path, "rb") as f:
+            blob = f.read()
+        magic, crc, hlen, slen = _SNAP_HEAD.unpack_from(blob)
+        body = blob[_SNAP_HEAD.size :]
+        if magic != SNAPSHOT_MAGIC or len(body) != hlen + slen or _crc32c.crc32c(body) != crc:
+            raise RuntimeError(f"snapshot {path} is damaged (magic, length or CRC)")
+        header = json.loads(body[:hlen])
+        self._node._state_machine.restore(body[hlen:])
+
+        def entry(e):  # noqa: ANN001, ANN202
+            return (bytes.fromhex(e[0]), e[1], e[2])
+
+        return entry(header["last"]), entry(header["prelast"]), {TCPNode(a) for a in header["cluster"]}
+
+
+class RaftNode:
+    """One member of a Raft group. Start it, propose commands, read, change membership."""
+
+    def __init__(self, config: RaftConfig, state_machine: StateMachine) -> None:
+        self.config = config
+        self._state_machine = state_machine
+        os.makedirs(config.data_dir, exist_ok=True)
+        self.journal = DurableJournal(os.path.join(config.data_dir, "journal.log"), on_sync=config.on_sync)
+        self._replica = _Replica(self, config, self.journal)
+
+    # -- who leads
+
+    @property
+    def address(self) -> str:
+        return self.config.self_address
+
+    def leader(self) -> str | None:
+        node = self._replica._getLeader()
+        return None if node is None else str(node.id if hasattr(node, "id") else node)
+
+    def is_leader(self) -> bool:
+        return self._replica._isLeader()
+
+    def is_ready(self) -> bool:
+        return self._replica.isReady()
+
+    def status(self) -> dict[str, Any]:
+        s = self._replica.getStatus()
+        return {
+            "self": str(s["self"]),
+            "leader": self.leader(),
+            "state": {0: "follower", 1: "candidate", 2: "leader"}.get(s["state"], str(s["state"])),
+            "term": s["raft_term"],
+            "commit_index": s["commit_idx"],
+            "last_applied": s["last_applied"],
+            "journal_entries": s["log_len"],
+            "has_quorum": s["has_quorum"],
+            "peers": {k[len("partner_node_status_server_"):]: v == 2 for k, v in s.items()
+                      if k.startswith("partner_node_status_server_")},
+            "journal_syncs": self.journal.syncs,
+        }
+
+    # -- proposing
+
+    def propose(self, command: bytes, callback: Callable[[Any, RaftError | None], None]) -> None:
+        """Replicate ``command``; ``callback(result, error)`` runs on pysyncobj's thread once it
+        is applied on this node (or failed). A follower forwards to the leader."""
+        def done(result, err):  # noqa: ANN001, ANN202
+            if err == FAIL_REASON.SUCCESS:
+                callback(result, None)
+            else:
+                text, retriable = _FAIL_TEXT.get(err, (f"failed with pysyncobj reason {err}", False))
+                callback(None, RaftError(text, retriable, self.leader()))
+
+        self._replica._apply(bytes(command), callback=done)
+
+    def propose_sync(self, command: bytes, timeout_s: float = 5.0) -> Any:
+        """Blocking :meth:`propose` (for tools and tests; servers use the callback form)."""
+        box: dict[str, Any] = {}
+        event = threading.Event()
+
+        def cb(result, err):  # noqa: ANN001, ANN202
+            box["result"], box["error"] = result, err
+            event.set()
+
+        self.propose(command, cb)
+        if not event.wait(timeout_s):
+            raise RaftError(f"no answer within {timeout_s} s; the command may or may not be applied", True,
+                            self.leader())
+        if box["error"] is not None:
+            raise box["error"]
+        return box["result"]
+
+    # -- membership
+
+    def add_node(self, address: str, callback: Callable[[RaftError | None], None]) -> None:
+        """Add one node; wait for the callback before adding the next."""
+        def done(result, err):  # noqa: ANN001, ANN202
+            callback(None if err == FAIL_REASON.SUCCESS else RaftError(f"adding {address} failed ({err})", True))
+        self._replica.addNodeToCluster(address, callback=done)
+
+    def remove_node(self, address: str, callback: Callable[[RaftError | None], None]) -> None:
+        def done(result, err):  # noqa: ANN001, ANN202
+            callback(None if err == FAIL_REASON.SUCCESS else RaftError(f"removing {address} failed ({err})", True))
+        self._replica.removeNodeFromCluster(address, callback=done)
+
+    def force_snapshot(self) -> None:
+        """Compact the journal at the next tick (tests and operators)."""
+        self._replica.forceLogCompaction()
+
+    # -- stopping
+
+    def stop(self) -> None:
+        self._replica.destroy_synchronous()
+        self.journal._destroy()
