@@ -157,6 +157,9 @@ class DurableJournal(Journal):
     def add(self, command, idx, term) -> None:  # noqa: ANN001 - pysyncobj's signature
         if self._entries and idx != self._entries[-1][1] + 1:
             raise ValueError(f"journal entry {idx} does not follow {self._entries[-1][1]}")
+        if len(command) + _PAYLOAD_HEAD.size > ENTRY_BYTES_MAX:
+            raise ValueError(f"journal entry {idx} is {len(command)} bytes; at most "
+                             f"{ENTRY_BYTES_MAX - _PAYLOAD_HEAD.size} fit")
         record = _encode(command, idx, term)
         written = os.pwrite(self._fd, record, self._size)
         if written != len(record):

@@ -34,8 +34,9 @@ import crc32c as _crc32c
 import pysyncobj.syncobj as _pso
 from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, replicated
 from pysyncobj.node import TCPNode
+from pysyncobj.transport import TCPTransport
 
-from .journal import DurableJournal, _replace_file
+from .journal import DurableJournal, _replace_file, fsync_directory
 
 SNAPSHOT_MAGIC = b"KOLKSNAP"
 _SNAP_HEAD = struct.Struct("<8sIII")  # magic, crc of the rest, header length, state length
@@ -128,23 +129,23 @@ class _Replica(SyncObj):
             logCompactionMinEntries=conf.snapshot_min_entries,
             logCompactionMinTime=3600,
             commandsQueueSize=conf.commands_queue_max,
+            # Without a leader a command fails at once (MISSING_LEADER) instead of waiting
+            # without a deadline; callers retry.
+            commandsWaitLeader=False,
             bindAddress=conf.bind_address,
         )
+        class DurableTransport(TCPTransport):
+            def send(self, node, message):  # noqa: ANN001, ANN202
+                # Nothing leaves this node before the journal state it reflects is on disk.
+                journal.sync()
+                return super().send(node, message)
+
         with _journals_lock:
             _pending_journals[journal.path] = journal
             try:
-                super().__init__(conf.self_address, list(conf.peers), so_conf)
+                super().__init__(conf.self_address, list(conf.peers), so_conf, transportClass=DurableTransport)
             finally:
                 _pending_journals.pop(journal.path, None)
-        transport = self._SyncObj__transport  # type: ignore[attr-defined]
-        send = transport.send
-
-        def durable_send(node, message):  # noqa: ANN001, ANN202
-            # Nothing leaves this node before the journal state it reflects is on disk.
-            journal.sync()
-            return send(node, message)
-
-        transport.send = durable_send
 
     def _checkCommandsToApply(self) -> None:  # noqa: N802 - pysyncobj's hook
         super()._checkCommandsToApply()
@@ -176,19 +177,37 @@ class _Replica(SyncObj):
             self._node.config.on_sync(final, len(blob))
 
     def _read_snapshot(self, path: str):  # noqa: ANN202
-        with open(path, "rb") as f:
-            blob = f.read()
-        magic, crc, hlen, slen = _SNAP_HEAD.unpack_from(blob)
-        body = blob[_SNAP_HEAD.size :]
-        if magic != SNAPSHOT_MAGIC or len(body) != hlen + slen or _crc32c.crc32c(body) != crc:
-            raise RuntimeError(f"snapshot {path} is damaged (magic, length or CRC)")
-        header = json.loads(body[:hlen])
-        self._node._state_machine.restore(body[hlen:])
+        # A snapshot received from the leader was written and renamed by pysyncobj without
+        # fsync, and right after this pysyncobj clears the journal (durably): make the
+        # snapshot durable first.
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        fsync_directory(os.path.dirname(path) or ".")
+        header, state = read_snapshot_file(path)
+        if self._node.config.on_sync is not None:
+            self._node.config.on_sync(path, os.path.getsize(path))
+        self._node._state_machine.restore(state)
 
         def entry(e):  # noqa: ANN001, ANN202
             return (bytes.fromhex(e[0]), e[1], e[2])
 
         return entry(header["last"]), entry(header["prelast"]), {TCPNode(a) for a in header["cluster"]}
+
+
+def read_snapshot_file(path: str) -> tuple[dict[str, Any], bytes]:
+    """The header and state bytes of a snapshot file; raises RuntimeError if it is damaged."""
+    with open(path, "rb") as f:
+        blob = f.read()
+    if len(blob) < _SNAP_HEAD.size:
+        raise RuntimeError(f"snapshot {path} is damaged: {len(blob)} bytes, shorter than its header")
+    magic, crc, hlen, slen = _SNAP_HEAD.unpack_from(blob)
+    body = blob[_SNAP_HEAD.size :]
+    if magic != SNAPSHOT_MAGIC or len(body) != hlen + slen or _crc32c.crc32c(body) != crc:
+        raise RuntimeError(f"snapshot {path} is damaged (magic, length or CRC do not match)")
+    return json.loads(body[:hlen]), body[hlen:]
 
 
 class RaftNode:
@@ -199,6 +218,19 @@ class RaftNode:
         self._state_machine = state_machine
         os.makedirs(config.data_dir, exist_ok=True)
         self.journal = DurableJournal(os.path.join(config.data_dir, "journal.log"), on_sync=config.on_sync)
+        snapshot = os.path.join(config.data_dir, "snapshot")
+        if len(self.journal) and self.journal[0][1] > 1:
+            # The journal was compacted: its start lives only in the snapshot. pysyncobj would
+            # swallow a load error and run with an empty state, so check here and refuse.
+            if not os.path.exists(snapshot):
+                self.journal._destroy()
+                raise RuntimeError(f"{config.data_dir}: the journal starts at entry {self.journal[0][1]} but the "
+                                   "snapshot is missing; restore it, or wipe this node's data and re-add it")
+            try:
+                read_snapshot_file(snapshot)
+            except RuntimeError:
+                self.journal._destroy()
+                raise
         self._replica = _Replica(self, config, self.journal)
 
     # -- who leads
