@@ -190,6 +190,29 @@ class AdminClient:
         return await self._call(call, write=False)
 
 
+class _Watcher(schema.Watcher.Server):
+    def __init__(self, on_push: Callable[[bool, int, list[dict[str, Any]]], Any]) -> None:
+        self._on_push = on_push
+
+    async def push(self, fullSync, version, events, _context, **kwargs):  # noqa: N803, ANN001
+        items = [{"version": e.version, "kind": e.kind, "name": e.name, "deleted": e.deleted,
+                  "object": None if e.deleted else object_dict(e.object)} for e in events]
+        result = self._on_push(bool(fullSync), int(version), items)
+        if asyncio.iscoroutine(result):
+            await result
+
+
+async def watch(client: AdminClient, from_version: int,
+                on_push: Callable[[bool, int, list[dict[str, Any]]], Any]) -> Any:
+    """Subscribe to metadata changes after ``from_version``. ``on_push(full_sync, version,
+    events)`` runs for each push (a full sync lists every object). Returns a handle whose
+    ``cancel()`` ends the stream."""
+    admin = await client._connect()
+    r = await admin.watch(from_version, _Watcher(on_push))
+    _raise_unless_ok(r.result)
+    return r.handle
+
+
 def run(coro_fn: Callable[[], Awaitable[T]]) -> T:
     """Run one coroutine with pycapnp's event loop integration (for sync callers)."""
     async def main() -> T:

@@ -49,16 +49,19 @@ class ScConfig:
     controller_interval_ms: int = 200
     request_timeout_s: float = 5.0
     watchers_max: int = 1_000
-    election_timeout_min_s: float = 0.4
-    election_timeout_max_s: float = 1.2
+    election_timeout_min_s: float = 0.3
+    election_timeout_max_s: float = 0.9
     snapshot_min_entries: int = 5_000
     on_sync: Any = None  # test hook passed to the Raft journal
     ready_file: str | None = None  # written with the bound admin address once serving
+    changelog_events: int = 10_000  # changes kept for watchers
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.node_id not in self.peers:
             raise ValueError(f"--id {self.node_id} is not among the peers {sorted(self.peers)}")
+        if self.changelog_events < 1:
+            raise ValueError("changelog_events must be at least 1")
         if self.heartbeat_timeout_ms <= self.controller_interval_ms:
             raise ValueError("heartbeat_timeout_ms must be longer than controller_interval_ms")
 
@@ -75,7 +78,7 @@ class ScServer:
     def __init__(self, config: ScConfig) -> None:
         self.config = config
         self.loop = asyncio.get_running_loop()
-        self.sm = MetadataStateMachine(self.loop)
+        self.sm = MetadataStateMachine(self.loop, config.changelog_events)
         me = config.me
         raft_cfg = RaftConfig(
             self_address=me.raft_address,

@@ -40,6 +40,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--secret-file", help=f"file holding the cluster secret (else ${SECRET_ENV})")
     p.add_argument("--heartbeat-timeout-ms", type=int, default=3000, help="SPU liveness timeout (default 3000)")
     p.add_argument("--ready-file", help="write {admin, pid} here once serving")
+    p.add_argument("--changelog-events", type=int, default=10_000,
+                   help="metadata changes kept for watchers; one further behind gets a full sync")
     p.add_argument("--log-level", default="INFO")
 
 
@@ -75,6 +77,7 @@ def config_from_args(args: argparse.Namespace) -> ScConfig:
         return ScConfig(node_id=args.id, data_dir=args.data_dir, peers=peers, secret=secret,
                         bind_raft=args.bind_raft, bind_admin=args.bind_admin,
                         heartbeat_timeout_ms=args.heartbeat_timeout_ms, ready_file=args.ready_file,
+                        changelog_events=args.changelog_events,
                         on_sync=on_sync)
     except ValueError as e:
         raise SystemExit(f"kolk sc: {e}") from None

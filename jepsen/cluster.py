@@ -63,6 +63,7 @@ class ScCluster:
     size: int = 3
     heartbeat_timeout_ms: int = 3000
     fsync_log: bool = False
+    extra_args: tuple[str, ...] = ()
     nodes: dict[int, ScProcess] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -85,6 +86,7 @@ class ScCluster:
         for other in self.nodes.values():
             if other.node_id != node_id:
                 args += ["--peer", f"{other.node_id}={other.raft}/{other.admin}"]
+        args += list(self.extra_args)
         env = dict(os.environ, KOLK_CLUSTER_SECRET=SECRET)
         if self.fsync_log:
             env[FSYNC_LOG_ENV] = self.fsync_log_path(node_id)
