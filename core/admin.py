@@ -182,6 +182,12 @@ class AdminClient:
             _raise_unless_ok((await a.unregisterSpu(spu_id)).result)
         await self._call(call, write=True)
 
+    async def heartbeat(self, spu_id: int) -> None:
+        """An SPU's liveness signal; follows the SC leader."""
+        async def call(a: Any) -> None:
+            _raise_unless_ok((await a.heartbeat(spu_id)).result)
+        await self._call(call, write=True)
+
     async def cluster_status(self) -> dict[str, Any]:
         async def call(a: Any) -> dict[str, Any]:
             r = await a.clusterStatus()

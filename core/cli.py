@@ -17,15 +17,19 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--records", type=int, default=1_000_000, help="records to append (default 1,000,000)")
     demo.add_argument("--data-dir", help="keep the data here instead of a temporary directory")
 
-    from . import cli_admin, sc_main
+    from . import cli_admin, sc_main, spu_main
 
     sc = sub.add_parser("sc", help="run a stream controller (SC) node")
     sc_main.add_arguments(sc)
+    spu_parser = sub.add_parser("spu", help="run a stream processing unit (SPU) node")
+    spu_main.add_arguments(spu_parser)
     cli_admin.add_commands(sub)
 
     args = parser.parse_args(argv)
     if args.command == "sc":
         return sc_main.run_sc(args)
+    if args.command == "spu":
+        return spu_main.run_spu(args)
     if args.command in cli_admin.COMMANDS:
         return cli_admin.dispatch(args)
     if args.command == "demo":

@@ -1,4 +1,4 @@
-"""Admin commands of the ``kolk`` CLI: ``topic``, ``cluster status``, ``spu``.
+"""Admin commands of the ``kolk`` CLI: ``topic``, ``cluster status``, ``cluster spu``.
 
 Each talks to any SC (``--sc`` or ``$KOLK_SC``, comma-separated for several). Errors print
 one line naming what was wrong and exit with status 1; ``--json`` prints machine output.
@@ -17,7 +17,7 @@ from .errors import KolkError
 
 SC_ENV = "KOLK_SC"
 DEFAULT_SC = "127.0.0.1:9003"
-COMMANDS = ("topic", "cluster", "spu")
+COMMANDS = ("topic", "cluster")
 
 
 def _sc_option(p: argparse.ArgumentParser) -> None:
@@ -42,12 +42,12 @@ def add_commands(sub: Any) -> None:
             a.add_argument("name")
         _sc_option(a)
 
-    cluster = sub.add_parser("cluster", help="cluster status")
+    cluster = sub.add_parser("cluster", help="cluster status and SPU registration")
     csub = cluster.add_subparsers(dest="action", required=True)
     _sc_option(csub.add_parser("status", help="SCs, which one leads, SPUs and their liveness"))
 
-    spu = sub.add_parser("spu", help="register, list and unregister SPUs")
-    ssub = spu.add_subparsers(dest="action", required=True)
+    spu = csub.add_parser("spu", help="register, list and unregister SPUs")
+    ssub = spu.add_subparsers(dest="spu_action", required=True)
     r = ssub.add_parser("register", help="register an SPU by id and address")
     r.add_argument("--id", type=int, required=True)
     r.add_argument("--public", required=True, help="address clients use, host:port")
@@ -98,7 +98,19 @@ async def _run(args: argparse.Namespace) -> int:
         elif args.action == "delete":
             await client.delete_topic(args.name)
             _print(args, {"deleted": args.name}, f"topic {args.name} deleted")
-    elif args.command == "cluster":
+    elif args.command == "cluster" and args.action == "spu":
+        if args.spu_action == "register":
+            await client.register_spu(args.id, args.public, args.private, args.rack)
+            _print(args, {"registered": args.id}, f"SPU {args.id} registered at {args.public}")
+        elif args.spu_action == "list":
+            spus = await client.list_objects("spu")
+            _print(args, spus, _table([[u["spec"]["id"], u["spec"]["public_address"], u["spec"]["rack"],
+                                        "alive" if u["status"].get("alive") else "DOWN"] for u in spus],
+                                      ["SPU", "ADDRESS", "RACK", "STATUS"]))
+        elif args.spu_action == "unregister":
+            await client.unregister_spu(args.id)
+            _print(args, {"unregistered": args.id}, f"SPU {args.id} unregistered")
+    elif args.command == "cluster" and args.action == "status":
         s = await client.cluster_status()
         text = (f"SC leader: {s['leader'] or 'none (no quorum?)'}  metadata version {s['metadata_version']}\n"
                 + _table([[sc["id"], sc["admin"], sc["raft"], "leader" if sc["leader"] else "follower",
@@ -108,18 +120,6 @@ async def _run(args: argparse.Namespace) -> int:
                                   for u in s["spus"]], ["SPU", "ADDRESS", "RACK", "STATUS"]) if s["spus"]
                           else "no SPUs registered"))
         _print(args, s, text)
-    elif args.command == "spu":
-        if args.action == "register":
-            await client.register_spu(args.id, args.public, args.private, args.rack)
-            _print(args, {"registered": args.id}, f"SPU {args.id} registered at {args.public}")
-        elif args.action == "list":
-            spus = await client.list_objects("spu")
-            _print(args, spus, _table([[u["spec"]["id"], u["spec"]["public_address"], u["spec"]["rack"],
-                                        "alive" if u["status"].get("alive") else "DOWN"] for u in spus],
-                                      ["SPU", "ADDRESS", "RACK", "STATUS"]))
-        elif args.action == "unregister":
-            await client.unregister_spu(args.id)
-            _print(args, {"unregistered": args.id}, f"SPU {args.id} unregistered")
     return 0
 
 

@@ -78,3 +78,44 @@ interface ScAdmin {
   clusterStatus @10 () -> (result :Result, statusJson :Text);
   watch @11 (fromVersion :UInt64, watcher :Watcher) -> (result :Result, handle :WatchHandle);
 }
+
+# ---------------------------------------------------------------- the SPU's data plane
+#
+# Records travel as record-batch bytes in `Data` (docs/format.md), never one struct per
+# record: the SPU does not decode records on produce, fetch or stream.
+
+enum Acks {
+  none @0;     # answered once the leader has the batches in its page cache (not durable)
+  leader @1;   # answered once the leader has fsynced them
+  all @2;      # answered once every in-sync replica has them (the high watermark passed them)
+}
+
+enum Isolation {
+  committed @0;    # up to the high watermark (the default for consumers)
+  uncommitted @1;  # up to the log end offset
+}
+
+interface StreamConsumer {
+  # The SPU pushes whole batches while the consumer's window has room; each push uses up
+  # `len(records)` bytes of window. It never buffers more than the window.
+  push @0 (records :Data, highWatermark :Int64, nextOffset :Int64) -> ();
+}
+
+interface StreamControl {
+  grant @0 (bytes :UInt32) -> ();   # more window
+  close @1 () -> ();
+}
+
+interface Spu {
+  produce @0 (topic :Text, partition :UInt32, acks :Acks, records :Data, timeoutMs :UInt32)
+          -> (result :Result, baseOffset :Int64, lastOffset :Int64);
+  fetch @1 (topic :Text, partition :UInt32, offset :Int64, maxBytes :UInt32, isolation :Isolation)
+        -> (result :Result, records :Data, highWatermark :Int64, logStartOffset :Int64,
+            logEndOffset :Int64, nextOffset :Int64);
+  stream @2 (topic :Text, partition :UInt32, offset :Int64, isolation :Isolation,
+             windowBytes :UInt32, consumer :StreamConsumer) -> (result :Result, control :StreamControl);
+  offsets @3 (topic :Text, partition :UInt32)
+          -> (result :Result, logStartOffset :Int64, highWatermark :Int64, logEndOffset :Int64);
+  offsetForTimestamp @4 (topic :Text, partition :UInt32, timestamp :Int64)
+                     -> (result :Result, found :Bool, offset :Int64);
+}

@@ -1,0 +1,306 @@
+"""``kolk.Client``: the one entry point for producing, consuming and administering.
+
+:class:`AsyncClient` is the asyncio core: it asks an SC for metadata (partitions, leaders,
+SPU addresses), keeps one connection per SPU, and talks straight to the leader of each
+partition, refreshing metadata when an SPU says it does not lead. :class:`Client` is the
+synchronous facade: it runs an AsyncClient on a background thread with its own event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import threading
+from concurrent.futures import Future
+from typing import Any, Awaitable, Callable, Iterator, TypeVar
+
+import capnp
+
+from .admin import AdminClient
+from .consumer import AsyncConsumer, ConsumerRecord, Offset
+from .errors import ClusterUnavailableError, KolkError, NotFoundError, error_from_wire
+from .producer import AsyncProducer, RecordMetadata
+from .wire import error_dict, schema
+
+T = TypeVar("T")
+DEFAULT_SC = "127.0.0.1:9003"
+CONNECT_TIMEOUT_S = 3.0
+
+
+class AsyncClient:
+    def __init__(self, sc: str | list[str] = DEFAULT_SC, *, timeout_s: float = 30.0) -> None:
+        self.admin = AdminClient(sc, timeout_s=timeout_s)
+        self.timeout_s = timeout_s
+        self._partitions: dict[str, list[dict[str, Any]]] = {}
+        self._spus: dict[int, str] = {}
+        self._conns: dict[str, Any] = {}
+
+    # ---------------------------------------------------------------- metadata
+
+    async def refresh(self, topic: str) -> list[dict[str, Any]]:
+        parts = [p for p in await self.admin.list_objects("partition", stale=True) if p["spec"]["topic"] == topic]
+        if not parts:
+            if await self.admin.get_object("topic", topic) is None:
+                raise NotFoundError(f"topic {topic} does not exist")
+            raise ClusterUnavailableError(f"topic {topic} has no partitions yet")
+        self._spus = {u["spec"]["id"]: u["spec"]["public_address"] for u in await self.admin.list_objects("spu", stale=True)}
+        parts.sort(key=lambda p: p["spec"]["partition"])
+        self._partitions[topic] = parts
+        return parts
+
+    async def partitions(self, topic: str) -> list[dict[str, Any]]:
+        return self._partitions.get(topic) or await self.refresh(topic)
+
+    def forget_leaders(self, topic: str) -> None:
+        self._partitions.pop(topic, None)
+
+    async def _connect(self, address: str) -> Any:
+        spu = self._conns.get(address)
+        if spu is None:
+            host, port = address.rsplit(":", 1)
+            try:
+                stream = await asyncio.wait_for(capnp.AsyncIoStream.create_connection(host=host, port=int(port)),
+                                                CONNECT_TIMEOUT_S)
+            except (OSError, asyncio.TimeoutError) as e:
+                raise ClusterUnavailableError(f"SPU at {address} cannot be reached: {e or 'timed out'}") from e
+            spu = capnp.TwoPartyClient(stream).bootstrap().cast_as(schema.Spu)
+            self._conns[address] = spu
+        return spu
+
+    async def leader_spu(self, topic: str, partition: int) -> tuple[Any, str]:
+        parts = await self.partitions(topic)
+        if not 0 <= partition < len(parts):
+            raise NotFoundError(f"topic {topic} has partitions 0-{len(parts) - 1}, not {partition}")
+        leader = parts[partition]["status"]["leader"]
+        if leader is None or leader not in self._spus:
+            self.forget_leaders(topic)
+            raise ClusterUnavailableError(f"partition {topic}-{partition} has no live leader right now")
+        address = self._spus[leader]
+        return await self._connect(address), address
+
+    @staticmethod
+    def check(result: Any) -> None:
+        if not result.ok:
+            e = error_dict(result)
+            raise error_from_wire(e["code"], e["message"], e["leader"], e["retriable"])
+
+    async def _with_leader(self, topic: str, partition: int, call: Callable[[Any], Awaitable[T]],
+                           retries: int) -> T:
+        backoff = 0.05
+        for attempt in range(retries + 1):
+            address = None
+            try:
+                spu, address = await self.leader_spu(topic, partition)
+                return await call(spu)
+            except (KolkError, capnp.KjException) as e:
+                retriable = e.retriable if isinstance(e, KolkError) else True
+                if not retriable or attempt == retries:
+                    if isinstance(e, capnp.KjException):
+                        raise ClusterUnavailableError(f"SPU connection failed: {str(e).splitlines()[0]}") from e
+                    raise
+                if isinstance(e, capnp.KjException) and address:
+                    self._conns.pop(address, None)
+                self.forget_leaders(topic)
+                await asyncio.sleep(backoff * (0.5 + random.random()))  # retry backoff
+                backoff = min(backoff * 2, 1.0)
+        raise AssertionError("unreachable")
+
+    # ---------------------------------------------------------------- data plane
+
+    async def produce(self, topic: str, partition: int, data: bytes, acks: int = 2, timeout_ms: int = 30_000,
+                      retries: int = 5) -> int:
+        async def call(spu: Any) -> int:
+            r = await spu.produce(topic, partition, acks, data, timeout_ms)
+            self.check(r.result)
+            return r.baseOffset
+        return await self._with_leader(topic, partition, call, retries)
+
+    async def offsets(self, topic: str, partition: int) -> tuple[int, int, int]:
+        async def call(spu: Any) -> tuple[int, int, int]:
+            r = await spu.offsets(topic, partition)
+            self.check(r.result)
+            return r.logStartOffset, r.highWatermark, r.logEndOffset
+        return await self._with_leader(topic, partition, call, 10)
+
+    async def offset_for_timestamp(self, topic: str, partition: int, timestamp: int) -> int:
+        async def call(spu: Any) -> int:
+            r = await spu.offsetForTimestamp(topic, partition, timestamp)
+            self.check(r.result)
+            return r.offset
+        return await self._with_leader(topic, partition, call, 10)
+
+    async def fetch(self, topic: str, partition: int, offset: int, max_bytes: int = 1 << 20,
+                    committed: bool = True) -> Any:
+        async def call(spu: Any) -> Any:
+            r = await spu.fetch(topic, partition, offset, max_bytes, 0 if committed else 1)
+            self.check(r.result)
+            return r
+        return await self._with_leader(topic, partition, call, 5)
+
+    def producer(self, topic: str, **options: Any) -> AsyncProducer:
+        return AsyncProducer(self, topic, **options)
+
+    def consumer(self, topic: str, **options: Any) -> AsyncConsumer:
+        return AsyncConsumer(self, topic, **options)
+
+    # ---------------------------------------------------------------- admin
+
+    async def create_topic(self, name: str, partitions: int = 1, replication_factor: int = 1,
+                           config: dict[str, str] | None = None) -> dict[str, Any]:
+        return await self.admin.create_topic(name, partitions, replication_factor, config)
+
+    async def delete_topic(self, name: str) -> None:
+        await self.admin.delete_topic(name)
+        self.forget_leaders(name)
+
+    async def list_topics(self) -> list[dict[str, Any]]:
+        return await self.admin.list_topics()
+
+    async def cluster_status(self) -> dict[str, Any]:
+        return await self.admin.cluster_status()
+
+    async def close(self) -> None:
+        self._conns.clear()
+        await self.admin.close()
+
+
+class _LoopThread:
+    """An event loop (with pycapnp's integration) on a daemon thread."""
+
+    def __init__(self) -> None:
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._ready = threading.Event()
+        self._stop: asyncio.Event | None = None
+        self._thread = threading.Thread(target=self._run, name="kolk-client", daemon=True)
+        self._thread.start()
+        self._ready.wait()
+
+    def _run(self) -> None:
+        async def main() -> None:
+            self.loop = asyncio.get_running_loop()
+            self._stop = asyncio.Event()
+            self._ready.set()
+            await self._stop.wait()
+        asyncio.run(capnp.run(main()))
+
+    def call(self, coro: Awaitable[T], timeout: float | None = None) -> T:
+        assert self.loop is not None
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)  # type: ignore[arg-type]
+
+    def submit(self, coro: Awaitable[T]) -> Future[T]:
+        assert self.loop is not None
+        return asyncio.run_coroutine_threadsafe(coro, self.loop)  # type: ignore[arg-type]
+
+    def stop(self) -> None:
+        if self.loop is not None and self._stop is not None:
+            self.loop.call_soon_threadsafe(self._stop.set)
+            self._thread.join(timeout=10)
+
+
+class Producer:
+    """Synchronous producer: ``send`` returns a ``concurrent.futures.Future`` of RecordMetadata."""
+
+    def __init__(self, thread: _LoopThread, inner: AsyncProducer) -> None:
+        self._t = thread
+        self._p = inner
+
+    def send(self, value: bytes | None, key: bytes | None = None, **kw: Any) -> Future[RecordMetadata]:
+        async def go() -> Any:
+            return await self._p.send(value, key, **kw)
+        inner = self._t.call(go())
+        out: Future[RecordMetadata] = Future()
+
+        def done(f: asyncio.Future[int]) -> None:
+            if f.exception() is not None:
+                out.set_exception(f.exception())
+            else:
+                out.set_result(inner.result_now())
+        assert self._t.loop is not None
+        self._t.loop.call_soon_threadsafe(lambda: inner._batch_future.add_done_callback(done))
+        return out
+
+    def send_many(self, records: list[tuple[bytes | None, bytes | None]]) -> None:
+        """Queue many ``(key, value)`` records in one hop to the client's thread."""
+        async def go() -> None:
+            for key, value in records:
+                await self._p.send(value, key)
+        self._t.call(go())
+
+    def flush(self) -> None:
+        self._t.call(self._p.flush())
+
+    def close(self) -> None:
+        self._t.call(self._p.close())
+
+
+class Consumer:
+    """Synchronous consumer: iterate for records; stops at the end when ``stop_at_end``."""
+
+    def __init__(self, thread: _LoopThread, inner: AsyncConsumer) -> None:
+        self._t = thread
+        self._c = inner
+        self._it: Any = None
+
+    def batches(self) -> Iterator[list[ConsumerRecord]]:
+        gen = self._c.batches()
+        while True:
+            try:
+                yield self._t.call(gen.__anext__())
+            except StopAsyncIteration:
+                return
+
+    def __iter__(self) -> Iterator[ConsumerRecord]:
+        for batch in self.batches():
+            yield from batch
+
+    def close(self) -> None:
+        self._t.call(self._c.close())
+
+
+class Client:
+    """Synchronous entry point. ``with kolk.Client("127.0.0.1:9003") as c: ...``"""
+
+    def __init__(self, sc: str | list[str] = DEFAULT_SC, *, timeout_s: float = 30.0) -> None:
+        self._t = _LoopThread()
+
+        async def make() -> AsyncClient:
+            return AsyncClient(sc, timeout_s=timeout_s)
+        self._c = self._t.call(make())
+
+    def producer(self, topic: str, **options: Any) -> Producer:
+        async def make() -> AsyncProducer:
+            return AsyncProducer(self._c, topic, **options)
+        return Producer(self._t, self._t.call(make()))
+
+    def consumer(self, topic: str, **options: Any) -> Consumer:
+        async def make() -> AsyncConsumer:
+            return AsyncConsumer(self._c, topic, **options)
+        return Consumer(self._t, self._t.call(make()))
+
+    def create_topic(self, name: str, partitions: int = 1, replication_factor: int = 1,
+                     config: dict[str, str] | None = None) -> dict[str, Any]:
+        return self._t.call(self._c.create_topic(name, partitions, replication_factor, config))
+
+    def delete_topic(self, name: str) -> None:
+        self._t.call(self._c.delete_topic(name))
+
+    def list_topics(self) -> list[dict[str, Any]]:
+        return self._t.call(self._c.list_topics())
+
+    def cluster_status(self) -> dict[str, Any]:
+        return self._t.call(self._c.cluster_status())
+
+    def close(self) -> None:
+        try:
+            self._t.call(self._c.close(), timeout=10)
+        finally:
+            self._t.stop()
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+__all__ = ["AsyncClient", "Client", "Consumer", "ConsumerRecord", "Offset", "Producer", "RecordMetadata"]

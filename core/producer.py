@@ -1,0 +1,193 @@
+"""The producer: partitioning, batching by size and linger time, compression, retries, and a
+future per record that resolves to its partition and offset (asyncio core).
+
+Order: records of one partition are sent in order, up to ``in_flight_max`` requests at a
+time on one connection, which the SPU appends in arrival order. A retried request can land
+after a later one (as in Kafka without idempotence) and a request that timed out may have
+been appended: until the idempotent producer (issue 5), a retry can duplicate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Sequence
+
+import crc32c as _crc32c
+
+from .errors import InvalidRequestError, KolkError
+from .segments import CODEC_GZIP, CODEC_NONE, CODEC_ZSTD, build_batch
+
+if TYPE_CHECKING:
+    from .client import AsyncClient
+
+CODECS = {"none": CODEC_NONE, "gzip": CODEC_GZIP, "zstd": CODEC_ZSTD}
+ACKS = {"none": 0, "leader": 1, "all": 2}
+RECORD_OVERHEAD_BYTES = 29
+
+
+@dataclass(frozen=True)
+class RecordMetadata:
+    topic: str
+    partition: int
+    offset: int
+
+
+class _Batch:
+    __slots__ = ("partition", "records", "timestamps", "nbytes", "future", "created", "attempts")
+
+    def __init__(self, partition: int, loop: asyncio.AbstractEventLoop) -> None:
+        self.partition = partition
+        self.records: list[tuple[bytes | None, bytes | None, Sequence[tuple[str, bytes | None]]]] = []
+        self.timestamps: list[int] = []
+        self.nbytes = 61
+        self.future: asyncio.Future[int] = loop.create_future()  # resolves to the base offset
+        self.created = time.monotonic()
+        self.attempts = 0
+
+
+class RecordFuture:
+    """Resolves to :class:`RecordMetadata`. Cheap: one per record, one asyncio future per batch."""
+
+    __slots__ = ("_batch_future", "_index", "_topic", "_partition")
+
+    def __init__(self, batch_future: asyncio.Future[int], index: int, topic: str, partition: int) -> None:
+        self._batch_future = batch_future
+        self._index = index
+        self._topic = topic
+        self._partition = partition
+
+    def done(self) -> bool:
+        return self._batch_future.done()
+
+    def result_now(self) -> RecordMetadata:
+        return RecordMetadata(self._topic, self._partition, self._batch_future.result() + self._index)
+
+    def __await__(self):  # noqa: ANN204
+        base = yield from self._batch_future.__await__()
+        return RecordMetadata(self._topic, self._partition, base + self._index)
+
+
+class AsyncProducer:
+    def __init__(self, client: "AsyncClient", topic: str, *, acks: str = "all", batch_bytes: int = 256 << 10,
+                 linger_ms: float = 5.0, compression: str = "none", partitioner: str = "key",
+                 retries: int = 5, request_timeout_ms: int = 30_000, in_flight_max: int = 4,
+                 buffer_bytes_max: int = 64 << 20) -> None:
+        if acks not in ACKS:
+            raise InvalidRequestError(f"acks must be one of {', '.join(ACKS)}, got {acks!r}")
+        if compression not in CODECS:
+            raise InvalidRequestError(f"compression must be one of {', '.join(CODECS)}, got {compression!r}")
+        if compression == "zstd":
+            raise InvalidRequestError("zstd compression needs the zstandard package, which this build lacks; "
+                                      "use gzip or none")
+        if partitioner not in ("key", "round_robin"):
+            raise InvalidRequestError("partitioner must be 'key' or 'round_robin'")
+        if not 1 <= in_flight_max <= 64 or batch_bytes < 1024 or buffer_bytes_max < batch_bytes:
+            raise InvalidRequestError("need 1 <= in_flight_max <= 64, batch_bytes >= 1 KiB, "
+                                      "buffer_bytes_max >= batch_bytes")
+        self.client = client
+        self.topic = topic
+        self.acks = ACKS[acks]
+        self.batch_bytes = batch_bytes
+        self.linger_s = linger_ms / 1000
+        self.codec = CODECS[compression]
+        self.partitioner = partitioner
+        self.retries = retries
+        self.request_timeout_ms = request_timeout_ms
+        self.buffer_bytes_max = buffer_bytes_max
+        self._loop = asyncio.get_running_loop()
+        self._open: dict[int, _Batch] = {}
+        self._in_flight: dict[int, asyncio.Semaphore] = {}
+        self._in_flight_max = in_flight_max
+        self._pending: set[asyncio.Task[Any]] = set()
+        self._buffered = 0
+        self._room = asyncio.Event()
+        self._room.set()
+        self._rr = 0
+        self._partitions: int | None = None
+        self._closed = False
+
+    async def _partition_count(self) -> int:
+        if self._partitions is None:
+            self._partitions = len(await self.client.partitions(self.topic))
+        return self._partitions
+
+    async def send(self, value: bytes | None, key: bytes | None = None,
+                   headers: Sequence[tuple[str, bytes | None]] = (), partition: int | None = None,
+                   timestamp: int | None = None) -> RecordFuture:
+        """Queue one record; await the returned future for its offset."""
+        if self._closed:
+            raise InvalidRequestError("the producer is closed")
+        while self._buffered >= self.buffer_bytes_max:
+            self._room.clear()
+            await self._room.wait()
+        count = self._partitions or await self._partition_count()
+        if partition is None:
+            if key is not None and self.partitioner == "key":
+                partition = _crc32c.crc32c(key) % count
+            else:
+                partition = self._rr % count
+                self._rr += 1
+        elif not 0 <= partition < count:
+            raise InvalidRequestError(f"topic {self.topic} has partitions 0-{count - 1}, not {partition}")
+        batch = self._open.get(partition)
+        if batch is None:
+            batch = self._open[partition] = _Batch(partition, self._loop)
+            if self.linger_s > 0:
+                self._loop.call_later(self.linger_s, self._linger_expired, batch)
+        size = RECORD_OVERHEAD_BYTES + (len(key) if key else 0) + (len(value) if value else 0)
+        if headers:
+            size += sum(8 + len(h) + (len(v) if v else 0) for h, v in headers)
+        index = len(batch.records)
+        batch.records.append((key, value, headers))
+        batch.timestamps.append(timestamp if timestamp is not None else time.time_ns() // 1_000_000)
+        batch.nbytes += size
+        self._buffered += size
+        fut = RecordFuture(batch.future, index, self.topic, partition)
+        if batch.nbytes >= self.batch_bytes or self.linger_s <= 0:
+            self._seal(partition)
+        return fut
+
+    def _linger_expired(self, batch: _Batch) -> None:
+        if self._open.get(batch.partition) is batch:
+            self._seal(batch.partition)
+
+    def _seal(self, partition: int) -> None:
+        batch = self._open.pop(partition, None)
+        if batch is None or not batch.records:
+            return
+        task = asyncio.ensure_future(self._send_batch(batch))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def _send_batch(self, batch: _Batch) -> None:
+        sem = self._in_flight.setdefault(batch.partition, asyncio.Semaphore(self._in_flight_max))
+        try:
+            data = build_batch(batch.records, timestamps=batch.timestamps, codec=self.codec)
+            async with sem:
+                base = await self.client.produce(self.topic, batch.partition, data, self.acks,
+                                                 self.request_timeout_ms, self.retries)
+            if not batch.future.done():
+                batch.future.set_result(base)
+        except Exception as e:  # noqa: BLE001 - every record's future must learn of the failure
+            if not batch.future.done():
+                batch.future.set_exception(e if isinstance(e, KolkError) else KolkError(str(e)))
+            # Nobody may await a failed record's future; do not let asyncio complain.
+            batch.future.exception()
+        finally:
+            self._buffered -= batch.nbytes - 61
+            if self._buffered < self.buffer_bytes_max:
+                self._room.set()
+
+    async def flush(self) -> None:
+        """Send everything queued and wait until every request has been answered."""
+        for partition in list(self._open):
+            self._seal(partition)
+        while self._pending:
+            await asyncio.gather(*list(self._pending), return_exceptions=True)
+
+    async def close(self) -> None:
+        await self.flush()
+        self._closed = True
+

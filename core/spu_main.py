@@ -1,0 +1,51 @@
+"""``kolk spu``: run one SPU process until SIGTERM or SIGINT."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+
+import capnp
+
+from .spu import SpuConfig, SpuServer
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--id", type=int, required=True, help="this SPU's id, unique in the cluster")
+    p.add_argument("--sc", required=True, help="SC admin address(es), comma-separated")
+    p.add_argument("--data-dir", required=True, help="where the partition logs and their index live")
+    p.add_argument("--public", required=True, help="address clients use, host:port")
+    p.add_argument("--private", help="address other SPUs use (default: --public)")
+    p.add_argument("--bind", help="bind here instead of --public (port 0: any free port)")
+    p.add_argument("--rack", help="rack or zone, to spread replicas")
+    p.add_argument("--ready-file", help="write {address, pid} here once serving")
+    p.add_argument("--log-level", default="INFO")
+
+
+def run_spu(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        config = SpuConfig(spu_id=args.id, data_dir=args.data_dir, sc_addresses=args.sc.split(","),
+                           public_address=args.public, private_address=args.private, bind_address=args.bind,
+                           rack=args.rack, ready_file=args.ready_file)
+    except ValueError as e:
+        raise SystemExit(f"kolk spu: {e}") from None
+    os.makedirs(os.path.dirname(os.path.abspath(config.data_dir)), exist_ok=True)
+
+    async def main() -> None:
+        server = SpuServer(config)
+        await server.start()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        await server.stop()
+
+    asyncio.run(capnp.run(main()))
+    return 0
