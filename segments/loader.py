@@ -13,7 +13,8 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING
 
-from .batch import HEADER_SIZE, parse_header
+from .batch import HEADER_SIZE, parse_header, validate_batch
+from .errors import InvalidBatchError
 from .errors import NotALogDirectoryError
 from .file_names import parse_segment_file_name
 from .index_db import (
@@ -27,6 +28,7 @@ from .index_db import (
     TIME_INDEX,
     U64,
     FencedBatch,
+    IndexEntry,
     Q,
     RecoveryPoint,
     decode_entry,
@@ -139,7 +141,8 @@ def load_log(log: "PartitionLog") -> None:
                 start_pos, expected = 0, seg.base_offset
             else:
                 e = log._last_entry(seg, stored_rp.offset)
-                if e is not None and e.end_position == stored_rp.position and e.next_offset == stored_rp.offset:
+                if (e is not None and e.end_position == stored_rp.position and e.next_offset == stored_rp.offset
+                        and _entry_matches_file(seg, e, file_size, log.config.batch_bytes_max)):
                     start_pos, expected, seg_max = stored_rp.position, stored_rp.offset, e.segment_max_timestamp
         if start_pos == 0:
             epochs_trusted = epochs_trusted and stored_rp is not None
@@ -169,8 +172,9 @@ def load_log(log: "PartitionLog") -> None:
             log._remove_fence(seg.base_offset, fenced_pos)
 
     leo = log.log_end_offset
-    for removed in log.leader_epochs.truncate_from_end(leo):
-        log._index.delete(LEADER_EPOCHS, epoch_key(log._pkey, removed.epoch))
+    log._log_start = max(stored_start if stored_start is not None else first, log._segments[0].base_offset)
+    log._log_start = min(log._log_start, leo)
+    log._index.put(PARTITION_STATE, state_key(log._pkey, LOG_START), Q.pack(log._log_start))
     if not epochs_trusted:
         log._index.delete_range(LEADER_EPOCHS, log._pkey, prefix_end(log._pkey))
         log.leader_epochs = LeaderEpochHistory()
@@ -180,15 +184,33 @@ def load_log(log: "PartitionLog") -> None:
         for epoch, base in rebuilt_epochs:
             if epoch > log.leader_epochs.latest_epoch and log.leader_epochs.assign(epoch, base):
                 log._index.put(LEADER_EPOCHS, epoch_key(log._pkey, epoch), Q.pack(base))
-
-    log._log_start = max(stored_start if stored_start is not None else first, log._segments[0].base_offset)
-    log._log_start = min(log._log_start, leo)
-    log._index.put(PARTITION_STATE, state_key(log._pkey, LOG_START), Q.pack(log._log_start))
+    # The index may predate the retention that moved the log start (it has no WAL); then
+    # epochs that start at or past the log end wrote nothing that survived.
+    removed, moved = log.leader_epochs.truncate_from_start(log._log_start)
+    if moved is not None:
+        log._index.put(LEADER_EPOCHS, epoch_key(log._pkey, moved.epoch), Q.pack(moved.start_offset))
+    removed += log.leader_epochs.truncate_from_end(leo)
+    for e in removed:
+        if all(x.epoch != e.epoch for x in log.leader_epochs.entries):
+            log._index.delete(LEADER_EPOCHS, epoch_key(log._pkey, e.epoch))
     hw = stored_hw if stored_hw is not None else log._log_start
     log._high_watermark = max(log._log_start, min(hw, leo))
     log._index.put(PARTITION_STATE, state_key(log._pkey, HIGH_WATERMARK), Q.pack(log._high_watermark))
     last = log._segments[-1]
     log._set_recovery_point(RecoveryPoint(last.base_offset, last.size, last.next_offset))
+
+
+def _entry_matches_file(seg: Segment, e: IndexEntry, file_size: int, batch_bytes_max: int) -> bool:
+    """Does the batch the index entry names sit in the file, whole, with a good CRC? An index
+    from before a crash may describe bytes that were since cut and rewritten."""
+    if e.end_position > file_size:
+        return False
+    try:
+        h = validate_batch(seg.read(e.position, e.size), 0, batch_bytes_max)
+    except InvalidBatchError:
+        return False
+    return h.base_offset == e.base_offset and h.size == e.size
+
 
 def _sealed_index_agrees(log: "PartitionLog", seg: Segment, next_base: int, file_size: int) -> bool:
     first = log._index.first_from(OFFSET_INDEX, offset_key(log._pkey, seg.base_offset),

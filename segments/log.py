@@ -569,6 +569,9 @@ class PartitionLog:
             self.set_high_watermark(cut_seg.next_offset)
         self._dirty.discard(cut_seg)
         self._set_recovery_point(RecoveryPoint(cut_seg.base_offset, cut_seg.size, cut_seg.next_offset))
+        # The index has no WAL: persist the cut now, or after a crash a stale recovery point
+        # and stale entries would describe bytes that new appends have since replaced.
+        self._index.flush()
         return self.log_end_offset
 
     def _trim_time_index(self, seg: Segment) -> None:
@@ -616,6 +619,7 @@ class PartitionLog:
             self._index.delete(LEADER_EPOCHS, epoch_key(self._pkey, e.epoch))
         if moved is not None:
             self._index.put(LEADER_EPOCHS, epoch_key(self._pkey, moved.epoch), Q.pack(moved.start_offset))
+        self._index.flush()
         return [s.base_offset for s in doomed]
 
     def _set_log_start(self, offset: int) -> None:
