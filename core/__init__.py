@@ -1,7 +1,16 @@
 """Kolk: a programmable streaming platform in Python.
 
-The public API grows here as the parts land (DESIGN.md §1); today it is the storage engine,
-``kolk.segments``.
+``kolk.Client`` (and ``kolk.AsyncClient``) is the entry point: produce, consume, administer.
+Errors derive from ``kolk.KolkError``.
 """
+
+from .client import AsyncClient as AsyncClient
+from .client import Client as Client
+from .consumer import ConsumerRecord as ConsumerRecord
+from .consumer import Offset as Offset
+from .errors import KolkError as KolkError
+from .errors import NotFoundError as NotFoundError
+from .errors import NotLeaderError as NotLeaderError
+from .producer import RecordMetadata as RecordMetadata
 
 __version__ = "0.1.0"

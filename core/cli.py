@@ -13,17 +13,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--version", action="version", version=f"kolk {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    demo = sub.add_parser("demo", help="run the storage engine demo on a temporary directory")
-    demo.add_argument("--records", type=int, default=1_000_000, help="records to append (default 1,000,000)")
-    demo.add_argument("--data-dir", help="keep the data here instead of a temporary directory")
+    demo = sub.add_parser("demo", help="start a local cluster, produce and consume events, stop it")
+    demo.add_argument("--events", type=int, default=5000, help="events to produce (default 5,000)")
+    demo.add_argument("--storage", action="store_true",
+                      help="instead: the storage engine alone, 1,000,000 records and a simulated crash")
+    demo.add_argument("--records", type=int, default=1_000_000, help="records for --storage (default 1,000,000)")
+    demo.add_argument("--data-dir", help="for --storage: keep the data here instead of a temporary directory")
 
-    from . import cli_admin, sc_main, spu_main
+    from . import cli_admin, cli_data, sc_main, spu_main
 
     sc = sub.add_parser("sc", help="run a stream controller (SC) node")
     sc_main.add_arguments(sc)
     spu_parser = sub.add_parser("spu", help="run a stream processing unit (SPU) node")
     spu_main.add_arguments(spu_parser)
     cli_admin.add_commands(sub)
+    cli_data.add_commands(sub)
 
     args = parser.parse_args(argv)
     if args.command == "sc":
@@ -32,12 +36,18 @@ def main(argv: list[str] | None = None) -> int:
         return spu_main.run_spu(args)
     if args.command in cli_admin.COMMANDS:
         return cli_admin.dispatch(args)
+    if args.command in cli_data.COMMANDS:
+        return cli_data.dispatch(args)
     if args.command == "demo":
-        from .demo import run_storage_demo
+        from .demo import run_cluster_demo, run_storage_demo
 
-        if args.records < 1000:
-            parser.error("--records must be at least 1000")
-        return run_storage_demo(args.records, args.data_dir)
+        if args.storage:
+            if args.records < 1000:
+                parser.error("--records must be at least 1000")
+            return run_storage_demo(args.records, args.data_dir)
+        if not 1 <= args.events <= 10_000_000:
+            parser.error("--events must be 1 to 10,000,000")
+        return run_cluster_demo(args.events)
     parser.error(f"unknown command {args.command}")
     return 2
 

@@ -21,8 +21,9 @@ COMMANDS = ("topic", "cluster")
 
 
 def _sc_option(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--sc", default=os.environ.get(SC_ENV, DEFAULT_SC),
-                   help=f"SC admin address(es), comma-separated (default ${SC_ENV} or {DEFAULT_SC})")
+    p.add_argument("--sc", default=None,
+                   help=f"SC admin address(es), comma-separated (default: ${SC_ENV}, else the local cluster's "
+                        f"profile, else {DEFAULT_SC})")
     p.add_argument("--json", action="store_true", help="print JSON")
 
 
@@ -45,6 +46,11 @@ def add_commands(sub: Any) -> None:
     cluster = sub.add_parser("cluster", help="cluster status and SPU registration")
     csub = cluster.add_subparsers(dest="action", required=True)
     _sc_option(csub.add_parser("status", help="SCs, which one leads, SPUs and their liveness"))
+    st = csub.add_parser("start", help="start a local cluster (1 SC, N SPUs) in the background")
+    st.add_argument("--spus", type=int, default=1)
+    st.add_argument("--json", action="store_true")
+    sp = csub.add_parser("stop", help="stop the local cluster started by 'kolk cluster start'")
+    sp.add_argument("--json", action="store_true")
 
     spu = csub.add_parser("spu", help="register, list and unregister SPUs")
     ssub = spu.add_subparsers(dest="spu_action", required=True)
@@ -70,8 +76,14 @@ def _table(rows: list[list[Any]], header: list[str]) -> str:
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells)
 
 
+def resolve_sc(explicit: str | None) -> str:
+    from .local_cluster import profile_sc
+
+    return explicit or os.environ.get(SC_ENV) or profile_sc() or DEFAULT_SC
+
+
 async def _run(args: argparse.Namespace) -> int:
-    client = AdminClient(args.sc)
+    client = AdminClient(resolve_sc(args.sc))
     if args.command == "topic":
         if args.action == "create":
             config = {}
@@ -124,7 +136,20 @@ async def _run(args: argparse.Namespace) -> int:
 
 
 def dispatch(args: argparse.Namespace) -> int:
+    from . import local_cluster
+
     try:
+        if args.command == "cluster" and args.action == "start":
+            profile = local_cluster.start(args.spus)
+            _print(args, profile, f"local cluster started: SC at {profile['sc']}, {profile['spus']} SPU(s)\n"
+                                  f"data in {profile['data_dir']}, logs in {profile['logs']}\n"
+                                  "stop it with: kolk cluster stop")
+            return 0
+        if args.command == "cluster" and args.action == "stop":
+            out = local_cluster.stop()
+            _print(args, out, "local cluster stopped" + (f" (killed after timeout: {', '.join(out['killed'])})"
+                                                          if out["killed"] else ""))
+            return 0
         return run(lambda: _run(args))
     except KolkError as e:
         print(f"kolk {args.command} {args.action}: {e}", file=sys.stderr)

@@ -1,0 +1,154 @@
+"""``kolk produce`` and ``kolk consume``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import os
+import sys
+import time
+from typing import Any, BinaryIO
+
+from .admin import run
+from .client import AsyncClient
+from .consumer import Offset
+from .errors import KolkError
+
+COMMANDS = ("produce", "consume")
+PROGRESS_INTERVAL_S = 0.2
+
+
+def add_commands(sub: Any) -> None:
+    from .cli_admin import _sc_option
+
+    p = sub.add_parser("produce", help="produce records: one per line from stdin or --file")
+    p.add_argument("topic")
+    p.add_argument("--file", help="read lines from this file (shows a progress bar)")
+    p.add_argument("--key-separator", help="split each line into key and value at the first SEP")
+    p.add_argument("--partition", type=int, help="send every record to this partition")
+    p.add_argument("--acks", choices=["none", "leader", "all"], default="all")
+    p.add_argument("--compression", choices=["none", "gzip"], default="none")
+    p.add_argument("--linger-ms", type=float, default=5.0)
+    _sc_option(p)
+
+    c = sub.add_parser("consume", help="consume records and print them")
+    c.add_argument("topic")
+    c.add_argument("-B", "--from-beginning", action="store_true", help="start at the beginning (default: the end)")
+    c.add_argument("--offset", type=int, help="start at this absolute offset")
+    c.add_argument("--tail", type=int, metavar="N", help="start N records before the end")
+    c.add_argument("--partition", type=int, help="only this partition (default: all)")
+    c.add_argument("-d", "--disconnect", action="store_true", help="exit once the end is reached")
+    c.add_argument("--output", choices=["text", "json", "raw"], default="text")
+    c.add_argument("--max", type=int, help="exit after this many records")
+    _sc_option(c)
+
+
+def _lines(f: BinaryIO) -> Any:
+    for line in f:
+        yield line.rstrip(b"\r\n")
+
+
+async def _produce(args: argparse.Namespace, sc: str) -> int:
+    client = AsyncClient(sc)
+    producer = client.producer(args.topic, acks=args.acks, compression=args.compression, linger_ms=args.linger_ms)
+    sep = args.key_separator.encode() if args.key_separator else None
+    total = os.path.getsize(args.file) if args.file else 0
+    source = open(args.file, "rb") if args.file else sys.stdin.buffer
+    sent = 0
+    read_bytes = 0
+    last_draw = 0.0
+    futures = []
+    try:
+        for line in _lines(source):
+            read_bytes += len(line) + 1
+            if not line:
+                continue
+            key, value = None, line
+            if sep is not None:
+                if sep not in line:
+                    raise KolkError(f"line {sent + 1} has no key separator {args.key_separator!r}")
+                key, value = line.split(sep, 1)
+            futures.append(await producer.send(value, key, partition=args.partition))
+            sent += 1
+            if len(futures) >= 10_000:
+                await futures[-1]
+                futures.clear()
+            if total and time.monotonic() - last_draw > PROGRESS_INTERVAL_S:
+                last_draw = time.monotonic()
+                _bar(read_bytes, total, sent)
+        await producer.flush()
+        for fut in futures[-1:]:
+            await fut
+    finally:
+        if args.file:
+            source.close()
+    if total:
+        _bar(total, total, sent)
+        print(file=sys.stderr)
+    print(f"produced {sent} record(s) to {args.topic}", file=sys.stderr)
+    return 0
+
+
+def _bar(done: int, total: int, records: int) -> None:
+    width = 30
+    filled = int(width * done / max(total, 1))
+    sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {100 * done // max(total, 1):3d}% "
+                     f"{records} records")
+    sys.stderr.flush()
+
+
+async def _consume(args: argparse.Namespace, sc: str) -> int:
+    client = AsyncClient(sc)
+    if args.offset is not None:
+        start = Offset.absolute(args.offset)
+    elif args.tail is not None:
+        start = Offset.from_end(args.tail)
+    elif args.from_beginning:
+        start = Offset.beginning()
+    else:
+        start = Offset.end()
+    consumer = client.consumer(args.topic, partition=args.partition, start=start, stop_at_end=args.disconnect)
+    out = sys.stdout.buffer
+    count = 0
+    async for batch in consumer.batches():
+        for rec in batch:
+            if args.output == "raw":
+                out.write((rec.value or b"") + b"\n")
+            elif args.output == "json":
+                out.write(json.dumps({"partition": rec.partition, "offset": rec.offset, "timestamp": rec.timestamp,
+                                      "key": _text(rec.key), "value": _text(rec.value)}).encode() + b"\n")
+            else:
+                out.write(((rec.key + b" => ") if rec.key is not None else b"") + (rec.value or b"") + b"\n")
+            count += 1
+            if args.max is not None and count >= args.max:
+                out.flush()
+                await consumer.close()
+                return 0
+        out.flush()
+    return 0
+
+
+def _text(b: bytes | None) -> str | None:
+    if b is None:
+        return None
+    try:
+        return b.decode("utf-8")
+    except UnicodeDecodeError:
+        return "base64:" + base64.b64encode(b).decode()
+
+
+def dispatch(args: argparse.Namespace) -> int:
+    from .cli_admin import resolve_sc
+
+    sc = resolve_sc(args.sc)
+    try:
+        if args.command == "produce":
+            return run(lambda: _produce(args, sc))
+        return run(lambda: _consume(args, sc))
+    except KolkError as e:
+        print(f"kolk {args.command}: {e}", file=sys.stderr)
+        return 1
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        return 130

@@ -1,0 +1,174 @@
+"""``kolk cluster start|stop``: a local cluster as background processes (1 SC, N SPUs).
+
+Data and logs live under ``$KOLK_HOME`` (default ``~/.kolk``): ``local/sc``, ``local/spu-N``,
+``local/logs``. A profile file, ``$KOLK_HOME/profile.json``, records the SC address and the
+process ids, so that later commands find the cluster and ``stop`` stops exactly the
+processes ``start`` started (by pid, never by name). Ports come from the OS.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from typing import Any
+
+from .errors import KolkError
+
+PROFILE = "profile.json"
+START_TIMEOUT_S = 30.0
+STOP_TIMEOUT_S = 10.0
+
+
+class ClusterAlreadyRunningError(KolkError):
+    code = "alreadyRunning"
+
+
+def kolk_home() -> str:
+    return os.environ.get("KOLK_HOME") or os.path.join(os.path.expanduser("~"), ".kolk")
+
+
+def profile_path() -> str:
+    return os.path.join(kolk_home(), PROFILE)
+
+
+def read_profile() -> dict[str, Any] | None:
+    try:
+        with open(profile_path(), encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def profile_sc() -> str | None:
+    p = read_profile()
+    return p.get("sc") if p and p.get("running") else None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie child of ours counts as gone
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        return done == 0
+    except ChildProcessError:
+        return True
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _spawn(args: list[str], log_path: str, env: dict[str, str]) -> int:
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                                start_new_session=True)
+    return proc.pid
+
+
+def _wait_ready(path: str, pid: int, what: str, log_path: str, deadline: float) -> dict[str, Any]:
+    while time.monotonic() < deadline:
+        if os.path.exists(path):
+            with open(path, encoding="utf-8") as f:
+                return json.load(f)
+        if not _alive(pid):
+            raise KolkError(f"{what} exited during start; see {log_path}")
+        time.sleep(0.05)  # polling a file with a deadline
+    raise KolkError(f"{what} did not become ready within {START_TIMEOUT_S:.0f} s; see {log_path}")
+
+
+def start(spus: int = 1) -> dict[str, Any]:
+    """Start 1 SC and ``spus`` SPUs; return the profile once every process serves."""
+    if not 1 <= spus <= 16:
+        raise KolkError(f"--spus must be 1 to 16, got {spus}")
+    profile = read_profile()
+    if profile and profile.get("running"):
+        running = [pid for pid in profile.get("pids", {}).values() if _alive(pid)]
+        if running:
+            raise ClusterAlreadyRunningError(
+                f"a local cluster is already running (SC at {profile['sc']}, pids {sorted(running)}); "
+                "run 'kolk cluster stop' first")
+    home = kolk_home()
+    base = os.path.join(home, "local")
+    logs = os.path.join(base, "logs")
+    os.makedirs(logs, exist_ok=True)
+    secret_file = os.path.join(base, "secret")
+    if not os.path.exists(secret_file):
+        fd = os.open(secret_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_urlsafe(32))
+    env = dict(os.environ)
+    py = [sys.executable, "-m", "kolk"]
+    deadline = time.monotonic() + START_TIMEOUT_S
+    pids: dict[str, int] = {}
+    sc_admin = f"127.0.0.1:{_free_port()}"
+    ready = os.path.join(base, "sc.ready")
+    if os.path.exists(ready):
+        os.unlink(ready)
+    sc_log = os.path.join(logs, "sc.log")
+    pids["sc"] = _spawn(py + ["sc", "--id", "1", "--data-dir", os.path.join(base, "sc"),
+                              "--raft", f"127.0.0.1:{_free_port()}", "--admin", sc_admin,
+                              "--secret-file", secret_file, "--ready-file", ready], sc_log, env)
+    try:
+        _wait_ready(ready, pids["sc"], "the SC", sc_log, deadline)
+        for i in range(1, spus + 1):
+            ready = os.path.join(base, f"spu-{i}.ready")
+            if os.path.exists(ready):
+                os.unlink(ready)
+            spu_log = os.path.join(logs, f"spu-{i}.log")
+            pids[f"spu-{i}"] = _spawn(py + ["spu", "--id", str(i), "--sc", sc_admin, "--data-dir",
+                                            os.path.join(base, f"spu-{i}"), "--public", f"127.0.0.1:{_free_port()}",
+                                            "--ready-file", ready], spu_log, env)
+        for i in range(1, spus + 1):
+            _wait_ready(os.path.join(base, f"spu-{i}.ready"), pids[f"spu-{i}"], f"SPU {i}",
+                        os.path.join(logs, f"spu-{i}.log"), deadline)
+    except BaseException:
+        _stop_pids(pids)
+        raise
+    profile = {"running": True, "sc": sc_admin, "pids": pids, "data_dir": base, "logs": logs, "spus": spus}
+    tmp = profile_path() + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(profile, f, indent=2)
+    os.replace(tmp, profile_path())
+    return profile
+
+
+def _stop_pids(pids: dict[str, int]) -> list[str]:
+    # SPUs first, then the SC, so SPUs do not spin on a missing SC while they stop.
+    order = sorted(pids, key=lambda name: name == "sc")
+    for name in order:
+        if _alive(pids[name]):
+            os.kill(pids[name], signal.SIGTERM)
+    deadline = time.monotonic() + STOP_TIMEOUT_S
+    killed = []
+    for name in order:
+        while _alive(pids[name]) and time.monotonic() < deadline:
+            time.sleep(0.05)  # polling process exit with a deadline
+        if _alive(pids[name]):
+            os.kill(pids[name], signal.SIGKILL)
+            killed.append(name)
+    return killed
+
+
+def stop() -> dict[str, Any]:
+    profile = read_profile()
+    if not profile or not profile.get("running"):
+        raise KolkError(f"no local cluster is running (no running profile in {profile_path()})")
+    killed = _stop_pids(profile.get("pids", {}))
+    profile["running"] = False
+    tmp = profile_path() + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(profile, f, indent=2)
+    os.replace(tmp, profile_path())
+    return {"stopped": sorted(profile.get("pids", {})), "killed": killed}
