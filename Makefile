@@ -25,6 +25,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/storage_bench.py
 	$(PY) bench/sc_bench.py
+	$(VENV)/bin/kolk bench
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .hypothesis

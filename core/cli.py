@@ -29,7 +29,17 @@ def main(argv: list[str] | None = None) -> int:
     cli_admin.add_commands(sub)
     cli_data.add_commands(sub)
 
+    bench = sub.add_parser("bench", help="produce/consume throughput and latency on a local cluster")
+    bench.add_argument("--records", type=int, default=1_000_000, help="100 B records to produce (default 1,000,000)")
+    bench.add_argument("--records-1k", type=int, default=200_000, help="1 KiB records (default 200,000)")
+    bench.add_argument("--rate", type=int, default=2000, help="records/s for the latency run (default 2,000)")
+    bench.add_argument("--seconds", type=float, default=5.0, help="length of the latency run (default 5)")
+
     args = parser.parse_args(argv)
+    if args.command == "bench":
+        from .bench import run_bench
+
+        return run_bench(args.records, args.records_1k, args.rate, args.seconds)
     if args.command == "sc":
         return sc_main.run_sc(args)
     if args.command == "spu":

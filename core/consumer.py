@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, AsyncIterator
+from typing import TYPE_CHECKING, Any, AsyncIterator, NamedTuple
 
 import capnp
 
@@ -61,8 +61,7 @@ class Offset:
         return Offset("timestamp", ms)
 
 
-@dataclass(frozen=True)
-class ConsumerRecord:
+class ConsumerRecord(NamedTuple):
     partition: int
     offset: int
     timestamp: int
@@ -88,6 +87,12 @@ class _PartitionStream:
         self.queue: asyncio.Queue[tuple[bytes, int, int]] = asyncio.Queue()
         self.control: Any = None
         self.spu: Any = None
+        self._grants: set[asyncio.Future[Any]] = set()
+
+    def _grant_done(self, fut: asyncio.Future[Any]) -> None:
+        self._grants.discard(fut)
+        if not fut.cancelled() and fut.exception() is not None:
+            self.control = None  # the stream broke; next_chunk reopens it
 
     async def open(self) -> None:
         client = self.c.client
@@ -114,7 +119,10 @@ class _PartitionStream:
                     return []
                 self.high_watermark = hw
                 out = self._decode(data)
-                await self.control.grant(len(data))
+                # Grant the window back without waiting for the answer: a lost grant shows up
+                # as a broken stream on the next push or probe.
+                self._grants.add(grant := asyncio.ensure_future(self.control.grant(len(data))))
+                grant.add_done_callback(self._grant_done)
                 return out
             except (KolkError, capnp.KjException, asyncio.TimeoutError, OSError) as e:
                 if isinstance(e, KolkError) and not e.retriable:
@@ -124,12 +132,20 @@ class _PartitionStream:
                 await asyncio.sleep(0.1)  # backoff before asking for the new leader
 
     def _decode(self, data: bytes) -> list[ConsumerRecord]:
-        out = []
-        p = self.partition
-        for pos, _h in iter_batches(data, BATCH_BYTES_MAX):
-            for rec in decode_records(data, pos):
-                if rec.offset >= self.offset:
-                    out.append(ConsumerRecord(p, rec.offset, rec.timestamp, rec.key, rec.value, rec.headers))
+        partition = self.partition
+        new = tuple.__new__
+
+        def make(offset: int, timestamp: int, key: bytes | None, value: bytes | None, headers: Any) -> ConsumerRecord:
+            return new(ConsumerRecord, (partition, offset, timestamp, key, value, headers))
+
+        out: list[ConsumerRecord] = []
+        for pos, h in iter_batches(data, BATCH_BYTES_MAX):
+            if h.next_offset <= self.offset:
+                continue  # wholly before where this consumer stands
+            records = decode_records(data, pos, make=make)
+            if h.base_offset < self.offset:
+                records = [r for r in records if r.offset >= self.offset]
+            out.extend(records)
         if out:
             self.offset = out[-1].offset + 1
         return out

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Sequence
 
@@ -35,7 +36,7 @@ class RecordMetadata:
 
 
 class _Batch:
-    __slots__ = ("partition", "records", "timestamps", "nbytes", "future", "created", "attempts")
+    __slots__ = ("partition", "records", "timestamps", "nbytes", "future", "created", "due")
 
     def __init__(self, partition: int, loop: asyncio.AbstractEventLoop) -> None:
         self.partition = partition
@@ -44,7 +45,7 @@ class _Batch:
         self.nbytes = 61
         self.future: asyncio.Future[int] = loop.create_future()  # resolves to the base offset
         self.created = time.monotonic()
-        self.attempts = 0
+        self.due = False  # lingered long enough: send as soon as a slot is free
 
 
 class RecordFuture:
@@ -98,7 +99,9 @@ class AsyncProducer:
         self.buffer_bytes_max = buffer_bytes_max
         self._loop = asyncio.get_running_loop()
         self._open: dict[int, _Batch] = {}
-        self._in_flight: dict[int, asyncio.Semaphore] = {}
+        self._ready: dict[int, deque[_Batch]] = {}
+        self._in_flight: dict[int, int] = {}
+        self._flushing = False
         self._in_flight_max = in_flight_max
         self._pending: set[asyncio.Task[Any]] = set()
         self._buffered = 0
@@ -145,29 +148,47 @@ class AsyncProducer:
         batch.nbytes += size
         self._buffered += size
         fut = RecordFuture(batch.future, index, self.topic, partition)
-        if batch.nbytes >= self.batch_bytes or self.linger_s <= 0:
+        if batch.nbytes >= self.batch_bytes:
             self._seal(partition)
+        elif self.linger_s <= 0 or batch.due:
+            self._drain(partition)
         return fut
 
     def _linger_expired(self, batch: _Batch) -> None:
+        batch.due = True
         if self._open.get(batch.partition) is batch:
-            self._seal(batch.partition)
+            self._drain(batch.partition)
 
     def _seal(self, partition: int) -> None:
+        """The open batch is full: queue it for sending."""
         batch = self._open.pop(partition, None)
-        if batch is None or not batch.records:
-            return
-        task = asyncio.ensure_future(self._send_batch(batch))
-        self._pending.add(task)
-        task.add_done_callback(self._pending.discard)
+        if batch is not None and batch.records:
+            self._ready.setdefault(partition, deque()).append(batch)
+        self._drain(partition)
+
+    def _drain(self, partition: int) -> None:
+        """Send what may go now: queued full batches first, then the open batch once it is due
+        (lingered long enough, or linger is 0). While every in-flight slot of the partition is
+        busy the open batch keeps growing, so load turns into bigger batches, not a queue."""
+        ready = self._ready.get(partition)
+        while self._in_flight.get(partition, 0) < self._in_flight_max:
+            if ready:
+                batch = ready.popleft()
+            else:
+                batch = self._open.get(partition)
+                if batch is None or not batch.records or not (batch.due or self.linger_s <= 0 or self._flushing):
+                    return
+                del self._open[partition]
+            self._in_flight[partition] = self._in_flight.get(partition, 0) + 1
+            task = asyncio.ensure_future(self._send_batch(batch))
+            self._pending.add(task)
+            task.add_done_callback(self._pending.discard)
 
     async def _send_batch(self, batch: _Batch) -> None:
-        sem = self._in_flight.setdefault(batch.partition, asyncio.Semaphore(self._in_flight_max))
         try:
             data = build_batch(batch.records, timestamps=batch.timestamps, codec=self.codec)
-            async with sem:
-                base = await self.client.produce(self.topic, batch.partition, data, self.acks,
-                                                 self.request_timeout_ms, self.retries)
+            base = await self.client.produce(self.topic, batch.partition, data, self.acks,
+                                             self.request_timeout_ms, self.retries)
             if not batch.future.done():
                 batch.future.set_result(base)
         except Exception as e:  # noqa: BLE001 - every record's future must learn of the failure
@@ -179,13 +200,22 @@ class AsyncProducer:
             self._buffered -= batch.nbytes - 61
             if self._buffered < self.buffer_bytes_max:
                 self._room.set()
+            self._in_flight[batch.partition] -= 1
+            self._drain(batch.partition)
 
     async def flush(self) -> None:
         """Send everything queued and wait until every request has been answered."""
-        for partition in list(self._open):
-            self._seal(partition)
-        while self._pending:
-            await asyncio.gather(*list(self._pending), return_exceptions=True)
+        self._flushing = True
+        try:
+            while self._open or any(self._ready.values()) or self._pending:
+                for partition in list(self._open):
+                    self._seal(partition)
+                for partition in list(self._ready):
+                    self._drain(partition)
+                if self._pending:
+                    await asyncio.gather(*list(self._pending), return_exceptions=True)
+        finally:
+            self._flushing = False
 
     async def close(self) -> None:
         await self.flush()

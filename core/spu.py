@@ -294,8 +294,9 @@ class SpuImpl(schema.Spu.Server):
         if acks != ACKS_NONE:
             timeout = min(max(int(timeoutMs), 1), self.s.config.produce_timeout_ms_max) / 1000
             try:
-                await asyncio.wait_for(self.s.committed(replica, info.next_offset), timeout)
-            except asyncio.TimeoutError:
+                async with asyncio.timeout(timeout):
+                    await self.s.committed(replica, info.next_offset)
+            except TimeoutError:
                 set_error(r.result, "timeout", f"not durable within {timeout} s", None, True)
                 return
             except StorageError as e:

@@ -32,7 +32,7 @@ from __future__ import annotations
 import struct
 import time
 import zlib
-from typing import Iterable, NamedTuple, Sequence
+from typing import Any, Callable, Iterable, NamedTuple, Sequence
 
 import crc32c as _crc32c
 
@@ -54,6 +54,7 @@ from .batch import (
 from .errors import InvalidBatchError
 
 _REC_HEAD = struct.Struct("<IBqIi")  # length, attributes, timestamp_delta, offset_delta, key_length
+_REC_HEAD_NOKEY = struct.Struct("<IBqIii")  # ... key_length (-1), value_length
 _I32 = struct.Struct("<i")
 _U32 = struct.Struct("<I")
 _REC_FIXED = _REC_HEAD.size + _I32.size + _U32.size  # bytes of a record besides key, value, headers
@@ -153,6 +154,7 @@ def build_batch(
     max_ts = first_timestamp
     pack_head = _REC_HEAD.pack
     pack_i32 = _I32.pack
+    pack_nokey = _REC_HEAD_NOKEY.pack
     for i, rec in enumerate(records):
         key, value = rec[0], rec[1]
         headers = rec[2] if len(rec) > 2 else ()
@@ -168,6 +170,14 @@ def build_batch(
                 raise InvalidBatchError(f"record {i}'s timestamp {ts} is too far from the first ({first_ts})")
         else:
             ts_delta = 0
+        count += 1
+        if key is None and not headers and value is not None:
+            # The common case in one pack: no key, no headers.
+            vlen = len(value)
+            parts.append(pack_nokey(_REC_LENGTH_MIN + vlen, 0, ts_delta, i, -1, vlen))
+            parts.append(value)
+            parts.append(_NO_HEADERS)
+            continue
         if headers:
             tail = _encode_headers(headers)
         else:
@@ -183,7 +193,6 @@ def build_batch(
         if value:
             parts.append(value)
         parts.append(tail)
-        count += 1
     if count == 0:
         raise InvalidBatchError("a batch holds at least one record; none were given")
     body = compress(codec, b"".join(parts))
@@ -213,78 +222,120 @@ def build_batch(
 
 
 def decode_records(
-    buf: bytes | bytearray | memoryview, pos: int = 0, *, records_bytes_max: int = 64 << 20
-) -> list[Record]:
+    buf: bytes | bytearray | memoryview, pos: int = 0, *, records_bytes_max: int = 64 << 20,
+    make: Callable[..., Any] | None = None,
+) -> list[Any]:
     """Decode every record of the batch at ``pos``. The batch's CRC is not checked here.
 
-    Raises :class:`InvalidBatchError` naming the record when the section is malformed.
+    ``make(offset, timestamp, key, value, headers)`` builds each record (default
+    :class:`Record`). Raises :class:`InvalidBatchError` naming the record when the section is
+    malformed; nothing is returned from a malformed batch.
     """
     header = parse_header(buf, pos)
     end = pos + header.size
     if end > len(buf):
         raise InvalidBatchError(f"batch at byte {pos} is truncated", pos)
-    body = decompress(header.codec, bytes(memoryview(buf)[pos + HEADER_SIZE : end]), records_bytes_max)
-    out: list[Record] = []
+    if header.codec == CODEC_NONE:
+        body = bytes(memoryview(buf)[pos + HEADER_SIZE : end]) if not isinstance(buf, bytes) or pos or end != len(buf) \
+            else buf[HEADER_SIZE:]
+    else:
+        body = decompress(header.codec, bytes(memoryview(buf)[pos + HEADER_SIZE : end]), records_bytes_max)
+    build = make or _new_record
+    out: list[Any] = []
+    append = out.append
     p = 0
     n = len(body)
     base = header.base_offset
     first_ts = header.first_timestamp
     unpack_head = _REC_HEAD.unpack_from
     unpack_i32 = _I32.unpack_from
+    unpack_u32 = _U32.unpack_from
+    head_size = _REC_HEAD.size
+    unpack_nokey = _REC_HEAD_NOKEY.unpack_from
+    no_headers = _NO_HEADERS
+    new = tuple.__new__
     for index in range(header.record_count):
-        if n - p < _REC_HEAD.size:
-            raise InvalidBatchError(
-                f"record {index} of the batch at offset {base} is truncated", pos
-            )
-        length, _attrs, ts_delta, offset_delta, klen = unpack_head(body, p)
+        if n - p < _REC_FIXED:
+            raise InvalidBatchError(f"record {index} of the batch at offset {base} is truncated", pos)
+        length, _attrs, ts_delta, offset_delta, klen, vlen = unpack_nokey(body, p)
         rec_end = p + 4 + length
+        if klen == -1 and vlen >= 0 and rec_end <= n:
+            # Fast path: no key, a value, no headers (checked exactly, else the general path).
+            q = p + 25 + vlen
+            if q + 4 == rec_end and body[q:rec_end] == no_headers:
+                value = body[p + 25 : q]
+                if make is None:
+                    append(new(Record, (base + offset_delta, first_ts + ts_delta, None, value, ())))
+                else:
+                    append(make(base + offset_delta, first_ts + ts_delta, None, value, ()))
+                p = rec_end
+                continue
         if rec_end > n or length < _REC_LENGTH_MIN:
             raise InvalidBatchError(
                 f"record {index} of the batch at offset {base} has length {length}, "
-                f"outside the {n - p - 4} bytes left",
-                pos,
-            )
-        q = p + _REC_HEAD.size
-        if klen < -1 or q + max(klen, 0) + 8 > rec_end:
-            raise InvalidBatchError(f"record {index} of the batch at offset {base} has a bad key length {klen}", pos)
-        key = None if klen < 0 else body[q : q + klen]
-        q += max(klen, 0)
+                f"outside the {n - p - 4} bytes left", pos)
+        q = p + head_size
+        if klen < 0:
+            if klen != -1:
+                raise InvalidBatchError(f"record {index} of the batch at offset {base} has a bad key length {klen}", pos)
+            key = None
+        else:
+            if q + klen + 8 > rec_end:
+                raise InvalidBatchError(f"record {index} of the batch at offset {base} has a bad key length {klen}", pos)
+            key = body[q : q + klen]
+            q += klen
         (vlen,) = unpack_i32(body, q)
         q += 4
-        if vlen < -1 or q + max(vlen, 0) + 4 > rec_end:
-            raise InvalidBatchError(f"record {index} of the batch at offset {base} has a bad value length {vlen}", pos)
-        value = None if vlen < 0 else body[q : q + vlen]
-        q += max(vlen, 0)
-        (hcount,) = _U32.unpack_from(body, q)
+        if vlen < 0:
+            if vlen != -1:
+                raise InvalidBatchError(f"record {index} of the batch at offset {base} has a bad value length {vlen}", pos)
+            value = None
+        else:
+            if q + vlen + 4 > rec_end:
+                raise InvalidBatchError(f"record {index} of the batch at offset {base} has a bad value length {vlen}", pos)
+            value = body[q : q + vlen]
+            q += vlen
+        (hcount,) = unpack_u32(body, q)
         q += 4
-        headers: list[tuple[str, bytes | None]] = []
-        for _ in range(hcount):
-            if q + 4 > rec_end:
-                raise InvalidBatchError(f"record {index} of the batch at offset {base} has truncated headers", pos)
-            (hk,) = _HDR_KEY.unpack_from(body, q)
-            q += 4
-            if q + hk + 4 > rec_end:
-                raise InvalidBatchError(f"record {index} of the batch at offset {base} has a bad header key length", pos)
-            try:
-                name = body[q : q + hk].decode("utf-8")
-            except UnicodeDecodeError as e:
-                raise InvalidBatchError(f"record {index} of the batch at offset {base} has a header name that is not UTF-8", pos) from e
-            q += hk
-            (hv,) = unpack_i32(body, q)
-            q += 4
-            if hv < -1 or q + max(hv, 0) > rec_end:
-                raise InvalidBatchError(f"record {index} of the batch at offset {base} has a bad header value length", pos)
-            headers.append((name, None if hv < 0 else body[q : q + hv]))
-            q += max(hv, 0)
+        if hcount:
+            headers, q = _decode_headers(body, q, rec_end, hcount, index, base, pos)
+        else:
+            headers = ()
         if q != rec_end:
             raise InvalidBatchError(
-                f"record {index} of the batch at offset {base} has {rec_end - q} bytes past its fields",
-                pos,
-            )
-        out.append(Record(base + offset_delta, first_ts + ts_delta, key, value, tuple(headers)))
+                f"record {index} of the batch at offset {base} has {rec_end - q} bytes past its fields", pos)
+        append(build(base + offset_delta, first_ts + ts_delta, key, value, headers))
         p = rec_end
     if p != n:
         raise InvalidBatchError(
-            f"batch at offset {base} has {n - p} bytes after its {header.record_count} records", pos
-        )
+            f"batch at offset {base} has {n - p} bytes after its {header.record_count} records", pos)
     return out
+
+
+def _new_record(offset: int, timestamp: int, key: bytes | None, value: bytes | None, headers: Headers) -> Record:
+    return tuple.__new__(Record, (offset, timestamp, key, value, headers))
+
+
+def _decode_headers(body: bytes, q: int, rec_end: int, hcount: int, index: int, base: int,
+                    pos: int) -> tuple[Headers, int]:
+    headers: list[tuple[str, bytes | None]] = []
+    for _ in range(hcount):
+        if q + 4 > rec_end:
+            raise InvalidBatchError(f"record {index} of the batch at offset {base} has truncated headers", pos)
+        (hk,) = _HDR_KEY.unpack_from(body, q)
+        q += 4
+        if q + hk + 4 > rec_end:
+            raise InvalidBatchError(f"record {index} of the batch at offset {base} has a bad header key length", pos)
+        try:
+            name = body[q : q + hk].decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise InvalidBatchError(f"record {index} of the batch at offset {base} has a header name that is not UTF-8",
+                                    pos) from e
+        q += hk
+        (hv,) = _I32.unpack_from(body, q)
+        q += 4
+        if hv < -1 or q + max(hv, 0) > rec_end:
+            raise InvalidBatchError(f"record {index} of the batch at offset {base} has a bad header value length", pos)
+        headers.append((name, None if hv < 0 else body[q : q + hv]))
+        q += max(hv, 0)
+    return tuple(headers), q
