@@ -29,7 +29,7 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--key-separator", help="split each line into key and value at the first SEP")
     p.add_argument("--partition", type=int, help="send every record to this partition")
     p.add_argument("--acks", choices=["none", "leader", "all"], default="all")
-    p.add_argument("--compression", choices=["none", "gzip"], default="none")
+    p.add_argument("--compression", choices=["none", "gzip", "zstd"], default="none")
     p.add_argument("--linger-ms", type=float, default=5.0)
     _sc_option(p)
 

@@ -79,9 +79,6 @@ class AsyncProducer:
             raise InvalidRequestError(f"acks must be one of {', '.join(ACKS)}, got {acks!r}")
         if compression not in CODECS:
             raise InvalidRequestError(f"compression must be one of {', '.join(CODECS)}, got {compression!r}")
-        if compression == "zstd":
-            raise InvalidRequestError("zstd compression needs the zstandard package, which this build lacks; "
-                                      "use gzip or none")
         if partitioner not in ("key", "round_robin"):
             raise InvalidRequestError("partitioner must be 'key' or 'round_robin'")
         if not 1 <= in_flight_max <= 64 or batch_bytes < 1024 or buffer_bytes_max < batch_bytes:

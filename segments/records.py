@@ -35,10 +35,12 @@ import zlib
 from typing import Any, Callable, Iterable, NamedTuple, Sequence
 
 import crc32c as _crc32c
+import zstandard
 
 from .batch import (
     CODEC_GZIP,
     CODEC_NONE,
+    CODEC_ZSTD,
     CONTROL_FLAG,
     CRC_START,
     HEADER,
@@ -98,6 +100,9 @@ def compress(codec: int, data: bytes) -> bytes:
         # wbits=31: a gzip stream, as Kafka clients write it.
         c = zlib.compressobj(6, zlib.DEFLATED, 31)
         return c.compress(data) + c.flush()
+    if codec == CODEC_ZSTD:
+        # A zstd frame with its content size, level 3 (zstd's default).
+        return zstandard.ZstdCompressor(level=3).compress(data)
     raise InvalidBatchError(f"compression codec {KNOWN_CODECS.get(codec, codec)} is not available "
                             "in this build of kolk.segments")
 
@@ -120,6 +125,25 @@ def decompress(codec: int, data: bytes, limit: int) -> bytes:
             raise InvalidBatchError("gzip records section ends before its stream does (no trailer)")
         if d.unused_data:
             raise InvalidBatchError(f"gzip records section has {len(d.unused_data)} bytes after its stream")
+        return out
+    if codec == CODEC_ZSTD:
+        try:
+            params = zstandard.get_frame_parameters(data)
+        except zstandard.ZstdError as e:
+            raise InvalidBatchError(f"zstd records section is not a zstd frame: {e}") from e
+        if params.content_size > limit:
+            raise InvalidBatchError(f"zstd records section expands past the limit of {limit} bytes")
+        try:
+            dobj = zstandard.ZstdDecompressor().decompressobj()
+            out = dobj.decompress(data)
+        except zstandard.ZstdError as e:
+            raise InvalidBatchError(f"zstd records section does not decompress: {e}") from e
+        if len(out) > limit:
+            raise InvalidBatchError(f"zstd records section expands past the limit of {limit} bytes")
+        if not dobj.eof:
+            raise InvalidBatchError("zstd records section ends before its frame does")
+        if dobj.unused_data:
+            raise InvalidBatchError(f"zstd records section has {len(dobj.unused_data)} bytes after its frame")
         return out
     raise InvalidBatchError(f"compression codec {KNOWN_CODECS.get(codec, codec)} is not available "
                             "in this build of kolk.segments")
