@@ -18,13 +18,14 @@ import capnp
 
 from .admin import AdminClient
 from .consumer import AsyncConsumer, ConsumerRecord, Offset
-from .errors import ClusterUnavailableError, KolkError, NotFoundError, error_from_wire
+from .errors import ClusterUnavailableError, InvalidRequestError, KolkError, NotFoundError, error_from_wire
 from .producer import AsyncProducer, RecordMetadata
 from .wire import error_dict, schema
 
 T = TypeVar("T")
 DEFAULT_SC = "127.0.0.1:9003"
 CONNECT_TIMEOUT_S = 3.0
+PRODUCE_BYTES_MAX = 16 << 20  # the SPU's produce_bytes_max
 
 
 class AsyncClient:
@@ -33,7 +34,8 @@ class AsyncClient:
         self.timeout_s = timeout_s
         self._partitions: dict[str, list[dict[str, Any]]] = {}
         self._spus: dict[int, str] = {}
-        self._conns: dict[str, Any] = {}
+        self._conns: dict[str, tuple[Any, Any]] = {}  # address -> (TwoPartyClient, Spu capability)
+        self._connecting: dict[str, asyncio.Future[Any]] = {}
 
     # ---------------------------------------------------------------- metadata
 
@@ -55,22 +57,48 @@ class AsyncClient:
         self._partitions.pop(topic, None)
 
     async def _connect(self, address: str) -> Any:
-        spu = self._conns.get(address)
-        if spu is None:
+        """One connection per SPU. Concurrent callers share one connect: requests sent on one
+        connection arrive in order, which the producer's ordering relies on."""
+        conn = self._conns.get(address)
+        if conn is not None:
+            return conn[1]
+        pending = self._connecting.get(address)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._connecting[address] = fut
+        try:
             host, port = address.rsplit(":", 1)
             try:
                 stream = await asyncio.wait_for(capnp.AsyncIoStream.create_connection(host=host, port=int(port)),
                                                 CONNECT_TIMEOUT_S)
             except (OSError, asyncio.TimeoutError) as e:
                 raise ClusterUnavailableError(f"SPU at {address} cannot be reached: {e or 'timed out'}") from e
-            spu = capnp.TwoPartyClient(stream).bootstrap().cast_as(schema.Spu)
-            self._conns[address] = spu
-        return spu
+            two_party = capnp.TwoPartyClient(stream)
+            spu = two_party.bootstrap().cast_as(schema.Spu)
+            self._conns[address] = (two_party, spu)
+            fut.set_result(spu)
+            return spu
+        except BaseException as e:
+            fut.set_exception(e)
+            fut.exception()  # retrieved: other waiters re-raise it
+            raise
+        finally:
+            self._connecting.pop(address, None)
+
+    def drop_connection(self, address: str | None) -> None:
+        """Forget a broken connection so the next call reconnects."""
+        conn = self._conns.pop(address, None) if address else None
+        if conn is not None:
+            try:
+                conn[0].close()
+            except Exception:  # noqa: BLE001 - it is broken already; closing is best effort
+                pass
 
     async def leader_spu(self, topic: str, partition: int) -> tuple[Any, str]:
         parts = await self.partitions(topic)
         if not 0 <= partition < len(parts):
-            raise NotFoundError(f"topic {topic} has partitions 0-{len(parts) - 1}, not {partition}")
+            raise InvalidRequestError(f"topic {topic} has partitions 0-{len(parts) - 1}, not {partition}")
         leader = parts[partition]["status"]["leader"]
         if leader is None or leader not in self._spus:
             self.forget_leaders(topic)
@@ -98,8 +126,8 @@ class AsyncClient:
                     if isinstance(e, capnp.KjException):
                         raise ClusterUnavailableError(f"SPU connection failed: {str(e).splitlines()[0]}") from e
                     raise
-                if isinstance(e, capnp.KjException) and address:
-                    self._conns.pop(address, None)
+                if isinstance(e, capnp.KjException):
+                    self.drop_connection(address)
                 self.forget_leaders(topic)
                 await asyncio.sleep(backoff * (0.5 + random.random()))  # retry backoff
                 backoff = min(backoff * 2, 1.0)
@@ -109,6 +137,9 @@ class AsyncClient:
 
     async def produce(self, topic: str, partition: int, data: bytes, acks: int = 2, timeout_ms: int = 30_000,
                       retries: int = 5) -> int:
+        if len(data) > PRODUCE_BYTES_MAX:
+            raise InvalidRequestError(f"a produce request of {len(data)} bytes is more than the SPU accepts "
+                                      f"({PRODUCE_BYTES_MAX})")
         async def call(spu: Any) -> int:
             r = await spu.produce(topic, partition, acks, data, timeout_ms)
             self.check(r.result)
@@ -160,7 +191,8 @@ class AsyncClient:
         return await self.admin.cluster_status()
 
     async def close(self) -> None:
-        self._conns.clear()
+        for address in list(self._conns):
+            self.drop_connection(address)
         await self.admin.close()
 
 

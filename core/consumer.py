@@ -87,6 +87,7 @@ class _PartitionStream:
         self.queue: asyncio.Queue[tuple[bytes, int, int]] = asyncio.Queue()
         self.control: Any = None
         self.spu: Any = None
+        self.address: str | None = None
         self._grants: set[asyncio.Future[Any]] = set()
 
     def _grant_done(self, fut: asyncio.Future[Any]) -> None:
@@ -97,7 +98,7 @@ class _PartitionStream:
     async def open(self) -> None:
         client = self.c.client
         self.queue = asyncio.Queue()
-        self.spu, _ = await client.leader_spu(self.c.topic, self.partition)
+        self.spu, self.address = await client.leader_spu(self.c.topic, self.partition)
         r = await self.spu.stream(self.c.topic, self.partition, self.offset, self.c.isolation, self.c.window_bytes,
                                   _Sink(self.queue))
         client.check(r.result)
@@ -118,6 +119,8 @@ class _PartitionStream:
                     self.high_watermark = r.highWatermark
                     return []
                 self.high_watermark = hw
+                if not data:
+                    return []  # the SPU's keepalive on an idle stream
                 out = self._decode(data)
                 # Grant the window back without waiting for the answer: a lost grant shows up
                 # as a broken stream on the next push or probe.
@@ -128,6 +131,8 @@ class _PartitionStream:
                 if isinstance(e, KolkError) and not e.retriable:
                     raise
                 self.control = None
+                if not isinstance(e, KolkError):
+                    self.c.client.drop_connection(self.address)
                 self.c.client.forget_leaders(self.c.topic)
                 await asyncio.sleep(0.1)  # backoff before asking for the new leader
 
@@ -224,3 +229,8 @@ class AsyncConsumer:
                     await s.control.close()
                 except capnp.KjException:
                     pass  # the SPU is gone already
+            # Break the stream <-> consumer cycle so capabilities are freed by reference
+            # counting, not by the cycle collector at an arbitrary moment.
+            s.control = s.spu = None
+            s.c = None  # type: ignore[assignment]
+        self._streams.clear()

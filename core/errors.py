@@ -51,6 +51,38 @@ class ReplicationFactorTooHighError(InvalidRequestError):
     code = "replicationFactorTooHigh"
 
 
+class InvalidBatchError(InvalidRequestError):
+    """The record batch failed the SPU's checks (CRC, length, header fields); nothing was stored."""
+
+    code = "invalidBatch"
+
+
+class OffsetOutOfRangeError(InvalidRequestError):
+    """The offset is outside what the partition holds (deleted by retention, or not written yet)."""
+
+    code = "offsetOutOfRange"
+
+
+class CorruptDataError(KolkError):
+    """A stored batch failed its CRC on the server; it is fenced and never served."""
+
+    code = "corruptBatch"
+
+
+class StorageFullError(KolkError):
+    """The SPU's disk refused the write; retry once space is freed."""
+
+    code = "storageFull"
+    retriable = True
+
+
+class NotEnoughReplicasError(KolkError):
+    """acks=all cannot be honoured with the replicas in sync now."""
+
+    code = "notEnoughReplicas"
+    retriable = True
+
+
 class AlreadyExistsError(KolkError):
     code = "alreadyExists"
 
@@ -89,6 +121,12 @@ _BY_CODE: dict[str, type[KolkError]] = {
     "inUse": InUseError,
     "staleEpoch": StaleEpochError,
     "notPartitionLeader": StaleEpochError,
+    "invalidBatch": InvalidBatchError,
+    "offsetOutOfRange": OffsetOutOfRangeError,
+    "corruptBatch": CorruptDataError,
+    "storageFull": StorageFullError,
+    "storage": KolkError,
+    "notEnoughReplicas": NotEnoughReplicasError,
 }
 
 

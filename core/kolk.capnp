@@ -13,7 +13,8 @@ struct Error {
   code @0 :Text;
   # One of: notLeader, noLeader, timeout, invalidCommand, unknownCommand, invalidArgument,
   # alreadyExists, notFound, replicationFactorTooHigh, versionConflict, staleEpoch,
-  # notPartitionLeader, inUse, tooLarge, internal.
+  # notPartitionLeader, inUse, tooLarge, internal; from SPUs also invalidBatch,
+  # offsetOutOfRange, corruptBatch, storageFull, storage, notEnoughReplicas.
   message @1 :Text;
   leader @2 :Text;      # admin address of the SC leader, when known
   retriable @3 :Bool;   # true when the same request may succeed later unchanged

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 CODECS = {"none": CODEC_NONE, "gzip": CODEC_GZIP, "zstd": CODEC_ZSTD}
 ACKS = {"none": 0, "leader": 1, "all": 2}
 RECORD_OVERHEAD_BYTES = 29
+RECORD_BYTES_MAX = (4 << 20) - 61  # one record alone in a batch of the SPU's batch_bytes_max
 
 
 @dataclass(frozen=True)
@@ -139,6 +140,11 @@ class AsyncProducer:
         size = RECORD_OVERHEAD_BYTES + (len(key) if key else 0) + (len(value) if value else 0)
         if headers:
             size += sum(8 + len(h) + (len(v) if v else 0) for h, v in headers)
+        if size > RECORD_BYTES_MAX:
+            if not batch.records:
+                self._open.pop(partition, None)
+            raise InvalidRequestError(f"a record of {size} bytes is more than the largest batch an SPU accepts "
+                                      f"({RECORD_BYTES_MAX} bytes with its header)")
         index = len(batch.records)
         batch.records.append((key, value, headers))
         batch.timestamps.append(timestamp if timestamp is not None else time.time_ns() // 1_000_000)

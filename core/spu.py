@@ -67,6 +67,7 @@ class SpuConfig:
     stream_push_bytes_max: int = 1 << 20
     streams_max: int = 1_000
     produce_timeout_ms_max: int = 60_000
+    stream_keepalive_ms: int = 5_000  # an idle stream checks its consumer is still there
     ready_file: str | None = None
 
     def __post_init__(self) -> None:
@@ -249,6 +250,16 @@ def storage_error(result: Any, e: StorageError) -> None:
         set_error(result, "storage", str(e))
 
 
+async def _wait(event: asyncio.Event, timeout_s: float) -> bool:
+    """Wait for ``event`` at most ``timeout_s``; False on timeout."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            await event.wait()
+        return True
+    except TimeoutError:
+        return False
+
+
 class StreamControlImpl(schema.StreamControl.Server):
     def __init__(self) -> None:
         self.credit = 0
@@ -374,21 +385,31 @@ class SpuImpl(schema.Spu.Server):
     async def _stream_loop(self, replica: Replica, offset: int, isolation: int, consumer: Any,
                            control: StreamControlImpl) -> None:
         self.s.streams += 1
+        window = control.credit
+        keepalive = self.s.config.stream_keepalive_ms / 1000
         try:
             while not control.closed and replica.name in self.s.replicas:
-                if control.credit <= 0:
-                    control.granted.clear()
-                    await control.granted.wait()
-                    continue
                 lg = replica.log
                 changed = replica.changed
                 upto = lg.high_watermark if isolation == COMMITTED else lg.log_end_offset
-                if offset >= upto:
-                    await changed.wait()
+                if control.credit <= 0 or offset >= upto:
+                    control.granted.clear()
+                    waiting = control.granted if control.credit <= 0 else changed
+                    if not await _wait(waiting, keepalive):
+                        # Nothing to send for a while: an empty push finds a consumer that
+                        # went away (the call fails), so the stream does not linger.
+                        await consumer.push(b"", lg.high_watermark, offset)
                     continue
                 res = lg.read(offset, min(control.credit, self.s.config.stream_push_bytes_max), upto)
                 if not res.data:
-                    await changed.wait()
+                    await _wait(changed, keepalive)
+                    continue
+                if len(res.data) > control.credit and control.credit < window:
+                    # The next batch does not fit what is left of the window: wait for grants.
+                    # (A batch larger than the whole window goes once the window is empty.)
+                    control.granted.clear()
+                    if not await _wait(control.granted, keepalive):
+                        await consumer.push(b"", lg.high_watermark, offset)
                     continue
                 control.credit -= len(res.data)
                 await consumer.push(res.data, res.high_watermark, res.next_offset)
