@@ -185,6 +185,10 @@ class IndexDb:
             del it
 
     def flush(self) -> None:
+        """Persist every column family's memtable (rocksdict's flush() covers only the one it
+        is called on)."""
+        for handle in self.cf.values():
+            handle.flush()
         self._db.flush()
 
     def close(self) -> None:
