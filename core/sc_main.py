@@ -3,15 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
-import logging
 import os
-import signal
-import sys
-
-import capnp
 
 from .sc import ScConfig, ScPeer, ScServer
+from .serve import serve_until_signalled
 
 SECRET_ENV = "KOLK_CLUSTER_SECRET"
 # Test hook: append "path size" after every fsync, so a test can simulate power loss by
@@ -84,20 +79,6 @@ def config_from_args(args: argparse.Namespace) -> ScConfig:
 
 
 def run_sc(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = config_from_args(args)
     os.makedirs(config.data_dir, exist_ok=True)
-
-    async def main() -> None:
-        server = ScServer(config)
-        await server.start()
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        await stop.wait()
-        await server.stop()
-
-    asyncio.run(capnp.run(main()))
-    return 0
+    return serve_until_signalled(lambda: ScServer(config), args.log_level)

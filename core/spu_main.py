@@ -3,14 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
-import logging
 import os
-import signal
-import sys
 
-import capnp
-
+from .serve import serve_until_signalled
 from .spu import SpuConfig, SpuServer
 
 
@@ -27,8 +22,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run_spu(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         config = SpuConfig(spu_id=args.id, data_dir=args.data_dir, sc_addresses=args.sc.split(","),
                            public_address=args.public, private_address=args.private, bind_address=args.bind,
@@ -36,16 +29,4 @@ def run_spu(args: argparse.Namespace) -> int:
     except ValueError as e:
         raise SystemExit(f"kolk spu: {e}") from None
     os.makedirs(os.path.dirname(os.path.abspath(config.data_dir)), exist_ok=True)
-
-    async def main() -> None:
-        server = SpuServer(config)
-        await server.start()
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        await stop.wait()
-        await server.stop()
-
-    asyncio.run(capnp.run(main()))
-    return 0
+    return serve_until_signalled(lambda: SpuServer(config), args.log_level)
