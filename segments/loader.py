@@ -142,7 +142,7 @@ def load_log(log: "PartitionLog") -> None:
             else:
                 e = log._last_entry(seg, stored_rp.offset)
                 if (e is not None and e.end_position == stored_rp.position and e.next_offset == stored_rp.offset
-                        and _entry_matches_file(seg, e, file_size, log.config.batch_bytes_max)):
+                        and _entry_matches_file(seg, e, file_size, log.config.batch_bytes_max, log.leader_epochs)):
                     start_pos, expected, seg_max = stored_rp.position, stored_rp.offset, e.segment_max_timestamp
         if start_pos == 0:
             epochs_trusted = epochs_trusted and stored_rp is not None
@@ -200,16 +200,23 @@ def load_log(log: "PartitionLog") -> None:
     log._set_recovery_point(RecoveryPoint(last.base_offset, last.size, last.next_offset))
 
 
-def _entry_matches_file(seg: Segment, e: IndexEntry, file_size: int, batch_bytes_max: int) -> bool:
-    """Does the batch the index entry names sit in the file, whole, with a good CRC? An index
-    from before a crash may describe bytes that were since cut and rewritten."""
+def _entry_matches_file(seg: Segment, e: IndexEntry, file_size: int, batch_bytes_max: int,
+                        epochs: LeaderEpochHistory) -> bool:
+    """Does the batch the index entry names sit in the file, whole, with a good CRC, the same
+    max timestamp and the epoch the history gives its offset? An index from before a crash
+    may describe bytes that were since cut and rewritten, even with batches of the same size."""
     if e.end_position > file_size:
         return False
     try:
         h = validate_batch(seg.read(e.position, e.size), 0, batch_bytes_max)
     except InvalidBatchError:
         return False
-    return h.base_offset == e.base_offset and h.size == e.size
+    expected_epoch = None
+    for entry in epochs.entries:
+        if entry.start_offset <= e.base_offset:
+            expected_epoch = entry.epoch
+    return (h.base_offset == e.base_offset and h.size == e.size and h.max_timestamp == e.max_timestamp
+            and (expected_epoch is None or h.leader_epoch == expected_epoch))
 
 
 def _sealed_index_agrees(log: "PartitionLog", seg: Segment, next_base: int, file_size: int) -> bool:
