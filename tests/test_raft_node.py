@@ -419,6 +419,27 @@ def test_added_node_catches_up(make_cluster):
     assert c.nodes[li].status()["peers"].get(addr4) is True
 
 
+def test_removed_node_leaves_the_quorum(make_cluster):
+    """``remove_node`` shrinks the group: after a follower is removed and stopped, the leader
+    no longer counts it among its peers, and the two remaining nodes keep committing (as a
+    group of two, both needed)."""
+    c = make_cluster()
+    li = c.leader()
+    acked = propose_many(c.nodes[li], "p", 5)
+    victim = next(i for i in range(3) if i != li)
+    done = threading.Event()
+    outcome: list = []
+    c.nodes[li].remove_node(c.addrs[victim], lambda err: (outcome.append(err), done.set()))
+    assert done.wait(10), "remove_node never answered"
+    assert outcome == [None], outcome
+    c.stop(victim)
+    wait_for(lambda: c.addrs[victim] not in c.nodes[li].status()["peers"], 10,
+             lambda: f"the leader still lists the removed node: {c.nodes[li].status()['peers']}")
+    li = c.leader()
+    acked += propose_many(c.nodes[li], "q", 5)
+    c.wait_applied(acked)
+
+
 def test_wrong_secret_node_cannot_join_or_disturb(make_cluster):
     """A 4th node with another secret and the cluster as peers never connects: it learns no
     leader, asks to join in vain, receives no entries even once an operator adds it, and the
