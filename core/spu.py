@@ -110,6 +110,7 @@ class SpuServer:
         self.store = LogStore(config.data_dir)
         self.admin = AdminClient(config.sc_addresses, timeout_s=30)
         self.replicas: dict[str, Replica] = {}
+        self.partitions: dict[str, dict[str, Any]] = {}  # every partition of the cluster, by name
         self.spus: dict[int, dict[str, Any]] = {}
         self.metadata_version = 0
         self.streams = 0
@@ -170,6 +171,7 @@ class SpuServer:
                 if name not in seen:
                     self._drop_replica(name)
             self.spus.clear()
+            self.partitions.clear()
         for e in events:
             if e["kind"] == "spu":
                 if e["deleted"]:
@@ -178,8 +180,10 @@ class SpuServer:
                     self.spus[int(e["name"])] = e["object"]
             elif e["kind"] == "partition":
                 if e["deleted"]:
+                    self.partitions.pop(e["name"], None)
                     self._drop_replica(e["name"])
                 else:
+                    self.partitions[e["name"]] = e["object"]
                     self._update_replica(e["name"], e["object"])
         self.metadata_version = version
         self.metadata_ready.set()
@@ -215,10 +219,20 @@ class SpuServer:
         name = f"{topic}-{partition}"
         replica = self.replicas.get(name)
         if replica is None:
-            known_topic = any(r.meta.get("spec", {}).get("topic") == topic for r in self.replicas.values())
-            code = "notLeader" if known_topic else "notFound"
-            set_error(result, code, f"partition {name} is not on SPU {self.config.spu_id} "
-                      f"(metadata version {self.metadata_version}); ask the SC where it lives", None, True)
+            meta = self.partitions.get(name)
+            if meta is not None:
+                leader = meta["status"].get("leader")
+                set_error(result, "notLeader", f"partition {name} is not on SPU {self.config.spu_id}; SPU {leader} "
+                          "leads it", self.spu_address(leader), True)
+                return None
+            count = sum(1 for p in self.partitions.values() if p["spec"]["topic"] == topic)
+            if count:
+                set_error(result, "notFound", f"partition {name} does not exist: topic {topic} has partitions "
+                          f"0-{count - 1}")
+            else:
+                # Unknown here; the SPU's metadata may lag a topic just created, so a retry may help.
+                set_error(result, "notFound", f"partition {name}: topic {topic} is unknown to SPU "
+                          f"{self.config.spu_id} (metadata version {self.metadata_version})", None, True)
             return None
         if replica.leader != self.config.spu_id:
             set_error(result, "notLeader", f"SPU {self.config.spu_id} does not lead {name}; SPU {replica.leader} does",
