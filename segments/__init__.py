@@ -30,9 +30,9 @@ from .errors import (
 from .group_commit import GroupCommit as GroupCommit
 from .leader_epochs import EpochEnd as EpochEnd
 from .log import AppendInfo as AppendInfo
-from .log import FileRegion as FileRegion
+from .reader import FileRegion as FileRegion
 from .log import PartitionLog as PartitionLog
-from .log import ReadResult as ReadResult
+from .reader import ReadResult as ReadResult
 from .records import Record as Record
 from .records import build_batch as build_batch
 from .records import decode_records as decode_records

@@ -22,7 +22,7 @@ import os
 import time
 from typing import Callable, NamedTuple
 
-from .batch import HEADER_SIZE, check_header, crc_of, iter_batches, parse_header, with_head
+from .batch import iter_batches, with_head
 from .config import LogConfig
 from .errors import (
     BatchTooLargeError,
@@ -31,7 +31,6 @@ from .errors import (
     LogClosedError,
     OffsetOutOfRangeError,
     SegmentDeletedError,
-    StorageError,
 )
 from .index_db import (
     HIGH_WATERMARK,
@@ -60,8 +59,8 @@ from .index_db import (
     time_key,
 )
 from .leader_epochs import EpochEnd, LeaderEpochHistory
-from .records import decode_records
 from .loader import load_log
+from .reader import ReadResult, offset_for_timestamp, read_batches
 from .retention import SegmentSummary, segments_to_delete, should_roll
 from .segment import Segment, fsync_directory
 
@@ -81,40 +80,6 @@ class AppendInfo(NamedTuple):
     @property
     def next_offset(self) -> int:
         return self.last_offset + 1
-
-
-class FileRegion:
-    """Bytes of one segment file, for a server that sends them with ``os.sendfile``."""
-
-    __slots__ = ("segment", "position", "length")
-
-    def __init__(self, segment: Segment, position: int, length: int) -> None:
-        self.segment = segment
-        self.position = position
-        self.length = length
-
-    @property
-    def path(self) -> str:
-        return self.segment.path
-
-    def fileno(self) -> int:
-        self.segment.check_readable()
-        return self.segment.fd
-
-    def read(self) -> bytes:
-        return self.segment.read(self.position, self.length)
-
-    def __repr__(self) -> str:
-        return f"FileRegion({self.path!r}, {self.position}, {self.length})"
-
-
-class ReadResult(NamedTuple):
-    data: bytes
-    regions: tuple[FileRegion, ...]
-    next_offset: int  # where the next read should start
-    high_watermark: int
-    log_start_offset: int
-    log_end_offset: int
 
 
 class SyncTicket:
@@ -361,151 +326,14 @@ class PartitionLog:
     # ----------------------------------------------------------------- read
 
     def read(self, offset: int, max_bytes: int, upto: int | None = None) -> ReadResult:
-        """Whole batches from the one holding ``offset``, up to ``max_bytes``.
-
-        ``upto`` (exclusive) bounds the offsets returned: a server passes the high watermark
-        for consumers; None means the log end. The first batch is returned whole even if it is
-        larger than ``max_bytes``, so a reader always makes progress. A batch may start before
-        ``offset``: the reader skips the records it did not ask for, as Kafka clients do.
-        """
+        """Whole batches from the one holding ``offset``, up to ``max_bytes`` (see reader.py)."""
         self._check_open()
-        if max_bytes <= 0:
-            raise ValueError(f"max_bytes must be positive, got {max_bytes}")
-        max_bytes = min(max_bytes, self.config.read_bytes_max)
-        leo = self.log_end_offset
-        end = leo if upto is None else min(upto, leo)
-        if offset < self._log_start or offset > leo:
-            raise OffsetOutOfRangeError(offset, self._log_start, leo)
-        if offset >= end:
-            return self._empty_read(offset)
-        found = self._index.last_before(OFFSET_INDEX, offset_key(self._pkey, offset), self._pkey)
-        entry = decode_entry(*found) if found else None
-        if entry is None or entry.next_offset <= offset:
-            fence = self._fence_covering(offset)
-            if fence is not None:
-                raise self._corrupt(fence)
-            raise StorageError(
-                f"log {self.name}: the index has no batch for offset {offset}; reopen the log to "
-                "rebuild the index from the segments"
-            )
-        seg = self._segment(entry.segment_base)
-        pos = entry.position
-        expected = entry.base_offset
-        chunks: list[bytes] = []
-        regions: list[FileRegion] = []
-        total = 0
-        stop = False
-        while not stop and total < max_bytes:
-            if pos >= seg.size:
-                nxt = self._next_segment(seg)
-                if nxt is None or expected >= end:
-                    break
-                seg, pos = nxt, 0
-                continue
-            want = min(seg.size - pos, max_bytes - total)
-            if total == 0:
-                want = max(want, min(entry.size, seg.size - pos))
-            buf = seg.read(pos, want)
-            p = 0
-            fences = self._fences.get(seg.base_offset)
-            while len(buf) - p >= HEADER_SIZE:
-                h = parse_header(buf, p)
-                if h.base_offset >= end and h.base_offset == expected:
-                    stop = True
-                    break
-                if fences and pos + p in fences:
-                    if total == 0 and p == 0:
-                        raise self._corrupt(fences[pos + p])
-                    stop = True
-                    break
-                if p + h.size > len(buf) and h.batch_length > 0 and pos + p + h.size <= seg.size:
-                    break  # cut by max_bytes: the next read starts here
-                problem = self._verify(buf, p, h, expected)
-                if problem is not None:
-                    fence = self._add_fence(FencedBatch(seg.base_offset, pos + p,
-                                                        max(0, min(h.size, seg.size - pos - p)), expected, problem))
-                    if total == 0 and p == 0:
-                        raise self._corrupt(fence)
-                    stop = True
-                    break
-                p += h.size
-                expected = h.next_offset
-            if p == 0:
-                break
-            chunks.append(buf[:p] if p < len(buf) else buf)
-            regions.append(FileRegion(seg, pos, p))
-            total += p
-            pos += p
-            if p < len(buf):
-                break
-        return ReadResult(b"".join(chunks) if len(chunks) != 1 else chunks[0], tuple(regions), expected,
-                          self._high_watermark, self._log_start, leo)
-
-    def _verify(self, buf: bytes, p: int, h, expected: int) -> str | None:
-        try:
-            check_header(h, p, self.config.batch_bytes_max)
-        except InvalidBatchError as e:
-            return str(e)
-        if p + h.size > len(buf):
-            return f"batch announces {h.size} bytes past the end of the segment"
-        if h.base_offset != expected:
-            return f"base offset {h.base_offset}, expected {expected}"
-        if crc_of(buf, p, p + h.size) != h.crc:
-            return "CRC-32C mismatch"
-        return None
-
-    def _empty_read(self, offset: int) -> ReadResult:
-        return ReadResult(b"", (), offset, self._high_watermark, self._log_start, self.log_end_offset)
+        return read_batches(self, offset, max_bytes, upto)
 
     def offset_for_timestamp(self, timestamp: int) -> int | None:
-        """The first offset whose record timestamp is >= ``timestamp``, or None if no record is.
-
-        Segments are tried in offset order; inside one, the time index finds the first batch
-        whose timestamps reach ``timestamp``, and that batch's records are decoded to find the
-        exact record.
-        """
+        """The first offset whose record timestamp is >= ``timestamp``, or None (see reader.py)."""
         self._check_open()
-        for seg in self._segments:
-            if seg.max_timestamp < timestamp:
-                continue
-            seg_prefix = self._pkey + U64.pack(seg.base_offset)
-            found = self._index.first_from(TIME_INDEX, time_key(self._pkey, seg.base_offset, timestamp),
-                                           prefix_end(seg_prefix))
-            if found is None:
-                continue
-            (batch_base,) = U64.unpack(found[1])
-            return self._scan_for_timestamp(max(batch_base, self._log_start), timestamp)
-        return None
-
-    def _scan_for_timestamp(self, offset: int, timestamp: int) -> int | None:
-        """Decode batches from ``offset`` on until a record reaches ``timestamp``. A producer may
-        overstate a batch's max_timestamp (the server does not decode records), so the first
-        candidate batch need not hold the answer; fenced batches are stepped over."""
-        end = self.log_end_offset
-        while offset < end:
-            try:
-                result = self.read(offset, 1 << 20)
-            except CorruptBatchError as e:
-                fence = self._fence_covering(offset) or (
-                    self._fences.get(self._segment_base_of(e), {}).get(e.position))
-                if fence is None:
-                    raise
-                offset = max(offset + 1, self._next_offset_after_fence(fence))
-                continue
-            for pos, _ in iter_batches(result.data, self.config.batch_bytes_max):
-                for rec in decode_records(result.data, pos):
-                    if rec.timestamp >= timestamp and rec.offset >= offset:
-                        return rec.offset
-            if result.next_offset <= offset:
-                break
-            offset = result.next_offset
-        return None
-
-    def _segment_base_of(self, e: CorruptBatchError) -> int:
-        for seg in self._segments:
-            if seg.path == e.path:
-                return seg.base_offset
-        return -1
+        return offset_for_timestamp(self, timestamp)
 
     # ----------------------------------------------------------------- high watermark
 

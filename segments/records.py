@@ -271,7 +271,6 @@ def decode_records(
     n = len(body)
     base = header.base_offset
     first_ts = header.first_timestamp
-    unpack_head = _REC_HEAD.unpack_from
     unpack_i32 = _I32.unpack_from
     unpack_u32 = _U32.unpack_from
     head_size = _REC_HEAD.size
