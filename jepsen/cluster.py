@@ -28,8 +28,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_for(condition: Callable[[], Any], timeout_s: float, what: str, interval_s: float = 0.05) -> Any:
-    """Poll ``condition`` until it returns something truthy, or fail after ``timeout_s``."""
+def wait_for(condition: Callable[[], Any], timeout_s: float, what: str | Callable[[], str],
+             interval_s: float = 0.05) -> Any:
+    """Poll ``condition`` until it returns something truthy, or fail after ``timeout_s``.
+
+    An AssertionError from ``condition`` fails at once; other errors are retried and the last
+    one is reported at the deadline. ``what`` may be a callable, evaluated only on failure."""
     deadline = time.monotonic() + timeout_s
     last_error: Exception | None = None
     while time.monotonic() < deadline:
@@ -37,10 +41,13 @@ def wait_for(condition: Callable[[], Any], timeout_s: float, what: str, interval
             value = condition()
             if value:
                 return value
+        except AssertionError:
+            raise
         except Exception as e:  # noqa: BLE001 - remembered and reported at the deadline
             last_error = e
         time.sleep(interval_s)  # polling interval of a condition with a deadline
-    raise AssertionError(f"not within {timeout_s} s: {what}" + (f" (last error: {last_error})" if last_error else ""))
+    text = what() if callable(what) else what
+    raise AssertionError(f"not within {timeout_s} s: {text}" + (f" (last error: {last_error})" if last_error else ""))
 
 
 @dataclass

@@ -27,11 +27,15 @@ import json
 import os
 import random
 import socket
+import sys
 import threading
 import time
 from typing import Any, Callable
 
 import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from jepsen.cluster import wait_for as _wait_for  # noqa: E402
 from pysyncobj.utility import TcpUtility, UtilityException
 
 from kolk.raft.node import RaftConfig, RaftError, RaftNode
@@ -47,14 +51,7 @@ ELECTION_MAX_S = 0.5
 
 def wait_for(cond: Callable[[], Any], timeout: float, what: str | Callable[[], str]) -> Any:
     """Poll ``cond`` until it is truthy (returned) or ``timeout`` seconds pass (assertion)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = cond()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout} s: {what() if callable(what) else what}")
-        time.sleep(0.005)
+    return _wait_for(cond, timeout, what, interval_s=0.005)
 
 
 def free_addresses(n: int) -> list[str]:

@@ -3,14 +3,15 @@ sync for a watcher that is further behind than the change log, and resuming from
 
 from __future__ import annotations
 
-import asyncio
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from jepsen.cluster import ScCluster, wait_for  # noqa: E402
 from kolk.admin import AdminClient, run, watch  # noqa: E402
+from dataplane_cluster import wait_until  # noqa: E402
 
 
 def test_watch_deltas_full_sync_and_resume(tmp_path) -> None:
@@ -29,9 +30,9 @@ def test_watch_deltas_full_sync_and_resume(tmp_path) -> None:
             await a.register_spu(1, "127.0.0.1:9101")
             handle = await watch(a, 0, lambda full, v, evs: pushes.append((full, v, evs)))
             # Condition waits with a deadline: each push arrives asynchronously.
-            await _until(lambda: pushes, "the first push")
+            await wait_until(lambda: pushes, 10.0, "the first push")
             await a.create_topic("alpha", partitions=2)
-            await _until(lambda: any(e["name"] == "alpha-1" for _, _, evs in pushes for e in evs), "alpha deltas")
+            await wait_until(lambda: any(e["name"] == "alpha-1" for _, _, evs in pushes for e in evs), 10.0, "alpha deltas")
             first = list(pushes)
             await handle.cancel()
             version_after_alpha = first[-1][1]
@@ -41,12 +42,12 @@ def test_watch_deltas_full_sync_and_resume(tmp_path) -> None:
             await a.delete_topic("alpha")
             late: list[tuple[bool, int, list]] = []
             await watch(a, 0, lambda full, v, evs: late.append((full, v, evs)))
-            await _until(lambda: late, "the late watcher's first push")
+            await wait_until(lambda: late, 10.0, "the late watcher's first push")
 
             resumed: list[tuple[bool, int, list]] = []
             status = await a.cluster_status()
             await watch(a, status["metadata_version"] - 1, lambda full, v, evs: resumed.append((full, v, evs)))
-            await _until(lambda: resumed, "the resumed watcher's push")
+            await wait_until(lambda: resumed, 10.0, "the resumed watcher's push")
             return {"first": first, "late": late, "resumed": resumed, "v": version_after_alpha,
                     "version": status["metadata_version"]}
 
@@ -65,12 +66,3 @@ def test_watch_deltas_full_sync_and_resume(tmp_path) -> None:
         assert all(e["deleted"] for e in r_events)
     finally:
         c.close()
-
-
-async def _until(cond, what: str, timeout_s: float = 10.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    while not cond():
-        if loop.time() > deadline:
-            raise AssertionError(f"not within {timeout_s} s: {what}")
-        await asyncio.sleep(0.02)  # polling interval of a condition with a deadline
