@@ -2,7 +2,8 @@
 
 What is trusted and what is scanned, and how damage is handled, is described in
 recovery.py; this module walks the segments of one log on open and applies it: segments
-left below the log start are deleted, sealed segments whose index disagrees with the file are
+left below the log start are deleted, an interrupted :meth:`PartitionLog.reset_to` is finished
+(see :func:`finish_reset`), sealed segments whose index disagrees with the file are
 rescanned (damage fenced), the last segment is scanned from the recovery point and cut at the
 first bad batch, index entries outside the valid log are dropped, the leader-epoch history is
 trimmed or rebuilt, and the high watermark is capped at the log end.
@@ -28,6 +29,7 @@ from .index_db import (
     TIME_INDEX,
     U64,
     FencedBatch,
+    IndexDb,
     IndexEntry,
     Q,
     RecoveryPoint,
@@ -35,6 +37,7 @@ from .index_db import (
     decode_fence,
     decode_recovery_point,
     encode_entry,
+    encode_recovery_point,
     epoch_key,
     offset_key,
     prefix_end,
@@ -47,6 +50,35 @@ from .segment import Segment, fsync_directory
 
 if TYPE_CHECKING:
     from .log import PartitionLog
+
+# partition_state name: a reset_to(offset) in progress, recorded (and flushed) before any file
+# changes; an open that finds it finishes the reset, so a crash leaves the old log or the empty one.
+RESET_TO = b"reset_to"
+
+
+def finish_reset(directory: str, index: IndexDb, pkey: bytes, start: int) -> None:
+    """Make ``directory`` hold one empty segment at ``start`` and the index say so, then clear
+    the RESET_TO marker. Every step may be repeated, so a crash part way is finished on open."""
+    # Newest first: should the index be lost as well, what is left is a prefix of the old log.
+    for entry in sorted(os.listdir(directory), reverse=True):
+        if parse_segment_file_name(entry) is not None:
+            os.unlink(os.path.join(directory, entry))
+    fsync_directory(directory)
+    Segment(directory, start, 0, create=True).close()
+    fsync_directory(directory)
+    for cf in (OFFSET_INDEX, TIME_INDEX, LEADER_EPOCHS):
+        index.delete_range(cf, pkey, prefix_end(pkey))
+    fence_prefix = state_key(pkey, FENCE_PREFIX)
+    index.delete_range(PARTITION_STATE, fence_prefix, prefix_end(fence_prefix))
+    index.put(PARTITION_STATE, state_key(pkey, LOG_START), Q.pack(start))
+    index.put(PARTITION_STATE, state_key(pkey, HIGH_WATERMARK), Q.pack(start))
+    index.put(PARTITION_STATE, state_key(pkey, RECOVERY_POINT),
+              encode_recovery_point(RecoveryPoint(start, 0, start)))
+    # The index has no WAL: all of the above must be durable before the marker goes, and the
+    # marker's removal before anything is appended (or a later open would reset again).
+    index.flush()
+    index.delete(PARTITION_STATE, state_key(pkey, RESET_TO))
+    index.flush()
 
 
 
@@ -63,6 +95,12 @@ def load_log(log: "PartitionLog") -> None:
                 directory, f"it holds {entry!r}, which is not a segment file (NNNNNNNNNNNNNNNNNNNN.log)")
         bases.append(base)
     get_state = lambda name: log._index.get(PARTITION_STATE, state_key(log._pkey, name))  # noqa: E731
+    raw = get_state(RESET_TO)
+    if raw is not None:
+        reset = Q.unpack(raw)[0]
+        finish_reset(directory, log._index, log._pkey, reset)
+        bases = [reset]
+        log.recovery_report.append(f"finished an interrupted reset of the log to offset {reset}")
     raw = get_state(LOG_START)
     stored_start = Q.unpack(raw)[0] if raw else None
     raw = get_state(HIGH_WATERMARK)

@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Callable, NamedTuple
+from typing import Callable, Iterator, NamedTuple
 
-from .batch import iter_batches, with_head
+from .batch import BatchHeader, iter_batches, with_head
 from .config import LogConfig
 from .errors import (
     BatchTooLargeError,
@@ -59,8 +59,8 @@ from .index_db import (
     time_key,
 )
 from .leader_epochs import EpochEnd, LeaderEpochHistory
-from .loader import load_log
-from .reader import ReadResult, offset_for_timestamp, read_batches
+from .loader import RESET_TO, finish_reset, load_log
+from .reader import ReadResult, batch_headers, offset_for_timestamp, read_batches
 from .retention import SegmentSummary, segments_to_delete, should_roll
 from .segment import Segment, fsync_directory
 
@@ -330,6 +330,12 @@ class PartitionLog:
         self._check_open()
         return read_batches(self, offset, max_bytes, upto)
 
+    def batch_headers(self, start_offset: int | None = None) -> Iterator[BatchHeader]:
+        """Headers of the batches from the one holding ``start_offset`` (default: the log
+        start) to the log end, fenced ones skipped; only the headers are read (see reader.py)."""
+        self._check_open()
+        return batch_headers(self, start_offset)
+
     def offset_for_timestamp(self, timestamp: int) -> int | None:
         """The first offset whose record timestamp is >= ``timestamp``, or None (see reader.py)."""
         self._check_open()
@@ -401,6 +407,36 @@ class PartitionLog:
         # and stale entries would describe bytes that new appends have since replaced.
         self._index.flush()
         return self.log_end_offset
+
+    def reset_to(self, start_offset: int) -> None:
+        """Drop the whole log and start it again, empty, at ``start_offset`` (a follower whose
+        leader's log starts past this log's end, or a new replica). Any offset >= 0 may be given.
+
+        Crash-safe: the intent is flushed to the index before any file changes, and an open
+        that finds it finishes the reset (loader.finish_reset), so a crash leaves either the old
+        log or the empty one. If a step fails here the log is closed; reopening finishes it.
+        """
+        self._check_open()
+        if start_offset < 0:
+            raise ValueError(f"reset_to offset {start_offset} is negative")
+        self._generation += 1  # in-flight sync tickets must not claim the old data
+        try:
+            self._index.put(PARTITION_STATE, state_key(self._pkey, RESET_TO), Q.pack(start_offset))
+            self._index.flush()
+            for seg in reversed(self._segments):
+                seg.delete()  # newest first, as in finish_reset; regions handed out now refuse
+            self._segments = []
+            self._dirty.clear()
+            self._fences.clear()
+            finish_reset(self.directory, self._index, self._pkey, start_offset)
+            seg = Segment(self.directory, start_offset, self._clock(), create=False)
+        except BaseException:
+            self.close(sync=False)
+            raise
+        self._segments = [seg]
+        self._log_start = self._high_watermark = start_offset
+        self._recovery_point = RecoveryPoint(start_offset, 0, start_offset)
+        self.leader_epochs = LeaderEpochHistory()
 
     def _trim_time_index(self, seg: Segment) -> None:
         """Drop time-index entries of ``seg`` that point at or past its (new) end, and reset its

@@ -4,14 +4,16 @@
 whole batches up to the byte limit and the upper offset, and verifies each batch's header,
 continuity and CRC-32C; a batch that fails is fenced (recorded with file and position) and
 never returned. ``offset_for_timestamp`` uses the time index and decodes records only of the
-candidate batches.
+candidate batches. ``batch_headers`` walks the offset index and reads only each batch's
+61-byte header (producer state is rebuilt from them).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, NamedTuple
+from contextlib import closing
+from typing import TYPE_CHECKING, Iterator, NamedTuple
 
-from .batch import HEADER_SIZE, check_header, crc_of, iter_batches, parse_header
+from .batch import HEADER_SIZE, BatchHeader, check_header, crc_of, iter_batches, parse_header
 from .errors import CorruptBatchError, InvalidBatchError, OffsetOutOfRangeError, StorageError
 from .index_db import OFFSET_INDEX, TIME_INDEX, U64, FencedBatch, decode_entry, offset_key, prefix_end, time_key
 from .records import decode_records
@@ -193,6 +195,51 @@ def _scan_for_timestamp(log: "PartitionLog", offset: int, timestamp: int) -> int
             break
         offset = result.next_offset
     return None
+
+_HEADERS_CHUNK = 512
+
+
+def batch_headers(log: "PartitionLog", start_offset: int | None = None) -> Iterator[BatchHeader]:
+    """The header of every batch from the one holding ``start_offset`` (default: the log
+    start) to the log end, in offset order, fenced batches skipped.
+
+    Only the headers are read (one pread of 61 bytes per batch, located by the offset
+    index); the CRC is not checked. The range is checked now; the headers come lazily, and
+    the index is read in chunks, so no RocksDB iterator lives between two headers.
+    """
+    leo = log.log_end_offset
+    start = log._log_start if start_offset is None else start_offset
+    if not log._log_start <= start <= leo:
+        raise OffsetOutOfRangeError(start, log._log_start, leo)
+    found = log._index.last_before(OFFSET_INDEX, offset_key(log._pkey, start), log._pkey)
+    if found is not None and decode_entry(*found).next_offset > start:
+        start = decode_entry(*found).base_offset
+    return _headers_from(log, start)
+
+def _headers_from(log: "PartitionLog", offset: int) -> Iterator[BatchHeader]:
+    stop = prefix_end(log._pkey)
+    while True:
+        entries = []
+        with closing(log._index.items_from(OFFSET_INDEX, offset_key(log._pkey, offset), stop)) as items:
+            for k, v in items:
+                entries.append(decode_entry(k, v))
+                if len(entries) == _HEADERS_CHUNK:
+                    break
+        for e in entries:
+            if e.base_offset >= log.log_end_offset:
+                return
+            if e.position in log._fences.get(e.segment_base, ()):
+                continue
+            seg = log._segment(e.segment_base)
+            head = seg.read(e.position, HEADER_SIZE)
+            h = parse_header(head, 0) if len(head) == HEADER_SIZE else None
+            if h is None or h.base_offset != e.base_offset or h.size != e.size:
+                raise CorruptBatchError(seg.path, e.position, "the batch header does not match the "
+                                        "offset index; reopen the log to rebuild the index", e.base_offset)
+            yield h
+        if len(entries) < _HEADERS_CHUNK:
+            return
+        offset = entries[-1].base_offset + 1
 
 def _segment_base_of(log: "PartitionLog", e: CorruptBatchError) -> int:
     for seg in log._segments:

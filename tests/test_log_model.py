@@ -81,6 +81,8 @@ from kolk.segments import (
 )
 from kolk.segments.index_db import COLUMN_FAMILIES, IndexDb
 
+from crash_copy import copy_live_directory
+
 LOG_NAME = "orders-0"
 # Record timestamps follow a producer clock that starts at T0 and moves forward between
 # appends; each record is stamped near it, a little behind or ahead (out of order).
@@ -375,22 +377,6 @@ class FsyncTracker:
         return self.durable.get(os.path.realpath(path), 0)
 
 
-def copy_live_directory(src: str, dst: str) -> None:
-    """Copy the directory of an open RocksDB: what a kill -9 at this moment would leave.
-
-    A background compaction may add and delete files meanwhile; a copy that saw the set of
-    files change is thrown away and made again."""
-    for _ in range(100):
-        before = sorted(os.listdir(src))
-        try:
-            shutil.copytree(src, dst)
-        except shutil.Error:
-            shutil.rmtree(dst, ignore_errors=True)
-            continue
-        if sorted(os.listdir(src)) == before:
-            return
-        shutil.rmtree(dst)
-    raise AssertionError(f"{src} kept changing while it was copied")
 
 
 def filler(size: int, seed: int) -> bytes:
