@@ -16,8 +16,10 @@ delete_topic        name, ts, [expected_version]
 register_spu        id, rack, public_address, private_address, ts
 unregister_spu      id, ts
 set_spu_status      id, alive, ts
-elect_leader        partition, leader (id or null), epoch (the current one), ts
+elect_leader        partition, leader (id or null), epoch (the current one), ts, [isr]
 update_isr          partition, isr, epoch, leader (who asks), ts
+reassign_partition  partition, replicas, epoch (the current one), ts
+allocate_producer_ids  count, ts
 put_object          kind (smartmodule|policy), name, spec, ts, [expected_version]
 delete_object       kind, name, ts, [expected_version]
 barrier             ts  (changes nothing; a linearizable read waits for it)
@@ -29,6 +31,7 @@ other value must equal the object's version.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from dataclasses import dataclass, field
@@ -45,6 +48,8 @@ CONFIG_ENTRIES_MAX = 64
 CONFIG_VALUE_CHARS_MAX = 1024
 OBJECT_SPEC_BYTES_MAX = 4 << 20
 ADDRESS_CHARS_MAX = 255
+PRODUCER_IDS_PER_CALL_MAX = 1000
+PRODUCER_ID_MAX = 2**63 - 1
 
 _NAME = re.compile(r"^[A-Za-z0-9._-]+$")
 
@@ -180,7 +185,7 @@ class _Edit:
 
     def finish(self, ts: int, value: Any = None) -> Applied:
         if not self.changes:
-            return Applied(State(self.state.version, self.state.objects, max(self.state.clock_ms, ts)),
+            return Applied(dataclasses.replace(self.state, clock_ms=max(self.state.clock_ms, ts)),
                            Outcome(True, value=value))
         kinds = dict(self.state.objects)
         touched: dict[str, dict[str, MetaObject]] = {}
@@ -196,7 +201,8 @@ class _Edit:
             events.append(Event(self.version, kind, name, obj))
         for kind, table in touched.items():
             kinds[kind] = MappingProxyType(table)
-        new = State(self.version, MappingProxyType(kinds), max(self.state.clock_ms, ts))
+        new = dataclasses.replace(self.state, version=self.version, objects=MappingProxyType(kinds),
+                                  clock_ms=max(self.state.clock_ms, ts))
         return Applied(new, Outcome(True, value=value), tuple(events))
 
 
@@ -223,6 +229,7 @@ def _create_topic(state: State, cmd: Mapping[str, Any]) -> Applied:
             isinstance(k, str) and isinstance(v, str) and len(k) <= NAME_CHARS_MAX and len(v) <= CONFIG_VALUE_CHARS_MAX
             for k, v in config.items()):
         raise _fail(INVALID_ARGUMENT, f"topic {name}: config must be at most {CONFIG_ENTRIES_MAX} string pairs")
+    _check_min_in_sync(name, config, rf)
     if state.get(TOPIC, name) is not None:
         raise _fail(ALREADY_EXISTS, f"topic {name} already exists")
     if len(assignment) != partitions:
@@ -242,6 +249,22 @@ def _create_topic(state: State, cmd: Mapping[str, Any]) -> Applied:
     edit.put(TOPIC, name, {"partitions": partitions, "replication_factor": rf, "config": dict(config)},
              {"state": "ready", "created_ms": ts})
     return edit.finish(ts, {"name": name})
+
+
+def _check_min_in_sync(topic: str, config: Mapping[str, str], rf: int) -> None:
+    raw = config.get("min_in_sync")
+    if raw is None:
+        return
+    if not raw.isdigit() or not 1 <= int(raw) <= rf:
+        raise _fail(INVALID_ARGUMENT,
+                    f"topic {topic}: min_in_sync must be a whole number from 1 to the replication factor {rf}, "
+                    f"got {raw!r}")
+
+
+def min_in_sync(topic_config: Mapping[str, str], rf: int) -> int:
+    """The topic's ``min_in_sync``: as configured, else a majority of its replicas."""
+    raw = topic_config.get("min_in_sync")
+    return int(raw) if raw is not None and raw.isdigit() else rf // 2 + 1
 
 
 def _delete_topic(state: State, cmd: Mapping[str, Any]) -> Applied:
@@ -283,8 +306,17 @@ def _register_spu(state: State, cmd: Mapping[str, Any]) -> Applied:
     edit = _Edit(state)
     if current is None:
         edit.put(SPU, spu_name(spu_id), spec, {"alive": True, "changed_ms": ts})
-    elif dict(current.spec) != spec:
-        edit.put(SPU, spu_name(spu_id), spec, current.status)
+    else:
+        if dict(current.spec) != spec:
+            edit.put(SPU, spu_name(spu_id), spec, current.status)
+        # An SPU registers as it starts: one that was already known has restarted, and may have
+        # lost what it had not fsynced. The partitions it leads move to a new epoch, so that
+        # its followers truncate against what it really has (as a Kafka broker epoch would).
+        for p in sorted(state.all(PARTITION), key=lambda o: o.name):
+            if p.status["leader"] == spu_id:
+                status = dict(p.status)
+                status["epoch"] = p.status["epoch"] + 1
+                edit.put(PARTITION, p.name, p.spec, status)
     return edit.finish(ts, {"id": spu_id})
 
 
@@ -333,11 +365,64 @@ def _elect_leader(state: State, cmd: Mapping[str, Any]) -> Applied:
     if leader is not None and leader not in p.status["isr"]:
         raise _fail(INVALID_ARGUMENT,
                     f"partition {p.name}: SPU {leader} is not in the in-sync set {p.status['isr']}")
+    isr = _field(cmd, "isr", list, optional=True)
+    if isr is not None:
+        # The controller drops dead SPUs from the in-sync set as it elects (as Kafka's KIP-841
+        # does): a shrink only, and the new leader stays in it.
+        if (len(set(isr)) != len(isr) or not set(isr) <= set(p.status["isr"])
+                or (leader is not None and leader not in isr) or not isr):
+            raise _fail(INVALID_ARGUMENT,
+                        f"partition {p.name}: the new in-sync set {isr!r} must be a non-empty part of "
+                        f"{p.status['isr']} holding the new leader {leader}")
     edit = _Edit(state)
     status = dict(p.status)
     status.update(leader=leader, epoch=epoch + 1)
+    if isr is not None:
+        status["isr"] = [r for r in p.spec["replicas"] if r in isr]
     edit.put(PARTITION, p.name, p.spec, status)
     return edit.finish(ts, {"partition": p.name, "leader": leader, "epoch": epoch + 1})
+
+
+def _reassign_partition(state: State, cmd: Mapping[str, Any]) -> Applied:
+    """New replicas for a partition (self-healing): the in-sync set keeps the replicas that
+    stay; new ones join it only after they have copied the log. The epoch bumps, so every
+    replica (and a leader working from the old set) sees the change."""
+    p = _partition(state, cmd)
+    ts = _ts(cmd)
+    epoch = _field(cmd, "epoch", int)
+    replicas = _field(cmd, "replicas", list)
+    if epoch != p.status["epoch"]:
+        raise _fail(STALE_EPOCH, f"partition {p.name} is at epoch {p.status['epoch']}, the move assumed {epoch}")
+    known = set(state.spu_ids())
+    if (len(replicas) != len(p.spec["replicas"]) or len(set(replicas)) != len(replicas)
+            or not all(isinstance(r, int) and not isinstance(r, bool) and r in known for r in replicas)):
+        raise _fail(INVALID_ARGUMENT,
+                    f"partition {p.name}: replicas {replicas!r} must be {len(p.spec['replicas'])} distinct "
+                    "registered SPU ids")
+    leader = p.status["leader"]
+    if leader is None or leader not in replicas:
+        raise _fail(INVALID_ARGUMENT,
+                    f"partition {p.name}: a move keeps the live leader (now {leader}) among the replicas {replicas!r}")
+    isr = [r for r in replicas if r in p.status["isr"]]
+    edit = _Edit(state)
+    spec = dict(p.spec)
+    spec["replicas"] = list(replicas)
+    status = dict(p.status)
+    status.update(isr=isr, epoch=epoch + 1)
+    edit.put(PARTITION, p.name, spec, status)
+    return edit.finish(ts, {"partition": p.name, "replicas": list(replicas), "epoch": epoch + 1})
+
+
+def _allocate_producer_ids(state: State, cmd: Mapping[str, Any]) -> Applied:
+    ts = _ts(cmd)
+    count = _field(cmd, "count", int)
+    if not 1 <= count <= PRODUCER_IDS_PER_CALL_MAX:
+        raise _fail(INVALID_ARGUMENT, f"allocate_producer_ids: count must be 1-{PRODUCER_IDS_PER_CALL_MAX}, got {count}")
+    first = state.next_producer_id
+    if first + count > PRODUCER_ID_MAX:
+        raise _fail(INVALID_ARGUMENT, "allocate_producer_ids: producer ids are used up")
+    new = dataclasses.replace(state, next_producer_id=first + count, clock_ms=max(state.clock_ms, ts))
+    return Applied(new, Outcome(True, value={"first": first, "count": count}))
 
 
 def _update_isr(state: State, cmd: Mapping[str, Any]) -> Applied:
@@ -414,6 +499,8 @@ OPS: Mapping[str, Callable[[State, Mapping[str, Any]], Applied]] = {
     "set_spu_status": _set_spu_status,
     "elect_leader": _elect_leader,
     "update_isr": _update_isr,
+    "reassign_partition": _reassign_partition,
+    "allocate_producer_ids": _allocate_producer_ids,
     "put_object": _put_object,
     "delete_object": _delete_object,
     "barrier": _barrier,

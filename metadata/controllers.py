@@ -11,8 +11,14 @@ starts from the new state). Time comes in as ``now_ms``.
 * :func:`reconcile_liveness`: an SPU that has not sent a heartbeat for ``timeout_ms`` is marked
   dead; one that sends again is marked alive.
 * :func:`reconcile_leaders`: a partition whose leader is gone (dead, or none) gets the first
-  live replica of its in-sync set as leader, with the epoch bumped; with no live in-sync
-  replica it goes offline (leader None, epoch bumped, so the old leader is fenced).
+  live replica of its in-sync set as leader, with the epoch bumped and the dead replicas
+  dropped from the in-sync set; with no live in-sync replica it goes offline (leader None,
+  epoch bumped, so the old leader is fenced, in-sync set kept so that one of them can lead
+  when it returns). Unclean election (a replica outside the set) never happens.
+* :func:`reconcile_replicas`: self-healing. A replica on an SPU dead for ``move_after_ms``
+  moves to a live SPU that holds no replica of the partition (other racks first, then the
+  least loaded); the new replica copies the log from the leader and joins the in-sync set
+  when it has caught up. Only partitions with a live leader move (it is the copy's source).
 """
 
 from __future__ import annotations
@@ -93,6 +99,45 @@ def reconcile_leaders(state: State, now_ms: int) -> list[dict[str, Any]]:
         new_leader = candidates[0] if candidates else None
         if new_leader is None and leader is None:
             continue  # already offline; nothing new to say
-        commands.append({"op": "elect_leader", "partition": p.name, "leader": new_leader,
-                         "epoch": p.status["epoch"], "ts": now_ms})
+        cmd: dict[str, Any] = {"op": "elect_leader", "partition": p.name, "leader": new_leader,
+                               "epoch": p.status["epoch"], "ts": now_ms}
+        if new_leader is not None:
+            cmd["isr"] = [r for r in isr if r in alive]
+        commands.append(cmd)
+    return commands
+
+
+def reconcile_replicas(state: State, now_ms: int, move_after_ms: int) -> list[dict[str, Any]]:
+    """``reassign_partition`` commands moving replicas off SPUs dead for ``move_after_ms``."""
+    spus = {o.spec["id"]: o for o in state.all(SPU)}
+    alive = {i for i, o in spus.items() if o.status.get("alive")}
+    gone = {i for i, o in spus.items()
+            if not o.status.get("alive") and now_ms - int(o.status.get("changed_ms", now_ms)) >= move_after_ms}
+    if not gone:
+        return []
+    load: Counter[int] = Counter({i: 0 for i in alive})
+    for p in state.all(PARTITION):
+        for r in p.spec["replicas"]:
+            if r in load:
+                load[r] += 1
+    commands = []
+    for p in sorted(state.all(PARTITION), key=lambda o: o.name):
+        leader = p.status["leader"]
+        replicas = list(p.spec["replicas"])
+        if leader is None or leader not in alive or not gone & set(replicas):
+            continue
+        new = list(replicas)
+        for i, r in enumerate(replicas):
+            if r not in gone:
+                continue
+            racks = {spus[x].spec.get("rack") for x in new if x != r and spus[x].spec.get("rack")}
+            choices = [s for s in alive if s not in new]
+            if not choices:
+                break
+            pick = min(choices, key=lambda s: (spus[s].spec.get("rack") in racks, load[s], s))
+            new[i] = pick
+            load[pick] += 1
+        if new != replicas:
+            commands.append({"op": "reassign_partition", "partition": p.name, "replicas": new,
+                             "epoch": p.status["epoch"], "ts": now_ms})
     return commands

@@ -13,6 +13,9 @@ Kinds and their fields (``docs/metadata.md`` is the reference):
   the first is the preferred leader); status ``leader`` (SPU id or None), ``epoch``, ``isr``.
 * ``spu`` (named by its decimal id): spec ``id``, ``rack``, ``public_address``,
   ``private_address``; status ``alive``, ``changed_ms``.
+* topic ``config`` keys the cluster reads: ``min_in_sync`` (1..replication factor; default a
+  majority of the replicas), ``retention_ms``/``retention_bytes``/``segment_bytes`` as in
+  docs/metadata.md.
 * ``smartmodule`` and ``policy``: spec is opaque to the SC (a blob with a sha256 and a size);
   later issues give them meaning.
 """
@@ -61,6 +64,9 @@ class State:
     objects: Mapping[str, Mapping[str, MetaObject]] = field(default_factory=_empty_kinds)
     # Time travels in commands (DESIGN.md §3); this is the largest ``ts`` applied so far.
     clock_ms: int = 0
+    # The next idempotent-producer id to hand out (allocate_producer_ids); not an object, so
+    # allocating changes no version and wakes no watcher.
+    next_producer_id: int = 0
 
     def get(self, kind: str, name: str) -> MetaObject | None:
         return self.objects[kind].get(name)
@@ -78,7 +84,7 @@ class State:
         return [p for i in range(t.spec["partitions"]) if (p := self.get(PARTITION, partition_name(topic, i)))]
 
     def to_json(self) -> dict[str, Any]:
-        return {"version": self.version, "clock_ms": self.clock_ms,
+        return {"version": self.version, "clock_ms": self.clock_ms, "next_producer_id": self.next_producer_id,
                 "objects": [o.to_json() for k in KINDS for o in self.objects[k].values()]}
 
     @staticmethod
@@ -88,7 +94,7 @@ class State:
             o = MetaObject.from_json(raw)
             kinds[o.kind][o.name] = o
         return State(d["version"], MappingProxyType({k: MappingProxyType(v) for k, v in kinds.items()}),
-                     d.get("clock_ms", 0))
+                     d.get("clock_ms", 0), d.get("next_producer_id", 0))
 
     def encode(self) -> bytes:
         return json.dumps(self.to_json(), sort_keys=True, separators=(",", ":")).encode()

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kolk.metadata.apply import Event, apply
-from kolk.metadata.controllers import place_replicas, reconcile_leaders, reconcile_liveness
+from kolk.metadata.controllers import place_replicas, reconcile_leaders, reconcile_liveness, reconcile_replicas
 from kolk.metadata.objects import PARTITION, State
 from kolk.metadata.watch import ChangeLog
 
@@ -78,12 +78,76 @@ def test_leader_election_from_isr_with_epoch_bump() -> None:
     s = apply(s, {"op": "update_isr", "partition": "t-1", "isr": [0], "epoch": 0, "leader": 0, "ts": 3}).state
     s = apply(s, {"op": "set_spu_status", "id": 0, "alive": False, "ts": 4}).state
     cmds = reconcile_leaders(s, now_ms=5)
-    assert cmds == [{"op": "elect_leader", "partition": "t-0", "leader": 1, "epoch": 0, "ts": 5},
+    assert cmds == [{"op": "elect_leader", "partition": "t-0", "leader": 1, "epoch": 0, "ts": 5, "isr": [1]},
                     {"op": "elect_leader", "partition": "t-1", "leader": None, "epoch": 0, "ts": 5}]
     for c in cmds:
         s = apply(s, c).state
     assert s.get(PARTITION, "t-0").status["epoch"] == 1 and s.get(PARTITION, "t-1").status["leader"] is None
+    assert s.get(PARTITION, "t-0").status["isr"] == [1]  # the dead leader left the in-sync set
+    assert s.get(PARTITION, "t-1").status["isr"] == [0]  # offline: kept, so SPU 0 can lead again
     assert reconcile_leaders(s, now_ms=6) == []  # stable: nothing more to do
+
+
+def test_replicas_move_off_an_spu_dead_long_enough() -> None:
+    """A replica on an SPU dead for move_after_ms moves to a live SPU without a replica of the
+    partition, on another rack first; the epoch bumps and the in-sync set keeps who stayed.
+    Before the time, or without a live leader, nothing moves."""
+    s = cluster(["a", "b", "c", "c"])
+    s = apply(s, {"op": "create_topic", "name": "t", "partitions": 1, "replication_factor": 3, "config": {},
+                  "assignment": [[0, 1, 2]], "ts": 2}).state
+    s = apply(s, {"op": "set_spu_status", "id": 1, "alive": False, "ts": 10_000}).state
+    assert reconcile_replicas(s, now_ms=10_500, move_after_ms=1_000) == []
+    cmds = reconcile_replicas(s, now_ms=11_000, move_after_ms=1_000)
+    assert cmds == [{"op": "reassign_partition", "partition": "t-0", "replicas": [0, 3, 2], "epoch": 0, "ts": 11_000}]
+    s = apply(s, cmds[0]).state
+    p = s.get(PARTITION, "t-0")
+    assert p.spec["replicas"] == [0, 3, 2] and p.status["isr"] == [0, 2] and p.status["epoch"] == 1
+    assert reconcile_replicas(s, now_ms=12_000, move_after_ms=1_000) == []
+    # A partition whose leader is dead does not move: there is no source to copy from.
+    s2 = apply(s, {"op": "set_spu_status", "id": 0, "alive": False, "ts": 12_000}).state
+    s2 = apply(s2, {"op": "elect_leader", "partition": "t-0", "leader": None, "epoch": 1, "ts": 12_001}).state
+    assert reconcile_replicas(s2, now_ms=99_000, move_after_ms=1_000) == []
+
+
+def test_reassign_and_election_refuse_bad_input() -> None:
+    """Stale epoch, wrong replica count, unknown SPU, dropping the leader, and an election
+    whose in-sync set is not a shrink each fail with a message naming the problem."""
+    s = cluster([None, None, None, None])
+    s = apply(s, {"op": "create_topic", "name": "t", "partitions": 1, "replication_factor": 2, "config": {},
+                  "assignment": [[0, 1]], "ts": 2}).state
+    base = {"op": "reassign_partition", "partition": "t-0", "epoch": 0, "ts": 3}
+    for change, code, words in [
+        ({"epoch": 5}, "stale_epoch", "epoch 0"),
+        ({"replicas": [0]}, "invalid_argument", "2 distinct"),
+        ({"replicas": [0, 9]}, "invalid_argument", "registered"),
+        ({"replicas": [2, 3]}, "invalid_argument", "leader"),
+    ]:
+        out = apply(s, {**base, "replicas": [0, 2], **change}).outcome
+        assert (out.ok, out.code) == (False, code) and words in out.message, out
+    out = apply(s, {"op": "elect_leader", "partition": "t-0", "leader": 1, "epoch": 0, "isr": [1, 2], "ts": 3}).outcome
+    assert out.code == "invalid_argument" and "in-sync set" in out.message
+
+
+def test_producer_ids_are_handed_out_once() -> None:
+    """Blocks of producer ids never overlap, survive a snapshot, and a bad count is refused."""
+    s = State()
+    a = apply(s, {"op": "allocate_producer_ids", "count": 10, "ts": 1})
+    b = apply(a.state, {"op": "allocate_producer_ids", "count": 5, "ts": 2})
+    assert a.outcome.value == {"first": 0, "count": 10} and b.outcome.value == {"first": 10, "count": 5}
+    assert State.decode(b.state.encode()).next_producer_id == 15
+    assert b.state.version == 0  # no object changed, no watcher woken
+    bad = apply(s, {"op": "allocate_producer_ids", "count": 0, "ts": 1}).outcome
+    assert bad.code == "invalid_argument" and "count" in bad.message
+
+
+def test_min_in_sync_defaults_to_a_majority_and_is_checked() -> None:
+    from kolk.metadata.apply import min_in_sync
+    assert [min_in_sync({}, rf) for rf in (1, 2, 3, 5)] == [1, 2, 2, 3]
+    assert min_in_sync({"min_in_sync": "1"}, 3) == 1
+    s = cluster([None, None, None])
+    out = apply(s, {"op": "create_topic", "name": "t", "partitions": 1, "replication_factor": 3,
+                    "config": {"min_in_sync": "4"}, "assignment": [[0, 1, 2]], "ts": 2}).outcome
+    assert out.code == "invalid_argument" and "min_in_sync" in out.message and "'4'" in out.message
 
 
 def _ev(v: int) -> Event:
@@ -101,3 +165,17 @@ def test_change_log_deltas_and_full_sync_when_behind() -> None:
     assert log.since(4) == []
     log.reset(10)
     assert log.since(4) is None and log.since(10) == []
+
+
+def test_a_restarted_spu_leads_at_a_new_epoch() -> None:
+    """Registering again means the SPU restarted (it may have lost unsynced data): the
+    partitions it leads bump their epoch so followers truncate against what it really has;
+    partitions it only follows are untouched."""
+    s = cluster([None, None])
+    s = apply(s, {"op": "create_topic", "name": "t", "partitions": 2, "replication_factor": 2, "config": {},
+                  "assignment": [[0, 1], [1, 0]], "ts": 2}).state
+    again = {"op": "register_spu", "id": 0, "rack": None, "public_address": "h:1000", "private_address": "h:2000",
+             "ts": 3}
+    s = apply(s, again).state
+    assert s.get(PARTITION, "t-0").status["epoch"] == 1 and s.get(PARTITION, "t-0").status["leader"] == 0
+    assert s.get(PARTITION, "t-1").status["epoch"] == 0
