@@ -25,6 +25,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/storage_bench.py
 	$(PY) bench/sc_bench.py
+	$(PY) bench/replication_bench.py
 	$(VENV)/bin/kolk bench
 
 clean:

@@ -188,6 +188,20 @@ class AdminClient:
             _raise_unless_ok((await a.heartbeat(spu_id)).result)
         await self._call(call, write=True)
 
+    async def update_isr(self, partition: str, isr: list[int], epoch: int, leader: int) -> None:
+        """A partition leader asks to change the in-sync set (committed through Raft)."""
+        async def call(a: Any) -> None:
+            _raise_unless_ok((await a.updateIsr(partition, isr, epoch, leader)).result)
+        await self._call(call, write=True)
+
+    async def allocate_producer_ids(self, count: int = 1) -> int:
+        """The first of ``count`` fresh producer ids, for idempotent producers."""
+        async def call(a: Any) -> int:
+            r = await a.allocateProducerIds(count)
+            _raise_unless_ok(r.result)
+            return int(r.firstId)
+        return await self._call(call, write=True)
+
     async def cluster_status(self) -> dict[str, Any]:
         async def call(a: Any) -> dict[str, Any]:
             r = await a.clusterStatus()

@@ -1,4 +1,4 @@
-"""Admin commands of the ``kolk`` CLI: ``topic``, ``cluster status``, ``cluster spu``.
+"""Admin commands of the ``kolk`` CLI: ``topic``, ``partition list``, ``cluster status``, ``cluster spu``.
 
 Each talks to any SC (``--sc`` or ``$KOLK_SC``, comma-separated for several). Errors print
 one line naming what was wrong and exit with status 1; ``--json`` prints machine output.
@@ -17,7 +17,7 @@ from .errors import KolkError
 
 SC_ENV = "KOLK_SC"
 DEFAULT_SC = "127.0.0.1:9003"
-COMMANDS = ("topic", "cluster")
+COMMANDS = ("topic", "partition", "cluster")
 
 
 def _sc_option(p: argparse.ArgumentParser) -> None:
@@ -42,6 +42,13 @@ def add_commands(sub: Any) -> None:
         if name != "list":
             a.add_argument("name")
         _sc_option(a)
+
+    partition = sub.add_parser("partition", help="partitions: leader, replicas, in-sync set, offsets, lag")
+    psub = partition.add_subparsers(dest="action", required=True)
+    pl = psub.add_parser("list", help="every partition with its leader, replicas, in-sync set, high watermark, "
+                                      "log end offset and the lag of its slowest follower")
+    pl.add_argument("--topic", help="only this topic's partitions")
+    _sc_option(pl)
 
     cluster = sub.add_parser("cluster", help="cluster status and SPU registration")
     csub = cluster.add_subparsers(dest="action", required=True)
@@ -74,6 +81,10 @@ def _table(rows: list[list[Any]], header: list[str]) -> str:
     cells = [header] + [[("-" if c is None else str(c)) for c in row] for row in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells)
+
+
+def _ids(ids: list[int]) -> str:
+    return ",".join(str(i) for i in ids)
 
 
 def resolve_sc(explicit: str | None) -> str:
@@ -110,6 +121,15 @@ async def _run(args: argparse.Namespace) -> int:
         elif args.action == "delete":
             await client.delete_topic(args.name)
             _print(args, {"deleted": args.name}, f"topic {args.name} deleted")
+    elif args.command == "partition" and args.action == "list":
+        from .client import AsyncClient
+
+        c = AsyncClient(resolve_sc(args.sc), timeout_s=10)
+        rows = await c.partition_list(args.topic)
+        _print(args, rows, _table([[r["partition"], r["leader"], _ids(r["replicas"]), _ids(r["isr"]), r["epoch"],
+                                    r["high_watermark"], r["log_end_offset"], r["lag"], r["error"]] for r in rows],
+                                  ["PARTITION", "LEADER", "REPLICAS", "IN-SYNC", "EPOCH", "HW", "LEO", "LAG",
+                                   "NOTE"]) if rows else "no partitions")
     elif args.command == "cluster" and args.action == "spu":
         if args.spu_action == "register":
             await client.register_spu(args.id, args.public, args.private, args.rack)

@@ -9,6 +9,7 @@ synchronous facade: it runs an AsyncClient on a background thread with its own e
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import threading
 from concurrent.futures import Future
@@ -168,6 +169,47 @@ class AsyncClient:
             return r
         return await self._with_leader(topic, partition, call, 5)
 
+    async def partition_list(self, topic: str | None = None) -> list[dict[str, Any]]:
+        """Every partition (of ``topic``): leader, replicas, in-sync set and epoch from the SC;
+        high watermark, log end offset and each follower's lag from its leader. A leader that
+        cannot be reached leaves those None and says why in ``error``."""
+        parts = [p for p in await self.admin.list_objects("partition")
+                 if topic is None or p["spec"]["topic"] == topic]
+        spus = {u["spec"]["id"]: u["spec"]["public_address"] for u in await self.admin.list_objects("spu")}
+        by_leader: dict[int, list[str]] = {}
+        for p in parts:
+            if p["status"]["leader"] is not None:
+                by_leader.setdefault(p["status"]["leader"], []).append(p["name"])
+        live: dict[str, dict[str, Any]] = {}
+        errors: dict[int, str] = {}
+        for leader, names in by_leader.items():
+            address = spus.get(leader)
+            try:
+                if address is None:
+                    raise ClusterUnavailableError(f"SPU {leader} is not registered")
+                spu = await self._connect(address)
+                r = await asyncio.wait_for(spu.partitionStatus(names), self.timeout_s)
+                self.check(r.result)
+                live.update({d["partition"]: d for d in json.loads(r.statusJson)})
+            except (KolkError, capnp.KjException, asyncio.TimeoutError) as e:
+                self.drop_connection(address)
+                errors[leader] = str(e).splitlines()[0] if str(e) else type(e).__name__
+        rows = []
+        for p in sorted(parts, key=lambda o: (o["spec"]["topic"], o["spec"]["partition"])):
+            leader = p["status"]["leader"]
+            d = live.get(p["name"], {})
+            followers = d.get("followers", {})
+            lags = [f["lag"] for f in followers.values() if f["lag"] is not None]
+            rows.append({
+                "partition": p["name"], "leader": leader, "epoch": p["status"]["epoch"],
+                "replicas": list(p["spec"]["replicas"]), "isr": list(p["status"]["isr"]),
+                "high_watermark": d.get("high_watermark"), "log_end_offset": d.get("log_end_offset"),
+                "lag": max(lags) if len(lags) == len(followers) and lags else (0 if d and not followers else None),
+                "followers": followers,
+                "error": "offline: no live in-sync replica" if leader is None else errors.get(leader)
+                if p["name"] not in live else None})
+        return rows
+
     def producer(self, topic: str, **options: Any) -> AsyncProducer:
         return AsyncProducer(self, topic, **options)
 
@@ -321,6 +363,9 @@ class Client:
 
     def cluster_status(self) -> dict[str, Any]:
         return self._t.call(self._c.cluster_status())
+
+    def partition_list(self, topic: str | None = None) -> list[dict[str, Any]]:
+        return self._t.call(self._c.partition_list(topic))
 
     def close(self) -> None:
         try:

@@ -103,7 +103,7 @@ def run_storage_demo(records: int, data_dir: str | None = None) -> int:
             shutil.rmtree(root, ignore_errors=True)
 
 
-def run_cluster_demo(events: int = 5000, spus: int = 2) -> int:
+def run_cluster_demo(events: int = 5000, spus: int = 3) -> int:
     """The main job on the embedded default: a local cluster, a topic, events in and out."""
     from . import local_cluster
     from .client import Client
@@ -117,13 +117,18 @@ def run_cluster_demo(events: int = 5000, spus: int = 2) -> int:
         print(f"kolk demo: local cluster up in {time.perf_counter() - t0:.1f} s — SC at {profile['sc']}, "
               f"{spus} SPUs; logs in {profile['logs']}")
         with Client(profile["sc"]) as client:
-            client.create_topic("events", partitions=2, replication_factor=1)
-            print("  created topic 'events' with 2 partitions")
+            rf = min(3, spus)
+            client.create_topic("events", partitions=2, replication_factor=rf)
+            print(f"  created topic 'events' with 2 partitions, {rf} replicas each")
             producer = client.producer("events", acks="all", linger_ms=2)
             t1 = time.perf_counter()
             producer.send_many([_event(i) for i in range(events)])
             producer.flush()
-            print(f"  produced {events:,} events (acks=all, durable) in {time.perf_counter() - t1:.2f} s")
+            print(f"  produced {events:,} events (acks=all: fsynced on every in-sync replica, idempotent) in "
+                  f"{time.perf_counter() - t1:.2f} s")
+            for row in client.partition_list("events"):
+                print(f"  {row['partition']}: leader SPU {row['leader']}, in-sync {row['isr']}, "
+                      f"high watermark {row['high_watermark']}, log end {row['log_end_offset']}")
             t1 = time.perf_counter()
             seen: dict[int, list[int]] = {}
             users: dict[bytes, int] = {}

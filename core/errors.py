@@ -105,6 +105,26 @@ class StaleEpochError(KolkError):
     code = "staleEpoch"
 
 
+class ProducerFencedError(KolkError):
+    """A newer producer with the same id (a higher producer epoch) has taken over."""
+
+    code = "producerFenced"
+
+
+class OutOfOrderSequenceError(KolkError):
+    """An idempotent batch skipped sequence numbers: an earlier batch of this producer is
+    missing on the leader. Retriable while that earlier batch is still being retried."""
+
+    code = "outOfOrderSequence"
+
+
+class DuplicateSequenceError(KolkError):
+    """An idempotent batch was already written, longer ago than the leader remembers offsets for;
+    it was not written again."""
+
+    code = "duplicateSequence"
+
+
 _BY_CODE: dict[str, type[KolkError]] = {
     "unavailable": ClusterUnavailableError,
     "noLeader": ClusterUnavailableError,
@@ -127,6 +147,9 @@ _BY_CODE: dict[str, type[KolkError]] = {
     "storageFull": StorageFullError,
     "storage": KolkError,
     "notEnoughReplicas": NotEnoughReplicasError,
+    "producerFenced": ProducerFencedError,
+    "outOfOrderSequence": OutOfOrderSequenceError,
+    "duplicateSequence": DuplicateSequenceError,
 }
 
 

@@ -14,7 +14,8 @@ struct Error {
   # One of: notLeader, noLeader, timeout, invalidCommand, unknownCommand, invalidArgument,
   # alreadyExists, notFound, replicationFactorTooHigh, versionConflict, staleEpoch,
   # notPartitionLeader, inUse, tooLarge, internal; from SPUs also invalidBatch,
-  # offsetOutOfRange, corruptBatch, storageFull, storage, notEnoughReplicas.
+  # offsetOutOfRange, corruptBatch, storageFull, storage, notEnoughReplicas, producerFenced,
+  # outOfOrderSequence, duplicateSequence.
   message @1 :Text;
   leader @2 :Text;      # admin address of the SC leader, when known
   retriable @3 :Bool;   # true when the same request may succeed later unchanged
@@ -78,6 +79,9 @@ interface ScAdmin {
 
   clusterStatus @10 () -> (result :Result, statusJson :Text);
   watch @11 (fromVersion :UInt64, watcher :Watcher) -> (result :Result, handle :WatchHandle);
+
+  # Idempotent producers: a block of `count` (1-1000) fresh producer ids, first one `firstId`.
+  allocateProducerIds @12 (count :UInt32) -> (result :Result, firstId :Int64, count :UInt32);
 }
 
 # ---------------------------------------------------------------- the SPU's data plane
@@ -109,7 +113,9 @@ interface StreamControl {
 
 interface Spu {
   produce @0 (topic :Text, partition :UInt32, acks :Acks, records :Data, timeoutMs :UInt32)
-          -> (result :Result, baseOffset :Int64, lastOffset :Int64);
+          -> (result :Result, baseOffset :Int64, lastOffset :Int64, duplicate :Bool);
+  # duplicate: an idempotent batch (producer id >= 0) this leader had already appended; the
+  # offsets are those of the first append and nothing was written again.
   fetch @1 (topic :Text, partition :UInt32, offset :Int64, maxBytes :UInt32, isolation :Isolation)
         -> (result :Result, records :Data, highWatermark :Int64, logStartOffset :Int64,
             logEndOffset :Int64, nextOffset :Int64);
@@ -119,4 +125,22 @@ interface Spu {
           -> (result :Result, logStartOffset :Int64, highWatermark :Int64, logEndOffset :Int64);
   offsetForTimestamp @4 (topic :Text, partition :UInt32, timestamp :Int64)
                      -> (result :Result, found :Bool, offset :Int64);
+
+  # ---- replication, SPU to SPU (docs/replication.md). `partition` is the partition name
+  # (`<topic>-<n>`); `epoch` is the partition epoch the caller knows from the SC.
+
+  # A follower pulls from `offset`, its log end offset; everything below `offset` is fsynced
+  # on the follower, so the call also reports its progress. The leader waits up to
+  # `maxWaitMs` when it has nothing past `offset`.
+  replicaFetch @5 (partition :Text, replicaId :Int32, epoch :UInt32, offset :Int64, maxBytes :UInt32,
+                   maxWaitMs :UInt32)
+               -> (result :Result, records :Data, highWatermark :Int64, logStartOffset :Int64,
+                   logEndOffset :Int64);
+  # Where the leader's log has the largest leader epoch <= `lastEpoch` end (KIP-279): a
+  # follower truncates what it has beyond that before it fetches. epoch -1: none.
+  epochEndOffset @6 (partition :Text, replicaId :Int32, epoch :UInt32, lastEpoch :Int32)
+                 -> (result :Result, leaderEpoch :Int32, endOffset :Int64);
+  # For `kolk partition list`: per partition this SPU leads, its offsets and each replica's
+  # progress, as JSON (docs/protocol.md).
+  partitionStatus @7 (partitions :List(Text)) -> (result :Result, statusJson :Text);
 }

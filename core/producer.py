@@ -2,9 +2,16 @@
 future per record that resolves to its partition and offset (asyncio core).
 
 Order: records of one partition are sent in order, up to ``in_flight_max`` requests at a
-time on one connection, which the SPU appends in arrival order. A retried request can land
-after a later one (as in Kafka without idempotence) and a request that timed out may have
-been appended: until the idempotent producer (issue 5), a retry can duplicate.
+time on one connection, which the SPU appends in arrival order.
+
+Idempotence (the default with ``acks="all"``, as in Kafka 3): the producer takes a producer
+id from the SC and numbers each partition's records; every batch carries the producer id,
+epoch and base sequence, and is built once, so a retry sends the same bytes. The leader
+appends a batch only if it continues the sequence: a retry of a batch already written (the
+reply was lost, or the request timed out after the append) is answered with the first
+append's offsets and not written again; a batch that arrives before an earlier one being
+retried is refused as out of order and retried after it. Without idempotence a retry can
+duplicate, and a retried request can land after a later one.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ import crc32c as _crc32c
 
 from .errors import InvalidRequestError, KolkError
 from .segments import CODEC_GZIP, CODEC_NONE, CODEC_ZSTD, build_batch
+from .segments.producer_state import BATCHES_KEPT
 
 if TYPE_CHECKING:
     from .client import AsyncClient
@@ -27,6 +35,7 @@ CODECS = {"none": CODEC_NONE, "gzip": CODEC_GZIP, "zstd": CODEC_ZSTD}
 ACKS = {"none": 0, "leader": 1, "all": 2}
 RECORD_OVERHEAD_BYTES = 29
 RECORD_BYTES_MAX = (4 << 20) - 61  # one record alone in a batch of the SPU's batch_bytes_max
+SEQUENCE_WRAP = 2**31  # sequences are i32 and wrap to 0, as in Kafka
 
 
 @dataclass(frozen=True)
@@ -37,7 +46,7 @@ class RecordMetadata:
 
 
 class _Batch:
-    __slots__ = ("partition", "records", "timestamps", "nbytes", "future", "created", "due")
+    __slots__ = ("partition", "records", "timestamps", "nbytes", "future", "created", "due", "finished")
 
     def __init__(self, partition: int, loop: asyncio.AbstractEventLoop) -> None:
         self.partition = partition
@@ -47,6 +56,7 @@ class _Batch:
         self.future: asyncio.Future[int] = loop.create_future()  # resolves to the base offset
         self.created = time.monotonic()
         self.due = False  # lingered long enough: send as soon as a slot is free
+        self.finished = False
 
 
 class RecordFuture:
@@ -75,7 +85,7 @@ class AsyncProducer:
     def __init__(self, client: "AsyncClient", topic: str, *, acks: str = "all", batch_bytes: int = 256 << 10,
                  linger_ms: float = 5.0, compression: str = "none", partitioner: str = "key",
                  retries: int = 5, request_timeout_ms: int = 30_000, in_flight_max: int = 4,
-                 buffer_bytes_max: int = 64 << 20) -> None:
+                 buffer_bytes_max: int = 64 << 20, idempotent: bool | None = None) -> None:
         if acks not in ACKS:
             raise InvalidRequestError(f"acks must be one of {', '.join(ACKS)}, got {acks!r}")
         if compression not in CODECS:
@@ -85,6 +95,22 @@ class AsyncProducer:
         if not 1 <= in_flight_max <= 64 or batch_bytes < 1024 or buffer_bytes_max < batch_bytes:
             raise InvalidRequestError("need 1 <= in_flight_max <= 64, batch_bytes >= 1 KiB, "
                                       "buffer_bytes_max >= batch_bytes")
+        if idempotent is None:
+            idempotent = acks == "all"
+        if idempotent and in_flight_max > BATCHES_KEPT:
+            raise InvalidRequestError(f"an idempotent producer has at most {BATCHES_KEPT} batches in flight per "
+                                      "partition: the leader remembers that many for retries")
+        if idempotent and acks != "all":
+            raise InvalidRequestError("an idempotent producer needs acks='all': with fewer acks a failover can lose "
+                                      "a batch and leave a gap in the sequence (pass idempotent=False)")
+        self.idempotent = idempotent
+        self.producer_id = -1
+        self.producer_epoch = 0
+        self._next_sequence: dict[int, int] = {}
+        # Idempotent: the batches sent per partition, oldest first, until every older one has
+        # finished. Its length bounds how far a retried batch can fall behind the newest one
+        # sent, so the leader still remembers it (BATCHES_KEPT).
+        self._window: dict[int, deque[_Batch]] = {}
         self.client = client
         self.topic = topic
         self.acks = ACKS[acks]
@@ -124,6 +150,8 @@ class AsyncProducer:
             self._room.clear()
             await self._room.wait()
         count = self._partitions or await self._partition_count()
+        if self.idempotent and self.producer_id < 0:
+            self.producer_id = await self.client.admin.allocate_producer_ids(1)
         if partition is None:
             if key is not None and self.partitioner == "key":
                 partition = _crc32c.crc32c(key) % count
@@ -174,7 +202,7 @@ class AsyncProducer:
         (lingered long enough, or linger is 0). While every in-flight slot of the partition is
         busy the open batch keeps growing, so load turns into bigger batches, not a queue."""
         ready = self._ready.get(partition)
-        while self._in_flight.get(partition, 0) < self._in_flight_max:
+        while self._in_flight.get(partition, 0) < self._in_flight_max and self._window_has_room(partition):
             if ready:
                 batch = ready.popleft()
             else:
@@ -183,13 +211,15 @@ class AsyncProducer:
                     return
                 del self._open[partition]
             self._in_flight[partition] = self._in_flight.get(partition, 0) + 1
+            if self.idempotent:
+                self._window.setdefault(partition, deque()).append(batch)
             task = asyncio.ensure_future(self._send_batch(batch))
             self._pending.add(task)
             task.add_done_callback(self._pending.discard)
 
     async def _send_batch(self, batch: _Batch) -> None:
         try:
-            data = build_batch(batch.records, timestamps=batch.timestamps, codec=self.codec)
+            data = self._build(batch)
             base = await self.client.produce(self.topic, batch.partition, data, self.acks,
                                              self.request_timeout_ms, self.retries)
             if not batch.future.done():
@@ -200,11 +230,30 @@ class AsyncProducer:
             # Nobody may await a failed record's future; do not let asyncio complain.
             batch.future.exception()
         finally:
+            batch.finished = True
             self._buffered -= batch.nbytes - 61
             if self._buffered < self.buffer_bytes_max:
                 self._room.set()
             self._in_flight[batch.partition] -= 1
             self._drain(batch.partition)
+
+    def _window_has_room(self, partition: int) -> bool:
+        window = self._window.get(partition)
+        if not window:
+            return True
+        while window and window[0].finished:
+            window.popleft()
+        return len(window) < self._in_flight_max
+
+    def _build(self, batch: _Batch) -> bytes:
+        """The batch's bytes, numbered when idempotent. Runs before the send task's first await,
+        so batches of a partition take their sequences in the order they are sent."""
+        if not self.idempotent:
+            return build_batch(batch.records, timestamps=batch.timestamps, codec=self.codec)
+        seq = self._next_sequence.get(batch.partition, 0)
+        self._next_sequence[batch.partition] = (seq + len(batch.records)) % SEQUENCE_WRAP
+        return build_batch(batch.records, timestamps=batch.timestamps, codec=self.codec,
+                           producer_id=self.producer_id, producer_epoch=self.producer_epoch, base_sequence=seq)
 
     async def flush(self) -> None:
         """Send everything queued and wait until every request has been answered."""

@@ -21,7 +21,7 @@ from typing import Any
 import capnp
 
 from .metadata.apply import encode_command
-from .metadata.controllers import place_replicas, reconcile_leaders, reconcile_liveness
+from .metadata.controllers import place_replicas, reconcile_leaders, reconcile_liveness, reconcile_replicas
 from .metadata.objects import KINDS, TOPIC, State
 from .raft.node import RaftConfig, RaftError, RaftNode
 from .sc_state import MetadataStateMachine
@@ -46,6 +46,8 @@ class ScConfig:
     bind_raft: str | None = None  # default: the advertised raft address
     bind_admin: str | None = None  # default: the advertised admin address
     heartbeat_timeout_ms: int = 3_000
+    # An SPU dead this long has its replicas moved to other SPUs (self-healing).
+    replica_move_after_ms: int = 300_000
     controller_interval_ms: int = 200
     request_timeout_s: float = 5.0
     watchers_max: int = 1_000
@@ -64,6 +66,8 @@ class ScConfig:
             raise ValueError("changelog_events must be at least 1")
         if self.heartbeat_timeout_ms <= self.controller_interval_ms:
             raise ValueError("heartbeat_timeout_ms must be longer than controller_interval_ms")
+        if self.replica_move_after_ms < self.heartbeat_timeout_ms:
+            raise ValueError("replica_move_after_ms must be at least heartbeat_timeout_ms")
 
     @property
     def me(self) -> ScPeer:
@@ -190,6 +194,10 @@ class ScServer:
             await self.propose(cmd)
         for cmd in reconcile_leaders(self.sm.state, now_ms()):
             await self.propose(cmd)
+        for cmd in reconcile_replicas(self.sm.state, now_ms(), self.config.replica_move_after_ms):
+            outcome = await self.propose(cmd)
+            log.info("moving replicas of %s to %s: %s", cmd["partition"], cmd["replicas"],
+                     "done" if outcome.get("ok") else outcome.get("message"))
 
     def heartbeat(self, spu_id: int) -> None:
         self._heartbeats[spu_id] = now_ms()
@@ -336,6 +344,13 @@ class AdminImpl(schema.ScAdmin.Server):
         cmd = {"op": "update_isr", "partition": partition, "isr": [int(x) for x in isr], "epoch": int(epoch),
                "leader": int(leader), "ts": now_ms()}
         _fill_error(_context.results.result, await self.s.propose(cmd), self.s)
+
+    async def allocateProducerIds(self, count, _context, **kwargs):  # noqa: N802, ANN001
+        r = _context.results
+        outcome = await self.s.propose({"op": "allocate_producer_ids", "count": int(count), "ts": now_ms()})
+        if _fill_error(r.result, outcome, self.s):
+            r.firstId = outcome["value"]["first"]
+            r.count = outcome["value"]["count"]
 
     async def clusterStatus(self, _context, **kwargs):  # noqa: N802, ANN001
         r = _context.results

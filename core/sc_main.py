@@ -34,6 +34,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bind-admin", help="bind the admin API here instead of --admin (port 0: any free port)")
     p.add_argument("--secret-file", help=f"file holding the cluster secret (else ${SECRET_ENV})")
     p.add_argument("--heartbeat-timeout-ms", type=int, default=3000, help="SPU liveness timeout (default 3000)")
+    p.add_argument("--replica-move-after-ms", type=int, default=300_000,
+                   help="move the replicas of an SPU dead this long to other SPUs (default 300000)")
     p.add_argument("--ready-file", help="write {admin, pid} here once serving")
     p.add_argument("--changelog-events", type=int, default=10_000,
                    help="metadata changes kept for watchers; one further behind gets a full sync")
@@ -71,7 +73,8 @@ def config_from_args(args: argparse.Namespace) -> ScConfig:
         on_sync = _fsync_reporter(os.environ[FSYNC_LOG_ENV]) if os.environ.get(FSYNC_LOG_ENV) else None
         return ScConfig(node_id=args.id, data_dir=args.data_dir, peers=peers, secret=secret,
                         bind_raft=args.bind_raft, bind_admin=args.bind_admin,
-                        heartbeat_timeout_ms=args.heartbeat_timeout_ms, ready_file=args.ready_file,
+                        heartbeat_timeout_ms=args.heartbeat_timeout_ms,
+                        replica_move_after_ms=args.replica_move_after_ms, ready_file=args.ready_file,
                         changelog_events=args.changelog_events,
                         on_sync=on_sync)
     except ValueError as e:

@@ -1,13 +1,13 @@
-"""The SPU (stream processing unit): serves produce, fetch and streams for the partitions it leads.
+"""The SPU (stream processing unit): holds partition replicas, leads some, follows others.
 
 One asyncio loop per process (DESIGN.md §2, §10). On start the SPU opens its data directory,
-serves Cap'n Proto (``Spu`` in kolk.capnp), registers with the SC, sends heartbeats to the SC
-leader, and follows the metadata by watch: it opens a log for every partition it holds a
-replica of and serves those it leads. Produce appends whole batches (the SPU never decodes
-records), answering by the acks asked for; group commit makes one fsync cover every append
-since the last. Fetch and streams read whole batches up to the high watermark (or the log
-end) and send their bytes as they are on disk. Replication (RF > 1) is issue 5; until then
-``acks=all`` on a partition with other replicas is refused rather than answered falsely.
+serves Cap'n Proto (``Spu`` in kolk.capnp, implemented in core/spu_api.py), registers with
+the SC, sends heartbeats to the SC leader, and follows the metadata by watch: it opens a log
+for every partition it holds a replica of, leads those the SC says it leads, and runs a
+follower task (core/follower.py) for the others. As leader it asks the SC to shrink or grow a
+partition's in-sync set as followers fall behind or catch up (core/isr.py); only committed
+sets count, and a leader the SC or a follower says is stale acknowledges nothing more.
+docs/replication.md has the whole protocol.
 """
 
 from __future__ import annotations
@@ -16,39 +16,27 @@ import asyncio
 import json
 import logging
 import os
+import time
 from dataclasses import dataclass
 from typing import Any
 
 import capnp
 
 from .admin import AdminClient, watch
-from .errors import KolkError
-from .segments import GroupCommit, LogConfig, LogStore, PartitionLog
-from .segments.errors import (
-    BatchTooLargeError,
-    CorruptBatchError,
-    InvalidBatchError,
-    OffsetOutOfRangeError,
-    StorageError,
-    StorageFullError,
-)
-from .wire import schema, set_error
+from .errors import KolkError, NotFoundError, StaleEpochError
+from .follower import PeerPool, follow
+from .isr import isr_expand, isr_shrink
+from .metadata.apply import min_in_sync
+from .replica import Replica
+from .segments import LogConfig, LogStore
+from .spu_api import SpuImpl
+from .wire import set_error
 
 log = logging.getLogger("kolk.spu")
 
-ACKS_NONE, ACKS_LEADER, ACKS_ALL = 0, 1, 2
-COMMITTED = 0
-_ENUM = {"none": 0, "leader": 1, "all": 2, "committed": 0, "uncommitted": 1}
 
-
-def enum_value(v: Any) -> int:
-    """pycapnp hands enums to servers as _DynamicEnum; clients may send ints."""
-    if isinstance(v, int):
-        return v
-    raw = getattr(v, "raw", None)
-    if isinstance(raw, int):
-        return raw
-    return _ENUM[str(v)]
+def now_ms() -> int:
+    return time.monotonic_ns() // 1_000_000
 
 
 @dataclass
@@ -68,6 +56,12 @@ class SpuConfig:
     streams_max: int = 1_000
     produce_timeout_ms_max: int = 60_000
     stream_keepalive_ms: int = 5_000  # an idle stream checks its consumer is still there
+    # Replication (docs/replication.md).
+    replica_lag_max_ms: int = 10_000  # a follower not caught up for this long leaves the in-sync set
+    replica_fetch_wait_ms: int = 500  # how long a leader holds a follower's fetch when it has nothing
+    replica_fetch_bytes: int = 4 << 20
+    replica_call_timeout_s: float = 5.0
+    isr_request_timeout_s: float = 10.0
     ready_file: str | None = None
 
     def __post_init__(self) -> None:
@@ -75,33 +69,10 @@ class SpuConfig:
             raise ValueError("heartbeat_interval_ms must be at least 50")
         if self.stream_push_bytes_max > self.stream_window_bytes_max:
             raise ValueError("stream_push_bytes_max must not exceed stream_window_bytes_max")
-
-
-class Replica:
-    """One partition replica on this SPU and what the metadata says about it."""
-
-    def __init__(self, name: str, log_: PartitionLog) -> None:
-        self.name = name
-        self.log = log_
-        self.group = GroupCommit(log_)
-        self.meta: dict[str, Any] = {}
-        self.changed = asyncio.Event()
-
-    def wake(self) -> None:
-        self.changed.set()
-        self.changed = asyncio.Event()
-
-    @property
-    def leader(self) -> int | None:
-        return self.meta.get("status", {}).get("leader")
-
-    @property
-    def epoch(self) -> int:
-        return int(self.meta.get("status", {}).get("epoch", 0))
-
-    @property
-    def replicas(self) -> list[int]:
-        return list(self.meta.get("spec", {}).get("replicas", []))
+        if self.replica_lag_max_ms < 4 * self.replica_fetch_wait_ms:
+            raise ValueError("replica_lag_max_ms must be at least 4 x replica_fetch_wait_ms")
+        if not 1 << 16 <= self.replica_fetch_bytes <= self.fetch_bytes_max:
+            raise ValueError("replica_fetch_bytes must be from 64 KiB to fetch_bytes_max")
 
 
 class SpuServer:
@@ -111,9 +82,11 @@ class SpuServer:
         self.admin = AdminClient(config.sc_addresses, timeout_s=30)
         self.replicas: dict[str, Replica] = {}
         self.partitions: dict[str, dict[str, Any]] = {}  # every partition of the cluster, by name
+        self.topics: dict[str, dict[str, Any]] = {}
         self.spus: dict[int, dict[str, Any]] = {}
         self.metadata_version = 0
         self.streams = 0
+        self.peers = PeerPool()
         self._server: Any = None
         self._tasks: list[asyncio.Task[Any]] = []
         self._watch_handle: Any = None
@@ -136,8 +109,9 @@ class SpuServer:
         self.address = f"{bound[0]}:{bound[1]}"
         await self.admin.register_spu(self.config.spu_id, self.config.public_address,
                                       self.config.private_address or self.config.public_address, self.config.rack)
-        self._watch_handle = await watch(self.admin, 0, self._on_metadata)
+        self._tasks.append(asyncio.ensure_future(self._watch_loop()))
         self._tasks.append(asyncio.ensure_future(self._heartbeat_loop()))
+        self._tasks.append(asyncio.ensure_future(self._isr_loop()))
         await asyncio.wait_for(self.metadata_ready.wait(), 30)
         if self.config.ready_file:
             tmp = self.config.ready_file + ".tmp"
@@ -149,6 +123,9 @@ class SpuServer:
     async def stop(self) -> None:
         for t in self._tasks:
             t.cancel()
+        for replica in self.replicas.values():
+            self._stop_following(replica)
+        self.peers.close()
         if self._server is not None:
             self._server.close()
         self.store.close()
@@ -164,6 +141,29 @@ class SpuServer:
 
     # ---------------------------------------------------------------- metadata
 
+    async def _watch_loop(self) -> None:
+        """Keep a metadata watch open. The stream's connection is probed every heartbeat
+        interval (a cheap status call on it); when it fails the SPU watches again, from the
+        version it has, through whichever SC answers."""
+        interval = self.config.heartbeat_interval_ms / 1000
+        backoff = 0.05
+        while True:
+            client = AdminClient(self.config.sc_addresses, timeout_s=10)
+            try:
+                self._watch_handle = await watch(client, self.metadata_version, self._on_metadata)
+                backoff = 0.05
+                while True:
+                    await asyncio.sleep(interval)  # probe period
+                    await asyncio.wait_for(client._admin.clusterStatus(), max(1.0, 4 * interval))
+            except asyncio.CancelledError:
+                raise
+            except (KolkError, capnp.KjException, OSError, asyncio.TimeoutError) as e:
+                log.warning("metadata watch lost (%s); watching again from version %d", e, self.metadata_version)
+            finally:
+                await client.close()
+            await asyncio.sleep(backoff)  # retry backoff, bounded
+            backoff = min(backoff * 2, 1.0)
+
     def _on_metadata(self, full_sync: bool, version: int, events: list[dict[str, Any]]) -> None:
         if full_sync:
             seen = {e["name"] for e in events if e["kind"] == "partition"}
@@ -172,13 +172,20 @@ class SpuServer:
                     self._drop_replica(name)
             self.spus.clear()
             self.partitions.clear()
+            self.topics.clear()
         for e in events:
             if e["kind"] == "spu":
                 if e["deleted"]:
                     self.spus.pop(int(e["name"]), None)
                 else:
                     self.spus[int(e["name"])] = e["object"]
-            elif e["kind"] == "partition":
+            elif e["kind"] == "topic":
+                if e["deleted"]:
+                    self.topics.pop(e["name"], None)
+                else:
+                    self.topics[e["name"]] = e["object"]
+        for e in events:
+            if e["kind"] == "partition":
                 if e["deleted"]:
                     self.partitions.pop(e["name"], None)
                     self._drop_replica(e["name"])
@@ -189,22 +196,45 @@ class SpuServer:
         self.metadata_ready.set()
 
     def _update_replica(self, name: str, obj: dict[str, Any]) -> None:
-        if self.config.spu_id not in obj["spec"]["replicas"]:
+        me = self.config.spu_id
+        if me not in obj["spec"]["replicas"]:
             self._drop_replica(name)
             return
         replica = self.replicas.get(name)
         if replica is None:
-            replica = Replica(name, self.store.open_log(name, LogConfig()))
+            replica = Replica(name, self.store.open_log(name, LogConfig()), me)
             self.replicas[name] = replica
         replica.meta = obj
-        if replica.leader == self.config.spu_id and len(replica.replicas) == 1:
-            # The only replica: everything durable is committed.
-            replica.log.set_high_watermark(replica.log.durable_offset)
+        topic = self.topics.get(obj["spec"]["topic"])
+        replica.min_in_sync = min_in_sync(topic["spec"].get("config", {}) if topic else {}, len(replica.replicas))
+        if replica.is_leader:
+            self._stop_following(replica)
+            if replica.led_epoch != replica.epoch:
+                replica.become_leader(now_ms())
+                log.info("%s: leading at epoch %d from offset %d", name, replica.epoch, replica.epoch_start)
+            replica.on_metadata()
+            replica.advance_high_watermark()  # the set may have shrunk; waiters are woken below
+        else:
+            replica.led_epoch = None
+            want = (replica.leader, replica.epoch)
+            if replica.followed != want:
+                self._stop_following(replica)
+                if replica.leader is not None:
+                    replica.followed = want
+                    replica.follower_task = asyncio.ensure_future(
+                        follow(self, replica, replica.leader, replica.epoch))
         replica.wake()
+
+    def _stop_following(self, replica: Replica) -> None:
+        if replica.follower_task is not None:
+            replica.follower_task.cancel()
+            replica.follower_task = None
+        replica.followed = None
 
     def _drop_replica(self, name: str) -> None:
         replica = self.replicas.pop(name, None)
         if replica is not None:
+            self._stop_following(replica)
             replica.wake()
             self.store.delete_log(name)
 
@@ -214,9 +244,15 @@ class SpuServer:
         spu = self.spus.get(spu_id)
         return spu["spec"]["public_address"] if spu else ""
 
+    def spu_private_address(self, spu_id: int) -> str:
+        spu = self.spus.get(spu_id)
+        return spu["spec"]["private_address"] if spu else ""
+
     def leader_replica(self, topic: str, partition: int, result: Any) -> Replica | None:
         """The replica if this SPU leads it; else fill ``result`` with the error and return None."""
-        name = f"{topic}-{partition}"
+        return self.led_replica(f"{topic}-{partition}", result, topic)
+
+    def led_replica(self, name: str, result: Any, topic: str | None = None) -> Replica | None:
         replica = self.replicas.get(name)
         if replica is None:
             meta = self.partitions.get(name)
@@ -225,6 +261,7 @@ class SpuServer:
                 set_error(result, "notLeader", f"partition {name} is not on SPU {self.config.spu_id}; SPU {leader} "
                           "leads it", self.spu_address(leader), True)
                 return None
+            topic = topic if topic is not None else name.rsplit("-", 1)[0]
             count = sum(1 for p in self.partitions.values() if p["spec"]["topic"] == topic)
             if count:
                 set_error(result, "notFound", f"partition {name} does not exist: topic {topic} has partitions "
@@ -234,203 +271,59 @@ class SpuServer:
                 set_error(result, "notFound", f"partition {name}: topic {topic} is unknown to SPU "
                           f"{self.config.spu_id} (metadata version {self.metadata_version})", None, True)
             return None
-        if replica.leader != self.config.spu_id:
+        if not replica.is_leader:
             set_error(result, "notLeader", f"SPU {self.config.spu_id} does not lead {name}; SPU {replica.leader} does",
                       self.spu_address(replica.leader), True)
+            return None
+        if replica.fenced:
+            set_error(result, "notLeader", f"SPU {self.config.spu_id}'s epoch {replica.epoch} for {name} is stale: "
+                      "a newer leader exists", None, True)
             return None
         return replica
 
     async def committed(self, replica: Replica, next_offset: int) -> None:
-        """Wait until ``next_offset`` is durable, then move the high watermark (RF 1)."""
+        """Wait until ``next_offset`` is durable here, then move the high watermark."""
         await replica.group.wait_durable(next_offset)
-        log_ = replica.log
-        if len(replica.replicas) == 1 and log_.high_watermark < log_.durable_offset:
-            log_.set_high_watermark(min(log_.durable_offset, log_.log_end_offset))
+        replica.advance_high_watermark()
         replica.wake()
 
+    # ---------------------------------------------------------------- in-sync sets
 
-def storage_error(result: Any, e: StorageError) -> None:
-    if isinstance(e, BatchTooLargeError):
-        set_error(result, "tooLarge", str(e))
-    elif isinstance(e, InvalidBatchError):
-        set_error(result, "invalidBatch", str(e))
-    elif isinstance(e, OffsetOutOfRangeError):
-        set_error(result, "offsetOutOfRange", str(e))
-    elif isinstance(e, CorruptBatchError):
-        set_error(result, "corruptBatch", str(e))
-    elif isinstance(e, StorageFullError):
-        set_error(result, "storageFull", str(e), None, True)
-    else:
-        set_error(result, "storage", str(e))
+    async def _isr_loop(self) -> None:
+        interval = max(0.05, min(1.0, self.config.replica_lag_max_ms / 4000))
+        while True:
+            await asyncio.sleep(interval)  # a period, not synchronisation
+            now = now_ms()
+            for replica in list(self.replicas.values()):
+                if replica.is_leader and not replica.fenced and replica.led_epoch == replica.epoch:
+                    self._check_isr(replica, now)
 
-
-async def _wait(event: asyncio.Event, timeout_s: float) -> bool:
-    """Wait for ``event`` at most ``timeout_s``; False on timeout."""
-    try:
-        async with asyncio.timeout(timeout_s):
-            await event.wait()
-        return True
-    except TimeoutError:
-        return False
-
-
-class StreamControlImpl(schema.StreamControl.Server):
-    def __init__(self) -> None:
-        self.credit = 0
-        self.granted = asyncio.Event()
-        self.closed = False
-        self.task: asyncio.Task[Any] | None = None
-
-    async def grant(self, bytes, _context, **kwargs):  # noqa: A002, ANN001
-        self.credit += int(bytes)
-        self.granted.set()
-
-    async def close(self, _context, **kwargs):  # noqa: ANN001
-        self.closed = True
-        self.granted.set()
-        if self.task is not None:
-            self.task.cancel()
-
-
-class SpuImpl(schema.Spu.Server):
-    def __init__(self, server: SpuServer) -> None:
-        self.s = server
-
-    async def produce(self, topic, partition, acks, records, timeoutMs, _context, **kwargs):  # noqa: N803, ANN001
-        r = _context.results
-        if len(records) > self.s.config.produce_bytes_max:
-            set_error(r.result, "tooLarge", f"produce request of {len(records)} bytes is more than "
-                      f"{self.s.config.produce_bytes_max}")
+    def _check_isr(self, replica: Replica, now: int) -> None:
+        if replica.isr_request is not None and not replica.isr_request.done():
             return
-        replica = self.s.leader_replica(topic, partition, r.result)
-        if replica is None:
+        me, lag = self.config.spu_id, self.config.replica_lag_max_ms
+        isr = replica.isr
+        drop = isr_shrink(me, isr, replica.progress, now, lag)
+        add = isr_expand(me, replica.replicas, isr, replica.progress, replica.log.high_watermark,
+                         replica.epoch_start, now, lag)
+        if not drop and not add:
             return
-        acks = enum_value(acks)
-        if acks == ACKS_ALL and len(replica.replicas) > 1:
-            set_error(r.result, "notEnoughReplicas", f"{replica.name} has {len(replica.replicas)} replicas; "
-                      "acks=all with replication arrives with issue 5 — use acks=leader")
-            return
+        new = [r for r in replica.replicas if (r in isr and r not in drop) or r in add]
+        # An addition counts for the high watermark from now on (core/isr.py, KIP-497).
+        replica.pending_adds |= set(add)
+        log.info("%s: asking the SC for in-sync set %s (was %s)", replica.name, new, isr)
+        replica.isr_request = asyncio.ensure_future(self._request_isr(replica, new, replica.epoch))
+
+    async def _request_isr(self, replica: Replica, isr: list[int], epoch: int) -> None:
         try:
-            info = replica.log.append(records, leader_epoch=replica.epoch)
-        except StorageError as e:
-            storage_error(r.result, e)
-            return
-        replica.wake()
-        if acks != ACKS_NONE:
-            timeout = min(max(int(timeoutMs), 1), self.s.config.produce_timeout_ms_max) / 1000
-            try:
-                async with asyncio.timeout(timeout):
-                    await self.s.committed(replica, info.next_offset)
-            except TimeoutError:
-                set_error(r.result, "timeout", f"not durable within {timeout} s", None, True)
-                return
-            except StorageError as e:
-                storage_error(r.result, e)
-                return
-        else:
-            asyncio.ensure_future(self.s.committed(replica, info.next_offset))
-        r.baseOffset = info.base_offset
-        r.lastOffset = info.last_offset
-        r.result.ok = True
-
-    async def fetch(self, topic, partition, offset, maxBytes, isolation, _context, **kwargs):  # noqa: N803, ANN001
-        r = _context.results
-        replica = self.s.leader_replica(topic, partition, r.result)
-        if replica is None:
-            return
-        lg = replica.log
-        upto = lg.high_watermark if enum_value(isolation) == COMMITTED else None
-        try:
-            res = lg.read(int(offset), max(1, min(int(maxBytes), self.s.config.fetch_bytes_max)), upto)
-        except StorageError as e:
-            storage_error(r.result, e)
-            return
-        r.records = res.data
-        r.highWatermark = res.high_watermark
-        r.logStartOffset = res.log_start_offset
-        r.logEndOffset = res.log_end_offset
-        r.nextOffset = res.next_offset
-        r.result.ok = True
-
-    async def offsets(self, topic, partition, _context, **kwargs):  # noqa: ANN001
-        r = _context.results
-        replica = self.s.leader_replica(topic, partition, r.result)
-        if replica is None:
-            return
-        r.logStartOffset = replica.log.log_start_offset
-        r.highWatermark = replica.log.high_watermark
-        r.logEndOffset = replica.log.log_end_offset
-        r.result.ok = True
-
-    async def offsetForTimestamp(self, topic, partition, timestamp, _context, **kwargs):  # noqa: N802, ANN001
-        r = _context.results
-        replica = self.s.leader_replica(topic, partition, r.result)
-        if replica is None:
-            return
-        try:
-            found = replica.log.offset_for_timestamp(int(timestamp))
-        except StorageError as e:
-            storage_error(r.result, e)
-            return
-        r.found = found is not None
-        r.offset = found if found is not None else replica.log.log_end_offset
-        r.result.ok = True
-
-    async def stream(self, topic, partition, offset, isolation, windowBytes, consumer, _context, **kwargs):  # noqa: N803, ANN001
-        r = _context.results
-        replica = self.s.leader_replica(topic, partition, r.result)
-        if replica is None:
-            return
-        lg = replica.log
-        if not lg.log_start_offset <= int(offset) <= lg.log_end_offset:
-            set_error(r.result, "offsetOutOfRange",
-                      f"offset {offset} is outside [{lg.log_start_offset}, {lg.log_end_offset}] of {replica.name}")
-            return
-        if self.s.streams >= self.s.config.streams_max:
-            set_error(r.result, "tooLarge", f"SPU {self.s.config.spu_id} already serves {self.s.streams} streams",
-                      None, True)
-            return
-        control = StreamControlImpl()
-        control.credit = min(int(windowBytes), self.s.config.stream_window_bytes_max)
-        control.task = asyncio.ensure_future(self._stream_loop(replica, int(offset), enum_value(isolation), consumer, control))
-        r.control = control
-        r.result.ok = True
-
-    async def _stream_loop(self, replica: Replica, offset: int, isolation: int, consumer: Any,
-                           control: StreamControlImpl) -> None:
-        self.s.streams += 1
-        window = control.credit
-        keepalive = self.s.config.stream_keepalive_ms / 1000
-        try:
-            while not control.closed and replica.name in self.s.replicas:
-                lg = replica.log
-                changed = replica.changed
-                upto = lg.high_watermark if isolation == COMMITTED else lg.log_end_offset
-                if control.credit <= 0 or offset >= upto:
-                    control.granted.clear()
-                    waiting = control.granted if control.credit <= 0 else changed
-                    if not await _wait(waiting, keepalive):
-                        # Nothing to send for a while: an empty push finds a consumer that
-                        # went away (the call fails), so the stream does not linger.
-                        await consumer.push(b"", lg.high_watermark, offset)
-                    continue
-                res = lg.read(offset, min(control.credit, self.s.config.stream_push_bytes_max), upto)
-                if not res.data:
-                    await _wait(changed, keepalive)
-                    continue
-                if len(res.data) > control.credit and control.credit < window:
-                    # The next batch does not fit what is left of the window: wait for grants.
-                    # (A batch larger than the whole window goes once the window is empty.)
-                    control.granted.clear()
-                    if not await _wait(control.granted, keepalive):
-                        await consumer.push(b"", lg.high_watermark, offset)
-                    continue
-                control.credit -= len(res.data)
-                await consumer.push(res.data, res.high_watermark, res.next_offset)
-                offset = res.next_offset
-        except (asyncio.CancelledError, capnp.KjException):
-            pass  # closed, or the consumer went away
-        except StorageError as e:
-            log.warning("stream on %s ended: %s", replica.name, e)
-        finally:
-            self.s.streams -= 1
+            async with asyncio.timeout(self.config.isr_request_timeout_s):
+                await self.admin.update_isr(replica.name, isr, epoch, self.config.spu_id)
+        except (StaleEpochError, NotFoundError) as e:
+            # The SC has moved on (a new leader or epoch): stop acknowledging until the metadata
+            # tells us our new role.
+            log.warning("%s: the SC refused in-sync set %s at epoch %d: %s", replica.name, isr, epoch, e)
+            if replica.epoch == epoch:
+                replica.fenced_epoch = epoch
+                replica.wake()
+        except (KolkError, TimeoutError) as e:
+            log.warning("%s: in-sync set change to %s not confirmed: %s", replica.name, isr, e)

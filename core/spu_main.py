@@ -17,6 +17,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--private", help="address other SPUs use (default: --public)")
     p.add_argument("--bind", help="bind here instead of --public (port 0: any free port)")
     p.add_argument("--rack", help="rack or zone, to spread replicas")
+    p.add_argument("--replica-lag-max-ms", type=int, default=10_000,
+                   help="a follower not caught up for this long leaves the in-sync set (default 10000)")
+    p.add_argument("--replica-fetch-wait-ms", type=int, default=500,
+                   help="how long a leader holds a follower's fetch when it has nothing new (default 500)")
+    p.add_argument("--heartbeat-interval-ms", type=int, default=1000, help="heartbeats to the SC (default 1000)")
     p.add_argument("--ready-file", help="write {address, pid} here once serving")
     p.add_argument("--log-level", default="INFO")
 
@@ -25,7 +30,10 @@ def run_spu(args: argparse.Namespace) -> int:
     try:
         config = SpuConfig(spu_id=args.id, data_dir=args.data_dir, sc_addresses=args.sc.split(","),
                            public_address=args.public, private_address=args.private, bind_address=args.bind,
-                           rack=args.rack, ready_file=args.ready_file)
+                           rack=args.rack, ready_file=args.ready_file,
+                           replica_lag_max_ms=args.replica_lag_max_ms,
+                           replica_fetch_wait_ms=args.replica_fetch_wait_ms,
+                           heartbeat_interval_ms=args.heartbeat_interval_ms)
     except ValueError as e:
         raise SystemExit(f"kolk spu: {e}") from None
     os.makedirs(os.path.dirname(os.path.abspath(config.data_dir)), exist_ok=True)

@@ -21,6 +21,7 @@ import capnp
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from jepsen.cluster import ScCluster, free_port, wait_for  # noqa: E402
+from jepsen.proxy import FaultProxy  # noqa: E402
 from kolk.admin import AdminClient, run  # noqa: E402
 from kolk.client import AsyncClient  # noqa: E402
 from kolk.consumer import ConsumerRecord, Offset  # noqa: E402
@@ -55,10 +56,20 @@ class SpuProcess:
 class DataPlaneCluster:
     """One SC and ``spus`` SPUs, all real processes bound to 127.0.0.1."""
 
-    def __init__(self, root: str, spus: int = 1) -> None:
+    def __init__(self, root: str, spus: int = 1, *, heartbeat_timeout_ms: int = 3000,
+                 sc_args: tuple[str, ...] = (), spu_args: tuple[str, ...] = (),
+                 proxied_private: bool = False, proxied_sc: bool = False, proxied_public: bool = False) -> None:
+        """Each ``proxied_*`` puts a FaultProxy (``self.proxies[kind][spu_id]``) on one kind of
+        link: ``private``, the replication links into an SPU (other SPUs fetch through it);
+        ``sc``, the SPU's links to the SC; ``public``, the clients' links to the SPU (the SPU
+        registers the proxy as its public address)."""
         self.root = root
         os.makedirs(root, exist_ok=True)
-        self.sc = ScCluster(os.path.join(root, "sc"), size=1)
+        self.sc = ScCluster(os.path.join(root, "sc"), size=1, heartbeat_timeout_ms=heartbeat_timeout_ms,
+                            extra_args=sc_args)
+        self.spu_args = spu_args
+        kinds = [k for k, on in (("private", proxied_private), ("sc", proxied_sc), ("public", proxied_public)) if on]
+        self.proxies: dict[str, dict[int, FaultProxy]] = {k: {} for k in kinds}
         self.spus: dict[int, SpuProcess] = {}
         for i in range(1, spus + 1):
             self.spus[i] = SpuProcess(i, free_port(), os.path.join(root, f"spu{i}"),
@@ -86,12 +97,27 @@ class DataPlaneCluster:
         assert not s.alive, f"SPU {spu_id} is already running"
         if os.path.exists(s.ready_file):
             os.unlink(s.ready_file)
-        args = [sys.executable, "-m", "kolk", "spu", "--id", str(spu_id), "--sc", ",".join(self.sc_addresses),
-                "--data-dir", s.data_dir, "--public", s.address, "--ready-file", s.ready_file]
+        sc = ",".join(self.sc_addresses)
+        if "sc" in self.proxies:
+            sc = self._proxy("sc", spu_id, self.sc_addresses[0]).address
+        args = [sys.executable, "-m", "kolk", "spu", "--id", str(spu_id), "--sc", sc,
+                "--data-dir", s.data_dir, "--ready-file", s.ready_file, *self.spu_args]
+        if "public" in self.proxies:
+            args += ["--public", self._proxy("public", spu_id, s.address).address, "--bind", s.address]
+        else:
+            args += ["--public", s.address]
+        if "private" in self.proxies:
+            args += ["--private", self._proxy("private", spu_id, s.address).address]
         with open(s.log_path, "ab") as log:
             s.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                       preexec_fn=_die_with_parent)
         return s
+
+    def _proxy(self, kind: str, spu_id: int, target: str) -> FaultProxy:
+        proxy = self.proxies[kind].get(spu_id)
+        if proxy is None:
+            proxy = self.proxies[kind][spu_id] = FaultProxy(target).start()
+        return proxy
 
     def _ready(self, spu_id: int) -> bool:
         s = self.spus[spu_id]
@@ -116,6 +142,9 @@ class DataPlaneCluster:
             if s.proc is not None and s.proc.poll() is None:
                 s.proc.kill()
                 s.proc.wait(timeout=30)
+        for proxies in self.proxies.values():
+            for proxy in proxies.values():
+                proxy.stop()
         self.sc.close()
 
     def logs(self, lines: int = 40) -> str:
@@ -256,3 +285,20 @@ def run_async(fn: Callable[[], Awaitable[Any]]) -> Any:
     """Run one test body with pycapnp's event loop integration."""
     return run(fn)
 
+
+
+def disk_log(data_dir: str, name: str) -> tuple[list[tuple[int, bytes | None]], int, int]:
+    """A stopped SPU's replica of ``name`` read from its files: ([(offset, value)], HW, LEO)."""
+    from kolk.segments import LogStore, decode_records
+    from kolk.segments.batch import iter_batches
+
+    with LogStore(data_dir, create=False) as store:
+        lg = store.open_log(name)
+        out: list[tuple[int, bytes | None]] = []
+        offset = lg.log_start_offset
+        while offset < lg.log_end_offset:
+            res = lg.read(offset, 8 << 20, lg.log_end_offset)
+            for pos, _h in iter_batches(res.data, 64 << 20):
+                out.extend((r.offset, r.value) for r in decode_records(res.data, pos))
+            offset = res.next_offset
+        return out, lg.high_watermark, lg.log_end_offset

@@ -800,7 +800,10 @@ interface FakeSpu @0x%x {
   stream @2 () -> ();
   offsets @3 () -> ();
   offsetForTimestamp @4 () -> ();
-  noSuchMethod @5 () -> ();
+  replicaFetch @5 () -> ();
+  epochEndOffset @6 () -> ();
+  partitionStatus @7 () -> ();
+  noSuchMethod @8 () -> ();
 }
 """
 

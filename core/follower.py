@@ -1,0 +1,169 @@
+"""A follower replica pulls its partition from the leader SPU (DESIGN.md §5).
+
+For each (leader, epoch) the SC names, the follower first asks the leader where its own last
+leader epoch ended on the leader's log (``epochEndOffset``, KIP-279) and truncates anything it
+has beyond that, so a tail written by a deposed leader never survives. Then it loops: fetch
+from its log end offset, append the batches as they are (offsets and epochs kept), fsync, and
+fetch again; the next fetch tells the leader how far it has come. The follower's high
+watermark is the leader's, capped by its own log end.
+
+Every call has a deadline: a leader that stops answering (killed, cut off by the network)
+costs at most ``fetch_wait_ms`` plus ``call_timeout_s`` before the connection is dropped and
+opened again. Errors back off from 50 ms up to 1 s; a new epoch from the SC restarts the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING, Any
+
+import capnp
+
+from .segments.batch import iter_batches
+from .segments.errors import StorageError
+from .segments.leader_epochs import UNDEFINED_EPOCH
+from .segments.producer_state import ProducerStateTable
+from .wire import schema
+
+if TYPE_CHECKING:
+    from .replica import Replica
+    from .spu import SpuServer
+
+log = logging.getLogger("kolk.follower")
+
+BACKOFF_MIN_S = 0.05
+BACKOFF_MAX_S = 1.0
+CONNECT_TIMEOUT_S = 3.0
+
+
+class FetchFailed(Exception):
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+
+
+class PeerPool:
+    """One Cap'n Proto connection per leader SPU, shared by every partition it leads here."""
+
+    def __init__(self) -> None:
+        self._conns: dict[str, tuple[Any, Any]] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    async def get(self, address: str) -> Any:
+        conn = self._conns.get(address)
+        if conn is not None:
+            return conn[1]
+        lock = self._locks.setdefault(address, asyncio.Lock())
+        async with lock:
+            conn = self._conns.get(address)
+            if conn is not None:
+                return conn[1]
+            host, port = address.rsplit(":", 1)
+            stream = await asyncio.wait_for(capnp.AsyncIoStream.create_connection(host=host, port=int(port)),
+                                            CONNECT_TIMEOUT_S)
+            two_party = capnp.TwoPartyClient(stream)
+            spu = two_party.bootstrap().cast_as(schema.Spu)
+            self._conns[address] = (two_party, spu)
+            return spu
+
+    def drop(self, address: str) -> None:
+        conn = self._conns.pop(address, None)
+        if conn is not None:
+            try:
+                conn[0].close()
+            except Exception:  # noqa: BLE001 - already broken
+                pass
+
+    def close(self) -> None:
+        for address in list(self._conns):
+            self.drop(address)
+
+
+async def follow(server: "SpuServer", replica: "Replica", leader: int, epoch: int) -> None:
+    """Follow ``leader`` at ``epoch`` until cancelled (the SC changed the leader or epoch)."""
+    backoff = BACKOFF_MIN_S
+    truncated = False
+    cfg = server.config
+    while True:
+        address = server.spu_private_address(leader)
+        try:
+            if not address:
+                raise FetchFailed("notFound", f"SPU {leader} is not known here yet")
+            spu = await server.peers.get(address)
+            if not truncated:
+                await _truncate_divergent(spu, server, replica, epoch, cfg.replica_call_timeout_s)
+                truncated = True
+            await _fetch_once(spu, server, replica, epoch)
+            backoff = BACKOFF_MIN_S
+            continue
+        except asyncio.CancelledError:
+            raise
+        except FetchFailed as e:
+            if e.code == "offsetOutOfRange":
+                truncated = False  # the leader's log moved under us: find the divergence again
+            log.debug("%s: fetch from SPU %s failed: %s", replica.name, leader, e)
+        except (capnp.KjException, OSError, asyncio.TimeoutError) as e:
+            log.info("%s: connection to leader SPU %s (%s) failed: %s", replica.name, leader, address, e)
+            if address:
+                server.peers.drop(address)
+        except StorageError as e:
+            log.error("%s: storage error while following SPU %s: %s", replica.name, leader, e)
+        await asyncio.sleep(backoff)  # retry backoff, bounded
+        backoff = min(backoff * 2, BACKOFF_MAX_S)
+
+
+async def _truncate_divergent(spu: Any, server: "SpuServer", replica: "Replica", epoch: int,
+                              timeout_s: float) -> None:
+    lg = replica.log
+    if lg.log_end_offset == lg.log_start_offset:
+        return
+    last_epoch = lg.leader_epochs.latest_epoch
+    r = await asyncio.wait_for(spu.epochEndOffset(replica.name, server.config.spu_id, epoch, last_epoch), timeout_s)
+    if not r.result.ok:
+        raise FetchFailed(r.result.error.code, r.result.error.message)
+    if r.leaderEpoch == UNDEFINED_EPOCH:
+        target = lg.log_start_offset  # the leader holds nothing of any epoch we have
+    else:
+        local = lg.end_offset_for_epoch(r.leaderEpoch)
+        local_end = lg.log_start_offset if local.epoch == UNDEFINED_EPOCH else local.end_offset
+        target = min(int(r.endOffset), local_end)
+    target = max(target, lg.log_start_offset)
+    if target < lg.log_end_offset:
+        log.info("%s: truncating from %d to %d before following epoch %d", replica.name, lg.log_end_offset,
+                 target, epoch)
+        lg.truncate_to(target)
+        replica.producers = ProducerStateTable.rebuild(lg.batch_headers())
+        replica.wake()
+
+
+async def _fetch_once(spu: Any, server: "SpuServer", replica: "Replica", epoch: int) -> None:
+    cfg = server.config
+    lg = replica.log
+    offset = lg.log_end_offset
+    await replica.group.wait_durable(offset)  # the fetch offset must be durable here: it is our ack
+    r = await asyncio.wait_for(
+        spu.replicaFetch(replica.name, cfg.spu_id, epoch, offset, cfg.replica_fetch_bytes, cfg.replica_fetch_wait_ms),
+        cfg.replica_fetch_wait_ms / 1000 + cfg.replica_call_timeout_s)
+    if not r.result.ok:
+        code = r.result.error.code
+        if code == "offsetOutOfRange" and offset < r.logStartOffset:
+            # The leader no longer has what we need (retention, or we are new): start at its
+            # log start; the batches before it are gone everywhere.
+            log.info("%s: leader starts at %d, past our end %d: resetting", replica.name, r.logStartOffset, offset)
+            lg.reset_to(int(r.logStartOffset))
+            replica.producers = ProducerStateTable()
+            return
+        raise FetchFailed(code, r.result.error.message)
+    data = r.records
+    if data:
+        if lg.log_end_offset != offset:
+            return  # truncated while the fetch was in flight; fetch again from the new end
+        info = lg.append_replicated(data)
+        for _, h in iter_batches(data, lg.config.batch_bytes_max):
+            replica.producers.record_header(h)
+        await replica.group.wait_durable(info.next_offset)
+    hw = min(int(r.highWatermark), lg.log_end_offset)
+    if hw > lg.high_watermark:
+        lg.set_high_watermark(hw)
+    replica.wake()

@@ -1,0 +1,389 @@
+"""The SPU's Cap'n Proto surface (``Spu`` in kolk.capnp): produce, fetch, streams, and the
+SPU-to-SPU replication calls. The state it works on lives in core/spu.py and core/replica.py.
+
+Produce appends whole batches (the SPU never decodes records) and answers by the acks asked
+for: ``none`` at once, ``leader`` once fsynced here (group commit), ``all`` once the high
+watermark, computed over the in-sync set, has passed the batch. ``acks=all`` is refused with
+``notEnoughReplicas`` while the in-sync set is smaller than the topic's ``min_in_sync``.
+Idempotent batches (producer id >= 0) are checked against the producer table first: a
+duplicate is answered with the offsets of its first append and not written again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+import capnp
+
+from .segments.batch import HEADER_SIZE, NO_PRODUCER_ID, parse_header, validate_batch
+from .segments.errors import (
+    BatchTooLargeError,
+    CorruptBatchError,
+    InvalidBatchError,
+    OffsetOutOfRangeError,
+    StorageError,
+    StorageFullError,
+)
+from .segments.producer_state import (
+    DuplicateSequenceError,
+    OutOfOrderSequenceError,
+    ProducerFencedError,
+    ProducerStateError,
+)
+from .wire import schema, set_error
+
+if TYPE_CHECKING:
+    from .replica import Replica
+    from .spu import SpuServer
+
+log = logging.getLogger("kolk.spu")
+
+ACKS_NONE, ACKS_LEADER, ACKS_ALL = 0, 1, 2
+COMMITTED = 0
+_ENUM = {"none": 0, "leader": 1, "all": 2, "committed": 0, "uncommitted": 1}
+PARTITION_STATUS_MAX = 10_000
+
+
+def enum_value(v: Any) -> int:
+    """pycapnp hands enums to servers as _DynamicEnum; clients may send ints."""
+    if isinstance(v, int):
+        return v
+    raw = getattr(v, "raw", None)
+    if isinstance(raw, int):
+        return raw
+    return _ENUM[str(v)]
+
+
+def _now_ms() -> int:
+    return time.monotonic_ns() // 1_000_000
+
+
+def producer_error(result: Any, e: ProducerStateError) -> None:
+    if isinstance(e, ProducerFencedError):
+        set_error(result, "producerFenced", str(e))
+    elif isinstance(e, OutOfOrderSequenceError):
+        set_error(result, "outOfOrderSequence", str(e), None, True)
+    elif isinstance(e, DuplicateSequenceError):
+        set_error(result, "duplicateSequence", str(e))
+    else:
+        set_error(result, "invalidBatch", str(e))
+
+
+def storage_error(result: Any, e: StorageError) -> None:
+    if isinstance(e, BatchTooLargeError):
+        set_error(result, "tooLarge", str(e))
+    elif isinstance(e, InvalidBatchError):
+        set_error(result, "invalidBatch", str(e))
+    elif isinstance(e, OffsetOutOfRangeError):
+        set_error(result, "offsetOutOfRange", str(e))
+    elif isinstance(e, CorruptBatchError):
+        set_error(result, "corruptBatch", str(e))
+    elif isinstance(e, StorageFullError):
+        set_error(result, "storageFull", str(e), None, True)
+    else:
+        set_error(result, "storage", str(e))
+
+
+async def _wait(event: asyncio.Event, timeout_s: float) -> bool:
+    """Wait for ``event`` at most ``timeout_s``; False on timeout."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            await event.wait()
+        return True
+    except TimeoutError:
+        return False
+
+
+class StreamControlImpl(schema.StreamControl.Server):
+    def __init__(self) -> None:
+        self.credit = 0
+        self.granted = asyncio.Event()
+        self.closed = False
+        self.task: asyncio.Task[Any] | None = None
+
+    async def grant(self, bytes, _context, **kwargs):  # noqa: A002, ANN001
+        self.credit += int(bytes)
+        self.granted.set()
+
+    async def close(self, _context, **kwargs):  # noqa: ANN001
+        self.closed = True
+        self.granted.set()
+        if self.task is not None:
+            self.task.cancel()
+
+
+class SpuImpl(schema.Spu.Server):
+    def __init__(self, server: "SpuServer") -> None:
+        self.s = server
+
+    async def produce(self, topic, partition, acks, records, timeoutMs, _context, **kwargs):  # noqa: N803, ANN001
+        r = _context.results
+        if len(records) > self.s.config.produce_bytes_max:
+            set_error(r.result, "tooLarge", f"produce request of {len(records)} bytes is more than "
+                      f"{self.s.config.produce_bytes_max}")
+            return
+        replica = self.s.leader_replica(topic, partition, r.result)
+        if replica is None:
+            return
+        acks = enum_value(acks)
+        if acks == ACKS_ALL and len(replica.isr) < replica.min_in_sync:
+            set_error(r.result, "notEnoughReplicas", f"{replica.name} has {len(replica.isr)} in-sync replicas "
+                      f"{replica.isr}, fewer than its min_in_sync {replica.min_in_sync}; acks=all is refused",
+                      None, True)
+            return
+        timeout = min(max(int(timeoutMs), 1), self.s.config.produce_timeout_ms_max) / 1000
+        epoch = replica.epoch
+        idempotent = None
+        try:
+            if len(records) >= HEADER_SIZE and parse_header(records, 0).producer_id != NO_PRODUCER_ID:
+                h = validate_batch(records, 0, replica.log.config.batch_bytes_max)
+                if h.size != len(records):
+                    raise InvalidBatchError("an idempotent produce (producer id >= 0) carries exactly one batch, "
+                                            f"this one has {len(records)} bytes for a batch of {h.size}")
+                verdict = replica.producers.check(h.producer_id, h.producer_epoch, h.base_sequence, h.record_count)
+                if verdict.kind == "duplicate":
+                    await self._answer_duplicate(r, replica, acks, verdict, epoch, timeout)
+                    return
+                idempotent = h
+            info = replica.log.append(records, leader_epoch=epoch)
+        except StorageError as e:
+            storage_error(r.result, e)
+            return
+        except ProducerStateError as e:
+            producer_error(r.result, e)
+            return
+        if idempotent is not None:
+            replica.producers.record(idempotent.producer_id, idempotent.producer_epoch, idempotent.base_sequence,
+                                     idempotent.record_count, info.base_offset, info.last_offset)
+        replica.wake()
+        if not await self._await_acks(r, replica, acks, info.next_offset, epoch, timeout):
+            return
+        r.baseOffset = info.base_offset
+        r.lastOffset = info.last_offset
+        r.result.ok = True
+
+    async def _answer_duplicate(self, r: Any, replica: "Replica", acks: int, verdict: Any, epoch: int,
+                                timeout: float) -> None:
+        if not await self._await_acks(r, replica, acks, verdict.last_offset + 1, epoch, timeout):
+            return
+        r.baseOffset = verdict.base_offset
+        r.lastOffset = verdict.last_offset
+        r.duplicate = True
+        r.result.ok = True
+
+    async def _await_acks(self, r: Any, replica: "Replica", acks: int, next_offset: int, epoch: int,
+                          timeout: float) -> bool:
+        """Wait as ``acks`` asks; on failure fill ``r.result`` and return False."""
+        if acks == ACKS_NONE:
+            asyncio.ensure_future(self.s.committed(replica, next_offset))
+            return True
+        try:
+            async with asyncio.timeout(timeout):
+                await self.s.committed(replica, next_offset)
+                if acks == ACKS_LEADER:
+                    return True
+                while replica.log.high_watermark < next_offset:
+                    if replica.epoch != epoch or not replica.is_leader or replica.fenced \
+                            or replica.name not in self.s.replicas:
+                        set_error(r.result, "notLeader", f"{replica.name}: leadership moved from SPU "
+                                  f"{self.s.config.spu_id} (epoch {epoch}) before the write was committed; it "
+                                  "may or may not survive", self.s.spu_address(replica.leader), True)
+                        return False
+                    await replica.changed.wait()
+        except TimeoutError:
+            what = "durable" if acks == ACKS_LEADER else f"committed by the in-sync set {replica.effective_isr()}"
+            set_error(r.result, "timeout", f"{replica.name}: not {what} within {timeout} s", None, True)
+            return False
+        except StorageError as e:
+            storage_error(r.result, e)
+            return False
+        if len(replica.isr) < replica.min_in_sync:
+            # Committed, but by fewer replicas than asked for (Kafka's NOT_ENOUGH_REPLICAS_AFTER_APPEND).
+            set_error(r.result, "notEnoughReplicas", f"{replica.name}: written, but the in-sync set "
+                      f"{replica.isr} shrank below min_in_sync {replica.min_in_sync}", None, True)
+            return False
+        return True
+
+    # ---------------------------------------------------------------- replication
+
+    def _replica_call(self, r: Any, name: str, replica_id: int, epoch: int) -> "Replica | None":
+        replica = self.s.led_replica(name, r.result)
+        if replica is None:
+            return None
+        if replica_id not in replica.replicas or replica_id == self.s.config.spu_id:
+            set_error(r.result, "notFound", f"SPU {replica_id} is not a follower of {name} (replicas "
+                      f"{replica.replicas})", None, True)
+            return None
+        if epoch > replica.epoch:
+            # The follower has heard of a newer epoch than ours: we are a deposed leader.
+            replica.fenced_epoch = replica.epoch
+            replica.wake()
+            set_error(r.result, "notLeader", f"{name}: SPU {self.s.config.spu_id} is at epoch {replica.epoch}, "
+                      f"the follower at {epoch}", None, True)
+            return None
+        if epoch < replica.epoch or replica.led_epoch != replica.epoch:
+            set_error(r.result, "staleEpoch", f"{name}: the leader is at epoch {replica.epoch}, the follower asked "
+                      f"at {epoch}", None, True)
+            return None
+        return replica
+
+    async def replicaFetch(self, partition, replicaId, epoch, offset, maxBytes, maxWaitMs, _context, **kwargs):  # noqa: N802, N803, ANN001
+        r = _context.results
+        replica = self._replica_call(r, partition, int(replicaId), int(epoch))
+        if replica is None:
+            return
+        lg = replica.log
+        offset = int(offset)
+        r.logStartOffset = lg.log_start_offset
+        r.logEndOffset = lg.log_end_offset
+        if not lg.log_start_offset <= offset <= lg.log_end_offset:
+            set_error(r.result, "offsetOutOfRange", f"{partition}: follower SPU {replicaId} fetches from {offset}, "
+                      f"outside [{lg.log_start_offset}, {lg.log_end_offset}]")
+            return
+        replica.progress[int(replicaId)].on_fetch(offset, lg.log_end_offset, _now_ms())
+        if replica.advance_high_watermark():
+            replica.wake()
+        if offset == lg.log_end_offset and maxWaitMs:
+            changed = replica.changed
+            try:
+                async with asyncio.timeout(min(int(maxWaitMs), 5_000) / 1000):
+                    while offset == lg.log_end_offset and replica.is_leader and replica.epoch == epoch:
+                        await changed.wait()
+                        changed = replica.changed
+            except TimeoutError:
+                pass  # nothing new: answer empty, the follower asks again
+        try:
+            res = lg.read(offset, max(1, min(int(maxBytes), self.s.config.fetch_bytes_max)))
+        except StorageError as e:
+            storage_error(r.result, e)
+            return
+        r.records = res.data
+        r.highWatermark = lg.high_watermark
+        r.logEndOffset = lg.log_end_offset
+        r.result.ok = True
+
+    async def epochEndOffset(self, partition, replicaId, epoch, lastEpoch, _context, **kwargs):  # noqa: N802, N803, ANN001
+        r = _context.results
+        replica = self._replica_call(r, partition, int(replicaId), int(epoch))
+        if replica is None:
+            return
+        end = replica.log.end_offset_for_epoch(int(lastEpoch))
+        r.leaderEpoch = end.epoch
+        r.endOffset = end.end_offset
+        r.result.ok = True
+
+    async def partitionStatus(self, partitions, _context, **kwargs):  # noqa: N802, ANN001
+        r = _context.results
+        names = list(partitions)[:PARTITION_STATUS_MAX]
+        now = _now_ms()
+        out = [rep.status_json(now) for n in names if (rep := self.s.replicas.get(n)) is not None and rep.is_leader]
+        r.statusJson = json.dumps(out)
+        r.result.ok = True
+
+    # ---------------------------------------------------------------- consumers
+
+    async def fetch(self, topic, partition, offset, maxBytes, isolation, _context, **kwargs):  # noqa: N803, ANN001
+        r = _context.results
+        replica = self.s.leader_replica(topic, partition, r.result)
+        if replica is None:
+            return
+        lg = replica.log
+        upto = lg.high_watermark if enum_value(isolation) == COMMITTED else None
+        try:
+            res = lg.read(int(offset), max(1, min(int(maxBytes), self.s.config.fetch_bytes_max)), upto)
+        except StorageError as e:
+            storage_error(r.result, e)
+            return
+        r.records = res.data
+        r.highWatermark = res.high_watermark
+        r.logStartOffset = res.log_start_offset
+        r.logEndOffset = res.log_end_offset
+        r.nextOffset = res.next_offset
+        r.result.ok = True
+
+    async def offsets(self, topic, partition, _context, **kwargs):  # noqa: ANN001
+        r = _context.results
+        replica = self.s.leader_replica(topic, partition, r.result)
+        if replica is None:
+            return
+        r.logStartOffset = replica.log.log_start_offset
+        r.highWatermark = replica.log.high_watermark
+        r.logEndOffset = replica.log.log_end_offset
+        r.result.ok = True
+
+    async def offsetForTimestamp(self, topic, partition, timestamp, _context, **kwargs):  # noqa: N802, ANN001
+        r = _context.results
+        replica = self.s.leader_replica(topic, partition, r.result)
+        if replica is None:
+            return
+        try:
+            found = replica.log.offset_for_timestamp(int(timestamp))
+        except StorageError as e:
+            storage_error(r.result, e)
+            return
+        r.found = found is not None
+        r.offset = found if found is not None else replica.log.log_end_offset
+        r.result.ok = True
+
+    async def stream(self, topic, partition, offset, isolation, windowBytes, consumer, _context, **kwargs):  # noqa: N803, ANN001
+        r = _context.results
+        replica = self.s.leader_replica(topic, partition, r.result)
+        if replica is None:
+            return
+        lg = replica.log
+        if not lg.log_start_offset <= int(offset) <= lg.log_end_offset:
+            set_error(r.result, "offsetOutOfRange",
+                      f"offset {offset} is outside [{lg.log_start_offset}, {lg.log_end_offset}] of {replica.name}")
+            return
+        if self.s.streams >= self.s.config.streams_max:
+            set_error(r.result, "tooLarge", f"SPU {self.s.config.spu_id} already serves {self.s.streams} streams",
+                      None, True)
+            return
+        control = StreamControlImpl()
+        control.credit = min(int(windowBytes), self.s.config.stream_window_bytes_max)
+        control.task = asyncio.ensure_future(self._stream_loop(replica, int(offset), enum_value(isolation), consumer, control))
+        r.control = control
+        r.result.ok = True
+
+    async def _stream_loop(self, replica: Replica, offset: int, isolation: int, consumer: Any,
+                           control: StreamControlImpl) -> None:
+        self.s.streams += 1
+        window = control.credit
+        keepalive = self.s.config.stream_keepalive_ms / 1000
+        try:
+            while not control.closed and replica.name in self.s.replicas:
+                lg = replica.log
+                changed = replica.changed
+                upto = lg.high_watermark if isolation == COMMITTED else lg.log_end_offset
+                if control.credit <= 0 or offset >= upto:
+                    control.granted.clear()
+                    waiting = control.granted if control.credit <= 0 else changed
+                    if not await _wait(waiting, keepalive):
+                        # Nothing to send for a while: an empty push finds a consumer that
+                        # went away (the call fails), so the stream does not linger.
+                        await consumer.push(b"", lg.high_watermark, offset)
+                    continue
+                res = lg.read(offset, min(control.credit, self.s.config.stream_push_bytes_max), upto)
+                if not res.data:
+                    await _wait(changed, keepalive)
+                    continue
+                if len(res.data) > control.credit and control.credit < window:
+                    # The next batch does not fit what is left of the window: wait for grants.
+                    # (A batch larger than the whole window goes once the window is empty.)
+                    control.granted.clear()
+                    if not await _wait(control.granted, keepalive):
+                        await consumer.push(b"", lg.high_watermark, offset)
+                    continue
+                control.credit -= len(res.data)
+                await consumer.push(res.data, res.high_watermark, res.next_offset)
+                offset = res.next_offset
+        except (asyncio.CancelledError, capnp.KjException):
+            pass  # closed, or the consumer went away
+        except StorageError as e:
+            log.warning("stream on %s ended: %s", replica.name, e)
+        finally:
+            self.s.streams -= 1
