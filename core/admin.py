@@ -188,10 +188,12 @@ class AdminClient:
             _raise_unless_ok((await a.heartbeat(spu_id)).result)
         await self._call(call, write=True)
 
-    async def update_isr(self, partition: str, isr: list[int], epoch: int, leader: int) -> None:
-        """A partition leader asks to change the in-sync set (committed through Raft)."""
+    async def update_isr(self, partition: str, isr: list[int], epoch: int, leader: int,
+                         based_on: list[int] | None = None) -> None:
+        """A partition leader asks to change the in-sync set (committed through Raft), from the
+        set ``based_on`` (refused with VersionConflictError if that set has changed)."""
         async def call(a: Any) -> None:
-            _raise_unless_ok((await a.updateIsr(partition, isr, epoch, leader)).result)
+            _raise_unless_ok((await a.updateIsr(partition, isr, epoch, leader, based_on or [])).result)
         await self._call(call, write=True)
 
     async def allocate_producer_ids(self, count: int = 1) -> int:

@@ -137,12 +137,14 @@ class AsyncClient:
     # ---------------------------------------------------------------- data plane
 
     async def produce(self, topic: str, partition: int, data: bytes, acks: int = 2, timeout_ms: int = 30_000,
-                      retries: int = 5) -> int:
+                      retries: int = 5, smartmodules: list[tuple[str, dict[str, str]]] | None = None) -> int:
         if len(data) > PRODUCE_BYTES_MAX:
             raise InvalidRequestError(f"a produce request of {len(data)} bytes is more than the SPU accepts "
                                       f"({PRODUCE_BYTES_MAX})")
+        chain = [{"name": n, "params": [{"key": k, "value": v} for k, v in p.items()]} for n, p in smartmodules or []]
+
         async def call(spu: Any) -> int:
-            r = await spu.produce(topic, partition, acks, data, timeout_ms)
+            r = await spu.produce(topic, partition, acks, data, timeout_ms, chain)
             self.check(r.result)
             return r.baseOffset
         return await self._with_leader(topic, partition, call, retries)

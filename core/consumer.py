@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, AsyncIterator, NamedTuple
 
 import capnp
 
-from .errors import InvalidRequestError, KolkError
+from .errors import InvalidRequestError, KolkError, error_from_wire
 from .segments import decode_records
 from .segments.batch import iter_batches
 from .wire import schema
@@ -71,11 +71,14 @@ class ConsumerRecord(NamedTuple):
 
 
 class _Sink(schema.StreamConsumer.Server):
-    def __init__(self, queue: asyncio.Queue[tuple[bytes, int, int]]) -> None:
+    def __init__(self, queue: asyncio.Queue[Any]) -> None:
         self.queue = queue
 
-    async def push(self, records, highWatermark, nextOffset, _context, **kwargs):  # noqa: N803, ANN001
-        self.queue.put_nowait((bytes(records), int(highWatermark), int(nextOffset)))
+    async def push(self, records, highWatermark, nextOffset, accumulators, _context, **kwargs):  # noqa: N803, ANN001
+        self.queue.put_nowait((bytes(records), int(highWatermark), int(nextOffset), [bytes(a) for a in accumulators]))
+
+    async def fail(self, error, _context, **kwargs):  # noqa: ANN001
+        self.queue.put_nowait(error_from_wire(error.code, error.message, None, error.retriable))
 
 
 class _PartitionStream:
@@ -84,7 +87,8 @@ class _PartitionStream:
         self.partition = partition
         self.offset = offset  # next offset to hand out
         self.high_watermark = -1
-        self.queue: asyncio.Queue[tuple[bytes, int, int]] = asyncio.Queue()
+        self.queue: asyncio.Queue[Any] = asyncio.Queue()
+        self.accumulators: list[bytes] | None = None  # the chain's aggregate state after the last push
         self.control: Any = None
         self.spu: Any = None
         self.address: str | None = None
@@ -99,8 +103,14 @@ class _PartitionStream:
         client = self.c.client
         self.queue = asyncio.Queue()
         self.spu, self.address = await client.leader_spu(self.c.topic, self.partition)
+        chain = []
+        for i, (name, params) in enumerate(self.c.smartmodules):
+            stage: dict[str, Any] = {"name": name, "params": [{"key": k, "value": v} for k, v in params.items()]}
+            if self.accumulators is not None and i < len(self.accumulators):
+                stage.update(accumulator=self.accumulators[i], hasAccumulator=True)
+            chain.append(stage)
         r = await self.spu.stream(self.c.topic, self.partition, self.offset, self.c.isolation, self.c.window_bytes,
-                                  _Sink(self.queue))
+                                  _Sink(self.queue), chain)
         client.check(r.result)
         self.control = r.control
 
@@ -111,17 +121,27 @@ class _PartitionStream:
                 if self.control is None:
                     await self.open()
                 try:
-                    data, hw, _next = await asyncio.wait_for(self.queue.get(), IDLE_PROBE_S)
+                    item = await asyncio.wait_for(self.queue.get(), IDLE_PROBE_S)
                 except asyncio.TimeoutError:
                     # Idle: make sure the SPU is still there and still leads.
                     r = await asyncio.wait_for(self.spu.offsets(self.c.topic, self.partition), 5)
                     self.c.client.check(r.result)
                     self.high_watermark = r.highWatermark
                     return []
+                if isinstance(item, KolkError):
+                    self.control = None
+                    raise item  # the stream ended on an error (a SmartModule failed)
+                data, hw, next_offset, accumulators = item
                 self.high_watermark = hw
+                if accumulators:
+                    self.accumulators = accumulators
                 if not data:
-                    return []  # the SPU's keepalive on an idle stream
+                    # A keepalive, or batches a SmartModule dropped whole: the SPU has read
+                    # (and this consumer has handed out) everything before next_offset.
+                    self.offset = max(self.offset, next_offset)
+                    return []
                 out = self._decode(data)
+                self.offset = max(self.offset, next_offset)
                 # Grant the window back without waiting for the answer: a lost grant shows up
                 # as a broken stream on the next push or probe.
                 self._grants.add(grant := asyncio.ensure_future(self.control.grant(len(data))))
@@ -144,7 +164,7 @@ class _PartitionStream:
             return new(ConsumerRecord, (partition, offset, timestamp, key, value, headers))
 
         out: list[ConsumerRecord] = []
-        for pos, h in iter_batches(data, BATCH_BYTES_MAX):
+        for pos, h in iter_batches(data, BATCH_BYTES_MAX, shared_offsets=True):
             if h.next_offset <= self.offset:
                 continue  # wholly before where this consumer stands
             records = decode_records(data, pos, make=make)
@@ -156,10 +176,23 @@ class _PartitionStream:
         return out
 
 
+def normalize_chain(chain: Any) -> list[tuple[str, dict[str, str]]]:
+    out = []
+    for stage in chain or []:
+        name, params = (stage, {}) if isinstance(stage, str) else (stage[0], dict(stage[1] or {}))
+        if not isinstance(name, str) or not name:
+            raise InvalidRequestError(f"a SmartModule chain stage is NAME[@VERSION] or (NAME, params), got {stage!r}")
+        out.append((name, {str(k): str(v) for k, v in params.items()}))
+    return out
+
+
 class AsyncConsumer:
     def __init__(self, client: "AsyncClient", topic: str, *, partition: int | None = None,
                  start: Offset | None = None, isolation: str = "committed", window_bytes: int = 4 << 20,
-                 stop_at_end: bool = False) -> None:
+                 stop_at_end: bool = False,
+                 smartmodules: "list[tuple[str, dict[str, str]]] | list[str] | None" = None) -> None:
+        """``smartmodules``: a chain run on the SPU before records reach this consumer, as
+        ``[(NAME or NAME@VERSION, {param: value}), ...]`` (a bare name means no parameters)."""
         if isolation not in ("committed", "uncommitted"):
             raise InvalidRequestError("isolation must be 'committed' or 'uncommitted'")
         if not 64 << 10 <= window_bytes <= 64 << 20:
@@ -171,6 +204,7 @@ class AsyncConsumer:
         self.isolation = 0 if isolation == "committed" else 1
         self.window_bytes = window_bytes
         self.stop_at_end = stop_at_end
+        self.smartmodules = normalize_chain(smartmodules)
         self._streams: list[_PartitionStream] = []
 
     async def _resolve(self) -> None:

@@ -7,7 +7,10 @@ from its log end offset, append the batches as they are (offsets and epochs kept
 fetch again; the next fetch tells the leader how far it has come. The follower's high
 watermark is the leader's, capped by its own log end.
 
-Every call has a deadline: a leader that stops answering (killed, cut off by the network)
+Every call has a deadline (``asyncio.timeout``: on Python 3.11 ``wait_for`` can swallow a
+cancellation), and before touching the log the loop checks it is still the replica's follower
+task, so a loop cancelled as a reply arrived cannot append a deposed leader's batches.
+A leader that stops answering (killed, cut off by the network)
 costs at most ``fetch_wait_ms`` plus ``call_timeout_s`` before the connection is dropped and
 opened again. Errors back off from 50 ms up to 1 s; a new epoch from the SC restarts the loop.
 """
@@ -21,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import capnp
 
 from .segments.batch import iter_batches
-from .segments.errors import StorageError
+from .segments.errors import InvalidBatchError, StorageError
 from .segments.leader_epochs import UNDEFINED_EPOCH
 from .segments.producer_state import ProducerStateTable
 from .wire import schema
@@ -35,6 +38,7 @@ log = logging.getLogger("kolk.follower")
 BACKOFF_MIN_S = 0.05
 BACKOFF_MAX_S = 1.0
 CONNECT_TIMEOUT_S = 3.0
+EPOCH_ROUNDS_MAX = 1000  # epochEndOffset rounds to find where two logs diverge
 
 
 class FetchFailed(Exception):
@@ -60,16 +64,19 @@ class PeerPool:
             if conn is not None:
                 return conn[1]
             host, port = address.rsplit(":", 1)
-            stream = await asyncio.wait_for(capnp.AsyncIoStream.create_connection(host=host, port=int(port)),
-                                            CONNECT_TIMEOUT_S)
+            async with asyncio.timeout(CONNECT_TIMEOUT_S):
+                stream = await capnp.AsyncIoStream.create_connection(host=host, port=int(port))
             two_party = capnp.TwoPartyClient(stream)
             spu = two_party.bootstrap().cast_as(schema.Spu)
             self._conns[address] = (two_party, spu)
             return spu
 
-    def drop(self, address: str) -> None:
-        conn = self._conns.pop(address, None)
-        if conn is not None:
+    def drop(self, address: str, spu: Any = None) -> None:
+        """Forget the connection to ``address`` (only if it is still ``spu``, when given: another
+        task may have opened a fresh one meanwhile)."""
+        conn = self._conns.get(address)
+        if conn is not None and (spu is None or conn[1] is spu):
+            del self._conns[address]
             try:
                 conn[0].close()
             except Exception:  # noqa: BLE001 - already broken
@@ -85,49 +92,78 @@ async def follow(server: "SpuServer", replica: "Replica", leader: int, epoch: in
     backoff = BACKOFF_MIN_S
     truncated = False
     cfg = server.config
+    me = asyncio.current_task()
     while True:
         address = server.spu_private_address(leader)
+        spu = None
         try:
             if not address:
                 raise FetchFailed("notFound", f"SPU {leader} is not known here yet")
             spu = await server.peers.get(address)
             if not truncated:
-                await _truncate_divergent(spu, server, replica, epoch, cfg.replica_call_timeout_s)
+                await _truncate_divergent(spu, server, replica, epoch, cfg.replica_call_timeout_s, me)
                 truncated = True
-            await _fetch_once(spu, server, replica, epoch)
+            await _fetch_once(spu, server, replica, epoch, me)
             backoff = BACKOFF_MIN_S
             continue
         except asyncio.CancelledError:
             raise
         except FetchFailed as e:
-            if e.code == "offsetOutOfRange":
+            if e.code in ("offsetOutOfRange", "diverged"):
                 truncated = False  # the leader's log moved under us: find the divergence again
             log.debug("%s: fetch from SPU %s failed: %s", replica.name, leader, e)
-        except (capnp.KjException, OSError, asyncio.TimeoutError) as e:
+        except (capnp.KjException, OSError, TimeoutError) as e:
             log.info("%s: connection to leader SPU %s (%s) failed: %s", replica.name, leader, address, e)
             if address:
-                server.peers.drop(address)
+                server.peers.drop(address, spu)
         except StorageError as e:
             log.error("%s: storage error while following SPU %s: %s", replica.name, leader, e)
         await asyncio.sleep(backoff)  # retry backoff, bounded
         backoff = min(backoff * 2, BACKOFF_MAX_S)
 
 
+def _still_mine(replica: "Replica", me: "asyncio.Task[Any] | None") -> None:
+    """Raise CancelledError unless this task is still the replica's follower task: a
+    cancellation that raced a finished RPC must not let an old loop touch the log."""
+    if me is None or replica.follower_task is not me:
+        raise asyncio.CancelledError()
+
+
+async def _call(coro: Any, timeout_s: float) -> Any:
+    # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancellation that
+    # arrives as the call completes.
+    async with asyncio.timeout(timeout_s):
+        return await coro
+
+
 async def _truncate_divergent(spu: Any, server: "SpuServer", replica: "Replica", epoch: int,
-                              timeout_s: float) -> None:
+                              timeout_s: float, me: "asyncio.Task[Any] | None") -> None:
+    """Cut our log where it diverges from the leader's (KIP-279): ask where our latest epoch
+    ends there; if the leader answers with an epoch we do not have, cut to where that range
+    ends here and ask again with our previous epoch, until the epochs agree."""
     lg = replica.log
-    if lg.log_end_offset == lg.log_start_offset:
-        return
-    last_epoch = lg.leader_epochs.latest_epoch
-    r = await asyncio.wait_for(spu.epochEndOffset(replica.name, server.config.spu_id, epoch, last_epoch), timeout_s)
-    if not r.result.ok:
-        raise FetchFailed(r.result.error.code, r.result.error.message)
-    if r.leaderEpoch == UNDEFINED_EPOCH:
-        target = lg.log_start_offset  # the leader holds nothing of any epoch we have
-    else:
+    query = lg.leader_epochs.latest_epoch
+    for _ in range(EPOCH_ROUNDS_MAX):
+        if lg.log_end_offset == lg.log_start_offset:
+            return
+        r = await _call(spu.epochEndOffset(replica.name, server.config.spu_id, epoch, query), timeout_s)
+        if not r.result.ok:
+            raise FetchFailed(r.result.error.code, r.result.error.message)
+        _still_mine(replica, me)
+        if r.leaderEpoch == UNDEFINED_EPOCH:
+            _truncate(replica, lg.log_start_offset, epoch)  # the leader holds nothing of any epoch we have
+            return
         local = lg.end_offset_for_epoch(r.leaderEpoch)
         local_end = lg.log_start_offset if local.epoch == UNDEFINED_EPOCH else local.end_offset
-        target = min(int(r.endOffset), local_end)
+        _truncate(replica, min(int(r.endOffset), local_end), epoch)
+        if local.epoch == r.leaderEpoch or local.epoch == UNDEFINED_EPOCH:
+            return
+        query = local.epoch  # we lack the leader's epoch: compare the one before it
+    raise FetchFailed("diverged", f"{replica.name}: no common epoch after {EPOCH_ROUNDS_MAX} rounds")
+
+
+def _truncate(replica: "Replica", target: int, epoch: int) -> None:
+    lg = replica.log
     target = max(target, lg.log_start_offset)
     if target < lg.log_end_offset:
         log.info("%s: truncating from %d to %d before following epoch %d", replica.name, lg.log_end_offset,
@@ -137,14 +173,16 @@ async def _truncate_divergent(spu: Any, server: "SpuServer", replica: "Replica",
         replica.wake()
 
 
-async def _fetch_once(spu: Any, server: "SpuServer", replica: "Replica", epoch: int) -> None:
+async def _fetch_once(spu: Any, server: "SpuServer", replica: "Replica", epoch: int,
+                      me: "asyncio.Task[Any] | None") -> None:
     cfg = server.config
     lg = replica.log
     offset = lg.log_end_offset
     await replica.group.wait_durable(offset)  # the fetch offset must be durable here: it is our ack
-    r = await asyncio.wait_for(
+    r = await _call(
         spu.replicaFetch(replica.name, cfg.spu_id, epoch, offset, cfg.replica_fetch_bytes, cfg.replica_fetch_wait_ms),
         cfg.replica_fetch_wait_ms / 1000 + cfg.replica_call_timeout_s)
+    _still_mine(replica, me)
     if not r.result.ok:
         code = r.result.error.code
         if code == "offsetOutOfRange" and offset < r.logStartOffset:
@@ -159,7 +197,10 @@ async def _fetch_once(spu: Any, server: "SpuServer", replica: "Replica", epoch: 
     if data:
         if lg.log_end_offset != offset:
             return  # truncated while the fetch was in flight; fetch again from the new end
-        info = lg.append_replicated(data)
+        try:
+            info = lg.append_replicated(data)
+        except InvalidBatchError as e:
+            raise FetchFailed("diverged", str(e)) from None  # find the divergence again
         for _, h in iter_batches(data, lg.config.batch_bytes_max):
             replica.producers.record_header(h)
         await replica.group.wait_durable(info.next_offset)

@@ -15,7 +15,7 @@ struct Error {
   # alreadyExists, notFound, replicationFactorTooHigh, versionConflict, staleEpoch,
   # notPartitionLeader, inUse, tooLarge, internal; from SPUs also invalidBatch,
   # offsetOutOfRange, corruptBatch, storageFull, storage, notEnoughReplicas, producerFenced,
-  # outOfOrderSequence, duplicateSequence.
+  # outOfOrderSequence, duplicateSequence, smartModule.
   message @1 :Text;
   leader @2 :Text;      # admin address of the SC leader, when known
   retriable @3 :Bool;   # true when the same request may succeed later unchanged
@@ -75,7 +75,10 @@ interface ScAdmin {
   registerSpu @6 (id :Int32, rack :Text, publicAddress :Text, privateAddress :Text) -> (result :Result);
   unregisterSpu @7 (id :Int32) -> (result :Result);
   heartbeat @8 (spuId :Int32) -> (result :Result);   # to the leader; others answer notLeader
-  updateIsr @9 (partition :Text, isr :List(Int32), epoch :UInt32, leader :Int32) -> (result :Result);
+  # basedOn: the in-sync set the leader computed the change from; refused (versionConflict)
+  # if the set has changed since. Empty: no check.
+  updateIsr @9 (partition :Text, isr :List(Int32), epoch :UInt32, leader :Int32, basedOn :List(Int32))
+            -> (result :Result);
 
   clusterStatus @10 () -> (result :Result, statusJson :Text);
   watch @11 (fromVersion :UInt64, watcher :Watcher) -> (result :Result, handle :WatchHandle);
@@ -100,10 +103,24 @@ enum Isolation {
   uncommitted @1;  # up to the log end offset
 }
 
+struct SmartModuleInvocation {
+  # One stage of a SmartModule chain (docs/smartmodule-abi.md): a module stored in the
+  # cluster as NAME@VERSION (`name` may omit @VERSION: the latest version), its `init`
+  # parameters, and for an aggregate resuming a stream the accumulator to start from.
+  name @0 :Text;
+  params @1 :List(KeyValue);
+  accumulator @2 :Data;
+  hasAccumulator @3 :Bool;
+}
+
 interface StreamConsumer {
   # The SPU pushes whole batches while the consumer's window has room; each push uses up
   # `len(records)` bytes of window. It never buffers more than the window.
-  push @0 (records :Data, highWatermark :Int64, nextOffset :Int64) -> ();
+  # `accumulators`: with a SmartModule chain, each stage's aggregate accumulator after this
+  # push (empty for other kinds), so a consumer that reconnects can resume the aggregate.
+  push @0 (records :Data, highWatermark :Int64, nextOffset :Int64, accumulators :List(Data)) -> ();
+  # The stream ended on an error (a SmartModule failed); no push follows.
+  fail @1 (error :Error) -> ();
 }
 
 interface StreamControl {
@@ -112,7 +129,8 @@ interface StreamControl {
 }
 
 interface Spu {
-  produce @0 (topic :Text, partition :UInt32, acks :Acks, records :Data, timeoutMs :UInt32)
+  produce @0 (topic :Text, partition :UInt32, acks :Acks, records :Data, timeoutMs :UInt32,
+              smartmodules :List(SmartModuleInvocation))
           -> (result :Result, baseOffset :Int64, lastOffset :Int64, duplicate :Bool);
   # duplicate: an idempotent batch (producer id >= 0) this leader had already appended; the
   # offsets are those of the first append and nothing was written again.
@@ -120,7 +138,8 @@ interface Spu {
         -> (result :Result, records :Data, highWatermark :Int64, logStartOffset :Int64,
             logEndOffset :Int64, nextOffset :Int64);
   stream @2 (topic :Text, partition :UInt32, offset :Int64, isolation :Isolation,
-             windowBytes :UInt32, consumer :StreamConsumer) -> (result :Result, control :StreamControl);
+             windowBytes :UInt32, consumer :StreamConsumer, smartmodules :List(SmartModuleInvocation))
+         -> (result :Result, control :StreamControl);
   offsets @3 (topic :Text, partition :UInt32)
           -> (result :Result, logStartOffset :Int64, highWatermark :Int64, logEndOffset :Int64);
   offsetForTimestamp @4 (topic :Text, partition :UInt32, timestamp :Int64)

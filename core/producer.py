@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import crc32c as _crc32c
 
+from .consumer import normalize_chain
 from .errors import InvalidRequestError, KolkError
 from .segments import CODEC_GZIP, CODEC_NONE, CODEC_ZSTD, build_batch
 from .segments.producer_state import BATCHES_KEPT
@@ -84,8 +85,9 @@ class RecordFuture:
 class AsyncProducer:
     def __init__(self, client: "AsyncClient", topic: str, *, acks: str = "all", batch_bytes: int = 256 << 10,
                  linger_ms: float = 5.0, compression: str = "none", partitioner: str = "key",
-                 retries: int = 5, request_timeout_ms: int = 30_000, in_flight_max: int = 4,
-                 buffer_bytes_max: int = 64 << 20, idempotent: bool | None = None) -> None:
+                 retries: int = 20, request_timeout_ms: int = 30_000, in_flight_max: int = 4,
+                 buffer_bytes_max: int = 64 << 20, idempotent: bool | None = None,
+                 smartmodules: Any = None) -> None:
         if acks not in ACKS:
             raise InvalidRequestError(f"acks must be one of {', '.join(ACKS)}, got {acks!r}")
         if compression not in CODECS:
@@ -95,8 +97,12 @@ class AsyncProducer:
         if not 1 <= in_flight_max <= 64 or batch_bytes < 1024 or buffer_bytes_max < batch_bytes:
             raise InvalidRequestError("need 1 <= in_flight_max <= 64, batch_bytes >= 1 KiB, "
                                       "buffer_bytes_max >= batch_bytes")
+        self.smartmodules = normalize_chain(smartmodules)
         if idempotent is None:
-            idempotent = acks == "all"
+            idempotent = acks == "all" and not self.smartmodules
+        if idempotent and self.smartmodules:
+            raise InvalidRequestError("a produce-side SmartModule chain changes the batches the sequence numbers "
+                                      "count: use idempotent=False with smartmodules")
         if idempotent and in_flight_max > BATCHES_KEPT:
             raise InvalidRequestError(f"an idempotent producer has at most {BATCHES_KEPT} batches in flight per "
                                       "partition: the leader remembers that many for retries")
@@ -106,7 +112,13 @@ class AsyncProducer:
         self.idempotent = idempotent
         self.producer_id = -1
         self.producer_epoch = 0
+        self._id_future: asyncio.Future[int] | None = None
         self._next_sequence: dict[int, int] = {}
+        # Idempotent: a partition whose batch failed for good has a gap in its sequence; it gets
+        # a fresh producer id (starting again at sequence 0) once its older batches are done.
+        self._partition_ids: dict[int, int] = {}
+        self._needs_new_id: set[int] = set()
+        self._spare_ids: list[int] = []
         # Idempotent: the batches sent per partition, oldest first, until every older one has
         # finished. Its length bounds how far a retried batch can fall behind the newest one
         # sent, so the leader still remembers it (BATCHES_KEPT).
@@ -151,7 +163,7 @@ class AsyncProducer:
             await self._room.wait()
         count = self._partitions or await self._partition_count()
         if self.idempotent and self.producer_id < 0:
-            self.producer_id = await self.client.admin.allocate_producer_ids(1)
+            await self._first_id()
         if partition is None:
             if key is not None and self.partitioner == "key":
                 partition = _crc32c.crc32c(key) % count
@@ -221,10 +233,12 @@ class AsyncProducer:
         try:
             data = self._build(batch)
             base = await self.client.produce(self.topic, batch.partition, data, self.acks,
-                                             self.request_timeout_ms, self.retries)
+                                             self.request_timeout_ms, self.retries, self.smartmodules)
             if not batch.future.done():
                 batch.future.set_result(base)
         except Exception as e:  # noqa: BLE001 - every record's future must learn of the failure
+            if self.idempotent and batch.partition not in self._needs_new_id:
+                self._lost_sequence(batch.partition)
             if not batch.future.done():
                 batch.future.set_exception(e if isinstance(e, KolkError) else KolkError(str(e)))
             # Nobody may await a failed record's future; do not let asyncio complain.
@@ -237,7 +251,45 @@ class AsyncProducer:
             self._in_flight[batch.partition] -= 1
             self._drain(batch.partition)
 
+    async def _first_id(self) -> None:
+        """One producer id, however many sends race for it."""
+        if self._id_future is None:
+            self._id_future = asyncio.ensure_future(self.client.admin.allocate_producer_ids(1))
+        try:
+            self.producer_id = await asyncio.shield(self._id_future)
+        except BaseException:
+            if self._id_future.done():
+                self._id_future = None  # failed: the next send tries again
+            raise
+
+    def _lost_sequence(self, partition: int) -> None:
+        """A batch of ``partition`` failed for good: the leader may never get its sequences, so
+        later batches need a fresh producer id (KIP-360 bumps the epoch for the same reason)."""
+        self._needs_new_id.add(partition)
+        if not self._spare_ids:
+            task = asyncio.ensure_future(self.client.admin.allocate_producer_ids(1))
+            task.add_done_callback(lambda t: self._on_spare_id(t, partition))
+
+    def _on_spare_id(self, task: "asyncio.Task[int]", partition: int) -> None:
+        if task.cancelled() or task.exception() is not None:
+            self._loop.call_later(1.0, self._lost_sequence, partition)  # try again later
+            return
+        self._spare_ids.append(task.result())
+        for p in list(self._needs_new_id):
+            self._drain(p)
+
     def _window_has_room(self, partition: int) -> bool:
+        if partition in self._needs_new_id:
+            window = self._window.get(partition)
+            while window and window[0].finished:
+                window.popleft()
+            if window or not self._spare_ids:
+                return False  # wait until every older batch is done and an id is ready
+            self._partition_ids[partition] = self._spare_ids.pop()
+            self._next_sequence[partition] = 0
+            self._needs_new_id.discard(partition)
+            if not self._spare_ids and self._needs_new_id:
+                self._lost_sequence(next(iter(self._needs_new_id)))
         window = self._window.get(partition)
         if not window:
             return True
@@ -253,7 +305,8 @@ class AsyncProducer:
         seq = self._next_sequence.get(batch.partition, 0)
         self._next_sequence[batch.partition] = (seq + len(batch.records)) % SEQUENCE_WRAP
         return build_batch(batch.records, timestamps=batch.timestamps, codec=self.codec,
-                           producer_id=self.producer_id, producer_epoch=self.producer_epoch, base_sequence=seq)
+                           producer_id=self._partition_ids.get(batch.partition, self.producer_id),
+                           producer_epoch=self.producer_epoch, base_sequence=seq)
 
     async def flush(self) -> None:
         """Send everything queued and wait until every request has been answered."""

@@ -24,7 +24,6 @@ class Replica:
         self.spu_id = spu_id
         self.group = GroupCommit(log_)
         self.meta: dict[str, Any] = {}
-        self.min_in_sync = 1
         self.changed = asyncio.Event()
         self.producers = ProducerStateTable.rebuild(log_.batch_headers())
         # Leader role, valid for ``led_epoch`` only.

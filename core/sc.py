@@ -340,9 +340,11 @@ class AdminImpl(schema.ScAdmin.Server):
         self.s.heartbeat(int(spuId))
         r.result.ok = True
 
-    async def updateIsr(self, partition, isr, epoch, leader, _context, **kwargs):  # noqa: N802, ANN001
+    async def updateIsr(self, partition, isr, epoch, leader, basedOn, _context, **kwargs):  # noqa: N802, N803, ANN001
         cmd = {"op": "update_isr", "partition": partition, "isr": [int(x) for x in isr], "epoch": int(epoch),
                "leader": int(leader), "ts": now_ms()}
+        if len(basedOn):
+            cmd["based_on"] = [int(x) for x in basedOn]
         _fill_error(_context.results.result, await self.s.propose(cmd), self.s)
 
     async def allocateProducerIds(self, count, _context, **kwargs):  # noqa: N802, ANN001

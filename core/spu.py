@@ -23,12 +23,13 @@ from typing import Any
 import capnp
 
 from .admin import AdminClient, watch
-from .errors import KolkError, NotFoundError, StaleEpochError
+from .errors import KolkError, NotFoundError, StaleEpochError, VersionConflictError
 from .follower import PeerPool, follow
 from .isr import isr_expand, isr_shrink
 from .metadata.apply import min_in_sync
 from .replica import Replica
 from .segments import LogConfig, LogStore
+from .smartmodules import SmartModuleRegistry
 from .spu_api import SpuImpl
 from .wire import set_error
 
@@ -87,6 +88,7 @@ class SpuServer:
         self.metadata_version = 0
         self.streams = 0
         self.peers = PeerPool()
+        self.smartmodules = SmartModuleRegistry(self.admin)
         self._server: Any = None
         self._tasks: list[asyncio.Task[Any]] = []
         self._watch_handle: Any = None
@@ -173,12 +175,15 @@ class SpuServer:
             self.spus.clear()
             self.partitions.clear()
             self.topics.clear()
+            self.smartmodules.clear()
         for e in events:
             if e["kind"] == "spu":
                 if e["deleted"]:
                     self.spus.pop(int(e["name"]), None)
                 else:
                     self.spus[int(e["name"])] = e["object"]
+            elif e["kind"] == "smartmodule":
+                self.smartmodules.on_event(e["name"], None if e["deleted"] else e["object"])
             elif e["kind"] == "topic":
                 if e["deleted"]:
                     self.topics.pop(e["name"], None)
@@ -186,12 +191,15 @@ class SpuServer:
                     self.topics[e["name"]] = e["object"]
         for e in events:
             if e["kind"] == "partition":
-                if e["deleted"]:
-                    self.partitions.pop(e["name"], None)
-                    self._drop_replica(e["name"])
-                else:
-                    self.partitions[e["name"]] = e["object"]
-                    self._update_replica(e["name"], e["object"])
+                try:
+                    if e["deleted"]:
+                        self.partitions.pop(e["name"], None)
+                        self._drop_replica(e["name"])
+                    else:
+                        self.partitions[e["name"]] = e["object"]
+                        self._update_replica(e["name"], e["object"])
+                except Exception:  # noqa: BLE001 - one partition's failure must not stop the metadata
+                    log.exception("%s: applying the metadata failed; the replica is left as it was", e["name"])
         self.metadata_version = version
         self.metadata_ready.set()
 
@@ -205,8 +213,6 @@ class SpuServer:
             replica = Replica(name, self.store.open_log(name, LogConfig()), me)
             self.replicas[name] = replica
         replica.meta = obj
-        topic = self.topics.get(obj["spec"]["topic"])
-        replica.min_in_sync = min_in_sync(topic["spec"].get("config", {}) if topic else {}, len(replica.replicas))
         if replica.is_leader:
             self._stop_following(replica)
             if replica.led_epoch != replica.epoch:
@@ -303,27 +309,48 @@ class SpuServer:
             return
         me, lag = self.config.spu_id, self.config.replica_lag_max_ms
         isr = replica.isr
-        drop = isr_shrink(me, isr, replica.progress, now, lag)
-        add = isr_expand(me, replica.replicas, isr, replica.progress, replica.log.high_watermark,
+        # Shrink over the set the high watermark uses, so a follower whose addition is asked
+        # for (or was never confirmed) and that then stalls stops holding the mark.
+        drop = isr_shrink(me, replica.effective_isr(), replica.progress, now, lag)
+        replica.pending_adds -= set(drop)
+        add = isr_expand(me, replica.replicas, replica.effective_isr(), replica.progress, replica.log.high_watermark,
                          replica.epoch_start, now, lag)
-        if not drop and not add:
+        unconfirmed = replica.pending_adds - set(isr)  # asked for before, no answer yet: ask again
+        if not [r for r in drop if r in isr] and not add and not unconfirmed:
             return
-        new = [r for r in replica.replicas if (r in isr and r not in drop) or r in add]
+        want = set(add) | unconfirmed
+        new = [r for r in replica.replicas if (r in isr and r not in drop) or r in want]
         # An addition counts for the high watermark from now on (core/isr.py, KIP-497).
         replica.pending_adds |= set(add)
         log.info("%s: asking the SC for in-sync set %s (was %s)", replica.name, new, isr)
-        replica.isr_request = asyncio.ensure_future(self._request_isr(replica, new, replica.epoch))
+        replica.isr_request = asyncio.ensure_future(self._request_isr(replica, new, isr, set(add), replica.epoch))
 
-    async def _request_isr(self, replica: Replica, isr: list[int], epoch: int) -> None:
+    async def _request_isr(self, replica: Replica, isr: list[int], based_on: list[int], adds: set[int],
+                           epoch: int) -> None:
         try:
             async with asyncio.timeout(self.config.isr_request_timeout_s):
-                await self.admin.update_isr(replica.name, isr, epoch, self.config.spu_id)
+                await self.admin.update_isr(replica.name, isr, epoch, self.config.spu_id, based_on)
         except (StaleEpochError, NotFoundError) as e:
             # The SC has moved on (a new leader or epoch): stop acknowledging until the metadata
             # tells us our new role.
             log.warning("%s: the SC refused in-sync set %s at epoch %d: %s", replica.name, isr, epoch, e)
+            replica.pending_adds -= adds
             if replica.epoch == epoch:
                 replica.fenced_epoch = epoch
                 replica.wake()
+        except VersionConflictError as e:
+            # Computed from a set that changed meanwhile: drop it; the next round starts from
+            # the set the metadata brings.
+            log.info("%s: in-sync set change to %s not applied: %s", replica.name, isr, e)
+            replica.pending_adds -= adds
         except (KolkError, TimeoutError) as e:
+            # Unknown whether it committed: the additions keep counting, and the next round asks again.
             log.warning("%s: in-sync set change to %s not confirmed: %s", replica.name, isr, e)
+        except Exception:  # noqa: BLE001 - an ISR round must never die silently
+            log.exception("%s: in-sync set request failed", replica.name)
+
+    def min_in_sync(self, replica: Replica) -> int:
+        """The topic's min_in_sync, read when needed (topic and partition events may arrive in
+        separate pushes)."""
+        topic = self.topics.get(replica.meta.get("spec", {}).get("topic", ""))
+        return min_in_sync(topic["spec"].get("config", {}) if topic else {}, len(replica.replicas))

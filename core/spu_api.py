@@ -24,16 +24,22 @@ from .segments.errors import (
     BatchTooLargeError,
     CorruptBatchError,
     InvalidBatchError,
+    LogClosedError,
     OffsetOutOfRangeError,
     StorageError,
     StorageFullError,
+    TruncatedBeforeDurableError,
 )
 from .segments.producer_state import (
     DuplicateSequenceError,
     OutOfOrderSequenceError,
     ProducerFencedError,
     ProducerStateError,
+    sequence_count,
 )
+from .errors import KolkError
+from .smartmodule.chain import Chain, ChainError
+from .smartmodules import invocations_from_wire
 from .wire import schema, set_error
 
 if TYPE_CHECKING:
@@ -46,6 +52,7 @@ ACKS_NONE, ACKS_LEADER, ACKS_ALL = 0, 1, 2
 COMMITTED = 0
 _ENUM = {"none": 0, "leader": 1, "all": 2, "committed": 0, "uncommitted": 1}
 PARTITION_STATUS_MAX = 10_000
+PRODUCE_CHAINS_MAX = 16  # produce-side chains kept per connection
 
 
 def enum_value(v: Any) -> int:
@@ -62,6 +69,12 @@ def _now_ms() -> int:
     return time.monotonic_ns() // 1_000_000
 
 
+def _log_failure(task: "asyncio.Task[Any]") -> None:
+    """Retrieve (and log) the failure of a task nobody awaits (an acks=none commit)."""
+    if not task.cancelled() and task.exception() is not None:
+        log.info("acks=none append not committed: %s", task.exception())
+
+
 def producer_error(result: Any, e: ProducerStateError) -> None:
     if isinstance(e, ProducerFencedError):
         set_error(result, "producerFenced", str(e))
@@ -74,7 +87,11 @@ def producer_error(result: Any, e: ProducerStateError) -> None:
 
 
 def storage_error(result: Any, e: StorageError) -> None:
-    if isinstance(e, BatchTooLargeError):
+    if isinstance(e, (TruncatedBeforeDurableError, LogClosedError)):
+        # The replica was truncated or closed under the write: leadership moved. The write may
+        # or may not survive; an idempotent retry at the new leader settles it.
+        set_error(result, "notLeader", str(e), None, True)
+    elif isinstance(e, BatchTooLargeError):
         set_error(result, "tooLarge", str(e))
     elif isinstance(e, InvalidBatchError):
         set_error(result, "invalidBatch", str(e))
@@ -119,8 +136,9 @@ class StreamControlImpl(schema.StreamControl.Server):
 class SpuImpl(schema.Spu.Server):
     def __init__(self, server: "SpuServer") -> None:
         self.s = server
+        self._chains: dict[str, Chain] = {}  # produce-side chains of this connection
 
-    async def produce(self, topic, partition, acks, records, timeoutMs, _context, **kwargs):  # noqa: N803, ANN001
+    async def produce(self, topic, partition, acks, records, timeoutMs, smartmodules, _context, **kwargs):  # noqa: N803, ANN001, E501
         r = _context.results
         if len(records) > self.s.config.produce_bytes_max:
             set_error(r.result, "tooLarge", f"produce request of {len(records)} bytes is more than "
@@ -130,21 +148,29 @@ class SpuImpl(schema.Spu.Server):
         if replica is None:
             return
         acks = enum_value(acks)
-        if acks == ACKS_ALL and len(replica.isr) < replica.min_in_sync:
+        minimum = self.s.min_in_sync(replica)
+        if acks == ACKS_ALL and len(replica.isr) < minimum:
             set_error(r.result, "notEnoughReplicas", f"{replica.name} has {len(replica.isr)} in-sync replicas "
-                      f"{replica.isr}, fewer than its min_in_sync {replica.min_in_sync}; acks=all is refused",
-                      None, True)
+                      f"{replica.isr}, fewer than its min_in_sync {minimum}; acks=all is refused", None, True)
             return
         timeout = min(max(int(timeoutMs), 1), self.s.config.produce_timeout_ms_max) / 1000
         epoch = replica.epoch
         idempotent = None
+        if len(smartmodules):
+            records = await self._produce_chain(r, replica, records, invocations_from_wire(smartmodules))
+            if records is None:
+                return
+            if not records:  # the chain dropped every record: nothing to store
+                r.baseOffset = r.lastOffset = -1
+                r.result.ok = True
+                return
         try:
             if len(records) >= HEADER_SIZE and parse_header(records, 0).producer_id != NO_PRODUCER_ID:
                 h = validate_batch(records, 0, replica.log.config.batch_bytes_max)
                 if h.size != len(records):
                     raise InvalidBatchError("an idempotent produce (producer id >= 0) carries exactly one batch, "
                                             f"this one has {len(records)} bytes for a batch of {h.size}")
-                verdict = replica.producers.check(h.producer_id, h.producer_epoch, h.base_sequence, h.record_count)
+                verdict = replica.producers.check(h.producer_id, h.producer_epoch, h.base_sequence, sequence_count(h))
                 if verdict.kind == "duplicate":
                     await self._answer_duplicate(r, replica, acks, verdict, epoch, timeout)
                     return
@@ -158,13 +184,39 @@ class SpuImpl(schema.Spu.Server):
             return
         if idempotent is not None:
             replica.producers.record(idempotent.producer_id, idempotent.producer_epoch, idempotent.base_sequence,
-                                     idempotent.record_count, info.base_offset, info.last_offset)
+                                     sequence_count(idempotent), info.base_offset, info.last_offset)
         replica.wake()
         if not await self._await_acks(r, replica, acks, info.next_offset, epoch, timeout):
             return
         r.baseOffset = info.base_offset
         r.lastOffset = info.last_offset
         r.result.ok = True
+
+    async def _produce_chain(self, r: Any, replica: "Replica", records: bytes,
+                             invocations: list[dict[str, Any]]) -> bytes | None:
+        """Run a produce request's chain (one instance per chain per connection, so an
+        aggregate carries on across requests); None when it failed (``r`` says why)."""
+        if len(records) >= HEADER_SIZE and parse_header(records, 0).producer_id != NO_PRODUCER_ID:
+            set_error(r.result, "invalidArgument", "a produce-side SmartModule chain needs a producer that is not "
+                      "idempotent (idempotent=False): the chain changes the batch the sequence numbers count")
+            return None
+        key = json.dumps([[i["name"], sorted(i["params"].items())] for i in invocations])
+        chain = self._chains.get(key)
+        try:
+            if chain is None:
+                chain = await self.s.smartmodules.chain(invocations)
+                self._chains[key] = chain
+                while len(self._chains) > PRODUCE_CHAINS_MAX:
+                    self._chains.pop(next(iter(self._chains)))
+            return chain.apply(records, replica.log.config.batch_bytes_max, renumber=True)
+        except KolkError as e:
+            set_error(r.result, e.code, str(e), None, e.retriable)
+        except ChainError as e:
+            self._chains.pop(key, None)
+            set_error(r.result, "smartModule", str(e))
+        except StorageError as e:
+            storage_error(r.result, e)
+        return None
 
     async def _answer_duplicate(self, r: Any, replica: "Replica", acks: int, verdict: Any, epoch: int,
                                 timeout: float) -> None:
@@ -179,7 +231,8 @@ class SpuImpl(schema.Spu.Server):
                           timeout: float) -> bool:
         """Wait as ``acks`` asks; on failure fill ``r.result`` and return False."""
         if acks == ACKS_NONE:
-            asyncio.ensure_future(self.s.committed(replica, next_offset))
+            task = asyncio.ensure_future(self.s.committed(replica, next_offset))
+            task.add_done_callback(_log_failure)
             return True
         try:
             async with asyncio.timeout(timeout):
@@ -201,10 +254,11 @@ class SpuImpl(schema.Spu.Server):
         except StorageError as e:
             storage_error(r.result, e)
             return False
-        if len(replica.isr) < replica.min_in_sync:
+        minimum = self.s.min_in_sync(replica)
+        if len(replica.isr) < minimum:
             # Committed, but by fewer replicas than asked for (Kafka's NOT_ENOUGH_REPLICAS_AFTER_APPEND).
             set_error(r.result, "notEnoughReplicas", f"{replica.name}: written, but the in-sync set "
-                      f"{replica.isr} shrank below min_in_sync {replica.min_in_sync}", None, True)
+                      f"{replica.isr} shrank below min_in_sync {minimum}", None, True)
             return False
         return True
 
@@ -329,7 +383,7 @@ class SpuImpl(schema.Spu.Server):
         r.offset = found if found is not None else replica.log.log_end_offset
         r.result.ok = True
 
-    async def stream(self, topic, partition, offset, isolation, windowBytes, consumer, _context, **kwargs):  # noqa: N803, ANN001
+    async def stream(self, topic, partition, offset, isolation, windowBytes, consumer, smartmodules, _context, **kwargs):  # noqa: N803, ANN001, E501
         r = _context.results
         replica = self.s.leader_replica(topic, partition, r.result)
         if replica is None:
@@ -343,17 +397,24 @@ class SpuImpl(schema.Spu.Server):
             set_error(r.result, "tooLarge", f"SPU {self.s.config.spu_id} already serves {self.s.streams} streams",
                       None, True)
             return
+        try:
+            chain = await self.s.smartmodules.chain(invocations_from_wire(smartmodules))
+        except KolkError as e:
+            set_error(r.result, e.code, str(e), None, e.retriable)
+            return
         control = StreamControlImpl()
         control.credit = min(int(windowBytes), self.s.config.stream_window_bytes_max)
-        control.task = asyncio.ensure_future(self._stream_loop(replica, int(offset), enum_value(isolation), consumer, control))
+        control.task = asyncio.ensure_future(
+            self._stream_loop(replica, int(offset), enum_value(isolation), consumer, control, chain))
         r.control = control
         r.result.ok = True
 
-    async def _stream_loop(self, replica: Replica, offset: int, isolation: int, consumer: Any,
-                           control: StreamControlImpl) -> None:
+    async def _stream_loop(self, replica: "Replica", offset: int, isolation: int, consumer: Any,
+                           control: StreamControlImpl, chain: Chain | None) -> None:
         self.s.streams += 1
         window = control.credit
         keepalive = self.s.config.stream_keepalive_ms / 1000
+        accumulators: list[bytes] = []
         try:
             while not control.closed and replica.name in self.s.replicas:
                 lg = replica.log
@@ -365,7 +426,7 @@ class SpuImpl(schema.Spu.Server):
                     if not await _wait(waiting, keepalive):
                         # Nothing to send for a while: an empty push finds a consumer that
                         # went away (the call fails), so the stream does not linger.
-                        await consumer.push(b"", lg.high_watermark, offset)
+                        await consumer.push(b"", lg.high_watermark, offset, accumulators)
                     continue
                 res = lg.read(offset, min(control.credit, self.s.config.stream_push_bytes_max), upto)
                 if not res.data:
@@ -376,13 +437,26 @@ class SpuImpl(schema.Spu.Server):
                     # (A batch larger than the whole window goes once the window is empty.)
                     control.granted.clear()
                     if not await _wait(control.granted, keepalive):
-                        await consumer.push(b"", lg.high_watermark, offset)
+                        await consumer.push(b"", lg.high_watermark, offset, accumulators)
                     continue
-                control.credit -= len(res.data)
-                await consumer.push(res.data, res.high_watermark, res.next_offset)
+                data = res.data
+                if chain is not None:
+                    data = chain.apply(data, lg.config.batch_bytes_max)
+                    accumulators = chain.accumulators
+                    if not data and res.next_offset < upto:
+                        offset = res.next_offset  # all filtered out: read on before telling the consumer
+                        continue
+                control.credit -= len(data)
+                await consumer.push(data, res.high_watermark, res.next_offset, accumulators)
                 offset = res.next_offset
         except (asyncio.CancelledError, capnp.KjException):
             pass  # closed, or the consumer went away
+        except ChainError as e:
+            log.info("stream on %s ended: %s", replica.name, e)
+            try:
+                await consumer.fail({"code": "smartModule", "message": str(e), "leader": "", "retriable": False})
+            except capnp.KjException:
+                pass  # the consumer went away as well
         except StorageError as e:
             log.warning("stream on %s ended: %s", replica.name, e)
         finally:

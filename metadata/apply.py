@@ -17,7 +17,7 @@ register_spu        id, rack, public_address, private_address, ts
 unregister_spu      id, ts
 set_spu_status      id, alive, ts
 elect_leader        partition, leader (id or null), epoch (the current one), ts, [isr]
-update_isr          partition, isr, epoch, leader (who asks), ts
+update_isr          partition, isr, epoch, leader (who asks), ts, [based_on]
 reassign_partition  partition, replicas, epoch (the current one), ts
 allocate_producer_ids  count, ts
 put_object          kind (smartmodule|policy), name, spec, ts, [expected_version]
@@ -49,6 +49,7 @@ CONFIG_VALUE_CHARS_MAX = 1024
 OBJECT_SPEC_BYTES_MAX = 4 << 20
 ADDRESS_CHARS_MAX = 255
 PRODUCER_IDS_PER_CALL_MAX = 1000
+SMARTMODULE_BYTES_MAX = 2 << 20
 PRODUCER_ID_MAX = 2**63 - 1
 
 _NAME = re.compile(r"^[A-Za-z0-9._-]+$")
@@ -436,6 +437,12 @@ def _update_isr(state: State, cmd: Mapping[str, Any]) -> Applied:
     if requester != p.status["leader"]:
         raise _fail(NOT_PARTITION_LEADER,
                     f"SPU {requester} is not the leader of {p.name} (the leader is {p.status['leader']})")
+    based_on = _field(cmd, "based_on", list, optional=True)
+    if based_on is not None and sorted(based_on) != sorted(p.status["isr"]):
+        # The leader computed the change from a set that has changed since (Kafka checks the
+        # partition epoch of AlterPartition for the same reason).
+        raise _fail(VERSION_CONFLICT, f"partition {p.name}: the in-sync set is {p.status['isr']}, the request was "
+                                      f"based on {based_on}")
     if (not all(isinstance(r, int) and not isinstance(r, bool) for r in isr) or len(set(isr)) != len(isr)
             or not set(isr) <= set(p.spec["replicas"]) or requester not in isr):
         raise _fail(INVALID_ARGUMENT,
@@ -459,14 +466,50 @@ def _blob_kind(cmd: Mapping[str, Any]) -> str:
     return kind
 
 
+def _blob_name(cmd: Mapping[str, Any], kind: str) -> str:
+    """SmartModules are stored as ``NAME@VERSION`` (each part a valid name); policies by name."""
+    if kind != SMARTMODULE:
+        return _name(cmd, kind)
+    full = _field(cmd, "name", str)
+    parts = full.split("@")
+    if len(parts) != 2:
+        raise _fail(INVALID_ARGUMENT, f"smartmodule name {full!r} must be NAME@VERSION")
+    for part in parts:
+        _name({"name": part}, "smartmodule")
+    return full
+
+
+def _check_smartmodule_spec(name: str, spec: Mapping[str, Any]) -> None:
+    """The fields every SPU relies on: the module's bytes (base64) and their sha256 and size."""
+    import base64
+    import hashlib
+
+    wasm_b64 = spec.get("wasm")
+    if not isinstance(wasm_b64, str):
+        raise _fail(INVALID_ARGUMENT, f"smartmodule {name}: spec.wasm (base64 of the module) is missing")
+    try:
+        wasm = base64.b64decode(wasm_b64, validate=True)
+    except ValueError:
+        raise _fail(INVALID_ARGUMENT, f"smartmodule {name}: spec.wasm is not base64") from None
+    if len(wasm) > SMARTMODULE_BYTES_MAX:
+        raise _fail(INVALID_ARGUMENT, f"smartmodule {name}: {len(wasm)} bytes is more than {SMARTMODULE_BYTES_MAX}")
+    if not wasm.startswith(b"\0asm"):
+        raise _fail(INVALID_ARGUMENT, f"smartmodule {name}: spec.wasm is not a WebAssembly binary")
+    digest = hashlib.sha256(wasm).hexdigest()
+    if spec.get("sha256") != digest or spec.get("size") != len(wasm):
+        raise _fail(INVALID_ARGUMENT, f"smartmodule {name}: sha256/size must be {digest}/{len(wasm)}")
+
+
 def _put_object(state: State, cmd: Mapping[str, Any]) -> Applied:
     kind = _blob_kind(cmd)
-    name = _name(cmd, kind)
+    name = _blob_name(cmd, kind)
     ts = _ts(cmd)
     spec = _field(cmd, "spec", dict)
     size = len(json.dumps(spec, separators=(",", ":")))
     if size > OBJECT_SPEC_BYTES_MAX:
         raise _fail(INVALID_ARGUMENT, f"{kind} {name}: spec is {size} bytes, more than {OBJECT_SPEC_BYTES_MAX}")
+    if kind == SMARTMODULE:
+        _check_smartmodule_spec(name, spec)
     current = state.get(kind, name)
     _check_version(current, cmd, f"{kind} {name}")
     edit = _Edit(state)
@@ -476,7 +519,7 @@ def _put_object(state: State, cmd: Mapping[str, Any]) -> Applied:
 
 def _delete_object(state: State, cmd: Mapping[str, Any]) -> Applied:
     kind = _blob_kind(cmd)
-    name = _name(cmd, kind)
+    name = _blob_name(cmd, kind)
     ts = _ts(cmd)
     current = state.get(kind, name)
     _check_version(current, cmd, f"{kind} {name}")

@@ -112,8 +112,11 @@ def parse_header(buf: bytes | bytearray | memoryview, pos: int = 0) -> BatchHead
     return BatchHeader._make(HEADER.unpack_from(buf, pos))
 
 
-def check_header(header: BatchHeader, pos: int, batch_bytes_max: int) -> None:
-    """Checks that need only the header. Raises :class:`InvalidBatchError` naming the field."""
+def check_header(header: BatchHeader, pos: int, batch_bytes_max: int, shared_offsets: bool = False) -> None:
+    """Checks that need only the header. Raises :class:`InvalidBatchError` naming the field.
+
+    ``shared_offsets``: accept more records than offsets (a consumer reading a SmartModule's
+    array_map output, whose records share their input's offset); the log never does."""
     if header.magic != MAGIC:
         raise InvalidBatchError(
             f"batch at byte {pos} has magic {header.magic}; this format is version {MAGIC}", pos
@@ -142,7 +145,7 @@ def check_header(header: BatchHeader, pos: int, batch_bytes_max: int) -> None:
             "least one record",
             pos,
         )
-    if header.last_offset_delta < header.record_count - 1:
+    if header.last_offset_delta < header.record_count - 1 and not shared_offsets:
         raise InvalidBatchError(
             f"batch at byte {pos} has last_offset_delta {header.last_offset_delta} but "
             f"{header.record_count} records",
@@ -157,11 +160,11 @@ def check_header(header: BatchHeader, pos: int, batch_bytes_max: int) -> None:
 
 
 def validate_batch(
-    buf: bytes | bytearray | memoryview, pos: int, batch_bytes_max: int
+    buf: bytes | bytearray | memoryview, pos: int, batch_bytes_max: int, shared_offsets: bool = False
 ) -> BatchHeader:
     """Parse and fully check the batch at ``pos``: header fields, length, then CRC."""
     header = parse_header(buf, pos)
-    check_header(header, pos, batch_bytes_max)
+    check_header(header, pos, batch_bytes_max, shared_offsets)
     end = pos + header.size
     if end > len(buf):
         raise TruncatedBatchError(
@@ -180,7 +183,7 @@ def validate_batch(
 
 
 def iter_batches(
-    buf: bytes | bytearray | memoryview, batch_bytes_max: int
+    buf: bytes | bytearray | memoryview, batch_bytes_max: int, shared_offsets: bool = False
 ) -> Iterator[tuple[int, BatchHeader]]:
     """Yield ``(position, header)`` for each batch in ``buf``, validating each fully.
 
@@ -191,7 +194,7 @@ def iter_batches(
     if n == 0:
         raise InvalidBatchError("no batches: the data is empty", 0)
     while pos < n:
-        header = validate_batch(buf, pos, batch_bytes_max)
+        header = validate_batch(buf, pos, batch_bytes_max, shared_offsets)
         yield pos, header
         pos += header.size
 

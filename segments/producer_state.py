@@ -125,6 +125,13 @@ class _Entry:
         self.last_append = 0
 
 
+def sequence_count(h: BatchHeader) -> int:
+    """How many sequence numbers a batch covers: its offsets, ``last_offset_delta + 1``, as in
+    Kafka. Usually its record count; a SmartModule on the produce path may drop records but
+    keeps the batch's offset range, so its sequence range stays the producer's."""
+    return h.last_offset_delta + 1
+
+
 class ProducerStateTable:
     """Per producer id: the epoch and the last :data:`BATCHES_KEPT` batches appended.
 
@@ -246,12 +253,12 @@ class ProducerStateTable:
         """
         if h.producer_id < 0 or h.is_control:
             return
+        count = sequence_count(h)
         try:
-            _validate(h.producer_id, h.producer_epoch, h.base_sequence, h.record_count)
+            _validate(h.producer_id, h.producer_epoch, h.base_sequence, count)
         except InvalidSequenceError:
             return
-        self.record(h.producer_id, h.producer_epoch, h.base_sequence, h.record_count,
-                    h.base_offset, h.last_offset)
+        self.record(h.producer_id, h.producer_epoch, h.base_sequence, count, h.base_offset, h.last_offset)
 
     @classmethod
     def rebuild(cls, headers: Iterable[BatchHeader],

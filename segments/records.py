@@ -219,7 +219,19 @@ def build_batch(
         parts.append(tail)
     if count == 0:
         raise InvalidBatchError("a batch holds at least one record; none were given")
-    body = compress(codec, b"".join(parts))
+    return encode_batch(b"".join(parts), count, first_timestamp=first_ts, max_timestamp=max_ts,
+                        base_offset=base_offset, leader_epoch=leader_epoch, codec=codec, control=control,
+                        producer_id=producer_id, producer_epoch=producer_epoch, base_sequence=base_sequence)
+
+
+def encode_batch(section: bytes, record_count: int, *, first_timestamp: int, max_timestamp: int,
+                 base_offset: int = 0, leader_epoch: int = 0, last_offset_delta: int | None = None,
+                 codec: int = CODEC_NONE, control: bool = False, producer_id: int = NO_PRODUCER_ID,
+                 producer_epoch: int = NO_PRODUCER_EPOCH, base_sequence: int = NO_SEQUENCE) -> bytes:
+    """One batch around an uncompressed records section of ``record_count`` records (compressed
+    here with ``codec``). ``last_offset_delta`` defaults to ``record_count - 1``; a SmartModule's
+    output keeps its input's, so its records keep their offsets."""
+    body = compress(codec, section)
     attributes = (codec & 0x07) | (CONTROL_FLAG if control else 0)
     batch_length = HEADER_SIZE - LENGTH_PREFIX_SIZE + len(body)
     header = bytearray(
@@ -230,13 +242,13 @@ def build_batch(
             MAGIC,
             0,
             attributes,
-            count - 1,
-            first_ts,
-            max_ts,
+            record_count - 1 if last_offset_delta is None else last_offset_delta,
+            first_timestamp,
+            max_timestamp,
             producer_id,
             producer_epoch,
             base_sequence,
-            count,
+            record_count,
         )
     )
     crc = _crc32c.crc32c(memoryview(header)[CRC_START:])

@@ -179,3 +179,16 @@ def test_a_restarted_spu_leads_at_a_new_epoch() -> None:
     s = apply(s, again).state
     assert s.get(PARTITION, "t-0").status["epoch"] == 1 and s.get(PARTITION, "t-0").status["leader"] == 0
     assert s.get(PARTITION, "t-1").status["epoch"] == 0
+
+
+def test_isr_change_from_a_stale_set_is_refused() -> None:
+    """update_isr carries the set it was computed from; if the set changed since (a request
+    that committed while the leader did not know yet), it is refused, not applied blindly."""
+    s = cluster([None, None, None])
+    s = apply(s, {"op": "create_topic", "name": "t", "partitions": 1, "replication_factor": 3, "config": {},
+                  "assignment": [[0, 1, 2]], "ts": 2}).state
+    s = apply(s, {"op": "update_isr", "partition": "t-0", "isr": [0, 1], "epoch": 0, "leader": 0, "ts": 3,
+                  "based_on": [0, 1, 2]}).state
+    out = apply(s, {"op": "update_isr", "partition": "t-0", "isr": [0, 2], "epoch": 0, "leader": 0, "ts": 4,
+                    "based_on": [0, 1, 2]}).outcome
+    assert out.code == "version_conflict" and "[0, 1]" in out.message

@@ -289,8 +289,9 @@ def test_idempotent_retries_after_ambiguous_failures_leave_no_duplicates(tmp_pat
         batch0 = build_batch([(None, b"x-%d" % i) for i in range(10)], producer_id=pid, producer_epoch=0,
                              base_sequence=0)
         # 1. The reply is lost after the append.
-        front.set_drop_replies(True)
         tp, spu = await raw_spu(front.address)
+        assert (await spu.offsets("t", 0)).result.ok  # connected: the next request surely goes out
+        front.set_drop_replies(True)
         with pytest.raises(Exception):
             await asyncio.wait_for(spu.produce("t", 0, "all", batch0, 5000), 10)
         front.set_drop_replies(False)

@@ -1,0 +1,121 @@
+"""A chain of SmartModule instances applied to record batches, whole batch by whole batch.
+
+Each module's output feeds the next. The batches that come out keep the input batch's base
+offset, last offset delta and timestamps, so every output record keeps the offset of the input
+record it came from (docs/smartmodule-abi.md). A batch whose records all go is dropped; control
+batches pass through untouched. Errors name the module, its kind and the input record's
+offset, when the module said which record failed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+from ..segments.batch import CODEC_NONE, HEADER_SIZE, BatchHeader, iter_batches
+from ..segments.records import decompress, encode_batch
+from .abi import renumber as renumber_section
+from .engine import Instance, SmartModuleError
+
+SHARING_KINDS = ("array_map", "aggregate")  # kinds whose outputs may share an offset
+
+RECORDS_BYTES_MAX = 64 << 20  # a decompressed records section
+
+
+@dataclass
+class Stage:
+    label: str  # name@version, for errors
+    instance: Instance
+
+
+class ChainError(Exception):
+    """A module of the chain failed on a batch; the message says which, where and why."""
+
+    def __init__(self, label: str, kind: str, reason: str, message: str, offset: int | None) -> None:
+        where = f" at offset {offset}" if offset is not None else ""
+        super().__init__(f"SmartModule {label} ({kind}) failed{where}: {reason}: {message}")
+        self.label = label
+        self.kind = kind
+        self.reason = reason
+        self.offset = offset
+
+
+class Chain:
+    def __init__(self, stages: Sequence[Stage]) -> None:
+        self.stages = list(stages)
+        self.records_in = 0
+        self.records_out = 0
+
+    @property
+    def accumulators(self) -> list[bytes]:
+        """Each stage's aggregate accumulator (empty for other kinds), to resume a stream."""
+        return [s.instance.accumulator or b"" for s in self.stages]
+
+    def apply(self, data: bytes | memoryview, batch_bytes_max: int, renumber: bool = False) -> bytes:
+        """Run the chain over every batch in ``data``; the output batches, back to back.
+
+        ``renumber`` (the produce path): offset deltas are made 0..n-1, since the log assigns
+        new offsets; only needed when a stage may emit several records per offset.
+        """
+        out = []
+        for pos, h in iter_batches(data, batch_bytes_max):
+            if h.is_control:
+                out.append(bytes(data[pos:pos + h.size]))
+                continue
+            batch = self._apply_batch(data, pos, h, renumber)
+            if batch is not None:
+                out.append(batch)
+        return b"".join(out)
+
+    def _apply_batch(self, data: bytes | memoryview, pos: int, h: BatchHeader, renumber: bool) -> bytes | None:
+        body = bytes(data[pos + HEADER_SIZE:pos + h.size])
+        section = body if h.codec == CODEC_NONE else decompress(h.codec, body, RECORDS_BYTES_MAX)
+        count = h.record_count
+        self.records_in += count
+        # Offsets of the input records by index, computed only if an error needs one.
+        for stage in self.stages:
+            try:
+                result = stage.instance.call(count, h.base_offset, h.first_timestamp, section, h.last_offset_delta)
+            except SmartModuleError as e:
+                offset = None
+                if e.record_index is not None:
+                    offset = _offset_of(section, e.record_index, h.base_offset)
+                raise ChainError(stage.label, stage.instance.kind, e.reason, str(e), offset) from None
+            section, count = result.records, result.record_count
+            if count == 0:
+                return None
+        self.records_out += count
+        if renumber and any(s.instance.kind in SHARING_KINDS for s in self.stages):
+            # The log gives every record its own offset: several outputs of one input get
+            # consecutive offsets. The batch covers at least the input's offsets, so an
+            # idempotent producer's sequence range is kept unless the chain expanded it.
+            last = max(count - 1, h.last_offset_delta)
+            if last != h.last_offset_delta and h.producer_id >= 0:
+                raise ChainError(self.stages[-1].label, self.stages[-1].instance.kind, "badOutput",
+                                 f"{count} records from a batch of {h.last_offset_delta + 1} offsets: an idempotent "
+                                 "producer's batch cannot grow on the produce path (produce with idempotent=False)",
+                                 None)
+            return encode_batch(renumber_section(section, count), count, first_timestamp=h.first_timestamp,
+                                max_timestamp=h.max_timestamp, last_offset_delta=last, producer_id=h.producer_id,
+                                producer_epoch=h.producer_epoch, base_sequence=h.base_sequence)
+        if renumber:
+            return encode_batch(section, count, first_timestamp=h.first_timestamp, max_timestamp=h.max_timestamp,
+                                last_offset_delta=h.last_offset_delta, producer_id=h.producer_id,
+                                producer_epoch=h.producer_epoch, base_sequence=h.base_sequence)
+        return encode_batch(section, count, first_timestamp=h.first_timestamp, max_timestamp=h.max_timestamp,
+                            base_offset=h.base_offset, leader_epoch=h.leader_epoch,
+                            last_offset_delta=h.last_offset_delta)
+
+
+def _offset_of(section: bytes, index: int, base_offset: int) -> int | None:
+    """The offset of record ``index`` of an input section (walks the lengths; errors only)."""
+    import struct
+
+    pos = 0
+    for _ in range(index):
+        if pos + 4 > len(section):
+            return None
+        pos += 4 + struct.unpack_from("<I", section, pos)[0]
+    if pos + 17 > len(section):
+        return None
+    return base_offset + struct.unpack_from("<I", section, pos + 13)[0]

@@ -1,0 +1,67 @@
+"""The follower's divergence search (core/follower.py) against a leader whose answers come
+from a real PartitionLog: several rounds when the follower lacks the leader's epoch (KIP-279).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from types import SimpleNamespace
+from typing import Any
+
+from kolk.follower import _truncate_divergent
+from kolk.segments import LogStore, build_batch
+
+
+def write(lg: Any, epochs: list[tuple[int, int]]) -> None:
+    """Append one-record batches: ``(epoch, count)`` runs, as a leader of that epoch would."""
+    for epoch, count in epochs:
+        for _ in range(count):
+            lg.append(build_batch([(None, b"e%d" % epoch)]), leader_epoch=epoch)
+    lg.sync()
+
+
+class LeaderStub:
+    """Answers epochEndOffset from a real log, as SpuImpl.epochEndOffset does."""
+
+    def __init__(self, lg: Any) -> None:
+        self.lg = lg
+        self.asked: list[int] = []
+
+    async def epochEndOffset(self, name: str, me: int, epoch: int, last_epoch: int) -> Any:  # noqa: N802
+        self.asked.append(last_epoch)
+        end = self.lg.end_offset_for_epoch(last_epoch)
+        return SimpleNamespace(result=SimpleNamespace(ok=True), leaderEpoch=end.epoch, endOffset=end.end_offset)
+
+
+def run_truncation(tmp_path: Any, leader_epochs: list, follower_epochs: list) -> tuple[int, list[int]]:
+    with LogStore(str(tmp_path / "leader")) as ls, LogStore(str(tmp_path / "follower")) as fs:
+        leader, follower = ls.open_log("t-0"), fs.open_log("t-0")
+        write(leader, leader_epochs)
+        write(follower, follower_epochs)
+        stub = LeaderStub(leader)
+
+        async def body() -> None:
+            replica = SimpleNamespace(name="t-0", log=follower, producers=None, wake=lambda: None)
+            replica.follower_task = asyncio.current_task()
+            server = SimpleNamespace(config=SimpleNamespace(spu_id=3))
+            await _truncate_divergent(stub, server, replica, 9, 5.0, asyncio.current_task())
+        asyncio.run(body())
+        return follower.log_end_offset, stub.asked
+
+
+def test_follower_lacking_the_leaders_epoch_asks_again(tmp_path: Any) -> None:
+    """Leader: epoch 0 [0,8), 1 [8,12), 3 from 12. Follower: epoch 0 [0,10), 2 from 10. One
+    round would stop at 10 and keep two records epoch 1 replaced; the second round (asking
+    for epoch 0) cuts at 8, where the logs really diverge."""
+    end, asked = run_truncation(tmp_path, [(0, 8), (1, 4), (3, 3)], [(0, 10), (2, 5)])
+    assert end == 8 and asked == [2, 0]
+
+
+def test_follower_with_a_matching_epoch_cuts_once(tmp_path: Any) -> None:
+    end, asked = run_truncation(tmp_path, [(0, 5), (2, 5)], [(0, 7)])
+    assert end == 5 and asked == [0]
+
+
+def test_follower_behind_the_leader_keeps_everything(tmp_path: Any) -> None:
+    end, asked = run_truncation(tmp_path, [(0, 5), (1, 5)], [(0, 3)])
+    assert end == 3 and asked == [0]
