@@ -59,9 +59,9 @@ def encode_params(params: Mapping[str, str]) -> bytes:
     for k, v in params.items():
         if not isinstance(k, str) or not isinstance(v, str):
             raise ValueError("parameter keys and values are text")
-        if len(k) > PARAM_CHARS_MAX or len(v) > PARAM_CHARS_MAX:
-            raise ValueError(f"parameter {k[:40]!r} is longer than {PARAM_CHARS_MAX} characters")
         kb, vb = k.encode(), v.encode()
+        if len(kb) > PARAM_CHARS_MAX or len(vb) > PARAM_CHARS_MAX:
+            raise ValueError(f"parameter {k[:40]!r} is longer than {PARAM_CHARS_MAX} bytes (UTF-8)")
         parts += [U32.pack(len(kb)), kb, U32.pack(len(vb)), vb]
     return b"".join(parts)
 
@@ -106,7 +106,7 @@ def check_output(kind: str, out: bytes, last_offset_delta: int) -> Output:
         if delta > last_offset_delta:
             raise AbiError("badOutput", f"output record {i}: offset delta {delta} is past the input's last "
                                         f"({last_offset_delta}): a module cannot invent offsets", i)
-        if delta < prev or False:
+        if delta < prev or (strict and delta == prev):
             order = "strictly increasing" if strict else "non-decreasing"
             raise AbiError("badOutput", f"output record {i}: offset delta {delta} after {prev}; a {kind} "
                                         f"keeps offsets {order}", i)

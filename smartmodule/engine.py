@@ -95,6 +95,7 @@ class ModuleCache:
         cfg = wasmtime.Config()
         cfg.consume_fuel = True
         cfg.epoch_interruption = True
+        cfg.wasm_gc = False  # a GC heap would sit beside the capped linear memory
         self.engine = wasmtime.Engine(cfg)
         self.limits = limits or Limits()
         self.capacity = capacity
