@@ -22,6 +22,7 @@ PROGRESS_INTERVAL_S = 0.2
 
 def add_commands(sub: Any) -> None:
     from .cli_admin import _sc_option
+    from .cli_smartmodule import add_chain_options
 
     p = sub.add_parser("produce", help="produce records: one per line from stdin or --file")
     p.add_argument("topic")
@@ -31,6 +32,7 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--acks", choices=["none", "leader", "all"], default="all")
     p.add_argument("--compression", choices=["none", "gzip", "zstd"], default="none")
     p.add_argument("--linger-ms", type=float, default=5.0)
+    add_chain_options(p)
     _sc_option(p)
 
     c = sub.add_parser("consume", help="consume records and print them")
@@ -42,6 +44,7 @@ def add_commands(sub: Any) -> None:
     c.add_argument("-d", "--disconnect", action="store_true", help="exit once the end is reached")
     c.add_argument("--output", choices=["text", "json", "raw"], default="text")
     c.add_argument("--max", type=int, help="exit after this many records")
+    add_chain_options(c)
     _sc_option(c)
 
 
@@ -52,7 +55,10 @@ def _lines(f: BinaryIO) -> Any:
 
 async def _produce(args: argparse.Namespace, sc: str) -> int:
     client = AsyncClient(sc)
-    producer = client.producer(args.topic, acks=args.acks, compression=args.compression, linger_ms=args.linger_ms)
+    chain = args.smartmodules or []
+    # A produce-side chain changes the batches an idempotent producer's sequence numbers count.
+    producer = client.producer(args.topic, acks=args.acks, compression=args.compression, linger_ms=args.linger_ms,
+                               smartmodules=chain, idempotent=False if chain else None)
     sep = args.key_separator.encode() if args.key_separator else None
     total = os.path.getsize(args.file) if args.file else 0
     source = open(args.file, "rb") if args.file else sys.stdin.buffer
@@ -109,7 +115,8 @@ async def _consume(args: argparse.Namespace, sc: str) -> int:
         start = Offset.beginning()
     else:
         start = Offset.end()
-    consumer = client.consumer(args.topic, partition=args.partition, start=start, stop_at_end=args.disconnect)
+    consumer = client.consumer(args.topic, partition=args.partition, start=start, stop_at_end=args.disconnect,
+                               smartmodules=args.smartmodules or None)
     out = sys.stdout.buffer
     count = 0
     async for batch in consumer.batches():

@@ -77,15 +77,17 @@ class SmartModuleRegistry:
                 if obj is None:
                     raise KolkError(f"SmartModule {label} was deleted", code="notFound")
                 wasm = base64.b64decode(obj["spec"]["wasm"])
+            kind = "module"
             try:
                 loaded = self.cache.load(wasm, sha)
+                kind = loaded.kind
                 self._bytes[sha] = wasm
                 while len(self._bytes) > self.cache.capacity:
                     self._bytes.pop(next(iter(self._bytes)))
                 instance = loaded.instantiate(inv.get("params", {}))
             except SmartModuleError as e:
-                raise KolkError(f"SmartModule {label} ({getattr(e, 'kind', '') or 'module'}) cannot start: "
-                                f"{e.reason}: {e}", code="smartModule") from None
+                raise KolkError(f"SmartModule {label} ({kind}) cannot start: {e.reason}: {e}",
+                                code="smartModule") from None
             if inv.get("accumulator") is not None and instance.kind == "aggregate":
                 instance.accumulator = inv["accumulator"]
             stages.append(Stage(label, instance))

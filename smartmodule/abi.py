@@ -93,6 +93,7 @@ def check_output(kind: str, out: bytes, last_offset_delta: int) -> Output:
     prev = -1
     unpack_rec = _REC.unpack_from
     unpack_i32 = _I32.unpack_from
+    unpack_u32 = U32.unpack_from
     for i in range(count):
         if pos + 4 + RECORD_BYTES_MIN > n:
             raise AbiError("badOutput", f"output record {i} of {count}: the output ends at byte {n}", i)
@@ -116,15 +117,23 @@ def check_output(kind: str, out: bytes, last_offset_delta: int) -> Output:
             p += klen
         elif klen < -1:
             raise AbiError("badOutput", f"output record {i}: key length {klen}", i)
-        p = _skip_value(out, p, end, i, "value", unpack_i32)
+        if p + 8 > end:
+            raise AbiError("badOutput", f"output record {i}: the value runs past the record", i)
+        (vlen,) = unpack_i32(out, p)
+        if vlen > 0:
+            p += 4 + vlen
+        elif vlen == -1 or vlen == 0:
+            p += 4
+        else:
+            raise AbiError("badOutput", f"output record {i}: value length {vlen}", i)
         if p + 4 > end:
             raise AbiError("badOutput", f"output record {i}: no room for the header count", i)
-        (headers,) = U32.unpack_from(out, p)
+        (headers,) = unpack_u32(out, p)
         p += 4
         for h in range(headers):
             if p + 4 > end:
                 raise AbiError("badOutput", f"output record {i}: header {h} runs past the record", i)
-            (hk,) = U32.unpack_from(out, p)
+            (hk,) = unpack_u32(out, p)
             name_at = p + 4
             p += 4 + hk
             p = _skip_value(out, p, end, i, f"header {h} value", unpack_i32)

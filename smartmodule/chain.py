@@ -72,7 +72,6 @@ class Chain:
         section = body if h.codec == CODEC_NONE else decompress(h.codec, body, RECORDS_BYTES_MAX)
         count = h.record_count
         self.records_in += count
-        # Offsets of the input records by index, computed only if an error needs one.
         for stage in self.stages:
             try:
                 result = stage.instance.call(count, h.base_offset, h.first_timestamp, section, h.last_offset_delta)

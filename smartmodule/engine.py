@@ -240,28 +240,33 @@ class Instance:
         ptr = self.memory.data_ptr(self.store)
         return ctypes.addressof(ptr.contents), self.memory.data_len(self.store)
 
-    def _write(self, data: bytes) -> int:
-        n = len(data)
+    def _write(self, *parts: bytes) -> int:
+        """Copy ``parts`` back to back into memory the module allocates; their address."""
+        n = sum(len(p) for p in parts)
         ptr = self._guarded(lambda: self._alloc(self.store, n), "kolk_alloc")
         base, size = self._base()
         if ptr == 0 or ptr < 0 or ptr + n > size:
             raise SmartModuleError("allocFailed", f"kolk_alloc({n}) returned {ptr}, memory is {size} bytes")
-        ctypes.memmove(base + ptr, data, n)
+        at = base + ptr
+        for part in parts:
+            ctypes.memmove(at, part, len(part))
+            at += len(part)
         return ptr
 
     def call(self, record_count: int, base_offset: int, first_timestamp: int, records: bytes,
              last_offset_delta: int) -> Output:
         """Run the kind on one batch's records section; the checked output."""
-        data = encode_call(self.kind, record_count, base_offset, first_timestamp, records, self.accumulator)
-        ptr = self._write(data)
-        result = self._guarded(lambda: self._fn(self.store, ptr, len(data)), self.kind)
+        head = encode_call(self.kind, record_count, base_offset, first_timestamp, b"", self.accumulator)
+        ptr = self._write(head, records)  # no joined copy of the records
+        length = len(head) + len(records)
+        result = self._guarded(lambda: self._fn(self.store, ptr, length), self.kind)
         if result < 0:
             index = -1 - result
             raise SmartModuleError("recordError", f"{self.kind} refused " + (
                 f"record {index}" if 0 <= index < record_count else f"the batch (code {result})"),
                 index if 0 <= index < record_count else None)
         out_ptr, out_len = split_result(result)
-        limit = min(self.limits.output_bytes_max, max(4096, len(data) * self.limits.output_ratio_max))
+        limit = min(self.limits.output_bytes_max, max(4096, length * self.limits.output_ratio_max))
         base, size = self._base()
         if out_len > limit:
             raise SmartModuleError("badOutput", f"output of {out_len} bytes is more than the limit {limit}")
