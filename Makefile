@@ -26,6 +26,7 @@ bench: $(STAMP)
 	$(PY) bench/storage_bench.py
 	$(PY) bench/sc_bench.py
 	$(PY) bench/replication_bench.py
+	$(PY) bench/smartmodule_bench.py
 	$(VENV)/bin/kolk bench
 
 clean:

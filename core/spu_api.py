@@ -441,7 +441,7 @@ class SpuImpl(schema.Spu.Server):
                     continue
                 data = res.data
                 if chain is not None:
-                    data = chain.apply(data, lg.config.batch_bytes_max)
+                    data = chain.apply(data, lg.config.batch_bytes_max, verified=True)  # the reader checked CRCs
                     accumulators = chain.accumulators
                     if not data and res.next_offset < upto:
                         offset = res.next_offset  # all filtered out: read on before telling the consumer

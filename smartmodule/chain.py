@@ -10,9 +10,10 @@ offset, when the module said which record failed.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Iterator, Sequence
 
-from ..segments.batch import CODEC_NONE, HEADER_SIZE, BatchHeader, iter_batches
+from ..segments.batch import CODEC_NONE, HEADER_SIZE, BatchHeader, check_header, iter_batches, parse_header
+from ..segments.errors import InvalidBatchError
 from ..segments.records import decompress, encode_batch
 from .abi import renumber as renumber_section
 from .engine import Instance, SmartModuleError
@@ -51,36 +52,47 @@ class Chain:
         """Each stage's aggregate accumulator (empty for other kinds), to resume a stream."""
         return [s.instance.accumulator or b"" for s in self.stages]
 
-    def apply(self, data: bytes | memoryview, batch_bytes_max: int, renumber: bool = False) -> bytes:
+    def apply(self, data: bytes, batch_bytes_max: int, renumber: bool = False, verified: bool = False) -> bytes:
         """Run the chain over every batch in ``data``; the output batches, back to back.
 
         ``renumber`` (the produce path): offset deltas are made 0..n-1, since the log assigns
         new offsets; only needed when a stage may emit several records per offset.
+        ``verified``: the batches come from the log, whose reader checked their CRCs; a
+        produce request's batches are checked here, so a damaged one is never laundered into
+        an output batch with a fresh CRC.
         """
+        if not isinstance(data, bytes):
+            data = bytes(data)
         out = []
-        for pos, h in iter_batches(data, batch_bytes_max):
+        for pos, h in (_headers(data, batch_bytes_max) if verified else iter_batches(data, batch_bytes_max)):
             if h.is_control:
-                out.append(bytes(data[pos:pos + h.size]))
+                out.append(data[pos:pos + h.size])
                 continue
             batch = self._apply_batch(data, pos, h, renumber)
             if batch is not None:
                 out.append(batch)
         return b"".join(out)
 
-    def _apply_batch(self, data: bytes | memoryview, pos: int, h: BatchHeader, renumber: bool) -> bytes | None:
-        body = bytes(data[pos + HEADER_SIZE:pos + h.size])
-        section = body if h.codec == CODEC_NONE else decompress(h.codec, body, RECORDS_BYTES_MAX)
+    def _apply_batch(self, data: bytes, pos: int, h: BatchHeader, renumber: bool) -> bytes | None:
+        start, end = pos + HEADER_SIZE, pos + h.size
+        if h.codec == CODEC_NONE:
+            section = data
+        else:
+            section = decompress(h.codec, data[start:end], RECORDS_BYTES_MAX)
+            start, end = 0, len(section)
         count = h.record_count
         self.records_in += count
         for stage in self.stages:
             try:
-                result = stage.instance.call(count, h.base_offset, h.first_timestamp, section, h.last_offset_delta)
+                result = stage.instance.call(count, h.base_offset, h.first_timestamp, section, h.last_offset_delta,
+                                             start, end)
             except SmartModuleError as e:
                 offset = None
                 if e.record_index is not None:
-                    offset = _offset_of(section, e.record_index, h.base_offset)
+                    offset = _offset_of(section[start:end], e.record_index, h.base_offset)
                 raise ChainError(stage.label, stage.instance.kind, e.reason, str(e), offset) from None
             section, count = result.records, result.record_count
+            start, end = 0, len(section)
             if count == 0:
                 return None
         self.records_out += count
@@ -104,6 +116,18 @@ class Chain:
         return encode_batch(section, count, first_timestamp=h.first_timestamp, max_timestamp=h.max_timestamp,
                             base_offset=h.base_offset, leader_epoch=h.leader_epoch,
                             last_offset_delta=h.last_offset_delta)
+
+
+def _headers(data: bytes, batch_bytes_max: int) -> Iterator[tuple[int, BatchHeader]]:
+    """Headers of already verified batches: header fields and bounds only, no CRC."""
+    pos = 0
+    while pos < len(data):
+        h = parse_header(data, pos)
+        check_header(h, pos, batch_bytes_max)
+        if pos + h.size > len(data):
+            raise InvalidBatchError(f"batch at byte {pos} runs past the data", pos)
+        yield pos, h
+        pos += h.size
 
 
 def _offset_of(section: bytes, index: int, base_offset: int) -> int | None:

@@ -253,12 +253,27 @@ class Instance:
             at += len(part)
         return ptr
 
+    def _write_slice(self, head: bytes, buf: bytes, start: int, end: int) -> int:
+        """``head`` then ``buf[start:end]`` into the module, without slicing ``buf`` first."""
+        n = len(head) + end - start
+        ptr = self._guarded(lambda: self._alloc(self.store, n), "kolk_alloc")
+        base, size = self._base()
+        if ptr == 0 or ptr < 0 or ptr + n > size:
+            raise SmartModuleError("allocFailed", f"kolk_alloc({n}) returned {ptr}, memory is {size} bytes")
+        ctypes.memmove(base + ptr, head, len(head))
+        src = ctypes.cast(ctypes.c_char_p(buf), ctypes.c_void_p).value  # bytes' own buffer, no copy
+        ctypes.memmove(base + ptr + len(head), src + start, end - start)
+        return ptr
+
     def call(self, record_count: int, base_offset: int, first_timestamp: int, records: bytes,
-             last_offset_delta: int) -> Output:
-        """Run the kind on one batch's records section; the checked output."""
+             last_offset_delta: int, start: int = 0, end: int | None = None) -> Output:
+        """Run the kind on one batch's records section (``records[start:end]``); the checked output."""
         head = encode_call(self.kind, record_count, base_offset, first_timestamp, b"", self.accumulator)
-        ptr = self._write(head, records)  # no joined copy of the records
-        length = len(head) + len(records)
+        end = len(records) if end is None else end
+        if not isinstance(records, bytes) or not 0 <= start <= end <= len(records):
+            raise ValueError("records must be bytes, with 0 <= start <= end <= len(records)")
+        ptr = self._write_slice(head, records, start, end)  # no joined or sliced copy of the records
+        length = len(head) + end - start
         result = self._guarded(lambda: self._fn(self.store, ptr, length), self.kind)
         if result < 0:
             index = -1 - result

@@ -213,7 +213,7 @@ def test_a_stack_overflow_traps_instead_of_overwriting_globals(cache: ModuleCach
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(needle=st.text(alphabet="ab\u00e9", max_size=3),
        values=st.lists(st.none() | st.lists(st.sampled_from([b"a", b"b", b"\xc3", b"\xa9", b"\0", b"\xff"]),
-                                            max_size=12).map(b"".join), min_size=1, max_size=30),
+                                            max_size=40).map(b"".join), min_size=1, max_size=30),
        base_offset=st.integers(0, 2**40))
 def test_contains_agrees_with_python_in(cache: ModuleCache, wasm: dict[str, bytes], needle: str,
                                         values: list[bytes | None], base_offset: int) -> None:

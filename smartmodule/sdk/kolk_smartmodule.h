@@ -78,22 +78,33 @@ KOLK__API int kolk_equal(const void *a, kolk_i32 alen, const void *b, kolk_i32 b
     return alen == blen && (alen <= 0 || memcmp(a, b, (kolk_u32)alen) == 0);
 }
 
-/* The first index of needle in hay, or -1 (Rabin-Karp: linear on ordinary input). */
+/* The first index of needle in hay, or -1. Scans for the needle's first byte eight bytes at
+ * a time (the "has zero byte" trick on hay XOR that byte), then compares; linear on ordinary
+ * input, and several times faster than a byte loop in wasm32. */
 KOLK__API kolk_i32 kolk_find(const void *hay, kolk_i32 hlen, const void *needle, kolk_i32 nlen) {
     const kolk_u8 *h = (const kolk_u8 *)hay, *n = (const kolk_u8 *)needle;
     if (nlen <= 0) return 0;
     if (hlen < nlen) return -1;
-    kolk_u32 hn = 0, hh = 0, top = 1;
-    for (kolk_i32 i = 0; i < nlen; i++) {
-        hn = hn * 257u + n[i];
-        hh = hh * 257u + h[i];
-        if (i) top *= 257u;
+    const kolk_i32 last = hlen - nlen; /* the last possible start */
+    const kolk_u8 first = n[0];
+    const kolk_u64 ones = 0x0101010101010101ull, pat = ones * first;
+    kolk_i32 i = 0;
+    while (i <= last) {
+        if (last - i >= 7) { /* eight candidate starts i..i+7 */
+            kolk_u64 w;
+            __builtin_memcpy(&w, h + i, 8);
+            kolk_u64 x = w ^ pat;
+            kolk_u64 t = (x - ones) & ~x & (ones << 7);
+            if (!t) { i += 8; continue; }
+            i += (kolk_i32)(__builtin_ctzll(t) >> 3); /* the first byte equal to needle[0] */
+        } else if (h[i] != first) {
+            i++;
+            continue;
+        }
+        if (memcmp(h + i, n, (kolk_size)nlen) == 0) return i;
+        i++;
     }
-    for (kolk_i32 i = 0;; i++) {
-        if (hh == hn && memcmp(h + i, n, (kolk_u32)nlen) == 0) return i;
-        if (i + nlen >= hlen) return -1;
-        hh = (hh - h[i] * top) * 257u + h[i + nlen];
-    }
+    return -1;
 }
 
 /* Little-endian loads and stores at any alignment (wasm allows unaligned access). */
