@@ -37,6 +37,7 @@ ACKS = {"none": 0, "leader": 1, "all": 2}
 RECORD_OVERHEAD_BYTES = 29
 RECORD_BYTES_MAX = (4 << 20) - 61  # one record alone in a batch of the SPU's batch_bytes_max
 SEQUENCE_WRAP = 2**31  # sequences are i32 and wrap to 0, as in Kafka
+ID_ATTEMPTS_MAX = 30  # producer-id requests, one a second, before waiting batches fail
 
 
 @dataclass(frozen=True)
@@ -119,6 +120,8 @@ class AsyncProducer:
         self._partition_ids: dict[int, int] = {}
         self._needs_new_id: set[int] = set()
         self._spare_ids: list[int] = []
+        self._id_arrived = asyncio.Event()
+        self._id_failures = 0
         # Idempotent: the batches sent per partition, oldest first, until every older one has
         # finished. Its length bounds how far a retried batch can fall behind the newest one
         # sent, so the leader still remembers it (BATCHES_KEPT).
@@ -272,9 +275,26 @@ class AsyncProducer:
 
     def _on_spare_id(self, task: "asyncio.Task[int]", partition: int) -> None:
         if task.cancelled() or task.exception() is not None:
-            self._loop.call_later(1.0, self._lost_sequence, partition)  # try again later
+            self._id_failures += 1
+            if self._id_failures < ID_ATTEMPTS_MAX:
+                self._loop.call_later(1.0, self._lost_sequence, partition)  # try again later
+                return
+            # The SC stayed unreachable: fail what waits for an id rather than hold it forever.
+            error = task.exception() if not task.cancelled() else KolkError("producer id request cancelled")
+            for p in list(self._needs_new_id):
+                for batch in self._ready.pop(p, deque()):
+                    if not batch.future.done():
+                        batch.future.set_exception(error)
+                        batch.future.exception()
+                    self._buffered -= batch.nbytes - 61
+            if self._buffered < self.buffer_bytes_max:
+                self._room.set()
+            self._id_failures = 0
+            self._id_arrived.set()
             return
+        self._id_failures = 0
         self._spare_ids.append(task.result())
+        self._id_arrived.set()
         for p in list(self._needs_new_id):
             self._drain(p)
 
@@ -319,6 +339,11 @@ class AsyncProducer:
                     self._drain(partition)
                 if self._pending:
                     await asyncio.gather(*list(self._pending), return_exceptions=True)
+                elif any(self._ready.values()):
+                    # Nothing in flight, yet batches wait: a partition is waiting for a fresh
+                    # producer id. Wait for it (or for a failure to get one) to arrive.
+                    self._id_arrived.clear()
+                    await self._id_arrived.wait()
         finally:
             self._flushing = False
 
