@@ -17,6 +17,8 @@ from typing import Any, Awaitable, Callable, TypeVar
 import capnp
 
 from .errors import ClusterUnavailableError, KolkError, error_from_wire
+from .security.tls import TlsConfig
+from .transport import connect
 from .wire import error_dict, object_dict, schema
 
 T = TypeVar("T")
@@ -33,13 +35,14 @@ def _raise_unless_ok(result: Any) -> None:
 
 
 class AdminClient:
-    def __init__(self, addresses: list[str] | str, *, timeout_s: float = 15.0) -> None:
+    def __init__(self, addresses: list[str] | str, *, timeout_s: float = 15.0, tls: TlsConfig | None = None) -> None:
         if isinstance(addresses, str):
             addresses = [a for a in addresses.split(",") if a]
         if not addresses:
             raise ValueError("at least one SC address (host:port) is needed")
         self.addresses = list(addresses)
         self.timeout_s = timeout_s
+        self.tls = tls
         self._index = 0
         self._client: Any = None
         self._admin: Any = None
@@ -50,12 +53,12 @@ class AdminClient:
         errors = []
         for i in range(len(self.addresses)):
             addr = self.addresses[(self._index + i) % len(self.addresses)]
-            host, port = addr.rsplit(":", 1)
             try:
-                stream = await asyncio.wait_for(
-                    capnp.AsyncIoStream.create_connection(host=host, port=int(port)), CONNECT_TIMEOUT_S)
-            except (OSError, asyncio.TimeoutError) as e:
-                errors.append(f"{addr}: {e or 'timed out'}")
+                stream = await connect(addr, self.tls, CONNECT_TIMEOUT_S)
+            except ClusterUnavailableError as e:
+                if not e.retriable:
+                    raise  # a TLS refusal: another SC would refuse the same way
+                errors.append(str(e))
                 continue
             self._index = (self._index + i) % len(self.addresses)
             self._client = capnp.TwoPartyClient(stream)

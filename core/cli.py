@@ -20,7 +20,7 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--records", type=int, default=1_000_000, help="records for --storage (default 1,000,000)")
     demo.add_argument("--data-dir", help="for --storage: keep the data here instead of a temporary directory")
 
-    from . import cli_admin, cli_data, cli_smartmodule, sc_main, spu_main
+    from . import cli_admin, cli_cert, cli_data, cli_policy, cli_smartmodule, sc_main, spu_main
 
     sc = sub.add_parser("sc", help="run a stream controller (SC) node")
     sc_main.add_arguments(sc)
@@ -29,6 +29,8 @@ def main(argv: list[str] | None = None) -> int:
     cli_admin.add_commands(sub)
     cli_data.add_commands(sub)
     cli_smartmodule.add_commands(sub)
+    cli_cert.add_commands(sub)
+    cli_policy.add_commands(sub)
 
     bench = sub.add_parser("bench", help="produce/consume throughput and latency on a local cluster")
     bench.add_argument("--records", type=int, default=1_000_000, help="100 B records to produce (default 1,000,000)")
@@ -51,6 +53,10 @@ def main(argv: list[str] | None = None) -> int:
         return cli_data.dispatch(args)
     if args.command in cli_smartmodule.COMMANDS:
         return cli_smartmodule.dispatch(args)
+    if args.command in cli_cert.COMMANDS:
+        return cli_cert.dispatch(args)
+    if args.command in cli_policy.COMMANDS:
+        return cli_policy.dispatch(args)
     if args.command == "demo":
         from .demo import run_cluster_demo, run_storage_demo
 

@@ -14,6 +14,7 @@ from typing import Any
 
 from .admin import AdminClient, run
 from .errors import KolkError
+from .security.tls import TlsConfig
 
 SC_ENV = "KOLK_SC"
 DEFAULT_SC = "127.0.0.1:9003"
@@ -25,6 +26,27 @@ def _sc_option(p: argparse.ArgumentParser) -> None:
                    help=f"SC admin address(es), comma-separated (default: ${SC_ENV}, else the local cluster's "
                         f"profile, else {DEFAULT_SC})")
     p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--tls-ca", default=None, help="CA certificate to trust: turns TLS on (default: $KOLK_TLS_CA, "
+                                                  "else the local cluster's profile)")
+    p.add_argument("--tls-cert", default=None, help="client certificate (default: $KOLK_TLS_CERT)")
+    p.add_argument("--tls-key", default=None, help="client private key (default: $KOLK_TLS_KEY)")
+
+
+def client_tls(args: argparse.Namespace) -> TlsConfig | None:
+    """TLS for a CLI client: the options, else $KOLK_TLS_*, else a local cluster started --tls."""
+    from .local_cluster import profile_tls
+
+    ca = getattr(args, "tls_ca", None) or os.environ.get("KOLK_TLS_CA")
+    cert = getattr(args, "tls_cert", None) or os.environ.get("KOLK_TLS_CERT")
+    key = getattr(args, "tls_key", None) or os.environ.get("KOLK_TLS_KEY")
+    if not ca:
+        if getattr(args, "sc", None) or os.environ.get(SC_ENV):
+            return None  # an explicit SC without TLS options: plaintext
+        return profile_tls()
+    for what, path in (("--tls-ca", ca), ("--tls-cert", cert), ("--tls-key", key)):
+        if path and not os.path.isfile(path):
+            raise KolkError(f"{what} {path}: no such file")
+    return TlsConfig(ca, cert, key)
 
 
 def add_commands(sub: Any) -> None:
@@ -55,6 +77,8 @@ def add_commands(sub: Any) -> None:
     _sc_option(csub.add_parser("status", help="SCs, which one leads, SPUs and their liveness"))
     st = csub.add_parser("start", help="start a local cluster (1 SC, N SPUs) in the background")
     st.add_argument("--spus", type=int, default=1)
+    st.add_argument("--tls", action="store_true", help="make a dev CA and certificates and turn mutual TLS on for "
+                                                       "every listener; the CLI uses the admin certificate by itself")
     st.add_argument("--json", action="store_true")
     sp = csub.add_parser("stop", help="stop the local cluster started by 'kolk cluster start'")
     sp.add_argument("--json", action="store_true")
@@ -94,7 +118,7 @@ def resolve_sc(explicit: str | None) -> str:
 
 
 async def _run(args: argparse.Namespace) -> int:
-    client = AdminClient(resolve_sc(args.sc))
+    client = AdminClient(resolve_sc(args.sc), tls=client_tls(args))
     if args.command == "topic":
         if args.action == "create":
             config = {}
@@ -124,7 +148,7 @@ async def _run(args: argparse.Namespace) -> int:
     elif args.command == "partition" and args.action == "list":
         from .client import AsyncClient
 
-        c = AsyncClient(resolve_sc(args.sc), timeout_s=10)
+        c = AsyncClient(resolve_sc(args.sc), timeout_s=10, tls=client_tls(args))
         rows = await c.partition_list(args.topic)
         _print(args, rows, _table([[r["partition"], r["leader"], _ids(r["replicas"]), _ids(r["isr"]), r["epoch"],
                                     r["high_watermark"], r["log_end_offset"], r["lag"], r["error"]] for r in rows],
@@ -160,7 +184,7 @@ def dispatch(args: argparse.Namespace) -> int:
 
     try:
         if args.command == "cluster" and args.action == "start":
-            profile = local_cluster.start(args.spus)
+            profile = local_cluster.start(args.spus, tls=args.tls)
             _print(args, profile, f"local cluster started: SC at {profile['sc']}, {profile['spus']} SPU(s)\n"
                                   f"data in {profile['data_dir']}, logs in {profile['logs']}\n"
                                   "stop it with: kolk cluster stop")

@@ -53,8 +53,14 @@ def _lines(f: BinaryIO) -> Any:
         yield line.rstrip(b"\r\n")
 
 
+def client_tls(args: argparse.Namespace) -> Any:
+    from .cli_admin import client_tls as tls
+
+    return tls(args)
+
+
 async def _produce(args: argparse.Namespace, sc: str) -> int:
-    client = AsyncClient(sc)
+    client = AsyncClient(sc, tls=client_tls(args))
     chain = args.smartmodules or []
     # A produce-side chain changes the batches an idempotent producer's sequence numbers count.
     producer = client.producer(args.topic, acks=args.acks, compression=args.compression, linger_ms=args.linger_ms,
@@ -106,7 +112,7 @@ def _bar(done: int, total: int, records: int) -> None:
 
 
 async def _consume(args: argparse.Namespace, sc: str) -> int:
-    client = AsyncClient(sc)
+    client = AsyncClient(sc, tls=client_tls(args))
     if args.offset is not None:
         start = Offset.absolute(args.offset)
     elif args.tail is not None:

@@ -22,7 +22,7 @@ import time
 from typing import Any
 
 from .admin import AdminClient, run
-from .cli_admin import SC_ENV, _print, _sc_option, _table, resolve_sc
+from .cli_admin import SC_ENV, _print, _sc_option, _table, client_tls, resolve_sc
 from .errors import KolkError, NotFoundError, VersionConflictError
 from .smartmodule.build import BuildError, build_c, load_source
 
@@ -179,7 +179,7 @@ def _user() -> str:
 
 
 async def _run(args: argparse.Namespace) -> int:
-    client = AdminClient(resolve_sc(args.sc))
+    client = AdminClient(resolve_sc(args.sc), tls=client_tls(args))
     if args.action == "create":
         await _create(args, client)
     elif args.action == "list":
@@ -248,7 +248,7 @@ def _test_module(args: argparse.Namespace) -> tuple[str, bytes]:
         return path.name, load_source(path)
     if not (args.sc or os.environ.get(SC_ENV)):
         raise BuildError(f"{args.module}: no such file (to test a stored SmartModule, give --sc)")
-    obj = run(lambda: _stored(AdminClient(resolve_sc(args.sc)), args.module))
+    obj = run(lambda: _stored(AdminClient(resolve_sc(args.sc), tls=client_tls(args)), args.module))
     wasm = base64.b64decode(obj["spec"]["wasm"])
     if hashlib.sha256(wasm).hexdigest() != obj["spec"].get("sha256"):
         raise KolkError(f"smartmodule {obj['name']}: the stored bytes do not match their sha256")

@@ -21,6 +21,8 @@ from .admin import AdminClient
 from .consumer import AsyncConsumer, ConsumerRecord, Offset
 from .errors import ClusterUnavailableError, InvalidRequestError, KolkError, NotFoundError, error_from_wire
 from .producer import AsyncProducer, RecordMetadata
+from .security.tls import TlsConfig
+from .transport import connect
 from .wire import error_dict, schema
 
 T = TypeVar("T")
@@ -30,8 +32,11 @@ PRODUCE_BYTES_MAX = 16 << 20  # the SPU's produce_bytes_max
 
 
 class AsyncClient:
-    def __init__(self, sc: str | list[str] = DEFAULT_SC, *, timeout_s: float = 30.0) -> None:
-        self.admin = AdminClient(sc, timeout_s=timeout_s)
+    def __init__(self, sc: str | list[str] = DEFAULT_SC, *, timeout_s: float = 30.0,
+                 tls: TlsConfig | None = None) -> None:
+        """``tls``: the CA to trust and this client's certificate (mutual TLS); None: plaintext."""
+        self.tls = tls
+        self.admin = AdminClient(sc, timeout_s=timeout_s, tls=tls)
         self.timeout_s = timeout_s
         self._partitions: dict[str, list[dict[str, Any]]] = {}
         self._spus: dict[int, str] = {}
@@ -69,12 +74,7 @@ class AsyncClient:
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._connecting[address] = fut
         try:
-            host, port = address.rsplit(":", 1)
-            try:
-                stream = await asyncio.wait_for(capnp.AsyncIoStream.create_connection(host=host, port=int(port)),
-                                                CONNECT_TIMEOUT_S)
-            except (OSError, asyncio.TimeoutError) as e:
-                raise ClusterUnavailableError(f"SPU at {address} cannot be reached: {e or 'timed out'}") from e
+            stream = await connect(address, self.tls, CONNECT_TIMEOUT_S)
             two_party = capnp.TwoPartyClient(stream)
             spu = two_party.bootstrap().cast_as(schema.Spu)
             self._conns[address] = (two_party, spu)

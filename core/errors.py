@@ -125,6 +125,12 @@ class DuplicateSequenceError(KolkError):
     code = "duplicateSequence"
 
 
+class PermissionDeniedError(KolkError):
+    """The policy in force does not allow this identity, from this address, to do this."""
+
+    code = "denied"
+
+
 _BY_CODE: dict[str, type[KolkError]] = {
     "unavailable": ClusterUnavailableError,
     "noLeader": ClusterUnavailableError,
@@ -150,6 +156,8 @@ _BY_CODE: dict[str, type[KolkError]] = {
     "producerFenced": ProducerFencedError,
     "outOfOrderSequence": OutOfOrderSequenceError,
     "duplicateSequence": DuplicateSequenceError,
+    "denied": PermissionDeniedError,
+    "smartModule": KolkError,
 }
 
 

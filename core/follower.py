@@ -27,6 +27,9 @@ from .segments.batch import iter_batches
 from .segments.errors import InvalidBatchError, StorageError
 from .segments.leader_epochs import UNDEFINED_EPOCH
 from .segments.producer_state import ProducerStateTable
+from .errors import KolkError
+from .security.tls import TlsConfig
+from .transport import connect
 from .wire import schema
 
 if TYPE_CHECKING:
@@ -50,7 +53,8 @@ class FetchFailed(Exception):
 class PeerPool:
     """One Cap'n Proto connection per leader SPU, shared by every partition it leads here."""
 
-    def __init__(self) -> None:
+    def __init__(self, tls: TlsConfig | None = None) -> None:
+        self.tls = tls
         self._conns: dict[str, tuple[Any, Any]] = {}
         self._locks: dict[str, asyncio.Lock] = {}
 
@@ -63,9 +67,7 @@ class PeerPool:
             conn = self._conns.get(address)
             if conn is not None:
                 return conn[1]
-            host, port = address.rsplit(":", 1)
-            async with asyncio.timeout(CONNECT_TIMEOUT_S):
-                stream = await capnp.AsyncIoStream.create_connection(host=host, port=int(port))
+            stream = await connect(address, self.tls, CONNECT_TIMEOUT_S)
             two_party = capnp.TwoPartyClient(stream)
             spu = two_party.bootstrap().cast_as(schema.Spu)
             self._conns[address] = (two_party, spu)
@@ -112,7 +114,7 @@ async def follow(server: "SpuServer", replica: "Replica", leader: int, epoch: in
             if e.code in ("offsetOutOfRange", "diverged"):
                 truncated = False  # the leader's log moved under us: find the divergence again
             log.debug("%s: fetch from SPU %s failed: %s", replica.name, leader, e)
-        except (capnp.KjException, OSError, TimeoutError) as e:
+        except (capnp.KjException, OSError, TimeoutError, KolkError) as e:
             log.info("%s: connection to leader SPU %s (%s) failed: %s", replica.name, leader, address, e)
             if address:
                 server.peers.drop(address, spu)

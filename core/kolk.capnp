@@ -15,7 +15,7 @@ struct Error {
   # alreadyExists, notFound, replicationFactorTooHigh, versionConflict, staleEpoch,
   # notPartitionLeader, inUse, tooLarge, internal; from SPUs also invalidBatch,
   # offsetOutOfRange, corruptBatch, storageFull, storage, notEnoughReplicas, producerFenced,
-  # outOfOrderSequence, duplicateSequence, smartModule.
+  # outOfOrderSequence, duplicateSequence, smartModule; denied (the policy does not allow it).
   message @1 :Text;
   leader @2 :Text;      # admin address of the SC leader, when known
   retriable @3 :Bool;   # true when the same request may succeed later unchanged

@@ -50,6 +50,15 @@ def profile_sc() -> str | None:
     return p.get("sc") if p and p.get("running") else None
 
 
+def profile_tls() -> Any:
+    """The admin client certificate of a running local cluster started with --tls, else None."""
+    from .security.tls import TlsConfig
+
+    p = read_profile()
+    tls = p.get("tls") if p and p.get("running") else None
+    return TlsConfig(tls["ca"], tls["cert"], tls["key"]) if tls else None
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -88,8 +97,12 @@ def _wait_ready(path: str, pid: int, what: str, log_path: str, deadline: float) 
     raise KolkError(f"{what} did not become ready within {START_TIMEOUT_S:.0f} s; see {log_path}")
 
 
-def start(spus: int = 1) -> dict[str, Any]:
-    """Start 1 SC and ``spus`` SPUs; return the profile once every process serves."""
+def start(spus: int = 1, tls: bool = False) -> dict[str, Any]:
+    """Start 1 SC and ``spus`` SPUs; return the profile once every process serves.
+
+    ``tls``: make a dev CA and certificates under the local directory (once; reused) and run
+    every listener with mutual TLS; the profile names the admin client certificate the CLI
+    then uses by itself."""
     if not 1 <= spus <= 16:
         raise KolkError(f"--spus must be 1 to 16, got {spus}")
     profile = read_profile()
@@ -110,6 +123,14 @@ def start(spus: int = 1) -> dict[str, Any]:
             f.write(secrets.token_urlsafe(32))
     env = dict(os.environ)
     py = [sys.executable, "-m", "kolk"]
+    pki: dict[str, dict[str, str]] = {}
+    node_tls: list[str] = []
+    if tls:
+        from .security.certs import dev_pki
+
+        pki = dev_pki(os.path.join(base, "pki"), nodes=["kolk-node"], clients=["kolk-admin"])
+        node = pki["kolk-node"]
+        node_tls = ["--tls-ca", node["ca"], "--tls-cert", node["cert"], "--tls-key", node["key"]]
     deadline = time.monotonic() + START_TIMEOUT_S
     pids: dict[str, int] = {}
     sc_admin = f"127.0.0.1:{_free_port()}"
@@ -119,7 +140,7 @@ def start(spus: int = 1) -> dict[str, Any]:
     sc_log = os.path.join(logs, "sc.log")
     pids["sc"] = _spawn(py + ["sc", "--id", "1", "--data-dir", os.path.join(base, "sc"),
                               "--raft", f"127.0.0.1:{_free_port()}", "--admin", sc_admin,
-                              "--secret-file", secret_file, "--ready-file", ready], sc_log, env)
+                              "--secret-file", secret_file, "--ready-file", ready, *node_tls], sc_log, env)
     try:
         _wait_ready(ready, pids["sc"], "the SC", sc_log, deadline)
         for i in range(1, spus + 1):
@@ -129,7 +150,7 @@ def start(spus: int = 1) -> dict[str, Any]:
             spu_log = os.path.join(logs, f"spu-{i}.log")
             pids[f"spu-{i}"] = _spawn(py + ["spu", "--id", str(i), "--sc", sc_admin, "--data-dir",
                                             os.path.join(base, f"spu-{i}"), "--public", f"127.0.0.1:{_free_port()}",
-                                            "--ready-file", ready], spu_log, env)
+                                            "--ready-file", ready, *node_tls], spu_log, env)
         for i in range(1, spus + 1):
             _wait_ready(os.path.join(base, f"spu-{i}.ready"), pids[f"spu-{i}"], f"SPU {i}",
                         os.path.join(logs, f"spu-{i}.log"), deadline)
@@ -137,6 +158,9 @@ def start(spus: int = 1) -> dict[str, Any]:
         _stop_pids(pids)
         raise
     profile = {"running": True, "sc": sc_admin, "pids": pids, "data_dir": base, "logs": logs, "spus": spus}
+    if tls:
+        admin = pki["kolk-admin"]
+        profile["tls"] = {"ca": admin["ca"], "cert": admin["cert"], "key": admin["key"]}
     tmp = profile_path() + ".tmp"
     with open(tmp, "w", encoding="utf-8") as f:
         json.dump(profile, f, indent=2)

@@ -25,6 +25,11 @@ from .metadata.controllers import place_replicas, reconcile_leaders, reconcile_l
 from .metadata.objects import KINDS, TOPIC, State
 from .raft.node import RaftConfig, RaftError, RaftNode
 from .sc_state import MetadataStateMachine
+from .audit import AUDIT_TOPIC, AuditLog
+from .authz import NODE_ONLY, Authorizer, Denied
+from .security.policy import PolicyError, policy_from_spec
+from .security.tls import Peer, TlsConfig
+from .transport import serve
 from .wire import WATCH_EVENTS_PER_PUSH_MAX, camel, config_map, schema, set_error, set_object
 
 log = logging.getLogger("kolk.sc")
@@ -56,6 +61,7 @@ class ScConfig:
     snapshot_min_entries: int = 5_000
     on_sync: Any = None  # test hook passed to the Raft journal
     ready_file: str | None = None  # written with the bound admin address once serving
+    tls: TlsConfig | None = None  # TLS on the admin listener (mutual: clients need certificates)
     changelog_events: int = 10_000  # changes kept for watchers
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -103,22 +109,32 @@ class ScServer:
         self._server: Any = None
         self._tasks: list[asyncio.Task[Any]] = []
         self.admin_address = me.admin_address
+        self.audit: AuditLog | None = None
+        self.authz = Authorizer(f"sc-{config.node_id}", config.tls is not None, self._audit)
+
+    def _audit(self, event: dict[str, Any]) -> None:
+        if self.audit is None:
+            self.audit = AuditLog(f"sc-{self.config.node_id}", [self.admin_address], self.config.tls)
+        self.audit.record(event)
+
+    def authorize(self, peer: Peer, action: str, resource: str) -> None:
+        """The policy check of every admin call; the policy in force is the state's."""
+        obj = self.sm.state.get("policy", "active")
+        version = int(obj.spec.get("version", 0)) if obj is not None else 0
+        if version != self.authz.version or (obj is None) != (self.authz.policy is None):
+            self.authz.on_policy(obj.to_json() if obj is not None else None)
+        self.authz.check(peer, action, resource)
 
     # ---------------------------------------------------------------- lifecycle
 
     async def start(self) -> None:
         host, port = (self.config.bind_admin or self.config.me.admin_address).rsplit(":", 1)
 
-        async def on_connection(stream: Any) -> None:
-            try:
-                await capnp.TwoPartyServer(stream, bootstrap=AdminImpl(self)).on_disconnect()
-            except Exception as e:  # a broken or hostile client ends only its own connection
-                log.info("admin connection ended: %s", e)
-
-        self._server = await capnp.AsyncIoStream.create_server(on_connection, host, int(port))
+        self._server = await serve(lambda peer: AdminImpl(self, peer), host, int(port), self.config.tls)
         bound = self._server.sockets[0].getsockname()
         self.admin_address = f"{bound[0]}:{bound[1]}"
         self._tasks.append(asyncio.ensure_future(self._controller_loop()))
+        self._tasks.append(asyncio.ensure_future(self._audit_topic_loop()))
         if self.config.ready_file:
             tmp = self.config.ready_file + ".tmp"
             with open(tmp, "w") as f:
@@ -130,6 +146,8 @@ class ScServer:
     async def stop(self) -> None:
         for t in self._tasks:
             t.cancel()
+        if self.audit is not None:
+            self.audit.stop()
         if self._server is not None:
             self._server.close()
         await asyncio.get_running_loop().run_in_executor(None, self.raft.stop)
@@ -199,6 +217,26 @@ class ScServer:
             log.info("moving replicas of %s to %s: %s", cmd["partition"], cmd["replicas"],
                      "done" if outcome.get("ok") else outcome.get("message"))
 
+    async def _audit_topic_loop(self) -> None:
+        """The leader creates the audit topic once SPUs exist (replicated on up to 3 of them)."""
+        while True:
+            await asyncio.sleep(1.0)  # a period, not synchronisation
+            state = self.sm.state
+            if not self.raft.is_leader() or state.get(TOPIC, AUDIT_TOPIC) is not None:
+                continue
+            if self.config.tls is None and state.get("policy", "active") is None:
+                continue  # no audit log on a plaintext cluster without a policy (core/authz.py)
+            spus = state.spu_ids()
+            if not spus:
+                continue
+            rf = min(3, len(spus))
+            try:
+                assignment = place_replicas(state, 1, rf)
+            except ValueError:
+                continue
+            await self.propose({"op": "create_topic", "name": AUDIT_TOPIC, "partitions": 1, "replication_factor": rf,
+                                "config": {}, "assignment": assignment, "ts": now_ms()})
+
     def heartbeat(self, spu_id: int) -> None:
         self._heartbeats[spu_id] = now_ms()
 
@@ -224,6 +262,25 @@ class ScServer:
                                                              "journal_entries", "has_quorum")}}
 
 
+def _blob_check(kind: str, name: str, action: str) -> tuple[str, str]:
+    """What a put or delete of a stored object needs: create/delete on the module, or admin
+    on the cluster for a policy."""
+    if kind == "smartmodule":
+        return action, f"smartmodule:{name.split('@')[0]}"
+    return "admin", "cluster"
+
+
+def _policy_problem(spec: Any) -> str | None:
+    """Why a policy spec cannot be stored (it must parse here, so every node can enforce it)."""
+    if not isinstance(spec, dict):
+        return "a policy spec is an object with version, source and sha256"
+    try:
+        policy_from_spec(spec)  # parses, sha256 and version match (apply checks it goes forward)
+    except PolicyError as e:
+        return str(e)
+    return None
+
+
 def _fill_error(result: Any, outcome: dict[str, Any], server: ScServer) -> bool:
     if outcome.get("ok"):
         result.ok = True
@@ -246,11 +303,37 @@ class WatchHandleImpl(schema.WatchHandle.Server):
 class AdminImpl(schema.ScAdmin.Server):
     """Thin adapter: decode, call the server, encode. Errors become Result values."""
 
-    def __init__(self, server: ScServer) -> None:
+    def __init__(self, server: ScServer, peer: Peer) -> None:
         self.s = server
+        self.peer = peer
+
+    def _allowed(self, result: Any, action: str, resource: str) -> bool:
+        try:
+            self.s.authorize(self.peer, action, resource)
+            return True
+        except Denied as e:
+            set_error(result, "denied", str(e))
+            return False
+
+    def _changed(self, action: str, resource: str) -> None:
+        self.s.authz.record(self.peer, action, resource, "allow", None, "metadata change")
+
+    def _may_see(self, kind: str, name: str) -> bool:
+        """describe, or anything that implies it (produce, consume on a topic; use a module)."""
+        authz = self.s.authz
+        if kind in ("topic", "partition"):
+            topic = name if kind == "topic" else name.rsplit("-", 1)[0]
+            return any(authz.allowed(self.peer, a, f"topic:{topic}") for a in ("describe", "produce", "consume"))
+        if kind == "smartmodule":
+            return any(authz.allowed(self.peer, a, f"smartmodule:{name.split('@')[0]}") for a in ("describe", "use"))
+        if kind == "policy":
+            return self.peer.node or authz.allowed(self.peer, "admin", "cluster")
+        return True  # SPUs: their addresses are what every client needs
 
     async def createTopic(self, name, partitions, replicationFactor, config, _context, **kwargs):  # noqa: N802, ANN001
         r = _context.results
+        if not self._allowed(r.result, "create", f"topic:{name}"):
+            return
         state = self.s.sm.state
         try:
             assignment = place_replicas(state, int(partitions), int(replicationFactor)) if partitions <= 1000 else []
@@ -261,13 +344,17 @@ class AdminImpl(schema.ScAdmin.Server):
                "replication_factor": int(replicationFactor), "config": dict(config_map(config)),
                "assignment": assignment, "ts": now_ms()}
         if _fill_error(r.result, await self.s.propose(cmd), self.s):
+            self._changed("create", f"topic:{name}")
             topic = self.s.sm.state.get(TOPIC, name)
             if topic is not None:
                 set_object(r.topic, topic)
 
     async def deleteTopic(self, name, _context, **kwargs):  # noqa: N802, ANN001
-        _fill_error(_context.results.result, await self.s.propose({"op": "delete_topic", "name": name, "ts": now_ms()}),
-                    self.s)
+        r = _context.results
+        if not self._allowed(r.result, "delete", f"topic:{name}"):
+            return
+        if _fill_error(r.result, await self.s.propose({"op": "delete_topic", "name": name, "ts": now_ms()}), self.s):
+            self._changed("delete", f"topic:{name}")
 
     async def listObjects(self, kind, stale, _context, **kwargs):  # noqa: N802, ANN001
         r = _context.results
@@ -278,7 +365,8 @@ class AdminImpl(schema.ScAdmin.Server):
         if isinstance(state, dict):
             _fill_error(r.result, state, self.s)
             return
-        objs = sorted(state.all(kind), key=lambda o: o.name)
+        objs = sorted((o for o in state.all(kind) if self.peer.node or self._may_see(kind, o.name)),
+                      key=lambda o: o.name)
         out = r.init("objects", len(objs))
         for i, o in enumerate(objs):
             set_object(out[i], o)
@@ -295,6 +383,8 @@ class AdminImpl(schema.ScAdmin.Server):
             _fill_error(r.result, state, self.s)
             return
         obj = state.get(kind, name)
+        if obj is not None and not self.peer.node and not self._may_see(kind, name):
+            obj = None  # as if it did not exist: its existence is not this identity's to know
         r.found = obj is not None
         if obj is not None:
             set_object(r.object, obj)
@@ -307,20 +397,36 @@ class AdminImpl(schema.ScAdmin.Server):
         except ValueError as e:
             set_error(r.result, "invalidArgument", f"specJson is not JSON: {e}")
             return
+        action, resource = _blob_check(kind, name, "create")
+        if not self._allowed(r.result, action, resource):
+            return
+        if kind == "policy" and name == "active":
+            problem = _policy_problem(spec)
+            if problem:
+                set_error(r.result, "invalidArgument", problem)
+                return
         cmd = {"op": "put_object", "kind": kind, "name": name, "spec": spec, "ts": now_ms()}
         if hasExpected:
             cmd["expected_version"] = int(expectedVersion)
         outcome = await self.s.propose(cmd)
         if _fill_error(r.result, outcome, self.s):
             r.version = outcome["value"]["version"]
+            self._changed(action, resource if kind != "policy" else f"policy:{name} v{spec.get('version')}")
 
     async def deleteObject(self, kind, name, hasExpected, expectedVersion, _context, **kwargs):  # noqa: N802, N803, ANN001
+        r = _context.results
+        action, resource = _blob_check(kind, name, "delete")
+        if not self._allowed(r.result, action, resource):
+            return
         cmd = {"op": "delete_object", "kind": kind, "name": name, "ts": now_ms()}
         if hasExpected:
             cmd["expected_version"] = int(expectedVersion)
-        _fill_error(_context.results.result, await self.s.propose(cmd), self.s)
+        if _fill_error(r.result, await self.s.propose(cmd), self.s):
+            self._changed(action, resource)
 
     async def registerSpu(self, id, rack, publicAddress, privateAddress, _context, **kwargs):  # noqa: A002, N802, N803, ANN001
+        if not self.peer.node and not self._allowed(_context.results.result, "admin", "cluster"):
+            return
         cmd = {"op": "register_spu", "id": int(id), "rack": rack or None, "public_address": publicAddress,
                "private_address": privateAddress, "ts": now_ms()}
         outcome = await self.s.propose(cmd)
@@ -329,11 +435,16 @@ class AdminImpl(schema.ScAdmin.Server):
         _fill_error(_context.results.result, outcome, self.s)
 
     async def unregisterSpu(self, id, _context, **kwargs):  # noqa: A002, N802, ANN001
-        _fill_error(_context.results.result,
-                    await self.s.propose({"op": "unregister_spu", "id": int(id), "ts": now_ms()}), self.s)
+        r = _context.results
+        if not self._allowed(r.result, "admin", "cluster"):
+            return
+        if _fill_error(r.result, await self.s.propose({"op": "unregister_spu", "id": int(id), "ts": now_ms()}), self.s):
+            self._changed("admin", f"spu:{id}")
 
     async def heartbeat(self, spuId, _context, **kwargs):  # noqa: N803, ANN001
         r = _context.results
+        if not self._allowed(r.result, NODE_ONLY, "heartbeat"):
+            return
         if not self.s.raft.is_leader():
             set_error(r.result, "notLeader", "heartbeats go to the SC leader", self.s.leader_admin(), True)
             return
@@ -341,6 +452,8 @@ class AdminImpl(schema.ScAdmin.Server):
         r.result.ok = True
 
     async def updateIsr(self, partition, isr, epoch, leader, basedOn, _context, **kwargs):  # noqa: N802, N803, ANN001
+        if not self._allowed(_context.results.result, NODE_ONLY, "updateIsr"):
+            return
         cmd = {"op": "update_isr", "partition": partition, "isr": [int(x) for x in isr], "epoch": int(epoch),
                "leader": int(leader), "ts": now_ms()}
         if len(basedOn):
@@ -356,11 +469,15 @@ class AdminImpl(schema.ScAdmin.Server):
 
     async def clusterStatus(self, _context, **kwargs):  # noqa: N802, ANN001
         r = _context.results
+        if not self.peer.node and not self._allowed(r.result, "describe", "cluster"):
+            return
         r.statusJson = json.dumps(self.s.status())
         r.result.ok = True
 
     async def watch(self, fromVersion, watcher, _context, **kwargs):  # noqa: N803, ANN001
         r = _context.results
+        if not self._allowed(r.result, NODE_ONLY, "watch"):
+            return
         if self.s._watchers >= self.s.config.watchers_max:
             set_error(r.result, "tooLarge", f"this SC already serves {self.s.config.watchers_max} watchers", None, True)
             return

@@ -6,7 +6,7 @@ import argparse
 import os
 
 from .sc import ScConfig, ScPeer, ScServer
-from .serve import serve_until_signalled
+from .serve import add_tls_arguments, serve_until_signalled, tls_from_args
 
 SECRET_ENV = "KOLK_CLUSTER_SECRET"
 # Test hook: append "path size" after every fsync, so a test can simulate power loss by
@@ -39,6 +39,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ready-file", help="write {admin, pid} here once serving")
     p.add_argument("--changelog-events", type=int, default=10_000,
                    help="metadata changes kept for watchers; one further behind gets a full sync")
+    add_tls_arguments(p, "the admin listener")
     p.add_argument("--log-level", default="INFO")
 
 
@@ -75,7 +76,7 @@ def config_from_args(args: argparse.Namespace) -> ScConfig:
                         bind_raft=args.bind_raft, bind_admin=args.bind_admin,
                         heartbeat_timeout_ms=args.heartbeat_timeout_ms,
                         replica_move_after_ms=args.replica_move_after_ms, ready_file=args.ready_file,
-                        changelog_events=args.changelog_events,
+                        changelog_events=args.changelog_events, tls=tls_from_args(args, "kolk sc"),
                         on_sync=on_sync)
     except ValueError as e:
         raise SystemExit(f"kolk sc: {e}") from None

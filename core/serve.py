@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
 from typing import Any, Callable
 
 import capnp
+
+from .security.tls import TlsConfig
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -29,3 +33,24 @@ def serve_until_signalled(make_server: Callable[[], Any], log_level: str) -> int
 
     asyncio.run(capnp.run(main()))
     return 0
+
+
+def add_tls_arguments(p: argparse.ArgumentParser, who: str) -> None:
+    """--tls-ca/--tls-cert/--tls-key for a server process (its listener and its own connections)."""
+    p.add_argument("--tls-ca", help=f"CA certificate (PEM): turns TLS on; {who} then accepts only clients with a "
+                                    "certificate signed by it")
+    p.add_argument("--tls-cert", help="this node's certificate (PEM), from 'kolk cert issue --kind node'")
+    p.add_argument("--tls-key", help="this node's private key (PEM)")
+
+
+def tls_from_args(args: argparse.Namespace, prog: str) -> TlsConfig | None:
+    if not args.tls_ca:
+        if args.tls_cert or args.tls_key:
+            raise SystemExit(f"{prog}: --tls-cert and --tls-key need --tls-ca")
+        return None
+    if not args.tls_cert or not args.tls_key:
+        raise SystemExit(f"{prog}: TLS needs --tls-cert and --tls-key as well as --tls-ca")
+    for flag, path in (("--tls-ca", args.tls_ca), ("--tls-cert", args.tls_cert), ("--tls-key", args.tls_key)):
+        if not os.path.isfile(path):
+            raise SystemExit(f"{prog}: {flag} {path}: no such file")
+    return TlsConfig(args.tls_ca, args.tls_cert, args.tls_key)

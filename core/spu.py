@@ -29,8 +29,12 @@ from .isr import isr_expand, isr_shrink
 from .metadata.apply import min_in_sync
 from .replica import Replica
 from .segments import LogConfig, LogStore
+from .audit import AuditLog
+from .authz import Authorizer
 from .smartmodules import SmartModuleRegistry
+from .security.tls import TlsConfig
 from .spu_api import SpuImpl
+from .transport import serve
 from .wire import set_error
 
 log = logging.getLogger("kolk.spu")
@@ -63,6 +67,7 @@ class SpuConfig:
     replica_fetch_bytes: int = 4 << 20
     replica_call_timeout_s: float = 5.0
     isr_request_timeout_s: float = 10.0
+    tls: TlsConfig | None = None  # TLS on the listener and on this SPU's own connections (node certificate)
     ready_file: str | None = None
 
     def __post_init__(self) -> None:
@@ -80,15 +85,17 @@ class SpuServer:
     def __init__(self, config: SpuConfig) -> None:
         self.config = config
         self.store = LogStore(config.data_dir)
-        self.admin = AdminClient(config.sc_addresses, timeout_s=30)
+        self.admin = AdminClient(config.sc_addresses, timeout_s=30, tls=config.tls)
         self.replicas: dict[str, Replica] = {}
         self.partitions: dict[str, dict[str, Any]] = {}  # every partition of the cluster, by name
         self.topics: dict[str, dict[str, Any]] = {}
         self.spus: dict[int, dict[str, Any]] = {}
         self.metadata_version = 0
         self.streams = 0
-        self.peers = PeerPool()
+        self.peers = PeerPool(config.tls)
         self.smartmodules = SmartModuleRegistry(self.admin)
+        self.audit = AuditLog(f"spu-{config.spu_id}", config.sc_addresses, config.tls)
+        self.authz = Authorizer(f"spu-{config.spu_id}", config.tls is not None, self.audit.record)
         self._server: Any = None
         self._tasks: list[asyncio.Task[Any]] = []
         self._watch_handle: Any = None
@@ -100,13 +107,7 @@ class SpuServer:
     async def start(self) -> None:
         host, port = (self.config.bind_address or self.config.public_address).rsplit(":", 1)
 
-        async def on_connection(stream: Any) -> None:
-            try:
-                await capnp.TwoPartyServer(stream, bootstrap=SpuImpl(self)).on_disconnect()
-            except Exception as e:  # one broken client ends only its own connection
-                log.info("client connection ended: %s", e)
-
-        self._server = await capnp.AsyncIoStream.create_server(on_connection, host, int(port))
+        self._server = await serve(lambda peer: SpuImpl(self, peer), host, int(port), self.config.tls)
         bound = self._server.sockets[0].getsockname()
         self.address = f"{bound[0]}:{bound[1]}"
         await self.admin.register_spu(self.config.spu_id, self.config.public_address,
@@ -128,6 +129,7 @@ class SpuServer:
         for replica in self.replicas.values():
             self._stop_following(replica)
         self.peers.close()
+        self.audit.stop()
         if self._server is not None:
             self._server.close()
         self.store.close()
@@ -150,7 +152,7 @@ class SpuServer:
         interval = self.config.heartbeat_interval_ms / 1000
         backoff = 0.05
         while True:
-            client = AdminClient(self.config.sc_addresses, timeout_s=10)
+            client = AdminClient(self.config.sc_addresses, timeout_s=10, tls=self.config.tls)
             try:
                 self._watch_handle = await watch(client, self.metadata_version, self._on_metadata)
                 backoff = 0.05
@@ -182,6 +184,8 @@ class SpuServer:
                     self.spus.pop(int(e["name"]), None)
                 else:
                     self.spus[int(e["name"])] = e["object"]
+            elif e["kind"] == "policy" and e["name"] == "active":
+                self.authz.on_policy(None if e["deleted"] else e["object"])
             elif e["kind"] == "smartmodule":
                 self.smartmodules.on_event(e["name"], None if e["deleted"] else e["object"])
             elif e["kind"] == "topic":

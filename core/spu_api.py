@@ -40,6 +40,9 @@ from .segments.producer_state import (
 from .errors import KolkError
 from .smartmodule.chain import Chain, ChainError
 from .smartmodules import invocations_from_wire
+from .authz import NODE_ONLY, Denied
+from .security.masking import mask_batches
+from .security.tls import Peer
 from .wire import schema, set_error
 
 if TYPE_CHECKING:
@@ -134,12 +137,15 @@ class StreamControlImpl(schema.StreamControl.Server):
 
 
 class SpuImpl(schema.Spu.Server):
-    def __init__(self, server: "SpuServer") -> None:
+    def __init__(self, server: "SpuServer", peer: Peer) -> None:
         self.s = server
+        self.peer = peer
         self._chains: dict[str, Chain] = {}  # produce-side chains of this connection
 
     async def produce(self, topic, partition, acks, records, timeoutMs, smartmodules, _context, **kwargs):  # noqa: N803, ANN001, E501
         r = _context.results
+        if not self._may(r.result, "produce", topic, smartmodules):
+            return
         if len(records) > self.s.config.produce_bytes_max:
             set_error(r.result, "tooLarge", f"produce request of {len(records)} bytes is more than "
                       f"{self.s.config.produce_bytes_max}")
@@ -191,6 +197,25 @@ class SpuImpl(schema.Spu.Server):
         r.baseOffset = info.base_offset
         r.lastOffset = info.last_offset
         r.result.ok = True
+
+    def _may(self, result: Any, action: str, topic: str, smartmodules: Any = ()) -> bool:
+        """The policy check of a data call: the topic, then every SmartModule it would run."""
+        try:
+            self.s.authz.check(self.peer, action, f"topic:{topic}")
+            for stage in smartmodules or ():
+                self.s.authz.check(self.peer, "use", f"smartmodule:{str(stage.name).split('@')[0]}")
+            return True
+        except Denied as e:
+            set_error(result, "denied", str(e))
+            return False
+
+    def _node_only(self, result: Any, call: str) -> bool:
+        try:
+            self.s.authz.check(self.peer, NODE_ONLY, call)
+            return True
+        except Denied as e:
+            set_error(result, "denied", str(e))
+            return False
 
     async def _produce_chain(self, r: Any, replica: "Replica", records: bytes,
                              invocations: list[dict[str, Any]]) -> bytes | None:
@@ -287,6 +312,8 @@ class SpuImpl(schema.Spu.Server):
 
     async def replicaFetch(self, partition, replicaId, epoch, offset, maxBytes, maxWaitMs, _context, **kwargs):  # noqa: N802, N803, ANN001
         r = _context.results
+        if not self._node_only(r.result, "replicaFetch"):
+            return
         replica = self._replica_call(r, partition, int(replicaId), int(epoch))
         if replica is None:
             return
@@ -322,6 +349,8 @@ class SpuImpl(schema.Spu.Server):
 
     async def epochEndOffset(self, partition, replicaId, epoch, lastEpoch, _context, **kwargs):  # noqa: N802, N803, ANN001
         r = _context.results
+        if not self._node_only(r.result, "epochEndOffset"):
+            return
         replica = self._replica_call(r, partition, int(replicaId), int(epoch))
         if replica is None:
             return
@@ -332,6 +361,9 @@ class SpuImpl(schema.Spu.Server):
 
     async def partitionStatus(self, partitions, _context, **kwargs):  # noqa: N802, ANN001
         r = _context.results
+        if not self.peer.node and not self.s.authz.allowed(self.peer, "describe", "cluster"):
+            set_error(r.result, "denied", f"{self.peer.identity} may not describe cluster")
+            return
         names = list(partitions)[:PARTITION_STATUS_MAX]
         now = _now_ms()
         out = [rep.status_json(now) for n in names if (rep := self.s.replicas.get(n)) is not None and rep.is_leader]
@@ -342,6 +374,8 @@ class SpuImpl(schema.Spu.Server):
 
     async def fetch(self, topic, partition, offset, maxBytes, isolation, _context, **kwargs):  # noqa: N803, ANN001
         r = _context.results
+        if not self._may(r.result, "consume", topic):
+            return
         replica = self.s.leader_replica(topic, partition, r.result)
         if replica is None:
             return
@@ -352,7 +386,7 @@ class SpuImpl(schema.Spu.Server):
         except StorageError as e:
             storage_error(r.result, e)
             return
-        r.records = res.data
+        r.records = mask_batches(res.data, self.s.authz.masks(self.peer, topic))
         r.highWatermark = res.high_watermark
         r.logStartOffset = res.log_start_offset
         r.logEndOffset = res.log_end_offset
@@ -361,6 +395,8 @@ class SpuImpl(schema.Spu.Server):
 
     async def offsets(self, topic, partition, _context, **kwargs):  # noqa: ANN001
         r = _context.results
+        if not self._may(r.result, "consume", topic):
+            return
         replica = self.s.leader_replica(topic, partition, r.result)
         if replica is None:
             return
@@ -371,6 +407,8 @@ class SpuImpl(schema.Spu.Server):
 
     async def offsetForTimestamp(self, topic, partition, timestamp, _context, **kwargs):  # noqa: N802, ANN001
         r = _context.results
+        if not self._may(r.result, "consume", topic):
+            return
         replica = self.s.leader_replica(topic, partition, r.result)
         if replica is None:
             return
@@ -385,6 +423,8 @@ class SpuImpl(schema.Spu.Server):
 
     async def stream(self, topic, partition, offset, isolation, windowBytes, consumer, smartmodules, _context, **kwargs):  # noqa: N803, ANN001, E501
         r = _context.results
+        if not self._may(r.result, "consume", topic, smartmodules):
+            return
         replica = self.s.leader_replica(topic, partition, r.result)
         if replica is None:
             return
@@ -405,12 +445,12 @@ class SpuImpl(schema.Spu.Server):
         control = StreamControlImpl()
         control.credit = min(int(windowBytes), self.s.config.stream_window_bytes_max)
         control.task = asyncio.ensure_future(
-            self._stream_loop(replica, int(offset), enum_value(isolation), consumer, control, chain))
+            self._stream_loop(replica, int(offset), enum_value(isolation), consumer, control, chain, str(topic)))
         r.control = control
         r.result.ok = True
 
     async def _stream_loop(self, replica: "Replica", offset: int, isolation: int, consumer: Any,
-                           control: StreamControlImpl, chain: Chain | None) -> None:
+                           control: StreamControlImpl, chain: Chain | None, topic: str) -> None:
         self.s.streams += 1
         window = control.credit
         keepalive = self.s.config.stream_keepalive_ms / 1000
@@ -428,6 +468,8 @@ class SpuImpl(schema.Spu.Server):
                         # went away (the call fails), so the stream does not linger.
                         await consumer.push(b"", lg.high_watermark, offset, accumulators)
                     continue
+                # Checked again on every read: a newer policy that revokes access ends the stream.
+                self.s.authz.check(self.peer, "consume", f"topic:{topic}")
                 res = lg.read(offset, min(control.credit, self.s.config.stream_push_bytes_max), upto)
                 if not res.data:
                     await _wait(changed, keepalive)
@@ -439,7 +481,9 @@ class SpuImpl(schema.Spu.Server):
                     if not await _wait(control.granted, keepalive):
                         await consumer.push(b"", lg.high_watermark, offset, accumulators)
                     continue
-                data = res.data
+                # Masking before SmartModules: a module sees only what this reader may see. The
+                # masks are read per push, so a new policy version applies to open streams too.
+                data = mask_batches(res.data, self.s.authz.masks(self.peer, topic))
                 if chain is not None:
                     data = chain.apply(data, lg.config.batch_bytes_max, verified=True)  # the reader checked CRCs
                     accumulators = chain.accumulators
@@ -451,10 +495,11 @@ class SpuImpl(schema.Spu.Server):
                 offset = res.next_offset
         except (asyncio.CancelledError, capnp.KjException):
             pass  # closed, or the consumer went away
-        except ChainError as e:
+        except (ChainError, Denied) as e:
             log.info("stream on %s ended: %s", replica.name, e)
+            code = "denied" if isinstance(e, Denied) else "smartModule"
             try:
-                await consumer.fail({"code": "smartModule", "message": str(e), "leader": "", "retriable": False})
+                await consumer.fail({"code": code, "message": str(e), "leader": "", "retriable": False})
             except capnp.KjException:
                 pass  # the consumer went away as well
         except StorageError as e:

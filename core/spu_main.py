@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from .serve import serve_until_signalled
+from .serve import add_tls_arguments, serve_until_signalled, tls_from_args
 from .spu import SpuConfig, SpuServer
 
 
@@ -23,6 +23,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="how long a leader holds a follower's fetch when it has nothing new (default 500)")
     p.add_argument("--heartbeat-interval-ms", type=int, default=1000, help="heartbeats to the SC (default 1000)")
     p.add_argument("--ready-file", help="write {address, pid} here once serving")
+    add_tls_arguments(p, "the SPU")
     p.add_argument("--log-level", default="INFO")
 
 
@@ -33,7 +34,7 @@ def run_spu(args: argparse.Namespace) -> int:
                            rack=args.rack, ready_file=args.ready_file,
                            replica_lag_max_ms=args.replica_lag_max_ms,
                            replica_fetch_wait_ms=args.replica_fetch_wait_ms,
-                           heartbeat_interval_ms=args.heartbeat_interval_ms)
+                           heartbeat_interval_ms=args.heartbeat_interval_ms, tls=tls_from_args(args, "kolk spu"))
     except ValueError as e:
         raise SystemExit(f"kolk spu: {e}") from None
     os.makedirs(os.path.dirname(os.path.abspath(config.data_dir)), exist_ok=True)

@@ -50,6 +50,7 @@ OBJECT_SPEC_BYTES_MAX = 4 << 20
 ADDRESS_CHARS_MAX = 255
 PRODUCER_IDS_PER_CALL_MAX = 1000
 SMARTMODULE_BYTES_MAX = 2 << 20
+ACTIVE_POLICY = "active"  # the policy object every node enforces; other policy objects are stored drafts
 PRODUCER_ID_MAX = 2**63 - 1
 
 _NAME = re.compile(r"^[A-Za-z0-9._-]+$")
@@ -500,6 +501,16 @@ def _check_smartmodule_spec(name: str, spec: Mapping[str, Any]) -> None:
         raise _fail(INVALID_ARGUMENT, f"smartmodule {name}: sha256/size must be {digest}/{len(wasm)}")
 
 
+def _check_policy_version(name: str, spec: Mapping[str, Any], current: MetaObject | None) -> None:
+    """A policy's version only goes forward, so a revoked (older) version can never be put back."""
+    version = spec.get("version")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise _fail(INVALID_ARGUMENT, f"policy {name}: version must be a whole number >= 1, got {version!r}")
+    if current is not None and version <= int(current.spec.get("version", 0)):
+        raise _fail(VERSION_CONFLICT, f"policy {name}: version {version} is not newer than version "
+                                      f"{current.spec.get('version')} in force; a policy's version only goes forward")
+
+
 def _put_object(state: State, cmd: Mapping[str, Any]) -> Applied:
     kind = _blob_kind(cmd)
     name = _blob_name(cmd, kind)
@@ -511,6 +522,8 @@ def _put_object(state: State, cmd: Mapping[str, Any]) -> Applied:
     if kind == SMARTMODULE:
         _check_smartmodule_spec(name, spec)
     current = state.get(kind, name)
+    if kind == POLICY and name == ACTIVE_POLICY:
+        _check_policy_version(name, spec, current)
     _check_version(current, cmd, f"{kind} {name}")
     edit = _Edit(state)
     edit.put(kind, name, spec, current.status if current else {"created_ms": ts})

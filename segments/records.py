@@ -374,3 +374,22 @@ def _decode_headers(body: bytes, q: int, rec_end: int, hcount: int, index: int, 
         headers.append((name, None if hv < 0 else body[q : q + hv]))
         q += max(hv, 0)
     return tuple(headers), q
+
+
+def encode_section(records: Iterable[tuple[int, int, bytes | None, bytes | None, Sequence]]) -> bytes:
+    """A records section from ``(offset_delta, timestamp_delta, key, value, headers)`` tuples,
+    keeping each record's deltas (re-encoding records that were changed in place, e.g. masked)."""
+    parts: list[bytes] = []
+    for offset_delta, ts_delta, key, value, headers in records:
+        tail = _encode_headers(headers) if headers else _NO_HEADERS
+        klen = -1 if key is None else len(key)
+        vlen = -1 if value is None else len(value)
+        length = _REC_LENGTH_MIN - 4 + max(klen, 0) + max(vlen, 0) + len(tail)
+        parts.append(_REC_HEAD.pack(length, 0, ts_delta, offset_delta, klen))
+        if key:
+            parts.append(key)
+        parts.append(_I32.pack(vlen))
+        if value:
+            parts.append(value)
+        parts.append(tail)
+    return b"".join(parts)

@@ -58,13 +58,26 @@ class DataPlaneCluster:
 
     def __init__(self, root: str, spus: int = 1, *, heartbeat_timeout_ms: int = 3000,
                  sc_args: tuple[str, ...] = (), spu_args: tuple[str, ...] = (),
-                 proxied_private: bool = False, proxied_sc: bool = False, proxied_public: bool = False) -> None:
+                 proxied_private: bool = False, proxied_sc: bool = False, proxied_public: bool = False,
+                 tls: bool = False, clients: tuple[str, ...] = ("admin",)) -> None:
         """Each ``proxied_*`` puts a FaultProxy (``self.proxies[kind][spu_id]``) on one kind of
         link: ``private``, the replication links into an SPU (other SPUs fetch through it);
         ``sc``, the SPU's links to the SC; ``public``, the clients' links to the SPU (the SPU
         registers the proxy as its public address)."""
         self.root = root
         os.makedirs(root, exist_ok=True)
+        # tls: a dev CA with a node certificate for every server and a client certificate per
+        # name in ``clients``; self.pki[name] = {"cert", "key", "ca"}.
+        self.pki: dict[str, dict[str, str]] = {}
+        node_args: tuple[str, ...] = ()
+        if tls:
+            from kolk.security.certs import dev_pki
+
+            self.pki = dev_pki(os.path.join(root, "pki"), nodes=["node"], clients=list(clients))
+            n = self.pki["node"]
+            node_args = ("--tls-ca", n["ca"], "--tls-cert", n["cert"], "--tls-key", n["key"])
+        sc_args = tuple(sc_args) + node_args
+        spu_args = tuple(spu_args) + node_args
         self.sc = ScCluster(os.path.join(root, "sc"), size=1, heartbeat_timeout_ms=heartbeat_timeout_ms,
                             extra_args=sc_args)
         self.spu_args = spu_args
@@ -83,7 +96,8 @@ class DataPlaneCluster:
 
     def start(self) -> "DataPlaneCluster":
         self.sc.start_all()
-        wait_for(lambda: run(lambda: AdminClient(self.sc_addresses, timeout_s=2).cluster_status())["leader"],
+        wait_for(lambda: run(lambda: AdminClient(self.sc_addresses, timeout_s=2,
+                                                 tls=self.tls_for("node")).cluster_status())["leader"],
                  START_TIMEOUT_S, lambda: "the SC to elect itself leader\n" + self.sc.logs())
         for i in self.spus:
             self.launch_spu(i)
@@ -158,8 +172,17 @@ class DataPlaneCluster:
 
     # ---------------------------------------------------------------- clients
 
-    def client(self, timeout_s: float = 20.0) -> AsyncClient:
-        return AsyncClient(self.sc_addresses, timeout_s=timeout_s)
+    def tls_for(self, name: str) -> Any:
+        """The TLS settings of client (or node) ``name``; None on a plaintext cluster."""
+        from kolk.security.tls import TlsConfig
+
+        if not self.pki:
+            return None
+        p = self.pki[name]
+        return TlsConfig(p["ca"], p["cert"], p["key"])
+
+    def client(self, timeout_s: float = 20.0, as_: str = "admin") -> AsyncClient:
+        return AsyncClient(self.sc_addresses, timeout_s=timeout_s, tls=self.tls_for(as_))
 
 
 def _die_with_parent() -> None:

@@ -70,8 +70,12 @@ BAD = [
      "stale_epoch", "epoch 0"),
     ("isr from non-leader", {"op": "update_isr", "partition": "dup-0", "isr": [2], "epoch": 0, "leader": 2,
                              "ts": 3}, "not_partition_leader", "not the leader"),
-    ("put policy exists", {"op": "put_object", "kind": "policy", "name": "p", "spec": {}, "ts": 3,
+    ("put policy exists", {"op": "put_object", "kind": "policy", "name": "p", "spec": {"version": 2}, "ts": 3,
                            "expected_version": -1}, "version_conflict", "is at version"),
+    ("policy version goes back", {"op": "put_object", "kind": "policy", "name": "active", "spec": {"version": 1},
+                                  "ts": 3}, "version_conflict", "only goes forward"),
+    ("policy without version", {"op": "put_object", "kind": "policy", "name": "active", "spec": {"source": ""},
+                                "ts": 3}, "invalid_argument", "version must be"),
     ("put unknown kind", {"op": "put_object", "kind": "topic", "name": "x", "spec": {}, "ts": 3},
      "invalid_argument", "cannot be stored"),
 ]
@@ -82,7 +86,8 @@ def test_bad_command_is_refused_and_changes_nothing(case: tuple) -> None:
     """Every bad command has an error code and a message naming the problem; state is untouched."""
     _, cmd, code, words = case
     state = run(spu(1), spu(2), spu(3), topic("dup", 1, 1, [[1]]),
-                {"op": "put_object", "kind": "policy", "name": "p", "spec": {"text": "x"}, "ts": 2})
+                {"op": "put_object", "kind": "policy", "name": "p", "spec": {"version": 1, "text": "x"}, "ts": 2},
+                {"op": "put_object", "kind": "policy", "name": "active", "spec": {"version": 1}, "ts": 2})
     a = apply(state, cmd)
     assert not a.outcome.ok
     assert a.outcome.code == code
@@ -126,10 +131,12 @@ def test_delete_topic_removes_partitions_and_cas_put() -> None:
     s = run_on(BASE, topic("t", 3, 1, [[1], [2], [3]]))
     s = run_on(s, {"op": "delete_topic", "name": "t", "ts": 9})
     assert s.get(TOPIC, "t") is None and not list(s.all(PARTITION))
-    s = run_on(s, {"op": "put_object", "kind": "policy", "name": "p", "spec": {"v": 1}, "ts": 9, "expected_version": -1})
+    s = run_on(s, {"op": "put_object", "kind": "policy", "name": "p", "spec": {"version": 1}, "ts": 9,
+                   "expected_version": -1})
     v = s.get("policy", "p").version
-    s = run_on(s, {"op": "put_object", "kind": "policy", "name": "p", "spec": {"v": 2}, "ts": 9, "expected_version": v})
-    assert s.get("policy", "p").spec == {"v": 2}
+    s = run_on(s, {"op": "put_object", "kind": "policy", "name": "p", "spec": {"version": 2}, "ts": 9,
+                   "expected_version": v})
+    assert s.get("policy", "p").spec == {"version": 2}
 
 
 # Random command streams: apply never raises, is deterministic, and the state survives its encoding.
