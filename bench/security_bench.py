@@ -46,7 +46,8 @@ def fifty_rules() -> str:
     rules.append('[[rule]]\neffect = "deny"\nroles = ["writer"]\nactions = ["*"]\nresources = ["topic:secret-*"]\n')
     rules.append('[[rule]]\neffect = "allow"\nroles = ["admin"]\nactions = ["*"]\nresources = ["topic:*", "cluster", '
                  '"smartmodule:*"]\nregions = ["local"]\n')
-    text = POLICY_HEAD + "\n".join(rules)
+    teams = "".join(f'"team-{i}-app" = ["team-{i}"]\n' for i in range(48))
+    text = POLICY_HEAD + teams + "\n" + "\n".join(rules)
     assert len(parse_policy(text).rules) == 50
     return text
 
