@@ -18,7 +18,7 @@ import capnp
 
 from .errors import ClusterUnavailableError, KolkError, error_from_wire
 from .security.tls import TlsConfig
-from .transport import connect
+from .transport import abort_tls, connect
 from .wire import error_dict, object_dict, schema
 
 T = TypeVar("T")
@@ -241,5 +241,8 @@ async def watch(client: AdminClient, from_version: int,
 def run(coro_fn: Callable[[], Awaitable[T]]) -> T:
     """Run one coroutine with pycapnp's event loop integration (for sync callers)."""
     async def main() -> T:
-        return await coro_fn()
+        try:
+            return await coro_fn()
+        finally:
+            abort_tls()  # before pycapnp's teardown closes them (core/transport.py)
     return asyncio.run(capnp.run(main()))

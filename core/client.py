@@ -22,7 +22,7 @@ from .consumer import AsyncConsumer, ConsumerRecord, Offset
 from .errors import ClusterUnavailableError, InvalidRequestError, KolkError, NotFoundError, error_from_wire
 from .producer import AsyncProducer, RecordMetadata
 from .security.tls import TlsConfig
-from .transport import connect
+from .transport import abort_tls, connect
 from .wire import error_dict, schema
 
 T = TypeVar("T")
@@ -257,6 +257,7 @@ class _LoopThread:
             self._stop = asyncio.Event()
             self._ready.set()
             await self._stop.wait()
+            abort_tls()  # before pycapnp's teardown closes them (core/transport.py)
         asyncio.run(capnp.run(main()))
 
     def call(self, coro: Awaitable[T], timeout: float | None = None) -> T:

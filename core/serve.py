@@ -13,6 +13,7 @@ from typing import Any, Callable
 import capnp
 
 from .security.tls import TlsConfig
+from .transport import abort_tls
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -30,6 +31,7 @@ def serve_until_signalled(make_server: Callable[[], Any], log_level: str) -> int
             loop.add_signal_handler(sig, stop.set)
         await stop.wait()
         await server.stop()
+        abort_tls()  # before pycapnp's teardown closes them (core/transport.py)
 
     asyncio.run(capnp.run(main()))
     return 0

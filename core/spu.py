@@ -68,6 +68,9 @@ class SpuConfig:
     replica_call_timeout_s: float = 5.0
     isr_request_timeout_s: float = 10.0
     tls: TlsConfig | None = None  # TLS on the listener and on this SPU's own connections (node certificate)
+    # TEST ONLY (KOLK_TEST_UNSAFE_ACKS=1): answer acks=all once the leader has fsynced, before the
+    # high watermark passes: the deliberately broken build the fault harness must catch.
+    unsafe_acks_for_tests: bool = False
     ready_file: str | None = None
 
     def __post_init__(self) -> None:

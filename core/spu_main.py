@@ -34,7 +34,8 @@ def run_spu(args: argparse.Namespace) -> int:
                            rack=args.rack, ready_file=args.ready_file,
                            replica_lag_max_ms=args.replica_lag_max_ms,
                            replica_fetch_wait_ms=args.replica_fetch_wait_ms,
-                           heartbeat_interval_ms=args.heartbeat_interval_ms, tls=tls_from_args(args, "kolk spu"))
+                           heartbeat_interval_ms=args.heartbeat_interval_ms, tls=tls_from_args(args, "kolk spu"),
+                           unsafe_acks_for_tests=os.environ.get("KOLK_TEST_UNSAFE_ACKS") == "1")
     except ValueError as e:
         raise SystemExit(f"kolk spu: {e}") from None
     os.makedirs(os.path.dirname(os.path.abspath(config.data_dir)), exist_ok=True)

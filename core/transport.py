@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+import weakref
 from typing import Any, Callable
 
 import capnp
@@ -22,6 +23,18 @@ from .security.tls import Peer, TlsConfig, explain_ssl_error, peer_of, server_ho
 log = logging.getLogger("kolk.transport")
 
 TLS_HANDSHAKE_TIMEOUT_S = 10.0
+
+# Client TLS transports still open. pycapnp's loop teardown closes transports gracefully, and a
+# TLS close then reads the peer's close_notify into pycapnp's protocol while pycapnp is being
+# torn down, which can crash the process. abort_tls() drops them first (see admin.run).
+_tls_transports: "weakref.WeakSet[Any]" = weakref.WeakSet()
+
+
+def abort_tls() -> None:
+    """Abort (no TLS shutdown exchange) every client TLS connection still open."""
+    for transport in list(_tls_transports):
+        if not transport.is_closing():
+            transport.abort()
 
 
 async def serve(bootstrap: Callable[[Peer], Any], host: str, port: int, tls: TlsConfig | None) -> Any:
@@ -59,7 +72,14 @@ async def connect(address: str, tls: TlsConfig | None, timeout_s: float) -> Any:
                   "ssl_handshake_timeout": TLS_HANDSHAKE_TIMEOUT_S}
     try:
         async with asyncio.timeout(timeout_s):
-            return await capnp.AsyncIoStream.create_connection(host=host.strip("[]"), port=int(port), **kwargs)
+            if tls is None:
+                return await capnp.AsyncIoStream.create_connection(host=host.strip("[]"), port=int(port))
+            box: dict[str, Any] = {}
+            transport, _protocol = await asyncio.get_running_loop().create_connection(
+                lambda: capnp.AsyncIoStream._connect(lambda stream: box.setdefault("stream", stream)),
+                host.strip("[]"), int(port), **kwargs)
+            _tls_transports.add(transport)
+            return box["stream"]
     except ssl.SSLError as e:
         raise ClusterUnavailableError(f"TLS to {address} failed: {explain_ssl_error(e)}", retriable=False) from e
     except (ConnectionResetError, ConnectionAbortedError, EOFError) as e:
