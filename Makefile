@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test bench jepsen clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Kolk needs Python >= 3.11, found " + sys.version' 
@@ -29,6 +29,9 @@ bench: $(STAMP)
 	$(PY) bench/smartmodule_bench.py
 	$(PY) bench/security_bench.py
 	$(VENV)/bin/kolk bench
+
+jepsen: $(STAMP)
+	$(PY) -m jepsen run --nemesis kill,pause,partition-one,partition-half,slow --time 600 --seed 1
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .hypothesis

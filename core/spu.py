@@ -113,8 +113,7 @@ class SpuServer:
         self._server = await serve(lambda peer: SpuImpl(self, peer), host, int(port), self.config.tls)
         bound = self._server.sockets[0].getsockname()
         self.address = f"{bound[0]}:{bound[1]}"
-        await self.admin.register_spu(self.config.spu_id, self.config.public_address,
-                                      self.config.private_address or self.config.public_address, self.config.rack)
+        await self._register()
         self._tasks.append(asyncio.ensure_future(self._watch_loop()))
         self._tasks.append(asyncio.ensure_future(self._heartbeat_loop()))
         self._tasks.append(asyncio.ensure_future(self._isr_loop()))
@@ -125,6 +124,25 @@ class SpuServer:
                 json.dump({"address": self.address, "pid": os.getpid()}, f)
             os.replace(tmp, self.config.ready_file)
         log.info("SPU %d serving on %s", self.config.spu_id, self.address)
+
+    async def _register(self, timeout_s: float = 60.0) -> None:
+        """Register with the SC; registering again is harmless, so a connection that broke
+        during the call (an SC still starting, a leader change) is simply retried."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        backoff = 0.1
+        while True:
+            try:
+                await self.admin.register_spu(self.config.spu_id, self.config.public_address,
+                                              self.config.private_address or self.config.public_address,
+                                              self.config.rack)
+                return
+            except KolkError as e:
+                if not e.retriable or loop.time() + backoff > deadline:
+                    raise
+                log.info("registering with the SC failed, trying again: %s", e)
+            await asyncio.sleep(backoff)  # retry backoff, bounded
+            backoff = min(backoff * 2, 2.0)
 
     async def stop(self) -> None:
         for t in self._tasks:

@@ -1,0 +1,447 @@
+"""The nemesis of the fault harness (DESIGN.md §9): a pure fault schedule, and the class that
+applies each fault to a running system and undoes it.
+
+:func:`schedule` turns a seed into a list of :class:`Fault` windows; the same seed and
+arguments always give the same list. Rules: faults on conflicting targets never overlap, at
+most ``MAX_CONCURRENT`` faults are active at once, at most one data-damaging fault
+(torn-tail, power-loss) at a time, and the last ``HEAL_FRACTION`` of the run has no fault.
+
+Targets: ``spu:<id>``, ``sc:<id>``, ``spu:leader`` (leader of partition ``params["partition"]``),
+``sc:leader``, ``minority`` and ``all``. Roles and groups are resolved when the fault starts;
+two targets conflict when they are equal, when one is a group, or when they are in the same
+family and one is a role (the role may resolve to the other node) or a bridge (which cuts
+links of every SPU).
+
+Every fault carries ``params["seed"]``: the choices made when it starts (a leader that is not
+known, the minority, the damaged partition and byte) come from ``random.Random(seed)``.
+
+Kinds, as :class:`Nemesis` starts / stops them (cut mode ``reset``/``blackhole``: ``params["mode"]``):
+
+* ``kill``: kill -9 / restart.  ``pause``: SIGSTOP / SIGCONT.
+* ``partition-one``: cut the node's node-to-node links (client links too if ``params["clients"]``).
+* ``partition-half``: a minority of the SPUs and of the SCs (leaders included when
+  ``params["leader_side"]``) lose their node-to-node links; clients still reach them (stale
+  leaders). Proxies are per node, not per pair, so minority nodes are cut from each other too.
+* ``partition-oneway``: cut only the node's ``in:`` or ``out:`` node links (``params["direction"]``).
+* ``bridge``: cut the replication links into every SPU but the bridge node: all still reach the
+  SC and fetch from the bridge, none from another (per-node proxies approximate Jepsen's bridge).
+* ``slow``: ``params["delay_s"]`` (50-200 ms) on every link of the node, or of all nodes.
+* ``lossy``: drop replies on the node's client or node links (``params["links"]``): each
+  connection loses its first reply and is reset. Windows last at most ``LOSSY_MAX_S``, so
+  replies are lost now and then, not always.
+* ``torn-tail``: kill -9, then truncate within, or flip one bit in, the last 4 KiB of the newest
+  segment of one partition (``params["mode"]``) / restart.
+* ``power-loss``: kill -9, cut files to their last fsynced length / restart. SCs: the runner's
+  ``cut_sc_to_fsynced(node)`` (``ScCluster.cut_to_fsynced`` limited to that node). SPUs do not
+  report what is fsynced: approximated by truncating the newest segment of *every* partition
+  within its last 4 KiB (a torn tail on each).
+* ``clock-jump``: restart with ``KOLK_TEST_CLOCK_OFFSET_MS=params["offset_ms"]`` / restart
+  without. The runner passes the variable on; a product that ignores it is unharmed.
+
+Proxy names in :meth:`System.proxies` are ``"in:<kind>"`` (connections *to* the node pass
+through it) or ``"out:<kind>"`` (connections the node opens); kind ``public`` is a client link,
+any other kind a node-to-node link. E.g. an SPU of ``tests/dataplane_cluster.py``:
+``{"in:public": ..., "in:private": ..., "out:sc": ...}``.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from jepsen.proxy import FaultProxy
+
+KINDS = ("kill", "pause", "partition-one", "partition-half", "partition-oneway", "bridge", "slow",
+         "lossy", "torn-tail", "power-loss", "clock-jump")
+DESTRUCTIVE = frozenset({"torn-tail", "power-loss"})
+LINK_KINDS = frozenset({"partition-one", "partition-half", "partition-oneway", "bridge", "slow", "lossy"})
+GROUP_TARGETS = frozenset({"minority", "all"})
+CLIENT_LINKS = frozenset({"public"})
+MAX_CONCURRENT = 2
+HEAL_FRACTION = 0.1
+MIN_FAULT_S = 0.5
+LOSSY_MAX_S = 2.0
+TAIL_BYTES = 4096
+CLOCK_ENV = "KOLK_TEST_CLOCK_OFFSET_MS"
+
+
+@dataclass(frozen=True)
+class Fault:
+    start_s: float
+    end_s: float
+    kind: str
+    target: str
+    params: dict[str, Any] = field(default_factory=dict, hash=False)
+
+    def overlaps(self, other: Fault) -> bool:
+        return self.start_s < other.end_s and other.start_s < self.end_s
+
+
+# ---------------------------------------------------------------- the schedule (pure)
+
+def _node_targets(family: str, count: int) -> list[str]:
+    return [f"{family}:leader"] + [f"{family}:{i}" for i in range(1, count + 1)] if count else []
+
+
+def _targets(kind: str, spus: int, scs: int) -> list[str]:
+    spu, sc = _node_targets("spu", spus), _node_targets("sc", scs)
+    if kind == "partition-half":
+        return ["minority"] if spus + scs >= 2 else []
+    if kind == "torn-tail":
+        return spu
+    if kind == "bridge":
+        return spu if spus >= 2 else []
+    if kind == "slow":
+        return spu + sc + ["all"]
+    return spu + sc
+
+
+def _effect(kind: str) -> str:
+    return kind if kind in ("slow", "lossy") else "cut"
+
+
+def conflicts(a: Fault | tuple[str, str], b: Fault | tuple[str, str]) -> bool:
+    """Whether two faults (or (kind, target) pairs) must not be active at the same time."""
+    ka, ta = (a.kind, a.target) if isinstance(a, Fault) else a
+    kb, tb = (b.kind, b.target) if isinstance(b, Fault) else b
+    if ta == tb or ta in GROUP_TARGETS or tb in GROUP_TARGETS:
+        return True
+    if ka in DESTRUCTIVE and kb in DESTRUCTIVE:
+        return True
+    fa, _, wa = ta.partition(":")
+    fb, _, wb = tb.partition(":")
+    # A bridge cuts links of every SPU, so it shares them with any SPU fault.
+    return fa == fb and ("leader" in (wa, wb) or "bridge" in (ka, kb))
+
+
+def _params(kind: str, target: str, rng: random.Random, partitions: int) -> dict[str, Any]:
+    p: dict[str, Any] = {"seed": rng.getrandbits(32)}
+    if target == "spu:leader":
+        p["partition"] = rng.randrange(partitions)
+    mode = rng.choice(("reset", "blackhole"))
+    if kind == "partition-one":
+        p.update(mode=mode, clients=rng.random() < 0.5)
+    elif kind == "partition-half":
+        p.update(mode=mode, leader_side=rng.random() < 0.5)
+    elif kind == "partition-oneway":
+        p.update(mode=mode, direction=rng.choice(("in", "out")))
+    elif kind == "bridge":
+        p.update(mode=mode)
+    elif kind == "slow":
+        p.update(delay_s=round(rng.uniform(0.05, 0.2), 3))
+    elif kind == "lossy":
+        p.update(links=rng.choice(("clients", "nodes")))
+    elif kind == "torn-tail":
+        p.update(mode=rng.choice(("truncate", "bitflip")))
+    elif kind == "clock-jump":
+        p.update(offset_ms=rng.choice((-1, 1)) * rng.randint(1_000, 600_000))
+    return p
+
+
+def schedule(seed: int, duration_s: float, faults: list[str], interval_s: tuple[float, float] = (5, 15),
+             fault_duration_s: tuple[float, float] = (3, 10), *, spus: int = 3, scs: int = 3,
+             partitions: int = 1) -> list[Fault]:
+    """The fault windows of a run, sorted by start; a pure function of its arguments.
+
+    ``interval_s`` draws the gap between two fault starts, ``fault_duration_s`` a fault's
+    length (lossy: at most ``LOSSY_MAX_S``). When no fault fits at a start time (too many
+    active, or every target conflicts), the next start is the end of the earliest active one.
+    ``spus``/``scs`` are the node ids 1..n that targets name; ``partitions`` bounds the
+    partition whose leader ``spu:leader`` means."""
+    unknown = sorted(set(faults) - set(KINDS))
+    if unknown:
+        raise ValueError(f"unknown fault kinds {unknown}; known: {list(KINDS)}")
+    for lo, hi in (interval_s, fault_duration_s):
+        if not 0 < lo <= hi:
+            raise ValueError(f"a range must satisfy 0 < low <= high, got {(lo, hi)}")
+    rng = random.Random(seed)
+    kinds = sorted(set(faults), key=KINDS.index)
+    horizon = duration_s * (1 - HEAL_FRACTION)
+    out: list[Fault] = []
+    t = round(rng.uniform(*interval_s), 3)
+    while kinds and t < horizon:
+        active = [f for f in out if f.end_s > t]
+        choice = None
+        if len(active) < MAX_CONCURRENT:
+            for kind in rng.sample(kinds, len(kinds)):
+                cands = [c for c in _targets(kind, spus, scs) if not any(conflicts((kind, c), a) for a in active)]
+                if cands:
+                    choice = kind, rng.choice(cands)
+                    break
+        if choice is None:
+            if not active:
+                break  # no kind has any target at all
+            t = min(f.end_s for f in active)
+            continue
+        kind, target = choice
+        length = rng.uniform(*fault_duration_s)
+        if kind == "lossy":
+            length = min(length, LOSSY_MAX_S)
+        end = round(min(t + length, horizon), 3)
+        if end - t < MIN_FAULT_S:
+            break
+        out.append(Fault(t, end, kind, target, _params(kind, target, rng, partitions)))
+        t = round(t + rng.uniform(*interval_s), 3)
+    return out
+
+
+# ---------------------------------------------------------------- segment damage (pure helpers)
+
+def newest_segment(partition_dir: str) -> str | None:
+    """The active segment of a partition directory: the *.log with the highest base offset."""
+    try:
+        logs = sorted(n for n in os.listdir(partition_dir) if n.endswith(".log"))
+    except OSError:
+        return None
+    return os.path.join(partition_dir, logs[-1]) if logs else None
+
+
+def partition_dirs(data_dir: str) -> list[str]:
+    """Every partition directory of an SPU data directory (``<data_dir>/logs/<name>/``), sorted."""
+    root = os.path.join(data_dir, "logs")
+    try:
+        return [os.path.join(root, n) for n in sorted(os.listdir(root)) if os.path.isdir(os.path.join(root, n))]
+    except OSError:
+        return []
+
+
+def damage_tail(path: str, rng: random.Random, mode: str) -> dict[str, Any]:
+    """Truncate ``path`` to a random length within its last 4 KiB, or flip one random bit in
+    its last 4 KiB; return what was done. An empty file is left alone."""
+    if mode not in ("truncate", "bitflip"):
+        raise ValueError(f"mode must be 'truncate' or 'bitflip', got {mode!r}")
+    size = os.path.getsize(path)
+    done: dict[str, Any] = {"path": path, "mode": mode, "size": size}
+    if size == 0:
+        return dict(done, action="none (empty file)")
+    pos = rng.randrange(max(0, size - TAIL_BYTES), size)
+    with open(path, "r+b") as f:
+        if mode == "truncate":
+            f.truncate(pos)
+            return dict(done, action="truncate", new_size=pos, removed=size - pos)
+        bit = rng.randrange(8)
+        f.seek(pos)
+        byte = f.read(1)[0]
+        f.seek(pos)
+        f.write(bytes([byte ^ (1 << bit)]))
+        f.flush()
+        os.fsync(f.fileno())
+    return dict(done, action="bitflip", offset=pos, bit=bit)
+
+
+# ---------------------------------------------------------------- applying faults
+
+class System(Protocol):
+    """What the nemesis needs from a running cluster; the runner implements it. Nodes are
+    named ``spu-<id>`` and ``sc-<id>``."""
+
+    def spus(self) -> list[int]: ...  # ids (names "spu-<id>" are accepted too)
+    def scs(self) -> list[int]: ...
+    def leader_spu(self, partition: int) -> int | None: ...
+    def leader_sc(self) -> int | None: ...
+    def kill(self, node: str) -> None: ...  # kill -9 and wait for the exit
+    def restart(self, node: str, env: dict[str, str] | None = None) -> None: ...  # need not wait
+    def pause(self, node: str) -> None: ...  # SIGSTOP
+    def resume(self, node: str) -> None: ...  # SIGCONT
+    def proxies(self, node: str) -> dict[str, FaultProxy]: ...  # "in:<kind>" / "out:<kind>"
+    def data_dir(self, node: str) -> str: ...
+    def cut_sc_to_fsynced(self, node: str) -> dict[str, int]: ...  # power loss of one SC's files
+
+
+class Nemesis:
+    """Applies faults to a :class:`System`. ``start`` remembers exactly what it touched (resolved
+    nodes, proxies), so ``stop`` undoes that even if leaders moved meanwhile."""
+
+    def __init__(self, system: System, rng: random.Random | None = None) -> None:
+        """``rng`` seeds the run-time choices of faults without ``params["seed"]``."""
+        self.system = system
+        self.rng = rng or random.Random(0)
+        self._active: dict[Fault, dict[str, Any]] = {}
+
+    @property
+    def active(self) -> list[Fault]:
+        return list(self._active)
+
+    # -- resolution
+
+    def _ids(self, family: str) -> list[int]:
+        """Node ids of a family; ``spus()``/``scs()`` may give ids or names like "spu-2"."""
+        ids = self.system.spus() if family == "spu" else self.system.scs()
+        return sorted(int(str(i).rpartition("-")[2]) for i in ids)
+
+    def _leader(self, family: str, params: dict[str, Any]) -> int | None:
+        return self.system.leader_spu(params.get("partition", 0)) if family == "spu" else self.system.leader_sc()
+
+    def _resolve(self, fault: Fault, rng: random.Random, note: dict[str, Any]) -> list[str]:
+        target = fault.target
+        if target == "all":
+            return [f"spu-{i}" for i in self._ids("spu")] + [f"sc-{i}" for i in self._ids("sc")]
+        if target == "minority":
+            return self._minority(fault.params, rng)
+        family, _, which = target.partition(":")
+        if which != "leader":
+            return [f"{family}-{int(which)}"]
+        leader = self._leader(family, fault.params)
+        if leader is None:
+            ids = self._ids(family)
+            if not ids:
+                return []
+            leader = rng.choice(ids)
+            note["leader_unknown"] = True
+        return [f"{family}-{leader}"]
+
+    def _minority(self, params: dict[str, Any], rng: random.Random) -> list[str]:
+        out: list[str] = []
+        for family in ("spu", "sc"):
+            ids = self._ids(family)
+            k = (len(ids) - 1) // 2
+            if family == "spu" and k == 0 and len(ids) >= 2 and len(self._ids("sc")) < 3:
+                k = 1  # too few nodes for a real minority anywhere: cut one SPU off
+            chosen: list[int] = []
+            leader = self._leader(family, params) if params.get("leader_side") else None
+            if k and leader in ids:
+                chosen.append(leader)
+            rest = [i for i in ids if i not in chosen]
+            chosen += rng.sample(rest, min(len(rest), k - len(chosen)))
+            out += [f"{family}-{i}" for i in sorted(chosen)]
+        return out
+
+    def _links(self, nodes: list[str], direction: str | None = None,
+               links: str = "all") -> list[tuple[str, FaultProxy]]:
+        """(label, proxy) for the chosen links of ``nodes``; ``links``: all, nodes or clients."""
+        out: list[tuple[str, FaultProxy]] = []
+        seen: set[int] = set()
+        for node in nodes:
+            for name, proxy in sorted(self.system.proxies(node).items()):
+                d, _, kind = name.partition(":")
+                wanted = links == "all" or (links == "clients") == (kind in CLIENT_LINKS)
+                if not wanted or (direction and d != direction):
+                    continue
+                if id(proxy) not in seen:
+                    seen.add(id(proxy))
+                    out.append((f"{node}/{name}", proxy))
+        return out
+
+    # -- start / stop
+
+    def _plan_links(self, fault: Fault, nodes: list[str], rec: dict[str, Any]) -> list[tuple[str, FaultProxy]]:
+        kind, p = fault.kind, fault.params
+        if kind == "partition-one":
+            return self._links(nodes, links="all" if p.get("clients") else "nodes")
+        if kind == "partition-oneway":
+            rec["direction"] = p.get("direction", "out")
+            touched = self._links(nodes, rec["direction"], "nodes")
+            if not touched:  # no link that way on this node: cut the other way instead
+                rec["direction"] = "out" if rec["direction"] == "in" else "in"
+                touched = self._links(nodes, rec["direction"], "nodes")
+            return touched
+        if kind == "bridge":
+            return self._links([f"spu-{i}" for i in self._ids("spu") if f"spu-{i}" not in nodes], "in", "nodes")
+        if kind == "slow":
+            return self._links(nodes)
+        if kind == "lossy":
+            return self._links(nodes, links=p.get("links", "clients"))
+        return self._links(nodes, links="nodes")  # partition-half
+
+    def start(self, fault: Fault) -> dict[str, Any]:
+        """Apply ``fault``; return what was done (resolved nodes, action, links touched, ...).
+
+        What it touches is remembered before it is touched, so ``stop``/``heal_all`` also undo
+        a start that failed half-way."""
+        if fault in self._active:
+            raise ValueError(f"fault already active: {fault}")
+        if fault.kind not in KINDS:
+            raise ValueError(f"unknown fault kind {fault.kind!r}")
+        kind, p, s = fault.kind, fault.params, self.system
+        rng = random.Random(p["seed"] if "seed" in p else self.rng.getrandbits(32))
+        rec: dict[str, Any] = {"kind": kind, "target": fault.target}
+        nodes = rec["nodes"] = self._resolve(fault, rng, rec)
+        touched = self._plan_links(fault, nodes, rec) if kind in LINK_KINDS else []
+        self._active[fault] = {"nodes": nodes, "proxies": [proxy for _, proxy in touched]}
+        if kind in LINK_KINDS:
+            rec["links"] = [label for label, _ in touched]
+            mode, delay = p.get("mode", "reset"), p.get("delay_s", 0.1)
+            for _, proxy in touched:
+                if kind == "slow":
+                    proxy.set_delay(delay)
+                elif kind == "lossy":
+                    proxy.set_drop_replies(True)
+                else:
+                    proxy.cut(mode)
+            rec["action"] = {"slow": f"delay {delay} s", "lossy": "drop replies"}.get(kind, f"cut ({mode})")
+        elif kind == "pause":
+            for node in nodes:
+                s.pause(node)
+            rec["action"] = "SIGSTOP"
+        elif kind == "clock-jump":
+            rec.update(action="restart with clock offset", env={CLOCK_ENV: str(p.get("offset_ms", 0))})
+            for node in nodes:
+                s.kill(node)
+                s.restart(node, rec["env"])
+        else:  # kill, torn-tail, power-loss
+            rec["action"] = "kill -9"
+            for node in nodes:
+                s.kill(node)
+            if kind == "torn-tail":
+                rec["damage"] = [d for node in nodes for d in self._damage(node, rng, p.get("mode", "truncate"), False)]
+            elif kind == "power-loss":
+                rec["damage"] = [self._power_loss(node, rng) for node in nodes]
+        return rec
+
+    def stop(self, fault: Fault) -> dict[str, Any]:
+        """Undo what ``start`` did for ``fault``; every step is tried even if one fails."""
+        rec: dict[str, Any] = {"kind": fault.kind, "target": fault.target}
+        state = self._active.pop(fault, None)
+        if state is None:
+            return dict(rec, action="none (not active)")
+        nodes, proxies, s, kind = state["nodes"], state["proxies"], self.system, fault.kind
+        steps: list[tuple[Any, tuple[Any, ...]]]
+        if kind in LINK_KINDS:
+            undo = {"slow": ("delay 0", "set_delay", (0.0,)),
+                    "lossy": ("forward replies", "set_drop_replies", (False,))}
+            action, method, args = undo.get(kind, ("heal", "heal", ()))
+            # A proxy another active fault of the same effect still holds (runners may share one
+            # proxy between two nodes' links) is left as it is; the last one out undoes it.
+            held = {id(px) for f, st in self._active.items() if _effect(f.kind) == _effect(kind)
+                    for px in st["proxies"]}
+            steps = [(getattr(proxy, method), args) for proxy in proxies if id(proxy) not in held]
+        elif kind == "pause":
+            action, steps = "SIGCONT", [(s.resume, (node,)) for node in nodes]
+        elif kind == "clock-jump":
+            action = "restart without clock offset"
+            steps = [step for node in nodes for step in ((s.kill, (node,)), (s.restart, (node,)))]
+        else:
+            action, steps = "restart", [(s.restart, (node,)) for node in nodes]
+        errors: list[str] = []
+        for fn, args in steps:
+            try:
+                fn(*args)
+            except Exception as e:  # noqa: BLE001 - reported; the other steps still run
+                errors.append(f"{getattr(fn, '__name__', fn)}{args}: {e!r}")
+        rec.update(nodes=nodes, action=action)
+        if errors:
+            rec["errors"] = errors
+        return rec
+
+    def heal_all(self) -> list[dict[str, Any]]:
+        """Stop every active fault (end of run, or cleanup after an error)."""
+        return [self.stop(f) for f in list(self._active)]
+
+    # -- damage on disk
+
+    def _damage(self, node: str, rng: random.Random, mode: str, every: bool) -> list[dict[str, Any]]:
+        segments = [seg for d in partition_dirs(self.system.data_dir(node))
+                    if (seg := newest_segment(d)) and os.path.getsize(seg) > 0]
+        if not segments:
+            return [{"node": node, "action": "none (no non-empty segment)"}]
+        chosen = segments if every else [rng.choice(segments)]
+        return [dict(damage_tail(seg, rng, mode), node=node) for seg in chosen]
+
+    def _power_loss(self, node: str, rng: random.Random) -> dict[str, Any]:
+        if node.startswith("sc-"):
+            return {"node": node, "action": "cut to fsynced", "cuts": self.system.cut_sc_to_fsynced(node)}
+        return {"node": node, "action": "truncate every active segment (approximation)",
+                "segments": self._damage(node, rng, "truncate", every=True)}

@@ -1,0 +1,305 @@
+"""``python -m jepsen run``: start a cluster, run the workloads under a fault schedule, heal,
+read everything back, check, and write a report directory (DESIGN.md §9, docs/reliability.md).
+
+Workloads:
+
+* **queue**: producer processes send unique integers, one at a time, with acks=all and the
+  idempotent producer, to the partitions of topic ``jepsen`` (replication factor 3); consumer
+  processes each poll one partition from where they stand (committed reads). An operation
+  whose outcome is unknown (timeout, broken connection) is ``info`` and its process is
+  retired: a fresh process takes over. After the schedule every fault is healed and a final
+  reader reads each partition from offset 0 to its end.
+* **register**: processes write and read keys of the metadata store (SC objects); checked for
+  linearizability per key.
+
+Everything the clients see is recorded as invoke/ok/fail/info events (jepsen/queue_history.py)
+and checked (jepsen/checkers/queue.py, jepsen/checkers/linearizability.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import gc
+import json
+import os
+import random
+import sys
+import tempfile
+import time
+from typing import Any
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from kolk.admin import AdminClient, run  # noqa: E402
+from kolk.client import AsyncClient  # noqa: E402
+from kolk.errors import ClusterUnavailableError, InvalidRequestError, KolkError, NotFoundError  # noqa: E402
+
+from .checkers.linearizability import check as check_linearizable  # noqa: E402
+from .checkers.queue import check_queue  # noqa: E402
+from .history import Operation, save_history  # noqa: E402
+from .nemesis import Nemesis, schedule  # noqa: E402
+from .queue_history import Recorder, write_events  # noqa: E402
+from .report import latency_svg, write_results  # noqa: E402
+from .system import NemesisView, System  # noqa: E402
+
+TOPIC = "jepsen"
+DEFINITE = (InvalidRequestError, NotFoundError)  # errors that mean the request certainly did not happen
+OP_TIMEOUT_S = 30.0
+
+
+class Run:
+    def __init__(self, system: System, recorder: Recorder, partitions: int, seed: int) -> None:
+        self.system = system
+        self.rec = recorder
+        self.partitions = partitions
+        self.rng = random.Random(seed)
+        self.next_value = 0
+        self.next_process = 0
+        self.stop = asyncio.Event()
+        self.register_ops: list[Operation] = []
+
+    def new_process(self) -> int:
+        self.next_process += 1
+        return self.next_process
+
+    # ---------------------------------------------------------------- queue workload
+
+    async def producer(self) -> None:
+        process = self.new_process()
+        client = AsyncClient(self.system.client_sc_addresses, timeout_s=OP_TIMEOUT_S)
+        producer = client.producer(TOPIC, acks="all", linger_ms=0, retries=30, request_timeout_ms=5000)
+        while not self.stop.is_set():
+            self.next_value += 1
+            value = self.next_value
+            key = self.rng.randrange(self.partitions)
+            op = self.rec.invoke(process, "send", key, value, None)
+            try:
+                meta = await asyncio.wait_for(await producer.send(str(value).encode(), partition=key),
+                                              OP_TIMEOUT_S)
+                self.rec.complete(op, "ok", [value, meta.offset])
+            except DEFINITE as e:
+                self.rec.complete(op, "fail", error=str(e)[:200])
+            except (KolkError, asyncio.TimeoutError, OSError) as e:
+                self.rec.complete(op, "info", error=str(e)[:200] or type(e).__name__)
+                process = self.new_process()  # a process that saw "unknown" is retired
+                client = AsyncClient(self.system.client_sc_addresses, timeout_s=OP_TIMEOUT_S)
+                producer = client.producer(TOPIC, acks="all", linger_ms=0, retries=30, request_timeout_ms=5000)
+                await asyncio.sleep(0.05)  # a breath before the fresh process starts
+
+    async def consumer(self, key: int) -> None:
+        process = self.new_process()
+        client = AsyncClient(self.system.client_sc_addresses, timeout_s=OP_TIMEOUT_S)
+        offset = 0
+        while not self.stop.is_set():
+            op = self.rec.invoke(process, "poll", key, None, None)
+            try:
+                r = await asyncio.wait_for(client.fetch(TOPIC, key, offset, 256 << 10), OP_TIMEOUT_S)
+                pairs = _pairs(r.records)
+                self.rec.complete(op, "ok", pairs)
+                if pairs:
+                    offset = pairs[-1][0] + 1
+                else:
+                    await asyncio.sleep(0.05)  # nothing new: poll again shortly
+            except (KolkError, asyncio.TimeoutError, OSError) as e:
+                self.rec.complete(op, "info" if not isinstance(e, DEFINITE) else "fail", error=str(e)[:200])
+                process = self.new_process()
+                client = AsyncClient(self.system.client_sc_addresses, timeout_s=OP_TIMEOUT_S)
+                await asyncio.sleep(0.1)  # backoff before the fresh process polls
+
+    async def final_reads(self) -> None:
+        process = self.new_process()
+        client = AsyncClient(self.system.client_sc_addresses, timeout_s=30)
+        for key in range(self.partitions):
+            deadline = time.monotonic() + 120
+            while True:
+                op = self.rec.invoke(process, "final", key, None, None)
+                try:
+                    pairs: list[list[Any]] = []
+                    _start, hw, leo = await client.offsets(TOPIC, key)
+                    if hw != leo:
+                        raise ClusterUnavailableError(f"partition {key} not settled: hw {hw}, leo {leo}")
+                    offset = 0
+                    while offset < hw:
+                        r = await client.fetch(TOPIC, key, offset, 1 << 20)
+                        got = _pairs(r.records)
+                        if not got:
+                            break
+                        pairs.extend(got)
+                        offset = r.nextOffset
+                    self.rec.complete(op, "ok", pairs)
+                    break
+                except (KolkError, OSError, asyncio.TimeoutError) as e:
+                    self.rec.complete(op, "info", error=str(e)[:200])
+                    process = self.new_process()
+                    if time.monotonic() > deadline:
+                        raise
+                    await asyncio.sleep(1.0)  # waiting for the healed cluster to settle
+
+    # ---------------------------------------------------------------- register workload
+
+    async def register(self, keys: int = 3) -> None:
+        process = self.new_process()
+        admin = AdminClient(self.system.client_sc_addresses, timeout_s=5)
+        while not self.stop.is_set():
+            key = f"k{self.rng.randrange(keys)}"
+            t0 = time.monotonic()
+            if self.rng.random() < 0.5:
+                value = self.rng.randrange(1000)
+                try:
+                    await admin.put_object("policy", key, {"v": value})
+                    outcome = "ok"
+                except KolkError as e:
+                    outcome = "fail" if isinstance(e, DEFINITE) else "info"
+                self.register_ops.append(Operation(process, key, "write", value, t0, time.monotonic(), outcome))
+            else:
+                try:
+                    obj = await admin.get_object("policy", key)
+                    value = None if obj is None else obj["spec"]["v"]
+                    self.register_ops.append(Operation(process, key, "read", value, t0, time.monotonic(), "ok"))
+                except KolkError:
+                    self.register_ops.append(Operation(process, key, "read", None, t0, time.monotonic(), "info"))
+                    outcome = "info"
+                else:
+                    outcome = "ok"
+            if outcome == "info":
+                process = self.new_process()
+                admin = AdminClient(self.system.client_sc_addresses, timeout_s=5)
+            await asyncio.sleep(0.02)  # pacing the register workload
+
+
+async def _watch_leaders(system: System, partitions: int, stop: asyncio.Event) -> None:
+    """Keep the system's view of who leads current, for faults aimed at leaders."""
+    admin = AdminClient(system.client_sc_addresses, timeout_s=2)
+    while not stop.is_set():
+        try:
+            for p in await admin.list_objects("partition", stale=True):
+                if p["spec"]["topic"] == TOPIC:
+                    system.spu_leaders[p["spec"]["partition"]] = p["status"]["leader"]
+            leader = (await admin.cluster_status())["leader"]
+            system.sc_leader = next((int(name.split("-")[1]) for (kind, name, _), px in system.proxies.items()
+                                     if kind == "client" and px.target == leader), None) if leader else None
+        except KolkError:
+            pass  # the SCs may be faulted right now; try again next tick
+        await asyncio.sleep(0.5)  # polling period
+
+
+def _pairs(data: bytes) -> list[list[Any]]:
+    from kolk.segments import decode_records
+    from kolk.segments.batch import iter_batches
+
+    out: list[list[Any]] = []
+    if not data:
+        return out
+    for pos, _h in iter_batches(data, 64 << 20):
+        out.extend([r.offset, int(r.value)] for r in decode_records(data, pos))
+    return out
+
+
+async def _run(system: System, args: argparse.Namespace, out_dir: str) -> dict[str, Any]:
+    rec = Recorder()
+    r = Run(system, rec, args.partitions, args.seed)
+    admin = AdminClient(system.client_sc_addresses, timeout_s=60)
+    await admin.create_topic(TOPIC, args.partitions, 3, {"min_in_sync": "2"})
+    # Aliases aimed at partition leaders: kill-leader, partition-leader (its node links cut while
+    # clients still reach it: the classic way a leader that acknowledges too early loses writes).
+    aliases = {"kill-leader": "kill", "partition-leader": "partition-one"}
+    kinds = sorted({aliases.get(k, k) for k in args.nemesis})
+    faults = schedule(args.seed, args.time, kinds, spus=args.spus, scs=3, partitions=args.partitions) if kinds else []
+    for alias, kind in aliases.items():
+        if alias in args.nemesis and kind not in args.nemesis:
+            faults = [dataclasses.replace(f, target="spu:leader",
+                                          params={**f.params, "partition": f.params.get("partition", 0)})
+                      if f.kind == kind else f for f in faults]
+    nemesis = Nemesis(NemesisView(system))
+    tasks = [asyncio.ensure_future(r.producer()) for _ in range(args.producers)]
+    tasks += [asyncio.ensure_future(r.consumer(k)) for k in range(args.partitions)]
+    tasks.append(asyncio.ensure_future(r.register()))
+    tasks.append(asyncio.ensure_future(_watch_leaders(system, args.partitions, r.stop)))
+    # Faults are applied on this loop, not in worker threads: a thread must never be where
+    # pycapnp objects are freed (its loop lives on this thread only). Each call is short.
+    t0 = time.monotonic()
+    applied: list[dict[str, Any]] = []
+    pending = sorted(faults, key=lambda f: f.start_s)
+    active: list[Any] = []
+    while time.monotonic() - t0 < args.time:
+        now = time.monotonic() - t0
+        for f in [f for f in active if f.end_s <= now]:
+            applied.append({"fault": f.kind, "stop": nemesis.stop(f), "t": now})
+            active.remove(f)
+        while pending and pending[0].start_s <= now:
+            f = pending.pop(0)
+            applied.append({"fault": f.kind, "start": nemesis.start(f), "t": now})
+            active.append(f)
+        await asyncio.sleep(0.2)  # the schedule's clock tick
+    for f in active:
+        applied.append({"fault": f.kind, "stop": nemesis.stop(f)})
+    system.heal_all()
+    r.stop.set()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    for name in system.spu_names():
+        system.wait_ready(name)
+    await r.final_reads()
+    events = rec.events()
+    write_events(os.path.join(out_dir, "history.jsonl"), events)
+    queue = check_queue(events)
+    register = check_linearizable(r.register_ops)
+    save_history(os.path.join(out_dir, "register.jsonl"), r.register_ops)
+    latency_svg(_latencies(events), [(f.start_s, f.end_s, f.kind) for f in faults],
+                os.path.join(out_dir, "latency.svg"))
+    return {"valid": bool(queue["valid"] and register.ok), "seed": args.seed, "time_s": args.time,
+            "nemesis": args.nemesis, "queue": queue,
+            "register": {"valid": register.ok, "verdict": str(register.verdict), "operations": len(r.register_ops),
+                         "report": register.report()[:4000]},
+            "faults": applied}
+
+
+def _latencies(events: list[Any]) -> list[tuple[float, float, str, str]]:
+    """(time since start, latency ms, f, outcome) per completed operation, for the picture."""
+    from .queue_history import pair
+
+    return [(op.invoke_time, (op.complete_time - op.invoke_time) * 1000, op.f, op.type)
+            for op in pair(events) if op.complete_time is not None]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m jepsen run", description="fault-injection run against Kolk")
+    ap.add_argument("command", choices=["run"])
+    ap.add_argument("--nemesis", default="kill,partition-one,pause",
+                    help="comma-separated fault kinds (see jepsen/nemesis.py; 'kill-leader' and "
+                         "'partition-leader' aim at partition leaders), or '' for none")
+    ap.add_argument("--time", type=float, default=120.0, help="seconds of workload under faults")
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--spus", type=int, default=3)
+    ap.add_argument("--partitions", type=int, default=3)
+    ap.add_argument("--producers", type=int, default=4)
+    ap.add_argument("--out", help="report directory (default: a new one under ./jepsen-runs)")
+    ap.add_argument("--unsafe-acks", action="store_true",
+                    help="run the deliberately broken build (acks=all answered before the high watermark)")
+    args = ap.parse_args(argv)
+    args.nemesis = [k for k in args.nemesis.split(",") if k]
+    out = args.out or tempfile.mkdtemp(prefix=f"run-seed{args.seed}-", dir=_runs_dir())
+    os.makedirs(out, exist_ok=True)
+    # The cycle collector stays off for the run: the proxies' threads would run it on objects of
+    # this loop, and pycapnp crashes when it frees a client cycle (see release_consumer in
+    # tests/dataplane_cluster.py). Reference counting frees the rest; a run is bounded in time.
+    gc.disable()
+    system = System(os.path.join(out, "cluster"), spus=args.spus,
+                    spu_env={"KOLK_TEST_UNSAFE_ACKS": "1"} if args.unsafe_acks else None)
+    try:
+        system.start_all()
+        results = run(lambda: _run(system, args, out))
+    finally:
+        system.close()
+    write_results(out, results)
+    q = results["queue"]["counts"]
+    print(f"{'VALID' if results['valid'] else 'INVALID'}: {json.dumps(q)}; register linearizable: "
+          f"{results['register']['valid']}; report in {out}")
+    return 0 if results["valid"] else 1
+
+
+def _runs_dir() -> str:
+    d = os.path.join(os.getcwd(), "jepsen-runs")
+    os.makedirs(d, exist_ok=True)
+    return d
