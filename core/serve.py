@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import os
 import signal
@@ -19,7 +20,15 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 def serve_until_signalled(make_server: Callable[[], Any], log_level: str) -> int:
-    """Build the server inside the event loop, start it, and stop it on SIGTERM or SIGINT."""
+    """Build the server inside the event loop, start it, and stop it on SIGTERM or SIGINT.
+
+    The cycle collector is off in server processes: pycapnp segfaults when the collector frees
+    Cap'n Proto objects caught in a reference cycle (an exception's traceback holding a
+    capability, typically after a broken connection). The fault harness found SPUs dying
+    that way under connection churn (docs/reliability.md). Reference counting still frees
+    everything that is not in a cycle; the servers keep no long-lived cycles of their own.
+    """
+    gc.disable()
     logging.basicConfig(level=log_level.upper(), stream=sys.stderr, format=LOG_FORMAT)
 
     async def main() -> None:

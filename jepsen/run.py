@@ -209,8 +209,9 @@ async def _run(system: System, args: argparse.Namespace, out_dir: str) -> dict[s
     faults = schedule(args.seed, args.time, kinds, spus=args.spus, scs=3, partitions=args.partitions) if kinds else []
     for alias, kind in aliases.items():
         if alias in args.nemesis and kind not in args.nemesis:
+            extra = {"clients": False, "mode": "blackhole"} if alias == "partition-leader" else {}
             faults = [dataclasses.replace(f, target="spu:leader",
-                                          params={**f.params, "partition": f.params.get("partition", 0)})
+                                          params={**f.params, "partition": f.params.get("partition", 0), **extra})
                       if f.kind == kind else f for f in faults]
     nemesis = Nemesis(NemesisView(system))
     tasks = [asyncio.ensure_future(r.producer()) for _ in range(args.producers)]
