@@ -31,7 +31,7 @@ bench: $(STAMP)
 	$(VENV)/bin/kolk bench
 
 jepsen: $(STAMP)
-	$(PY) -m jepsen run --nemesis kill,pause,partition-one,partition-half,slow --time 600 --seed 1
+	$(PY) -m jepsen run --nemesis kill,pause,partition-one,partition-half,partition-oneway,bridge,slow,lossy,torn-tail,power-loss,clock-jump --time 600 --seed 7
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .hypothesis
