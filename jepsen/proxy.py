@@ -80,6 +80,7 @@ class FaultProxy:
         self._mode: str | None = None  # None (forwarding), "reset" or "blackhole"
         self._drop_replies, self._delay = False, 0.0
         self.connections_total = self.connections_refused = self.bytes_forwarded = 0
+        self.replies_dropped = 0  # replies discarded (and their connections reset) by set_drop_replies
         self._conns: set[_Conn] = set()  # proxy loop only
         self._closing = self._stopped = False  # _closing: proxy loop only
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -212,7 +213,10 @@ class FaultProxy:
             return "reset"
         if mode == "blackhole" or conn.held:
             return "discard"
-        return "reset" if reply and drop else "forward"
+        if reply and drop:
+            self.replies_dropped += 1
+            return "reset"
+        return "forward"
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         with self._lock:

@@ -351,11 +351,13 @@ def test_idempotent_producer_survives_dropped_replies_and_failover(tmp_path: Any
                 futs.append(await producer.send(v))
             await asyncio.sleep(0)  # let the batch go
         await send(2000)
+        front = c.proxies["public"][leader]
         for _ in range(5):
-            c.proxies["public"][leader].set_drop_replies(True)
+            dropped = front.replies_dropped
+            front.set_drop_replies(True)
             await send(300)
-            await asyncio.sleep(0.05)  # a window in which replies are dropped
-            c.proxies["public"][leader].set_drop_replies(False)
+            await wait_until(lambda: front.replies_dropped > dropped, 10, "a reply to be dropped")
+            front.set_drop_replies(False)
             await send(300)
         c.kill_spu(leader)
         await send(2000)

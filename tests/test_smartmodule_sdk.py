@@ -25,9 +25,6 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "smartmodule" / "examples"
 BATCH_MAX = 64 << 20
 
-pytestmark = pytest.mark.skipif(shutil.which("clang") is None or shutil.which("wasm-ld") is None,
-                                reason="needs clang and wasm-ld (apt-get install clang lld)")
-
 KINDS = {"contains": ("filter", True), "json_field": ("map", True), "split_lines": ("array_map", False),
          "count_per_key": ("aggregate", False), "redact": ("map", True)}
 
