@@ -138,28 +138,30 @@ class ScCluster:
         return next((n for n in self.nodes.values() if n.admin == admin), None)
 
     def cut_to_fsynced(self) -> dict[str, int]:
-        """Power loss: cut every file an SC reported fsynced back to its last reported size.
-
-        Files written since their last report lose the unsynced tail; files never reported
-        (created and written, never fsynced) are emptied."""
+        """Power loss: cut every file an SC reported fsynced back to its last reported size."""
         cuts: dict[str, int] = {}
-        for i in self.nodes:
-            path = self.fsync_log_path(i)
-            if not os.path.exists(path):
-                continue
-            with open(path) as f:
-                for line in f:
-                    name, _, size = line.rstrip("\n").rpartition(" ")
-                    if name:
-                        cuts[name] = int(size)
-        for name, size in cuts.items():
-            if os.path.exists(name) and os.path.getsize(name) > size:
-                with open(name, "r+b") as f:
-                    f.truncate(size)
-        # Journals that were written but never reported lose everything unsynced.
-        for n in self.nodes.values():
-            journal = os.path.join(n.data_dir, "raft", "journal.log")
-            if os.path.exists(journal) and journal not in cuts:
-                with open(journal, "r+b") as f:
-                    f.truncate(0)
+        for i, n in self.nodes.items():
+            cuts.update(cut_node_to_fsynced(self.fsync_log_path(i), n.data_dir))
         return cuts
+
+
+def cut_node_to_fsynced(fsync_log: str, data_dir: str) -> dict[str, int]:
+    """Power loss on one SC: every file it reported fsynced (``fsync_log``) cut back to its
+    last reported size; files written since lose the unsynced tail, and a Raft journal never
+    reported (created and written, never fsynced) is emptied."""
+    cuts: dict[str, int] = {}
+    if os.path.exists(fsync_log):
+        with open(fsync_log) as f:
+            for line in f:
+                name, _, size = line.rstrip("\n").rpartition(" ")
+                if name:
+                    cuts[name] = int(size)
+    for name, size in cuts.items():
+        if os.path.exists(name) and os.path.getsize(name) > size:
+            with open(name, "r+b") as f:
+                f.truncate(size)
+    journal = os.path.join(data_dir, "raft", "journal.log")
+    if os.path.exists(journal) and journal not in cuts:
+        with open(journal, "r+b") as f:
+            f.truncate(0)
+    return cuts

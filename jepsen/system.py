@@ -22,7 +22,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
-from .cluster import SECRET, FSYNC_LOG_ENV, free_port, wait_for
+from .cluster import FSYNC_LOG_ENV, SECRET, cut_node_to_fsynced, free_port, wait_for
 from .proxy import FaultProxy
 
 START_TIMEOUT_S = 60.0
@@ -138,23 +138,7 @@ class System:
     def cut_sc_to_fsynced(self, node: str) -> dict[str, int]:
         """Power loss on one SC: its files cut back to the sizes it last reported fsynced."""
         n = self.nodes[node]
-        cuts: dict[str, int] = {}
-        path = n.env.get(FSYNC_LOG_ENV, "")
-        if os.path.exists(path):
-            with open(path) as f:
-                for line in f:
-                    name, _, size = line.rstrip("\n").rpartition(" ")
-                    if name:
-                        cuts[name] = int(size)
-        for name, size in cuts.items():
-            if os.path.exists(name) and os.path.getsize(name) > size:
-                with open(name, "r+b") as f:
-                    f.truncate(size)
-        journal = os.path.join(n.data_dir, "raft", "journal.log")
-        if os.path.exists(journal) and journal not in cuts:
-            with open(journal, "r+b") as f:
-                f.truncate(0)
-        return cuts
+        return cut_node_to_fsynced(n.env.get(FSYNC_LOG_ENV, ""), n.data_dir)
 
     # ---------------------------------------------------------------- processes
 
