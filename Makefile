@@ -4,8 +4,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
+PEERS_ARGS ?=
 
-.PHONY: setup demo test bench jepsen clean
+.PHONY: setup demo test bench bench-peers jepsen clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Kolk needs Python >= 3.11, found " + sys.version' 
@@ -29,6 +30,14 @@ bench: $(STAMP)
 	$(PY) bench/smartmodule_bench.py
 	$(PY) bench/security_bench.py
 	$(VENV)/bin/kolk bench
+
+# Kolk beside NATS JetStream and Redis Streams (issue 9); not part of `make test`. Installs
+# Debian's nats-server and redis-server if missing (apt-get: run as root) and the peers'
+# Python clients into the venv (the optional extra "peers").
+bench-peers: $(STAMP)
+	bash bench/peers/install.sh
+	$(PY) -m pip install --quiet -e '.[dev,peers]'
+	$(PY) bench/peers_bench.py $(PEERS_ARGS)
 
 jepsen: $(STAMP)
 	$(PY) -m jepsen run --nemesis kill,pause,partition-one,partition-half,partition-oneway,bridge,slow,lossy,torn-tail,power-loss,clock-jump --time 600 --seed 7

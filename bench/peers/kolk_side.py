@@ -1,0 +1,95 @@
+"""Kolk's side of the peer benchmark, through the asyncio client as a user would drive it.
+
+Produce: one producer, ``acks=all`` with the idempotent default, 1 MiB batches, linger 5 ms
+(the client batches; no other tuning). Consume: one consumer from the beginning, every
+record handed to a Python loop. Latency: linger 0, each record sent as it is made.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from kolk.client import AsyncClient
+from kolk.consumer import Offset
+
+from . import latency
+
+LEADER_TIMEOUT_S = 30.0
+
+
+class KolkWorkload:
+    system = "kolk"
+
+    def __init__(self, address: str, replicas: int) -> None:
+        self.address = address
+        self.replicas = replicas
+        self.client = AsyncClient(address)
+
+    async def setup(self, topic: str) -> None:
+        await self.client.create_topic(topic, 1, self.replicas)
+        deadline = time.monotonic() + LEADER_TIMEOUT_S
+        while time.monotonic() < deadline:
+            parts = await self.client.refresh(topic)
+            if all(p["status"]["leader"] is not None for p in parts):
+                return
+            await asyncio.sleep(0.02)  # polling for the topic's leader, with a deadline
+        raise RuntimeError(f"topic {topic} has no leader after {LEADER_TIMEOUT_S:.0f} s")
+
+    async def produce(self, topic: str, size: int, seconds: float) -> tuple[int, float]:
+        value = bytes(size)
+        producer = self.client.producer(topic, acks="all", batch_bytes=1 << 20, linger_ms=5)
+        send = producer.send
+        n = 0
+        last = None
+        t0 = time.perf_counter()
+        while time.perf_counter() - t0 < seconds:
+            for _ in range(1000):
+                last = await send(value)
+            n += 1000
+        await producer.flush()
+        meta = await last
+        elapsed = time.perf_counter() - t0
+        if meta.offset != n - 1:
+            raise RuntimeError(f"kolk: last offset {meta.offset}, expected {n - 1}")
+        return n, elapsed
+
+    async def consume(self, topic: str, count: int) -> float:
+        consumer = self.client.consumer(topic, start=Offset.beginning(), stop_at_end=True, window_bytes=16 << 20)
+        n = 0
+        nbytes = 0
+        t0 = time.perf_counter()
+        async for batch in consumer.batches():
+            for rec in batch:  # into a Python loop, as a user would
+                nbytes += len(rec.value)
+                n += 1
+        elapsed = time.perf_counter() - t0
+        await consumer.close()
+        if n != count:
+            raise RuntimeError(f"kolk: consumed {n} records, expected {count}")
+        return elapsed
+
+    async def latency(self, topic: str, rate: int, seconds: float) -> list[float]:
+        producer = self.client.producer(topic, acks="all", linger_ms=0)
+
+        async def send(value: bytes) -> None:
+            await producer.send(value)
+
+        return await latency.measure(self.system, self.address, topic, rate, seconds, send, producer.flush)
+
+    async def close(self) -> None:
+        await self.client.close()
+
+
+async def tail(address: str, topic: str, count: int, seen: "latency.Seen") -> None:
+    client = AsyncClient(address)
+    consumer = client.consumer(topic, start=Offset.beginning())
+    try:
+        async for batch in consumer.batches():
+            now = time.time()
+            for rec in batch:
+                if seen(now, rec.value):
+                    return
+    finally:
+        await consumer.close()
+        await client.close()

@@ -1,0 +1,90 @@
+"""End-to-end latency, the same way for every system.
+
+A consumer runs in its own process (``tail.py``), as an application would run it, and tails
+the stream. The producer here first sends warm-up records every 10 ms until the consumer
+reports that it has seen one (so the timed run starts with the consumer streaming, with no
+fixed sleep), then sends ``rate`` records/s for ``seconds``. Each record carries its send
+time; the consumer records (time seen - time sent) for every timed record.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import struct
+import subprocess
+import sys
+import time
+from typing import Awaitable, Callable
+
+WARMUP = b"w"
+TIMED = b"x"
+READY_TIMEOUT_S = 30.0
+TAIL_TIMEOUT_S = 60.0
+
+
+def payload(kind: bytes, size: int = 100) -> bytes:
+    return struct.pack("<d", time.time()) + kind * (size - 8)
+
+
+def parse(value: bytes) -> tuple[float, bool]:
+    """(send time, is a timed record) of a payload made by :func:`payload`."""
+    (sent,) = struct.unpack_from("<d", value)
+    return sent, value[8:9] == TIMED
+
+
+async def measure(system: str, address: str, stream: str, rate: int, seconds: float,
+                  send: Callable[[bytes], Awaitable[None]], finish: Callable[[], Awaitable[None]]) -> list[float]:
+    count = int(rate * seconds)
+    here = os.path.dirname(os.path.abspath(__file__))
+    proc = subprocess.Popen([sys.executable, os.path.join(here, "tail.py"), system, address, stream, str(count)],
+                            stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    try:
+        loop = asyncio.get_running_loop()
+        ready = loop.run_in_executor(None, proc.stdout.readline)
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while not ready.done():
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise RuntimeError(f"{system}: the latency consumer did not start streaming")
+            await send(payload(WARMUP))
+            await asyncio.wait([ready], timeout=0.01)  # the next warm-up record unless the consumer answered
+        if (await ready).strip() != b"ready":
+            raise RuntimeError(f"{system}: the latency consumer failed to start")
+        interval = 1 / rate
+        start = time.perf_counter()
+        for i in range(count):
+            delay = start + i * interval - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)  # pacing the producer at the target rate
+            await send(payload(TIMED))
+        await finish()
+        out, _ = await loop.run_in_executor(None, lambda: proc.communicate(timeout=TAIL_TIMEOUT_S))
+        latencies = json.loads(out)
+        if len(latencies) != count:
+            raise RuntimeError(f"{system}: the consumer saw {len(latencies)} of {count} timed records")
+        return latencies
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+class Seen:
+    """The consumer side: ``seen(now, value)`` for each record; True once ``count`` timed
+    records arrived. Says "ready" on stdout at the first record of any kind."""
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+        self.latencies: list[float] = []
+        self.ready = False
+
+    def __call__(self, now: float, value: bytes) -> bool:
+        if not self.ready:
+            self.ready = True
+            sys.stdout.write("ready\n")
+            sys.stdout.flush()
+        sent, timed = parse(value)
+        if timed:
+            self.latencies.append((now - sent) * 1000)
+        return len(self.latencies) >= self.count

@@ -1,0 +1,145 @@
+"""Kolk side by side with NATS JetStream and Redis Streams, in one run (issue 9).
+
+Every system runs on loopback in its own temporary directory, is driven from this Python
+process by its own client at that client's best practice (see bench/peers/*_side.py), and is
+stopped by pid afterwards. Rounds alternate the systems so each sees the same machine noise.
+Per round and system: produce 100 B records for --seconds (every write acknowledged), produce
+1 KiB records for --seconds, consume the 100 B records from the beginning into a Python loop,
+then end-to-end latency at --rate records/s with the consumer in its own process; and for a
+3-node cluster with 3 replicas (Kolk: 1 SC + 3 SPUs, RF 3; JetStream: 3 servers, R3) the two
+produce runs. Prints one table and writes it to docs/benchmarks.md (--no-docs to skip).
+
+Usage: python bench/peers_bench.py [--rounds N] [--seconds S] [--rate R] [--latency-seconds S]
+       [--systems kolk,nats,redis,redis-always,kolk-3,nats-3] [--no-docs]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import gc
+import os
+import shutil
+import sys
+import tempfile
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+from peers import procs, report, servers  # noqa: E402
+
+SYSTEMS = {
+    "kolk": (report.KOLK, lambda d: servers.KolkServers(d, 1)),
+    "nats": (report.NATS, lambda d: servers.NatsServers(d, 1)),
+    "redis": (report.REDIS, lambda d: servers.RedisServer(d, fsync_always=False)),
+    "redis-always": (report.REDIS_ALWAYS, lambda d: servers.RedisServer(d, fsync_always=True)),
+    "kolk-3": (report.KOLK_3, lambda d: servers.KolkServers(d, 3)),
+    "nats-3": (report.NATS_3, lambda d: servers.NatsServers(d, 3)),
+}
+
+
+def workload_for(srv: servers.Servers):
+    if isinstance(srv, servers.KolkServers):
+        from peers.kolk_side import KolkWorkload
+        return KolkWorkload(srv.address, srv.replicas)
+    if isinstance(srv, servers.NatsServers):
+        from peers.nats_side import NatsWorkload
+        return NatsWorkload(srv.urls, srv.replicas)
+    from peers.redis_side import RedisWorkload
+    return RedisWorkload(srv.port)
+
+
+async def one(key: str, rnd: int, args: argparse.Namespace, out: dict) -> None:
+    name, make = SYSTEMS[key]
+    workdir = tempfile.mkdtemp(prefix=f"peer-{key}-", dir=args.workdir)
+    srv = make(workdir)
+    r = out.setdefault(name, {"durability": srv.durability})
+    try:
+        await srv.start()
+        r.setdefault("start_ms", []).append(srv.start_ms)
+        r.setdefault("rss_idle", []).append(srv.rss_bytes())
+        w = workload_for(srv)
+        try:
+            s100, s1k = f"p100r{rnd}", f"p1kr{rnd}"
+            await w.setup(s100)
+            n, t = await w.produce(s100, 100, args.seconds)
+            r.setdefault("produce_100", []).append(n / t)
+            await w.setup(s1k)
+            n1k, t = await w.produce(s1k, 1024, args.seconds)
+            r.setdefault("produce_1k", []).append(n1k / t)
+            if srv.replicas == 1:
+                t = await w.consume(s100, n)
+                r.setdefault("consume", []).append(n / t)
+                lat = f"latr{rnd}"
+                await w.setup(lat)
+                r.setdefault("latency_ms", []).extend(await w.latency(lat, args.rate, args.latency_seconds))
+            r.setdefault("rss_after", []).append(srv.rss_bytes())
+        finally:
+            await w.close()
+    finally:
+        srv.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+    print(f"  round {rnd + 1}: {name} done", flush=True)
+
+
+SETUP = """Each system runs on loopback in a temporary directory on this machine, started by the
+benchmark and stopped by its process id; clients run in the benchmark's Python process, each
+at its client's best practice: Kolk's asyncio producer (`acks=all`, idempotent, 1 MiB batches,
+linger 5 ms) and consumer; nats-py `publish_async` with at most 4,000 acknowledgements in
+flight, a pull consumer fetching 1,000 messages per request (ack policy none); redis-py with
+hiredis, `XADD` in pipelines of 1,000, `XREAD COUNT 10000`. Produce runs write for {seconds:g} s
+and then wait for every acknowledgement; consume reads the 100 B records back from the
+beginning into a Python loop; latency is send time to the moment a consumer in its own process
+sees the record, at {rate:,} records/s for {lat:g} s per round (Kolk linger 0; JetStream
+`publish_async` and an ordered push consumer; Redis one `XADD` per record and `XREAD BLOCK`).
+RSS is the resident memory of every server process together (Kolk: SC + SPU), idle after
+start and again after the run. Start to serving is from spawning the first server process to
+the first answered client round trip. {rounds} rounds, systems alternating within each round."""
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--seconds", type=float, default=3.0, help="produce duration per run")
+    ap.add_argument("--rate", type=int, default=2000)
+    ap.add_argument("--latency-seconds", type=float, default=5.0)
+    ap.add_argument("--systems", default=",".join(SYSTEMS))
+    ap.add_argument("--no-docs", action="store_true", help="print the table only")
+    ap.add_argument("--workdir", default=None, help="where the temporary directories go (default: $TMPDIR)")
+    args = ap.parse_args()
+    keys = [k.strip() for k in args.systems.split(",") if k.strip()]
+    unknown = [k for k in keys if k not in SYSTEMS]
+    if unknown:
+        ap.error(f"unknown systems {unknown}: choose from {', '.join(SYSTEMS)}")
+    for tool, key in (("nats-server", "nats"), ("redis-server", "redis")):
+        if any(k.startswith(key) for k in keys) and shutil.which(tool) is None:
+            ap.error(f"{tool} is not installed: run 'make bench-peers', which installs it")
+    gc.disable()  # the Kolk client shares pycapnp with the servers (see core/serve.py)
+    results: dict = {}
+
+    async def body() -> None:
+        for rnd in range(args.rounds):
+            for key in keys:
+                await one(key, rnd, args, results)
+                gc.collect()
+
+    from kolk.admin import run
+
+    run(body)  # the Kolk client needs pycapnp's event loop integration; the others run in it too
+    setup = SETUP.format(seconds=args.seconds, rate=args.rate, lat=args.latency_seconds, rounds=args.rounds)
+    when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    text = report.section(results, args.rate, when, procs.machine(), servers.versions(), setup)
+    print()
+    print(text)
+    if not args.no_docs:
+        path = os.path.join(os.path.dirname(HERE), "docs", "benchmarks.md")
+        with open(path, encoding="utf-8") as f:
+            doc = f.read()
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(report.replace_section(doc, text))
+        print(f"wrote the table to {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
