@@ -869,7 +869,7 @@ def test_group_commit_waiters_fail_on_truncation_instead_of_hanging(
         log.append(make_batch("base", n=2))
         assert log.sync() == 2
         before = read_records(log)
-        group = GroupCommit(log)
+        group = GroupCommit(log, inline_fsync_max_s=0)  # fsyncs on the worker thread, which the test gates
         monkeypatch.setattr(log_module.SyncTicket, "run", gated_run)
 
         async def main() -> list:
@@ -922,7 +922,7 @@ def test_group_commit_waiters_do_not_hang_when_the_log_goes_away(
     store = LogStore(str(data_dir))
     try:
         log = store.open_log(NAME)
-        group = GroupCommit(log)
+        group = GroupCommit(log, inline_fsync_max_s=0)  # fsyncs on the worker thread, which the test gates
         monkeypatch.setattr(log_module.SyncTicket, "run", gated_run)
 
         async def main() -> list:
