@@ -215,7 +215,11 @@ class AsyncProducer:
     def _drain(self, partition: int) -> None:
         """Send what may go now: queued full batches first, then the open batch once it is due
         (lingered long enough, or linger is 0). While every in-flight slot of the partition is
-        busy the open batch keeps growing, so load turns into bigger batches, not a queue."""
+        busy the open batch keeps growing, so load turns into bigger batches, not a queue.
+
+        With linger 0 a partial batch goes only when nothing of its partition is in flight:
+        records made during a round trip ride the next request together, so the SPU serves one
+        request per round trip instead of one per record (full batches still use every slot)."""
         ready = self._ready.get(partition)
         while self._in_flight.get(partition, 0) < self._in_flight_max and self._window_has_room(partition):
             if ready:
@@ -224,6 +228,8 @@ class AsyncProducer:
                 batch = self._open.get(partition)
                 if batch is None or not batch.records or not (batch.due or self.linger_s <= 0 or self._flushing):
                     return
+                if self.linger_s <= 0 and self._in_flight.get(partition, 0) and not self._flushing:
+                    return  # linger 0: a partial batch waits for the request in flight (see below)
                 del self._open[partition]
             self._in_flight[partition] = self._in_flight.get(partition, 0) + 1
             if self.idempotent:
