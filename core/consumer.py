@@ -157,17 +157,12 @@ class _PartitionStream:
                 await asyncio.sleep(0.1)  # backoff before asking for the new leader
 
     def _decode(self, data: bytes) -> list[ConsumerRecord]:
-        partition = self.partition
-        new = tuple.__new__
-
-        def make(offset: int, timestamp: int, key: bytes | None, value: bytes | None, headers: Any) -> ConsumerRecord:
-            return new(ConsumerRecord, (partition, offset, timestamp, key, value, headers))
-
+        leading = (self.partition,)
         out: list[ConsumerRecord] = []
         for pos, h in iter_batches(data, BATCH_BYTES_MAX, shared_offsets=True):
             if h.next_offset <= self.offset:
                 continue  # wholly before where this consumer stands
-            records = decode_records(data, pos, make=make)
+            records = decode_records(data, pos, record_type=ConsumerRecord, leading=leading)
             if h.base_offset < self.offset:
                 records = [r for r in records if r.offset >= self.offset]
             out.extend(records)

@@ -39,10 +39,10 @@ def mask_batches(data: bytes, masks: Sequence[tuple[str, str]]) -> bytes:
             pos = end
             continue
         base, first_ts = header.base_offset, header.first_timestamp
-        records = decode_records(data, pos, make=lambda o, t, k, v, h: (o - base, t - first_ts, k, v, h))
         masked = []
         hit = False
-        for offset_delta, ts_delta, key, value, headers in records:
+        for offset, timestamp, key, value, headers in decode_records(data, pos):
+            offset_delta, ts_delta = offset - base, timestamp - first_ts
             if value:
                 new = mask_json(value, masks)
                 if new is not value:
