@@ -15,6 +15,7 @@ import asyncio
 import json
 import logging
 import time
+from collections import deque
 from typing import TYPE_CHECKING, Any
 
 import capnp
@@ -56,6 +57,11 @@ COMMITTED = 0
 _ENUM = {"none": 0, "leader": 1, "all": 2, "committed": 0, "uncommitted": 1}
 PARTITION_STATUS_MAX = 10_000
 PRODUCE_CHAINS_MAX = 16  # produce-side chains kept per connection
+# Pushes of one stream sent before the oldest is answered. Cap'n Proto delivers calls on one
+# capability in order, so the consumer sees them in order; with more than one out, the SPU
+# reads and sends the next chunk while the consumer decodes the last (the window still
+# bounds the bytes). One at a time, the two took turns: 1.0M against 1.3M+ records/s.
+PUSHES_IN_FLIGHT_MAX = 4
 
 
 def enum_value(v: Any) -> int:
@@ -457,12 +463,15 @@ class SpuImpl(schema.Spu.Server):
         window = control.credit
         keepalive = self.s.config.stream_keepalive_ms / 1000
         accumulators: list[bytes] = []
+        pushes: deque[Any] = deque()  # answers of data pushes not yet awaited, oldest first
         try:
             while not control.closed and replica.name in self.s.replicas:
                 lg = replica.log
                 changed = replica.changed
                 upto = lg.high_watermark if isolation == COMMITTED else lg.log_end_offset
                 if control.credit <= 0 or offset >= upto:
+                    while pushes:  # caught up: every push answered before the stream idles
+                        await pushes.popleft()
                     control.granted.clear()
                     waiting = control.granted if control.credit <= 0 else changed
                     if not await _wait(waiting, keepalive):
@@ -493,7 +502,9 @@ class SpuImpl(schema.Spu.Server):
                         offset = res.next_offset  # all filtered out: read on before telling the consumer
                         continue
                 control.credit -= len(data)
-                await consumer.push(data, res.high_watermark, res.next_offset, accumulators)
+                pushes.append(consumer.push(data, res.high_watermark, res.next_offset, accumulators))
+                while len(pushes) >= PUSHES_IN_FLIGHT_MAX:
+                    await pushes.popleft()
                 offset = res.next_offset
         except (asyncio.CancelledError, capnp.KjException):
             pass  # closed, or the consumer went away
