@@ -41,19 +41,26 @@ async def _throughput(client: AsyncClient, topic: str, size: int, count: int) ->
     meta = await last
     produce_s = time.perf_counter() - t0
     assert meta.offset == count - 1, meta
+    n, nbytes, consume_s = await consume_from_beginning(client, topic)
+    assert n == count, (n, count)
+    return {"produce_rps": count / produce_s, "produce_mbs": count * size / produce_s / 1e6,
+            "consume_rps": n / consume_s, "consume_mbs": nbytes / consume_s / 1e6}
+
+
+async def consume_from_beginning(client: AsyncClient, topic: str) -> tuple[int, int, float]:
+    """Read ``topic`` from the beginning to its end, every record into a Python loop as a user
+    would; returns (records, value bytes, seconds). Shared with bench/peers_bench.py."""
     consumer = client.consumer(topic, start=Offset.beginning(), stop_at_end=True, window_bytes=16 << 20)
     n = 0
     nbytes = 0
     t0 = time.perf_counter()
     async for batch in consumer.batches():
-        for rec in batch:  # into a Python loop, as a user would
+        for rec in batch:
             nbytes += len(rec.value)
             n += 1
-    consume_s = time.perf_counter() - t0
+    elapsed = time.perf_counter() - t0
     await consumer.close()
-    assert n == count, (n, count)
-    return {"produce_rps": count / produce_s, "produce_mbs": count * size / produce_s / 1e6,
-            "consume_rps": n / consume_s, "consume_mbs": nbytes / consume_s / 1e6}
+    return n, nbytes, elapsed
 
 
 async def consume_latencies(sc: str, topic: str, count: int) -> list[float]:

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import socket
 import subprocess
 import time
-from typing import Callable, TypeVar
-
-T = TypeVar("T")
+from typing import Awaitable, Callable
 
 STOP_TIMEOUT_S = 10.0
 
@@ -52,20 +51,22 @@ def rss_bytes(pid: int) -> int:
     raise RuntimeError(f"no VmRSS for pid {pid}")
 
 
-def wait_for(what: str, attempt: Callable[[], T], timeout_s: float = 30.0,
-             alive: Callable[[], bool] = lambda: True) -> T:
-    """Call ``attempt`` until it returns without raising, or fail after ``timeout_s``."""
+async def wait_serving(what: str, attempt: Callable[[], Awaitable[object]], alive: Callable[[], bool],
+                       timeout_s: float) -> None:
+    """Await ``attempt`` (a client round trip) until it succeeds; fail if the process exits
+    or ``timeout_s`` passes, naming the last failure."""
     deadline = time.monotonic() + timeout_s
     last: BaseException | None = None
     while time.monotonic() < deadline:
         if not alive():
-            raise RuntimeError(f"{what}: the process exited while starting")
+            raise RuntimeError(f"{what} exited while starting")
         try:
-            return attempt()
-        except Exception as exc:  # noqa: BLE001 - any failure means "not yet"; the last one is reported
+            await attempt()
+            return
+        except Exception as exc:  # noqa: BLE001 - not serving yet; the last failure is reported
             last = exc
-        time.sleep(0.01)  # polling a server coming up, with a deadline
-    raise RuntimeError(f"{what} not ready after {timeout_s:.0f} s: {last!r}")
+        await asyncio.sleep(0.01)  # polling a server coming up, with a deadline
+    raise RuntimeError(f"{what} not serving after {timeout_s:.0f} s: {last!r}")
 
 
 def tool_version(args: list[str]) -> str:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import os
+import re
 import subprocess
 import sys
 import time
@@ -22,9 +23,12 @@ from . import procs
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 START_TIMEOUT_S = 60.0
 
-NATS_DURABILITY = ("file store; acknowledged once in the server's write buffer, fsync in the "
-                   "background (every 2 min by default; nats-server 2.9 has no per-write fsync setting)")
-NATS_R3_DURABILITY = "file store, 3 replicas; acknowledged once a majority holds it in memory, fsync in the background"
+# Measured with strace on nats-server 2.9.10 while 41,000 messages were published: 41,002
+# pwrite64 and not one fsync or fdatasync (2.9 has no setting to fsync each write).
+NATS_DURABILITY = ("file store; each message written to the OS page cache before the ack, "
+                   "no fsync during the run (strace: one pwrite per message, zero fsyncs)")
+NATS_R3_DURABILITY = ("file store, 3 replicas; acknowledged once a majority has it, "
+                      "written to the page cache, no fsync during the run")
 REDIS_DEFAULT_DURABILITY = "as shipped: no AOF, RDB snapshot at most every 60 s; acknowledged from memory"
 REDIS_ALWAYS_DURABILITY = "appendonly yes, appendfsync always: fsync before the reply"
 KOLK_DURABILITY = "fsync before the acknowledgement (acks=all)"
@@ -130,23 +134,16 @@ class NatsServers(Servers):
         t0 = time.perf_counter()
         for i, conf in enumerate(configs):
             self.procs.append(procs.spawn(["nats-server", "-c", conf], os.path.join(self.workdir, f"n{i}.log")))
-        deadline = time.monotonic() + START_TIMEOUT_S
-        last: BaseException | None = None
-        while time.monotonic() < deadline:
-            if any(p.poll() is not None for p in self.procs):
-                raise RuntimeError(f"nats-server exited while starting; see {self.workdir}/n*.log")
+
+        async def round_trip() -> None:
+            nc = await nats.connect(self.urls[0], allow_reconnect=False, connect_timeout=1, error_cb=_quiet)
             try:
-                nc = await nats.connect(self.urls[0], allow_reconnect=False, connect_timeout=1, error_cb=_quiet)
-                try:
-                    await nc.jetstream(timeout=1).account_info()
-                finally:
-                    await nc.close()
-                break
-            except Exception as exc:  # noqa: BLE001 - not serving yet; the last failure is reported
-                last = exc
-            await asyncio.sleep(0.01)  # polling a server coming up, with a deadline
-        else:
-            raise RuntimeError(f"JetStream not serving after {START_TIMEOUT_S:.0f} s: {last!r}")
+                await nc.jetstream(timeout=1).account_info()
+            finally:
+                await nc.close()
+
+        await procs.wait_serving(f"nats-server (see {self.workdir}/n*.log)", round_trip,
+                                 lambda: all(p.poll() is None for p in self.procs), START_TIMEOUT_S)
         self.start_ms = (time.perf_counter() - t0) * 1000
 
     def pids(self) -> list[int]:
@@ -182,22 +179,17 @@ class RedisServer(Servers):
             args += ["--appendonly", "yes", "--appendfsync", "always"]
         t0 = time.perf_counter()
         self.proc = procs.spawn(args, os.path.join(self.workdir, "redis.log"))
-        deadline = time.monotonic() + START_TIMEOUT_S
-        last: BaseException | None = None
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"redis-server exited while starting; see {self.workdir}/redis.log")
+        proc = self.proc
+
+        async def round_trip() -> None:
             r = aredis.Redis(host="127.0.0.1", port=self.port, socket_connect_timeout=1)
             try:
                 await r.ping()
-                break
-            except Exception as exc:  # noqa: BLE001 - not serving yet; the last failure is reported
-                last = exc
             finally:
                 await r.aclose()
-            await asyncio.sleep(0.01)  # polling a server coming up, with a deadline
-        else:
-            raise RuntimeError(f"redis-server not serving after {START_TIMEOUT_S:.0f} s: {last!r}")
+
+        await procs.wait_serving(f"redis-server (see {self.workdir}/redis.log)", round_trip,
+                                 lambda: proc.poll() is None, START_TIMEOUT_S)
         self.start_ms = (time.perf_counter() - t0) * 1000
 
     def pids(self) -> list[int]:
@@ -218,11 +210,15 @@ def versions() -> dict[str, str]:
         except md.PackageNotFoundError:
             return "not installed"
 
+    def number(text: str) -> str:
+        m = re.search(r"v?=?(\d+\.\d+\.\d+)", text)
+        return m.group(1) if m else text
+
     return {
         "python": sys.version.split()[0],
         "kolk": pkg("kolk"),
-        "nats-server": procs.tool_version(["nats-server", "--version"]),
-        "redis-server": procs.tool_version(["redis-server", "--version"]),
+        "nats-server": number(procs.tool_version(["nats-server", "--version"])),
+        "redis-server": number(procs.tool_version(["redis-server", "--version"])),
         "nats-py": pkg("nats-py"),
         "redis-py": pkg("redis"),
         "hiredis": pkg("hiredis"),
