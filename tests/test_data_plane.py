@@ -245,6 +245,28 @@ def test_fresh_producer_keeps_send_order(cluster: DataPlaneCluster) -> None:
     run_async(body)
 
 
+def test_send_all_stores_every_record_in_order_with_its_acknowledged_offset(cluster: DataPlaneCluster) -> None:
+    """AsyncProducer.send_all: 2,500 records in calls of 1,000 over batches of 16 KiB, keyed
+    to one partition of three, acks=all and idempotent; every record is read back once, in
+    call order, at the offset its metadata gave, with the call's key."""
+    async def body() -> None:
+        c = cluster.client()
+        await c.create_topic("send-all", 3)
+        p = c.producer("send-all", batch_bytes=16 << 10)
+        values = [b"v%04d" % i for i in range(2500)]
+        sent = [await p.send_all(values[i:i + 1000], key=b"k") for i in range(0, 2500, 1000)]
+        await p.flush()
+        metas = [m for s in sent for m in await s]
+        assert [len(s) for s in sent] == [1000, 1000, 500] and len({m.partition for m in metas}) == 1
+        part = metas[0].partition
+        assert [m.offset for m in metas] == list(range(2500))
+        got = await read_all(c, "send-all", partition=part)
+        assert [(r.offset, r.key, r.value) for r in got] == [(i, b"k", v) for i, v in enumerate(values)]
+        await p.close()
+        await c.close()
+    run_async(body)
+
+
 def test_consumer_start_positions(cluster: DataPlaneCluster) -> None:
     """A consumer starts where asked: the beginning, the end (nothing old, then what arrives
     later), an absolute offset (clamped to the log end), N from the end, and the first record at

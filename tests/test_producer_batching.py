@@ -8,7 +8,10 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from kolk.producer import AsyncProducer
+import pytest
+
+from kolk.errors import InvalidRequestError
+from kolk.producer import RECORD_BYTES_MAX, AsyncProducer
 from kolk.segments.batch import parse_header
 
 
@@ -28,16 +31,28 @@ class Gated:
         return 7
 
     async def produce(self, topic: str, partition: int, data: bytes, *args: Any) -> int:
+        base = sum(self.sent)  # the SPU appends in arrival order
         self.sent.append(parse_header(data).record_count)
         gate = asyncio.Event()
         self.gates.append(gate)
         self.arrived.set()
         await gate.wait()
-        return sum(self.sent[:-1])
+        return base
 
     async def next_request(self) -> None:
         self.arrived.clear()
         await asyncio.wait_for(self.arrived.wait(), 5)
+
+    async def answer_all(self, producer: AsyncProducer) -> None:
+        """Open every gate, including those of requests the flush still sends, until it ends."""
+        flush = asyncio.ensure_future(producer.flush())
+        for _ in range(500):
+            for g in self.gates:
+                g.set()
+            done, _ = await asyncio.wait([flush], timeout=0.01)
+            if done:
+                return await flush
+        raise AssertionError("the producer did not flush")
 
 
 def test_linger_zero_sends_at_once_then_batches_behind_the_request_in_flight() -> None:
@@ -90,4 +105,50 @@ def test_linger_sends_a_due_batch_beside_the_request_in_flight() -> None:
         for g in calls.gates:
             g.set()
         await asyncio.wait_for(p.flush(), 5)
+    asyncio.run(body())
+
+
+def test_send_all_queues_in_order_and_resolves_each_record() -> None:
+    async def body() -> None:
+        calls = Gated()
+        p = AsyncProducer(calls, "t", linger_ms=0, batch_bytes=1024)  # type: ignore[arg-type]
+        first = await p.send_all([b"a", b"b", b"c"])
+        await calls.next_request()
+        assert calls.sent == [3] and len(first) == 3
+        big = await p.send_all([bytes(200)] * 12)  # 229 B each: full batches of 5 go at once
+        while len(calls.sent) < 3:
+            await calls.next_request()
+        assert calls.sent == [3, 5, 5], "full batches go beside the request in flight; the rest waits"
+        await calls.answer_all(p)
+        assert [m.offset for m in await first] == [0, 1, 2]
+        assert [m.offset for m in await big] == list(range(3, 15))
+        assert sum(calls.sent) == 15
+    asyncio.run(body())
+
+
+def test_send_all_waits_for_buffer_room_and_loses_nothing() -> None:
+    async def body() -> None:
+        calls = Gated()
+        p = AsyncProducer(calls, "t", linger_ms=0, batch_bytes=1024, buffer_bytes_max=2048)  # type: ignore[arg-type]
+        task = asyncio.ensure_future(p.send_all([bytes(100)] * 50))
+        while not task.done():
+            await calls.next_request()
+            for g in calls.gates:
+                g.set()
+        sent = await task
+        await calls.answer_all(p)
+        assert sum(calls.sent) == 50 and [m.offset for m in await sent] == list(range(50))
+    asyncio.run(body())
+
+
+def test_send_all_refuses_a_record_too_large_before_queueing_anything() -> None:
+    async def body() -> None:
+        calls = Gated()
+        p = AsyncProducer(calls, "t", linger_ms=0)  # type: ignore[arg-type]
+        with pytest.raises(InvalidRequestError, match="more than the largest batch"):
+            await p.send_all([b"ok", bytes(RECORD_BYTES_MAX)])
+        with pytest.raises(InvalidRequestError, match="partitions 0-0, not 3"):
+            await p.send_all([b"ok"], partition=3)
+        await asyncio.wait_for(p.flush(), 5)
+        assert calls.sent == []
     asyncio.run(body())
