@@ -12,8 +12,9 @@ from dataclasses import dataclass
 HEADING = "## Side by side with NATS JetStream and Redis Streams (issue 9) — `make bench-peers`"
 
 KOLK, NATS, REDIS, REDIS_ALWAYS = "Kolk", "NATS JetStream", "Redis Streams", "Redis Streams, fsync always"
+KOLK_SEND = "Kolk, one send per record"
 KOLK_3, NATS_3 = "Kolk, 3 SPUs", "NATS JetStream, 3 nodes"
-SINGLE = [KOLK, NATS, REDIS, REDIS_ALWAYS]
+SINGLE = [KOLK, KOLK_SEND, NATS, REDIS, REDIS_ALWAYS]
 CLUSTER = [KOLK_3, NATS_3]
 
 
