@@ -14,9 +14,11 @@ import os
 import shutil
 import statistics
 import struct
+import subprocess
 import sys
 import tempfile
 import time
+from typing import Awaitable, Callable
 
 from .admin import run
 from .client import AsyncClient
@@ -63,20 +65,64 @@ async def consume_from_beginning(client: AsyncClient, topic: str) -> tuple[int, 
     return n, nbytes, elapsed
 
 
+WARMUP, TIMED = b"w", b"x"  # byte 8 of a latency record, after its send time
+READY_TIMEOUT_S = 30.0
+
+
+def latency_record(kind: bytes, size: int = 100) -> bytes:
+    """A record carrying its send time (``time.time()``), then ``kind`` repeated."""
+    return struct.pack("<d", time.time()) + kind * (size - 8)
+
+
 async def consume_latencies(sc: str, topic: str, count: int) -> list[float]:
-    """Tail ``topic`` until ``count`` records arrived; each carries its send time (time.time())."""
+    """Tail ``topic`` until ``count`` timed records arrived; says "ready" on stdout at the
+    first record of any kind, so the producer knows this consumer is streaming."""
     client = AsyncClient(sc)
     consumer = client.consumer(topic, start=Offset.beginning())
     latencies: list[float] = []
+    ready = False
     async for batch in consumer.batches():
         now = time.time()
+        if not ready:
+            ready = True
+            sys.stdout.write("ready\n")
+            sys.stdout.flush()
         for rec in batch:
-            (sent,) = struct.unpack_from("<d", rec.value)
-            latencies.append((now - sent) * 1000)
+            if rec.value[8:9] == TIMED:
+                latencies.append((now - struct.unpack_from("<d", rec.value)[0]) * 1000)
         if len(latencies) >= count:
             break
     await consumer.close()
     return latencies
+
+
+async def until_streaming(proc: "subprocess.Popen[bytes]", send_warmup: Callable[[], Awaitable[object]],
+                          what: str, timeout_s: float = READY_TIMEOUT_S) -> None:
+    """Send a warm-up record every 10 ms until the consumer process ``proc`` says "ready" on
+    its stdout (it has seen one), so a timed run starts with the consumer streaming. Raises
+    naming ``what`` if it exits or stays silent for ``timeout_s``. Shared with bench/peers."""
+    loop = asyncio.get_running_loop()
+    ready = loop.run_in_executor(None, proc.stdout.readline)
+    deadline = time.monotonic() + timeout_s
+    while not ready.done():
+        if time.monotonic() > deadline or proc.poll() is not None:
+            raise RuntimeError(f"{what}: the latency consumer did not start streaming")
+        await send_warmup()
+        await asyncio.wait([ready], timeout=0.01)  # the next warm-up record unless the consumer answered
+    if (await ready).strip() != b"ready":
+        raise RuntimeError(f"{what}: the latency consumer failed to start")
+
+
+async def paced(count: int, rate: int, send_timed: Callable[[], Awaitable[object]]) -> None:
+    """Call ``send_timed`` ``count`` times at ``rate`` calls/s, on a schedule fixed at the start
+    (a late call is not made up for by bunching: it just goes as soon as it can)."""
+    interval = 1 / rate
+    start = time.perf_counter()
+    for i in range(count):
+        delay = start + i * interval - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)  # pacing the producer at the target rate
+        await send_timed()
 
 
 _CONSUMER = """
@@ -92,26 +138,20 @@ async def _latency(client: AsyncClient, sc: str, topic: str, rate: int, seconds:
     """A producer here at ``rate`` records/s (linger 0, acks=all); a consumer in its own
     process, as an application would run it, tailing the topic."""
     import json
-    import subprocess
 
     await client.create_topic(topic, partitions=1)
     total = int(rate * seconds)
     proc = subprocess.Popen([sys.executable, "-c", _CONSUMER, sc, topic, str(total)], stdout=subprocess.PIPE)
     try:
         producer = client.producer(topic, acks="all", linger_ms=0)
-        # Warm-up record: the consumer is streaming once it has seen it.
-        await (await producer.send(struct.pack("<d", time.time()) + b"w" * 92))
-        await asyncio.sleep(1.0)  # give the consumer process time to start and open its stream
-        interval = 1 / rate
-        start = time.perf_counter()
-        for i in range(total - 1):
-            delay = start + i * interval - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)  # pacing the producer at the target rate
-            await producer.send(struct.pack("<d", time.time()) + b"x" * 92)
+        await until_streaming(proc, lambda: producer.send(latency_record(WARMUP)), "kolk bench")
+        await paced(total, rate, lambda: producer.send(latency_record(TIMED)))
         await producer.flush()
         out, _ = await asyncio.get_running_loop().run_in_executor(None, lambda: proc.communicate(timeout=60))
-        return json.loads(out)[1:]
+        latencies = json.loads(out)
+        if len(latencies) != total:
+            raise RuntimeError(f"kolk bench: the consumer saw {len(latencies)} of {total} timed records")
+        return latencies
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -15,21 +15,15 @@ import os
 import struct
 import subprocess
 import sys
-import time
 from typing import Awaitable, Callable
 
-WARMUP = b"w"
-TIMED = b"x"
-READY_TIMEOUT_S = 30.0
+from kolk.bench import TIMED, WARMUP, latency_record, paced, until_streaming
+
 TAIL_TIMEOUT_S = 60.0
 
 
-def payload(kind: bytes, size: int = 100) -> bytes:
-    return struct.pack("<d", time.time()) + kind * (size - 8)
-
-
 def parse(value: bytes) -> tuple[float, bool]:
-    """(send time, is a timed record) of a payload made by :func:`payload`."""
+    """(send time, is a timed record) of a payload made by :func:`kolk.bench.latency_record`."""
     (sent,) = struct.unpack_from("<d", value)
     return sent, value[8:9] == TIMED
 
@@ -42,22 +36,8 @@ async def measure(system: str, address: str, stream: str, rate: int, seconds: fl
                             stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
     try:
         loop = asyncio.get_running_loop()
-        ready = loop.run_in_executor(None, proc.stdout.readline)
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        while not ready.done():
-            if time.monotonic() > deadline or proc.poll() is not None:
-                raise RuntimeError(f"{system}: the latency consumer did not start streaming")
-            await send(payload(WARMUP))
-            await asyncio.wait([ready], timeout=0.01)  # the next warm-up record unless the consumer answered
-        if (await ready).strip() != b"ready":
-            raise RuntimeError(f"{system}: the latency consumer failed to start")
-        interval = 1 / rate
-        start = time.perf_counter()
-        for i in range(count):
-            delay = start + i * interval - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)  # pacing the producer at the target rate
-            await send(payload(TIMED))
+        await until_streaming(proc, lambda: send(latency_record(WARMUP)), system)
+        await paced(count, rate, lambda: send(latency_record(TIMED)))
         await finish()
         out, _ = await loop.run_in_executor(None, lambda: proc.communicate(timeout=TAIL_TIMEOUT_S))
         latencies = json.loads(out)
