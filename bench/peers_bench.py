@@ -26,7 +26,7 @@ import tempfile
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-from peers import procs, report, servers  # noqa: E402
+from peers import procs, report, servers, steadiness  # noqa: E402
 
 SYSTEMS = {
     "kolk": (report.KOLK, lambda d: servers.KolkServers(d, 1)),
@@ -118,6 +118,8 @@ def main() -> int:
     ap.add_argument("--latency-seconds", type=float, default=5.0)
     ap.add_argument("--systems", default=",".join(SYSTEMS))
     ap.add_argument("--no-docs", action="store_true", help="print the table only")
+    ap.add_argument("--steadiness-seconds", type=float, default=6.0,
+                    help="how long to measure the machine's CPU steadiness before the run (0 to skip)")
     ap.add_argument("--workdir", default=None, help="where the temporary directories go (default: $TMPDIR)")
     args = ap.parse_args()
     keys = [k.strip() for k in args.systems.split(",") if k.strip()]
@@ -127,6 +129,10 @@ def main() -> int:
     for tool, key in (("nats-server", "nats"), ("redis-server", "redis")):
         if any(k.startswith(key) for k in keys) and shutil.which(tool) is None:
             ap.error(f"{tool} is not installed: run 'make bench-peers', which installs it")
+    steady = None
+    if args.steadiness_seconds > 0:
+        steady = steadiness.summarize(steadiness.sample(args.steadiness_seconds))
+        print(f"machine steadiness: {steady.text()}", flush=True)
     gc.disable()  # the Kolk client shares pycapnp with the servers (see core/serve.py)
     results: dict = {}
 
@@ -142,7 +148,8 @@ def main() -> int:
     setup = SETUP.format(kolk_send=report.KOLK_SEND, warmup=args.warmup_seconds, seconds=args.seconds,
                          rate=args.rate, lat=args.latency_seconds, rounds=args.rounds)
     when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    text = report.section(results, args.rate, when, procs.machine(), servers.versions(), setup)
+    text = report.section(results, args.rate, when, procs.machine(), servers.versions(), setup,
+                          steady.text() if steady else None)
     print()
     print(text)
     if not args.no_docs:

@@ -131,10 +131,13 @@ def _scaled(x: float | None, by: float) -> float | None:
     return None if x is None else x / by
 
 
-def section(results: dict, rate: int, when: str, machine: str, versions: dict[str, str], setup: str) -> str:
+def section(results: dict, rate: int, when: str, machine: str, versions: dict[str, str], setup: str,
+            steadiness: str | None = None) -> str:
     vers = ", ".join(f"{k} {v}" for k, v in versions.items())
-    return "\n".join([HEADING, "", f"Run on {when}, on {machine}.", "", f"Versions: {vers}.", "", setup, "",
-                      "```", tables(results, rate), "```", ""])
+    lines = [HEADING, "", f"Run on {when}, on {machine}.", "", f"Versions: {vers}.", ""]
+    if steadiness:
+        lines += [f"Machine steadiness, measured just before the run: {steadiness}.", ""]
+    return "\n".join(lines + [setup, "", "```", tables(results, rate), "```", ""])
 
 
 def replace_section(doc: str, new_section: str) -> str:
