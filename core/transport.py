@@ -19,6 +19,7 @@ import capnp
 
 from .errors import ClusterUnavailableError
 from .security.tls import Peer, TlsConfig, explain_ssl_error, peer_of, server_hostname
+from .write_coalescer import coalesce_writes
 
 log = logging.getLogger("kolk.transport")
 
@@ -47,6 +48,7 @@ async def serve(bootstrap: Callable[[Peer], Any], host: str, port: int, tls: Tls
 
         async def on_connection(stream: Any) -> None:
             peer = peer_of(box["protocol"].transport)
+            coalesce_writes(box["protocol"])
             box.clear()
             try:
                 await capnp.TwoPartyServer(stream, bootstrap=bootstrap(peer)).on_disconnect()
@@ -72,13 +74,13 @@ async def connect(address: str, tls: TlsConfig | None, timeout_s: float) -> Any:
                   "ssl_handshake_timeout": TLS_HANDSHAKE_TIMEOUT_S}
     try:
         async with asyncio.timeout(timeout_s):
-            if tls is None:
-                return await capnp.AsyncIoStream.create_connection(host=host.strip("[]"), port=int(port))
             box: dict[str, Any] = {}
-            transport, _protocol = await asyncio.get_running_loop().create_connection(
+            transport, protocol = await asyncio.get_running_loop().create_connection(
                 lambda: capnp.AsyncIoStream._connect(lambda stream: box.setdefault("stream", stream)),
                 host.strip("[]"), int(port), **kwargs)
-            _tls_transports.add(transport)
+            coalesce_writes(protocol)
+            if tls is not None:
+                _tls_transports.add(transport)
             return box["stream"]
     except ssl.SSLError as e:
         raise ClusterUnavailableError(f"TLS to {address} failed: {explain_ssl_error(e)}", retriable=False) from e
