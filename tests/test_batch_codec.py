@@ -15,7 +15,7 @@ import zlib
 
 import crc32c
 import pytest
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from kolk.segments import (

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kolk.metadata.apply import apply, apply_bytes, encode_command
-from kolk.metadata.objects import PARTITION, SPU, TOPIC, State
+from kolk.metadata.objects import PARTITION, TOPIC, State
 
 
 def spu(i: int, rack: str | None = None, ts: int = 1) -> dict:
