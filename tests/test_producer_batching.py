@@ -123,6 +123,9 @@ def test_send_all_queues_in_order_and_resolves_each_record() -> None:
         assert [m.offset for m in await first] == [0, 1, 2]
         assert [m.offset for m in await big] == list(range(3, 15))
         assert sum(calls.sent) == 15
+        nothing = await p.send_all([])
+        assert len(nothing) == 0 and await nothing == [], "an empty call queues nothing and resolves at once"
+        assert sum(calls.sent) == 15
     asyncio.run(body())
 
 
