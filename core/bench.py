@@ -74,6 +74,12 @@ def latency_record(kind: bytes, size: int = 100) -> bytes:
     return struct.pack("<d", time.time()) + kind * (size - 8)
 
 
+def read_latency_record(value: bytes) -> tuple[float, bool]:
+    """(send time, is a timed record) of a value made by :func:`latency_record`."""
+    (sent,) = struct.unpack_from("<d", value)
+    return sent, value[8:9] == TIMED
+
+
 async def consume_latencies(sc: str, topic: str, count: int) -> list[float]:
     """Tail ``topic`` until ``count`` timed records arrived; says "ready" on stdout at the
     first record of any kind, so the producer knows this consumer is streaming."""
@@ -88,8 +94,9 @@ async def consume_latencies(sc: str, topic: str, count: int) -> list[float]:
             sys.stdout.write("ready\n")
             sys.stdout.flush()
         for rec in batch:
-            if rec.value[8:9] == TIMED:
-                latencies.append((now - struct.unpack_from("<d", rec.value)[0]) * 1000)
+            sent, timed = read_latency_record(rec.value)
+            if timed:
+                latencies.append((now - sent) * 1000)
         if len(latencies) >= count:
             break
     await consumer.close()

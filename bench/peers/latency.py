@@ -12,20 +12,13 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import struct
 import subprocess
 import sys
 from typing import Awaitable, Callable
 
-from kolk.bench import TIMED, WARMUP, latency_record, paced, until_streaming
+from kolk.bench import TIMED, WARMUP, latency_record, paced, read_latency_record, until_streaming
 
 TAIL_TIMEOUT_S = 60.0
-
-
-def parse(value: bytes) -> tuple[float, bool]:
-    """(send time, is a timed record) of a payload made by :func:`kolk.bench.latency_record`."""
-    (sent,) = struct.unpack_from("<d", value)
-    return sent, value[8:9] == TIMED
 
 
 async def measure(system: str, address: str, stream: str, rate: int, seconds: float,
@@ -64,7 +57,7 @@ class Seen:
             self.ready = True
             sys.stdout.write("ready\n")
             sys.stdout.flush()
-        sent, timed = parse(value)
+        sent, timed = read_latency_record(value)
         if timed:
             self.latencies.append((now - sent) * 1000)
         return len(self.latencies) >= self.count
