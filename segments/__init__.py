@@ -19,6 +19,7 @@ from .errors import (
     CrcMismatchError as CrcMismatchError,
     InvalidBatchError as InvalidBatchError,
     LogClosedError as LogClosedError,
+    LogFailedError as LogFailedError,
     NotALogDirectoryError as NotALogDirectoryError,
     OffsetOutOfRangeError as OffsetOutOfRangeError,
     SegmentDeletedError as SegmentDeletedError,

@@ -9,6 +9,9 @@ Every error derives from :class:`StorageError`. The subclasses say whose fault i
   never served; the rest of the log stays readable.
 * :class:`StorageFullError`: the disk refused the write. Nothing partial was kept; a retry
   can succeed once space is freed.
+* :class:`LogFailedError`: the disk under the log failed (an fsync or a write error, its files
+  deleted or made read-only underneath it). The log is fenced for good: no retry can help,
+  the replica must be rebuilt from its peers.
 * :class:`NotALogDirectoryError`, :class:`SegmentDeletedError`, :class:`LogClosedError`:
   misuse of a directory or a handle.
 
@@ -78,6 +81,30 @@ class StorageFullError(StorageError):
 
     The partial write was cut away; the log is as it was before the call.
     """
+
+
+class LogFailedError(StorageError):
+    """The disk under this log failed; the log is fenced until the replica is rebuilt.
+
+    Whose fault: the disk's (or whoever deleted or remounted the files), not the caller's.
+    Raised when an fsync of the log's files failed (any errno: after a failed fsync the kernel
+    may already have dropped the dirty pages, and a second fsync reports success without them,
+    so retrying the same write cannot help: "fsyncgate"), when a synced segment file turned
+    out to have been deleted, when a write failed for a reason other than a full disk, or when
+    a roll, truncation or reset failed part way. From then on every operation on the log
+    raises this same error, and its ``durable_offset`` never moves again: what the log
+    acknowledged before stays acknowledged, nothing after is. The replica must be deleted
+    (:meth:`LogStore.delete_log`) and rebuilt from the other replicas.
+
+    ``log_name`` names the log, ``cause`` says what failed (the operation, the file, the OS
+    error).
+    """
+
+    def __init__(self, log_name: str, cause: str) -> None:
+        super().__init__(
+            f"log {log_name} failed: {cause}; it is fenced until rebuilt from the other replicas")
+        self.log_name = log_name
+        self.cause = cause
 
 
 class NotALogDirectoryError(StorageError):

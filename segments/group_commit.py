@@ -14,6 +14,10 @@ GIL (up to the 5 ms switch interval when the loop is busy), which was most of th
 latency at 2,000 requests/s. A slow device (the moving average of fsync time at or above
 ``inline_fsync_max_s``) gets its fsyncs on a worker thread, so the loop keeps serving while
 the disk works; the average is kept in both modes, so the choice follows the device.
+
+A failed fsync, wherever it ran, fails the log (fsync.py): every waiter gets the log's
+:class:`LogFailedError`, and so does every later ``append`` or ``wait_durable``, at once. No
+waiter is resolved after a failure, not even by a round that succeeded before it was seen.
 """
 
 from __future__ import annotations
@@ -48,6 +52,7 @@ class GroupCommit:
 
     async def append(self, data: bytes | bytearray | memoryview, leader_epoch: int = 0) -> AppendInfo:
         """Append as leader and return once the batches are durable."""
+        self._check_failed()
         async with self._room:
             info = self.log.append(data, leader_epoch)
             await self.wait_durable(info.next_offset)
@@ -55,6 +60,7 @@ class GroupCommit:
 
     async def wait_durable(self, offset: int) -> int:
         """Return once every offset below ``offset`` is durable."""
+        self._check_failed()
         if self.log.durable_offset >= offset:
             return self.log.durable_offset
         fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
@@ -74,13 +80,14 @@ class GroupCommit:
                 else:
                     await loop.run_in_executor(None, ticket.run)
                 self.fsync_avg_s += FSYNC_EWMA_WEIGHT * (ticket.elapsed_s - self.fsync_avg_s)
+                self.fsyncs += 1
+                # Raises the log's failure if this or any other fsync of the log failed.
+                durable = self.log.complete_sync(ticket)
             except BaseException as e:  # noqa: BLE001 - every waiter must hear of the failure
                 self._fail_all(e if isinstance(e, Exception) else LogClosedError(str(e)))
                 if isinstance(e, Exception):
                     return
                 raise
-            self.fsyncs += 1
-            durable = self.log.complete_sync(ticket)
             if self.log.closed:
                 self._fail_all(LogClosedError(f"log {self.log.name} was closed before the append became durable"))
                 return
@@ -97,6 +104,11 @@ class GroupCommit:
                 else:
                     still.append((offset, gen, fut))
             self._waiters = still
+
+    def _check_failed(self) -> None:
+        failure = self.log.failure
+        if failure is not None:
+            raise failure.with_traceback(None)
 
     def _fail_all(self, error: Exception) -> None:
         while self._waiters:

@@ -25,6 +25,8 @@ from the batch headers, which carry the epoch.
 
 from __future__ import annotations
 
+import errno
+
 import gc
 import struct
 from typing import Iterator, NamedTuple
@@ -105,6 +107,12 @@ class FencedBatch(NamedTuple):
     reason: str
 
 
+def index_error(path: str, what: str, e: Exception) -> OSError:
+    """A RocksDB failure (a full or failing disk: rocksdict raises a plain Exception) as the
+    OSError it is, so that the log fences itself as for any other I/O error."""
+    return OSError(errno.EIO, f"index {path}: {what} failed: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
+
+
 class IndexDb:
     """One RocksDB per data directory, with a column family per purpose."""
 
@@ -129,7 +137,10 @@ class IndexDb:
             handle.set_write_options(wo)
 
     def write(self, wb: WriteBatch) -> None:
-        self._db.write(wb)
+        try:
+            self._db.write(wb)
+        except Exception as e:  # rocksdict raises plain Exception for I/O errors
+            raise index_error(self.path, "write", e) from e
 
     @staticmethod
     def batch() -> WriteBatch:
@@ -139,15 +150,21 @@ class IndexDb:
         return self.cf[cf].get(key)
 
     def put(self, cf: str, key: bytes, value: bytes) -> None:
-        self.cf[cf].put(key, value)
+        try:
+            self.cf[cf].put(key, value)
+        except Exception as e:  # rocksdict raises plain Exception for I/O errors
+            raise index_error(self.path, "put", e) from e
 
     def delete(self, cf: str, key: bytes) -> None:
-        self.cf[cf].delete(key)
+        try:
+            self.cf[cf].delete(key)
+        except Exception as e:  # rocksdict raises plain Exception for I/O errors
+            raise index_error(self.path, "delete", e) from e
 
     def delete_range(self, cf: str, begin: bytes, end: bytes) -> None:
         wb = self.batch()
         wb.delete_range(begin, end, self.handle[cf])
-        self._db.write(wb)
+        self.write(wb)
 
     def items_from(self, cf: str, start: bytes, stop: bytes) -> Iterator[tuple[bytes, bytes]]:
         """Keys in ``[start, stop)`` in order. The iterator is dropped before this returns."""
@@ -187,18 +204,32 @@ class IndexDb:
     def flush(self) -> None:
         """Persist every column family's memtable (rocksdict's flush() covers only the one it
         is called on)."""
-        for handle in self.cf.values():
-            handle.flush()
-        self._db.flush()
+        try:
+            for handle in self.cf.values():
+                handle.flush()
+            self._db.flush()
+        except Exception as e:  # rocksdict raises plain Exception for I/O errors
+            raise index_error(self.path, "flush", e) from e
 
     def close(self) -> None:
-        self._db.flush()
+        """Flush and close. The handles are released even when the flush or close fails (a
+        data directory deleted under the process); the failure is then raised as OSError."""
+        error: Exception | None = None
+        try:
+            self._db.flush()
+        except Exception as e:  # rocksdict raises plain Exception for I/O errors
+            error = e
         # rocksdict keeps the LOCK while any handle or iterator lives (DEPENDENCIES.md).
         self.cf.clear()
         self.handle.clear()
-        self._db.close()
+        try:
+            self._db.close()
+        except Exception as e:  # noqa: BLE001 - reported below, after the handles are gone
+            error = error or e
         del self._db
         gc.collect()
+        if error is not None:
+            raise index_error(self.path, "close", error) from error
 
 
 def offset_key(pkey: bytes, offset: int) -> bytes:

@@ -6,7 +6,9 @@ left below the log start are deleted, an interrupted :meth:`PartitionLog.reset_t
 (see :func:`finish_reset`), sealed segments whose index disagrees with the file are
 rescanned (damage fenced), the last segment is scanned from the recovery point and cut at the
 first bad batch, index entries outside the valid log are dropped, the leader-epoch history is
-trimmed or rebuilt, and the high watermark is capped at the log end.
+trimmed or rebuilt, and the high watermark is capped at the log end. A log that ends below
+its persisted high watermark lost records it had acknowledged; the cap keeps the log
+consistent and ``PartitionLog.short_of_high_watermark`` says so, for the server to act on.
 """
 
 from __future__ import annotations
@@ -232,6 +234,8 @@ def load_log(log: "PartitionLog") -> None:
         if all(x.epoch != e.epoch for x in log.leader_epochs.entries):
             log._index.delete(LEADER_EPOCHS, epoch_key(log._pkey, e.epoch))
     hw = stored_hw if stored_hw is not None else log._log_start
+    if hw > leo:
+        log._short_of_high_watermark = hw
     log._high_watermark = max(log._log_start, min(hw, leo))
     log._index.put(PARTITION_STATE, state_key(log._pkey, HIGH_WATERMARK), Q.pack(log._high_watermark))
     last = log._segments[-1]

@@ -11,9 +11,13 @@ Invariants (checked by tests/test_log_model.py against a plain model):
 * ``durable_offset`` only grows except by truncation, and everything below it survived an
   fsync of its file; a sealed segment was fsynced whole before its successor was created.
 * reads verify every batch's CRC and never return a batch that fails.
+* a log whose disk failed (:attr:`PartitionLog.failure`) is fenced for good: every operation
+  raises the :class:`LogFailedError` and ``durable_offset`` never moves again (fsync.py says
+  why a failed fsync is never retried).
 
 Threading: one thread (the event loop) calls every method; only :meth:`SyncTicket.run`
-may run on another thread, and it touches nothing but duplicated file descriptors.
+may run on another thread, and it touches nothing but duplicated file descriptors and the
+log's :class:`FsyncGuard`.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from .errors import (
     CorruptBatchError,
     InvalidBatchError,
     LogClosedError,
+    LogFailedError,
     OffsetOutOfRangeError,
     SegmentDeletedError,
 )
@@ -58,6 +63,7 @@ from .index_db import (
     state_key,
     time_key,
 )
+from .fsync import FsyncGuard, SyncTicket
 from .leader_epochs import EpochEnd, LeaderEpochHistory
 from .loader import RESET_TO, finish_reset, load_log
 from .reader import ReadResult, batch_headers, offset_for_timestamp, read_batches
@@ -65,7 +71,6 @@ from .retention import SegmentSummary, segments_to_delete, should_roll
 from .segment import Segment, fsync_directory
 
 Clock = Callable[[], int]
-
 
 
 def wall_clock_ms() -> int:
@@ -80,36 +85,6 @@ class AppendInfo(NamedTuple):
     @property
     def next_offset(self) -> int:
         return self.last_offset + 1
-
-
-class SyncTicket:
-    """One group-commit fsync: every file written since the previous ticket.
-
-    :meth:`run` blocks and may run on another thread; it works on duplicated descriptors, so a
-    segment deleted meanwhile is harmless.
-    """
-
-    def __init__(self, fds: list[int], directory: str | None, end: RecoveryPoint, generation: int) -> None:
-        self.fds = fds
-        self.directory = directory
-        self.end = end
-        self.generation = generation
-        self.done = False
-        self.elapsed_s = 0.0  # how long run() spent in fdatasync
-
-    def run(self) -> None:
-        t0 = time.perf_counter()
-        try:
-            for fd in self.fds:
-                os.fdatasync(fd)
-            if self.directory is not None:
-                fsync_directory(self.directory)
-            self.done = True
-        finally:
-            self.elapsed_s = time.perf_counter() - t0
-            for fd in self.fds:
-                os.close(fd)
-            self.fds = []
 
 
 def validate_log_name(name: str) -> None:
@@ -137,6 +112,8 @@ class PartitionLog:
         self._dirty: set[Segment] = set()
         self._generation = 0  # bumps on truncation, so an in-flight sync cannot claim cut data
         self._closed = False
+        self._guard = FsyncGuard(name)
+        self._short_of_high_watermark: int | None = None  # set by load_log
         self.leader_epochs = LeaderEpochHistory()
         self.recovery_report: list[str] = []
         load_log(self)
@@ -168,6 +145,33 @@ class PartitionLog:
     @property
     def closed(self) -> bool:
         return self._closed
+
+    @property
+    def failure(self) -> LogFailedError | None:
+        """Why the log failed (its disk did; see :class:`LogFailedError`), or None.
+
+        Once set it stays: every operation raises it and the replica must be rebuilt from its
+        peers (:meth:`LogStore.delete_log`, then :meth:`LogStore.open_log`)."""
+        return self._guard.failure
+
+    @property
+    def short_of_high_watermark(self) -> int | None:
+        """The persisted high watermark, when the open found the log ending below it; else None.
+
+        Offsets below the high watermark were committed, so a log that ends below its own
+        persisted high watermark lost records it had acknowledged: segment files cut or
+        deleted while the index survived, or the partition directory removed while the index
+        still held its state. The loaded high watermark is capped at the log end as always;
+        this says by how much it was cut, for the server to report and to treat the replica
+        as a new empty one (DESIGN.md §5, storage identity). Set by the open, never changed
+        afterwards; nothing is logged here.
+
+        The index has no write-ahead log (index_db.py), so after a crash the persisted high
+        watermark may be older, lower, than the one the log last had: then this check can miss
+        a loss, but it never accuses a log that kept everything, because the high watermark is
+        lowered and flushed before any truncation shortens the files.
+        """
+        return self._short_of_high_watermark
 
     @property
     def generation(self) -> int:
@@ -254,7 +258,10 @@ class PartitionLog:
                        self.config.segment_ms):
             self.roll()
             active = self._segments[-1]
-        position = active.write(parts, nbytes)
+        try:
+            position = active.write(parts, nbytes)  # a full disk: StorageFullError, log unchanged
+        except OSError as e:
+            raise self._guard.fail(f"write of {active.path}: {e}") from e
         # The bytes are in the file; now the views. None of this can fail on bad input.
         wb = self._index.batch()
         h_off = self._index.handle[OFFSET_INDEX]
@@ -271,7 +278,10 @@ class PartitionLog:
             if self.leader_epochs.assign(h.leader_epoch, h.base_offset):
                 wb.put(epoch_key(self._pkey, h.leader_epoch), Q.pack(h.base_offset),
                        self._index.handle[LEADER_EPOCHS])
-        self._index.write(wb)
+        try:
+            self._index.write(wb)
+        except OSError as e:
+            raise self._guard.fail(f"indexing {active.path}: {e}") from e
         active.max_timestamp = seg_max
         active.next_offset = headers[-1].next_offset
         self._dirty.add(active)
@@ -284,12 +294,15 @@ class PartitionLog:
         active = self._segments[-1]
         if active.size == 0:
             return
-        active.sync()
+        self._fsync_segment(active)
         self._dirty.discard(active)
-        seg = Segment(self.directory, active.next_offset, self._clock(), create=True)
-        seg.next_offset = active.next_offset
-        self._segments.append(seg)
-        fsync_directory(self.directory)
+        try:
+            seg = Segment(self.directory, active.next_offset, self._clock(), create=True)
+            seg.next_offset = active.next_offset
+            self._segments.append(seg)
+            fsync_directory(self.directory)
+        except OSError as e:
+            raise self._guard.fail(f"roll of {self.directory} at offset {active.next_offset}: {e}") from e
         # The index has no WAL: persist it now so that recovery after a crash scans at most
         # the segments rolled since (see index_db.py).
         self._index.flush()
@@ -300,17 +313,25 @@ class PartitionLog:
     # ----------------------------------------------------------------- durability
 
     def begin_sync(self) -> SyncTicket:
-        """Capture what the next fsync must cover. Call :meth:`complete_sync` after run()."""
+        """Capture what the next fsync must cover. Call :meth:`complete_sync` after run().
+
+        The dirty set is cleared here, before the fsync ran: that is safe only because a
+        ticket whose fsync fails fails the log for good (fsync.py), so no later ticket can
+        claim the bytes this one did not make durable."""
         self._check_open()
         active = self._segments[-1]
-        fds = [os.dup(s.fd) for s in self._dirty]
+        segments = list(self._dirty)
+        fds = [os.dup(s.fd) for s in segments]
         self._dirty.clear()
         end = RecoveryPoint(active.base_offset, active.size, active.next_offset)
         # Segment creations are made durable by roll() itself, so no directory fsync here.
-        return SyncTicket(fds, None, end, self._generation)
+        return SyncTicket(fds, segments, end, self._generation, self._guard)
 
     def complete_sync(self, ticket: SyncTicket) -> int:
-        """Record what ``ticket`` made durable; returns :attr:`durable_offset`."""
+        """Record what ``ticket`` made durable; returns :attr:`durable_offset`.
+
+        Raises the log's :class:`LogFailedError` if this or any other fsync of the log failed."""
+        self._guard.check()
         if (ticket.done and not self._closed and ticket.generation == self._generation
                 and ticket.end.offset > self._recovery_point.offset):
             self._set_recovery_point(ticket.end)
@@ -322,9 +343,18 @@ class PartitionLog:
         ticket.run()
         return self.complete_sync(ticket)
 
+    def _fsync_segment(self, seg: Segment) -> None:
+        """fdatasync one segment on this thread, under the log's fsync guard (fsync.py)."""
+        with self._guard.lock:
+            self._guard.check()
+            self._guard.fdatasync(seg.fd, seg)
+
     def _set_recovery_point(self, rp: RecoveryPoint) -> None:
         self._recovery_point = rp
-        self._index.put(PARTITION_STATE, state_key(self._pkey, RECOVERY_POINT), encode_recovery_point(rp))
+        try:
+            self._index.put(PARTITION_STATE, state_key(self._pkey, RECOVERY_POINT), encode_recovery_point(rp))
+        except OSError as e:
+            raise self._guard.fail(str(e)) from e
 
     # ----------------------------------------------------------------- read
 
@@ -347,11 +377,15 @@ class PartitionLog:
     # ----------------------------------------------------------------- high watermark
 
     def set_high_watermark(self, offset: int) -> None:
+        self._guard.check()
         if not self._log_start <= offset <= self.log_end_offset:
             raise OffsetOutOfRangeError(offset, self._log_start, self.log_end_offset)
         if offset != self._high_watermark:
             self._high_watermark = offset
-            self._index.put(PARTITION_STATE, state_key(self._pkey, HIGH_WATERMARK), Q.pack(offset))
+            try:
+                self._index.put(PARTITION_STATE, state_key(self._pkey, HIGH_WATERMARK), Q.pack(offset))
+            except OSError as e:
+                raise self._guard.fail(str(e)) from e
 
     # ----------------------------------------------------------------- leader epochs
 
@@ -384,18 +418,28 @@ class PartitionLog:
             cut_seg, cut_pos, new_end = self._segment(entry.segment_base), entry.position, entry.base_offset
         else:
             cut_seg, cut_pos, new_end = self._segments[0], 0, self._segments[0].base_offset
+        if self._high_watermark > new_end:
+            # Lowered and flushed before any file shrinks: a crash part way must not leave a
+            # persisted high watermark above the log end, which the next open would take for
+            # lost acknowledged records (short_of_high_watermark).
+            self.set_high_watermark(max(new_end, self._log_start))
+            self._index.flush()
         self._generation += 1
-        # Segments after the cut go first (newest first), then the cut segment is shortened.
-        while self._segments[-1] is not cut_seg and len(self._segments) > 1:
-            self._drop_segment(self._segments.pop())
-        if cut_pos == 0 and cut_seg is not self._segments[0]:
-            self._drop_segment(self._segments.pop())
-            cut_seg = self._segments[-1]
-            cut_pos = cut_seg.size
-        else:
-            cut_seg.truncate(cut_pos)
-        cut_seg.next_offset = new_end if cut_pos > 0 else cut_seg.base_offset
-        fsync_directory(self.directory)
+        try:
+            # Segments after the cut go first (newest first), then the cut segment is shortened.
+            while self._segments[-1] is not cut_seg and len(self._segments) > 1:
+                self._drop_segment(self._segments.pop())
+            if cut_pos == 0 and cut_seg is not self._segments[0]:
+                self._drop_segment(self._segments.pop())
+                cut_seg = self._segments[-1]
+                cut_pos = cut_seg.size
+            else:
+                cut_seg.truncate(cut_pos)
+                self._fsync_segment(cut_seg)
+            cut_seg.next_offset = new_end if cut_pos > 0 else cut_seg.base_offset
+            fsync_directory(self.directory)
+        except OSError as e:
+            raise self._guard.fail(f"truncation of {self.directory} to offset {offset}: {e}") from e
         self._index.delete_range(OFFSET_INDEX, offset_key(self._pkey, cut_seg.next_offset), prefix_end(self._pkey))
         self._trim_time_index(cut_seg)
         for fenced_pos in [p for p in self._fences.get(cut_seg.base_offset, {}) if p >= cut_pos]:
@@ -433,6 +477,10 @@ class PartitionLog:
             self._fences.clear()
             finish_reset(self.directory, self._index, self._pkey, start_offset)
             seg = Segment(self.directory, start_offset, self._clock(), create=False)
+        except OSError as e:
+            failure = self._guard.fail(f"reset of {self.directory} to offset {start_offset}: {e}")
+            self.close(sync=False)
+            raise failure from e
         except BaseException:
             self.close(sync=False)
             raise
@@ -476,11 +524,14 @@ class PartitionLog:
         # the next open deletes them.
         self._set_log_start(new_start)
         self._segments = self._segments[count:]
-        for seg in doomed:
-            self._index.delete_range(OFFSET_INDEX, offset_key(self._pkey, seg.base_offset),
-                                     offset_key(self._pkey, seg.next_offset))
-            self._drop_segment(seg)
-        fsync_directory(self.directory)
+        try:
+            for seg in doomed:
+                self._index.delete_range(OFFSET_INDEX, offset_key(self._pkey, seg.base_offset),
+                                         offset_key(self._pkey, seg.next_offset))
+                self._drop_segment(seg)
+            fsync_directory(self.directory)
+        except OSError as e:
+            raise self._guard.fail(f"retention in {self.directory}: {e}") from e
         removed, moved = self.leader_epochs.truncate_from_start(new_start)
         for e in removed:
             self._index.delete(LEADER_EPOCHS, epoch_key(self._pkey, e.epoch))
@@ -566,6 +617,7 @@ class PartitionLog:
         return e if e.segment_base == seg.base_offset else None
 
     def _check_open(self) -> None:
+        self._guard.check()
         if self._closed:
             raise LogClosedError(f"log {self.name} is closed")
 
@@ -577,11 +629,21 @@ class PartitionLog:
             seg.deleted = True
 
     def close(self, sync: bool = True) -> None:
-        """Close the files. ``sync=False`` skips the final fsync (tests use it to crash)."""
+        """Close the files. ``sync=False`` skips the final fsync (tests use it to crash).
+
+        A failed log is closed without an fsync and without raising. A failure that the final
+        fsync finds is recorded in :attr:`failure`, not raised: the files must be released
+        either way, and nothing that failed was ever acknowledged."""
         if self._closed:
             return
-        if sync:
-            self.sync()
+        if sync and self.failure is None:
+            try:
+                self.sync()
+            except LogFailedError:
+                pass
         self._closed = True
         for seg in self._segments:
-            seg.close()
+            try:
+                seg.close()
+            except OSError:
+                pass  # the descriptor is released even when close reports a write-back error

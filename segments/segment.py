@@ -4,6 +4,9 @@ The file is authoritative (DESIGN.md §4). A segment knows its base offset (its 
 size in bytes, the offset after its last batch and the largest timestamp in it; the RocksDB
 indexes point into it by byte position. Writes go through ``pwritev`` at the logical end,
 so a failed or partial write is cut away and never becomes part of the log.
+
+Every fdatasync of a segment of an open log goes through :func:`fdatasync_segment` (called by
+the log's fsync guard, fsync.py), so that the test hook in faults.py sees each one.
 """
 
 from __future__ import annotations
@@ -12,7 +15,8 @@ import errno
 import os
 from typing import Sequence
 
-from .errors import SegmentDeletedError, StorageError, StorageFullError
+from . import faults
+from .errors import SegmentDeletedError, StorageFullError
 from .file_names import segment_file_name
 
 IOV_MAX = 1024
@@ -53,8 +57,12 @@ class Segment:
     def write(self, parts: Sequence[bytes | memoryview], nbytes: int) -> int:
         """Append ``parts`` at the logical end; return the position they start at.
 
-        On any failure the file is cut back to its previous size and the error is raised
-        (a full disk as :class:`StorageFullError`).
+        On a full disk (ENOSPC, EDQUOT, EFBIG) the file is cut back to its previous size and
+        :class:`StorageFullError` is raised: the segment is as it was, and a retry can succeed
+        once space is freed. Any other failure, or a full disk whose partial write cannot be
+        cut away, is raised as the ``OSError``: the disk is failing, or the file holds bytes
+        past the logical end that the next open could take for batches (whole batches of
+        this append may have reached it), and the log fences itself.
         """
         start = self.size
         pos = start
@@ -82,24 +90,20 @@ class Segment:
                 i = 0
                 n = len(parts)
         except OSError as e:
-            self._cut_back(start)
+            try:
+                os.ftruncate(self.fd, start)
+            except OSError as cut:
+                raise OSError(cut.errno, f"cutting a partial write back to {start} bytes after "
+                                         f"[Errno {e.errno}] {e.strerror} failed: {cut.strerror}") from e
             if e.errno in _FULL_ERRNOS:
                 raise StorageFullError(
                     f"{self.path}: the file system refused {nbytes} bytes ({os.strerror(e.errno)}); "
                     "nothing was appended"
                 ) from e
-            raise StorageError(f"{self.path}: write failed: {e}; nothing was appended") from e
+            raise
         assert pos - start == nbytes, (pos, start, nbytes)
         self.size = pos
         return start
-
-    def _cut_back(self, size: int) -> None:
-        try:
-            os.ftruncate(self.fd, size)
-        except OSError:
-            # The logical size is what counts for reads and later writes; recovery cuts the
-            # file on the next open if this failed too.
-            pass
 
     def check_readable(self) -> None:
         """Raise unless the descriptor still belongs to this segment's file."""
@@ -115,12 +119,9 @@ class Segment:
         return os.pread(self.fd, length, position)
 
     def truncate(self, size: int) -> None:
+        """Cut the file to ``size`` bytes; the caller fsyncs it (under its log's fsync lock)."""
         os.ftruncate(self.fd, size)
-        os.fdatasync(self.fd)
         self.size = size
-
-    def sync(self) -> None:
-        os.fdatasync(self.fd)
 
     def close(self) -> None:
         if not self._closed:
@@ -135,6 +136,14 @@ class Segment:
             os.unlink(self.path)
         except FileNotFoundError:
             pass
+
+
+def fdatasync_segment(fd: int) -> None:
+    """``os.fdatasync`` of a segment file, or the failure faults.py was told to inject."""
+    trigger = faults.fsync_fault_file
+    if trigger is not None:
+        faults.take_fsync_fault(trigger)
+    os.fdatasync(fd)
 
 
 def fsync_directory(path: str) -> None:

@@ -31,6 +31,7 @@ from kolk.segments import (
     GroupCommit,
     InvalidBatchError,
     LogConfig,
+    LogFailedError,
     LogStore,
     NotALogDirectoryError,
     OffsetOutOfRangeError,
@@ -605,19 +606,18 @@ def test_short_writes_are_completed(data_dir: Path, monkeypatch: pytest.MonkeyPa
     assert reopened_records(data_dir) == recs
 
 
-def test_other_write_error_is_storage_error_and_cut_back(data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A write failing with EIO (not a full disk) raises StorageError, not StorageFullError,
-    and is cut back the same way."""
+def test_other_write_error_fences_the_log(data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A write failing with EIO (not a full disk) is a disk fault: the log fails (LogFailedError,
+    not StorageFullError) and serves nothing more; what was durable before is intact on disk."""
     before = filled(data_dir)
     with opened(data_dir) as log:
-        size = os.path.getsize(log.segment_paths()[-1])
         monkeypatch.setattr(segment_module, "_pwritev", _ShortThenFull(errno.EIO))
-        with pytest.raises(StorageError, match="write failed") as e:
+        with pytest.raises(LogFailedError, match="write of") as e:
             log.append(make_batch("eio"))
         monkeypatch.undo()
         assert not isinstance(e.value, StorageFullError)
-        assert os.path.getsize(log.segment_paths()[-1]) == size
-        assert read_records(log) == before
+        with pytest.raises(LogFailedError):
+            read_records(log)
     assert reopened_records(data_dir) == before
 
 
