@@ -26,7 +26,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any, Mapping
 
-from .objects import PARTITION, SPU, State
+from .objects import PARTITION, SPU, MetaObject, State
 
 
 def place_replicas(state: State, partitions: int, replication_factor: int) -> list[list[int]]:
@@ -141,3 +141,52 @@ def reconcile_replicas(state: State, now_ms: int, move_after_ms: int) -> list[di
             commands.append({"op": "reassign_partition", "partition": p.name, "replicas": new,
                              "epoch": p.status["epoch"], "ts": now_ms})
     return commands
+
+
+def choose_leader(state: State, p: MetaObject, wanted: int | None, unclean: bool) -> int | str:
+    """The leader an operator's election (``kolk partition elect``) would pick, or why none.
+
+    Clean: a live in-sync replica (``wanted`` if it is one, else the first in replica order).
+    Unclean: ``wanted``, else the first live replica not recorded as lost, else any live one.
+    """
+    alive = {o.spec["id"] for o in state.all(SPU) if o.status.get("alive")}
+    replicas = list(p.spec["replicas"])
+    if unclean:
+        if wanted is not None:
+            if wanted not in replicas:
+                return f"SPU {wanted} holds no replica of {p.name} (replicas {replicas})"
+            return wanted if wanted in alive else f"SPU {wanted} is not alive"
+        lost = {e["spu"] for e in p.status.get("lost", [])}
+        live = [r for r in replicas if r in alive]
+        if not live:
+            return f"no replica of {p.name} is alive (replicas {replicas})"
+        return next((r for r in live if r not in lost), live[0])
+    candidates = [r for r in replicas if r in p.status["isr"] and r in alive]
+    if wanted is not None:
+        if wanted in candidates:
+            return wanted
+        return (f"SPU {wanted} is not a live in-sync replica of {p.name} (in-sync {p.status['isr']}, "
+                f"alive {sorted(alive & set(replicas))}); an unclean election (--unclean) can choose it")
+    if not candidates:
+        return offline_reason(p.status, replicas, alive) or f"{p.name} has no live in-sync replica"
+    return candidates[0]
+
+
+def offline_reason(status: Mapping[str, Any], replicas: list[int], alive: set[int]) -> str | None:
+    """Why a partition has no leader, naming the missing replicas; None when it has one."""
+    if status.get("leader") is not None:
+        return None
+    isr = list(status.get("isr", []))
+    lost = {e["spu"]: e["reason"] for e in status.get("lost", [])}
+    if isr:
+        down = [r for r in isr if r not in alive]
+        text = f"offline: its in-sync replicas {isr} are not alive" if down == isr else \
+            f"offline: waiting for an election among in-sync replicas {isr}"
+    else:
+        text = "offline: no in-sync replica holds every acknowledged record"
+    if lost:
+        text += "; lost data: " + "; ".join(f"SPU {s} ({why})" for s, why in sorted(lost.items()))
+    if not isr:
+        text += ("; it stays offline until one of those replicas returns, or an operator accepts the loss with "
+                 "`kolk partition elect --unclean`")
+    return text

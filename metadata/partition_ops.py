@@ -1,0 +1,227 @@
+"""Partition leadership and in-sync sets: elections, in-sync set changes, replica moves, and
+replicas that lost their data (DESIGN.md §5, docs/replication.md). Pure command handlers.
+
+**Replicas that lost data.** A replica whose SPU came back with another storage id, whose log
+recovered below the high watermark it had persisted, whose disk failed, or whose leader-side
+log was found short by a follower, is *lost*: :func:`lose_replica` takes it out of the
+in-sync set (and out of leadership) with an epoch bump, in the same command that reports it,
+so it can neither lead nor count toward ``min_in_sync`` before it has caught up again. The
+partition's ``status.lost`` lists such replicas with the reason, until they rejoin the
+in-sync set. With no in-sync replica left the partition stays offline (leader None, empty
+set) rather than lose records; only an operator's unclean election (``elect_leader`` with
+``unclean``) accepts the loss, and ``status.last_unclean_epoch`` records it so that followers
+may then truncate below their high watermark.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Mapping
+
+from .command import (INVALID_ARGUMENT, NOT_PARTITION_LEADER, STALE_EPOCH, VERSION_CONFLICT, Applied, Edit, fail,
+                      get_field, get_partition, get_spu_id, get_ts)
+from .objects import PARTITION, SPU, MetaObject, State, spu_name
+
+REASON_CHARS_MAX = 300
+REPORTED_LOSSES_MAX = 10_000  # lost replicas one SPU may report as it registers
+_STORAGE_ID = re.compile(r"^[0-9a-f]{32}$")
+
+
+def get_storage_id(cmd: Mapping[str, Any]) -> str | None:
+    storage_id = get_field(cmd, "storage_id", (str, type(None)), optional=True)
+    if storage_id is not None and not _STORAGE_ID.match(storage_id):
+        raise fail(INVALID_ARGUMENT, f"storage_id {storage_id!r} must be 32 lowercase hex digits")
+    return storage_id
+
+
+def get_lost(cmd: Mapping[str, Any]) -> dict[str, str]:
+    """``lost``: [{partition, reason}] — replicas the registering SPU found short of their
+    high watermark on start."""
+    raw = get_field(cmd, "lost", list, optional=True) or []
+    if len(raw) > REPORTED_LOSSES_MAX:
+        raise fail(INVALID_ARGUMENT, f"lost: {len(raw)} entries, more than {REPORTED_LOSSES_MAX}")
+    out = {}
+    for entry in raw:
+        if (not isinstance(entry, dict) or not isinstance(entry.get("partition"), str)
+                or not isinstance(entry.get("reason"), str)):
+            raise fail(INVALID_ARGUMENT, "lost: each entry must be {partition: text, reason: text}")
+        out[entry["partition"]] = entry["reason"][:REASON_CHARS_MAX]
+    return out
+
+
+def lose_replica(edit: Edit, p: MetaObject, spu_id: int, reason: str, ts: int) -> None:
+    """Record that ``spu_id``'s replica of ``p`` lost data: out of the in-sync set and of
+    leadership at a new epoch (if it was in either), listed in ``status.lost``."""
+    status = dict(p.status)
+    lost = [e for e in status.get("lost", []) if e["spu"] != spu_id]
+    lost.append({"spu": spu_id, "reason": reason[:REASON_CHARS_MAX], "ts": ts})
+    status["lost"] = lost
+    if spu_id in status["isr"] or status["leader"] == spu_id:
+        status["isr"] = [r for r in status["isr"] if r != spu_id]
+        status["epoch"] = status["epoch"] + 1
+        if status["leader"] == spu_id:
+            status["leader"] = None
+    edit.put(PARTITION, p.name, p.spec, status)
+
+
+def _without_lost(status: dict[str, Any], spu_ids: set[int]) -> None:
+    """Drop ``status.lost`` entries of ``spu_ids`` (they rejoined, or left the replica list)."""
+    if "lost" in status:
+        kept = [e for e in status["lost"] if e["spu"] not in spu_ids]
+        if kept:
+            status["lost"] = kept
+        else:
+            del status["lost"]
+
+
+def register_effects(edit: Edit, state: State, spu_id: int, storage_lost: str | None, lost: Mapping[str, str],
+                     ts: int) -> None:
+    """What an SPU's (re)registration does to the partitions it holds.
+
+    ``storage_lost`` (a reason) when its storage id changed: every replica it holds is new and
+    empty. ``lost``: partitions whose replica it found short on start. Any other partition it
+    leads moves to a new epoch: it restarted and may have lost what it had not fsynced, so its
+    followers truncate against what it really has (as a Kafka broker epoch would).
+    """
+    for p in sorted(state.all(PARTITION), key=lambda o: o.name):
+        if spu_id not in p.spec["replicas"]:
+            continue
+        reason = storage_lost or lost.get(p.name)
+        if reason is not None:
+            lose_replica(edit, p, spu_id, reason, ts)
+        elif p.status["leader"] == spu_id:
+            status = dict(p.status)
+            status["epoch"] = p.status["epoch"] + 1
+            edit.put(PARTITION, p.name, p.spec, status)
+
+
+def fence_replica(state: State, cmd: Mapping[str, Any]) -> Applied:
+    """An SPU reports a replica that lost data: its own (a disk fault) or its leader's (found
+    short of the reporter's high watermark). ``epoch``, when given, must be current, so a
+    report about an old leadership never fences a replica that has caught up since."""
+    p = get_partition(state, cmd)
+    ts = get_ts(cmd)
+    spu_id = get_spu_id(cmd)
+    reason = get_field(cmd, "reason", str)
+    epoch = get_field(cmd, "epoch", int, optional=True)
+    if spu_id not in p.spec["replicas"]:
+        raise fail(INVALID_ARGUMENT, f"partition {p.name}: SPU {spu_id} holds no replica of it "
+                                     f"(replicas {p.spec['replicas']})")
+    if epoch is not None and epoch != p.status["epoch"]:
+        raise fail(STALE_EPOCH, f"partition {p.name} is at epoch {p.status['epoch']}, the report is about {epoch}")
+    edit = Edit(state)
+    lose_replica(edit, p, spu_id, reason, ts)
+    return edit.finish(ts, {"partition": p.name, "spu": spu_id})
+
+
+def elect_leader(state: State, cmd: Mapping[str, Any]) -> Applied:
+    p = get_partition(state, cmd)
+    ts = get_ts(cmd)
+    epoch = get_field(cmd, "epoch", int)
+    leader = get_field(cmd, "leader", (int, type(None)))
+    if epoch != p.status["epoch"]:
+        raise fail(STALE_EPOCH, f"partition {p.name} is at epoch {p.status['epoch']}, the election assumed {epoch}")
+    if get_field(cmd, "unclean", bool, optional=True):
+        return _elect_unclean(state, p, leader, epoch, ts)
+    if leader is not None and leader not in p.status["isr"]:
+        raise fail(INVALID_ARGUMENT,
+                    f"partition {p.name}: SPU {leader} is not in the in-sync set {p.status['isr']}")
+    isr = get_field(cmd, "isr", list, optional=True)
+    if isr is not None:
+        # The controller drops dead SPUs from the in-sync set as it elects (as Kafka's KIP-841
+        # does): a shrink only, and the new leader stays in it.
+        if (len(set(isr)) != len(isr) or not set(isr) <= set(p.status["isr"])
+                or (leader is not None and leader not in isr) or not isr):
+            raise fail(INVALID_ARGUMENT,
+                        f"partition {p.name}: the new in-sync set {isr!r} must be a non-empty part of "
+                        f"{p.status['isr']} holding the new leader {leader}")
+    edit = Edit(state)
+    status = dict(p.status)
+    status.update(leader=leader, epoch=epoch + 1)
+    if isr is not None:
+        status["isr"] = [r for r in p.spec["replicas"] if r in isr]
+    edit.put(PARTITION, p.name, p.spec, status)
+    return edit.finish(ts, {"partition": p.name, "leader": leader, "epoch": epoch + 1})
+
+
+def _elect_unclean(state: State, p: MetaObject, leader: int | None, epoch: int, ts: int) -> Applied:
+    """The operator accepts losing what only the in-sync replicas had: any live replica leads,
+    alone in the in-sync set, and the others truncate to its log."""
+    spu = state.get(SPU, spu_name(leader)) if leader is not None else None
+    if leader is None or leader not in p.spec["replicas"]:
+        raise fail(INVALID_ARGUMENT, f"partition {p.name}: an unclean election needs one of its replicas "
+                                     f"{p.spec['replicas']} as leader, got {leader}")
+    if spu is None or not spu.status.get("alive"):
+        raise fail(INVALID_ARGUMENT, f"partition {p.name}: SPU {leader} is not alive; an unclean election needs a "
+                                     "live replica")
+    edit = Edit(state)
+    status = dict(p.status)
+    status.update(leader=leader, epoch=epoch + 1, isr=[leader], last_unclean_epoch=epoch + 1)
+    _without_lost(status, {leader})
+    edit.put(PARTITION, p.name, p.spec, status)
+    return edit.finish(ts, {"partition": p.name, "leader": leader, "epoch": epoch + 1, "unclean": True})
+
+
+
+def reassign_partition(state: State, cmd: Mapping[str, Any]) -> Applied:
+    """New replicas for a partition (self-healing): the in-sync set keeps the replicas that
+    stay; new ones join it only after they have copied the log. The epoch bumps, so every
+    replica (and a leader working from the old set) sees the change."""
+    p = get_partition(state, cmd)
+    ts = get_ts(cmd)
+    epoch = get_field(cmd, "epoch", int)
+    replicas = get_field(cmd, "replicas", list)
+    if epoch != p.status["epoch"]:
+        raise fail(STALE_EPOCH, f"partition {p.name} is at epoch {p.status['epoch']}, the move assumed {epoch}")
+    known = set(state.spu_ids())
+    if (len(replicas) != len(p.spec["replicas"]) or len(set(replicas)) != len(replicas)
+            or not all(isinstance(r, int) and not isinstance(r, bool) and r in known for r in replicas)):
+        raise fail(INVALID_ARGUMENT,
+                    f"partition {p.name}: replicas {replicas!r} must be {len(p.spec['replicas'])} distinct "
+                    "registered SPU ids")
+    leader = p.status["leader"]
+    if leader is None or leader not in replicas:
+        raise fail(INVALID_ARGUMENT,
+                    f"partition {p.name}: a move keeps the live leader (now {leader}) among the replicas {replicas!r}")
+    isr = [r for r in replicas if r in p.status["isr"]]
+    edit = Edit(state)
+    spec = dict(p.spec)
+    spec["replicas"] = list(replicas)
+    status = dict(p.status)
+    status.update(isr=isr, epoch=epoch + 1)
+    _without_lost(status, set(p.spec["replicas"]) - set(replicas))
+    edit.put(PARTITION, p.name, spec, status)
+    return edit.finish(ts, {"partition": p.name, "replicas": list(replicas), "epoch": epoch + 1})
+
+
+
+def update_isr(state: State, cmd: Mapping[str, Any]) -> Applied:
+    p = get_partition(state, cmd)
+    ts = get_ts(cmd)
+    epoch = get_field(cmd, "epoch", int)
+    requester = get_field(cmd, "leader", int)
+    isr = get_field(cmd, "isr", list)
+    if epoch != p.status["epoch"]:
+        raise fail(STALE_EPOCH, f"partition {p.name} is at epoch {p.status['epoch']}, the request has {epoch}")
+    if requester != p.status["leader"]:
+        raise fail(NOT_PARTITION_LEADER,
+                    f"SPU {requester} is not the leader of {p.name} (the leader is {p.status['leader']})")
+    based_on = get_field(cmd, "based_on", list, optional=True)
+    if based_on is not None and sorted(based_on) != sorted(p.status["isr"]):
+        # The leader computed the change from a set that has changed since (Kafka checks the
+        # partition epoch of AlterPartition for the same reason).
+        raise fail(VERSION_CONFLICT, f"partition {p.name}: the in-sync set is {p.status['isr']}, the request was "
+                                      f"based on {based_on}")
+    if (not all(isinstance(r, int) and not isinstance(r, bool) for r in isr) or len(set(isr)) != len(isr)
+            or not set(isr) <= set(p.spec["replicas"]) or requester not in isr):
+        raise fail(INVALID_ARGUMENT,
+                    f"partition {p.name}: in-sync set {isr!r} must be distinct replicas {p.spec['replicas']} "
+                    "including the leader")
+    edit = Edit(state)
+    if sorted(isr) != sorted(p.status["isr"]):
+        status = dict(p.status)
+        status["isr"] = [r for r in p.spec["replicas"] if r in isr]
+        _without_lost(status, set(isr))  # caught up again: no longer lost
+        edit.put(PARTITION, p.name, p.spec, status)
+    return edit.finish(ts, {"partition": p.name, "isr": isr})
+
