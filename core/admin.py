@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-from typing import Any, Awaitable, Callable, TypeVar
+from typing import Any, Awaitable, Callable, Mapping, TypeVar
 
 import capnp
 
@@ -174,11 +174,44 @@ class AdminClient:
         await self._call(call, write=True)
 
     async def register_spu(self, spu_id: int, public_address: str, private_address: str | None = None,
-                           rack: str | None = None) -> None:
-        async def call(a: Any) -> None:
-            r = await a.registerSpu(spu_id, rack or "", public_address, private_address or public_address)
+                           rack: str | None = None, storage_id: str = "",
+                           lost: Mapping[str, str] | None = None) -> int:
+        """Register an SPU with its data directory's storage id and the replicas it found short
+        of their high watermark (``lost``: partition -> reason); returns the metadata version
+        that holds the registration."""
+        entries = sorted((lost or {}).items())
+
+        async def call(a: Any) -> int:
+            req = a.registerSpu_request()
+            req.id = spu_id
+            req.rack = rack or ""
+            req.publicAddress = public_address
+            req.privateAddress = private_address or public_address
+            req.storageId = storage_id
+            out = req.init("lost", len(entries))
+            for i, (name, reason) in enumerate(entries):
+                out[i].partition = name
+                out[i].reason = reason
+            r = await req.send()
             _raise_unless_ok(r.result)
+            return int(r.version)
+        return await self._call(call, write=True)
+
+    async def report_replica_loss(self, partition: str, spu_id: int, reason: str, epoch: int | None = None) -> None:
+        """Node-only: ``spu_id``'s replica of ``partition`` lost data; it leaves the in-sync set."""
+        async def call(a: Any) -> None:
+            _raise_unless_ok((await a.reportReplicaLoss(partition, spu_id, reason,
+                                                        -1 if epoch is None else epoch)).result)
         await self._call(call, write=True)
+
+    async def elect_leader(self, partition: str, leader: int | None = None, unclean: bool = False) -> tuple[int, int]:
+        """Elect a leader of ``partition`` now; returns (leader, epoch). ``unclean`` gives up
+        what only the in-sync replicas had (docs/replication.md)."""
+        async def call(a: Any) -> tuple[int, int]:
+            r = await a.electLeader(partition, -1 if leader is None else leader, unclean)
+            _raise_unless_ok(r.result)
+            return int(r.leader), int(r.epoch)
+        return await self._call(call, write=True)
 
     async def unregister_spu(self, spu_id: int) -> None:
         async def call(a: Any) -> None:

@@ -71,6 +71,13 @@ def add_commands(sub: Any) -> None:
                                       "log end offset and the lag of its slowest follower")
     pl.add_argument("--topic", help="only this topic's partitions")
     _sc_option(pl)
+    pe = psub.add_parser("elect", help="elect a leader now: a live in-sync replica, or with --unclean any live "
+                                       "replica, giving up what only the in-sync replicas had")
+    pe.add_argument("name", help="the partition, TOPIC-N")
+    pe.add_argument("--leader", type=int, help="the SPU to lead (default: the first eligible)")
+    pe.add_argument("--unclean", action="store_true",
+                    help="accept data loss: let a replica outside the in-sync set lead (audited)")
+    _sc_option(pe)
 
     cluster = sub.add_parser("cluster", help="cluster status and SPU registration")
     csub = cluster.add_subparsers(dest="action", required=True)
@@ -154,6 +161,11 @@ async def _run(args: argparse.Namespace) -> int:
                                     r["high_watermark"], r["log_end_offset"], r["lag"], r["error"]] for r in rows],
                                   ["PARTITION", "LEADER", "REPLICAS", "IN-SYNC", "EPOCH", "HW", "LEO", "LAG",
                                    "NOTE"]) if rows else "no partitions")
+    elif args.command == "partition" and args.action == "elect":
+        leader, epoch = await client.elect_leader(args.name, args.leader, args.unclean)
+        what = "unclean election: records only the in-sync replicas had are given up; " if args.unclean else ""
+        _print(args, {"partition": args.name, "leader": leader, "epoch": epoch, "unclean": args.unclean},
+               f"{args.name}: {what}SPU {leader} leads at epoch {epoch}")
     elif args.command == "cluster" and args.action == "spu":
         if args.spu_action == "register":
             await client.register_spu(args.id, args.public, args.private, args.rack)

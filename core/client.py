@@ -19,7 +19,9 @@ import capnp
 
 from .admin import AdminClient
 from .consumer import AsyncConsumer, ConsumerRecord, Offset
-from .errors import ClusterUnavailableError, InvalidRequestError, KolkError, NotFoundError, error_from_wire
+from .errors import (ClusterUnavailableError, InvalidRequestError, KolkError, NotFoundError, PartitionOfflineError,
+                     error_from_wire)
+from .metadata.controllers import offline_reason
 from .producer import AsyncProducer, RecordMetadata
 from .security.tls import TlsConfig
 from .transport import abort_tls, connect
@@ -40,6 +42,7 @@ class AsyncClient:
         self.timeout_s = timeout_s
         self._partitions: dict[str, list[dict[str, Any]]] = {}
         self._spus: dict[int, str] = {}
+        self._alive_spus: set[int] = set()
         self._conns: dict[str, tuple[Any, Any]] = {}  # address -> (TwoPartyClient, Spu capability)
         self._connecting: dict[str, asyncio.Future[Any]] = {}
 
@@ -51,7 +54,9 @@ class AsyncClient:
             if await self.admin.get_object("topic", topic) is None:
                 raise NotFoundError(f"topic {topic} does not exist")
             raise ClusterUnavailableError(f"topic {topic} has no partitions yet")
-        self._spus = {u["spec"]["id"]: u["spec"]["public_address"] for u in await self.admin.list_objects("spu", stale=True)}
+        spus = await self.admin.list_objects("spu", stale=True)
+        self._spus = {u["spec"]["id"]: u["spec"]["public_address"] for u in spus}
+        self._alive_spus = {u["spec"]["id"] for u in spus if u["status"].get("alive")}
         parts.sort(key=lambda p: p["spec"]["partition"])
         self._partitions[topic] = parts
         return parts
@@ -100,10 +105,15 @@ class AsyncClient:
         parts = await self.partitions(topic)
         if not 0 <= partition < len(parts):
             raise InvalidRequestError(f"topic {topic} has partitions 0-{len(parts) - 1}, not {partition}")
-        leader = parts[partition]["status"]["leader"]
-        if leader is None or leader not in self._spus:
+        p = parts[partition]
+        leader = p["status"]["leader"]
+        if leader is None:
             self.forget_leaders(topic)
-            raise ClusterUnavailableError(f"partition {topic}-{partition} has no live leader right now")
+            why = offline_reason(p["status"], p["spec"]["replicas"], self._alive_spus)
+            raise PartitionOfflineError(f"partition {topic}-{partition} is {why}")
+        if leader not in self._spus:
+            self.forget_leaders(topic)
+            raise ClusterUnavailableError(f"partition {topic}-{partition}: its leader SPU {leader} is not known yet")
         address = self._spus[leader]
         return await self._connect(address), address
 
@@ -177,7 +187,9 @@ class AsyncClient:
         cannot be reached leaves those None and says why in ``error``."""
         parts = [p for p in await self.admin.list_objects("partition")
                  if topic is None or p["spec"]["topic"] == topic]
-        spus = {u["spec"]["id"]: u["spec"]["public_address"] for u in await self.admin.list_objects("spu")}
+        spu_objects = await self.admin.list_objects("spu")
+        spus = {u["spec"]["id"]: u["spec"]["public_address"] for u in spu_objects}
+        alive = {u["spec"]["id"] for u in spu_objects if u["status"].get("alive")}
         by_leader: dict[int, list[str]] = {}
         for p in parts:
             if p["status"]["leader"] is not None:
@@ -207,9 +219,9 @@ class AsyncClient:
                 "replicas": list(p["spec"]["replicas"]), "isr": list(p["status"]["isr"]),
                 "high_watermark": d.get("high_watermark"), "log_end_offset": d.get("log_end_offset"),
                 "lag": max(lags) if len(lags) == len(followers) and lags else (0 if d and not followers else None),
-                "followers": followers,
-                "error": "offline: no live in-sync replica" if leader is None else errors.get(leader)
-                if p["name"] not in live else None})
+                "followers": followers, "lost": list(p["status"].get("lost", [])),
+                "error": offline_reason(p["status"], p["spec"]["replicas"], alive) if leader is None
+                else errors.get(leader) if p["name"] not in live else _lost_note(p["status"])})
         return rows
 
     def producer(self, topic: str, **options: Any) -> AsyncProducer:
@@ -384,3 +396,11 @@ class Client:
 
 
 __all__ = ["AsyncClient", "Client", "Consumer", "ConsumerRecord", "Offset", "Producer", "RecordMetadata"]
+
+
+def _lost_note(status: dict[str, Any]) -> str | None:
+    """A partition that leads but has replicas that lost data: say who, and that they catch up."""
+    lost = status.get("lost") or []
+    if not lost:
+        return None
+    return "; ".join(f"SPU {e['spu']} lost data ({e['reason']}), catching up" for e in lost)

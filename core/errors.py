@@ -9,6 +9,9 @@ class KolkError(Exception):
 
     code = "internal"
     retriable = False
+    # True when a write may have happened although the call failed: retry it only with the
+    # idempotent producer (which turns a repeat into a duplicate), never blindly.
+    outcome_unknown = False
 
     def __init__(self, message: str, *, code: str | None = None, leader: str | None = None,
                  retriable: bool | None = None) -> None:
@@ -38,6 +41,17 @@ class RequestTimeoutError(KolkError):
     """No answer in time. A write may or may not have been applied."""
 
     code = "timeout"
+    retriable = True
+    outcome_unknown = True
+
+
+class PartitionOfflineError(KolkError):
+    """The partition has no leader: its in-sync replicas are down, or none of its replicas is
+    known to hold every acknowledged record. The message names the missing replicas. It comes
+    back when one of them returns (retriable), or when an operator accepts the loss with
+    ``kolk partition elect --unclean``."""
+
+    code = "offline"
     retriable = True
 
 
@@ -77,10 +91,20 @@ class StorageFullError(KolkError):
 
 
 class NotEnoughReplicasError(KolkError):
-    """acks=all cannot be honoured with the replicas in sync now."""
+    """acks=all cannot be honoured with the replicas in sync now; nothing was written."""
 
     code = "notEnoughReplicas"
     retriable = True
+
+
+class NotEnoughReplicasAfterAppendError(KolkError):
+    """The leader appended the records, but the in-sync set shrank below ``min_in_sync`` before
+    they were acknowledged: they may or may not end up committed (Kafka's
+    NOT_ENOUGH_REPLICAS_AFTER_APPEND). The idempotent producer's retry settles it."""
+
+    code = "notEnoughReplicasAfterAppend"
+    retriable = True
+    outcome_unknown = True
 
 
 class AlreadyExistsError(KolkError):
@@ -153,6 +177,8 @@ _BY_CODE: dict[str, type[KolkError]] = {
     "storageFull": StorageFullError,
     "storage": KolkError,
     "notEnoughReplicas": NotEnoughReplicasError,
+    "notEnoughReplicasAfterAppend": NotEnoughReplicasAfterAppendError,
+    "offline": PartitionOfflineError,
     "producerFenced": ProducerFencedError,
     "outOfOrderSequence": OutOfOrderSequenceError,
     "duplicateSequence": DuplicateSequenceError,

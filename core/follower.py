@@ -27,6 +27,7 @@ from .segments.batch import iter_batches
 from .segments.errors import InvalidBatchError, StorageError
 from .segments.leader_epochs import UNDEFINED_EPOCH
 from .segments.producer_state import ProducerStateTable
+from .disk_faults import is_disk_fault
 from .errors import KolkError
 from .security.tls import TlsConfig
 from .transport import connect
@@ -48,6 +49,11 @@ class FetchFailed(Exception):
     def __init__(self, code: str, message: str) -> None:
         super().__init__(f"{code}: {message}")
         self.code = code
+
+
+class TruncationRefused(Exception):
+    """The leader's log ends below this follower's high watermark: following it would cut
+    acknowledged records. The leader lost data; the follower refuses and reports it."""
 
 
 class PeerPool:
@@ -93,6 +99,7 @@ async def follow(server: "SpuServer", replica: "Replica", leader: int, epoch: in
     """Follow ``leader`` at ``epoch`` until cancelled (the SC changed the leader or epoch)."""
     backoff = BACKOFF_MIN_S
     truncated = False
+    reported = False  # a refused truncation is reported to the SC once per (leader, epoch)
     cfg = server.config
     me = asyncio.current_task()
     while True:
@@ -103,7 +110,7 @@ async def follow(server: "SpuServer", replica: "Replica", leader: int, epoch: in
                 raise FetchFailed("notFound", f"SPU {leader} is not known here yet")
             spu = await server.peers.get(address)
             if not truncated:
-                await _truncate_divergent(spu, server, replica, epoch, cfg.replica_call_timeout_s, me)
+                await _truncate_divergent(spu, server, replica, leader, epoch, cfg.replica_call_timeout_s, me)
                 truncated = True
             await _fetch_once(spu, server, replica, epoch, me)
             backoff = BACKOFF_MIN_S
@@ -118,7 +125,14 @@ async def follow(server: "SpuServer", replica: "Replica", leader: int, epoch: in
             log.info("%s: connection to leader SPU %s (%s) failed: %s", replica.name, leader, address, e)
             if address:
                 server.peers.drop(address, spu)
+        except TruncationRefused as e:
+            if not reported:
+                log.error("%s: %s; refusing to follow it and reporting it to the SC", replica.name, e)
+                reported = await _report_leader_loss(server, replica, leader, epoch, str(e))
         except StorageError as e:
+            if is_disk_fault(e):
+                server.disk.on_error(replica, e)  # fences the replica and logs it
+                return
             log.error("%s: storage error while following SPU %s: %s", replica.name, leader, e)
         await asyncio.sleep(backoff)  # retry backoff, bounded
         backoff = min(backoff * 2, BACKOFF_MAX_S)
@@ -138,7 +152,26 @@ async def _call(coro: Any, timeout_s: float) -> Any:
         return await coro
 
 
-async def _truncate_divergent(spu: Any, server: "SpuServer", replica: "Replica", epoch: int,
+async def _report_leader_loss(server: "SpuServer", replica: "Replica", leader: int, epoch: int, reason: str) -> bool:
+    """Tell the SC that ``leader``'s replica lost acknowledged records; True once it heard."""
+    try:
+        async with asyncio.timeout(server.config.replica_call_timeout_s):
+            await server.admin.report_replica_loss(replica.name, leader, reason, epoch)
+        return True
+    except (KolkError, TimeoutError) as e:
+        log.warning("%s: reporting SPU %d's lost records failed (will try again): %s", replica.name, leader, e)
+        return False
+
+
+def may_truncate_acknowledged(replica: "Replica", ignore_for_tests: bool = False) -> bool:
+    """Whether this follower may cut below its high watermark: only when an operator's unclean
+    election (``status.last_unclean_epoch``) came after every batch it holds, so the records it
+    would lose were given up by that election (docs/replication.md)."""
+    unclean = replica.meta.get("status", {}).get("last_unclean_epoch")
+    return ignore_for_tests or (unclean is not None and replica.log.leader_epochs.latest_epoch < unclean)
+
+
+async def _truncate_divergent(spu: Any, server: "SpuServer", replica: "Replica", leader: int, epoch: int,
                               timeout_s: float, me: "asyncio.Task[Any] | None") -> None:
     """Cut our log where it diverges from the leader's (KIP-279): ask where our latest epoch
     ends there; if the leader answers with an epoch we do not have, cut to where that range
@@ -152,24 +185,33 @@ async def _truncate_divergent(spu: Any, server: "SpuServer", replica: "Replica",
         if not r.result.ok:
             raise FetchFailed(r.result.error.code, r.result.error.message)
         _still_mine(replica, me)
+        allow = may_truncate_acknowledged(replica, server.config.ignore_storage_id_for_tests)
         if r.leaderEpoch == UNDEFINED_EPOCH:
-            _truncate(replica, lg.log_start_offset, epoch)  # the leader holds nothing of any epoch we have
+            # The leader holds nothing of any epoch we have.
+            _truncate(replica, lg.log_start_offset, leader, epoch, allow)
             return
         local = lg.end_offset_for_epoch(r.leaderEpoch)
         local_end = lg.log_start_offset if local.epoch == UNDEFINED_EPOCH else local.end_offset
-        _truncate(replica, min(int(r.endOffset), local_end), epoch)
+        _truncate(replica, min(int(r.endOffset), local_end), leader, epoch, allow)
         if local.epoch == r.leaderEpoch or local.epoch == UNDEFINED_EPOCH:
             return
         query = local.epoch  # we lack the leader's epoch: compare the one before it
     raise FetchFailed("diverged", f"{replica.name}: no common epoch after {EPOCH_ROUNDS_MAX} rounds")
 
 
-def _truncate(replica: "Replica", target: int, epoch: int) -> None:
+def _truncate(replica: "Replica", target: int, leader: int, epoch: int, allow_below_hw: bool) -> None:
+    """Cut the log at ``target`` before following ``leader``; never below the high watermark
+    (acknowledged records) unless ``allow_below_hw`` (see may_truncate_acknowledged)."""
     lg = replica.log
     target = max(target, lg.log_start_offset)
     if target < lg.log_end_offset:
-        log.info("%s: truncating from %d to %d before following epoch %d", replica.name, lg.log_end_offset,
-                 target, epoch)
+        hw = lg.high_watermark
+        if target < hw and not allow_below_hw:
+            raise TruncationRefused(
+                f"leader SPU {leader} at epoch {epoch} would have this follower cut its log from {lg.log_end_offset} "
+                f"to {target}, below its high watermark {hw}: the leader lost acknowledged records")
+        log.warning("%s: truncating from %d to %d (high watermark %d) before following SPU %d at epoch %d",
+                    replica.name, lg.log_end_offset, target, hw, leader, epoch)
         lg.truncate_to(target)
         replica.producers = ProducerStateTable.rebuild(lg.batch_headers())
         replica.wake()

@@ -15,7 +15,9 @@ struct Error {
   # alreadyExists, notFound, replicationFactorTooHigh, versionConflict, staleEpoch,
   # notPartitionLeader, inUse, tooLarge, internal; from SPUs also invalidBatch,
   # offsetOutOfRange, corruptBatch, storageFull, storage, notEnoughReplicas, producerFenced,
-  # outOfOrderSequence, duplicateSequence, smartModule; denied (the policy does not allow it).
+  # outOfOrderSequence, duplicateSequence, smartModule, notEnoughReplicasAfterAppend (retriable,
+  # outcome unknown), offline (no leader: the message names the missing replicas; retriable);
+  # denied (the policy does not allow it).
   message @1 :Text;
   leader @2 :Text;      # admin address of the SC leader, when known
   retriable @3 :Bool;   # true when the same request may succeed later unchanged
@@ -72,7 +74,12 @@ interface ScAdmin {
             -> (result :Result, version :UInt64);
   deleteObject @5 (kind :Text, name :Text, hasExpected :Bool, expectedVersion :Int64) -> (result :Result);
 
-  registerSpu @6 (id :Int32, rack :Text, publicAddress :Text, privateAddress :Text) -> (result :Result);
+  # storageId: the random id of the SPU's data directory (DESIGN.md §5): a different one than
+  # registered before means every replica on it is new and empty. lost: replicas it found
+  # short of their high watermark on start. version: the metadata version holding the
+  # registration; the SPU acts on metadata only from that version on.
+  registerSpu @6 (id :Int32, rack :Text, publicAddress :Text, privateAddress :Text, storageId :Text,
+                  lost :List(LostReplica)) -> (result :Result, version :UInt64);
   unregisterSpu @7 (id :Int32) -> (result :Result);
   heartbeat @8 (spuId :Int32) -> (result :Result);   # to the leader; others answer notLeader
   # basedOn: the in-sync set the leader computed the change from; refused (versionConflict)
@@ -85,6 +92,22 @@ interface ScAdmin {
 
   # Idempotent producers: a block of `count` (1-1000) fresh producer ids, first one `firstId`.
   allocateProducerIds @12 (count :UInt32) -> (result :Result, firstId :Int64, count :UInt32);
+
+  # Node-only: SPU `spuId`'s replica of `partition` lost data (its disk failed, or a follower
+  # found the leader's log short of its own high watermark). It leaves the in-sync set and
+  # leadership at a new epoch. epoch >= 0: only if the partition is still at that epoch.
+  reportReplicaLoss @13 (partition :Text, spuId :Int32, reason :Text, epoch :Int64) -> (result :Result);
+
+  # Operator: elect a leader now. Clean (unclean = false): a live in-sync replica, `leader`
+  # if it is one (-1: the first). Unclean: `leader` (-1: the live replica with the longest
+  # log is not known here, so it must be named) leads alone, and what only the in-sync
+  # replicas had is given up. Audited.
+  electLeader @14 (partition :Text, leader :Int32, unclean :Bool) -> (result :Result, leader :Int32, epoch :UInt32);
+}
+
+struct LostReplica {
+  partition @0 :Text;
+  reason @1 :Text;
 }
 
 # ---------------------------------------------------------------- the SPU's data plane
@@ -162,4 +185,7 @@ interface Spu {
   # For `kolk partition list`: per partition this SPU leads, its offsets and each replica's
   # progress, as JSON (docs/protocol.md).
   partitionStatus @7 (partitions :List(Text)) -> (result :Result, statusJson :Text);
+  # Node-only: which SPU answers here. instanceId is random per process, so an SPU that dials
+  # its own private address at start can tell itself from another SPU (even one with its id).
+  identify @8 () -> (result :Result, spuId :Int32, instanceId :Text);
 }

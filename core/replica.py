@@ -35,6 +35,8 @@ class Replica:
         # An epoch this SPU learned is stale (from a follower, or the SC refusing an ISR change)
         # before the metadata caught up: while ``epoch == fenced_epoch`` it acknowledges nothing.
         self.fenced_epoch: int | None = None
+        # Why the disk fenced this replica (core/disk_faults.py); it serves nothing until rebuilt.
+        self.failure: str | None = None
         # Follower role.
         self.follower_task: asyncio.Task[Any] | None = None
         self.followed: tuple[int | None, int] | None = None  # (leader, epoch) the task follows
@@ -67,7 +69,8 @@ class Replica:
 
     @property
     def fenced(self) -> bool:
-        return self.fenced_epoch is not None and self.fenced_epoch >= self.epoch
+        """It must acknowledge nothing: a newer leader exists, or its disk failed."""
+        return self.failure is not None or (self.fenced_epoch is not None and self.fenced_epoch >= self.epoch)
 
     # ---------------------------------------------------------------- leader role
 
@@ -94,7 +97,7 @@ class Replica:
     def advance_high_watermark(self) -> bool:
         """Move the high watermark as far as the in-sync set allows; True if it moved."""
         lg = self.log
-        if self.is_leader and self.led_epoch == self.epoch:
+        if self.is_leader and self.led_epoch == self.epoch and self.failure is None:
             target = high_watermark(self.spu_id, lg.durable_offset, self.effective_isr(), self.progress)
         else:
             return False
@@ -113,4 +116,5 @@ class Replica:
                 "last_fetch_ms_ago": None if p.last_fetch_ms is None else now_ms - p.last_fetch_ms}
         return {"partition": self.name, "leader": self.leader, "epoch": self.epoch, "isr": self.isr,
                 "high_watermark": lg.high_watermark, "log_end_offset": lg.log_end_offset,
-                "log_start_offset": lg.log_start_offset, "fenced": self.fenced, "followers": followers}
+                "log_start_offset": lg.log_start_offset, "fenced": self.fenced, "failure": self.failure,
+                "followers": followers}

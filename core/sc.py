@@ -21,7 +21,8 @@ from typing import Any
 import capnp
 
 from .metadata.apply import encode_command
-from .metadata.controllers import place_replicas, reconcile_leaders, reconcile_liveness, reconcile_replicas
+from .metadata.controllers import (choose_leader, place_replicas, reconcile_leaders, reconcile_liveness,
+                                   reconcile_replicas)
 from .metadata.objects import KINDS, TOPIC, State
 from .raft.node import RaftConfig, RaftError, RaftNode
 from .sc_state import MetadataStateMachine
@@ -33,6 +34,10 @@ from .transport import serve
 from .wire import WATCH_EVENTS_PER_PUSH_MAX, camel, config_map, schema, set_error, set_object
 
 log = logging.getLogger("kolk.sc")
+
+IGNORE_STORAGE_ID_ENV = "KOLK_TEST_IGNORE_STORAGE_ID"
+LOST_REPLICAS_MAX = 10_000  # entries of one registerSpu's lost list
+REASON_CHARS_MAX = 300
 
 
 @dataclass(frozen=True)
@@ -64,6 +69,10 @@ class ScConfig:
     tls: TlsConfig | None = None  # TLS on the admin listener (mutual: clients need certificates)
     changelog_events: int = 10_000  # changes kept for watchers
     extra: dict[str, Any] = field(default_factory=dict)
+    # TEST ONLY (KOLK_TEST_IGNORE_STORAGE_ID=1): forget SPUs' storage ids and lost replicas, the
+    # data-losing behaviour before issue 15; the fault harness must catch it under disk-wipe.
+    ignore_storage_id_for_tests: bool = field(
+        default_factory=lambda: os.environ.get(IGNORE_STORAGE_ID_ENV) == "1")
 
     def __post_init__(self) -> None:
         if self.node_id not in self.peers:
@@ -128,9 +137,16 @@ class ScServer:
     # ---------------------------------------------------------------- lifecycle
 
     async def start(self) -> None:
-        host, port = (self.config.bind_admin or self.config.me.admin_address).rsplit(":", 1)
-
-        self._server = await serve(lambda peer: AdminImpl(self, peer), host, int(port), self.config.tls)
+        listen = self.config.bind_admin or self.config.me.admin_address
+        host, port = listen.rsplit(":", 1)
+        try:
+            self._server = await serve(lambda peer: AdminImpl(self, peer), host, int(port), self.config.tls)
+        except OSError as e:
+            # `kolk sc` checked this port before Raft started (core/sc_main.py); it was taken
+            # since. Stop Raft and exit with the same one line (the process cannot serve).
+            await asyncio.get_running_loop().run_in_executor(None, self.raft.stop)
+            reason = os.strerror(e.errno).lower() if e.errno else str(e)
+            raise SystemExit(f"kolk sc: cannot listen for admin on {listen}: {reason}") from None
         bound = self._server.sockets[0].getsockname()
         self.admin_address = f"{bound[0]}:{bound[1]}"
         self._tasks.append(asyncio.ensure_future(self._controller_loop()))
@@ -140,8 +156,8 @@ class ScServer:
             with open(tmp, "w") as f:
                 json.dump({"admin": self.admin_address, "pid": os.getpid()}, f)
             os.replace(tmp, self.config.ready_file)
-        log.info("SC %d serving admin on %s, raft on %s", self.config.node_id, self.admin_address,
-                 self.config.me.raft_address)
+        log.info("SC %d serving admin on %s, raft on %s (listening on %s)", self.config.node_id, self.admin_address,
+                 self.config.me.raft_address, self.raft.listen_address)
 
     async def stop(self) -> None:
         for t in self._tasks:
@@ -424,15 +440,70 @@ class AdminImpl(schema.ScAdmin.Server):
         if _fill_error(r.result, await self.s.propose(cmd), self.s):
             self._changed(action, resource)
 
-    async def registerSpu(self, id, rack, publicAddress, privateAddress, _context, **kwargs):  # noqa: A002, N802, N803, ANN001
-        if not self.peer.node and not self._allowed(_context.results.result, "admin", "cluster"):
+    async def registerSpu(self, id, rack, publicAddress, privateAddress, storageId, lost, _context, **kwargs):  # noqa: A002, N802, N803, ANN001, E501
+        r = _context.results
+        if not self.peer.node and not self._allowed(r.result, "admin", "cluster"):
             return
-        cmd = {"op": "register_spu", "id": int(id), "rack": rack or None, "public_address": publicAddress,
-               "private_address": privateAddress, "ts": now_ms()}
+        if len(lost) > LOST_REPLICAS_MAX:  # checked before a single entry is read
+            set_error(r.result, "tooLarge", f"registerSpu: {len(lost)} lost replicas, more than {LOST_REPLICAS_MAX}")
+            return
+        cmd: dict[str, Any] = {"op": "register_spu", "id": int(id), "rack": rack or None,
+                               "public_address": publicAddress, "private_address": privateAddress, "ts": now_ms()}
+        if not self.s.config.ignore_storage_id_for_tests:
+            if storageId:
+                cmd["storage_id"] = str(storageId)
+            if len(lost):
+                cmd["lost"] = [{"partition": str(e.partition), "reason": str(e.reason)[:REASON_CHARS_MAX]}
+                               for e in lost]
         outcome = await self.s.propose(cmd)
         if outcome.get("ok"):
             self.s.heartbeat(int(id))
-        _fill_error(_context.results.result, outcome, self.s)
+            r.version = int(outcome["value"]["version"])
+            log.info("SPU %s registered (storage %s)%s", id, str(storageId)[:8] or "unknown",
+                     f"; replicas found short: {', '.join(e['partition'] for e in cmd.get('lost', []))}"
+                     if cmd.get("lost") else "")
+        _fill_error(r.result, outcome, self.s)
+
+    async def reportReplicaLoss(self, partition, spuId, reason, epoch, _context, **kwargs):  # noqa: N802, N803, ANN001
+        r = _context.results
+        if not self._allowed(r.result, NODE_ONLY, "reportReplicaLoss"):
+            return
+        cmd: dict[str, Any] = {"op": "fence_replica", "partition": str(partition), "id": int(spuId),
+                               "reason": str(reason)[:REASON_CHARS_MAX], "ts": now_ms()}
+        if int(epoch) >= 0:
+            cmd["epoch"] = int(epoch)
+        outcome = await self.s.propose(cmd)
+        if outcome.get("ok"):
+            log.warning("%s: the replica on SPU %s lost data and left the in-sync set: %s", partition, spuId, reason)
+            self.s.authz.record(self.peer, "admin", f"partition:{partition}", "allow", None,
+                                f"replica on SPU {spuId} fenced: {reason}")
+        _fill_error(r.result, outcome, self.s)
+
+    async def electLeader(self, partition, leader, unclean, _context, **kwargs):  # noqa: N802, ANN001
+        r = _context.results
+        if not self._allowed(r.result, "admin", "cluster"):
+            return
+        state = self.s.sm.state
+        p = state.get("partition", str(partition))
+        if p is None:
+            set_error(r.result, "notFound", f"partition {partition} does not exist")
+            return
+        choice = choose_leader(state, p, None if int(leader) < 0 else int(leader), bool(unclean))
+        if isinstance(choice, str):
+            set_error(r.result, "invalidArgument", choice)
+            return
+        cmd: dict[str, Any] = {"op": "elect_leader", "partition": p.name, "leader": choice,
+                               "epoch": p.status["epoch"], "ts": now_ms()}
+        if unclean:
+            cmd["unclean"] = True
+        outcome = await self.s.propose(cmd)
+        if _fill_error(r.result, outcome, self.s):
+            r.leader = choice
+            r.epoch = int(outcome["value"]["epoch"])
+            what = "unclean election" if unclean else "election"
+            log.warning("%s: %s of SPU %d at epoch %d by %s", p.name, what, choice, r.epoch, self.peer.identity)
+            self.s.authz.record(self.peer, "admin", f"partition:{p.name}", "allow", None,
+                                f"{what}: SPU {choice} leads at epoch {r.epoch}")
 
     async def unregisterSpu(self, id, _context, **kwargs):  # noqa: A002, N802, ANN001
         r = _context.results

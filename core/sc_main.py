@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import socket
 
+from .raft.node import RaftListenError
 from .sc import ScConfig, ScPeer, ScServer
 from .serve import add_tls_arguments, serve_until_signalled, tls_from_args
 
@@ -82,7 +84,31 @@ def config_from_args(args: argparse.Namespace) -> ScConfig:
         raise SystemExit(f"kolk sc: {e}") from None
 
 
+def _check_can_listen(address: str, what: str) -> None:
+    """Exit with one line unless ``address`` can be listened on now: bind, listen, close.
+
+    The admin listener is bound in ScServer.start(), after Raft has started and created the
+    data directory; this check runs before either, so the usual mistake (a port already
+    taken) leaves nothing behind. A process that takes the port between this check and the
+    real bind is still caught there (ScServer.start), with the same line."""
+    host, _, port = address.rpartition(":")
+    host = host.strip("[]")
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as asyncio's create_server
+            s.bind((host, int(port)))
+            s.listen(1)
+    except (OSError, ValueError, OverflowError) as e:
+        reason = (e.strerror if isinstance(e, OSError) and e.strerror else str(e)).lower()
+        raise SystemExit(f"kolk sc: cannot listen for {what} on {address}: {reason}") from None
+
+
 def run_sc(args: argparse.Namespace) -> int:
     config = config_from_args(args)
-    os.makedirs(config.data_dir, exist_ok=True)
-    return serve_until_signalled(lambda: ScServer(config), args.log_level)
+    # Every listener is checked (admin) or bound (Raft, in RaftNode) before the data directory
+    # is created: a process that cannot serve stops at once, with one line, leaving nothing.
+    _check_can_listen(config.bind_admin or config.me.admin_address, "admin")
+    try:
+        return serve_until_signalled(lambda: ScServer(config), args.log_level)
+    except RaftListenError as e:
+        raise SystemExit(f"kolk sc: {e}") from None

@@ -17,18 +17,23 @@ import json
 import logging
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import capnp
 
 from .admin import AdminClient, watch
+from .disk_faults import DiskFaults
 from .errors import KolkError, NotFoundError, StaleEpochError, VersionConflictError
 from .follower import PeerPool, follow
 from .isr import isr_expand, isr_shrink
 from .metadata.apply import min_in_sync
+from .metadata.controllers import offline_reason
 from .replica import Replica
 from .segments import LogConfig, LogStore
+from .segments.errors import StorageError
+from .segments.faults import install_fsync_fault_file
+from .segments.store import MARKER
 from .audit import AuditLog
 from .authz import Authorizer
 from .smartmodules import SmartModuleRegistry
@@ -38,6 +43,9 @@ from .transport import serve
 from .wire import set_error
 
 log = logging.getLogger("kolk.spu")
+
+IGNORE_STORAGE_ID_ENV = "KOLK_TEST_IGNORE_STORAGE_ID"
+FAIL_FSYNC_ENV = "KOLK_TEST_FAIL_FSYNC_FILE"
 
 
 def now_ms() -> int:
@@ -71,6 +79,14 @@ class SpuConfig:
     # TEST ONLY (KOLK_TEST_UNSAFE_ACKS=1): answer acks=all once the leader has fsynced, before the
     # high watermark passes: the deliberately broken build the fault harness must catch.
     unsafe_acks_for_tests: bool = False
+    # TEST ONLY (KOLK_TEST_IGNORE_STORAGE_ID=1): followers truncate below their high watermark
+    # when a leader says so, the data-losing behaviour before issue 15 (the SC ignores storage
+    # ids under the same switch); the fault harness must catch it under disk-wipe.
+    ignore_storage_id_for_tests: bool = field(
+        default_factory=lambda: os.environ.get(IGNORE_STORAGE_ID_ENV) == "1")
+    disk_check_interval_ms: int = 1_000  # how often the watchdog probes the data directory
+    # Below this much free space the data directory counts as failing (replicas fenced, nothing rebuilt).
+    disk_free_bytes_min: int = 4 << 20
     ready_file: str | None = None
 
     def __post_init__(self) -> None:
@@ -82,12 +98,18 @@ class SpuConfig:
             raise ValueError("replica_lag_max_ms must be at least 4 x replica_fetch_wait_ms")
         if not 1 << 16 <= self.replica_fetch_bytes <= self.fetch_bytes_max:
             raise ValueError("replica_fetch_bytes must be from 64 KiB to fetch_bytes_max")
+        if not 10 <= self.disk_check_interval_ms <= 60_000:
+            raise ValueError("disk_check_interval_ms must be from 10 to 60000")
 
 
 class SpuServer:
     def __init__(self, config: SpuConfig) -> None:
         self.config = config
-        self.store = LogStore(config.data_dir)
+        # The data directory is opened in start(), once the listener is bound and the private
+        # address checked: an SPU that cannot serve leaves no directory behind.
+        self.store: LogStore
+        # Random per process (as uuid4().hex): tells this SPU from any other, even one with its id.
+        self.instance_id = os.urandom(16).hex()
         self.admin = AdminClient(config.sc_addresses, timeout_s=30, tls=config.tls)
         self.replicas: dict[str, Replica] = {}
         self.partitions: dict[str, dict[str, Any]] = {}  # every partition of the cluster, by name
@@ -104,16 +126,84 @@ class SpuServer:
         self._watch_handle: Any = None
         self.address = config.public_address
         self.metadata_ready = asyncio.Event()
+        self.disk = DiskFaults(self)
+        # The metadata version that holds this SPU's registration: roles from an older version
+        # (a lagging SC's) are not acted on, since they may predate a lost storage's fencing.
+        self.registered_version: int | None = None
+        self._exit: asyncio.Future[int] = asyncio.get_event_loop().create_future()
+        # TEST ONLY: fail the next segment fsync when this file exists (tests, the fault harness).
+        install_fsync_fault_file(os.environ.get(FAIL_FSYNC_ENV) or None)
 
     # ---------------------------------------------------------------- lifecycle
 
     async def start(self) -> None:
-        host, port = (self.config.bind_address or self.config.public_address).rsplit(":", 1)
-
-        self._server = await serve(lambda peer: SpuImpl(self, peer), host, int(port), self.config.tls)
+        # The listener, then the private address, then the data directory: an SPU that cannot
+        # serve stops here with one line on stderr (SystemExit) and leaves nothing behind.
+        listen = self.config.bind_address or self.config.public_address
+        host, port = listen.rsplit(":", 1)
+        try:
+            self._server = await serve(lambda peer: SpuImpl(self, peer), host, int(port), self.config.tls)
+        except OSError as e:
+            reason = os.strerror(e.errno).lower() if e.errno else str(e)
+            raise SystemExit(f"kolk spu: cannot listen for clients and SPUs on {listen}: {reason}") from None
         bound = self._server.sockets[0].getsockname()
         self.address = f"{bound[0]}:{bound[1]}"
+
+        # Other SPUs replicate from the private address. One that points elsewhere (a typo, a
+        # proxy to another SPU, a port nobody listens on) left replication silently dead while
+        # every SPU showed alive. So dial it as the other SPUs will (PeerPool: with TLS, this
+        # SPU's node certificate) and ask who answers. Proxies in front of it may be starting
+        # at the same time (the fault harness), so try again for a bounded time.
+        private_check_s_max = 10.0
+        private = self.config.private_address or self.config.public_address
+        flag = "--private" if self.config.private_address else "--public"
+        pool = PeerPool(self.config.tls)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + private_check_s_max
+        backoff = 0.05
+        found = ""  # what answered there, when not this SPU
+        try:
+            while True:
+                try:
+                    async with asyncio.timeout(max(0.1, min(3.0, deadline - loop.time()))):
+                        answer = await (await pool.get(private)).identify()
+                    if answer.instanceId == self.instance_id:
+                        found = ""
+                        break
+                    if answer.result.ok:
+                        found = (f"another process of SPU {answer.spuId} answers there" if answer.spuId ==
+                                 self.config.spu_id else f"another SPU (SPU {answer.spuId}) answers there")
+                        break  # not going to change: no point waiting
+                    found = f"it refuses this SPU: {answer.result.message}"
+                except KolkError as e:  # from connect (core/transport.py)
+                    # TLS refused is "refused"; anything else is "nothing listens there (yet)".
+                    cause = e.__cause__
+                    why = os.strerror(cause.errno).lower() if isinstance(cause, OSError) and cause.errno else str(e)
+                    found = f"it refuses this SPU: {e}" if not e.retriable else f"nothing answers there ({why})"
+                except capnp.KjException as e:
+                    found = f"it refuses this SPU (not an SPU, or an older one): {e.description}"
+                except TimeoutError:
+                    found = f"nothing answers there within {private_check_s_max:.0f} s"
+                pool.drop(private)
+                if loop.time() + backoff > deadline:
+                    break
+                await asyncio.sleep(backoff)  # retry backoff, bounded by the deadline
+                backoff = min(backoff * 2, 0.5)
+        finally:
+            pool.close()
+        if found:
+            from .transport import abort_tls
+
+            self._server.close()
+            abort_tls()  # before pycapnp's teardown closes them (core/transport.py)
+            found = " ".join(found.split())  # one line, whatever the error text held
+            also = "" if self.config.private_address else ", the private address too (no --private),"
+            raise SystemExit(f"kolk spu: {flag} {private}{also} does not reach this SPU (listening on "
+                             f"{self.address}): {found}")
+
+        self.store = LogStore(self.config.data_dir)
         await self._register()
+        self._tasks.append(self.disk.start(MARKER))
         self._tasks.append(asyncio.ensure_future(self._watch_loop()))
         self._tasks.append(asyncio.ensure_future(self._heartbeat_loop()))
         self._tasks.append(asyncio.ensure_future(self._isr_loop()))
@@ -131,11 +221,13 @@ class SpuServer:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
         backoff = 0.1
+        lost = self._short_logs()
         while True:
             try:
-                await self.admin.register_spu(self.config.spu_id, self.config.public_address,
-                                              self.config.private_address or self.config.public_address,
-                                              self.config.rack)
+                self.registered_version = await self.admin.register_spu(
+                    self.config.spu_id, self.config.public_address,
+                    self.config.private_address or self.config.public_address, self.config.rack,
+                    self.store.storage_id, lost)
                 return
             except KolkError as e:
                 if not e.retriable or loop.time() + backoff > deadline:
@@ -144,16 +236,46 @@ class SpuServer:
             await asyncio.sleep(backoff)  # retry backoff, bounded
             backoff = min(backoff * 2, 2.0)
 
+    def _short_logs(self) -> dict[str, str]:
+        """Open every log on disk (recovery runs) and name those that came back below the high
+        watermark they had persisted: acknowledged records are missing from them, so the SC
+        must not count them in sync (DESIGN.md §5)."""
+        short = {}
+        for name in self.store.list_logs():
+            try:
+                lg = self.store.open_log(name, LogConfig())
+            except (StorageError, ValueError) as e:
+                log.error("%s: cannot open the log: %s", name, e)
+                continue
+            if lg.short_of_high_watermark is not None:
+                short[name] = (f"SPU {self.config.spu_id}'s log ends at {lg.log_end_offset}, below the high "
+                               f"watermark {lg.short_of_high_watermark} it had persisted")
+                log.error("%s: %s; it rejoins the in-sync set only by catching up", name, short[name])
+        return short
+
+    def fail(self, code: int) -> None:
+        """Stop the process with exit status ``code`` (the data directory is gone)."""
+        if not self._exit.done():
+            self._exit.set_result(code)
+
+    async def wait_failed(self) -> int:
+        """The exit status, once the SPU cannot go on (serve.py waits for it beside signals)."""
+        return await asyncio.shield(self._exit)
+
     async def stop(self) -> None:
         for t in self._tasks:
             t.cancel()
+        self.disk.stop()
         for replica in self.replicas.values():
-            self._stop_following(replica)
+            self.stop_following(replica)
         self.peers.close()
         self.audit.stop()
         if self._server is not None:
             self._server.close()
-        self.store.close()
+        try:
+            self.store.close(sync=self.disk.healthy)
+        except (StorageError, OSError) as e:  # a failed disk: nothing more can be saved
+            log.error("closing the data directory failed: %s", e)
 
     async def _heartbeat_loop(self) -> None:
         interval = self.config.heartbeat_interval_ms / 1000
@@ -214,17 +336,33 @@ class SpuServer:
                     self.topics.pop(e["name"], None)
                 else:
                     self.topics[e["name"]] = e["object"]
+        changed = []
         for e in events:
             if e["kind"] == "partition":
-                try:
-                    if e["deleted"]:
-                        self.partitions.pop(e["name"], None)
-                        self._drop_replica(e["name"])
-                    else:
-                        self.partitions[e["name"]] = e["object"]
-                        self._update_replica(e["name"], e["object"])
-                except Exception:  # noqa: BLE001 - one partition's failure must not stop the metadata
-                    log.exception("%s: applying the metadata failed; the replica is left as it was", e["name"])
+                if e["deleted"]:
+                    self.partitions.pop(e["name"], None)
+                else:
+                    self.partitions[e["name"]] = e["object"]
+                changed.append(e["name"])
+        if self.registered_version is not None and version < self.registered_version:
+            # An SC behind our registration: its roles may predate the fencing of a lost storage.
+            log.info("metadata version %d is older than our registration at %d; waiting for newer", version,
+                     self.registered_version)
+            return
+        if self.metadata_version < (self.registered_version or 0):
+            # The first version we may act on: every partition, and every log on disk (those of
+            # partitions deleted, or moved away, while this SPU was down are removed).
+            changed = list(self.partitions)
+            changed += [n for n in set(self.replicas) | set(self.store.list_logs()) if n not in self.partitions]
+        for name in changed:
+            try:
+                obj = self.partitions.get(name)
+                if obj is None:
+                    self._drop_replica(name)
+                else:
+                    self._update_replica(name, obj)
+            except Exception:  # noqa: BLE001 - one partition's failure must not stop the metadata
+                log.exception("%s: applying the metadata failed; the replica is left as it was", name)
         self.metadata_version = version
         self.metadata_ready.set()
 
@@ -238,8 +376,11 @@ class SpuServer:
             replica = Replica(name, self.store.open_log(name, LogConfig()), me)
             self.replicas[name] = replica
         replica.meta = obj
+        if replica.failure is not None:
+            replica.wake()  # fenced: no role until rebuilt (core/disk_faults.py)
+            return
         if replica.is_leader:
-            self._stop_following(replica)
+            self.stop_following(replica)
             if replica.led_epoch != replica.epoch:
                 replica.become_leader(now_ms())
                 log.info("%s: leading at epoch %d from offset %d", name, replica.epoch, replica.epoch_start)
@@ -249,24 +390,28 @@ class SpuServer:
             replica.led_epoch = None
             want = (replica.leader, replica.epoch)
             if replica.followed != want:
-                self._stop_following(replica)
+                self.stop_following(replica)
                 if replica.leader is not None:
                     replica.followed = want
                     replica.follower_task = asyncio.ensure_future(
                         follow(self, replica, replica.leader, replica.epoch))
         replica.wake()
 
-    def _stop_following(self, replica: Replica) -> None:
+    def stop_following(self, replica: Replica) -> None:
         if replica.follower_task is not None:
             replica.follower_task.cancel()
             replica.follower_task = None
         replica.followed = None
 
     def _drop_replica(self, name: str) -> None:
+        """This SPU holds no replica of ``name`` (any more): stop it and delete its log, also
+        one left on disk from before a restart."""
         replica = self.replicas.pop(name, None)
         if replica is not None:
-            self._stop_following(replica)
+            self.stop_following(replica)
             replica.wake()
+        if replica is not None or os.path.isdir(os.path.join(self.store.logs_dir, name)):
+            log.info("%s: no replica here any more; deleting its log", name)
             self.store.delete_log(name)
 
     def spu_address(self, spu_id: int | None) -> str:
@@ -302,9 +447,18 @@ class SpuServer:
                 set_error(result, "notFound", f"partition {name}: topic {topic} is unknown to SPU "
                           f"{self.config.spu_id} (metadata version {self.metadata_version})", None, True)
             return None
+        if replica.leader is None:
+            alive = {i for i, o in self.spus.items() if o.get("status", {}).get("alive")}
+            why = offline_reason(replica.meta.get("status", {}), replica.replicas, alive)
+            set_error(result, "offline", f"partition {name} is {why}", None, True)
+            return None
         if not replica.is_leader:
             set_error(result, "notLeader", f"SPU {self.config.spu_id} does not lead {name}; SPU {replica.leader} does",
                       self.spu_address(replica.leader), True)
+            return None
+        if replica.failure is not None:
+            set_error(result, "notLeader", f"SPU {self.config.spu_id} no longer serves {name}: its disk failed "
+                      f"({replica.failure}); leadership is moving to an intact in-sync replica", None, True)
             return None
         if replica.fenced:
             set_error(result, "notLeader", f"SPU {self.config.spu_id}'s epoch {replica.epoch} for {name} is stale: "
@@ -312,9 +466,28 @@ class SpuServer:
             return None
         return replica
 
+    def rebuild_replica(self, failed: Replica) -> None:
+        """Start a fenced replica again from an empty log (core/disk_faults.py); it follows the
+        leader and rejoins the in-sync set only once it has caught up."""
+        name = failed.name
+        self.stop_following(failed)
+        self.store.delete_log(name)
+        replica = Replica(name, self.store.open_log(name, LogConfig()), self.config.spu_id)
+        self.replicas[name] = replica
+        failed.wake()
+        meta = self.partitions.get(name)
+        if meta is None:
+            self._drop_replica(name)
+        else:
+            self._update_replica(name, meta)
+
     async def committed(self, replica: Replica, next_offset: int) -> None:
         """Wait until ``next_offset`` is durable here, then move the high watermark."""
-        await replica.group.wait_durable(next_offset)
+        try:
+            await replica.group.wait_durable(next_offset)
+        except StorageError as e:
+            self.disk.on_error(replica, e)  # a failed fsync fences the replica; never retried
+            raise
         replica.advance_high_watermark()
         replica.wake()
 

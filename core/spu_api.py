@@ -26,6 +26,7 @@ from .segments.errors import (
     CorruptBatchError,
     InvalidBatchError,
     LogClosedError,
+    LogFailedError,
     OffsetOutOfRangeError,
     StorageError,
     StorageFullError,
@@ -96,7 +97,11 @@ def producer_error(result: Any, e: ProducerStateError) -> None:
 
 
 def storage_error(result: Any, e: StorageError) -> None:
-    if isinstance(e, (TruncatedBeforeDurableError, LogClosedError)):
+    if isinstance(e, LogFailedError):
+        # The disk failed under the replica: it is fenced and leadership moves (core/disk_faults.py).
+        # An append may or may not have reached the disk: not acknowledged, outcome unknown.
+        set_error(result, "notLeader", f"{e}; leadership is moving to an intact in-sync replica", None, True)
+    elif isinstance(e, (TruncatedBeforeDurableError, LogClosedError)):
         # The replica was truncated or closed under the write: leadership moved. The write may
         # or may not survive; an idempotent retry at the new leader settles it.
         set_error(result, "notLeader", str(e), None, True)
@@ -189,6 +194,7 @@ class SpuImpl(schema.Spu.Server):
                 idempotent = h
             info = replica.log.append(records, leader_epoch=epoch)
         except StorageError as e:
+            self.s.disk.on_error(replica, e)
             storage_error(r.result, e)
             return
         except ProducerStateError as e:
@@ -273,8 +279,13 @@ class SpuImpl(schema.Spu.Server):
                 if acks == ACKS_LEADER:
                     return True
                 while replica.log.high_watermark < next_offset:
+                    if replica.failure is not None:
+                        set_error(r.result, "notLeader", f"{replica.name}: the disk of SPU {self.s.config.spu_id} "
+                                  f"failed before the write was committed ({replica.failure}); it may or may not "
+                                  "survive", None, True)
+                        return False
                     if replica.epoch != epoch or not replica.is_leader or replica.fenced \
-                            or replica.name not in self.s.replicas:
+                            or self.s.replicas.get(replica.name) is not replica:
                         set_error(r.result, "notLeader", f"{replica.name}: leadership moved from SPU "
                                   f"{self.s.config.spu_id} (epoch {epoch}) before the write was committed; it "
                                   "may or may not survive", self.s.spu_address(replica.leader), True)
@@ -285,13 +296,18 @@ class SpuImpl(schema.Spu.Server):
             set_error(r.result, "timeout", f"{replica.name}: not {what} within {timeout} s", None, True)
             return False
         except StorageError as e:
+            self.s.disk.on_error(replica, e)
             storage_error(r.result, e)
             return False
         minimum = self.s.min_in_sync(replica)
         if len(replica.isr) < minimum:
-            # Committed, but by fewer replicas than asked for (Kafka's NOT_ENOUGH_REPLICAS_AFTER_APPEND).
-            set_error(r.result, "notEnoughReplicas", f"{replica.name}: written, but the in-sync set "
-                      f"{replica.isr} shrank below min_in_sync {minimum}", None, True)
+            # Appended, but the set shrank below min_in_sync while the write waited (Kafka's
+            # NOT_ENOUGH_REPLICAS_AFTER_APPEND): the records may yet be committed. The outcome is
+            # unknown, not failed; an idempotent retry settles it (a duplicate is answered with
+            # the first append's offsets).
+            set_error(r.result, "notEnoughReplicasAfterAppend", f"{replica.name}: appended, but the in-sync set "
+                      f"{replica.isr} shrank below min_in_sync {minimum} before it was acknowledged; the records "
+                      "may or may not be committed (outcome unknown: retry with the idempotent producer)", None, True)
             return False
         return True
 
@@ -348,6 +364,7 @@ class SpuImpl(schema.Spu.Server):
         try:
             res = lg.read(offset, max(1, min(int(maxBytes), self.s.config.fetch_bytes_max)))
         except StorageError as e:
+            self.s.disk.on_error(replica, e)
             storage_error(r.result, e)
             return
         r.records = res.data
@@ -392,6 +409,7 @@ class SpuImpl(schema.Spu.Server):
         try:
             res = lg.read(int(offset), max(1, min(int(maxBytes), self.s.config.fetch_bytes_max)), upto)
         except StorageError as e:
+            self.s.disk.on_error(replica, e)
             storage_error(r.result, e)
             return
         r.records = mask_batches(res.data, self.s.authz.masks(self.peer, topic))
@@ -516,6 +534,16 @@ class SpuImpl(schema.Spu.Server):
             except capnp.KjException:
                 pass  # the consumer went away as well
         except StorageError as e:
+            self.s.disk.on_error(replica, e)
             log.warning("stream on %s ended: %s", replica.name, e)
         finally:
             self.s.streams -= 1
+
+    async def identify(self, _context, **kwargs):  # noqa: ANN001
+        """Which SPU process answers here (an SPU checks its own private address at start)."""
+        r = _context.results
+        if not self._node_only(r.result, "identify"):
+            return
+        r.spuId = self.s.config.spu_id
+        r.instanceId = self.s.instance_id
+        r.result.ok = True

@@ -38,5 +38,7 @@ def run_spu(args: argparse.Namespace) -> int:
                            unsafe_acks_for_tests=os.environ.get("KOLK_TEST_UNSAFE_ACKS") == "1")
     except ValueError as e:
         raise SystemExit(f"kolk spu: {e}") from None
-    os.makedirs(os.path.dirname(os.path.abspath(config.data_dir)), exist_ok=True)
+    # SpuServer.start() creates the data directory (and its parents) once it can serve; a
+    # listener it cannot bind or a private address that is not its own stops it first, with
+    # one line on stderr and nothing left behind.
     return serve_until_signalled(lambda: SpuServer(config), args.log_level)

@@ -15,6 +15,11 @@ What pysyncobj lacks and this module adds (../shared/DESIGN.md §3):
   password it encrypts and authenticates every message (Fernet, from ``cryptography``).
 * Commands are plain ``bytes``; the state machine is ``apply(bytes) -> result``,
   ``snapshot() -> bytes`` and ``restore(bytes)``, called on pysyncobj's thread.
+* **The listener binds the address it is given, at once.** pysyncobj binds ``0.0.0.0`` when
+  no bind address is set, and binds on its own thread, retrying every second without end: a
+  taken port left a node running that never listened. :class:`RaftNode` binds the bind
+  address (else the node's own address) before it touches the disk, raises
+  :class:`RaftListenError` when it cannot, and hands that socket to pysyncobj.
 
 pysyncobj forwards a command proposed on a follower to the leader by itself; this module
 answers who the leader is, proposes with a deadline, reads linearizably through the log, and
@@ -23,8 +28,11 @@ changes membership one node at a time.
 
 from __future__ import annotations
 
+import _socket
 import json
+import logging
 import os
+import socket
 import struct
 import threading
 from dataclasses import dataclass
@@ -34,9 +42,18 @@ import crc32c as _crc32c
 import pysyncobj.syncobj as _pso
 from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, replicated
 from pysyncobj.node import TCPNode
+from pysyncobj.poller import POLL_EVENT_TYPE
+from pysyncobj.tcp_connection import TcpConnection
 from pysyncobj.transport import TCPTransport
 
 from .journal import DurableJournal, _replace_file, fsync_directory
+
+# Importing pysyncobj (its tcp_connection imports win_inet_pton) replaces socket.inet_ntop,
+# on every platform, with a Windows-only function that raises: put the real one back.
+if os.name != "nt":
+    socket.inet_ntop = _socket.inet_ntop
+
+log = logging.getLogger("kolk.raft")
 
 SNAPSHOT_MAGIC = b"KOLKSNAP"
 _SNAP_HEAD = struct.Struct("<8sIII")  # magic, crc of the rest, header length, state length
@@ -60,6 +77,17 @@ class RaftError(Exception):
         self.leader = leader
 
 
+class RaftListenError(Exception):
+    """This node cannot listen on its Raft address: the port is taken, or the address is not
+    one of this host's. The operator's to fix (another port or address); retrying will not help.
+    Nothing was written to the data directory."""
+
+    def __init__(self, address: str, reason: str) -> None:
+        super().__init__(f"cannot listen for raft on {address}: {reason}")
+        self.address = address
+        self.reason = reason
+
+
 _FAIL_TEXT = {
     FAIL_REASON.QUEUE_FULL: ("the command queue is full", True),
     FAIL_REASON.MISSING_LEADER: ("no leader is known yet", True),
@@ -73,11 +101,11 @@ _FAIL_TEXT = {
 
 @dataclass(frozen=True)
 class RaftConfig:
-    self_address: str  # host:port this node binds and is known by
+    self_address: str  # host:port this node is known by (and binds, without bind_address)
     peers: tuple[str, ...]  # the other nodes' host:port
     data_dir: str
     secret: str
-    bind_address: str | None = None
+    bind_address: str | None = None  # host:port to bind when others reach this node another way
     election_timeout_min_s: float = 0.3
     election_timeout_max_s: float = 0.9
     snapshot_min_entries: int = 5000  # compact the journal past this many entries
@@ -106,9 +134,89 @@ def _create_journal(path: str | None):  # noqa: ANN202 - pysyncobj's factory
 
 _pso.createJournal = _create_journal
 
+LISTEN_BACKLOG = 16
+
+
+def _listen(address: str) -> socket.socket:
+    """A non-blocking socket listening on ``address`` (host:port); RaftListenError if not."""
+    host, sep, port = address.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise RaftListenError(address, "it is not host:port")
+    try:
+        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    except OSError as e:
+        raise RaftListenError(address, (e.strerror or str(e)).lower()) from None
+    try:
+        # As pysyncobj's TcpServer: SO_REUSEADDR lets a restarted node bind while its old
+        # connections linger in TIME_WAIT; a port another socket listens on is still refused.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, int(port)))
+        sock.listen(LISTEN_BACKLOG)
+        sock.setblocking(False)
+    except OSError as e:
+        sock.close()
+        raise RaftListenError(address, (e.strerror or str(e)).lower()) from None
+    return sock
+
+
+class _ListeningServer:
+    """pysyncobj's TcpServer on a socket that is already listening (see RaftNode.__init__).
+
+    TCPTransport calls ``bind()`` from its tick thread to start accepting (it can no longer
+    fail) and ``unbind()`` when it is destroyed. Accepted connections are set up as
+    TcpServer sets them up."""
+
+    def __init__(self, sock: socket.socket, poller: Any, on_new_connection: Callable[[Any], None],
+                 conf: SyncObjConf) -> None:
+        self._sock: socket.socket | None = sock
+        self._poller = poller
+        self._on_new_connection = on_new_connection
+        self._conf = conf
+        self._fileno: int | None = None
+
+    def bind(self) -> None:
+        if self._sock is None:
+            raise RuntimeError("the Raft listener was closed")
+        self._fileno = self._sock.fileno()
+        self._poller.subscribe(self._fileno, self._on_event, POLL_EVENT_TYPE.READ | POLL_EVENT_TYPE.ERROR)
+
+    def unbind(self) -> None:
+        if self._fileno is not None:
+            self._poller.unsubscribe(self._fileno)
+            self._fileno = None
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+    def _on_event(self, _descr: int, event: int) -> None:
+        if self._sock is None:
+            return
+        if event & POLL_EVENT_TYPE.READ:
+            try:
+                conn, _addr = self._sock.accept()
+            except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+                return  # nothing to accept after all, or the client gave up first
+            except OSError as e:
+                # TcpServer stops listening here too; say so instead of going quiet.
+                log.error("the Raft listener stopped: accepting a connection failed: %s", e)
+                self.unbind()
+                return
+            c = self._conf
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, c.sendBufferSize)
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, c.recvBufferSize)
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            conn.setblocking(False)
+            self._on_new_connection(TcpConnection(poller=self._poller, socket=conn, timeout=c.connectionTimeout,
+                                                  sendBufferSize=c.sendBufferSize,
+                                                  recvBufferSize=c.recvBufferSize))
+        if event & POLL_EVENT_TYPE.ERROR:
+            log.error("the Raft listener stopped: its socket reported an error")
+            self.unbind()
+
 
 class _Replica(SyncObj):
-    def __init__(self, node: "RaftNode", conf: RaftConfig, journal: DurableJournal) -> None:
+    def __init__(self, node: "RaftNode", conf: RaftConfig, journal: DurableJournal, listener: socket.socket) -> None:
         self._node = node
         self._journal = journal
         snap_path = os.path.join(conf.data_dir, "snapshot")
@@ -135,13 +243,18 @@ class _Replica(SyncObj):
             # Without a leader a command fails at once (MISSING_LEADER) instead of waiting
             # without a deadline; callers retry.
             commandsWaitLeader=False,
-            bindAddress=conf.bind_address,
         )
         class DurableTransport(TCPTransport):
             def send(self, node, message):  # noqa: ANN001, ANN202
                 # Nothing leaves this node before the journal state it reflects is on disk.
                 journal.sync()
                 return super().send(node, message)
+
+            def _createServer(self):  # noqa: ANN202, N802 - pysyncobj's hook
+                # The socket RaftNode bound, instead of a TcpServer that binds later (and
+                # binds 0.0.0.0 when no bind address is configured).
+                self._server = _ListeningServer(listener, self._syncObj._poller, self._onNewIncomingConnection,
+                                                self._syncObj.conf)
 
         with _journals_lock:
             _pending_journals[journal.path] = journal
@@ -219,22 +332,37 @@ class RaftNode:
     def __init__(self, config: RaftConfig, state_machine: StateMachine) -> None:
         self.config = config
         self._state_machine = state_machine
-        os.makedirs(config.data_dir, exist_ok=True)
-        self.journal = DurableJournal(os.path.join(config.data_dir, "journal.log"), on_sync=config.on_sync)
-        snapshot = os.path.join(config.data_dir, "snapshot")
-        if len(self.journal) and self.journal[0][1] > 1:
-            # The journal was compacted: its start lives only in the snapshot. pysyncobj would
-            # swallow a load error and run with an empty state, so check here and refuse.
-            if not os.path.exists(snapshot):
-                self.journal._destroy()
-                raise RuntimeError(f"{config.data_dir}: the journal starts at entry {self.journal[0][1]} but the "
-                                   "snapshot is missing; restore it, or wipe this node's data and re-add it")
-            try:
-                read_snapshot_file(snapshot)
-            except RuntimeError:
-                self.journal._destroy()
-                raise
-        self._replica = _Replica(self, config, self.journal)
+        # Bind first, here and not in pysyncobj: its TcpServer binds lazily on its own thread
+        # and retries a failed bind every second forever, so a taken port went unnoticed. A
+        # check (bind, close, let pysyncobj bind again) would leave a window in which another
+        # process takes the port; handing pysyncobj this very socket leaves none. And before
+        # the data directory is created, so a node that cannot listen leaves nothing behind.
+        listener = _listen(config.bind_address or config.self_address)
+        try:
+            os.makedirs(config.data_dir, exist_ok=True)
+            self.journal = DurableJournal(os.path.join(config.data_dir, "journal.log"), on_sync=config.on_sync)
+            snapshot = os.path.join(config.data_dir, "snapshot")
+            if len(self.journal) and self.journal[0][1] > 1:
+                # The journal was compacted: its start lives only in the snapshot. pysyncobj would
+                # swallow a load error and run with an empty state, so check here and refuse.
+                if not os.path.exists(snapshot):
+                    self.journal._destroy()
+                    raise RuntimeError(f"{config.data_dir}: the journal starts at entry {self.journal[0][1]} but "
+                                       "the snapshot is missing; restore it, or wipe this node's data and re-add it")
+                try:
+                    read_snapshot_file(snapshot)
+                except RuntimeError:
+                    self.journal._destroy()
+                    raise
+            self._replica = _Replica(self, config, self.journal, listener)
+        except BaseException:
+            listener.close()
+            raise
+
+    @property
+    def listen_address(self) -> str:
+        """The address the Raft listener is bound to (host:port)."""
+        return self.config.bind_address or self.config.self_address
 
     # -- who leads
 

@@ -59,7 +59,8 @@ class DataPlaneCluster:
     def __init__(self, root: str, spus: int = 1, *, heartbeat_timeout_ms: int = 3000,
                  sc_args: tuple[str, ...] = (), spu_args: tuple[str, ...] = (),
                  proxied_private: bool = False, proxied_sc: bool = False, proxied_public: bool = False,
-                 tls: bool = False, clients: tuple[str, ...] = ("admin",)) -> None:
+                 tls: bool = False, clients: tuple[str, ...] = ("admin",),
+                 spu_env: dict[int, dict[str, str]] | None = None) -> None:
         """Each ``proxied_*`` puts a FaultProxy (``self.proxies[kind][spu_id]``) on one kind of
         link: ``private``, the replication links into an SPU (other SPUs fetch through it);
         ``sc``, the SPU's links to the SC; ``public``, the clients' links to the SPU (the SPU
@@ -81,6 +82,7 @@ class DataPlaneCluster:
         self.sc = ScCluster(os.path.join(root, "sc"), size=1, heartbeat_timeout_ms=heartbeat_timeout_ms,
                             extra_args=sc_args)
         self.spu_args = spu_args
+        self.spu_env = spu_env or {}  # extra environment per SPU id (test hooks)
         kinds = [k for k, on in (("private", proxied_private), ("sc", proxied_sc), ("public", proxied_public)) if on]
         self.proxies: dict[str, dict[int, FaultProxy]] = {k: {} for k in kinds}
         self.spus: dict[int, SpuProcess] = {}
@@ -124,7 +126,7 @@ class DataPlaneCluster:
             args += ["--private", self._proxy("private", spu_id, s.address).address]
         with open(s.log_path, "ab") as log:
             s.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                      preexec_fn=_die_with_parent)
+                                      preexec_fn=_die_with_parent, env=dict(os.environ, **self.spu_env.get(spu_id, {})))
         return s
 
     def _proxy(self, kind: str, spu_id: int, target: str) -> FaultProxy:

@@ -825,7 +825,8 @@ interface FakeSpu @0x%x {
   replicaFetch @5 () -> ();
   epochEndOffset @6 () -> ();
   partitionStatus @7 () -> ();
-  noSuchMethod @8 () -> ();
+  identify @8 () -> ();
+  noSuchMethod @9 () -> ();
 }
 """
 

@@ -8,7 +8,9 @@ import asyncio
 from types import SimpleNamespace
 from typing import Any
 
-from kolk.follower import _truncate_divergent
+import pytest
+
+from kolk.follower import TruncationRefused, _truncate_divergent
 from kolk.segments import LogStore, build_batch
 
 
@@ -33,18 +35,22 @@ class LeaderStub:
         return SimpleNamespace(result=SimpleNamespace(ok=True), leaderEpoch=end.epoch, endOffset=end.end_offset)
 
 
-def run_truncation(tmp_path: Any, leader_epochs: list, follower_epochs: list) -> tuple[int, list[int]]:
+def run_truncation(tmp_path: Any, leader_epochs: list, follower_epochs: list, follower_hw: int = 0,
+                   last_unclean_epoch: int | None = None) -> tuple[int, list[int]]:
     with LogStore(str(tmp_path / "leader")) as ls, LogStore(str(tmp_path / "follower")) as fs:
         leader, follower = ls.open_log("t-0"), fs.open_log("t-0")
         write(leader, leader_epochs)
         write(follower, follower_epochs)
+        follower.set_high_watermark(follower_hw)
         stub = LeaderStub(leader)
+        status = {} if last_unclean_epoch is None else {"last_unclean_epoch": last_unclean_epoch}
 
         async def body() -> None:
-            replica = SimpleNamespace(name="t-0", log=follower, producers=None, wake=lambda: None)
+            replica = SimpleNamespace(name="t-0", log=follower, producers=None, wake=lambda: None,
+                                      meta={"status": status})
             replica.follower_task = asyncio.current_task()
-            server = SimpleNamespace(config=SimpleNamespace(spu_id=3))
-            await _truncate_divergent(stub, server, replica, 9, 5.0, asyncio.current_task())
+            server = SimpleNamespace(config=SimpleNamespace(spu_id=3, ignore_storage_id_for_tests=False))
+            await _truncate_divergent(stub, server, replica, 1, 9, 5.0, asyncio.current_task())
         asyncio.run(body())
         return follower.log_end_offset, stub.asked
 
@@ -65,3 +71,35 @@ def test_follower_with_a_matching_epoch_cuts_once(tmp_path: Any) -> None:
 def test_follower_behind_the_leader_keeps_everything(tmp_path: Any) -> None:
     end, asked = run_truncation(tmp_path, [(0, 5), (1, 5)], [(0, 3)])
     assert end == 3 and asked == [0]
+
+
+def test_follower_refuses_to_truncate_below_its_high_watermark(tmp_path: Any) -> None:
+    """Issue 15: a leader that lost its disk (empty, or short) would have the follower cut
+    acknowledged records; the follower refuses (the SPU then reports the leader to the SC)."""
+    with pytest.raises(TruncationRefused, match="below its high watermark 7"):
+        run_truncation(tmp_path, [(0, 3)], [(0, 10)], follower_hw=7)
+
+
+def test_follower_refuses_an_empty_leader(tmp_path: Any) -> None:
+    with pytest.raises(TruncationRefused, match="cut its log from 10 to 0"):
+        run_truncation(tmp_path, [], [(0, 10)], follower_hw=10)
+
+
+def test_follower_cuts_above_its_high_watermark(tmp_path: Any) -> None:
+    """Above the high watermark the tail was never acknowledged: cut as before."""
+    end, _ = run_truncation(tmp_path, [(0, 5), (2, 5)], [(0, 7)], follower_hw=5)
+    assert end == 5
+
+
+def test_an_unclean_election_after_the_followers_data_allows_the_cut(tmp_path: Any) -> None:
+    """An operator's unclean election (epoch 4) came after every batch the follower holds
+    (epoch 0): those records were given up; the follower truncates to the new leader."""
+    end, _ = run_truncation(tmp_path, [(0, 3), (4, 2)], [(0, 10)], follower_hw=10, last_unclean_epoch=4)
+    assert end == 3
+
+
+def test_an_older_unclean_election_does_not_allow_the_cut(tmp_path: Any) -> None:
+    """The follower's batches (epoch 5) come after the unclean election (epoch 4): its high
+    watermark is the new leader's promise, so a leader short of it lost data."""
+    with pytest.raises(TruncationRefused):
+        run_truncation(tmp_path, [(0, 3), (5, 1)], [(0, 3), (5, 6)], follower_hw=8, last_unclean_epoch=4)

@@ -1,0 +1,387 @@
+"""Issue 15: a replica that loses or fails its disk never costs an acknowledged record.
+
+Real SC and SPU processes on loopback (tests/dataplane_cluster.py). Each case writes with
+acks=all, destroys or fails one SPU's storage, and checks that every acknowledged record is on
+every surviving replica (read from the files after stopping the SPUs), that the damaged replica
+catches up, and that nothing was lost on the way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+
+from dataplane_cluster import DataPlaneCluster, disk_log, run_async, wait_until
+from kolk.admin import AdminClient
+from kolk.client import AsyncClient
+from kolk.errors import KolkError, PartitionOfflineError
+from test_replication import check_same_and_complete, partition, wait_in_sync
+
+FAST = ("--replica-lag-max-ms", "2000", "--heartbeat-interval-ms", "200", "--replica-fetch-wait-ms", "200")
+HEARTBEAT_TIMEOUT_MS = 1500
+RECORDS = 500
+
+
+def cluster(tmp_path: Any, **kw: Any) -> DataPlaneCluster:
+    return DataPlaneCluster(str(tmp_path), spus=3, heartbeat_timeout_ms=HEARTBEAT_TIMEOUT_MS, spu_args=FAST, **kw)
+
+
+def run_on(c: DataPlaneCluster, body: Any) -> None:
+    try:
+        c.start()
+        run_async(body)
+    finally:
+        c.close()
+
+
+async def produce(client: AsyncClient, topic: str, prefix: bytes, count: int = RECORDS,
+                  partitions: dict[bytes, int] | None = None) -> dict[bytes, int]:
+    """``count`` records with acks=all (idempotent); returns value -> acknowledged offset.
+    ``partitions``, when given, learns each record's partition."""
+    producer = client.producer(topic, retries=200, request_timeout_ms=5000, linger_ms=2)
+    futs = [(prefix + b"-%d" % i, await producer.send(prefix + b"-%d" % i)) for i in range(count)]
+    acked = {}
+    for v, f in futs:
+        meta = await f
+        acked[v] = meta.offset
+        if partitions is not None:
+            partitions[v] = meta.partition
+    await producer.close()
+    return acked
+
+
+async def produce_until(client: AsyncClient, topic: str, acked: dict[bytes, int], stop: asyncio.Event,
+                        prefix: bytes, partitions: dict[bytes, int] | None = None) -> None:
+    """acks=all until ``stop``; only acknowledged records are noted (errors are outcomes unknown).
+    ``partitions``, when given, learns each acknowledged record's partition."""
+    producer = client.producer(topic, retries=200, request_timeout_ms=5000, linger_ms=2)
+    n = 0
+    while not stop.is_set():
+        futs = [(prefix + b"-%d" % (n + i), await producer.send(prefix + b"-%d" % (n + i))) for i in range(100)]
+        n += 100
+        for value, fut in futs:
+            try:
+                meta = await fut
+            except KolkError:
+                continue
+            acked[value] = meta.offset
+            if partitions is not None:
+                partitions[value] = meta.partition
+    await producer.close()
+
+
+def stop_all_spus(c: DataPlaneCluster) -> None:
+    for i in c.spus:
+        c.kill_spu(i, signal.SIGTERM)
+
+
+async def restart_whole_cluster(c: DataPlaneCluster, wipe: int | None = None) -> None:
+    """The issue's steps: stop every SPU and the SC, optionally lose one SPU's disk, start all."""
+    stop_all_spus(c)
+    c.sc.kill_all(signal.SIGTERM)
+    if wipe is not None:
+        shutil.rmtree(c.spus[wipe].data_dir)
+    c.sc.start_all()
+
+    async def sc_leads() -> bool:
+        admin = AdminClient(c.sc_addresses, timeout_s=2)
+        try:
+            return bool((await admin.cluster_status())["leader"])
+        finally:
+            await admin.close()
+    await wait_until(sc_leads, 30, "the SC to lead again")
+    for i in c.spus:
+        c.launch_spu(i)
+    for i in c.spus:
+        await c.wait_spu_ready(i)
+
+
+def verify_on_disk(c: DataPlaneCluster, name: str, acked: dict[bytes, int]) -> None:
+    stop_all_spus(c)
+    logs = {i: disk_log(c.spus[i].data_dir, name) for i in c.spus}
+    check_same_and_complete(logs, acked)
+    assert len({leo for _, _, leo in logs.values()}) == 1, {i: leo for i, (_, _, leo) in logs.items()}
+
+
+@pytest.mark.parametrize("role", ["leader", "follower"])
+def test_an_spu_back_with_an_empty_disk_costs_no_acknowledged_record(tmp_path: Any, role: str) -> None:
+    """The issue's scenario: 500 records with acks=all on 3 replicas, the whole cluster stopped,
+    one SPU's data directory deleted (the leader's, or a follower's), the cluster started again.
+    The wiped replica is out of the in-sync set, leadership stays with an intact replica,
+    every record is still there, and the wiped replica copies them back."""
+    c = cluster(tmp_path)
+
+    async def body() -> None:
+        client = c.client()
+        await client.create_topic("orders", 1, 3)
+        acked = await produce(client, "orders", b"o")
+        p = await partition(client, "orders-0")
+        leader = p["status"]["leader"]
+        wiped = leader if role == "leader" else next(r for r in p["spec"]["replicas"] if r != leader)
+        await client.close()
+        await restart_whole_cluster(c, wipe=wiped)
+        client = c.client()
+        p = await wait_until(lambda: _led(client, "orders-0"), 30, "orders-0 to have a leader")
+        assert p["status"]["leader"] != wiped
+        if role == "leader":
+            lost = [e["spu"] for e in p["status"].get("lost", [])]
+            assert wiped in lost or wiped in p["status"]["isr"], p  # listed until it has caught up
+        got = [r async for r in client.consumer("orders", partition=0, start=_beginning(), stop_at_end=True)]
+        assert sorted(r.value for r in got) == sorted(acked)
+        await wait_in_sync(client, "orders-0")
+        await client.close()
+        verify_on_disk(c, "orders-0", acked)
+        assert "truncating from" not in "".join(c.spu_log(i) for i in c.spus if i != wiped)
+    run_on(c, body)
+
+
+def test_every_spu_restarted_one_by_one_after_a_wipe(tmp_path: Any) -> None:
+    """After one SPU's disk is lost, every SPU is restarted in turn (each waits for the last to
+    serve) while a producer keeps writing: nothing acknowledged is lost, and a replica that
+    lost data never leads before it has caught up."""
+    c = cluster(tmp_path)
+
+    async def body() -> None:
+        client = c.client()
+        await client.create_topic("t", 2, 3)
+        acked: dict[bytes, int] = {}
+        where: dict[bytes, int] = {}
+        acked.update(await produce(client, "t", b"before", partitions=where))
+        leader = (await partition(client, "t-0"))["status"]["leader"]
+        c.kill_spu(leader)
+        shutil.rmtree(c.spus[leader].data_dir)
+        c.launch_spu(leader)
+        await c.wait_spu_ready(leader)
+        stop = asyncio.Event()
+        task = asyncio.ensure_future(produce_until(client, "t", acked, stop, b"during", where))
+        for i in [leader] + [s for s in c.spus if s != leader]:
+            c.kill_spu(i)
+            c.launch_spu(i)
+            await c.wait_spu_ready(i)
+            n = len(acked)
+            await wait_until(lambda n=n: len(acked) > n + 100, 60, f"writes to go on after SPU {i} restarted")
+        stop.set()
+        await asyncio.wait_for(task, 60)
+        for name in ("t-0", "t-1"):
+            await wait_in_sync(client, name, timeout_s=60)
+        await client.close()
+        stop_all_spus(c)
+        for part in (0, 1):
+            logs = {i: disk_log(c.spus[i].data_dir, f"t-{part}") for i in c.spus}
+            check_same_and_complete(logs, {v: o for v, o in acked.items() if where[v] == part})
+    run_on(c, body)
+
+
+def test_data_directory_removed_under_a_running_leader(tmp_path: Any) -> None:
+    """The leader's data directory is deleted while it serves acks=all writes: it acknowledges
+    nothing more (fsyncs into a deleted file are caught), tells the SC, and exits with status
+    3; leadership moves; restarted, it registers new storage and catches up; nothing is lost."""
+    c = cluster(tmp_path)
+
+    async def body() -> None:
+        client = c.client()
+        await client.create_topic("t", 1, 3)
+        acked: dict[bytes, int] = {}
+        stop = asyncio.Event()
+        task = asyncio.ensure_future(produce_until(client, "t", acked, stop, b"live"))
+        await wait_until(lambda: len(acked) >= 1000, 30, "1000 acknowledged records")
+        leader = (await partition(client, "t-0"))["status"]["leader"]
+        shutil.rmtree(c.spus[leader].data_dir)
+        proc = c.spus[leader].proc
+        await wait_until(lambda: proc.poll() is not None, 30, f"SPU {leader} to stop on its own")
+        assert proc.returncode == 3, proc.returncode
+        assert "stopping so that the SPU restarts with new storage" in c.spu_log(leader)
+        n = len(acked)
+        await wait_until(lambda: len(acked) >= n + 1000, 60, "1000 more acknowledged under a new leader")
+        assert (await partition(client, "t-0"))["status"]["leader"] != leader
+        c.launch_spu(leader)
+        await c.wait_spu_ready(leader)
+        stop.set()
+        await asyncio.wait_for(task, 60)
+        await wait_in_sync(client, "t-0", timeout_s=60)
+        await client.close()
+        verify_on_disk(c, "t-0", acked)
+    run_on(c, body)
+
+
+def test_a_failed_fsync_fences_the_replica_and_it_is_rebuilt_from_its_peers(tmp_path: Any) -> None:
+    """EIO on one fsync of the leader (the test hook at the file layer): that replica is fenced
+    at once — the failed fsync is never retried — leadership moves, the SPU stays up, and the
+    replica is rebuilt empty and catches up; every acknowledged record survives."""
+    triggers = {i: os.path.join(str(tmp_path), f"fail-fsync-{i}") for i in (1, 2, 3)}
+    c = cluster(tmp_path, spu_env={i: {"KOLK_TEST_FAIL_FSYNC_FILE": path} for i, path in triggers.items()})
+
+    async def body() -> None:
+        client = c.client()
+        await client.create_topic("t", 1, 3)
+        acked: dict[bytes, int] = {}
+        stop = asyncio.Event()
+        task = asyncio.ensure_future(produce_until(client, "t", acked, stop, b"eio"))
+        await wait_until(lambda: len(acked) >= 1000, 30, "1000 acknowledged records")
+        leader = (await partition(client, "t-0"))["status"]["leader"]
+        with open(triggers[leader], "w"):
+            pass
+        await wait_until(lambda: not os.path.exists(triggers[leader]), 30, "the fsync to fail")
+        await wait_until(lambda: _led_by_other(client, "t-0", leader), 30, "leadership to move")
+        assert "fenced, the disk failed" in c.spu_log(leader)
+        n = len(acked)
+        await wait_until(lambda: len(acked) >= n + 1000, 60, "1000 more acknowledged")
+        stop.set()
+        await asyncio.wait_for(task, 60)
+        await wait_in_sync(client, "t-0", timeout_s=60)
+        assert c.spus[leader].alive
+        assert "rebuilt empty after the disk fault" in c.spu_log(leader)
+        await client.close()
+        verify_on_disk(c, "t-0", acked)
+    run_on(c, body)
+
+
+def test_a_full_disk_fences_the_replica_and_it_recovers_when_space_returns(tmp_path: Any) -> None:
+    """ENOSPC on a real size-limited tmpfs under one follower: its replica is fenced and leaves
+    the in-sync set; writes go on with the others; once space is freed the replica is rebuilt
+    and rejoins. Nothing acknowledged is lost."""
+    small = os.path.join(str(tmp_path), "small")
+    os.makedirs(small)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", small], check=True)
+    try:
+        c = cluster(tmp_path)
+        follower = 3
+        c.spus[follower].data_dir = os.path.join(small, "data")
+
+        async def body() -> None:
+            client = c.client()
+            await client.create_topic("t", 1, 3)
+            acked: dict[bytes, int] = {}
+            stop = asyncio.Event()
+            task = asyncio.ensure_future(produce_until(client, "t", acked, stop, b"full" + b"x" * 200))
+            await wait_until(lambda: len(acked) >= 1000, 30, "1000 acknowledged records")
+            filler = os.path.join(small, "filler")
+            with open(filler, "wb") as f:
+                try:
+                    while True:
+                        f.write(b"\0" * (1 << 20))
+                        f.flush()
+                except OSError:
+                    pass  # the tmpfs is full
+            p = await wait_until(lambda: _isr_without(client, "t-0", follower), 60, "the full replica to be fenced")
+            assert p["status"]["leader"] != follower
+            n = len(acked)
+            await wait_until(lambda: len(acked) >= n + 1000, 60, "1000 more acknowledged without it")
+            os.unlink(filler)
+            stop.set()
+            await asyncio.wait_for(task, 60)
+            await wait_in_sync(client, "t-0", timeout_s=60)
+            await client.close()
+            verify_on_disk(c, "t-0", acked)
+        run_on(c, body)
+    finally:
+        subprocess.run(["umount", small], check=False)
+
+
+def test_offline_partition_and_unclean_election(tmp_path: Any) -> None:
+    """A replication-factor-1 partition whose only replica loses its disk stays offline: produce
+    fails with a clear `offline` error naming the SPU and why, `kolk partition list` says so,
+    and `kolk partition elect --unclean` (audited) brings it back, accepting the loss."""
+    c = cluster(tmp_path)
+
+    async def body() -> None:
+        client = c.client()
+        await client.create_topic("solo", 1, 1)
+        await produce(client, "solo", b"s", 50)
+        owner = (await partition(client, "solo-0"))["status"]["leader"]
+        c.kill_spu(owner)
+        shutil.rmtree(c.spus[owner].data_dir)
+        c.launch_spu(owner)
+        await c.wait_spu_ready(owner)
+        p = await partition(client, "solo-0")
+        assert p["status"]["leader"] is None and p["status"]["isr"] == []
+        client.forget_leaders("solo")
+        with pytest.raises(PartitionOfflineError) as e:
+            await client.produce("solo", 0, b"", retries=0)
+        text = str(e.value)
+        assert "offline" in text and f"SPU {owner}" in text and "--unclean" in text, text
+        listed = _cli(c, "partition", "list", "--topic", "solo")
+        assert "no in-sync replica holds every acknowledged record" in listed, listed
+        refused = _cli(c, "partition", "elect", "solo-0", check=False)
+        assert "unclean" in refused, refused
+        out = _cli(c, "partition", "elect", "solo-0", "--unclean")
+        assert f"SPU {owner} leads" in out and "given up" in out, out
+        client.forget_leaders("solo")
+        acked = await wait_until(lambda: _try_produce(client, "solo"), 30, "solo-0 to take writes again")
+        assert acked
+        await client.close()
+    run_on(c, body)
+
+
+def test_offline_while_every_in_sync_replica_is_down(tmp_path: Any) -> None:
+    """All three replicas down: the SC keeps the in-sync set and the partition offline; the
+    client's error names the replicas that are not alive; when one returns it leads again."""
+    c = cluster(tmp_path)
+
+    async def body() -> None:
+        client = c.client()
+        await client.create_topic("t", 1, 3)
+        acked = await produce(client, "t", b"d", 100)
+        stop_all_spus(c)
+        await wait_until(lambda: _leaderless(client, "t-0"), 30, "t-0 to go offline")
+        client.forget_leaders("t")
+        with pytest.raises(PartitionOfflineError, match=r"in-sync replicas \[.*\] are not alive"):
+            await client.produce("t", 0, b"", retries=0)
+        for i in c.spus:
+            c.launch_spu(i)
+        for i in c.spus:
+            await c.wait_spu_ready(i)
+        got = [r async for r in client.consumer("t", partition=0, start=_beginning(), stop_at_end=True)]
+        assert sorted(r.value for r in got) == sorted(acked)
+        await client.close()
+    run_on(c, body)
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _beginning() -> Any:
+    from kolk.consumer import Offset
+
+    return Offset.beginning()
+
+
+async def _led(client: AsyncClient, name: str) -> dict[str, Any] | None:
+    p = await partition(client, name)
+    return p if p["status"]["leader"] is not None else None
+
+
+async def _leaderless(client: AsyncClient, name: str) -> bool:
+    return (await partition(client, name))["status"]["leader"] is None
+
+
+async def _led_by_other(client: AsyncClient, name: str, old: int) -> dict[str, Any] | None:
+    p = await partition(client, name)
+    return p if p["status"]["leader"] not in (None, old) else None
+
+
+async def _isr_without(client: AsyncClient, name: str, spu: int) -> dict[str, Any] | None:
+    p = await partition(client, name)
+    return p if spu not in p["status"]["isr"] and p["status"]["leader"] is not None else None
+
+
+async def _try_produce(client: AsyncClient, topic: str) -> bool:
+    try:
+        return bool(await produce(client, topic, b"after", 5))
+    except KolkError:
+        return False
+
+
+def _cli(c: DataPlaneCluster, *args: str, check: bool = True) -> str:
+    r = subprocess.run([sys.executable, "-m", "kolk", *args, "--sc", ",".join(c.sc_addresses)],
+                       capture_output=True, text=True, timeout=60)
+    if check:
+        assert r.returncode == 0, r.stdout + r.stderr
+    return r.stdout + r.stderr
