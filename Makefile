@@ -40,7 +40,7 @@ bench-peers: $(STAMP)
 	$(PY) bench/peers_bench.py $(PEERS_ARGS)
 
 jepsen: $(STAMP)
-	$(PY) -m jepsen run --nemesis kill,pause,partition-one,partition-half,partition-oneway,bridge,slow,lossy,torn-tail,power-loss,clock-jump --time 600 --seed 7
+	$(PY) -m jepsen run --nemesis kill,pause,partition-one,partition-half,partition-oneway,bridge,slow,lossy,torn-tail,power-loss,clock-jump,disk-wipe,disk-fail,restart-all --time 600 --seed 7
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .hypothesis

@@ -14,8 +14,9 @@ A **watchdog** checks the data directory every ``disk_check_interval_ms`` on a w
 that it is the same directory (device and inode), that its marker still names this SPU's
 storage id, and that a small probe file can be written and fsynced. A directory that is gone
 or replaced cannot be rebuilt inside this process (its RocksDB index went with it): the SPU
-fences every replica, tells the SC, logs one line and exits with status ``EXIT_DATA_DIR_LOST``,
-so that its supervisor restarts it and it registers with a new storage id. A directory that
+fences every replica, tells the SC, logs one line and exits at once with status
+``EXIT_DATA_DIR_LOST``, so that its supervisor restarts it and it registers with a new
+storage id. A directory that
 is still there but refuses writes (read-only, full, I/O errors) fences every replica it holds;
 they are rebuilt when the probe succeeds again.
 """
@@ -258,4 +259,8 @@ class DiskFaults:
         reports = [asyncio.ensure_future(self._report(r, text)) for r in replicas if self._in_sync(r)]
         if reports:
             await asyncio.wait(reports, timeout=EXIT_REPORT_DEADLINE_S)
-        self.s.fail(EXIT_DATA_DIR_LOST)
+        # Exit now, without the usual teardown: nothing on the lost directory can be saved, and
+        # closing RocksDB and pycapnp over a vanished directory once crashed the process
+        # (SIGSEGV) after this line was logged, hiding the exit status a supervisor acts on.
+        logging.shutdown()
+        os._exit(EXIT_DATA_DIR_LOST)

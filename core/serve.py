@@ -31,28 +31,19 @@ def serve_until_signalled(make_server: Callable[[], Any], log_level: str) -> int
     gc.disable()
     logging.basicConfig(level=log_level.upper(), stream=sys.stderr, format=LOG_FORMAT)
 
-    async def main() -> int:
+    async def main() -> None:
         server = make_server()
         await server.start()
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        waits = [asyncio.ensure_future(stop.wait())]
-        # A server that cannot go on (an SPU whose data directory vanished) says so with an
-        # exit status; it is stopped like on a signal and the process exits with that status.
-        wait_failed = getattr(server, "wait_failed", None)
-        if wait_failed is not None:
-            waits.append(asyncio.ensure_future(wait_failed()))
-        done, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-        for task in pending:
-            task.cancel()
-        code = 0 if waits[0] in done else int(waits[1].result())
+        await stop.wait()
         await server.stop()
         abort_tls()  # before pycapnp's teardown closes them (core/transport.py)
-        return code
 
-    return asyncio.run(capnp.run(main()))
+    asyncio.run(capnp.run(main()))
+    return 0
 
 
 def add_tls_arguments(p: argparse.ArgumentParser, who: str) -> None:

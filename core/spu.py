@@ -130,7 +130,6 @@ class SpuServer:
         # The metadata version that holds this SPU's registration: roles from an older version
         # (a lagging SC's) are not acted on, since they may predate a lost storage's fencing.
         self.registered_version: int | None = None
-        self._exit: asyncio.Future[int] = asyncio.get_event_loop().create_future()
         # TEST ONLY: fail the next segment fsync when this file exists (tests, the fault harness).
         install_fsync_fault_file(os.environ.get(FAIL_FSYNC_ENV) or None)
 
@@ -252,15 +251,6 @@ class SpuServer:
                                f"watermark {lg.short_of_high_watermark} it had persisted")
                 log.error("%s: %s; it rejoins the in-sync set only by catching up", name, short[name])
         return short
-
-    def fail(self, code: int) -> None:
-        """Stop the process with exit status ``code`` (the data directory is gone)."""
-        if not self._exit.done():
-            self._exit.set_result(code)
-
-    async def wait_failed(self) -> int:
-        """The exit status, once the SPU cannot go on (serve.py waits for it beside signals)."""
-        return await asyncio.shield(self._exit)
 
     async def stop(self) -> None:
         for t in self._tasks:

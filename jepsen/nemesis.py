@@ -4,7 +4,8 @@ applies each fault to a running system and undoes it.
 :func:`schedule` turns a seed into a list of :class:`Fault` windows; the same seed and
 arguments always give the same list. Rules: faults on conflicting targets never overlap, at
 most ``MAX_CONCURRENT`` faults are active at once, at most one data-damaging fault
-(torn-tail, power-loss) at a time, and the last ``HEAL_FRACTION`` of the run has no fault.
+(``DESTRUCTIVE``: torn-tail, power-loss, disk-wipe, disk-fail) at a time, restart-all overlaps
+nothing, and the last ``HEAL_FRACTION`` of the run has no fault.
 
 Targets: ``spu:<id>``, ``sc:<id>``, ``spu:leader`` (leader of partition ``params["partition"]``),
 ``sc:leader``, ``minority`` and ``all``. Roles and groups are resolved when the fault starts;
@@ -13,7 +14,8 @@ family and one is a role (the role may resolve to the other node) or a bridge (w
 links of every SPU).
 
 Every fault carries ``params["seed"]``: the choices made when it starts (a leader that is not
-known, the minority, the damaged partition and byte) come from ``random.Random(seed)``.
+known, the minority, the damaged partition and byte, the restart order) come from
+``random.Random(seed)``.
 
 Kinds, as :class:`Nemesis` starts / stops them (cut mode ``reset``/``blackhole``: ``params["mode"]``):
 
@@ -37,6 +39,23 @@ Kinds, as :class:`Nemesis` starts / stops them (cut mode ``reset``/``blackhole``
   within its last 4 KiB (a torn tail on each).
 * ``clock-jump``: restart with ``KOLK_TEST_CLOCK_OFFSET_MS=params["offset_ms"]`` / restart
   without. The runner passes the variable on; a product that ignores it is unharmed.
+* ``disk-wipe``: kill -9, delete the whole data directory, restart at once / restart it if it
+  has exited since. The schedule aims it at ``spu:leader`` whenever that target is free: a
+  leader that comes back empty *before the SC has noticed it was gone* (SPU heartbeat timeout)
+  is still the leader, and its followers must not truncate to it (issue 15). Restarting in
+  ``stop``, as torn-tail does, would give the SC time to elect another leader and test only
+  the easy case (an empty follower).
+* ``disk-fail``: the disk of a running SPU fails; ``params["mode"]``:
+  ``remove`` deletes its data directory under it (renamed away at once, then deleted);
+  ``fsync`` creates the node's trigger file ``System.fail_fsync_file(node)``, the path the
+  runner gives every SPU in ``KOLK_TEST_FAIL_FSYNC_FILE``: the SPU fails its next segment fsync
+  with EIO and removes the file. A correct SPU fences what the failure touched (``remove``:
+  it tells the SC and exits non-zero, for a supervisor to restart; ``fsync``: it rebuilds the
+  replica from its peers and stays up). Stop: restart the SPU if it has exited; remove the
+  trigger file if it is still there.
+* ``restart-all``: kill -9 every SPU and every SC, then restart them all in an order drawn
+  from the seed, none waiting for another to be ready / restart any that has exited since.
+  Its target is ``all``, so it overlaps no other fault.
 
 Proxy names in :meth:`System.proxies` are ``"in:<kind>"`` (connections *to* the node pass
 through it) or ``"out:<kind>"`` (connections the node opens); kind ``public`` is a client link,
@@ -48,15 +67,20 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
+import tempfile
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from jepsen.proxy import FaultProxy
 
+# New kinds go at the end: the schedule of a set of older kinds stays what it was for a seed.
 KINDS = ("kill", "pause", "partition-one", "partition-half", "partition-oneway", "bridge", "slow",
-         "lossy", "torn-tail", "power-loss", "clock-jump")
-DESTRUCTIVE = frozenset({"torn-tail", "power-loss"})
+         "lossy", "torn-tail", "power-loss", "clock-jump", "disk-wipe", "disk-fail", "restart-all")
+DESTRUCTIVE = frozenset({"torn-tail", "power-loss", "disk-wipe", "disk-fail"})
+# Faults that kill nodes and restart them in ``start``; ``stop`` restarts only what has exited.
+RESTARTED_AT_START = frozenset({"disk-wipe", "restart-all"})
 LINK_KINDS = frozenset({"partition-one", "partition-half", "partition-oneway", "bridge", "slow", "lossy"})
 GROUP_TARGETS = frozenset({"minority", "all"})
 CLIENT_LINKS = frozenset({"public"})
@@ -66,6 +90,8 @@ MIN_FAULT_S = 0.5
 LOSSY_MAX_S = 2.0
 TAIL_BYTES = 4096
 CLOCK_ENV = "KOLK_TEST_CLOCK_OFFSET_MS"
+FAIL_FSYNC_ENV = "KOLK_TEST_FAIL_FSYNC_FILE"
+DISK_FAIL_MODES = ("remove", "fsync")
 
 
 @dataclass(frozen=True)
@@ -90,7 +116,9 @@ def _targets(kind: str, spus: int, scs: int) -> list[str]:
     spu, sc = _node_targets("spu", spus), _node_targets("sc", scs)
     if kind == "partition-half":
         return ["minority"] if spus + scs >= 2 else []
-    if kind == "torn-tail":
+    if kind == "restart-all":
+        return ["all"] if spus + scs else []
+    if kind in ("torn-tail", "disk-wipe", "disk-fail"):
         return spu
     if kind == "bridge":
         return spu if spus >= 2 else []
@@ -107,7 +135,7 @@ def conflicts(a: Fault | tuple[str, str], b: Fault | tuple[str, str]) -> bool:
     """Whether two faults (or (kind, target) pairs) must not be active at the same time."""
     ka, ta = (a.kind, a.target) if isinstance(a, Fault) else a
     kb, tb = (b.kind, b.target) if isinstance(b, Fault) else b
-    if ta == tb or ta in GROUP_TARGETS or tb in GROUP_TARGETS:
+    if ta == tb or ta in GROUP_TARGETS or tb in GROUP_TARGETS or "restart-all" in (ka, kb):
         return True
     if ka in DESTRUCTIVE and kb in DESTRUCTIVE:
         return True
@@ -138,7 +166,17 @@ def _params(kind: str, target: str, rng: random.Random, partitions: int) -> dict
         p.update(mode=rng.choice(("truncate", "bitflip")))
     elif kind == "clock-jump":
         p.update(offset_ms=rng.choice((-1, 1)) * rng.randint(1_000, 600_000))
+    elif kind == "disk-fail":
+        p.update(mode=rng.choice(DISK_FAIL_MODES))
     return p
+
+
+def _pick(kind: str, candidates: list[str], rng: random.Random) -> str:
+    """The target of a new fault among those free now. A disk wipe goes to a partition leader
+    when it can: a wiped leader is what lost acknowledged writes (issue 15)."""
+    if kind == "disk-wipe" and "spu:leader" in candidates:
+        return "spu:leader"
+    return rng.choice(candidates)
 
 
 def schedule(seed: int, duration_s: float, faults: list[str], interval_s: tuple[float, float] = (5, 15),
@@ -169,7 +207,7 @@ def schedule(seed: int, duration_s: float, faults: list[str], interval_s: tuple[
             for kind in rng.sample(kinds, len(kinds)):
                 cands = [c for c in _targets(kind, spus, scs) if not any(conflicts((kind, c), a) for a in active)]
                 if cands:
-                    choice = kind, rng.choice(cands)
+                    choice = kind, _pick(kind, cands, rng)
                     break
         if choice is None:
             if not active:
@@ -232,6 +270,30 @@ def damage_tail(path: str, rng: random.Random, mode: str) -> dict[str, Any]:
     return dict(done, action="bitflip", offset=pos, bit=bit)
 
 
+def remove_tree(path: str) -> dict[str, Any]:
+    """Delete the directory ``path`` and everything in it; return what was there.
+
+    The process that owns it may still be running and writing: the tree is first renamed into
+    a fresh sibling directory, so ``path`` is gone in one step (as when a disk is pulled), then
+    the renamed tree is deleted. Unlike a pulled disk, files the process holds open stay usable
+    to it until it closes them; what it writes through them is lost with them."""
+    if not os.path.isdir(path):
+        return {"path": path, "action": "none (no directory)"}
+    files, size = 0, 0
+    for top, _dirs, names in os.walk(path):
+        for name in names:
+            try:
+                size += os.path.getsize(os.path.join(top, name))
+                files += 1
+            except OSError:
+                pass  # deleted meanwhile by its owner
+    parent, base = os.path.split(os.path.abspath(path))
+    holder = tempfile.mkdtemp(prefix=f".{base}.removed-", dir=parent)
+    os.rename(path, os.path.join(holder, base))
+    shutil.rmtree(holder, ignore_errors=True)
+    return {"path": path, "action": "removed", "files": files, "bytes": size}
+
+
 # ---------------------------------------------------------------- applying faults
 
 class System(Protocol):
@@ -249,6 +311,16 @@ class System(Protocol):
     def proxies(self, node: str) -> dict[str, FaultProxy]: ...  # "in:<kind>" / "out:<kind>"
     def data_dir(self, node: str) -> str: ...
     def cut_sc_to_fsynced(self, node: str) -> dict[str, int]: ...  # power loss of one SC's files
+    def exit_code(self, node: str) -> int | None: ...  # None while the process runs
+    def fail_fsync_file(self, node: str) -> str: ...  # the SPU's KOLK_TEST_FAIL_FSYNC_FILE
+
+
+def _remove_if_present(path: str) -> None:
+    """Remove a trigger file the node has not consumed (it fails one fsync, then removes it)."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
 
 
 class Nemesis:
@@ -381,6 +453,36 @@ class Nemesis:
             for node in nodes:
                 s.kill(node)
                 s.restart(node, rec["env"])
+        elif kind == "disk-wipe":
+            rec["action"] = "kill -9, delete the data directory, restart"
+            for node in nodes:
+                s.kill(node)
+            rec["damage"] = [dict(remove_tree(s.data_dir(node)), node=node) for node in nodes]
+            for node in nodes:
+                s.restart(node)
+        elif kind == "disk-fail":
+            mode = rec["mode"] = p.get("mode", "remove")
+            if mode not in DISK_FAIL_MODES:
+                raise ValueError(f"disk-fail mode must be one of {DISK_FAIL_MODES}, got {mode!r}")
+            if mode == "remove":
+                rec["action"] = "delete the data directory of the running node"
+                rec["damage"] = [dict(remove_tree(s.data_dir(node)), node=node) for node in nodes]
+            else:
+                rec["action"] = "fail the next fsync (trigger file)"
+                rec["damage"] = []
+                for node in nodes:
+                    trigger = s.fail_fsync_file(node)
+                    with open(trigger, "w") as f:
+                        f.write(f"{fault.start_s}\n")
+                    rec["damage"].append({"node": node, "trigger": trigger})
+        elif kind == "restart-all":
+            order = list(nodes)
+            rng.shuffle(order)
+            rec.update(action="kill -9 every node, restart in random order", order=order)
+            for node in nodes:
+                s.kill(node)
+            for node in order:
+                s.restart(node)
         else:  # kill, torn-tail, power-loss
             rec["action"] = "kill -9"
             for node in nodes:
@@ -413,6 +515,15 @@ class Nemesis:
         elif kind == "clock-jump":
             action = "restart without clock offset"
             steps = [step for node in nodes for step in ((s.kill, (node,)), (s.restart, (node,)))]
+        elif kind in RESTARTED_AT_START or kind == "disk-fail":
+            # Already restarted by start (disk-wipe, restart-all), or still running on a disk that
+            # failed: only a node that has exited since (a correct SPU exits when its data
+            # directory is removed) is started again, as a supervisor would.
+            # A trigger file goes first, so a restarted SPU does not fail an fsync of its own.
+            steps = [(_remove_if_present, (s.fail_fsync_file(node),)) for node in nodes] if kind == "disk-fail" else []
+            exited = rec["exited"] = {node: code for node in nodes if (code := s.exit_code(node)) is not None}
+            action = "restart the exited" if exited else "none (running)"
+            steps += [(s.restart, (node,)) for node in exited]
         else:
             action, steps = "restart", [(s.restart, (node,)) for node in nodes]
         errors: list[str] = []

@@ -10,7 +10,13 @@ Links and their proxies (``FaultProxy``, jepsen/proxy.py), named ``(kind, node, 
 * ``("client", "sc-j", "")``: clients into SC j's admin API.
 
 Processes are started and stopped by pid. ``System`` implements what jepsen/nemesis.py needs:
-kill, restart, pause, resume, the proxies of a node, its data directory, and who leads.
+kill, restart, pause, resume, the proxies of a node, its data directory, whether it has exited,
+its fsync-failure trigger file, and who leads.
+
+Every SPU is started with ``KOLK_TEST_FAIL_FSYNC_FILE=<root>/spu-<i>.fail-fsync``: while that
+file exists the SPU's next segment fsync fails with EIO, and the SPU removes the file (a test
+hook; the nemesis's ``disk-fail`` fault creates the file). ``spu_env`` and ``sc_env`` add
+variables to every SPU or SC (the runner's broken builds).
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .cluster import FSYNC_LOG_ENV, SECRET, cut_node_to_fsynced, free_port, wait_for
+from .nemesis import FAIL_FSYNC_ENV
 from .proxy import FaultProxy
 
 START_TIMEOUT_S = 60.0
@@ -45,7 +52,7 @@ class Node:
 
 class System:
     def __init__(self, root: str, scs: int = 3, spus: int = 3, spu_env: dict[str, str] | None = None,
-                 heartbeat_timeout_ms: int = 1500) -> None:
+                 heartbeat_timeout_ms: int = 1500, sc_env: dict[str, str] | None = None) -> None:
         self.root = root
         os.makedirs(root, exist_ok=True)
         self.proxies: dict[tuple[str, str, str], FaultProxy] = {}
@@ -68,7 +75,8 @@ class System:
             for k in sc_ids:
                 if k != j:
                     args += ["--peer", f"{k}={self.proxies[('raft', f'sc-{k}', '')].address}/127.0.0.1:{admin[k]}"]
-            env = dict(os.environ, KOLK_CLUSTER_SECRET=SECRET, **{FSYNC_LOG_ENV: os.path.join(root, f"{name}.fsync")})
+            env = {**os.environ, "KOLK_CLUSTER_SECRET": SECRET, FSYNC_LOG_ENV: os.path.join(root, f"{name}.fsync"),
+                   **(sc_env or {})}
             self.nodes[name] = Node(name, args, os.path.join(root, name), os.path.join(root, f"{name}.log"), env)
         for i in range(1, spus + 1):
             name = f"spu-{i}"
@@ -82,7 +90,7 @@ class System:
                     "--data-dir", os.path.join(root, name), "--public", public, "--private", private,
                     "--bind", real, "--ready-file", ready, "--replica-lag-max-ms", "3000",
                     "--heartbeat-interval-ms", "300", "--replica-fetch-wait-ms", "200"]
-            env = dict(os.environ, **(spu_env or {}))
+            env = {**os.environ, FAIL_FSYNC_ENV: os.path.join(root, f"{name}.fail-fsync"), **(spu_env or {})}
             self.nodes[name] = Node(name, args, os.path.join(root, name), os.path.join(root, f"{name}.log"), env,
                                     ready_file=ready)
 
@@ -134,6 +142,17 @@ class System:
 
     def data_dir(self, node: str) -> str:
         return self.nodes[node].data_dir
+
+    def exit_code(self, node: str) -> int | None:
+        """None while the node's process runs; its exit status once it has exited (-1: never started)."""
+        n = self.nodes[node]
+        if n.proc is None:
+            return -1
+        return n.proc.poll()
+
+    def fail_fsync_file(self, node: str) -> str:
+        """The file whose existence makes the SPU fail its next segment fsync (``""`` for an SC)."""
+        return self.nodes[node].env.get(FAIL_FSYNC_ENV, "")
 
     def cut_sc_to_fsynced(self, node: str) -> dict[str, int]:
         """Power loss on one SC: its files cut back to the sizes it last reported fsynced."""
@@ -216,13 +235,17 @@ class System:
         self.paused.discard(name)
 
     def heal_all(self) -> None:
-        """Every proxy forwarding cleanly, every process running."""
+        """Every proxy forwarding cleanly, no fsync failure armed, every process running."""
         for p in self.proxies.values():
             p.heal()
             p.set_delay(0)
             p.set_drop_replies(False)
         for name in list(self.paused):
             self.resume(name)
+        for name in self.nodes:  # an fsync failure armed and never consumed is disarmed
+            trigger = self.fail_fsync_file(name)
+            if trigger and os.path.exists(trigger):
+                os.unlink(trigger)
         for name in self.nodes:
             if not self.nodes[name].alive:
                 self.start(name)

@@ -1,7 +1,8 @@
 """The fault harness end to end in CI: 3 SCs and 3 SPUs behind proxies, the queue and register
-workloads, faults, a final read. A short run with kills and pauses must be valid; the same
-harness against the deliberately broken build (acks=all answered before the high watermark)
-with its leaders cut off must report lost writes. Longer runs: `make jepsen`."""
+workloads, faults, a final read. Short runs with kills and pauses, and with wiped disks and
+whole-cluster restarts, must be valid; the same harness against the deliberately broken builds
+(acks=all answered before the high watermark, with leaders cut off; storage ids ignored, with
+leaders' disks wiped) must report lost writes. Longer runs: `make jepsen`."""
 
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def jepsen(out: Any, *args: str) -> tuple[subprocess.CompletedProcess, dict[str, Any]]:
     proc = subprocess.run([sys.executable, "-m", "jepsen", "run", "--out", str(out), *args], cwd=ROOT,
                           capture_output=True, text=True, timeout=900)
+    assert (out / "results.json").exists(), ("the run ended without a report", proc.stdout[-2000:],
+                                             proc.stderr[-4000:])
     return proc, json.loads((out / "results.json").read_text())
 
 
@@ -37,3 +40,34 @@ def test_the_harness_catches_a_build_that_acknowledges_too_early(tmp_path: Any) 
                            "--unsafe-acks")
     assert proc.returncode == 1 and not results["valid"], proc.stdout[-2000:]
     assert results["queue"]["counts"]["lost"] > 0, results["queue"]["counts"]
+
+
+def test_short_run_with_wiped_disks_and_whole_cluster_restarts_is_valid(tmp_path: Any) -> None:
+    """Seed 28: the leaders of two partitions lose their whole data directory (6 s and 13 s in)
+    and come back at once, then every SC and SPU is killed and restarted in random order (20 s).
+    A replica that lost its disk must never lead or count in the in-sync set until it has caught
+    up (DESIGN.md §5, storage identity): nothing acknowledged may be lost, duplicated or moved."""
+    proc, results = jepsen(tmp_path / "disk", "--nemesis", "disk-wipe,restart-all", "--time", "30", "--seed", "28")
+    counts = results["queue"]["counts"]
+    assert (counts["lost"], counts["duplicate"], counts["inconsistent_offsets"]) == (0, 0, 0), \
+        (counts, results["queue"]["examples"])
+    assert proc.returncode == 0 and results["valid"], (proc.stdout[-2000:], proc.stderr[-4000:])
+    started = [f["start"] for f in results["faults"] if "start" in f]
+    assert [f["kind"] for f in started] == ["disk-wipe", "disk-wipe", "restart-all"], started
+    assert all(d["action"] == "removed" for f in started[:2] for d in f["damage"]), started
+    assert results["queue"]["stats"]["acknowledged"] > 1000, results["queue"]["stats"]
+
+
+def test_the_harness_catches_a_build_that_follows_a_leader_with_an_empty_disk(tmp_path: Any) -> None:
+    """KOLK_TEST_IGNORE_STORAGE_ID=1 (SCs and SPUs) is the build before issue 15's fix: a leader
+    that comes back with an empty data directory before the SC has noticed it was gone is still
+    the leader, and its followers truncate to its empty log. Seed 18 wipes the leaders of
+    partitions 1 and 0, 7 s and 14 s in, when each holds hundreds of acknowledged records or
+    more; the checker must report them lost (read earlier, missing from the final read)."""
+    proc, results = jepsen(tmp_path / "broken-disk", "--nemesis", "disk-wipe", "--time", "25", "--seed", "18",
+                           "--ignore-storage-id")
+    wipes = [f["start"] for f in results["faults"] if "start" in f]
+    assert [w["kind"] for w in wipes] == ["disk-wipe", "disk-wipe"], wipes
+    assert all(not w.get("leader_unknown") and w["damage"][0]["files"] > 0 for w in wipes), wipes
+    assert proc.returncode == 1 and not results["valid"], proc.stdout[-2000:]
+    assert results["queue"]["counts"]["lost"] > 100, results["queue"]["counts"]

@@ -341,3 +341,21 @@ def test_ops_and_events_agree():
     events = clean().rec.events()
     assert check_queue(pair(events)) == check_queue(events)
     assert all(isinstance(op, Op) for op in pair(events))
+
+
+def test_a_record_read_and_then_gone_from_the_final_log_is_lost() -> None:
+    """What a wiped leader leaves in the history (issue 15): the consumer read offsets 0 and 1,
+    the leader came back empty and its followers truncated, and the final read after healing
+    holds only what was written since. The checker must call both vanished records lost, not
+    only records nobody ever read; the disk-wipe runs below depend on it."""
+    rec = Recorder(clock=iter(range(100)).__next__)
+    for process, value, offset in ((1, 10, 0), (1, 11, 1)):
+        rec.complete(rec.invoke(process, "send", 0, value), "ok", [value, offset])
+    rec.complete(rec.invoke(5, "poll", 0), "ok", [[0, 10], [1, 11]])
+    rec.complete(rec.invoke(1, "send", 0, 12), "ok", [12, 0])  # the new, empty log
+    rec.complete(rec.invoke(9, "final", 0), "ok", [[0, 12]])
+    r = check_queue(rec.events())
+    assert r["counts"]["lost"] == 2 and r["counts"]["unseen"] == 0 and not r["valid"]
+    assert [(e["value"], e["read_at"]) for e in r["examples"]["lost"]] == [(10, (0, 0)), (11, (0, 1))]
+    assert r["counts"]["inconsistent_offsets"] == 1  # offset 0 held 10, then 12
+    assert r["stats"]["lost_prefix"] == 2  # writer 1's first value that stayed is 12

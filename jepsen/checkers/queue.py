@@ -8,9 +8,13 @@ logs. Anomalies, each counted in ``counts`` with up to ``EXAMPLES_MAX`` ``exampl
 
 - **lost**: a send was acknowledged but no read ever returned its value, although some read
   should have: the key had a final read (a complete log), or some read of the key reached the
-  send's offset or beyond it.
+  send's offset or beyond it. Also lost: an acknowledged value that earlier reads returned but
+  the key's final read does not hold: the record was there and is gone (a leader that came back
+  with an empty disk and made its followers truncate, issue 15). Its example carries
+  ``read_at``, where it was read.
 - **unseen**: a send was acknowledged but no read ever returned its value, whether or not one
-  should have. Every lost value is unseen; after final reads of every key, unseen == lost.
+  should have. After final reads of every key, every unseen value is lost; a lost value that
+  was read once and then vanished is not unseen.
 - **duplicate**: one value read at two or more different (key, offset) positions.
 - **inconsistent_offsets**: a (key, offset) position that holds two different values: two
   reads disagree, an acknowledged send's offset holds another value in some read, or two
@@ -32,8 +36,8 @@ seeing it is fine and never seeing it is fine. ``valid`` is False iff any count 
 
 ``stats`` also splits the lost values of each writer process, its acknowledged sends taken in
 completion order (all keys together), into **lost_prefix** (before the writer's first value
-that some read returned), **lost_postfix** (after its last one) and **lost_middle** (between);
-when none of a writer's values was ever read, all of its lost values are prefix. The split
+that some read returned and that is not lost), **lost_postfix** (after its last one) and
+**lost_middle** (between); when no such value exists, all of its lost values are prefix. The split
 has examples too. ``stats`` counts values read that no send ever carried
 (``values_never_sent``) and acknowledged values read, but never at their acknowledged offset,
 which no read shows holding anything else (``ack_offset_unread``): suspect, not anomalies.
@@ -88,6 +92,7 @@ def check_queue(events_or_ops: Iterable[Event] | Iterable[Op]) -> dict[str, Any]
     acked: list[Op] = []
     reads: list[Op] = []
     final_keys: set[int] = set()
+    in_final: set[tuple[int, Any]] = set()  # (key, value) held by some final read of the key
     keys: set[int] = set()
     for op in ops:
         if not isinstance(op, Op):
@@ -104,6 +109,7 @@ def check_queue(events_or_ops: Iterable[Event] | Iterable[Op]) -> dict[str, Any]
             reads.append(op)
             if op.f == "final":
                 final_keys.add(op.key)
+                in_final.update((op.key, v) for _off, v in op.value)
 
     # Where did reads put each value, and what did they put at each position?
     at: dict[Pos, Any] = {}  # position -> first value read there
@@ -164,12 +170,16 @@ def check_queue(events_or_ops: Iterable[Event] | Iterable[Op]) -> dict[str, Any]
     for op in acked:
         by_writer.setdefault(op.process, []).append(op)
         v = op.value
+        example = {"value": v, "key": op.key, "offset": op.offset, "process": op.process, "send": op.index}
         if v in where:
+            if op.key in final_keys and (op.key, v) not in in_final:
+                lost.add(v)  # read once, gone from the complete log after healing
+                tally.add("lost", dict(example, read_at=where[v]))
+                continue
             pos = (op.key, op.offset)
             if where[v] != pos and pos not in where_more.get(v, ()) and pos not in at:
                 ack_offset_unread += 1
             continue
-        example = {"value": v, "key": op.key, "offset": op.offset, "process": op.process, "send": op.index}
         tally.add("unseen", example)
         if op.key in final_keys or max_read.get(op.key, -1) >= op.offset:  # type: ignore[operator]
             lost.add(v)
@@ -179,7 +189,7 @@ def check_queue(events_or_ops: Iterable[Event] | Iterable[Op]) -> dict[str, Any]
     for process, sends in by_writer.items():
         if not any(op.value in lost for op in sends):
             continue
-        seen_at = [i for i, op in enumerate(sends) if op.value in where]
+        seen_at = [i for i, op in enumerate(sends) if op.value in where and op.value not in lost]
         first = seen_at[0] if seen_at else len(sends)
         last = seen_at[-1] if seen_at else len(sends)
         for i, op in enumerate(sends):
