@@ -22,7 +22,7 @@ from dataplane_cluster import DataPlaneCluster, disk_log, run_async, wait_until
 from kolk.admin import AdminClient
 from kolk.client import AsyncClient
 from kolk.errors import KolkError, PartitionOfflineError
-from test_replication import check_same_and_complete, partition, wait_in_sync
+from test_replication import check_same_and_complete, partition, produce_until, wait_in_sync
 
 FAST = ("--replica-lag-max-ms", "2000", "--heartbeat-interval-ms", "200", "--replica-fetch-wait-ms", "200")
 HEARTBEAT_TIMEOUT_MS = 1500
@@ -57,24 +57,27 @@ async def produce(client: AsyncClient, topic: str, prefix: bytes, count: int = R
     return acked
 
 
-async def produce_until(client: AsyncClient, topic: str, acked: dict[bytes, int], stop: asyncio.Event,
-                        prefix: bytes, partitions: dict[bytes, int] | None = None) -> None:
-    """acks=all until ``stop``; only acknowledged records are noted (errors are outcomes unknown).
-    ``partitions``, when given, learns each acknowledged record's partition."""
-    producer = client.producer(topic, retries=200, request_timeout_ms=5000, linger_ms=2)
-    n = 0
-    while not stop.is_set():
-        futs = [(prefix + b"-%d" % (n + i), await producer.send(prefix + b"-%d" % (n + i))) for i in range(100)]
-        n += 100
-        for value, fut in futs:
-            try:
-                meta = await fut
-            except KolkError:
-                continue
-            acked[value] = meta.offset
-            if partitions is not None:
-                partitions[value] = meta.partition
-    await producer.close()
+class Writing:
+    """A producer writing with acks=all in the background, noting what is acknowledged (errors
+    are outcomes unknown, not losses)."""
+
+    def __init__(self, client: AsyncClient, topic: str, prefix: bytes) -> None:
+        self.acked: dict[bytes, int] = {}
+        self.partitions: dict[bytes, int] = {}
+        self.errors: list[str] = []
+        self.stop = asyncio.Event()
+        self.task = asyncio.ensure_future(produce_until(client, topic, self.acked, self.stop, prefix, self.errors,
+                                                        self.partitions))
+
+    async def more(self, count: int, what: str, timeout_s: float = 60) -> None:
+        """Wait until ``count`` more records are acknowledged."""
+        n = len(self.acked)
+        await wait_until(lambda: len(self.acked) >= n + count, timeout_s, f"{count} more acknowledged {what}")
+
+    async def finish(self) -> dict[bytes, int]:
+        self.stop.set()
+        await asyncio.wait_for(self.task, 60)
+        return self.acked
 
 
 def stop_all_spus(c: DataPlaneCluster) -> None:
@@ -159,16 +162,14 @@ def test_every_spu_restarted_one_by_one_after_a_wipe(tmp_path: Any) -> None:
         shutil.rmtree(c.spus[leader].data_dir)
         c.launch_spu(leader)
         await c.wait_spu_ready(leader)
-        stop = asyncio.Event()
-        task = asyncio.ensure_future(produce_until(client, "t", acked, stop, b"during", where))
+        w = Writing(client, "t", b"during")
         for i in [leader] + [s for s in c.spus if s != leader]:
             c.kill_spu(i)
             c.launch_spu(i)
             await c.wait_spu_ready(i)
-            n = len(acked)
-            await wait_until(lambda n=n: len(acked) > n + 100, 60, f"writes to go on after SPU {i} restarted")
-        stop.set()
-        await asyncio.wait_for(task, 60)
+            await w.more(100, f"after SPU {i} restarted")
+        acked.update(await w.finish())
+        where.update(w.partitions)
         for name in ("t-0", "t-1"):
             await wait_in_sync(client, name, timeout_s=60)
         await client.close()
@@ -188,23 +189,19 @@ def test_data_directory_removed_under_a_running_leader(tmp_path: Any) -> None:
     async def body() -> None:
         client = c.client()
         await client.create_topic("t", 1, 3)
-        acked: dict[bytes, int] = {}
-        stop = asyncio.Event()
-        task = asyncio.ensure_future(produce_until(client, "t", acked, stop, b"live"))
-        await wait_until(lambda: len(acked) >= 1000, 30, "1000 acknowledged records")
+        w = Writing(client, "t", b"live")
+        await w.more(1000, "before the wipe", 30)
         leader = (await partition(client, "t-0"))["status"]["leader"]
         shutil.rmtree(c.spus[leader].data_dir)
         proc = c.spus[leader].proc
         await wait_until(lambda: proc.poll() is not None, 30, f"SPU {leader} to stop on its own")
         assert proc.returncode == 3, proc.returncode
         assert "stopping so that the SPU restarts with new storage" in c.spu_log(leader)
-        n = len(acked)
-        await wait_until(lambda: len(acked) >= n + 1000, 60, "1000 more acknowledged under a new leader")
+        await w.more(1000, "under a new leader")
         assert (await partition(client, "t-0"))["status"]["leader"] != leader
         c.launch_spu(leader)
         await c.wait_spu_ready(leader)
-        stop.set()
-        await asyncio.wait_for(task, 60)
+        acked = await w.finish()
         await wait_in_sync(client, "t-0", timeout_s=60)
         await client.close()
         verify_on_disk(c, "t-0", acked)
@@ -221,20 +218,16 @@ def test_a_failed_fsync_fences_the_replica_and_it_is_rebuilt_from_its_peers(tmp_
     async def body() -> None:
         client = c.client()
         await client.create_topic("t", 1, 3)
-        acked: dict[bytes, int] = {}
-        stop = asyncio.Event()
-        task = asyncio.ensure_future(produce_until(client, "t", acked, stop, b"eio"))
-        await wait_until(lambda: len(acked) >= 1000, 30, "1000 acknowledged records")
+        w = Writing(client, "t", b"eio")
+        await w.more(1000, "before the fault", 30)
         leader = (await partition(client, "t-0"))["status"]["leader"]
         with open(triggers[leader], "w"):
             pass
         await wait_until(lambda: not os.path.exists(triggers[leader]), 30, "the fsync to fail")
         await wait_until(lambda: _led_by_other(client, "t-0", leader), 30, "leadership to move")
         assert "fenced, the disk failed" in c.spu_log(leader)
-        n = len(acked)
-        await wait_until(lambda: len(acked) >= n + 1000, 60, "1000 more acknowledged")
-        stop.set()
-        await asyncio.wait_for(task, 60)
+        await w.more(1000, "after the fault")
+        acked = await w.finish()
         await wait_in_sync(client, "t-0", timeout_s=60)
         assert c.spus[leader].alive
         assert "rebuilt empty after the disk fault" in c.spu_log(leader)
@@ -258,10 +251,8 @@ def test_a_full_disk_fences_the_replica_and_it_recovers_when_space_returns(tmp_p
         async def body() -> None:
             client = c.client()
             await client.create_topic("t", 1, 3)
-            acked: dict[bytes, int] = {}
-            stop = asyncio.Event()
-            task = asyncio.ensure_future(produce_until(client, "t", acked, stop, b"full" + b"x" * 200))
-            await wait_until(lambda: len(acked) >= 1000, 30, "1000 acknowledged records")
+            w = Writing(client, "t", b"full" + b"x" * 200)
+            await w.more(1000, "before the disk fills", 30)
             filler = os.path.join(small, "filler")
             with open(filler, "wb") as f:
                 try:
@@ -272,11 +263,9 @@ def test_a_full_disk_fences_the_replica_and_it_recovers_when_space_returns(tmp_p
                     pass  # the tmpfs is full
             p = await wait_until(lambda: _isr_without(client, "t-0", follower), 60, "the full replica to be fenced")
             assert p["status"]["leader"] != follower
-            n = len(acked)
-            await wait_until(lambda: len(acked) >= n + 1000, 60, "1000 more acknowledged without it")
+            await w.more(1000, "without the full replica")
             os.unlink(filler)
-            stop.set()
-            await asyncio.wait_for(task, 60)
+            acked = await w.finish()
             await wait_in_sync(client, "t-0", timeout_s=60)
             await client.close()
             verify_on_disk(c, "t-0", acked)

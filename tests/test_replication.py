@@ -77,8 +77,9 @@ def check_same_and_complete(logs: dict[int, tuple[list, int, int]], acked: dict[
 
 
 async def produce_until(client: AsyncClient, topic: str, acked: dict[bytes, int], stop: asyncio.Event,
-                        prefix: bytes, errors: list[str]) -> None:
-    """Produce with acks=all (idempotent) until ``stop``; note each acknowledged record."""
+                        prefix: bytes, errors: list[str], partitions: dict[bytes, int] | None = None) -> None:
+    """Produce with acks=all (idempotent) until ``stop``; note each acknowledged record (and, in
+    ``partitions`` when given, its partition)."""
     producer = client.producer(topic, retries=200, request_timeout_ms=5000, linger_ms=2)
     n = 0
     while not stop.is_set():
@@ -86,9 +87,13 @@ async def produce_until(client: AsyncClient, topic: str, acked: dict[bytes, int]
         n += 200
         for value, fut in futs:
             try:
-                acked[value] = (await fut).offset
+                meta = await fut
             except KolkError as e:
                 errors.append(str(e))
+                continue
+            acked[value] = meta.offset
+            if partitions is not None:
+                partitions[value] = meta.partition
     await producer.close()
 
 
