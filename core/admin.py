@@ -197,11 +197,13 @@ class AdminClient:
             return int(r.version)
         return await self._call(call, write=True)
 
-    async def report_replica_loss(self, partition: str, spu_id: int, reason: str, epoch: int | None = None) -> None:
-        """Node-only: ``spu_id``'s replica of ``partition`` lost data; it leaves the in-sync set."""
+    async def report_replica_loss(self, partition: str, spu_id: int, reason: str, epoch: int | None = None,
+                                  keep_last_in_sync: bool = False) -> None:
+        """Node-only: ``spu_id``'s replica of ``partition`` lost data, or its disk failed; it
+        leaves the in-sync set (``keep_last_in_sync``: unless it is the last member)."""
         async def call(a: Any) -> None:
-            _raise_unless_ok((await a.reportReplicaLoss(partition, spu_id, reason,
-                                                        -1 if epoch is None else epoch)).result)
+            _raise_unless_ok((await a.reportReplicaLoss(partition, spu_id, reason, -1 if epoch is None else epoch,
+                                                        keep_last_in_sync)).result)
         await self._call(call, write=True)
 
     async def elect_leader(self, partition: str, leader: int | None = None, unclean: bool = False) -> tuple[int, int]:

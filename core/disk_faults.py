@@ -4,11 +4,14 @@ A replica whose log failed (an fsync or write error, a segment file deleted unde
 disk) is **fenced** at once: it answers nothing as leader, acknowledges nothing, and stops
 following. The SPU logs one line and tells the SC (``reportReplicaLoss``), which takes the
 replica out of the in-sync set and out of leadership at a new epoch, so an intact in-sync
-replica leads. A failed fsync is never retried: the page cache may have dropped what it held,
-so the replica is **rebuilt** from its peers instead — once the metadata shows it out of the
-in-sync set (before that, an empty replica could still be counted or elected) and once the
-disk accepts writes again, its log is deleted and reopened empty, and it follows the leader
-like any new replica, rejoining the in-sync set only when it has caught up.
+replica leads — unless it is the last in-sync replica: a disk fault never empties the set
+(acknowledged records were fsynced before they were acknowledged, so the log still holds
+them). A failed fsync is never retried: the page cache may have dropped what it held. Once
+the disk accepts writes again the replica is **recovered**: when a live leader elsewhere
+leads the partition and the metadata shows this replica out of the in-sync set, its log is
+deleted and it copies the leader's like a new replica, rejoining the in-sync set only when
+caught up; otherwise (it may hold the only copy) its log is never deleted but closed and
+reopened, recovery checking every batch past the last durable point.
 
 A **watchdog** checks the data directory every ``disk_check_interval_ms`` on a worker thread:
 that it is the same directory (device and inode), that its marker still names this SPU's
@@ -162,7 +165,8 @@ class DiskFaults:
                 return True  # the SC knows already (or never counted it)
             try:
                 await self.s.admin.report_replica_loss(replica.name, self.s.config.spu_id,
-                                                       f"disk fault on SPU {self.s.config.spu_id}: {reason}")
+                                                       f"disk fault on SPU {self.s.config.spu_id}: {reason}",
+                                                       keep_last_in_sync=True)
                 return True
             except KolkError as e:
                 if not e.retriable:
@@ -180,9 +184,21 @@ class DiskFaults:
 
     # ---------------------------------------------------------------- rebuilding
 
+    def _recovery(self, replica: "Replica") -> bool | None:
+        """How to recover ``replica`` now: False, rebuild it empty (a live leader elsewhere has
+        every acknowledged record and the SC has this one out of the in-sync set); True, reopen
+        its own log (nobody else leads: it may hold the only copy); None, not yet (the SC has
+        not taken it out of the set while another replica leads)."""
+        meta = self.s.partitions.get(replica.name)
+        status = meta["status"] if meta else replica.meta.get("status", {})
+        me, leader = self.s.config.spu_id, status.get("leader")
+        leader_spu = self.s.spus.get(leader) if leader is not None else None
+        if leader is not None and leader != me and leader_spu and leader_spu.get("status", {}).get("alive"):
+            return None if me in status.get("isr", []) else False
+        return True
+
     async def _rebuild(self, failed: "Replica") -> None:
-        """Once the SC has the replica out of the in-sync set and the disk takes writes, start
-        it again empty; it catches up from the leader like a new replica."""
+        """Once the disk takes writes again, start the replica again (see _recovery)."""
         name = failed.name
         loop = asyncio.get_running_loop()
         backoff = REBUILD_BACKOFF_MIN_S
@@ -197,13 +213,17 @@ class DiskFaults:
         not_before = loop.time() + delay
         try:
             while self.s.replicas.get(name) is failed:
-                if not self._in_sync(failed) and self.healthy and loop.time() >= not_before:
+                keep = self._recovery(failed) if self.healthy and loop.time() >= not_before else None
+                if keep is not None:
                     try:
-                        self.s.rebuild_replica(failed)
+                        self.s.rebuild_replica(failed, keep_log=keep)
                         self._last_rebuild[name] = (loop.time(), delay)
                         while len(self._last_rebuild) > REBUILD_HISTORY_MAX:
                             self._last_rebuild.pop(next(iter(self._last_rebuild)))
-                        log.warning("%s: rebuilt empty after the disk fault; catching up from the leader", name)
+                        if keep:
+                            log.warning("%s: reopened its own log after the disk fault (no other replica leads)", name)
+                        else:
+                            log.warning("%s: rebuilt empty after the disk fault; catching up from the leader", name)
                         return
                     except (StorageError, OSError) as e:
                         log.warning("%s: cannot rebuild yet: %s", name, e)

@@ -93,10 +93,12 @@ interface ScAdmin {
   # Idempotent producers: a block of `count` (1-1000) fresh producer ids, first one `firstId`.
   allocateProducerIds @12 (count :UInt32) -> (result :Result, firstId :Int64, count :UInt32);
 
-  # Node-only: SPU `spuId`'s replica of `partition` lost data (its disk failed, or a follower
-  # found the leader's log short of its own high watermark). It leaves the in-sync set and
+  # Node-only: SPU `spuId`'s replica of `partition` lost data (a follower found the leader's
+  # log short of its own high watermark), or its disk failed (the SPU itself reports, with
+  # keepLastInSync: a disk fault never empties the in-sync set). It leaves the in-sync set and
   # leadership at a new epoch. epoch >= 0: only if the partition is still at that epoch.
-  reportReplicaLoss @13 (partition :Text, spuId :Int32, reason :Text, epoch :Int64) -> (result :Result);
+  reportReplicaLoss @13 (partition :Text, spuId :Int32, reason :Text, epoch :Int64, keepLastInSync :Bool)
+                    -> (result :Result);
 
   # Operator: elect a leader now. Clean (unclean = false): a live in-sync replica, `leader`
   # if it is one (-1: the first). Unclean: `leader` (-1: the live replica with the longest

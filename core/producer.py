@@ -165,6 +165,7 @@ class AsyncProducer:
         self._flushing = False
         self._in_flight_max = in_flight_max
         self._pending: set[asyncio.Task[Any]] = set()
+        self._id_tasks: set[asyncio.Task[Any]] = set()  # fresh-id requests after a lost sequence
         self._buffered = 0
         self._room = asyncio.Event()
         self._room.set()
@@ -350,18 +351,31 @@ class AsyncProducer:
         """A batch of ``partition`` failed for good: the leader may never get its sequences, so
         later batches need a fresh producer id (KIP-360 bumps the epoch for the same reason)."""
         self._needs_new_id.add(partition)
-        if not self._spare_ids:
-            task = asyncio.ensure_future(self.client.admin.allocate_producer_ids(1))
+        if not self._spare_ids and not self._closed:
+            task = asyncio.ensure_future(self._allocate_id())
+            self._id_tasks.add(task)
             task.add_done_callback(lambda t: self._on_spare_id(t, partition))
 
-    def _on_spare_id(self, task: "asyncio.Task[int]", partition: int) -> None:
-        if task.cancelled() or task.exception() is not None:
+    async def _allocate_id(self) -> int | Exception:
+        """A fresh producer id, or the error (returned, not raised: a request still out when the
+        program ends must not print a traceback at the event loop's shutdown)."""
+        try:
+            return await self.client.admin.allocate_producer_ids(1)
+        except Exception as e:  # noqa: BLE001 - handed to _on_spare_id
+            return e
+
+    def _on_spare_id(self, task: "asyncio.Task[int | Exception]", partition: int) -> None:
+        self._id_tasks.discard(task)
+        result = None if task.cancelled() else task.result()
+        if self._closed:
+            return
+        if not isinstance(result, int):
             self._id_failures += 1
             if self._id_failures < ID_ATTEMPTS_MAX:
                 self._loop.call_later(1.0, self._lost_sequence, partition)  # try again later
                 return
             # The SC stayed unreachable: fail what waits for an id rather than hold it forever.
-            error = task.exception() if not task.cancelled() else KolkError("producer id request cancelled")
+            error = result if isinstance(result, Exception) else KolkError("producer id request cancelled")
             for p in list(self._needs_new_id):
                 for batch in self._ready.pop(p, deque()):
                     if not batch.future.done():
@@ -374,7 +388,7 @@ class AsyncProducer:
             self._id_arrived.set()
             return
         self._id_failures = 0
-        self._spare_ids.append(task.result())
+        self._spare_ids.append(result)
         self._id_arrived.set()
         for p in list(self._needs_new_id):
             self._drain(p)
@@ -431,4 +445,6 @@ class AsyncProducer:
     async def close(self) -> None:
         await self.flush()
         self._closed = True
+        for task in list(self._id_tasks):  # nothing is left to send with a fresh id
+            task.cancel()
 

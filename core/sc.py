@@ -37,7 +37,10 @@ log = logging.getLogger("kolk.sc")
 
 IGNORE_STORAGE_ID_ENV = "KOLK_TEST_IGNORE_STORAGE_ID"
 LOST_REPLICAS_MAX = 10_000  # entries of one registerSpu's lost list
+LOST_LOGGED_MAX = 20  # lost replicas named in the log per registration
 REASON_CHARS_MAX = 300
+PARTITION_NAME_CHARS_MAX = 210  # a topic name (200) and "-<index>"
+STORAGE_ID_CHARS = 32
 
 
 @dataclass(frozen=True)
@@ -278,6 +281,17 @@ class ScServer:
                                                              "journal_entries", "has_quorum")}}
 
 
+def _newly_lost(before: State, after: State, spu_id: int) -> list[tuple[str, str]]:
+    """Partitions whose replica on ``spu_id`` a registration marked lost: (name, reason)."""
+    out = []
+    for p in after.all("partition"):
+        entry = next((e for e in p.status.get("lost", []) if e["spu"] == spu_id), None)
+        old = before.get("partition", p.name)
+        if entry is not None and (old is None or entry not in old.status.get("lost", [])):
+            out.append((p.name, entry["reason"]))
+    return sorted(out)
+
+
 def _blob_check(kind: str, name: str, action: str) -> tuple[str, str]:
     """What a put or delete of a stored object needs: create/delete on the module, or admin
     on the cluster for a policy."""
@@ -447,6 +461,14 @@ class AdminImpl(schema.ScAdmin.Server):
         if len(lost) > LOST_REPLICAS_MAX:  # checked before a single entry is read
             set_error(r.result, "tooLarge", f"registerSpu: {len(lost)} lost replicas, more than {LOST_REPLICAS_MAX}")
             return
+        if len(storageId) > STORAGE_ID_CHARS:
+            set_error(r.result, "invalidArgument", f"registerSpu: storageId of {len(storageId)} characters; a storage "
+                      f"id is {STORAGE_ID_CHARS} hex digits")
+            return
+        if any(len(e.partition) > PARTITION_NAME_CHARS_MAX for e in lost):
+            set_error(r.result, "invalidArgument", f"registerSpu: a lost partition name is longer than "
+                      f"{PARTITION_NAME_CHARS_MAX} characters")
+            return
         cmd: dict[str, Any] = {"op": "register_spu", "id": int(id), "rack": rack or None,
                                "public_address": publicAddress, "private_address": privateAddress, "ts": now_ms()}
         if not self.s.config.ignore_storage_id_for_tests:
@@ -455,26 +477,34 @@ class AdminImpl(schema.ScAdmin.Server):
             if len(lost):
                 cmd["lost"] = [{"partition": str(e.partition), "reason": str(e.reason)[:REASON_CHARS_MAX]}
                                for e in lost]
+        before = self.s.sm.state
         outcome = await self.s.propose(cmd)
         if outcome.get("ok"):
             self.s.heartbeat(int(id))
             r.version = int(outcome["value"]["version"])
-            log.info("SPU %s registered (storage %s)%s", id, str(storageId)[:8] or "unknown",
-                     f"; replicas found short: {', '.join(e['partition'] for e in cmd.get('lost', []))}"
-                     if cmd.get("lost") else "")
+            log.info("SPU %s registered (storage %s)", id, str(storageId)[:8] or "unknown")
+            for name, why in _newly_lost(before, self.s.sm.state, int(id))[:LOST_LOGGED_MAX]:
+                log.warning("%s: the replica on SPU %s lost data and left the in-sync set: %s", name, id, why)
         _fill_error(r.result, outcome, self.s)
 
-    async def reportReplicaLoss(self, partition, spuId, reason, epoch, _context, **kwargs):  # noqa: N802, N803, ANN001
+    async def reportReplicaLoss(self, partition, spuId, reason, epoch, keepLastInSync, _context, **kwargs):  # noqa: N802, N803, ANN001, E501
         r = _context.results
         if not self._allowed(r.result, NODE_ONLY, "reportReplicaLoss"):
             return
+        if len(partition) > PARTITION_NAME_CHARS_MAX:
+            set_error(r.result, "invalidArgument", f"reportReplicaLoss: partition name of {len(partition)} characters, "
+                      f"more than {PARTITION_NAME_CHARS_MAX}")
+            return
+        reason = str(reason)[:REASON_CHARS_MAX]
         cmd: dict[str, Any] = {"op": "fence_replica", "partition": str(partition), "id": int(spuId),
-                               "reason": str(reason)[:REASON_CHARS_MAX], "ts": now_ms()}
+                               "reason": reason, "ts": now_ms()}
         if int(epoch) >= 0:
             cmd["epoch"] = int(epoch)
+        if keepLastInSync:
+            cmd["keep_last"] = True
         outcome = await self.s.propose(cmd)
         if outcome.get("ok"):
-            log.warning("%s: the replica on SPU %s lost data and left the in-sync set: %s", partition, spuId, reason)
+            log.warning("%s: the replica on SPU %s is fenced: %s", partition, spuId, reason)
             self.s.authz.record(self.peer, "admin", f"partition:{partition}", "allow", None,
                                 f"replica on SPU {spuId} fenced: {reason}")
         _fill_error(r.result, outcome, self.s)

@@ -456,12 +456,17 @@ class SpuServer:
             return None
         return replica
 
-    def rebuild_replica(self, failed: Replica) -> None:
-        """Start a fenced replica again from an empty log (core/disk_faults.py); it follows the
-        leader and rejoins the in-sync set only once it has caught up."""
+    def rebuild_replica(self, failed: Replica, keep_log: bool) -> None:
+        """Start a fenced replica again (core/disk_faults.py): from an empty log when a live
+        leader elsewhere holds every acknowledged record (it catches up and rejoins the in-sync
+        set like a new replica), else from its own log reopened (recovery checks what is on
+        disk), since it may hold the only copy."""
         name = failed.name
         self.stop_following(failed)
-        self.store.delete_log(name)
+        if keep_log:
+            self.store.close_log(name)
+        else:
+            self.store.delete_log(name)
         replica = Replica(name, self.store.open_log(name, LogConfig()), self.config.spu_id)
         self.replicas[name] = replica
         failed.wake()

@@ -154,9 +154,11 @@ def _register_spu(state: State, cmd: Mapping[str, Any]) -> Applied:
     lost = get_lost(cmd)
     spec = {"id": spu_id, "rack": rack, "public_address": _address(cmd, "public_address"),
             "private_address": _address(cmd, "private_address")}
+    current = state.get(SPU, spu_name(spu_id))
+    if storage_id is None and current is not None:
+        storage_id = current.spec.get("storage_id")  # a registration without one never erases it
     if storage_id is not None:
         spec["storage_id"] = storage_id
-    current = state.get(SPU, spu_name(spu_id))
     edit = Edit(state)
     if current is None:
         edit.put(SPU, spu_name(spu_id), spec, {"alive": True, "changed_ms": ts})

@@ -151,17 +151,21 @@ def choose_leader(state: State, p: MetaObject, wanted: int | None, unclean: bool
     """
     alive = {o.spec["id"] for o in state.all(SPU) if o.status.get("alive")}
     replicas = list(p.spec["replicas"])
+    if wanted is not None and wanted not in replicas:
+        return f"SPU {wanted} holds no replica of {p.name} (replicas {replicas})"
+    live_in_sync = [r for r in replicas if r in p.status["isr"] and r in alive]
     if unclean:
+        if live_in_sync:
+            return (f"in-sync replica SPU {live_in_sync[0]} of {p.name} is alive and holds every acknowledged record; "
+                    "an unclean election would only lose records (elect without --unclean)")
         if wanted is not None:
-            if wanted not in replicas:
-                return f"SPU {wanted} holds no replica of {p.name} (replicas {replicas})"
             return wanted if wanted in alive else f"SPU {wanted} is not alive"
         lost = {e["spu"] for e in p.status.get("lost", [])}
         live = [r for r in replicas if r in alive]
         if not live:
             return f"no replica of {p.name} is alive (replicas {replicas})"
         return next((r for r in live if r not in lost), live[0])
-    candidates = [r for r in replicas if r in p.status["isr"] and r in alive]
+    candidates = live_in_sync
     if wanted is not None:
         if wanted in candidates:
             return wanted
@@ -187,6 +191,6 @@ def offline_reason(status: Mapping[str, Any], replicas: list[int], alive: set[in
     if lost:
         text += "; lost data: " + "; ".join(f"SPU {s} ({why})" for s, why in sorted(lost.items()))
     if not isr:
-        text += ("; it stays offline until one of those replicas returns, or an operator accepts the loss with "
-                 "`kolk partition elect --unclean`")
+        text += ("; it stays offline rather than serve a log that may lack acknowledged records, until an "
+                 "operator accepts the loss with `kolk partition elect <partition> --unclean`")
     return text

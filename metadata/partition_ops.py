@@ -49,18 +49,22 @@ def get_lost(cmd: Mapping[str, Any]) -> dict[str, str]:
     return out
 
 
-def lose_replica(edit: Edit, p: MetaObject, spu_id: int, reason: str, ts: int) -> None:
+def lose_replica(edit: Edit, p: MetaObject, spu_id: int, reason: str, ts: int, keep_last: bool = False) -> None:
     """Record that ``spu_id``'s replica of ``p`` lost data: out of the in-sync set and of
-    leadership at a new epoch (if it was in either), listed in ``status.lost``."""
+    leadership, listed in ``status.lost``, at a new epoch (always: a leader's in-sync change
+    computed before, which might add it back, then fails as stale). ``keep_last`` (a disk
+    fault: the log still holds what was acknowledged) leaves the set alone when the replica
+    is its only member, so a fault never takes the last copy out of the set."""
     status = dict(p.status)
+    if keep_last and status["isr"] == [spu_id]:
+        return
     lost = [e for e in status.get("lost", []) if e["spu"] != spu_id]
     lost.append({"spu": spu_id, "reason": reason[:REASON_CHARS_MAX], "ts": ts})
     status["lost"] = lost
-    if spu_id in status["isr"] or status["leader"] == spu_id:
-        status["isr"] = [r for r in status["isr"] if r != spu_id]
-        status["epoch"] = status["epoch"] + 1
-        if status["leader"] == spu_id:
-            status["leader"] = None
+    status["isr"] = [r for r in status["isr"] if r != spu_id]
+    status["epoch"] = status["epoch"] + 1
+    if status["leader"] == spu_id:
+        status["leader"] = None
     edit.put(PARTITION, p.name, p.spec, status)
 
 
@@ -110,7 +114,7 @@ def fence_replica(state: State, cmd: Mapping[str, Any]) -> Applied:
     if epoch is not None and epoch != p.status["epoch"]:
         raise fail(STALE_EPOCH, f"partition {p.name} is at epoch {p.status['epoch']}, the report is about {epoch}")
     edit = Edit(state)
-    lose_replica(edit, p, spu_id, reason, ts)
+    lose_replica(edit, p, spu_id, reason, ts, bool(get_field(cmd, "keep_last", bool, optional=True)))
     return edit.finish(ts, {"partition": p.name, "spu": spu_id})
 
 
@@ -154,6 +158,12 @@ def _elect_unclean(state: State, p: MetaObject, leader: int | None, epoch: int, 
     if spu is None or not spu.status.get("alive"):
         raise fail(INVALID_ARGUMENT, f"partition {p.name}: SPU {leader} is not alive; an unclean election needs a "
                                      "live replica")
+    live_in_sync = [r for r in p.status["isr"] if (o := state.get(SPU, spu_name(r))) and o.status.get("alive")]
+    if live_in_sync:
+        # As Kafka's ELECTION_NOT_NEEDED: a live in-sync replica holds every acknowledged record.
+        raise fail(INVALID_ARGUMENT, f"partition {p.name}: in-sync replica SPU {live_in_sync[0]} is alive and holds "
+                                     "every acknowledged record; an unclean election would only lose records (use a "
+                                     "clean election)")
     edit = Edit(state)
     status = dict(p.status)
     status.update(leader=leader, epoch=epoch + 1, isr=[leader], last_unclean_epoch=epoch + 1)

@@ -147,6 +147,14 @@ class LogStore:
         self._logs[name] = log
         return log
 
+    def close_log(self, name: str) -> None:
+        """Close the open log ``name`` without an fsync (a failed or fenced log being reopened:
+        recovery then checks what is on disk); the next :meth:`open_log` opens it again."""
+        self._check_open()
+        log = self._logs.pop(name, None)
+        if log is not None:
+            log.close(sync=False)
+
     def list_logs(self) -> list[str]:
         self._check_open()
         return sorted(os.listdir(self.logs_dir))

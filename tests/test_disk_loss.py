@@ -254,13 +254,7 @@ def test_a_full_disk_fences_the_replica_and_it_recovers_when_space_returns(tmp_p
             w = Writing(client, "t", b"full" + b"x" * 200)
             await w.more(1000, "before the disk fills", 30)
             filler = os.path.join(small, "filler")
-            with open(filler, "wb") as f:
-                try:
-                    while True:
-                        f.write(b"\0" * (1 << 20))
-                        f.flush()
-                except OSError:
-                    pass  # the tmpfs is full
+            _fill(filler)
             p = await wait_until(lambda: _isr_without(client, "t-0", follower), 60, "the full replica to be fenced")
             assert p["status"]["leader"] != follower
             await w.more(1000, "without the full replica")
@@ -272,6 +266,61 @@ def test_a_full_disk_fences_the_replica_and_it_recovers_when_space_returns(tmp_p
         run_on(c, body)
     finally:
         subprocess.run(["umount", small], check=False)
+
+
+def test_every_disk_nearly_full_keeps_the_data_and_recovers_when_space_returns(tmp_path: Any) -> None:
+    """All three replicas' disks fill up at once (the local cluster puts every SPU on one file
+    system): every replica is fenced, but a disk fault never empties the in-sync set and a log
+    is deleted for a rebuild only when a live leader elsewhere holds the records. When space
+    returns, the last in-sync replica reopens its own log and the others copy from it:
+    nothing acknowledged is lost (a reviewer found every copy deleted here before)."""
+    mounts = [os.path.join(str(tmp_path), f"small{i}") for i in (1, 2, 3)]
+    for m in mounts:
+        os.makedirs(m)
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", m], check=True)
+    try:
+        c = cluster(tmp_path)
+        for i, m in zip((1, 2, 3), mounts):
+            c.spus[i].data_dir = os.path.join(m, "data")
+
+        async def body() -> None:
+            client = c.client()
+            await client.create_topic("t", 1, 3)
+            acked = await produce(client, "t", b"kept")
+            fillers = [os.path.join(m, "filler") for m in mounts]
+            for filler in fillers:
+                _fill(filler)
+            await wait_until(lambda: all("fenced, the disk failed" in c.spu_log(i) for i in c.spus), 30,
+                             "every replica to be fenced")
+            p = await wait_until(lambda: _isr_of_size(client, "t-0", 1), 30, "the in-sync set to keep one replica")
+            for filler in fillers:
+                os.unlink(filler)
+            await wait_in_sync(client, "t-0", timeout_s=60)
+            got = [r async for r in client.consumer("t", partition=0, start=_beginning(), stop_at_end=True)]
+            assert sorted(r.value for r in got) == sorted(acked)
+            assert "reopened its own log" in c.spu_log(p["status"]["isr"][0])
+            await client.close()
+            verify_on_disk(c, "t-0", acked)
+        run_on(c, body)
+    finally:
+        for m in mounts:
+            subprocess.run(["umount", m], check=False)
+
+
+def _fill(path: str) -> None:
+    """Write zeros to ``path`` until its file system is full."""
+    with open(path, "wb") as f:
+        try:
+            while True:
+                f.write(b"\0" * (1 << 20))
+                f.flush()
+        except OSError:
+            pass  # full
+
+
+async def _isr_of_size(client: AsyncClient, name: str, size: int) -> dict[str, Any] | None:
+    p = await partition(client, name)
+    return p if len(p["status"]["isr"]) == size else None
 
 
 def test_offline_partition_and_unclean_election(tmp_path: Any) -> None:

@@ -147,6 +147,47 @@ def test_bad_reports_are_refused_and_change_nothing(case: tuple) -> None:
     assert a.state is s
 
 
+def test_unclean_election_is_refused_while_a_live_in_sync_replica_exists() -> None:
+    """As Kafka's ELECTION_NOT_NEEDED: with a live in-sync replica, an unclean election could
+    only lose acknowledged records (the reviewer's case: a wiped SPU named as leader)."""
+    s = run(cluster(), register(2, "e" * 32, ts=10))
+    a = apply(s, {"op": "elect_leader", "partition": "orders-0", "leader": 2, "epoch": 1, "ts": 11, "unclean": True})
+    assert not a.outcome.ok and "in-sync replica SPU 3 is alive" in a.outcome.message, a.outcome
+    assert "elect without --unclean" in choose_leader(s, s.get(PARTITION, "orders-0"), 2, True)
+    assert "holds no replica" in choose_leader(s, s.get(PARTITION, "orders-0"), 7, False)
+
+
+def test_a_disk_fault_never_takes_the_last_in_sync_replica_out() -> None:
+    """keep_last (an SPU reporting its own disk fault): the log still holds what was
+    acknowledged, so the last member stays; another member leaves as usual."""
+    s = run(cluster(), {"op": "update_isr", "partition": "orders-0", "isr": [3, 1], "epoch": 0, "leader": 3, "ts": 5})
+    s = run(s, {"op": "fence_replica", "partition": "orders-0", "id": 3, "reason": "EIO", "ts": 6, "keep_last": True})
+    assert part(s) == {"leader": None, "epoch": 1, "isr": [1], "lost": [3]}
+    same = apply(s, {"op": "fence_replica", "partition": "orders-0", "id": 1, "reason": "full", "ts": 7,
+                     "keep_last": True})
+    assert same.outcome.ok and same.state.version == s.version and part(same.state)["isr"] == [1]
+
+
+def test_a_registration_without_a_storage_id_keeps_the_recorded_one() -> None:
+    """An older SPU, or a forged call, registering without a storage id must not erase the one
+    recorded, or the next disk loss would go unnoticed."""
+    s = run(cluster(), register(3, None, ts=10))
+    assert s.get(SPU, "3").spec["storage_id"] == SID[3]
+    s = run(s, register(3, "d" * 32, ts=11))
+    assert part(s)["lost"] == [3] and 3 not in part(s)["isr"]
+
+
+def test_losing_a_replica_outside_the_isr_still_bumps_the_epoch() -> None:
+    """A stale in-sync change computed before the loss (the leader adding the replica back on
+    old progress) must fail: the epoch moves even when the replica was not in the set."""
+    s = run(cluster(), {"op": "update_isr", "partition": "orders-0", "isr": [3, 1], "epoch": 0, "leader": 3, "ts": 5})
+    s = run(s, register(2, "e" * 32, ts=10))
+    assert part(s)["epoch"] == 1
+    stale = apply(s, {"op": "update_isr", "partition": "orders-0", "isr": [3, 1, 2], "epoch": 0, "leader": 3, "ts": 11,
+                      "based_on": [3, 1]})
+    assert not stale.outcome.ok and stale.outcome.code == "stale_epoch"
+
+
 def test_unclean_election_needs_a_live_replica() -> None:
     s = run(cluster(), {"op": "set_spu_status", "id": 2, "alive": False, "ts": 3})
     a = apply(s, {"op": "elect_leader", "partition": "orders-0", "leader": 2, "epoch": 0, "ts": 4, "unclean": True})
