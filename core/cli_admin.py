@@ -197,6 +197,10 @@ def dispatch(args: argparse.Namespace) -> int:
     try:
         if args.command == "cluster" and args.action == "start":
             profile = local_cluster.start(args.spus, tls=args.tls)
+            if profile.get("restarted"):
+                _print(args, profile, f"local cluster running: SC at {profile['sc']}; started again "
+                                      f"{', '.join(profile['restarted'])} (it had exited; see {profile['logs']})")
+                return 0
             _print(args, profile, f"local cluster started: SC at {profile['sc']}, {profile['spus']} SPU(s)\n"
                                   f"data in {profile['data_dir']}, logs in {profile['logs']}\n"
                                   "stop it with: kolk cluster stop")

@@ -59,18 +59,26 @@ def profile_tls() -> Any:
     return TlsConfig(tls["ca"], tls["cert"], tls["key"]) if tls else None
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether ``pid`` runs; an exited process not yet reaped (a zombie, ours or anyone's)
+    counts as gone."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    try:  # a zombie child of ours counts as gone
+    try:  # a zombie child of ours: reap it
         done, _ = os.waitpid(pid, os.WNOHANG)
-        return done == 0
+        if done:
+            return False
     except ChildProcessError:
-        return True
+        pass  # not our child (the CLI that started it has exited)
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True  # no /proc: trust kill(0)
 
 
 def _free_port() -> int:
@@ -91,7 +99,7 @@ def _wait_ready(path: str, pid: int, what: str, log_path: str, deadline: float) 
         if os.path.exists(path):
             with open(path, encoding="utf-8") as f:
                 return json.load(f)
-        if not _alive(pid):
+        if not process_alive(pid):
             raise KolkError(f"{what} exited during start; see {log_path}")
         time.sleep(0.05)  # polling a file with a deadline
     raise KolkError(f"{what} did not become ready within {START_TIMEOUT_S:.0f} s; see {log_path}")
@@ -107,7 +115,13 @@ def start(spus: int = 1, tls: bool = False) -> dict[str, Any]:
         raise KolkError(f"--spus must be 1 to 16, got {spus}")
     profile = read_profile()
     if profile and profile.get("running"):
-        running = [pid for pid in profile.get("pids", {}).values() if _alive(pid)]
+        pids = profile.get("pids", {})
+        running = [pid for pid in pids.values() if process_alive(pid)]
+        exited = sorted(name for name, pid in pids.items() if name.startswith("spu-") and not process_alive(pid))
+        if running and exited and process_alive(pids.get("sc", -1)):
+            # Some SPUs stopped (one whose data directory vanished exits with status 3): start
+            # them again, on their data directories, into the running cluster.
+            return _restart_spus(profile, exited)
         if running:
             raise ClusterAlreadyRunningError(
                 f"a local cluster is already running (SC at {profile['sc']}, pids {sorted(running)}); "
@@ -144,13 +158,7 @@ def start(spus: int = 1, tls: bool = False) -> dict[str, Any]:
     try:
         _wait_ready(ready, pids["sc"], "the SC", sc_log, deadline)
         for i in range(1, spus + 1):
-            ready = os.path.join(base, f"spu-{i}.ready")
-            if os.path.exists(ready):
-                os.unlink(ready)
-            spu_log = os.path.join(logs, f"spu-{i}.log")
-            pids[f"spu-{i}"] = _spawn(py + ["spu", "--id", str(i), "--sc", sc_admin, "--data-dir",
-                                            os.path.join(base, f"spu-{i}"), "--public", f"127.0.0.1:{_free_port()}",
-                                            "--ready-file", ready, *node_tls], spu_log, env)
+            pids[f"spu-{i}"] = _spawn_spu(i, sc_admin, base, node_tls, env)
         for i in range(1, spus + 1):
             _wait_ready(os.path.join(base, f"spu-{i}.ready"), pids[f"spu-{i}"], f"SPU {i}",
                         os.path.join(logs, f"spu-{i}.log"), deadline)
@@ -168,18 +176,51 @@ def start(spus: int = 1, tls: bool = False) -> dict[str, Any]:
     return profile
 
 
+def _spawn_spu(i: int, sc_admin: str, base: str, node_tls: list[str], env: dict[str, str]) -> int:
+    ready = os.path.join(base, f"spu-{i}.ready")
+    if os.path.exists(ready):
+        os.unlink(ready)
+    return _spawn([sys.executable, "-m", "kolk", "spu", "--id", str(i), "--sc", sc_admin, "--data-dir",
+                   os.path.join(base, f"spu-{i}"), "--public", f"127.0.0.1:{_free_port()}", "--ready-file", ready,
+                   *node_tls], os.path.join(base, "logs", f"spu-{i}.log"), env)
+
+
+def _restart_spus(profile: dict[str, Any], names: list[str]) -> dict[str, Any]:
+    """Start the exited SPUs ``names`` of the running cluster ``profile`` again."""
+    base = profile["data_dir"]
+    node_tls: list[str] = []
+    if profile.get("tls"):
+        from .security.certs import dev_pki
+
+        node = dev_pki(os.path.join(base, "pki"), nodes=["kolk-node"], clients=["kolk-admin"])["kolk-node"]
+        node_tls = ["--tls-ca", node["ca"], "--tls-cert", node["cert"], "--tls-key", node["key"]]
+    deadline = time.monotonic() + START_TIMEOUT_S
+    pids = dict(profile["pids"])
+    for name in names:
+        pids[name] = _spawn_spu(int(name.split("-", 1)[1]), profile["sc"], base, node_tls, dict(os.environ))
+    for name in names:
+        _wait_ready(os.path.join(base, f"{name}.ready"), pids[name], name.replace("spu-", "SPU "),
+                    os.path.join(base, "logs", f"{name}.log"), deadline)
+    profile = dict(profile, pids=pids, restarted=names)
+    tmp = profile_path() + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(profile, f, indent=2)
+    os.replace(tmp, profile_path())
+    return profile
+
+
 def _stop_pids(pids: dict[str, int]) -> list[str]:
     # SPUs first, then the SC, so SPUs do not spin on a missing SC while they stop.
     order = sorted(pids, key=lambda name: name == "sc")
     for name in order:
-        if _alive(pids[name]):
+        if process_alive(pids[name]):
             os.kill(pids[name], signal.SIGTERM)
     deadline = time.monotonic() + STOP_TIMEOUT_S
     killed = []
     for name in order:
-        while _alive(pids[name]) and time.monotonic() < deadline:
+        while process_alive(pids[name]) and time.monotonic() < deadline:
             time.sleep(0.05)  # polling process exit with a deadline
-        if _alive(pids[name]):
+        if process_alive(pids[name]):
             os.kill(pids[name], signal.SIGKILL)
             killed.append(name)
     return killed

@@ -9,11 +9,13 @@ catches up, and that nothing was lost on the way.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import time
 from typing import Any
 
 import pytest
@@ -423,3 +425,57 @@ def _cli(c: DataPlaneCluster, *args: str, check: bool = True) -> str:
     if check:
         assert r.returncode == 0, r.stdout + r.stderr
     return r.stdout + r.stderr
+
+
+def test_the_issue_as_a_new_user_types_it(tmp_path: Any) -> None:
+    """Issue 15's steps with the CLI and a local cluster: 500 records with acks=all to
+    orders-2, the cluster stopped, the leader's data directory deleted, the cluster started
+    again: all 500 are read back. Then a live SPU's directory is deleted: it exits with status
+    3, and `kolk cluster start` starts it again into the running cluster."""
+    env = dict(os.environ, KOLK_HOME=str(tmp_path / "home"))
+
+    def kolk(*args: str, stdin: str | None = None, check: bool = True) -> str:
+        r = subprocess.run([sys.executable, "-m", "kolk", *args], input=stdin, capture_output=True, text=True,
+                           env=env, timeout=120)
+        assert r.returncode == 0 or not check, (args, r.stdout, r.stderr)
+        return r.stdout + r.stderr
+
+    local = tmp_path / "home" / "local"
+    try:
+        kolk("cluster", "start", "--spus", "3")
+        kolk("topic", "create", "orders", "-p", "3", "-r", "3")
+        kolk("produce", "orders", "--partition", "2", "--acks", "all", stdin="".join(f"{i}\n" for i in range(1, 501)))
+        leader = _cli_leader(kolk("partition", "list", "--topic", "orders", "--json"), "orders-2")
+        kolk("cluster", "stop")
+        shutil.rmtree(local / f"spu-{leader}")
+        kolk("cluster", "start", "--spus", "3")
+        out = kolk("consume", "orders", "--partition", "2", "-B", "-d")
+        assert sorted(int(v) for v in out.split()) == list(range(1, 501)), out[-500:]
+        assert _cli_leader(kolk("partition", "list", "--topic", "orders", "--json"), "orders-2") != leader
+
+        profile = json.loads((tmp_path / "home" / "profile.json").read_text())
+        victim = 1
+        pid = profile["pids"][f"spu-{victim}"]
+        shutil.rmtree(local / f"spu-{victim}")
+        deadline = time.monotonic() + 30
+        while _pid_alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)  # polling a process's exit with a deadline
+        assert not _pid_alive(pid), "the SPU whose directory vanished did not stop"
+        log_text = (local / "logs" / f"spu-{victim}.log").read_text()
+        assert "stopping so that the SPU restarts with new storage (exit status 3)" in log_text
+        assert "started again spu-1" in kolk("cluster", "start", "--spus", "3")
+        out = kolk("consume", "orders", "--partition", "2", "-B", "-d")
+        assert sorted(int(v) for v in out.split()) == list(range(1, 501))
+    finally:
+        kolk("cluster", "stop", check=False)
+
+
+def _cli_leader(listing: str, name: str) -> int:
+    rows = json.loads(listing)
+    return next(r["leader"] for r in rows if r["partition"] == name)
+
+
+def _pid_alive(pid: int) -> bool:
+    from kolk.local_cluster import process_alive
+
+    return process_alive(pid)
