@@ -24,6 +24,7 @@ import capnp
 
 from .admin import AdminClient, watch
 from .disk_faults import DiskFaults
+from .private_address import private_address_problem
 from .errors import KolkError, NotFoundError, StaleEpochError, VersionConflictError
 from .follower import PeerPool, follow
 from .isr import isr_expand, isr_shrink
@@ -148,54 +149,14 @@ class SpuServer:
         bound = self._server.sockets[0].getsockname()
         self.address = f"{bound[0]}:{bound[1]}"
 
-        # Other SPUs replicate from the private address. One that points elsewhere (a typo, a
-        # proxy to another SPU, a port nobody listens on) left replication silently dead while
-        # every SPU showed alive. So dial it as the other SPUs will (PeerPool: with TLS, this
-        # SPU's node certificate) and ask who answers. Proxies in front of it may be starting
-        # at the same time (the fault harness), so try again for a bounded time.
-        private_check_s_max = 10.0
-        private = self.config.private_address or self.config.public_address
-        flag = "--private" if self.config.private_address else "--public"
-        pool = PeerPool(self.config.tls)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + private_check_s_max
-        backoff = 0.05
-        found = ""  # what answered there, when not this SPU
-        try:
-            while True:
-                try:
-                    async with asyncio.timeout(max(0.1, min(3.0, deadline - loop.time()))):
-                        answer = await (await pool.get(private)).identify()
-                    if answer.instanceId == self.instance_id:
-                        found = ""
-                        break
-                    if answer.result.ok:
-                        found = (f"another process of SPU {answer.spuId} answers there" if answer.spuId ==
-                                 self.config.spu_id else f"another SPU (SPU {answer.spuId}) answers there")
-                        break  # not going to change: no point waiting
-                    found = f"it refuses this SPU: {answer.result.message}"
-                except KolkError as e:  # from connect (core/transport.py)
-                    # TLS refused is "refused"; anything else is "nothing listens there (yet)".
-                    cause = e.__cause__
-                    why = os.strerror(cause.errno).lower() if isinstance(cause, OSError) and cause.errno else str(e)
-                    found = f"it refuses this SPU: {e}" if not e.retriable else f"nothing answers there ({why})"
-                except capnp.KjException as e:
-                    found = f"it refuses this SPU (not an SPU, or an older one): {e.description}"
-                except TimeoutError:
-                    found = f"nothing answers there within {private_check_s_max:.0f} s"
-                pool.drop(private)
-                if loop.time() + backoff > deadline:
-                    break
-                await asyncio.sleep(backoff)  # retry backoff, bounded by the deadline
-                backoff = min(backoff * 2, 0.5)
-        finally:
-            pool.close()
+        found = await private_address_problem(self.config, self.instance_id)
         if found:
             from .transport import abort_tls
 
             self._server.close()
             abort_tls()  # before pycapnp's teardown closes them (core/transport.py)
-            found = " ".join(found.split())  # one line, whatever the error text held
+            private = self.config.private_address or self.config.public_address
+            flag = "--private" if self.config.private_address else "--public"
             also = "" if self.config.private_address else ", the private address too (no --private),"
             raise SystemExit(f"kolk spu: {flag} {private}{also} does not reach this SPU (listening on "
                              f"{self.address}): {found}")

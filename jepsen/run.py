@@ -55,6 +55,7 @@ UNSAFE_ACKS_ENV = "KOLK_TEST_UNSAFE_ACKS"
 IGNORE_STORAGE_ID_ENV = "KOLK_TEST_IGNORE_STORAGE_ID"
 DEFINITE = (InvalidRequestError, NotFoundError)  # errors that mean the request certainly did not happen
 OP_TIMEOUT_S = 30.0
+START_ATTEMPTS = 3
 CLOSE_TIMEOUT_S = 5.0
 
 
@@ -320,10 +321,8 @@ def main(argv: list[str] | None = None) -> int:
     # tests/dataplane_cluster.py). Reference counting frees the rest; a run is bounded in time.
     gc.disable()
     broken = {IGNORE_STORAGE_ID_ENV: "1"} if args.ignore_storage_id else {}
-    system = System(os.path.join(out, "cluster"), spus=args.spus, sc_env=broken,
-                    spu_env={**broken, **({UNSAFE_ACKS_ENV: "1"} if args.unsafe_acks else {})})
+    system = _started_system(out, args, broken)
     try:
-        system.start_all()
         results = run(lambda: _run(system, args, out))
     finally:
         system.close()
@@ -332,6 +331,28 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'VALID' if results['valid'] else 'INVALID'}: {json.dumps(q)}; register linearizable: "
           f"{results['register']['valid']}; report in {out}")
     return 0 if results["valid"] else 1
+
+
+def _started_system(out: str, args: argparse.Namespace, broken: dict[str, str]) -> System:
+    """The cluster, started. Its ports come from the OS (bind to port 0, then close), and an
+    outgoing connection may take one before the node binds it: a node that then cannot listen
+    ("address already in use") makes the harness start a fresh cluster on new ports, at most
+    ``START_ATTEMPTS`` times."""
+    for attempt in range(1, START_ATTEMPTS + 1):
+        root = os.path.join(out, "cluster" if attempt == 1 else f"cluster-{attempt}")
+        system = System(root, spus=args.spus, sc_env=broken,
+                        spu_env={**broken, **({UNSAFE_ACKS_ENV: "1"} if args.unsafe_acks else {})})
+        try:
+            system.start_all()
+            return system
+        except AssertionError:
+            taken = "address already in use" in system.logs()
+            system.close()
+            if not taken or attempt == START_ATTEMPTS:
+                raise
+            print("a port chosen for the cluster was taken before its node bound it; starting again on new ports",
+                  file=sys.stderr)
+    raise AssertionError("unreachable")
 
 
 def _runs_dir() -> str:
