@@ -221,7 +221,7 @@ class AsyncClient:
                 "lag": max(lags) if len(lags) == len(followers) and lags else (0 if d and not followers else None),
                 "followers": followers, "lost": list(p["status"].get("lost", [])),
                 "error": offline_reason(p["status"], p["spec"]["replicas"], alive) if leader is None
-                else errors.get(leader) if p["name"] not in live else _lost_note(p["status"])})
+                else errors.get(leader) if p["name"] not in live else _lost_note(p["status"], alive)})
         return rows
 
     def producer(self, topic: str, **options: Any) -> AsyncProducer:
@@ -398,9 +398,11 @@ class Client:
 __all__ = ["AsyncClient", "Client", "Consumer", "ConsumerRecord", "Offset", "Producer", "RecordMetadata"]
 
 
-def _lost_note(status: dict[str, Any]) -> str | None:
-    """A partition that leads but has replicas that lost data: say who, and that they catch up."""
+def _lost_note(status: dict[str, Any], alive: set[int]) -> str | None:
+    """A partition that leads but has replicas that lost data: say who, and whether they are
+    catching up (alive) or down."""
     lost = status.get("lost") or []
     if not lost:
         return None
-    return "; ".join(f"SPU {e['spu']} lost data ({e['reason']}), catching up" for e in lost)
+    return "; ".join(f"SPU {e['spu']} lost data ({e['reason']}), "
+                     + ("catching up" if e["spu"] in alive else "down") for e in lost)

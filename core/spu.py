@@ -409,7 +409,7 @@ class SpuServer:
             return None
         if replica.failure is not None:
             set_error(result, "notLeader", f"SPU {self.config.spu_id} no longer serves {name}: its disk failed "
-                      f"({replica.failure}); leadership is moving to an intact in-sync replica", None, True)
+                      f"({replica.failure}); another in-sync replica takes over if there is one", None, True)
             return None
         if replica.fenced:
             set_error(result, "notLeader", f"SPU {self.config.spu_id}'s epoch {replica.epoch} for {name} is stale: "
