@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from dataplane_cluster import DataPlaneCluster, disk_log, run_async, wait_until
+from dataplane_cluster import DataPlaneCluster, disk_log, read_all, run_async, wait_until
 from kolk.admin import AdminClient
 from kolk.client import AsyncClient
 from kolk.errors import KolkError, PartitionOfflineError
@@ -138,7 +138,7 @@ def test_an_spu_back_with_an_empty_disk_costs_no_acknowledged_record(tmp_path: A
         if role == "leader":
             lost = [e["spu"] for e in p["status"].get("lost", [])]
             assert wiped in lost or wiped in p["status"]["isr"], p  # listed until it has caught up
-        got = [r async for r in client.consumer("orders", partition=0, start=_beginning(), stop_at_end=True)]
+        got = await read_all(client, "orders", partition=0)  # once the new leader's high watermark is back
         assert sorted(r.value for r in got) == sorted(acked)
         await wait_in_sync(client, "orders-0")
         await client.close()
@@ -298,7 +298,7 @@ def test_every_disk_nearly_full_keeps_the_data_and_recovers_when_space_returns(t
             for filler in fillers:
                 os.unlink(filler)
             await wait_in_sync(client, "t-0", timeout_s=60)
-            got = [r async for r in client.consumer("t", partition=0, start=_beginning(), stop_at_end=True)]
+            got = await read_all(client, "t", partition=0)
             assert sorted(r.value for r in got) == sorted(acked)
             assert "reopened its own log" in c.spu_log(p["status"]["isr"][0])
             await client.close()
@@ -378,19 +378,13 @@ def test_offline_while_every_in_sync_replica_is_down(tmp_path: Any) -> None:
             c.launch_spu(i)
         for i in c.spus:
             await c.wait_spu_ready(i)
-        got = [r async for r in client.consumer("t", partition=0, start=_beginning(), stop_at_end=True)]
+        got = await read_all(client, "t", partition=0)
         assert sorted(r.value for r in got) == sorted(acked)
         await client.close()
     run_on(c, body)
 
 
 # ---------------------------------------------------------------- helpers
-
-
-def _beginning() -> Any:
-    from kolk.consumer import Offset
-
-    return Offset.beginning()
 
 
 async def _led(client: AsyncClient, name: str) -> dict[str, Any] | None:
@@ -440,6 +434,19 @@ def test_the_issue_as_a_new_user_types_it(tmp_path: Any) -> None:
         assert r.returncode == 0 or not check, (args, r.stdout, r.stderr)
         return r.stdout + r.stderr
 
+    def read_500() -> bool:
+        """`kolk consume -B -d` reads up to the high watermark; a new leader has it back once its
+        in-sync followers have fetched, so ask until all 500 are there (with a deadline)."""
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            out = kolk("consume", "orders", "--partition", "2", "-B", "-d", check=False)
+            values = sorted(int(v) for v in out.split() if v.isdigit())
+            if values == list(range(1, 501)):
+                return True
+            assert len(values) <= 500 and len(set(values)) == len(values), out[-500:]
+            time.sleep(0.2)  # polling the consumer's view, with a deadline
+        return False
+
     local = tmp_path / "home" / "local"
     try:
         kolk("cluster", "start", "--spus", "3")
@@ -449,8 +456,7 @@ def test_the_issue_as_a_new_user_types_it(tmp_path: Any) -> None:
         kolk("cluster", "stop")
         shutil.rmtree(local / f"spu-{leader}")
         kolk("cluster", "start", "--spus", "3")
-        out = kolk("consume", "orders", "--partition", "2", "-B", "-d")
-        assert sorted(int(v) for v in out.split()) == list(range(1, 501)), out[-500:]
+        assert read_500(), "the 500 acknowledged records did not come back"
         assert _cli_leader(kolk("partition", "list", "--topic", "orders", "--json"), "orders-2") != leader
 
         profile = json.loads((tmp_path / "home" / "profile.json").read_text())
@@ -464,8 +470,7 @@ def test_the_issue_as_a_new_user_types_it(tmp_path: Any) -> None:
         log_text = (local / "logs" / f"spu-{victim}.log").read_text()
         assert "stopping so that the SPU restarts with new storage (exit status 3)" in log_text
         assert "started again spu-1" in kolk("cluster", "start", "--spus", "3")
-        out = kolk("consume", "orders", "--partition", "2", "-B", "-d")
-        assert sorted(int(v) for v in out.split()) == list(range(1, 501))
+        assert read_500(), "the 500 acknowledged records did not come back"
     finally:
         kolk("cluster", "stop", check=False)
 
