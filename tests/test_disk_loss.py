@@ -20,27 +20,13 @@ from typing import Any
 
 import pytest
 
-from dataplane_cluster import DataPlaneCluster, disk_log, read_all, run_async, wait_until
+from dataplane_cluster import DataPlaneCluster, disk_log, read_all, wait_until
 from kolk.admin import AdminClient
 from kolk.client import AsyncClient
 from kolk.errors import KolkError, PartitionOfflineError
-from test_replication import check_same_and_complete, partition, produce_until, wait_in_sync
+from test_replication import check_same_and_complete, cluster, partition, produce_until, run_on, wait_in_sync
 
-FAST = ("--replica-lag-max-ms", "2000", "--heartbeat-interval-ms", "200", "--replica-fetch-wait-ms", "200")
-HEARTBEAT_TIMEOUT_MS = 1500
 RECORDS = 500
-
-
-def cluster(tmp_path: Any, **kw: Any) -> DataPlaneCluster:
-    return DataPlaneCluster(str(tmp_path), spus=3, heartbeat_timeout_ms=HEARTBEAT_TIMEOUT_MS, spu_args=FAST, **kw)
-
-
-def run_on(c: DataPlaneCluster, body: Any) -> None:
-    try:
-        c.start()
-        run_async(body)
-    finally:
-        c.close()
 
 
 async def produce(client: AsyncClient, topic: str, prefix: bytes, count: int = RECORDS,
