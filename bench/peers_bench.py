@@ -7,10 +7,13 @@ Per round and system: produce 100 B records for --seconds (every write acknowled
 1 KiB records for --seconds, consume the 100 B records from the beginning into a Python loop,
 then end-to-end latency at --rate records/s with the consumer in its own process; and for a
 3-node cluster with 3 replicas (Kolk: 1 SC + 3 SPUs, RF 3; JetStream: 3 servers, R3) the two
-produce runs. Prints one table and writes it to docs/benchmarks.md (--no-docs to skip).
+produce runs. During the latency run's timed records, the CPU time (utime + stime from
+/proc/PID/stat) of the server processes that serve produce requests (Kolk: the SPU) is read
+at both ends and divided by the produce requests sent in between. Prints the tables, writes
+them to docs/benchmarks.md (--no-docs to skip) and, with --json PATH, the results as JSON.
 
 Usage: python bench/peers_bench.py [--rounds N] [--seconds S] [--warmup-seconds S] [--rate R] [--latency-seconds S]
-       [--systems kolk,nats,redis,redis-always,kolk-3,nats-3] [--no-docs]
+       [--systems kolk,nats,redis,redis-always,kolk-3,nats-3] [--no-docs] [--json PATH]
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import gc
+import json
 import os
 import shutil
 import sys
@@ -57,7 +61,7 @@ async def one(key: str, rnd: int, args: argparse.Namespace, out: dict) -> None:
     try:
         await srv.start()
         r.setdefault("start_ms", []).append(srv.start_ms)
-        r.setdefault("rss_idle", []).append(srv.rss_bytes())
+        _rss(r, "rss_idle", srv)
         w = workload_for(srv)
         try:
             # Unmeasured warm-up, the same for every system: connections, producer ids, the
@@ -81,14 +85,42 @@ async def one(key: str, rnd: int, args: argparse.Namespace, out: dict) -> None:
                 r.setdefault("consume", []).append(n / t)
                 lat = f"latr{rnd}"
                 await w.setup(lat)
-                r.setdefault("latency_ms", []).extend(await w.latency(lat, args.rate, args.latency_seconds))
-            r.setdefault("rss_after", []).append(srv.rss_bytes())
+                window = procs.CpuWindow(srv.processes())
+                r.setdefault("latency_ms", []).extend(await w.latency(lat, args.rate, args.latency_seconds, window))
+                _cpu(r, window.result(), srv.serving())
+            _rss(r, "rss_after", srv)
         finally:
             await w.close()
     finally:
         srv.stop()
         shutil.rmtree(workdir, ignore_errors=True)
     print(f"  round {rnd + 1}: {name} done", flush=True)
+
+
+def _rss(r: dict, key: str, srv: servers.Servers) -> None:
+    """Every server process's RSS together under ``key``, and each on its own under ``key_by_process``."""
+    by = srv.rss_by_process()
+    r.setdefault(key, []).append(sum(by.values()))
+    for proc, rss in by.items():
+        r.setdefault(f"{key}_by_process", {}).setdefault(proc, []).append(rss)
+
+
+def _cpu(r: dict, window: dict, serving: list[str]) -> None:
+    """The latency run's CPU window: µs per produce request of the processes serving produce
+    requests together (None if a pid was unknown or unreadable), each process on its own,
+    records per request, and µs per record."""
+    per = window["us_per_request"]
+    known = [per.get(p) for p in serving]
+    ok = bool(known) and all(x is not None for x in known)
+    r.setdefault("cpu_us_per_request", []).append(sum(known) if ok else None)  # type: ignore[arg-type]
+    used = sum(window["cpu_us"][p] for p in serving) if ok else None
+    r.setdefault("cpu_us_per_record", []).append(
+        used / window["records"] if used is not None and window["records"] > 0 else None)
+    for proc, x in per.items():
+        r.setdefault("cpu_us_per_request_by_process", {}).setdefault(proc, []).append(x)
+    r.setdefault("records_per_request", []).append(
+        window["records"] / window["requests"] if window["requests"] > 0 else None)
+    r.setdefault("cpu_window", []).append(window)
 
 
 SETUP = """Each system runs on loopback in a temporary directory on this machine, started by the
@@ -102,11 +134,20 @@ produce runs then write for {seconds:g} s and wait for every acknowledgement; co
 the 100 B records back from the beginning into a Python loop; latency is send time to the
 moment a consumer in its own process sees the record, at {rate:,} records/s for {lat:g} s per
 round (Kolk `send` with linger 0; JetStream `publish_async` and an ordered push consumer;
-Redis one `XADD` per record and `XREAD BLOCK`). RSS is the resident memory of every server
-process together (Kolk: SC + SPU), idle after start and again after the run. The row
-"{kolk_send}" is Kolk's produce with one `send` call per record instead of `send_all`. Start
-to serving is from spawning the first server process to the first answered client round trip.
-{rounds} rounds, systems alternating within each round."""
+Redis one `XADD` per record and `XREAD BLOCK`). Server CPU per request: utime + stime of the
+processes serving produce requests (Kolk: the SPU; JetStream: nats-server; Redis:
+redis-server; read from /proc/PID/stat, threads included, children not) right before the
+first timed record and right after the last one is acknowledged, divided by the produce
+requests sent in between; it includes serving the latency consumer. JetStream and Redis send
+one request per record; Kolk's linger-0 producer sends a record at once unless a request is in
+flight, and then the records made meanwhile go in the next request, so its requests are
+counted and the CPU per record is shown as well. RSS is the resident memory of every server
+process together, and for Kolk also of the SC and the SPU each, idle after start and again
+after the run. The row "{kolk_send}" is Kolk's produce with one `send` call per record instead
+of `send_all`. Start to serving is from spawning the first server process to the first
+answered client round trip; for Kolk the benchmark calls `kolk.local_cluster.start(1)`, what
+`kolk cluster start --spus 1` runs, in its own process (so without the CLI's interpreter
+start). {rounds} rounds, systems alternating within each round."""
 
 
 def main() -> int:
@@ -121,6 +162,8 @@ def main() -> int:
     ap.add_argument("--steadiness-seconds", type=float, default=6.0,
                     help="how long to measure the machine's CPU steadiness before the run (0 to skip)")
     ap.add_argument("--workdir", default=None, help="where the temporary directories go (default: $TMPDIR)")
+    ap.add_argument("--json", default=None, metavar="PATH",
+                    help="also write the results (every round's values and the medians) to PATH as JSON")
     args = ap.parse_args()
     keys = [k.strip() for k in args.systems.split(",") if k.strip()]
     unknown = [k for k in keys if k not in SYSTEMS]
@@ -133,7 +176,6 @@ def main() -> int:
     if args.steadiness_seconds > 0:
         steady = steadiness.summarize(steadiness.sample(args.steadiness_seconds))
         print(f"machine steadiness: {steady.text()}", flush=True)
-    gc.disable()  # the Kolk client shares pycapnp with the servers (see core/serve.py)
     results: dict = {}
 
     async def body() -> None:
@@ -144,7 +186,7 @@ def main() -> int:
 
     from kolk.admin import run
 
-    run(body)  # the Kolk client needs pycapnp's event loop integration; the others run in it too
+    run(body)  # one event loop for every system's client
     setup = SETUP.format(kolk_send=report.KOLK_SEND, warmup=args.warmup_seconds, seconds=args.seconds,
                          rate=args.rate, lat=args.latency_seconds, rounds=args.rounds)
     when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
@@ -152,6 +194,14 @@ def main() -> int:
                           steady.text() if steady else None)
     print()
     print(text)
+    if args.json:
+        doc = {"when": when, "machine": procs.machine(), "versions": servers.versions(), "args": vars(args),
+               "steadiness": steady.text() if steady else None, "clock_ticks_per_s": procs.CLK_TCK,
+               "summary": report.summary(results), "results": results}
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump(doc, f, indent=2)
+            f.write("\n")
+        print(f"wrote the results to {args.json}")
     if not args.no_docs:
         path = os.path.join(os.path.dirname(HERE), "docs", "benchmarks.md")
         with open(path, encoding="utf-8") as f:

@@ -157,7 +157,7 @@ async def _run(args: argparse.Namespace) -> int:
 
         c = AsyncClient(resolve_sc(args.sc), timeout_s=10, tls=client_tls(args))
         rows = await c.partition_list(args.topic)
-        _print(args, rows, _table([[r["partition"], r["leader"], _ids(r["replicas"]), _ids(r["isr"]), r["epoch"],
+        _print(args, rows, _table([[r["name"], r["leader"], _ids(r["replicas"]), _ids(r["isr"]), r["epoch"],
                                     r["high_watermark"], r["log_end_offset"], r["lag"], r["error"]] for r in rows],
                                   ["PARTITION", "LEADER", "REPLICAS", "IN-SYNC", "EPOCH", "HW", "LEO", "LAG",
                                    "NOTE"]) if rows else "no partitions")

@@ -7,9 +7,11 @@ import asyncio
 import base64
 import json
 import os
+import datetime
+import stat
 import sys
 import time
-from typing import Any, BinaryIO
+from typing import Any, AsyncIterator, BinaryIO
 
 from .admin import run
 from .client import AsyncClient
@@ -32,6 +34,9 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--acks", choices=["none", "leader", "all"], default="all")
     p.add_argument("--compression", choices=["none", "gzip", "zstd"], default="none")
     p.add_argument("--linger-ms", type=float, default=5.0)
+    p.add_argument("--skip-bad-lines", action="store_true",
+                   help="skip lines without the key separator quietly (default: name each on stderr and exit 1 "
+                        "after sending the good ones)")
     add_chain_options(p)
     _sc_option(p)
 
@@ -40,6 +45,9 @@ def add_commands(sub: Any) -> None:
     c.add_argument("-B", "--from-beginning", action="store_true", help="start at the beginning (default: the end)")
     c.add_argument("--offset", type=int, help="start at this absolute offset")
     c.add_argument("--tail", type=int, metavar="N", help="start N records before the end")
+    c.add_argument("--from-timestamp", metavar="TIME",
+                   help="start at the first record at or after TIME: milliseconds since the epoch, or an ISO 8601 "
+                        "date and time (e.g. 2026-12-05T10:00:00Z)")
     c.add_argument("--partition", type=int, help="only this partition (default: all)")
     c.add_argument("-d", "--disconnect", action="store_true", help="exit once the end is reached")
     c.add_argument("--output", choices=["text", "json", "raw"], default="text")
@@ -48,9 +56,30 @@ def add_commands(sub: Any) -> None:
     _sc_option(c)
 
 
-def _lines(f: BinaryIO) -> Any:
-    for line in f:
+async def _lines(f: BinaryIO, interactive: bool) -> AsyncIterator[bytes]:
+    """Lines without their end. From a terminal or a pipe each line is read on a worker
+    thread, so the event loop sends it while the next is typed; a file is read in place."""
+    if not interactive:
+        for line in f:
+            yield line.rstrip(b"\r\n")
+        return
+    loop = asyncio.get_running_loop()
+    while line := await loop.run_in_executor(None, f.readline):
         yield line.rstrip(b"\r\n")
+
+
+def _timestamp_ms(text: str) -> int:
+    """Milliseconds since the epoch from TIME (an integer, or ISO 8601; no zone means UTC)."""
+    if text.lstrip("-").isdigit():
+        return int(text)
+    try:
+        when = datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise KolkError(f"--from-timestamp {text!r} is neither milliseconds since the epoch nor an ISO 8601 "
+                        "date and time") from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=datetime.timezone.utc)
+    return int(when.timestamp() * 1000)
 
 
 def client_tls(args: argparse.Namespace) -> Any:
@@ -69,18 +98,26 @@ async def _produce(args: argparse.Namespace, sc: str) -> int:
     total = os.path.getsize(args.file) if args.file else 0
     source = open(args.file, "rb") if args.file else sys.stdin.buffer
     sent = 0
+    bad = 0
+    number = 0
     read_bytes = 0
     last_draw = 0.0
     futures = []
+    interactive = not args.file and not _regular_file(source)
     try:
-        for line in _lines(source):
+        async for line in _lines(source, interactive):
+            number += 1
             read_bytes += len(line) + 1
             if not line:
                 continue
             key, value = None, line
             if sep is not None:
                 if sep not in line:
-                    raise KolkError(f"line {sent + 1} has no key separator {args.key_separator!r}")
+                    bad += 1
+                    if not args.skip_bad_lines:
+                        print(f"kolk produce: line {number} has no key separator {args.key_separator!r}; not sent",
+                              file=sys.stderr)
+                    continue
                 key, value = line.split(sep, 1)
             futures.append(await producer.send(value, key, partition=args.partition))
             sent += 1
@@ -99,8 +136,16 @@ async def _produce(args: argparse.Namespace, sc: str) -> int:
     if total:
         _bar(total, total, sent)
         print(file=sys.stderr)
-    print(f"produced {sent} record(s) to {args.topic}", file=sys.stderr)
-    return 0
+    skipped = f"; {bad} bad line(s) skipped" if bad else ""
+    print(f"produced {sent} record(s) to {args.topic}{skipped}", file=sys.stderr)
+    return 1 if bad and not args.skip_bad_lines else 0
+
+
+def _regular_file(f: BinaryIO) -> bool:
+    try:
+        return stat.S_ISREG(os.fstat(f.fileno()).st_mode)
+    except (OSError, ValueError):
+        return False
 
 
 def _bar(done: int, total: int, records: int) -> None:
@@ -115,6 +160,8 @@ async def _consume(args: argparse.Namespace, sc: str) -> int:
     client = AsyncClient(sc, tls=client_tls(args))
     if args.offset is not None:
         start = Offset.absolute(args.offset)
+    elif args.from_timestamp is not None:
+        start = Offset.timestamp(_timestamp_ms(args.from_timestamp))
     elif args.tail is not None:
         start = Offset.from_end(args.tail)
     elif args.from_beginning:
@@ -124,6 +171,17 @@ async def _consume(args: argparse.Namespace, sc: str) -> int:
     consumer = client.consumer(args.topic, partition=args.partition, start=start, stop_at_end=args.disconnect,
                                smartmodules=args.smartmodules or None)
     out = sys.stdout.buffer
+    try:
+        return await _print_records(args, consumer, out)
+    except BrokenPipeError:
+        # The reader went away (`kolk consume | head`): stop quietly, and keep Python's own
+        # flush at exit from complaining about the closed pipe.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        await consumer.close()
+        return 0
+
+
+async def _print_records(args: argparse.Namespace, consumer: Any, out: BinaryIO) -> int:
     count = 0
     async for batch in consumer.batches():
         for rec in batch:

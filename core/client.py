@@ -15,36 +15,48 @@ import threading
 from concurrent.futures import Future
 from typing import Any, Awaitable, Callable, Iterator, TypeVar
 
-import capnp
-
 from .admin import AdminClient
 from .consumer import AsyncConsumer, ConsumerRecord, Offset
-from .errors import (ClusterUnavailableError, InvalidRequestError, KolkError, NotFoundError, PartitionOfflineError,
-                     error_from_wire)
+from .errors import ClusterUnavailableError, InvalidRequestError, KolkError, NotFoundError, PartitionOfflineError
 from .metadata.controllers import offline_reason
 from .producer import AsyncProducer, RecordMetadata
 from .security.tls import TlsConfig
-from .transport import abort_tls, connect
-from .wire import error_dict, schema
+from .protocol.channel import CallRejected, ClientConnection, ConnectionLost
+from .protocol.limits import PRODUCE_BYTES_MAX
+from .transport import SPU, connect
+from .wire import error_from_struct, transport_error
 
 T = TypeVar("T")
 DEFAULT_SC = "127.0.0.1:9003"
 CONNECT_TIMEOUT_S = 3.0
-PRODUCE_BYTES_MAX = 16 << 20  # the SPU's produce_bytes_max
+# What can go wrong on the way to an SPU besides an error answer: mapped by wire.transport_error.
+TRANSPORT_ERRORS = (CallRejected, ConnectionLost, TimeoutError)
+
+
+def _local_defaults(sc: str | list[str] | None, tls: TlsConfig | None) -> tuple[str | list[str], TlsConfig | None]:
+    """No SC given: the local cluster's (``kolk cluster start`` writes its profile), with its
+    TLS settings when it was started with --tls; else 127.0.0.1:9003."""
+    if sc is not None:
+        return sc, tls
+    from .local_cluster import profile_sc, profile_tls
+    return profile_sc() or DEFAULT_SC, tls if tls is not None else profile_tls()
 
 
 class AsyncClient:
-    def __init__(self, sc: str | list[str] = DEFAULT_SC, *, timeout_s: float = 30.0,
+    def __init__(self, sc: str | list[str] | None = None, *, timeout_s: float = 30.0,
                  tls: TlsConfig | None = None) -> None:
-        """``tls``: the CA to trust and this client's certificate (mutual TLS); None: plaintext."""
+        """``sc``: one SC address or several (None: the local cluster's, see ``kolk cluster
+        start``). ``tls``: the CA to trust and this client's certificate (mutual TLS); None:
+        plaintext. ``timeout_s``: the deadline of every call to the cluster."""
+        sc, tls = _local_defaults(sc, tls)
         self.tls = tls
         self.admin = AdminClient(sc, timeout_s=timeout_s, tls=tls)
         self.timeout_s = timeout_s
         self._partitions: dict[str, list[dict[str, Any]]] = {}
         self._spus: dict[int, str] = {}
         self._alive_spus: set[int] = set()
-        self._conns: dict[str, tuple[Any, Any]] = {}  # address -> (TwoPartyClient, Spu capability)
-        self._connecting: dict[str, asyncio.Future[Any]] = {}
+        self._conns: dict[str, ClientConnection] = {}  # one connection per SPU address
+        self._connecting: dict[str, asyncio.Future[ClientConnection]] = {}
 
     # ---------------------------------------------------------------- metadata
 
@@ -67,24 +79,22 @@ class AsyncClient:
     def forget_leaders(self, topic: str) -> None:
         self._partitions.pop(topic, None)
 
-    async def _connect(self, address: str) -> Any:
+    async def _connect(self, address: str) -> ClientConnection:
         """One connection per SPU. Concurrent callers share one connect: requests sent on one
         connection arrive in order, which the producer's ordering relies on."""
         conn = self._conns.get(address)
-        if conn is not None:
-            return conn[1]
+        if conn is not None and not conn.is_closed:
+            return conn
         pending = self._connecting.get(address)
         if pending is not None:
             return await asyncio.shield(pending)
-        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        fut: asyncio.Future[ClientConnection] = asyncio.get_running_loop().create_future()
         self._connecting[address] = fut
         try:
-            stream = await connect(address, self.tls, CONNECT_TIMEOUT_S)
-            two_party = capnp.TwoPartyClient(stream)
-            spu = two_party.bootstrap().cast_as(schema.Spu)
-            self._conns[address] = (two_party, spu)
-            fut.set_result(spu)
-            return spu
+            conn = await connect(SPU, address, self.tls, min(CONNECT_TIMEOUT_S, self.timeout_s))
+            self._conns[address] = conn
+            fut.set_result(conn)
+            return conn
         except BaseException as e:
             fut.set_exception(e)
             fut.exception()  # retrieved: other waiters re-raise it
@@ -96,10 +106,7 @@ class AsyncClient:
         """Forget a broken connection so the next call reconnects."""
         conn = self._conns.pop(address, None) if address else None
         if conn is not None:
-            try:
-                conn[0].close()
-            except Exception:  # noqa: BLE001 - it is broken already; closing is best effort
-                pass
+            conn.close()
 
     async def leader_spu(self, topic: str, partition: int) -> tuple[Any, str]:
         parts = await self.partitions(topic)
@@ -120,25 +127,35 @@ class AsyncClient:
     @staticmethod
     def check(result: Any) -> None:
         if not result.ok:
-            e = error_dict(result)
-            raise error_from_wire(e["code"], e["message"], e["leader"], e["retriable"])
+            raise error_from_struct(result.error)
 
     async def _with_leader(self, topic: str, partition: int, call: Callable[[Any], Awaitable[T]],
-                           retries: int) -> T:
+                           retries: int, *, write: bool = False) -> T:
+        """``call`` on the partition's leader, retrying what is safe to retry. For a write the
+        error raised at the end says whether any attempt may have been written
+        (``outcome_unknown``): a retry that is refused does not make an earlier lost answer
+        definite."""
         backoff = 0.05
+        maybe_written = False
         for attempt in range(retries + 1):
             address = None
             try:
-                spu, address = await self.leader_spu(topic, partition)
-                return await call(spu)
-            except (KolkError, capnp.KjException) as e:
-                retriable = e.retriable if isinstance(e, KolkError) else True
-                if not retriable or attempt == retries:
-                    if isinstance(e, capnp.KjException):
-                        raise ClusterUnavailableError(f"SPU connection failed: {str(e).splitlines()[0]}") from e
+                try:
+                    spu, address = await self.leader_spu(topic, partition)
+                    return await call(spu)
+                except TRANSPORT_ERRORS as e:
+                    if not isinstance(e, CallRejected):
+                        self.drop_connection(address)
+                    raise transport_error(e, address or f"the leader of {topic}-{partition}", write) from e
+            except KolkError as e:
+                maybe_written = maybe_written or (write and e.outcome_unknown)
+                if not e.retriable or attempt == retries:
+                    if maybe_written and not e.outcome_unknown:
+                        e.outcome_unknown = True
+                        e.args = (f"{e}; an earlier attempt may have been written (outcome unknown)",)
+                    elif write and not e.outcome_unknown:
+                        e.args = (f"{e}; nothing was written",)
                     raise
-                if isinstance(e, capnp.KjException):
-                    self.drop_connection(address)
                 self.forget_leaders(topic)
                 await asyncio.sleep(backoff * (0.5 + random.random()))  # retry backoff
                 backoff = min(backoff * 2, 1.0)
@@ -153,30 +170,36 @@ class AsyncClient:
                                       f"({PRODUCE_BYTES_MAX})")
         chain = [{"name": n, "params": [{"key": k, "value": v} for k, v in p.items()]} for n, p in smartmodules or []]
 
-        async def call(spu: Any) -> int:
-            r = await spu.produce(topic, partition, acks, data, timeout_ms, chain)
+        # The SPU answers by timeout_ms; the client waits a little longer for that answer.
+        deadline_s = timeout_ms / 1000 + 1.0
+
+        async def call(spu: ClientConnection) -> int:
+            r = await spu.call("produce", deadline_s, topic=topic, partition=partition, acks=acks, records=data,
+                               timeoutMs=timeout_ms, smartmodules=chain)
             self.check(r.result)
             return r.baseOffset
-        return await self._with_leader(topic, partition, call, retries)
+        return await self._with_leader(topic, partition, call, retries, write=True)
 
     async def offsets(self, topic: str, partition: int) -> tuple[int, int, int]:
-        async def call(spu: Any) -> tuple[int, int, int]:
-            r = await spu.offsets(topic, partition)
+        async def call(spu: ClientConnection) -> tuple[int, int, int]:
+            r = await spu.call("offsets", self.timeout_s, topic=topic, partition=partition)
             self.check(r.result)
             return r.logStartOffset, r.highWatermark, r.logEndOffset
         return await self._with_leader(topic, partition, call, 10)
 
     async def offset_for_timestamp(self, topic: str, partition: int, timestamp: int) -> int:
-        async def call(spu: Any) -> int:
-            r = await spu.offsetForTimestamp(topic, partition, timestamp)
+        async def call(spu: ClientConnection) -> int:
+            r = await spu.call("offsetForTimestamp", self.timeout_s, topic=topic, partition=partition,
+                               timestamp=timestamp)
             self.check(r.result)
             return r.offset
         return await self._with_leader(topic, partition, call, 10)
 
     async def fetch(self, topic: str, partition: int, offset: int, max_bytes: int = 1 << 20,
                     committed: bool = True) -> Any:
-        async def call(spu: Any) -> Any:
-            r = await spu.fetch(topic, partition, offset, max_bytes, 0 if committed else 1)
+        async def call(spu: ClientConnection) -> Any:
+            r = await spu.call("fetch", self.timeout_s, topic=topic, partition=partition, offset=offset,
+                               maxBytes=max_bytes, isolation=0 if committed else 1)
             self.check(r.result)
             return r
         return await self._with_leader(topic, partition, call, 5)
@@ -202,10 +225,10 @@ class AsyncClient:
                 if address is None:
                     raise ClusterUnavailableError(f"SPU {leader} is not registered")
                 spu = await self._connect(address)
-                r = await asyncio.wait_for(spu.partitionStatus(names), self.timeout_s)
+                r = await spu.call("partitionStatus", self.timeout_s, partitions=names)
                 self.check(r.result)
                 live.update({d["partition"]: d for d in json.loads(r.statusJson)})
-            except (KolkError, capnp.KjException, asyncio.TimeoutError) as e:
+            except (KolkError, *TRANSPORT_ERRORS) as e:
                 self.drop_connection(address)
                 errors[leader] = str(e).splitlines()[0] if str(e) else type(e).__name__
         rows = []
@@ -215,7 +238,7 @@ class AsyncClient:
             followers = d.get("followers", {})
             lags = [f["lag"] for f in followers.values() if f["lag"] is not None]
             rows.append({
-                "partition": p["name"], "leader": leader, "epoch": p["status"]["epoch"],
+                "name": p["name"], "topic": p["spec"]["topic"], "partition": p["spec"]["partition"], "leader": leader, "epoch": p["status"]["epoch"],
                 "replicas": list(p["spec"]["replicas"]), "isr": list(p["status"]["isr"]),
                 "high_watermark": d.get("high_watermark"), "log_end_offset": d.get("log_end_offset"),
                 "lag": max(lags) if len(lags) == len(followers) and lags else (0 if d and not followers else None),
@@ -253,7 +276,7 @@ class AsyncClient:
 
 
 class _LoopThread:
-    """An event loop (with pycapnp's integration) on a daemon thread."""
+    """An event loop on a daemon thread (the synchronous facade's)."""
 
     def __init__(self) -> None:
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -269,8 +292,7 @@ class _LoopThread:
             self._stop = asyncio.Event()
             self._ready.set()
             await self._stop.wait()
-            abort_tls()  # before pycapnp's teardown closes them (core/transport.py)
-        asyncio.run(capnp.run(main()))
+        asyncio.run(main())
 
     def call(self, coro: Awaitable[T], timeout: float | None = None) -> T:
         assert self.loop is not None
@@ -323,12 +345,17 @@ class Producer:
 
 
 class Consumer:
-    """Synchronous consumer: iterate for records; stops at the end when ``stop_at_end``."""
+    """Synchronous consumer: iterate for records, or ``poll(timeout)``; stops at the end when
+    ``stop_at_end``. ``close()`` may be called from any thread: a read blocked elsewhere ends."""
 
     def __init__(self, thread: _LoopThread, inner: AsyncConsumer) -> None:
         self._t = thread
         self._c = inner
         self._it: Any = None
+
+    def poll(self, timeout_s: float) -> list[ConsumerRecord]:
+        """Records that arrived within ``timeout_s`` ([] if none)."""
+        return self._t.call(self._c.poll(timeout_s), timeout_s + self._c.client.timeout_s)
 
     def batches(self) -> Iterator[list[ConsumerRecord]]:
         gen = self._c.batches()
@@ -343,17 +370,22 @@ class Consumer:
             yield from batch
 
     def close(self) -> None:
-        self._t.call(self._c.close())
+        self._t.call(self._c.close(), CLOSE_TIMEOUT_S)
+
+
+CLOSE_TIMEOUT_S = 10.0
 
 
 class Client:
-    """Synchronous entry point. ``with kolk.Client("127.0.0.1:9003") as c: ...``"""
+    """Synchronous entry point. ``with kolk.Client() as c: ...`` (the local cluster), or
+    ``kolk.Client("host:9003", tls=TlsConfig(ca, cert, key))``; the options are AsyncClient's."""
 
-    def __init__(self, sc: str | list[str] = DEFAULT_SC, *, timeout_s: float = 30.0) -> None:
+    def __init__(self, sc: str | list[str] | None = None, *, timeout_s: float = 30.0,
+                 tls: TlsConfig | None = None) -> None:
         self._t = _LoopThread()
 
         async def make() -> AsyncClient:
-            return AsyncClient(sc, timeout_s=timeout_s)
+            return AsyncClient(sc, timeout_s=timeout_s, tls=tls)
         self._c = self._t.call(make())
 
     def producer(self, topic: str, **options: Any) -> Producer:

@@ -14,17 +14,24 @@ import asyncio
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, AsyncIterator, NamedTuple
 
-import capnp
+from .errors import InvalidRequestError, KolkError, OffsetOutOfRangeError, PartitionOfflineError
+from .protocol.channel import CallRejected, ClientConnection, ClientStream, ConnectionLost, StreamEnded
+import struct
+from typing import Iterator
 
-from .errors import InvalidRequestError, KolkError, error_from_wire
-from .segments import decode_records
-from .segments.batch import iter_batches
-from .wire import schema
+from .segments import CODEC_NONE, InvalidBatchError, decode_records
+from .segments.batch import HEADER_SIZE, iter_batches
+from .wire import error_from_struct, transport_error
 
 if TYPE_CHECKING:
     from .client import AsyncClient
 
 IDLE_PROBE_S = 1.0  # with no push for this long, check that the stream's SPU still answers
+PROBE_TIMEOUT_S = 5.0
+RETRY_BACKOFF_S = 0.1
+TRANSPORT_ERRORS = (CallRejected, ConnectionLost, StreamEnded, TimeoutError)
+_RECORD_HEAD = struct.Struct("<IBqIi")  # length, attributes, timestamp delta, offset delta, key length
+_I32 = struct.Struct("<i")
 BATCH_BYTES_MAX = 64 << 20
 
 
@@ -70,38 +77,83 @@ class ConsumerRecord(NamedTuple):
     headers: tuple[tuple[str, bytes | None], ...] = ()
 
 
-class _Sink(schema.StreamConsumer.Server):
-    def __init__(self, queue: asyncio.Queue[Any]) -> None:
-        self.queue = queue
+class RecordBatch:
+    """One stored batch as it arrived, for users who want throughput: nothing is decoded until
+    asked. ``count`` and the offsets come from the batch header; ``values()`` yields each
+    value as a memoryview into the batch (no copy, uncompressed batches); ``records()``
+    decodes ConsumerRecords. Records before ``start`` (where the consumer stood) are left out."""
 
-    async def push(self, records, highWatermark, nextOffset, accumulators, _context, **kwargs):  # noqa: N803, ANN001
-        self.queue.put_nowait((bytes(records), int(highWatermark), int(nextOffset), [bytes(a) for a in accumulators]))
+    __slots__ = ("partition", "data", "pos", "header", "start")
 
-    async def fail(self, error, _context, **kwargs):  # noqa: ANN001
-        self.queue.put_nowait(error_from_wire(error.code, error.message, None, error.retriable))
+    def __init__(self, partition: int, data: bytes, pos: int, header: Any, start: int) -> None:
+        self.partition = partition
+        self.data = data
+        self.pos = pos
+        self.header = header
+        self.start = start
+
+    @property
+    def base_offset(self) -> int:
+        return self.header.base_offset
+
+    @property
+    def last_offset(self) -> int:
+        return self.header.base_offset + self.header.last_offset_delta
+
+    @property
+    def count(self) -> int:
+        """Records of the batch at or after ``start`` (from the header, when the batch is whole)."""
+        if self.header.base_offset >= self.start:
+            return self.header.record_count
+        return sum(1 for r in self.records())
+
+    def __len__(self) -> int:
+        return self.count
+
+    def records(self) -> list[ConsumerRecord]:
+        out = decode_records(self.data, self.pos, record_type=ConsumerRecord, leading=(self.partition,))
+        if self.header.base_offset < self.start:
+            out = [r for r in out if r.offset >= self.start]
+        return out
+
+    def values(self) -> Iterator[memoryview | None]:
+        """Each value (None for a null value), as a view into the batch."""
+        h = self.header
+        if h.codec != CODEC_NONE:
+            for r in self.records():
+                yield None if r.value is None else memoryview(r.value)
+            return
+        view = memoryview(self.data)
+        p = self.pos + HEADER_SIZE
+        end = self.pos + h.size
+        base, start = h.base_offset, self.start
+        for _ in range(h.record_count):
+            length, _attrs, _ts, offset_delta, klen = _RECORD_HEAD.unpack_from(view, p)
+            q = p + _RECORD_HEAD.size + max(klen, 0)
+            (vlen,) = _I32.unpack_from(view, q)
+            q += 4
+            if base + offset_delta >= start:
+                yield None if vlen < 0 else view[q:q + vlen]
+            p += 4 + length
+            if p > end:
+                raise InvalidBatchError(f"the batch at offset {base} is malformed", self.pos)
 
 
 class _PartitionStream:
+    """One partition's stream from its leader: reopened at the next offset when it breaks."""
+
     def __init__(self, consumer: "AsyncConsumer", partition: int, offset: int) -> None:
         self.c = consumer
         self.partition = partition
         self.offset = offset  # next offset to hand out
         self.high_watermark = -1
-        self.queue: asyncio.Queue[Any] = asyncio.Queue()
         self.accumulators: list[bytes] | None = None  # the chain's aggregate state after the last push
-        self.control: Any = None
-        self.spu: Any = None
+        self.stream: ClientStream | None = None
+        self.spu: ClientConnection | None = None
         self.address: str | None = None
-        self._grants: set[asyncio.Future[Any]] = set()
-
-    def _grant_done(self, fut: asyncio.Future[Any]) -> None:
-        self._grants.discard(fut)
-        if not fut.cancelled() and fut.exception() is not None:
-            self.control = None  # the stream broke; next_chunk reopens it
 
     async def open(self) -> None:
         client = self.c.client
-        self.queue = asyncio.Queue()
         self.spu, self.address = await client.leader_spu(self.c.topic, self.partition)
         chain = []
         for i, (name, params) in enumerate(self.c.smartmodules):
@@ -109,65 +161,82 @@ class _PartitionStream:
             if self.accumulators is not None and i < len(self.accumulators):
                 stage.update(accumulator=self.accumulators[i], hasAccumulator=True)
             chain.append(stage)
-        r = await self.spu.stream(self.c.topic, self.partition, self.offset, self.c.isolation, self.c.window_bytes,
-                                  _Sink(self.queue), chain)
+        r, stream = await self.spu.open_stream(
+            "stream", self.c.window_bytes, client.timeout_s, topic=self.c.topic, partition=self.partition,
+            offset=self.offset, isolation=self.c.isolation, smartmodules=chain)
         client.check(r.result)
-        self.control = r.control
+        self.stream = stream
 
-    async def next_chunk(self) -> list[ConsumerRecord]:
-        """Records from the next push (possibly none), reopening the stream when it broke."""
+    def close(self) -> None:
+        if self.stream is not None:
+            self.stream.close()
+            self.stream = None
+
+    async def next_push(self) -> tuple[bytes, int]:
+        """The next push's batch bytes and the offset it starts to matter at (possibly no
+        bytes), reopening the stream when it broke."""
         while True:
             try:
-                if self.control is None:
-                    await self.open()
                 try:
-                    item = await asyncio.wait_for(self.queue.get(), IDLE_PROBE_S)
-                except asyncio.TimeoutError:
-                    # Idle: make sure the SPU is still there and still leads.
-                    r = await asyncio.wait_for(self.spu.offsets(self.c.topic, self.partition), 5)
-                    self.c.client.check(r.result)
-                    self.high_watermark = r.highWatermark
-                    return []
-                if isinstance(item, KolkError):
-                    self.control = None
-                    raise item  # the stream ended on an error (a SmartModule failed)
-                data, hw, next_offset, accumulators = item
-                self.high_watermark = hw
-                if accumulators:
-                    self.accumulators = accumulators
-                if not data:
-                    # A keepalive, or batches a SmartModule dropped whole: the SPU has read
-                    # (and this consumer has handed out) everything before next_offset.
-                    self.offset = max(self.offset, next_offset)
-                    return []
-                out = self._decode(data)
+                    if self.stream is None:
+                        await self.open()
+                    assert self.stream is not None and self.spu is not None
+                    try:
+                        push = await self.stream.next(IDLE_PROBE_S)
+                    except TimeoutError:
+                        # Idle: make sure the SPU is still there and still leads.
+                        r = await self.spu.call("offsets", PROBE_TIMEOUT_S, topic=self.c.topic,
+                                                partition=self.partition)
+                        self.c.client.check(r.result)
+                        self.high_watermark = r.highWatermark
+                        return b"", self.offset
+                except TRANSPORT_ERRORS as e:
+                    if isinstance(e, StreamEnded) and e.error is not None:
+                        self.stream = None
+                        raise error_from_struct(e.error) from None  # a SmartModule failed
+                    raise transport_error(e, self.address or f"the leader of {self.c.topic}-{self.partition}") from e
+                self.high_watermark = push.highWatermark
+                if len(push.accumulators):
+                    self.accumulators = [bytes(a) for a in push.accumulators]
+                data = push.records
+                next_offset = push.nextOffset
+                start = self.offset
+                # An empty push is a keepalive, or batches a SmartModule dropped whole: the SPU
+                # has read (and this consumer has handed out) everything before next_offset.
                 self.offset = max(self.offset, next_offset)
-                # Grant the window back without waiting for the answer: a lost grant shows up
-                # as a broken stream on the next push or probe.
-                self._grants.add(grant := asyncio.ensure_future(self.control.grant(len(data))))
-                grant.add_done_callback(self._grant_done)
-                return out
-            except (KolkError, capnp.KjException, asyncio.TimeoutError, OSError) as e:
-                if isinstance(e, KolkError) and not e.retriable:
+                return data, start
+            except KolkError as e:
+                if not e.retriable:
                     raise
-                self.control = None
-                if not isinstance(e, KolkError):
+                self.close()
+                if not isinstance(e, (PartitionOfflineError,)) and self.address is not None:
                     self.c.client.drop_connection(self.address)
                 self.c.client.forget_leaders(self.c.topic)
-                await asyncio.sleep(0.1)  # backoff before asking for the new leader
+                await asyncio.sleep(RETRY_BACKOFF_S)  # backoff before asking for the new leader
 
-    def _decode(self, data: bytes) -> list[ConsumerRecord]:
+    async def next_chunk(self) -> list[ConsumerRecord]:
+        """Records of the next push (possibly none)."""
+        data, start = await self.next_push()
+        return self._decode(data, start) if data else []
+
+    async def next_batches(self) -> list[RecordBatch]:
+        """The batches of the next push (possibly none), undecoded."""
+        data, start = await self.next_push()
+        if not data:
+            return []
+        return [RecordBatch(self.partition, data, pos, h, start)
+                for pos, h in iter_batches(data, BATCH_BYTES_MAX, shared_offsets=True) if h.next_offset > start]
+
+    def _decode(self, data: bytes, start: int) -> list[ConsumerRecord]:
         leading = (self.partition,)
         out: list[ConsumerRecord] = []
         for pos, h in iter_batches(data, BATCH_BYTES_MAX, shared_offsets=True):
-            if h.next_offset <= self.offset:
-                continue  # wholly before where this consumer stands
+            if h.next_offset <= start:
+                continue  # wholly before where this consumer stood
             records = decode_records(data, pos, record_type=ConsumerRecord, leading=leading)
-            if h.base_offset < self.offset:
-                records = [r for r in records if r.offset >= self.offset]
+            if h.base_offset < start:
+                records = [r for r in records if r.offset >= start]
             out.extend(records)
-        if out:
-            self.offset = out[-1].offset + 1
         return out
 
 
@@ -201,6 +270,8 @@ class AsyncConsumer:
         self.stop_at_end = stop_at_end
         self.smartmodules = normalize_chain(smartmodules)
         self._streams: list[_PartitionStream] = []
+        self._pending: dict[asyncio.Future[Any], _PartitionStream] = {}
+        self._closed = False
 
     async def _resolve(self) -> None:
         parts = await self.client.partitions(self.topic)
@@ -215,7 +286,10 @@ class AsyncConsumer:
             elif s.kind == "end":
                 offset = hw
             elif s.kind == "absolute":
-                offset = min(max(s.value, start), leo)
+                if s.value > leo:
+                    raise OffsetOutOfRangeError(f"offset {s.value} is past the end of {self.topic}-{p}, which holds "
+                                                f"offsets {start} to {leo - 1} (next offset {leo})")
+                offset = max(s.value, start)
             elif s.kind == "from_end":
                 offset = max(start, hw - s.value)
             else:
@@ -224,24 +298,61 @@ class AsyncConsumer:
             stream.high_watermark = hw
             self._streams.append(stream)
 
-    async def batches(self) -> AsyncIterator[list[ConsumerRecord]]:
-        """Records as lists, one per push: the fast way to read."""
+    async def _next(self, timeout_s: float | None, raw: bool) -> list[Any] | None:
+        """The next non-empty push of any partition (records, or RecordBatches when ``raw``);
+        [] when ``timeout_s`` passes first; None when there is nothing more (stop_at_end, or
+        closed)."""
+        if self._closed:
+            return None
         if not self._streams:
             await self._resolve()
-        pending = {asyncio.ensure_future(s.next_chunk()): s for s in self._streams if not self._done(s)}
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout_s is None else loop.time() + timeout_s
+        while True:
+            for s in self._streams:
+                if s not in self._pending.values() and not self._done(s):
+                    self._pending[asyncio.ensure_future(s.next_batches() if raw else s.next_chunk())] = s
+            if not self._pending or self._closed:
+                return None
+            left = None if deadline is None else max(0.0, deadline - loop.time())
+            done, _ = await asyncio.wait(self._pending, timeout=left, return_when=asyncio.FIRST_COMPLETED)
+            if self._closed:
+                return None
+            if not done:
+                return []
+            out: list[Any] = []
+            for fut in done:
+                self._pending.pop(fut, None)
+                out.extend(fut.result())
+            if out:
+                return out
+
+    async def poll(self, timeout_s: float) -> list[ConsumerRecord]:
+        """Records that arrive within ``timeout_s`` (at most one push per partition); [] if
+        none did, or once the consumer is closed or (stop_at_end) has read everything."""
+        return await self._next(timeout_s, raw=False) or []
+
+    async def batches(self) -> AsyncIterator[list[ConsumerRecord]]:
+        """Records as lists, one per push: the fast way to read records."""
         try:
-            while pending:
-                done, _ = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-                for fut in done:
-                    s = pending.pop(fut)
-                    records = fut.result()
-                    if records:
-                        yield records
-                    if not self._done(s):
-                        pending[asyncio.ensure_future(s.next_chunk())] = s
+            while (records := await self._next(None, raw=False)) is not None:
+                yield records
         finally:
-            for fut in pending:
-                fut.cancel()
+            self._cancel_pending()
+
+    async def record_batches(self) -> AsyncIterator[RecordBatch]:
+        """Stored batches, undecoded (:class:`RecordBatch`): the fastest way to read."""
+        try:
+            while (batches := await self._next(None, raw=True)) is not None:
+                for batch in batches:
+                    yield batch
+        finally:
+            self._cancel_pending()
+
+    def _cancel_pending(self) -> None:
+        for fut in self._pending:
+            fut.cancel()
+        self._pending.clear()
 
     def _done(self, s: _PartitionStream) -> bool:
         return self.stop_at_end and s.high_watermark >= 0 and s.offset >= s.high_watermark
@@ -252,14 +363,11 @@ class AsyncConsumer:
                 yield rec
 
     async def close(self) -> None:
-        for s in self._streams:
-            if s.control is not None:
-                try:
-                    await s.control.close()
-                except capnp.KjException:
-                    pass  # the SPU is gone already
-            # Break the stream <-> consumer cycle so capabilities are freed by reference
-            # counting, not by the cycle collector at an arbitrary moment.
-            s.control = s.spu = None
-            s.c = None  # type: ignore[assignment]
+        """Stop every partition's stream. Sends one CANCEL frame per stream and waits for
+        nothing, so it returns at once even when an SPU is frozen; a read waiting elsewhere
+        ends (``batches`` stops, ``poll`` returns [])."""
+        self._closed = True
+        self._cancel_pending()
+        for stream in self._streams:
+            stream.close()
         self._streams.clear()

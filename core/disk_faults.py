@@ -280,7 +280,7 @@ class DiskFaults:
         if reports:
             await asyncio.wait(reports, timeout=EXIT_REPORT_DEADLINE_S)
         # Exit now, without the usual teardown: nothing on the lost directory can be saved, and
-        # closing RocksDB and pycapnp over a vanished directory once crashed the process
-        # (SIGSEGV) after this line was logged, hiding the exit status a supervisor acts on.
+        # closing RocksDB over a vanished directory once crashed the process (SIGSEGV) after
+        # this line was logged, hiding the exit status a supervisor acts on.
         logging.shutdown()
         os._exit(EXIT_DATA_DIR_LOST)

@@ -3,6 +3,8 @@ it is and whether a retry can help (``retriable``)."""
 
 from __future__ import annotations
 
+from .protocol.codes import ErrorCode
+
 
 class KolkError(Exception):
     """Root of every error raised by the Kolk client."""
@@ -184,9 +186,18 @@ _BY_CODE: dict[str, type[KolkError]] = {
     "duplicateSequence": DuplicateSequenceError,
     "denied": PermissionDeniedError,
     "smartModule": KolkError,
+    "malformed": InvalidRequestError,
+    "unknownCall": InvalidRequestError,
+    "limitExceeded": ClusterUnavailableError,
+    "internal": KolkError,
 }
 
 
+assert set(_BY_CODE) <= {c.value for c in ErrorCode}, set(_BY_CODE) - {c.value for c in ErrorCode}
+
+
 def error_from_wire(code: str, message: str, leader: str | None = None, retriable: bool = False) -> KolkError:
+    """The exception for a wire error. A code this version does not know is a KolkError that
+    is retriable only if the server said so."""
     cls = _BY_CODE.get(code, KolkError)
     return cls(message, code=code, leader=leader, retriable=retriable or cls.retriable)

@@ -7,12 +7,12 @@ from its log end offset, append the batches as they are (offsets and epochs kept
 fetch again; the next fetch tells the leader how far it has come. The follower's high
 watermark is the leader's, capped by its own log end.
 
-Every call has a deadline (``asyncio.timeout``: on Python 3.11 ``wait_for`` can swallow a
-cancellation), and before touching the log the loop checks it is still the replica's follower
-task, so a loop cancelled as a reply arrived cannot append a deposed leader's batches.
-A leader that stops answering (killed, cut off by the network)
-costs at most ``fetch_wait_ms`` plus ``call_timeout_s`` before the connection is dropped and
-opened again. Errors back off from 50 ms up to 1 s; a new epoch from the SC restarts the loop.
+Every call has a deadline (the transport cancels a call that misses it), and before touching
+the log the loop checks it is still the replica's follower task, so a loop cancelled as a
+reply arrived cannot append a deposed leader's batches. A leader that stops answering
+(killed, cut off by the network) costs at most ``fetch_wait_ms`` plus ``call_timeout_s``
+before the connection is dropped and opened again. Errors back off from 50 ms up to 1 s; a
+new epoch from the SC restarts the loop.
 """
 
 from __future__ import annotations
@@ -21,17 +21,15 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING, Any
 
-import capnp
-
 from .segments.batch import iter_batches
 from .segments.errors import InvalidBatchError, StorageError
 from .segments.leader_epochs import UNDEFINED_EPOCH
 from .segments.producer_state import ProducerStateTable
 from .disk_faults import is_disk_fault
 from .errors import KolkError
+from .protocol.channel import CallRejected, ClientConnection, ConnectionLost
 from .security.tls import TlsConfig
-from .transport import connect
-from .wire import schema
+from .transport import SPU, connect
 
 if TYPE_CHECKING:
     from .replica import Replica
@@ -57,38 +55,35 @@ class TruncationRefused(Exception):
 
 
 class PeerPool:
-    """One Cap'n Proto connection per leader SPU, shared by every partition it leads here."""
+    """One connection per leader SPU, shared by every partition it leads here."""
 
     def __init__(self, tls: TlsConfig | None = None) -> None:
         self.tls = tls
-        self._conns: dict[str, tuple[Any, Any]] = {}
+        self._conns: dict[str, ClientConnection] = {}
         self._locks: dict[str, asyncio.Lock] = {}
 
-    async def get(self, address: str) -> Any:
+    async def get(self, address: str) -> ClientConnection:
+        """The open connection to ``address``, opened now if there is none; KolkError if it
+        cannot be (core/transport.py says why)."""
         conn = self._conns.get(address)
-        if conn is not None:
-            return conn[1]
+        if conn is not None and not conn.is_closed:
+            return conn
         lock = self._locks.setdefault(address, asyncio.Lock())
         async with lock:
             conn = self._conns.get(address)
-            if conn is not None:
-                return conn[1]
-            stream = await connect(address, self.tls, CONNECT_TIMEOUT_S)
-            two_party = capnp.TwoPartyClient(stream)
-            spu = two_party.bootstrap().cast_as(schema.Spu)
-            self._conns[address] = (two_party, spu)
-            return spu
+            if conn is not None and not conn.is_closed:
+                return conn
+            conn = await connect(SPU, address, self.tls, CONNECT_TIMEOUT_S)
+            self._conns[address] = conn
+            return conn
 
-    def drop(self, address: str, spu: Any = None) -> None:
-        """Forget the connection to ``address`` (only if it is still ``spu``, when given: another
-        task may have opened a fresh one meanwhile)."""
-        conn = self._conns.get(address)
-        if conn is not None and (spu is None or conn[1] is spu):
+    def drop(self, address: str, conn: ClientConnection | None = None) -> None:
+        """Close and forget the connection to ``address`` (only if it is still ``conn``, when
+        given: another task may have opened a fresh one meanwhile)."""
+        current = self._conns.get(address)
+        if current is not None and (conn is None or current is conn):
             del self._conns[address]
-            try:
-                conn[0].close()
-            except Exception:  # noqa: BLE001 - already broken
-                pass
+            current.close()
 
     def close(self) -> None:
         for address in list(self._conns):
@@ -104,15 +99,15 @@ async def follow(server: "SpuServer", replica: "Replica", leader: int, epoch: in
     me = asyncio.current_task()
     while True:
         address = server.spu_private_address(leader)
-        spu = None
+        conn = None
         try:
             if not address:
                 raise FetchFailed("notFound", f"SPU {leader} is not known here yet")
-            spu = await server.peers.get(address)
+            conn = await server.peers.get(address)
             if not truncated:
-                await _truncate_divergent(spu, server, replica, leader, epoch, cfg.replica_call_timeout_s, me)
+                await _truncate_divergent(conn, server, replica, leader, epoch, cfg.replica_call_timeout_s, me)
                 truncated = True
-            await _fetch_once(spu, server, replica, epoch, me)
+            await _fetch_once(conn, server, replica, epoch, me)
             backoff = BACKOFF_MIN_S
             continue
         except asyncio.CancelledError:
@@ -121,10 +116,10 @@ async def follow(server: "SpuServer", replica: "Replica", leader: int, epoch: in
             if e.code in ("offsetOutOfRange", "diverged"):
                 truncated = False  # the leader's log moved under us: find the divergence again
             log.debug("%s: fetch from SPU %s failed: %s", replica.name, leader, e)
-        except (capnp.KjException, OSError, TimeoutError, KolkError) as e:
+        except (ConnectionLost, OSError, TimeoutError, KolkError) as e:
             log.info("%s: connection to leader SPU %s (%s) failed: %s", replica.name, leader, address, e)
             if address:
-                server.peers.drop(address, spu)
+                server.peers.drop(address, conn)
         except TruncationRefused as e:
             if not reported:
                 log.error("%s: %s; refusing to follow it and reporting it to the SC", replica.name, e)
@@ -140,16 +135,19 @@ async def follow(server: "SpuServer", replica: "Replica", leader: int, epoch: in
 
 def _still_mine(replica: "Replica", me: "asyncio.Task[Any] | None") -> None:
     """Raise CancelledError unless this task is still the replica's follower task: a
-    cancellation that raced a finished RPC must not let an old loop touch the log."""
+    cancellation that raced a finished call must not let an old loop touch the log."""
     if me is None or replica.follower_task is not me:
         raise asyncio.CancelledError()
 
 
-async def _call(coro: Any, timeout_s: float) -> Any:
-    # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancellation that
-    # arrives as the call completes.
-    async with asyncio.timeout(timeout_s):
-        return await coro
+async def _call(conn: ClientConnection, name: str, timeout_s: float, **fields: Any) -> Any:
+    """Call the leader; its response struct. A request the leader refused before handling it
+    is a failed fetch (the connection is fine); a lost connection or a missed deadline is
+    raised as is (the connection is dropped)."""
+    try:
+        return await conn.call(name, timeout_s, **fields)
+    except CallRejected as e:
+        raise FetchFailed(e.error.code, e.error.message) from None
 
 
 async def _report_leader_loss(server: "SpuServer", replica: "Replica", leader: int, epoch: int, reason: str) -> bool:
@@ -171,7 +169,7 @@ def may_truncate_acknowledged(replica: "Replica", ignore_for_tests: bool = False
     return ignore_for_tests or (unclean is not None and replica.log.leader_epochs.latest_epoch < unclean)
 
 
-async def _truncate_divergent(spu: Any, server: "SpuServer", replica: "Replica", leader: int, epoch: int,
+async def _truncate_divergent(conn: ClientConnection, server: "SpuServer", replica: "Replica", leader: int, epoch: int,
                               timeout_s: float, me: "asyncio.Task[Any] | None") -> None:
     """Cut our log where it diverges from the leader's (KIP-279): ask where our latest epoch
     ends there; if the leader answers with an epoch we do not have, cut to where that range
@@ -181,7 +179,8 @@ async def _truncate_divergent(spu: Any, server: "SpuServer", replica: "Replica",
     for _ in range(EPOCH_ROUNDS_MAX):
         if lg.log_end_offset == lg.log_start_offset:
             return
-        r = await _call(spu.epochEndOffset(replica.name, server.config.spu_id, epoch, query), timeout_s)
+        r = await _call(conn, "epochEndOffset", timeout_s, partition=replica.name, replicaId=server.config.spu_id,
+                        epoch=epoch, lastEpoch=query)
         if not r.result.ok:
             raise FetchFailed(r.result.error.code, r.result.error.message)
         _still_mine(replica, me)
@@ -217,15 +216,15 @@ def _truncate(replica: "Replica", target: int, leader: int, epoch: int, allow_be
         replica.wake()
 
 
-async def _fetch_once(spu: Any, server: "SpuServer", replica: "Replica", epoch: int,
+async def _fetch_once(conn: ClientConnection, server: "SpuServer", replica: "Replica", epoch: int,
                       me: "asyncio.Task[Any] | None") -> None:
     cfg = server.config
     lg = replica.log
     offset = lg.log_end_offset
     await replica.group.wait_durable(offset)  # the fetch offset must be durable here: it is our ack
-    r = await _call(
-        spu.replicaFetch(replica.name, cfg.spu_id, epoch, offset, cfg.replica_fetch_bytes, cfg.replica_fetch_wait_ms),
-        cfg.replica_fetch_wait_ms / 1000 + cfg.replica_call_timeout_s)
+    r = await _call(conn, "replicaFetch", cfg.replica_fetch_wait_ms / 1000 + cfg.replica_call_timeout_s,
+                    partition=replica.name, replicaId=cfg.spu_id, epoch=epoch, offset=offset,
+                    maxBytes=cfg.replica_fetch_bytes, maxWaitMs=cfg.replica_fetch_wait_ms)
     _still_mine(replica, me)
     if not r.result.ok:
         code = r.result.error.code

@@ -3,7 +3,11 @@
 Data and logs live under ``$KOLK_HOME`` (default ``~/.kolk``): ``local/sc``, ``local/spu-N``,
 ``local/logs``. A profile file, ``$KOLK_HOME/profile.json``, records the SC address and the
 process ids, so that later commands find the cluster and ``stop`` stops exactly the
-processes ``start`` started (by pid, never by name). Ports come from the OS.
+processes ``start`` started (by pid, never by name).
+
+Ports stay the same across restarts, as Fluvio's local cluster keeps 9003: the first start
+takes the SC at 9003 (its Raft port 9004) and SPU N at 9010+N when they are free, else ports
+from the OS, and records them in ``local/ports.json``; later starts reuse them while free.
 """
 
 from __future__ import annotations
@@ -87,6 +91,46 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+PREFERRED_PORTS = {"sc": 9003, "raft": 9004}
+SPU_PORT_BASE = 9010
+PORTS_FILE = "ports.json"
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def stable_port(base: str, name: str) -> int:
+    """The port ``name`` (sc, raft, spu-N) had last time if it is free, else its preferred
+    port if free, else one from the OS; recorded for the next start."""
+    path = os.path.join(base, PORTS_FILE)
+    try:
+        with open(path, encoding="utf-8") as f:
+            ports = {k: int(v) for k, v in json.load(f).items()}
+    except (OSError, ValueError, AttributeError):
+        ports = {}
+    taken = {p for k, p in ports.items() if k != name}
+    preferred = PREFERRED_PORTS.get(name) or SPU_PORT_BASE + int(name.split("-", 1)[1])
+    for candidate in (ports.get(name), preferred):
+        if candidate and candidate not in taken and _port_free(candidate):
+            port = candidate
+            break
+    else:
+        port = _free_port()
+    ports[name] = port
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(ports, f, indent=2)
+    os.replace(tmp, path)
+    return port
+
+
 def _spawn(args: list[str], log_path: str, env: dict[str, str]) -> int:
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
@@ -147,13 +191,13 @@ def start(spus: int = 1, tls: bool = False) -> dict[str, Any]:
         node_tls = ["--tls-ca", node["ca"], "--tls-cert", node["cert"], "--tls-key", node["key"]]
     deadline = time.monotonic() + START_TIMEOUT_S
     pids: dict[str, int] = {}
-    sc_admin = f"127.0.0.1:{_free_port()}"
+    sc_admin = f"127.0.0.1:{stable_port(base, 'sc')}"
     ready = os.path.join(base, "sc.ready")
     if os.path.exists(ready):
         os.unlink(ready)
     sc_log = os.path.join(logs, "sc.log")
     pids["sc"] = _spawn(py + ["sc", "--id", "1", "--data-dir", os.path.join(base, "sc"),
-                              "--raft", f"127.0.0.1:{_free_port()}", "--admin", sc_admin,
+                              "--raft", f"127.0.0.1:{stable_port(base, 'raft')}", "--admin", sc_admin,
                               "--secret-file", secret_file, "--ready-file", ready, *node_tls], sc_log, env)
     try:
         _wait_ready(ready, pids["sc"], "the SC", sc_log, deadline)
@@ -181,7 +225,8 @@ def _spawn_spu(i: int, sc_admin: str, base: str, node_tls: list[str], env: dict[
     if os.path.exists(ready):
         os.unlink(ready)
     return _spawn([sys.executable, "-m", "kolk", "spu", "--id", str(i), "--sc", sc_admin, "--data-dir",
-                   os.path.join(base, f"spu-{i}"), "--public", f"127.0.0.1:{_free_port()}", "--ready-file", ready,
+                   os.path.join(base, f"spu-{i}"), "--public", f"127.0.0.1:{stable_port(base, f'spu-{i}')}",
+                   "--ready-file", ready,
                    *node_tls], os.path.join(base, "logs", f"spu-{i}.log"), env)
 
 

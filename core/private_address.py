@@ -15,10 +15,9 @@ import asyncio
 import os
 from typing import TYPE_CHECKING
 
-import capnp
-
 from .errors import KolkError
 from .follower import PeerPool
+from .protocol.channel import CallRejected, ConnectionLost
 
 if TYPE_CHECKING:
     from .spu import SpuConfig
@@ -38,22 +37,25 @@ async def private_address_problem(config: "SpuConfig", instance_id: str) -> str:
     try:
         while True:
             try:
-                async with asyncio.timeout(max(0.1, min(3.0, deadline - loop.time()))):
-                    answer = await (await pool.get(private)).identify()
+                timeout_s = max(0.1, min(3.0, deadline - loop.time()))
+                async with asyncio.timeout(timeout_s):
+                    answer = await (await pool.get(private)).call("identify", timeout_s)
                 if answer.instanceId == instance_id:
                     return ""
                 if answer.result.ok:
                     found = (f"another process of SPU {answer.spuId} answers there" if answer.spuId ==
                              config.spu_id else f"another SPU (SPU {answer.spuId}) answers there")
                     break  # not going to change: no point waiting
-                found = f"it refuses this SPU: {answer.result.message}"
+                found = f"it refuses this SPU: {answer.result.error.message}"
             except KolkError as e:  # from connect (core/transport.py)
                 # TLS refused is "refused"; anything else is "nothing listens there (yet)".
                 cause = e.__cause__
                 why = os.strerror(cause.errno).lower() if isinstance(cause, OSError) and cause.errno else str(e)
                 found = f"it refuses this SPU: {e}" if not e.retriable else f"nothing answers there ({why})"
-            except capnp.KjException as e:
-                found = f"it refuses this SPU (not an SPU, or an older one): {e.description}"
+            except CallRejected as e:
+                found = f"it refuses this SPU (not an SPU, or an older one): {e.error.message}"
+            except ConnectionLost as e:
+                found = f"it closes the connection (not an SPU, or an older one): {e}"
             except TimeoutError:
                 found = f"nothing answers there within {PRIVATE_CHECK_S_MAX:.0f} s"
             pool.drop(private)

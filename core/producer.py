@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 import crc32c as _crc32c
 
 from .consumer import normalize_chain
-from .errors import InvalidRequestError, KolkError
+from .errors import InvalidRequestError, KolkError, RequestTimeoutError
 from .segments import CODEC_GZIP, CODEC_NONE, CODEC_ZSTD, build_batch
 from .segments.producer_state import BATCHES_KEPT
 
@@ -62,7 +62,11 @@ class _Batch:
 
 
 class RecordFuture:
-    """Resolves to :class:`RecordMetadata`. Cheap: one per record, one asyncio future per batch."""
+    """Resolves to :class:`RecordMetadata`. Cheap: one per record, one asyncio future per batch.
+
+    Each record's wait is its own: cancelling it (``asyncio.wait_for(future, t)`` timing out)
+    never cancels the batch it shares with other records, so they still learn their offsets.
+    """
 
     __slots__ = ("_batch_future", "_index", "_topic", "_partition")
 
@@ -78,8 +82,11 @@ class RecordFuture:
     def result_now(self) -> RecordMetadata:
         return RecordMetadata(self._topic, self._partition, self._batch_future.result() + self._index)
 
+    def exception(self) -> BaseException | None:
+        return self._batch_future.exception()
+
     def __await__(self):  # noqa: ANN204
-        base = yield from self._batch_future.__await__()
+        base = yield from asyncio.shield(self._batch_future).__await__()
         return RecordMetadata(self._topic, self._partition, base + self._index)
 
 
@@ -100,7 +107,7 @@ class SentRecords:
     def __await__(self):  # noqa: ANN204
         out: list[RecordMetadata] = []
         for future, first, n in self.parts:
-            base = yield from future.__await__()
+            base = yield from asyncio.shield(future).__await__()
             out.extend(RecordMetadata(self.topic, self.partition, base + first + i) for i in range(n))
         return out
 
@@ -110,13 +117,21 @@ class AsyncProducer:
                  linger_ms: float = 5.0, compression: str = "none", partitioner: str = "key",
                  retries: int = 20, request_timeout_ms: int = 30_000, in_flight_max: int = 4,
                  buffer_bytes_max: int = 64 << 20, idempotent: bool | None = None,
-                 smartmodules: Any = None) -> None:
+                 smartmodules: Any = None, delivery_timeout_ms: int = 120_000) -> None:
+        """``request_timeout_ms``: how long one produce request may take (the SPU answers by
+        then; the client gives up a second later). ``delivery_timeout_ms``: how long a record
+        may take from ``send`` to its answer, retries included (Kafka's delivery.timeout.ms);
+        past it the record fails with RequestTimeoutError (``outcome_unknown`` when a request
+        carrying it had been sent)."""
         if acks not in ACKS:
             raise InvalidRequestError(f"acks must be one of {', '.join(ACKS)}, got {acks!r}")
         if compression not in CODECS:
             raise InvalidRequestError(f"compression must be one of {', '.join(CODECS)}, got {compression!r}")
         if partitioner not in ("key", "round_robin"):
             raise InvalidRequestError("partitioner must be 'key' or 'round_robin'")
+        if delivery_timeout_ms < request_timeout_ms + linger_ms:
+            raise InvalidRequestError(f"delivery_timeout_ms ({delivery_timeout_ms}) must be at least "
+                                      f"request_timeout_ms + linger_ms ({request_timeout_ms + linger_ms:g})")
         if not 1 <= in_flight_max <= 64 or batch_bytes < 1024 or buffer_bytes_max < batch_bytes:
             raise InvalidRequestError("need 1 <= in_flight_max <= 64, batch_bytes >= 1 KiB, "
                                       "buffer_bytes_max >= batch_bytes")
@@ -157,6 +172,7 @@ class AsyncProducer:
         self.partitioner = partitioner
         self.retries = retries
         self.request_timeout_ms = request_timeout_ms
+        self.delivery_timeout_s = delivery_timeout_ms / 1000
         self.buffer_bytes_max = buffer_bytes_max
         self._loop = asyncio.get_running_loop()
         self._open: dict[int, _Batch] = {}
@@ -317,8 +333,16 @@ class AsyncProducer:
     async def _send_batch(self, batch: _Batch) -> None:
         try:
             data = self._build(batch)
-            base = await self.client.produce(self.topic, batch.partition, data, self.acks,
-                                             self.request_timeout_ms, self.retries, self.smartmodules)
+            left = batch.created + self.delivery_timeout_s - time.monotonic()
+            try:
+                async with asyncio.timeout(max(left, 0.001)):
+                    base = await self.client.produce(self.topic, batch.partition, data, self.acks,
+                                                     self.request_timeout_ms, self.retries, self.smartmodules)
+            except TimeoutError:
+                raise RequestTimeoutError(
+                    f"{len(batch.records)} record(s) for {self.topic}-{batch.partition} were not acknowledged within "
+                    f"delivery_timeout_ms ({self.delivery_timeout_s * 1000:g}); they may or may not have been "
+                    "written (outcome unknown)") from None
             if not batch.future.done():
                 batch.future.set_result(base)
         except Exception as e:  # noqa: BLE001 - every record's future must learn of the failure

@@ -1,9 +1,10 @@
-"""The SC (stream controller): cluster metadata on durable Raft, controllers, and the admin API.
+"""The SC (stream controller): cluster metadata on durable Raft, and the controllers.
 
-One process: the asyncio loop serves Cap'n Proto (``ScAdmin`` in kolk.capnp) and runs the
-controllers; pysyncobj runs Raft on its own thread. Writes become commands proposed through
-Raft (a follower's pysyncobj forwards them to the leader); reads are linearizable by default
-(a ``barrier`` command goes through the log first) and local when ``stale`` is asked for.
+One process: the asyncio loop serves the SC's wire surface (core/sc_api.py: the ``ScRequest``
+calls of core/protocol/kolk.capnp over Kolk's framed transport) and runs the controllers;
+pysyncobj runs Raft on its own thread. Writes become commands proposed through Raft (a
+follower's pysyncobj forwards them to the leader); reads are linearizable by default (a
+``barrier`` command goes through the log first) and local when ``stale`` is asked for.
 Controllers run only on the leader; SPU heartbeats go to the leader and live in its memory,
 so only liveness *changes* go through Raft.
 """
@@ -15,32 +16,24 @@ import json
 import logging
 import os
 import time
+import weakref
 from dataclasses import dataclass, field
-from typing import Any
-
-import capnp
+from typing import Any, Callable, TypeVar
 
 from .metadata.apply import encode_command
-from .metadata.controllers import (choose_leader, place_replicas, reconcile_leaders, reconcile_liveness,
-                                   reconcile_replicas)
-from .metadata.objects import KINDS, TOPIC, State
+from .metadata.controllers import place_replicas, reconcile_leaders, reconcile_liveness, reconcile_replicas
+from .metadata.objects import TOPIC, State
 from .raft.node import RaftConfig, RaftError, RaftNode
 from .sc_state import MetadataStateMachine
 from .audit import AUDIT_TOPIC, AuditLog
-from .authz import NODE_ONLY, Authorizer, Denied
-from .security.policy import PolicyError, policy_from_spec
+from .authz import Authorizer
 from .security.tls import Peer, TlsConfig
-from .transport import serve
-from .wire import WATCH_EVENTS_PER_PUSH_MAX, camel, config_map, schema, set_error, set_object
+from .transport import SC, serve
 
 log = logging.getLogger("kolk.sc")
 
 IGNORE_STORAGE_ID_ENV = "KOLK_TEST_IGNORE_STORAGE_ID"
-LOST_REPLICAS_MAX = 10_000  # entries of one registerSpu's lost list
-LOST_LOGGED_MAX = 20  # lost replicas named in the log per registration
-REASON_CHARS_MAX = 300
-PARTITION_NAME_CHARS_MAX = 210  # a topic name (200) and "-<index>"
-STORAGE_ID_CHARS = 32
+F = TypeVar("F")
 
 
 @dataclass(frozen=True)
@@ -82,6 +75,8 @@ class ScConfig:
             raise ValueError(f"--id {self.node_id} is not among the peers {sorted(self.peers)}")
         if self.changelog_events < 1:
             raise ValueError("changelog_events must be at least 1")
+        if self.watchers_max < 1:
+            raise ValueError("watchers_max must be at least 1")
         if self.heartbeat_timeout_ms <= self.controller_interval_ms:
             raise ValueError("heartbeat_timeout_ms must be longer than controller_interval_ms")
         if self.replica_move_after_ms < self.heartbeat_timeout_ms:
@@ -96,9 +91,52 @@ def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+class WatcherSlot:
+    """One of the SC's watcher places, given back exactly once however its watch ends."""
+
+    def __init__(self, slots: "WatcherSlots") -> None:
+        self._slots: WatcherSlots | None = slots
+
+    def release(self) -> None:
+        if self._slots is not None:
+            self._slots.used -= 1
+            self._slots = None
+
+    def bind(self, feed: F) -> F:
+        """Also give the place back when ``feed`` (the watch's coroutine) is freed: the
+        transport may drop a feed it never started (its connection closed first), and then
+        the feed's own ``finally`` never runs."""
+        weakref.finalize(feed, self.release)
+        return feed
+
+
+class WatcherSlots:
+    """At most ``limit`` (ScConfig.watchers_max) watches at once on this SC: a place is taken
+    when a watch is accepted, before its stream starts, so no burst of requests gets past."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+
+    def take(self) -> WatcherSlot | None:
+        if self.used >= self.limit:
+            return None
+        self.used += 1
+        return WatcherSlot(self)
+
+
+# Makes the handler that serves one admin connection: (server, the peer on the other end).
+HandlerFactory = Callable[["ScServer", Peer], Any]
+
+
 class ScServer:
-    def __init__(self, config: ScConfig) -> None:
+    """The SC's state and duties: Raft, the controllers, SPU liveness, and the admin listener
+    whose connections ``make_handler`` serves (core/sc_api.py's ``ScApi``, passed in by
+    core/sc_main.py so that this module does not depend on the wire surface)."""
+
+    def __init__(self, config: ScConfig, make_handler: HandlerFactory) -> None:
         self.config = config
+        self._make_handler = make_handler
         self.loop = asyncio.get_running_loop()
         self.sm = MetadataStateMachine(self.loop, config.changelog_events)
         me = config.me
@@ -117,7 +155,7 @@ class ScServer:
         self._admin_by_raft = {p.raft_address: p.admin_address for p in config.peers.values()}
         self._heartbeats: dict[int, int] = {}
         self._leader_since_ms: int | None = None
-        self._watchers = 0
+        self.watchers = WatcherSlots(config.watchers_max)
         self._server: Any = None
         self._tasks: list[asyncio.Task[Any]] = []
         self.admin_address = me.admin_address
@@ -143,7 +181,8 @@ class ScServer:
         listen = self.config.bind_admin or self.config.me.admin_address
         host, port = listen.rsplit(":", 1)
         try:
-            self._server = await serve(lambda peer: AdminImpl(self, peer), host, int(port), self.config.tls)
+            self._server = await serve(SC, lambda peer: self._make_handler(self, peer), host, int(port),
+                                       self.config.tls)
         except OSError as e:
             # `kolk sc` checked this port before Raft started (core/sc_main.py); it was taken
             # since. Stop Raft and exit with the same one line (the process cannot serve).
@@ -279,350 +318,3 @@ class ScServer:
                 "metadata_version": state.version, "raft": {k: raft[k] for k in
                                                             ("term", "commit_index", "last_applied", "state",
                                                              "journal_entries", "has_quorum")}}
-
-
-def _newly_lost(before: State, after: State, spu_id: int) -> list[tuple[str, str]]:
-    """Partitions whose replica on ``spu_id`` a registration marked lost: (name, reason)."""
-    out = []
-    for p in after.all("partition"):
-        entry = next((e for e in p.status.get("lost", []) if e["spu"] == spu_id), None)
-        old = before.get("partition", p.name)
-        if entry is not None and (old is None or entry not in old.status.get("lost", [])):
-            out.append((p.name, entry["reason"]))
-    return sorted(out)
-
-
-def _blob_check(kind: str, name: str, action: str) -> tuple[str, str]:
-    """What a put or delete of a stored object needs: create/delete on the module, or admin
-    on the cluster for a policy."""
-    if kind == "smartmodule":
-        return action, f"smartmodule:{name.split('@')[0]}"
-    return "admin", "cluster"
-
-
-def _policy_problem(spec: Any) -> str | None:
-    """Why a policy spec cannot be stored (it must parse here, so every node can enforce it)."""
-    if not isinstance(spec, dict):
-        return "a policy spec is an object with version, source and sha256"
-    try:
-        policy_from_spec(spec)  # parses, sha256 and version match (apply checks it goes forward)
-    except PolicyError as e:
-        return str(e)
-    return None
-
-
-def _fill_error(result: Any, outcome: dict[str, Any], server: ScServer) -> bool:
-    if outcome.get("ok"):
-        result.ok = True
-        return True
-    code = outcome.get("code", "internal")
-    wire_code = code if code in ("noLeader", "timeout") else camel(code)
-    set_error(result, wire_code, outcome.get("message", ""), server.leader_admin(),
-              bool(outcome.get("retriable", False)))
-    return False
-
-
-class WatchHandleImpl(schema.WatchHandle.Server):
-    def __init__(self, task: asyncio.Task[Any]) -> None:
-        self._task = task
-
-    async def cancel(self, _context: Any, **kwargs: Any) -> None:
-        self._task.cancel()
-
-
-class AdminImpl(schema.ScAdmin.Server):
-    """Thin adapter: decode, call the server, encode. Errors become Result values."""
-
-    def __init__(self, server: ScServer, peer: Peer) -> None:
-        self.s = server
-        self.peer = peer
-
-    def _allowed(self, result: Any, action: str, resource: str) -> bool:
-        try:
-            self.s.authorize(self.peer, action, resource)
-            return True
-        except Denied as e:
-            set_error(result, "denied", str(e))
-            return False
-
-    def _changed(self, action: str, resource: str) -> None:
-        self.s.authz.record(self.peer, action, resource, "allow", None, "metadata change")
-
-    def _may_see(self, kind: str, name: str) -> bool:
-        """describe, or anything that implies it (produce, consume on a topic; use a module)."""
-        authz = self.s.authz
-        if kind in ("topic", "partition"):
-            topic = name if kind == "topic" else name.rsplit("-", 1)[0]
-            return any(authz.allowed(self.peer, a, f"topic:{topic}") for a in ("describe", "produce", "consume"))
-        if kind == "smartmodule":
-            return any(authz.allowed(self.peer, a, f"smartmodule:{name.split('@')[0]}") for a in ("describe", "use"))
-        if kind == "policy":
-            return self.peer.node or authz.allowed(self.peer, "admin", "cluster")
-        return True  # SPUs: their addresses are what every client needs
-
-    async def createTopic(self, name, partitions, replicationFactor, config, _context, **kwargs):  # noqa: N802, ANN001
-        r = _context.results
-        if not self._allowed(r.result, "create", f"topic:{name}"):
-            return
-        state = self.s.sm.state
-        try:
-            assignment = place_replicas(state, int(partitions), int(replicationFactor)) if partitions <= 1000 else []
-        except ValueError as e:
-            set_error(r.result, "replicationFactorTooHigh", f"topic {name}: {e}")
-            return
-        cmd = {"op": "create_topic", "name": name, "partitions": int(partitions),
-               "replication_factor": int(replicationFactor), "config": dict(config_map(config)),
-               "assignment": assignment, "ts": now_ms()}
-        if _fill_error(r.result, await self.s.propose(cmd), self.s):
-            self._changed("create", f"topic:{name}")
-            topic = self.s.sm.state.get(TOPIC, name)
-            if topic is not None:
-                set_object(r.topic, topic)
-
-    async def deleteTopic(self, name, _context, **kwargs):  # noqa: N802, ANN001
-        r = _context.results
-        if not self._allowed(r.result, "delete", f"topic:{name}"):
-            return
-        if _fill_error(r.result, await self.s.propose({"op": "delete_topic", "name": name, "ts": now_ms()}), self.s):
-            self._changed("delete", f"topic:{name}")
-
-    async def listObjects(self, kind, stale, _context, **kwargs):  # noqa: N802, ANN001
-        r = _context.results
-        if kind not in KINDS:
-            set_error(r.result, "invalidArgument", f"unknown kind {kind!r}; known: {', '.join(KINDS)}")
-            return
-        state = await self.s.read_state(stale)
-        if isinstance(state, dict):
-            _fill_error(r.result, state, self.s)
-            return
-        objs = sorted((o for o in state.all(kind) if self.peer.node or self._may_see(kind, o.name)),
-                      key=lambda o: o.name)
-        out = r.init("objects", len(objs))
-        for i, o in enumerate(objs):
-            set_object(out[i], o)
-        r.version = state.version
-        r.result.ok = True
-
-    async def getObject(self, kind, name, stale, _context, **kwargs):  # noqa: N802, ANN001
-        r = _context.results
-        if kind not in KINDS:
-            set_error(r.result, "invalidArgument", f"unknown kind {kind!r}; known: {', '.join(KINDS)}")
-            return
-        state = await self.s.read_state(stale)
-        if isinstance(state, dict):
-            _fill_error(r.result, state, self.s)
-            return
-        obj = state.get(kind, name)
-        if obj is not None and not self.peer.node and not self._may_see(kind, name):
-            obj = None  # as if it did not exist: its existence is not this identity's to know
-        r.found = obj is not None
-        if obj is not None:
-            set_object(r.object, obj)
-        r.result.ok = True
-
-    async def putObject(self, kind, name, specJson, hasExpected, expectedVersion, _context, **kwargs):  # noqa: N802, N803, ANN001
-        r = _context.results
-        try:
-            spec = json.loads(specJson)
-        except ValueError as e:
-            set_error(r.result, "invalidArgument", f"specJson is not JSON: {e}")
-            return
-        action, resource = _blob_check(kind, name, "create")
-        if not self._allowed(r.result, action, resource):
-            return
-        if kind == "policy" and name == "active":
-            problem = _policy_problem(spec)
-            if problem:
-                set_error(r.result, "invalidArgument", problem)
-                return
-        cmd = {"op": "put_object", "kind": kind, "name": name, "spec": spec, "ts": now_ms()}
-        if hasExpected:
-            cmd["expected_version"] = int(expectedVersion)
-        outcome = await self.s.propose(cmd)
-        if _fill_error(r.result, outcome, self.s):
-            r.version = outcome["value"]["version"]
-            self._changed(action, resource if kind != "policy" else f"policy:{name} v{spec.get('version')}")
-
-    async def deleteObject(self, kind, name, hasExpected, expectedVersion, _context, **kwargs):  # noqa: N802, N803, ANN001
-        r = _context.results
-        action, resource = _blob_check(kind, name, "delete")
-        if not self._allowed(r.result, action, resource):
-            return
-        cmd = {"op": "delete_object", "kind": kind, "name": name, "ts": now_ms()}
-        if hasExpected:
-            cmd["expected_version"] = int(expectedVersion)
-        if _fill_error(r.result, await self.s.propose(cmd), self.s):
-            self._changed(action, resource)
-
-    async def registerSpu(self, id, rack, publicAddress, privateAddress, storageId, lost, _context, **kwargs):  # noqa: A002, N802, N803, ANN001, E501
-        r = _context.results
-        if not self.peer.node and not self._allowed(r.result, "admin", "cluster"):
-            return
-        if len(lost) > LOST_REPLICAS_MAX:  # checked before a single entry is read
-            set_error(r.result, "tooLarge", f"registerSpu: {len(lost)} lost replicas, more than {LOST_REPLICAS_MAX}")
-            return
-        if len(storageId) > STORAGE_ID_CHARS:
-            set_error(r.result, "invalidArgument", f"registerSpu: storageId of {len(storageId)} characters; a storage "
-                      f"id is {STORAGE_ID_CHARS} hex digits")
-            return
-        if any(len(e.partition) > PARTITION_NAME_CHARS_MAX for e in lost):
-            set_error(r.result, "invalidArgument", f"registerSpu: a lost partition name is longer than "
-                      f"{PARTITION_NAME_CHARS_MAX} characters")
-            return
-        cmd: dict[str, Any] = {"op": "register_spu", "id": int(id), "rack": rack or None,
-                               "public_address": publicAddress, "private_address": privateAddress, "ts": now_ms()}
-        if not self.s.config.ignore_storage_id_for_tests:
-            if storageId:
-                cmd["storage_id"] = str(storageId)
-            if len(lost):
-                cmd["lost"] = [{"partition": str(e.partition), "reason": str(e.reason)[:REASON_CHARS_MAX]}
-                               for e in lost]
-        before = self.s.sm.state
-        outcome = await self.s.propose(cmd)
-        if outcome.get("ok"):
-            self.s.heartbeat(int(id))
-            r.version = int(outcome["value"]["version"])
-            log.info("SPU %s registered (storage %s)", id, str(storageId)[:8] or "unknown")
-            for name, why in _newly_lost(before, self.s.sm.state, int(id))[:LOST_LOGGED_MAX]:
-                log.warning("%s: the replica on SPU %s lost data and left the in-sync set: %s", name, id, why)
-        _fill_error(r.result, outcome, self.s)
-
-    async def reportReplicaLoss(self, partition, spuId, reason, epoch, keepLastInSync, _context, **kwargs):  # noqa: N802, N803, ANN001, E501
-        r = _context.results
-        if not self._allowed(r.result, NODE_ONLY, "reportReplicaLoss"):
-            return
-        if len(partition) > PARTITION_NAME_CHARS_MAX:
-            set_error(r.result, "invalidArgument", f"reportReplicaLoss: partition name of {len(partition)} characters, "
-                      f"more than {PARTITION_NAME_CHARS_MAX}")
-            return
-        reason = str(reason)[:REASON_CHARS_MAX]
-        cmd: dict[str, Any] = {"op": "fence_replica", "partition": str(partition), "id": int(spuId),
-                               "reason": reason, "ts": now_ms()}
-        if int(epoch) >= 0:
-            cmd["epoch"] = int(epoch)
-        if keepLastInSync:
-            cmd["keep_last"] = True
-        outcome = await self.s.propose(cmd)
-        if outcome.get("ok"):
-            log.warning("%s: the replica on SPU %s is fenced: %s", partition, spuId, reason)
-            self.s.authz.record(self.peer, "admin", f"partition:{partition}", "allow", None,
-                                f"replica on SPU {spuId} fenced: {reason}")
-        _fill_error(r.result, outcome, self.s)
-
-    async def electLeader(self, partition, leader, unclean, _context, **kwargs):  # noqa: N802, ANN001
-        r = _context.results
-        if not self._allowed(r.result, "admin", "cluster"):
-            return
-        state = self.s.sm.state
-        p = state.get("partition", str(partition))
-        if p is None:
-            set_error(r.result, "notFound", f"partition {partition} does not exist")
-            return
-        choice = choose_leader(state, p, None if int(leader) < 0 else int(leader), bool(unclean))
-        if isinstance(choice, str):
-            set_error(r.result, "invalidArgument", choice)
-            return
-        cmd: dict[str, Any] = {"op": "elect_leader", "partition": p.name, "leader": choice,
-                               "epoch": p.status["epoch"], "ts": now_ms()}
-        if unclean:
-            cmd["unclean"] = True
-        outcome = await self.s.propose(cmd)
-        if _fill_error(r.result, outcome, self.s):
-            r.leader = choice
-            r.epoch = int(outcome["value"]["epoch"])
-            what = "unclean election" if unclean else "election"
-            log.warning("%s: %s of SPU %d at epoch %d by %s", p.name, what, choice, r.epoch, self.peer.identity)
-            self.s.authz.record(self.peer, "admin", f"partition:{p.name}", "allow", None,
-                                f"{what}: SPU {choice} leads at epoch {r.epoch}")
-
-    async def unregisterSpu(self, id, _context, **kwargs):  # noqa: A002, N802, ANN001
-        r = _context.results
-        if not self._allowed(r.result, "admin", "cluster"):
-            return
-        if _fill_error(r.result, await self.s.propose({"op": "unregister_spu", "id": int(id), "ts": now_ms()}), self.s):
-            self._changed("admin", f"spu:{id}")
-
-    async def heartbeat(self, spuId, _context, **kwargs):  # noqa: N803, ANN001
-        r = _context.results
-        if not self._allowed(r.result, NODE_ONLY, "heartbeat"):
-            return
-        if not self.s.raft.is_leader():
-            set_error(r.result, "notLeader", "heartbeats go to the SC leader", self.s.leader_admin(), True)
-            return
-        self.s.heartbeat(int(spuId))
-        r.result.ok = True
-
-    async def updateIsr(self, partition, isr, epoch, leader, basedOn, _context, **kwargs):  # noqa: N802, N803, ANN001
-        if not self._allowed(_context.results.result, NODE_ONLY, "updateIsr"):
-            return
-        cmd = {"op": "update_isr", "partition": partition, "isr": [int(x) for x in isr], "epoch": int(epoch),
-               "leader": int(leader), "ts": now_ms()}
-        if len(basedOn):
-            cmd["based_on"] = [int(x) for x in basedOn]
-        _fill_error(_context.results.result, await self.s.propose(cmd), self.s)
-
-    async def allocateProducerIds(self, count, _context, **kwargs):  # noqa: N802, ANN001
-        r = _context.results
-        outcome = await self.s.propose({"op": "allocate_producer_ids", "count": int(count), "ts": now_ms()})
-        if _fill_error(r.result, outcome, self.s):
-            r.firstId = outcome["value"]["first"]
-            r.count = outcome["value"]["count"]
-
-    async def clusterStatus(self, _context, **kwargs):  # noqa: N802, ANN001
-        r = _context.results
-        if not self.peer.node and not self._allowed(r.result, "describe", "cluster"):
-            return
-        r.statusJson = json.dumps(self.s.status())
-        r.result.ok = True
-
-    async def watch(self, fromVersion, watcher, _context, **kwargs):  # noqa: N803, ANN001
-        r = _context.results
-        if not self._allowed(r.result, NODE_ONLY, "watch"):
-            return
-        if self.s._watchers >= self.s.config.watchers_max:
-            set_error(r.result, "tooLarge", f"this SC already serves {self.s.config.watchers_max} watchers", None, True)
-            return
-        task = asyncio.ensure_future(self._watch_loop(int(fromVersion), watcher))
-        r.handle = WatchHandleImpl(task)
-        r.result.ok = True
-
-    async def _watch_loop(self, version: int, watcher: Any) -> None:
-        sm = self.s.sm
-        self.s._watchers += 1
-        try:
-            while True:
-                changed = sm.changed
-                events = sm.changelog.since(version)
-                if events is None:
-                    state = sm.state
-                    objs = [o for k in KINDS for o in state.all(k)]
-                    await self._push(watcher, True, state.version, [(o.version, o.kind, o.name, o) for o in objs])
-                    version = state.version
-                    continue
-                if events:
-                    for i in range(0, len(events), WATCH_EVENTS_PER_PUSH_MAX):
-                        chunk = events[i : i + WATCH_EVENTS_PER_PUSH_MAX]
-                        await self._push(watcher, False, chunk[-1].version,
-                                         [(e.version, e.kind, e.name, e.obj) for e in chunk])
-                    version = events[-1].version
-                    continue
-                await changed.wait()
-        except (asyncio.CancelledError, capnp.KjException):
-            pass  # cancelled, or the watcher went away
-        finally:
-            self.s._watchers -= 1
-
-    @staticmethod
-    async def _push(watcher: Any, full: bool, version: int, items: list[tuple[int, str, str, Any]]) -> None:
-        msg = watcher.push_request()
-        msg.fullSync = full
-        msg.version = version
-        evs = msg.init("events", len(items))
-        for i, (v, kind, name, obj) in enumerate(items):
-            evs[i].version = v
-            evs[i].kind = kind
-            evs[i].name = name
-            evs[i].deleted = obj is None
-            if obj is not None:
-                set_object(evs[i].object, obj)
-        await msg.send()

@@ -8,6 +8,7 @@ import socket
 
 from .raft.node import RaftListenError
 from .sc import ScConfig, ScPeer, ScServer
+from .sc_api import ScApi
 from .serve import add_tls_arguments, serve_until_signalled, tls_from_args
 
 SECRET_ENV = "KOLK_CLUSTER_SECRET"
@@ -41,6 +42,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ready-file", help="write {admin, pid} here once serving")
     p.add_argument("--changelog-events", type=int, default=10_000,
                    help="metadata changes kept for watchers; one further behind gets a full sync")
+    p.add_argument("--watchers-max", type=int, default=1_000,
+                   help="metadata watches this SC serves at once (default 1000; every SPU holds one)")
     add_tls_arguments(p, "the admin listener")
     p.add_argument("--log-level", default="INFO")
 
@@ -78,7 +81,8 @@ def config_from_args(args: argparse.Namespace) -> ScConfig:
                         bind_raft=args.bind_raft, bind_admin=args.bind_admin,
                         heartbeat_timeout_ms=args.heartbeat_timeout_ms,
                         replica_move_after_ms=args.replica_move_after_ms, ready_file=args.ready_file,
-                        changelog_events=args.changelog_events, tls=tls_from_args(args, "kolk sc"),
+                        changelog_events=args.changelog_events, watchers_max=args.watchers_max,
+                        tls=tls_from_args(args, "kolk sc"),
                         on_sync=on_sync)
     except ValueError as e:
         raise SystemExit(f"kolk sc: {e}") from None
@@ -109,6 +113,6 @@ def run_sc(args: argparse.Namespace) -> int:
     # is created: a process that cannot serve stops at once, with one line, leaving nothing.
     _check_can_listen(config.bind_admin or config.me.admin_address, "admin")
     try:
-        return serve_until_signalled(lambda: ScServer(config), args.log_level)
+        return serve_until_signalled(lambda: ScServer(config, ScApi), args.log_level)
     except RaftListenError as e:
         raise SystemExit(f"kolk sc: {e}") from None

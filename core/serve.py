@@ -4,17 +4,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import logging
 import os
 import signal
 import sys
 from typing import Any, Callable
 
-import capnp
-
 from .security.tls import TlsConfig
-from .transport import abort_tls
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -22,13 +18,9 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 def serve_until_signalled(make_server: Callable[[], Any], log_level: str) -> int:
     """Build the server inside the event loop, start it, and stop it on SIGTERM or SIGINT.
 
-    The cycle collector is off in server processes: pycapnp segfaults when the collector frees
-    Cap'n Proto objects caught in a reference cycle (an exception's traceback holding a
-    capability, typically after a broken connection). The fault harness found SPUs dying
-    that way under connection churn (docs/reliability.md). Reference counting still frees
-    everything that is not in a cycle; the servers keep no long-lived cycles of their own.
+    Plain asyncio: the transport is Kolk's own (core/protocol/), so the cycle collector stays
+    on and nothing needs pycapnp's event loop.
     """
-    gc.disable()
     logging.basicConfig(level=log_level.upper(), stream=sys.stderr, format=LOG_FORMAT)
 
     async def main() -> None:
@@ -40,9 +32,8 @@ def serve_until_signalled(make_server: Callable[[], Any], log_level: str) -> int
             loop.add_signal_handler(sig, stop.set)
         await stop.wait()
         await server.stop()
-        abort_tls()  # before pycapnp's teardown closes them (core/transport.py)
 
-    asyncio.run(capnp.run(main()))
+    asyncio.run(main())
     return 0
 
 

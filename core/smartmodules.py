@@ -15,10 +15,9 @@ from typing import Any, Mapping
 
 from .admin import AdminClient
 from .errors import KolkError
+from .protocol.limits import CHAIN_STAGES_MAX
 from .smartmodule.chain import Chain, Stage
 from .smartmodule.engine import Limits, ModuleCache, SmartModuleError
-
-CHAIN_STAGES_MAX = 16
 
 
 def version_key(version: str) -> tuple:
@@ -65,7 +64,7 @@ class SmartModuleRegistry:
         """Build the chain a request asks for (None for no stages); KolkError if it cannot."""
         if not invocations:
             return None
-        if len(invocations) > CHAIN_STAGES_MAX:
+        if len(invocations) > CHAIN_STAGES_MAX:  # the transport refuses these already; other callers
             raise KolkError(f"a chain of {len(invocations)} SmartModules is more than {CHAIN_STAGES_MAX}",
                             code="invalidArgument")
         stages = []
@@ -95,9 +94,7 @@ class SmartModuleRegistry:
 
 
 def invocations_from_wire(items: Any) -> list[dict[str, Any]]:
-    """The chain of a stream or produce request, as plain values."""
-    out = []
-    for it in items or []:
-        out.append({"name": str(it.name), "params": {kv.key: kv.value for kv in it.params},
-                    "accumulator": bytes(it.accumulator) if it.hasAccumulator else None})
-    return out
+    """The chain of a stream or produce request (a list of ``SmartModuleInvocation``
+    readers, already bounded by the transport), as plain values."""
+    return [{"name": it.name, "params": {kv.key: kv.value for kv in it.params},
+             "accumulator": bytes(it.accumulator) if it.hasAccumulator else None} for it in items]

@@ -1,13 +1,14 @@
 """The SPU (stream processing unit): holds partition replicas, leads some, follows others.
 
 One asyncio loop per process (DESIGN.md §2, §10). On start the SPU opens its data directory,
-serves Cap'n Proto (``Spu`` in kolk.capnp, implemented in core/spu_api.py), registers with
-the SC, sends heartbeats to the SC leader, and follows the metadata by watch: it opens a log
-for every partition it holds a replica of, leads those the SC says it leads, and runs a
-follower task (core/follower.py) for the others. As leader it asks the SC to shrink or grow a
-partition's in-sync set as followers fall behind or catch up (core/isr.py); only committed
-sets count, and a leader the SC or a follower says is stale acknowledges nothing more.
-docs/replication.md has the whole protocol.
+serves ``SpuRequest``s on Kolk's framed transport (core/protocol/; the calls are handled in
+core/spu_api.py and core/spu_replication_api.py), registers with the SC, sends heartbeats to
+the SC leader, and follows the metadata by watch: it opens a log for every partition it holds
+a replica of, leads those the SC says it leads, and runs a follower task (core/follower.py)
+for the others. As leader it asks the SC to shrink or grow a partition's in-sync set as
+followers fall behind or catch up (core/isr.py); only committed sets count, and a leader the
+SC or a follower says is stale acknowledges nothing more. docs/replication.md has the whole
+protocol.
 """
 
 from __future__ import annotations
@@ -20,8 +21,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import capnp
-
 from .admin import AdminClient, watch
 from .disk_faults import DiskFaults
 from .private_address import private_address_problem
@@ -30,6 +29,7 @@ from .follower import PeerPool, follow
 from .isr import isr_expand, isr_shrink
 from .metadata.apply import min_in_sync
 from .metadata.controllers import offline_reason
+from .protocol.limits import FETCH_BYTES_MAX, PRODUCE_BYTES_MAX, STREAM_WINDOW_BYTES_MAX
 from .replica import Replica
 from .segments import LogConfig, LogStore
 from .segments.errors import StorageError
@@ -39,8 +39,8 @@ from .audit import AuditLog
 from .authz import Authorizer
 from .smartmodules import SmartModuleRegistry
 from .security.tls import TlsConfig
-from .spu_api import SpuImpl
-from .transport import serve
+from .spu_api import SpuHandler
+from .transport import SPU, serve
 from .wire import set_error
 
 log = logging.getLogger("kolk.spu")
@@ -63,13 +63,13 @@ class SpuConfig:
     bind_address: str | None = None  # default: the public address
     rack: str | None = None
     heartbeat_interval_ms: int = 1_000
-    produce_bytes_max: int = 16 << 20
-    fetch_bytes_max: int = 8 << 20
-    stream_window_bytes_max: int = 64 << 20
+    produce_bytes_max: int = PRODUCE_BYTES_MAX
+    fetch_bytes_max: int = FETCH_BYTES_MAX
+    stream_window_bytes_max: int = STREAM_WINDOW_BYTES_MAX
     stream_push_bytes_max: int = 1 << 20
     streams_max: int = 1_000
     produce_timeout_ms_max: int = 60_000
-    stream_keepalive_ms: int = 5_000  # an idle stream checks its consumer is still there
+    stream_keepalive_ms: int = 5_000  # an idle stream sends an empty push this often (core/spu_stream.py)
     # Replication (docs/replication.md).
     replica_lag_max_ms: int = 10_000  # a follower not caught up for this long leaves the in-sync set
     replica_fetch_wait_ms: int = 500  # how long a leader holds a follower's fetch when it has nothing
@@ -142,7 +142,7 @@ class SpuServer:
         listen = self.config.bind_address or self.config.public_address
         host, port = listen.rsplit(":", 1)
         try:
-            self._server = await serve(lambda peer: SpuImpl(self, peer), host, int(port), self.config.tls)
+            self._server = await serve(SPU, lambda peer: SpuHandler(self, peer), host, int(port), self.config.tls)
         except OSError as e:
             reason = os.strerror(e.errno).lower() if e.errno else str(e)
             raise SystemExit(f"kolk spu: cannot listen for clients and SPUs on {listen}: {reason}") from None
@@ -151,10 +151,7 @@ class SpuServer:
 
         found = await private_address_problem(self.config, self.instance_id)
         if found:
-            from .transport import abort_tls
-
             self._server.close()
-            abort_tls()  # before pycapnp's teardown closes them (core/transport.py)
             private = self.config.private_address or self.config.public_address
             flag = "--private" if self.config.private_address else "--public"
             also = "" if self.config.private_address else ", the private address too (no --private),"
@@ -240,27 +237,47 @@ class SpuServer:
     # ---------------------------------------------------------------- metadata
 
     async def _watch_loop(self) -> None:
-        """Keep a metadata watch open. The stream's connection is probed every heartbeat
-        interval (a cheap status call on it); when it fails the SPU watches again, from the
-        version it has, through whichever SC answers."""
+        """Keep a metadata watch open. When the stream ends (the SC ended it, or its connection
+        was lost), or a status call made every heartbeat interval gets no answer in time (an SC
+        that vanished without closing the connection), the SPU watches again, from the version
+        it has, through whichever SC answers."""
         interval = self.config.heartbeat_interval_ms / 1000
         backoff = 0.05
         while True:
             client = AdminClient(self.config.sc_addresses, timeout_s=10, tls=self.config.tls)
+            why: BaseException | str
             try:
-                self._watch_handle = await watch(client, self.metadata_version, self._on_metadata)
+                handle = self._watch_handle = await watch(client, self.metadata_version, self._on_metadata)
                 backoff = 0.05
-                while True:
-                    await asyncio.sleep(interval)  # probe period
-                    await asyncio.wait_for(client._admin.clusterStatus(), max(1.0, 4 * interval))
+                why = await self._until_watch_lost(client, handle, interval)
             except asyncio.CancelledError:
                 raise
-            except (KolkError, capnp.KjException, OSError, asyncio.TimeoutError) as e:
-                log.warning("metadata watch lost (%s); watching again from version %d", e, self.metadata_version)
+            except (KolkError, OSError, TimeoutError) as e:
+                why = e
+            except Exception as e:  # noqa: BLE001 - the metadata watch must never die silently
+                log.exception("metadata watch failed")
+                why = e
             finally:
                 await client.close()
+            log.warning("metadata watch lost (%s); watching again from version %d", why, self.metadata_version)
             await asyncio.sleep(backoff)  # retry backoff, bounded
             backoff = min(backoff * 2, 1.0)
+
+    @staticmethod
+    async def _until_watch_lost(client: AdminClient, handle: Any, interval: float) -> BaseException | str:
+        """Probe the SC every ``interval`` until the watch ends or a probe fails; why."""
+        ended = asyncio.ensure_future(handle.wait())
+        probe_timeout_s = max(1.0, 4 * interval)
+        try:
+            while not (await asyncio.wait({ended}, timeout=interval))[0]:  # probe period
+                try:
+                    async with asyncio.timeout(probe_timeout_s):
+                        await client.cluster_status()
+                except TimeoutError:
+                    return f"the SC did not answer a status call within {probe_timeout_s:g} s"
+            return ended.result() or "the watch ended"
+        finally:
+            ended.cancel()
 
     def _on_metadata(self, full_sync: bool, version: int, events: list[dict[str, Any]]) -> None:
         if full_sync:
@@ -499,7 +516,8 @@ class SpuServer:
             replica.pending_adds -= adds
         except (KolkError, TimeoutError) as e:
             # Unknown whether it committed: the additions keep counting, and the next round asks again.
-            log.warning("%s: in-sync set change to %s not confirmed: %s", replica.name, isr, e)
+            why = e if str(e) else f"no answer within {self.config.isr_request_timeout_s:g} s"
+            log.warning("%s: in-sync set change to %s not confirmed: %s", replica.name, isr, why)
         except Exception:  # noqa: BLE001 - an ISR round must never die silently
             log.exception("%s: in-sync set request failed", replica.name)
 

@@ -1,19 +1,19 @@
-"""The Cap'n Proto schema, loaded once, and conversions between wire and kolk values."""
+"""Conversions between wire structs (core/protocol/kolk.capnp) and kolk values."""
 
 from __future__ import annotations
 
 import json
-import os
 from typing import Any, Mapping
 
-import capnp
+from .errors import ClusterUnavailableError, KolkError, RequestTimeoutError, error_from_wire
+from .protocol.channel import CallRejected, ConnectionLost, StreamEnded
+from .protocol.limits import FRAME_BODY_BYTES_MAX
+from .protocol.messages import schema
 
-SCHEMA_PATH = os.path.join(os.path.dirname(__file__), "kolk.capnp")
-schema = capnp.load(SCHEMA_PATH)
+__all__ = ["schema", "camel", "set_error", "set_object", "object_dict", "error_dict", "config_map",
+           "error_from_struct", "transport_error", "RPC_MESSAGE_BYTES_MAX", "WATCH_EVENTS_PER_PUSH_MAX"]
 
-# A request larger than this is refused before it is decoded (DEPENDENCIES.md: pycapnp's own
-# cap is 64 MiB; ours is well below).
-RPC_MESSAGE_BYTES_MAX = 16 << 20
+RPC_MESSAGE_BYTES_MAX = FRAME_BODY_BYTES_MAX
 WATCH_EVENTS_PER_PUSH_MAX = 500
 
 
@@ -23,12 +23,14 @@ def camel(code: str) -> str:
     return head + "".join(w.title() for w in rest)
 
 
-def set_error(result: Any, code: str, message: str, leader: str | None = None, retriable: bool = False) -> None:
+def set_error(result: Any, code: str, message: str, leader: str | None = None, retriable: bool = False,
+              outcome_unknown: bool = False) -> None:
     result.ok = False
     result.error.code = code
     result.error.message = message
     result.error.leader = leader or ""
     result.error.retriable = retriable
+    result.error.outcomeUnknown = outcome_unknown
 
 
 def set_object(target: Any, obj: Any) -> None:
@@ -47,7 +49,34 @@ def object_dict(o: Any) -> dict[str, Any]:
 
 def error_dict(result: Any) -> dict[str, Any]:
     e = result.error
-    return {"code": e.code, "message": e.message, "leader": e.leader or None, "retriable": e.retriable}
+    return {"code": e.code, "message": e.message, "leader": e.leader or None, "retriable": e.retriable,
+            "outcome_unknown": e.outcomeUnknown}
+
+
+def error_from_struct(e: Any) -> KolkError:
+    """The KolkError for a wire Error struct."""
+    err = error_from_wire(e.code, e.message, e.leader or None, e.retriable)
+    if e.outcomeUnknown:
+        err.outcome_unknown = True
+    return err
+
+
+def transport_error(e: BaseException, address: str, write: bool = False) -> KolkError:
+    """The KolkError for a failure of the transport itself (a lost connection, a refused call,
+    a missed deadline). For a write, a lost connection or a missed deadline leaves the outcome
+    unknown; a refusal means it was not applied."""
+    if isinstance(e, CallRejected):
+        return error_from_struct(e.error)
+    if isinstance(e, StreamEnded):
+        return error_from_struct(e.error) if e.error is not None else ClusterUnavailableError(
+            f"the stream from {address} ended")
+    if isinstance(e, TimeoutError):
+        err: KolkError = RequestTimeoutError(f"no answer from {address} in time")
+        err.outcome_unknown = write
+        return err
+    err = ClusterUnavailableError(f"connection to {address} failed: {e}")
+    err.outcome_unknown = write and isinstance(e, ConnectionLost) and e.sent
+    return err
 
 
 def config_map(entries: Any) -> Mapping[str, str]:

@@ -22,7 +22,6 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
-import gc
 import json
 import os
 import random
@@ -248,8 +247,7 @@ async def _run(system: System, args: argparse.Namespace, out_dir: str) -> dict[s
     tasks += [asyncio.ensure_future(r.consumer(k)) for k in range(args.partitions)]
     tasks.append(asyncio.ensure_future(r.register()))
     tasks.append(asyncio.ensure_future(_watch_leaders(system, args.partitions, r.stop)))
-    # Faults are applied on this loop, not in worker threads: a thread must never be where
-    # pycapnp objects are freed (its loop lives on this thread only). Each call is short.
+    # Faults are applied on this loop, in order with the workload's steps; each call is short.
     t0 = time.monotonic()
     applied: list[dict[str, Any]] = []
     pending = sorted(faults, key=lambda f: f.start_s)
@@ -316,10 +314,6 @@ def main(argv: list[str] | None = None) -> int:
     args.nemesis = [k for k in args.nemesis.split(",") if k]
     out = args.out or tempfile.mkdtemp(prefix=f"run-seed{args.seed}-", dir=_runs_dir())
     os.makedirs(out, exist_ok=True)
-    # The cycle collector stays off for the run: the proxies' threads would run it on objects of
-    # this loop, and pycapnp crashes when it frees a client cycle (see release_consumer in
-    # tests/dataplane_cluster.py). Reference counting frees the rest; a run is bounded in time.
-    gc.disable()
     broken = {IGNORE_STORAGE_ID_ENV: "1"} if args.ignore_storage_id else {}
     system = _started_system(out, args, broken)
     try:

@@ -166,8 +166,7 @@ class System:
 
         for name in self.sc_names():
             self.start(name)
-        # One event loop for the whole wait: pycapnp objects must not outlive the loop they
-        # were made on (an exception kept for the report would carry them out of it).
+        # One event loop for the whole wait.
         if not run(self._sc_leader_elected):
             raise AssertionError("the SCs elected no leader in time\n" + self.logs())
         for name in self.spu_names():

@@ -18,10 +18,6 @@ import ssl
 from dataclasses import dataclass
 from typing import Any
 
-from cryptography import x509
-
-from .certs import NODE, identity_of, peer_kind
-
 log = logging.getLogger("kolk.tls")
 
 ANONYMOUS = "anonymous"
@@ -109,6 +105,11 @@ def peer_of(transport: Any) -> Peer:
     der = ssl_object.getpeercert(binary_form=True)
     if not der:
         return Peer(ANONYMOUS, address, tls=True)
+    # cryptography is loaded only by processes that run TLS (footprint: DESIGN.md §11).
+    from cryptography import x509
+
+    from .certs import NODE, identity_of, peer_kind
+
     cert = x509.load_der_x509_certificate(der)
     return Peer(identity_of(cert), address, peer_kind(cert) == NODE, True)
 

@@ -35,7 +35,6 @@ import zlib
 from typing import Any, Iterable, NamedTuple, Sequence
 
 import crc32c as _crc32c
-import zstandard
 
 from .batch import (
     CODEC_GZIP,
@@ -101,6 +100,8 @@ def compress(codec: int, data: bytes) -> bytes:
         c = zlib.compressobj(6, zlib.DEFLATED, 31)
         return c.compress(data) + c.flush()
     if codec == CODEC_ZSTD:
+        import zstandard  # loaded by the processes that meet zstd, not by every one
+
         # A zstd frame with its content size, level 3 (zstd's default).
         return zstandard.ZstdCompressor(level=3).compress(data)
     raise InvalidBatchError(f"compression codec {KNOWN_CODECS.get(codec, codec)} is not available "
@@ -127,6 +128,8 @@ def decompress(codec: int, data: bytes, limit: int) -> bytes:
             raise InvalidBatchError(f"gzip records section has {len(d.unused_data)} bytes after its stream")
         return out
     if codec == CODEC_ZSTD:
+        import zstandard
+
         try:
             params = zstandard.get_frame_parameters(data)
         except zstandard.ZstdError as e:

@@ -16,7 +16,6 @@ import sys
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
 
-import capnp
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -25,7 +24,7 @@ from jepsen.proxy import FaultProxy  # noqa: E402
 from kolk.admin import AdminClient, run  # noqa: E402
 from kolk.client import AsyncClient  # noqa: E402
 from kolk.consumer import ConsumerRecord, Offset  # noqa: E402
-from kolk.wire import schema  # noqa: E402
+from kolk.protocol.channel import SPU, ClientConnection  # noqa: E402
 
 START_TIMEOUT_S = 30.0
 
@@ -226,12 +225,9 @@ async def wait_until(condition: Callable[[], Any], timeout_s: float, what: str |
     raise AssertionError(f"not within {timeout_s} s: {text}" + (f" (last error: {last_error!r})" if last_error else ""))
 
 
-async def raw_spu(address: str) -> tuple[Any, Any]:
-    """A bare Cap'n Proto connection to an SPU: (TwoPartyClient, Spu capability)."""
-    host, port = address.rsplit(":", 1)
-    stream = await asyncio.wait_for(capnp.AsyncIoStream.create_connection(host=host, port=int(port)), 5)
-    tp = capnp.TwoPartyClient(stream)
-    return tp, tp.bootstrap().cast_as(schema.Spu)
+async def raw_spu(address: str) -> ClientConnection:
+    """A bare connection to an SPU, below the client library: ``await conn.call("fetch", ...)``."""
+    return await ClientConnection.open(SPU, address, 5)
 
 
 async def wait_committed(client: AsyncClient, topic: str, timeout_s: float = 20.0) -> list[int]:
@@ -264,15 +260,8 @@ async def read_all(client: AsyncClient, topic: str, *, partition: int | None = N
 
 
 async def release_consumer(consumer: Any) -> None:
-    """Close a consumer, then break its reference cycle with its partition streams.
-
-    Workaround for the client crash shown by test_closed_consumers_do_not_crash_the_client: a
-    closed AsyncConsumer left to Python's cyclic garbage collector makes pycapnp segfault.
-    """
-    try:
-        await consumer.close()
-    finally:
-        consumer._streams.clear()
+    """Close a consumer (its streams are cancelled on the SPU)."""
+    await consumer.close()
 
 
 def by_partition(records: list[ConsumerRecord]) -> dict[int, list[ConsumerRecord]]:
@@ -307,7 +296,7 @@ def pid_gone(pid: int) -> bool:
 
 
 def run_async(fn: Callable[[], Awaitable[Any]]) -> Any:
-    """Run one test body with pycapnp's event loop integration."""
+    """Run one test body on a fresh event loop."""
     return run(fn)
 
 

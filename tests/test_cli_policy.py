@@ -118,3 +118,20 @@ def test_apply_and_show_on_a_real_sc(tmp_path: pathlib.Path) -> None:
         assert kolk("policy", "show", *sc).stdout.startswith("# policy version 2, sha256 ")
     finally:
         c.close()
+
+
+def test_with_no_cluster_running_the_cli_says_so_at_once() -> None:
+    """Nothing listens at the SC address: the CLI says there is no cluster and how to start one,
+    in about two seconds, instead of retrying until its deadline."""
+    import socket
+    import time
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{s.getsockname()[1]}"  # closed again: nothing listens there
+    start = time.monotonic()
+    out = kolk("policy", "show", "--sc", address, expect=1)
+    elapsed = time.monotonic() - start
+    assert out.stderr == (f"kolk policy show: no cluster is running at {address} (nothing is listening; start one "
+                          "with `kolk cluster start`)\n")
+    assert elapsed < 4.0, f"took {elapsed:.1f} s"  # ~1.5 s of refused connections, plus starting Python

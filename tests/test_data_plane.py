@@ -11,18 +11,20 @@ reads; and the ``kolk`` CLI with a local cluster in a temporary ``KOLK_HOME``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import random
+import re
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import time
 from collections import Counter
 from typing import Any
 
-import capnp
 import crc32c
 import pytest
 
@@ -50,8 +52,13 @@ from kolk.errors import (  # noqa: E402
     KolkError,
     NotFoundError,
 )
+from kolk.protocol.channel import CallRejected, ClientConnection, ClientStream  # noqa: E402
+from kolk.protocol.framing import FrameDecoder, Kind, encode_frame  # noqa: E402
+from kolk.protocol.limits import FRAME_BODY_BYTES_MAX  # noqa: E402
+from kolk.protocol.messages import decode, encode, which  # noqa: E402
 from kolk.segments import build_batch  # noqa: E402
-from kolk.wire import schema  # noqa: E402
+from kolk.errors import OffsetOutOfRangeError  # noqa: E402
+from kolk.wire import schema, transport_error  # noqa: E402
 
 MIB = 1 << 20
 PRODUCE_BYTES_MAX = 16 * MIB  # SpuConfig.produce_bytes_max
@@ -122,16 +129,22 @@ def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-class Sink(schema.StreamConsumer.Server):
-    """A raw stream consumer that records every push and never grants more window."""
+async def open_raw_stream(spu: ClientConnection, topic: str, partition: int, offset: int,
+                          window: int = 64 << 10) -> tuple[Any, ClientStream]:
+    """A raw ``stream`` call on an SPU connection, committed isolation: (response, stream).
+    Nothing grants the window back until the caller takes a push with ``stream.next()``."""
+    return await spu.open_stream("stream", window, 5, topic=topic, partition=partition, offset=offset,
+                                 isolation="committed")
 
-    def __init__(self) -> None:
-        self.pushes: list[tuple[int, int, int]] = []  # (bytes, high watermark, next offset)
-        self.bytes = 0
 
-    async def push(self, records, highWatermark, nextOffset, _context, **kwargs):  # noqa: N803, ANN001
-        self.pushes.append((len(records), int(highWatermark), int(nextOffset)))
-        self.bytes += len(records)
+def received(stream: ClientStream) -> int:
+    """Push body bytes a stream has received and not granted back (its pushes not taken)."""
+    return stream._outstanding
+
+
+def largest_pending(stream: ClientStream) -> int:
+    """The body size of the largest push waiting in ``stream`` (0 when none waits)."""
+    return max((len(body) for body in stream._items), default=0)
 
 
 # -------------------------------------------------------------------- 1. produce and consume
@@ -269,7 +282,7 @@ def test_send_all_stores_every_record_in_order_with_its_acknowledged_offset(clus
 
 def test_consumer_start_positions(cluster: DataPlaneCluster) -> None:
     """A consumer starts where asked: the beginning, the end (nothing old, then what arrives
-    later), an absolute offset (clamped to the log end), N from the end, and the first record at
+    later), an absolute offset (past the log end: an error), N from the end, and the first record at
     or after a timestamp — for one partition or for all."""
     topic = "positions"
     per_partition = 20
@@ -294,7 +307,8 @@ def test_consumer_start_positions(cluster: DataPlaneCluster) -> None:
         assert await values(start=Offset.end()) == []
         assert sorted(await values(start=Offset.absolute(5))) == expect((0, 1), 5)
         assert await values(partition=1, start=Offset.absolute(13)) == expect((1,), 13)
-        assert await values(partition=0, start=Offset.absolute(10_000)) == [], "clamped to the log end"
+        with pytest.raises(OffsetOutOfRangeError, match="offset 10000 is past the end of positions-0"):
+            await values(partition=0, start=Offset.absolute(10_000))
         assert await values(partition=1, start=Offset.from_end(3)) == expect((1,), per_partition - 3)
         assert sorted(await values(start=Offset.from_end(1000))) == expect((0, 1), 0)
         assert await values(partition=0, start=Offset.from_end(0)) == []
@@ -373,9 +387,9 @@ run(main)
 def test_closed_consumers_do_not_crash_the_client(cluster: DataPlaneCluster, tmp_path) -> None:
     """A client process that reads a topic to the end forty times, each time with a new
     AsyncClient and consumer that it closes and drops, exits normally: releasing a closed
-    consumer through Python's garbage collector must not crash the process (it dies with
-    SIGSEGV inside pycapnp when the consumer, in a reference cycle with its partition streams,
-    takes the SPU connection down during a GC pass). The SPU stays up and data is intact."""
+    consumer through Python's garbage collector (a full gc.collect() after each round, so the
+    consumer, its partition streams and its SPU connections are freed during a collector pass)
+    must not crash the process or make it hang. The SPU stays up and data is intact."""
     topic = "closed-consumers"
     script = tmp_path / "consume_and_close.py"
     script.write_text(CLOSE_SCRIPT)
@@ -578,10 +592,12 @@ def test_unknown_topic_consumer(cluster: DataPlaneCluster) -> None:
         consumer = c.consumer("no-such-topic", stop_at_end=True)
         with pytest.raises(NotFoundError, match="topic no-such-topic does not exist"):
             [r async for r in consumer]
-        _tp, spu = await raw_spu(cluster.spus[1].address)
-        r = await spu.stream("no-such-topic", 0, 0, "committed", 1 << 16, Sink())
+        spu = await raw_spu(cluster.spus[1].address)
+        r, stream = await open_raw_stream(spu, "no-such-topic", 0, 0, 1 << 16)
         assert not r.result.ok and r.result.error.code == "notFound"
         assert "no-such-topic-0" in r.result.error.message
+        stream.close()
+        spu.close()
         await assert_intact(cluster, "unknown-topic-consumer", expected)
         await c.close()
 
@@ -604,10 +620,12 @@ def test_unknown_partition_producer(cluster: DataPlaneCluster) -> None:
                 await p.send(b"x", partition=bad)
         with pytest.raises(InvalidRequestError, match="has partitions 0-1, not 2"):
             await c.produce(topic, 2, build_batch([(None, b"x")]))
-        _tp, spu = await raw_spu(cluster.spus[1].address)
-        r = await spu.produce(topic, 7, "all", build_batch([(None, b"x")]), 5000)
+        spu = await raw_spu(cluster.spus[1].address)
+        r = await spu.call("produce", 10, topic=topic, partition=7, acks="all", records=build_batch([(None, b"x")]),
+                           timeoutMs=5000)
         assert not r.result.ok
         assert f"{topic}-7" in r.result.error.message
+        spu.close()
         await p.close()
         await assert_intact(cluster, topic, expected)
         await c.close()
@@ -628,9 +646,11 @@ def test_unknown_partition_consumer(cluster: DataPlaneCluster) -> None:
             [r async for r in consumer]
         with pytest.raises(InvalidRequestError, match="has partitions 0-1, not 5"):
             await c.fetch(topic, 5, 0)
-        _tp, spu = await raw_spu(cluster.spus[1].address)
-        r = await spu.stream(topic, 5, 0, "committed", 1 << 16, Sink())
+        spu = await raw_spu(cluster.spus[1].address)
+        r, stream = await open_raw_stream(spu, topic, 5, 0, 1 << 16)
         assert not r.result.ok and f"{topic}-5" in r.result.error.message
+        stream.close()
+        spu.close()
         await assert_intact(cluster, topic, expected)
         await c.close()
 
@@ -638,26 +658,42 @@ def test_unknown_partition_consumer(cluster: DataPlaneCluster) -> None:
 
 
 def test_oversized_produce_request_is_refused_as_too_large(cluster: DataPlaneCluster) -> None:
-    """A raw Spu.produce whose records (valid batches) add up to more than produce_bytes_max
-    (16 MiB) is answered with code tooLarge, not retriable, naming both sizes; the client maps it
-    to InvalidRequestError. Nothing is appended; the SPU stays up and data is intact."""
+    """A raw produce whose records (valid batches) add up to more than produce_bytes_max
+    (16 MiB) is refused with code tooLarge, not retriable, naming both sizes — whether its frame
+    fits the transport's frame limit (the request is bounded before any handler sees it) or not
+    (the frame is skipped unread); the client maps it to InvalidRequestError. The connection goes
+    on serving, nothing is appended; the SPU stays up and data is intact."""
     topic = "oversized"
 
     async def body() -> None:
         c = cluster.client()
         expected = await seed(c, topic)
         one = build_batch([(None, b"x" * (3 * MIB + MIB // 2))])
-        records = one * 5
-        assert len(records) > PRODUCE_BYTES_MAX
-        _tp, spu = await raw_spu(cluster.spus[1].address)
+        # Just over 16 MiB, in a frame under the frame limit; and 17.5 MiB, over it.
+        just_over = one * 4 + build_batch([(None, b"y" * (PRODUCE_BYTES_MAX - 4 * len(one)))])
+        assert PRODUCE_BYTES_MAX < len(just_over) < FRAME_BODY_BYTES_MAX - (16 << 10)
+        over_frame = one * 5
+        assert len(over_frame) > FRAME_BODY_BYTES_MAX
+        spu = await raw_spu(cluster.spus[1].address)
+        address = cluster.spus[1].address
         before = await c.offsets(topic, 0)
-        r = await spu.produce(topic, 0, "all", records, 10_000)
-        assert not r.result.ok
-        assert r.result.error.code == "tooLarge"
-        assert not r.result.error.retriable
-        assert f"{len(records)} bytes is more than {PRODUCE_BYTES_MAX}" in r.result.error.message
-        with pytest.raises(InvalidRequestError, match="is more than 16777216"):
-            AsyncClient.check(r.result)
+        for records, limit in ((just_over, PRODUCE_BYTES_MAX), (over_frame, FRAME_BODY_BYTES_MAX)):
+            with pytest.raises(CallRejected) as info:
+                await spu.call("produce", 30, topic=topic, partition=0, acks="all", records=records,
+                               timeoutMs=10_000)
+            error = info.value.error
+            assert error.code == "tooLarge", error
+            assert not error.retriable
+            # Both sizes: the request's (its records, or the whole frame body around them) and the limit.
+            size = re.search(r"(\d+) bytes", error.message)
+            assert size and len(records) <= int(size.group(1)) < len(records) + 1024, error.message
+            assert f"more than the limit of {limit}" in error.message, error.message
+            mapped = transport_error(info.value, address, write=True)
+            assert isinstance(mapped, InvalidRequestError) and not mapped.retriable and not mapped.outcome_unknown
+            assert f"more than the limit of {limit}" in str(mapped)
+            r = await spu.call("offsets", 10, topic=topic, partition=0)
+            assert r.result.ok, "the connection still serves after the refusal"
+        spu.close()
         assert await c.offsets(topic, 0) == before, "nothing appended"
         await assert_intact(cluster, topic, expected)
         await c.close()
@@ -689,8 +725,8 @@ def test_oversized_records_through_the_producer(cluster: DataPlaneCluster) -> No
 
 
 def test_record_beyond_the_rpc_message_limit_is_refused_as_too_large(cluster: DataPlaneCluster) -> None:
-    """A record of 70 MiB, more than Cap'n Proto will send in one message (64 MiB), fails its
-    future at once with InvalidRequestError saying it is too large — not, after retries, with a
+    """A record of 70 MiB, more than one frame of the transport may carry (16 MiB + 64 KiB), fails
+    its future at once with InvalidRequestError saying it is too large — not, after retries, with a
     retriable ClusterUnavailableError about a failed connection. The SPU stays up, data intact."""
     topic = "oversized-rpc"
 
@@ -726,23 +762,26 @@ def test_batch_with_bad_crc_is_refused(cluster: DataPlaneCluster) -> None:
         c = cluster.client()
         expected = await seed(c, topic)
         good = build_batch([(b"k", b"v" * 100), (None, b"w" * 50)], first_timestamp=now_ms())
-        _tp, spu = await raw_spu(cluster.spus[1].address)
+        spu = await raw_spu(cluster.spus[1].address)
         before = await c.offsets(topic, 0)
         # A record's value, the producer id, the base sequence: bytes only the CRC protects.
         # (A flip in a field the header checks look at, such as first_timestamp, is refused
         # for that field first: segments/batch.py validates header fields, length, then CRC.)
         for at in (len(good) - 10, 44, 55):
-            r = await spu.produce(topic, 0, "all", corrupt(good, at), 5000)
+            r = await spu.call("produce", 10, topic=topic, partition=0, acks="all", records=corrupt(good, at),
+                               timeoutMs=5000)
             assert not r.result.ok
             assert r.result.error.code == "invalidBatch", r.result.error.message
             assert "CRC" in r.result.error.message
             assert not r.result.error.retriable
-        r = await spu.produce(topic, 0, "all", good + corrupt(good, len(good) - 1), 5000)
+        r = await spu.call("produce", 10, topic=topic, partition=0, acks="all",
+                           records=good + corrupt(good, len(good) - 1), timeoutMs=5000)
         assert not r.result.ok and r.result.error.code == "invalidBatch"
         assert "CRC" in r.result.error.message and f"batch at byte {len(good)}" in r.result.error.message
         with pytest.raises(KolkError, match="CRC") as info:
             await c.produce(topic, 0, corrupt(good, len(good) - 10))
         assert info.value.code == "invalidBatch" and not info.value.retriable
+        spu.close()
         assert await c.offsets(topic, 0) == before, "nothing appended"
         await assert_intact(cluster, topic, expected)
         await c.close()
@@ -787,9 +826,10 @@ def read_until_closed(sock: socket.socket, timeout_s: float = 10.0) -> bytes:
 
 
 def test_garbage_bytes_on_the_spu_port(cluster: DataPlaneCluster) -> None:
-    """Bytes that are not Cap'n Proto on the SPU port (an HTTP request, random bytes, a frame
-    header announcing a 1 GiB segment) make the SPU close that connection at once; the SPU
-    stays up, a client connected before keeps working, and data is intact."""
+    """Bytes that are not Kolk's framing on the SPU port (an HTTP request, random bytes, a bare
+    Cap'n Proto segment table announcing a 1 GiB segment, which as a frame header has an unknown
+    kind) make the SPU close that connection at once; the SPU stays up, a client connected before
+    keeps working, and data is intact."""
     topic = "garbage"
     rng = random.Random(20240521)
     payloads = [b"GET / HTTP/1.1\r\nHost: kolk\r\n\r\n",
@@ -799,59 +839,144 @@ def test_garbage_bytes_on_the_spu_port(cluster: DataPlaneCluster) -> None:
     async def body() -> None:
         c = cluster.client()
         expected = await seed(c, topic)
-        _tp, spu = await raw_spu(cluster.spus[1].address)
+        spu = await raw_spu(cluster.spus[1].address)
         for payload in payloads:
             with socket.create_connection(("127.0.0.1", cluster.spus[1].port), timeout=5) as sock:
                 sock.sendall(payload)
                 read_until_closed(sock)
             assert cluster.spus[1].alive
-        r = await spu.offsets(topic, 0)
+        r = await spu.call("offsets", 10, topic=topic, partition=0)
         assert r.result.ok, "a connection opened before the garbage still works"
+        spu.close()
         await assert_intact(cluster, topic, expected)
         await c.close()
 
     run_async(body)
 
 
-FAKE_SCHEMA = """@0xb1e2a3c4d5e6f708;
-struct Weird { a @0 :UInt64; b @1 :UInt64; }
-interface FakeSpu @0x%x {
-  produce @0 (topic :List(Weird), partition :Text, acks :Float64, records :List(Text), timeoutMs :Text)
-          -> (result :Text);
-  fetch @1 () -> ();
-  stream @2 () -> ();
-  offsets @3 () -> ();
-  offsetForTimestamp @4 () -> ();
-  replicaFetch @5 () -> ();
-  epochEndOffset @6 () -> ();
-  partitionStatus @7 () -> ();
-  identify @8 () -> ();
-  noSuchMethod @9 () -> ();
-}
-"""
+class FramedSocket:
+    """A bare TCP connection that speaks Kolk's framing by hand (framing.encode_frame and
+    FrameDecoder), so a test can send request bodies no ClientConnection would build."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.decoder = FrameDecoder()
+        self.frames: list[Any] = []
+        self.next_id = 1
+
+    @classmethod
+    async def open(cls, port: int) -> "FramedSocket":
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        return cls(reader, writer)
+
+    async def request(self, body: bytes, timeout_s: float = 10.0) -> tuple[str, Any]:
+        """Send one REQUEST frame; its answer as (union member, member struct) of SpuResponse."""
+        rid = self.next_id
+        self.next_id += 1
+        self.writer.write(encode_frame(Kind.REQUEST, rid, body))
+        await self.writer.drain()
+        async with asyncio.timeout(timeout_s):
+            while True:
+                for i, f in enumerate(self.frames):
+                    if f.kind == Kind.RESPONSE and f.id == rid:
+                        del self.frames[i]
+                        answer = decode(schema.SpuResponse, f.body)
+                        member = which(answer)
+                        return member, getattr(answer, member)
+                data = await self.reader.read(65536)
+                assert data, "the SPU closed the connection instead of answering"
+                self.frames.extend(self.decoder.feed(data))
+
+    async def call(self, name: str, **fields: Any) -> Any:
+        """A well-formed request ``name``; its response struct (fails on a rejected answer)."""
+        env = schema.SpuRequest.new_message()
+        member = env.init(name)
+        for k, v in fields.items():
+            setattr(member, k, v)
+        got, out = await self.request(encode(env))
+        assert got == name, f"a well-formed {name} was answered with {got}: {out}"
+        return out
+
+    async def close(self) -> None:
+        self.writer.close()
+        with contextlib.suppress(OSError):
+            await self.writer.wait_closed()
 
 
-def test_message_that_does_not_fit_the_schema(cluster: DataPlaneCluster, tmp_path) -> None:
-    """A well-framed call to Spu.produce whose parameters have the wrong types (a list of
-    structs where text is expected) fails that call with a schema-mismatch error, and a call to a
-    method the Spu interface lacks fails as unimplemented; the same connection then still serves
-    a correct call, the SPU stays up and data is intact."""
+def with_discriminant(body: bytes, union: Any, value: int) -> bytes:
+    """``body`` (a one-segment message whose root is a ``union`` struct) with the union's
+    discriminant set to ``value``, which may be one the schema does not have."""
+    b = bytearray(body)
+    assert struct.unpack_from("<I", b, 0)[0] == 0, "one segment"
+    root = struct.unpack_from("<Q", b, 8)[0]  # the root pointer, first word of the segment
+    assert root & 3 == 0, "a struct pointer"
+    offset = (root & 0xFFFFFFFF) >> 2
+    if offset & (1 << 29):
+        offset -= 1 << 30
+    data = 8 + 8 + 8 * offset  # segment table, root pointer, then the struct's data section
+    struct.pack_into("<H", b, data + 2 * union.schema.node.struct.discriminantOffset, value)
+    return bytes(b)
+
+
+def test_message_that_does_not_fit_the_schema(cluster: DataPlaneCluster) -> None:
+    """Well-framed requests the SPU's schema does not describe: an SpuRequest whose union member
+    is past the last one the SPU knows, an ScRequest meant for an SC (a member the SpuRequest
+    union lacks), a body that is not a Cap'n Proto message, and a produce whose fields have the
+    wrong types (an ScRequest.createTopic, whose list of KeyValue structs lands where a produce
+    has its Data records). Each is answered with a ``rejected`` answer (unknownCall or
+    malformed; the wrongly typed one malformed, naming the schema mismatch, which the client
+    maps to InvalidRequestError), and the same connection then still serves a correct call
+    each time; nothing is appended, the SPU stays up and data is intact."""
     topic = "schema-mismatch"
-    path = tmp_path / "fake.capnp"
-    path.write_text(FAKE_SCHEMA % schema.Spu.schema.node.id)
-    fake = capnp.SchemaParser().load(str(path))
 
     async def body() -> None:
         c = cluster.client()
         expected = await seed(c, topic)
-        _tp, spu = await raw_spu(cluster.spus[1].address)
-        bad = spu.cast_as(fake.FakeSpu)
-        with pytest.raises(capnp.KjException, match="Schema mismatch"):
-            await bad.produce([{"a": 1, "b": 2}], "zero", 1.5, ["not", "bytes"], "soon")
-        with pytest.raises(capnp.KjException, match="[Mm]ethod not implemented"):
-            await bad.noSuchMethod()
-        r = await spu.offsets(topic, 0)
-        assert r.result.ok and r.highWatermark == sum(1 for e in expected if e[0] == 0)
+        stored = sum(1 for e in expected if e[0] == 0)
+        sock = await FramedSocket.open(cluster.spus[1].port)
+
+        async def still_serves() -> None:
+            r = await sock.call("offsets", topic=topic, partition=0)
+            assert r.result.ok and r.highWatermark == r.logEndOffset == stored
+
+        members = len(schema.SpuRequest.schema.union_fields)
+        assert members == 9, "identify @8 is the last SpuRequest member"
+        known = schema.SpuRequest.new_message()
+        known.init("offsets").topic = topic
+        known_body = known.to_bytes()
+        beyond_last = with_discriminant(known_body, schema.SpuRequest, members)
+        far_beyond = with_discriminant(known_body, schema.SpuRequest, 0xFFFF)
+        for_an_sc = schema.ScRequest.new_message()
+        for_an_sc.init("electLeader").partition = f"{topic}-0"
+        status = schema.ScRequest.new_message()
+        status.init("clusterStatus")
+        for bad in (beyond_last, far_beyond, for_an_sc.to_bytes(), status.to_bytes()):
+            member, error = await sock.request(bad)
+            assert member == "rejected", f"an unknown call was answered with {member}: {error}"
+            assert error.code in ("unknownCall", "malformed"), error
+            assert not error.retriable
+            await still_serves()
+
+        member, error = await sock.request(b"this is not a Cap'n Proto message")
+        assert member == "rejected" and error.code == "malformed", (member, error)
+        await still_serves()
+
+        mistyped = schema.ScRequest.new_message()
+        ct = mistyped.init("createTopic")  # @0, as produce is: name -> topic, config -> records
+        ct.name = topic
+        ct.partitions = 0
+        ct.replicationFactor = 2  # acks = all
+        ct.config = [{"key": "not", "value": "bytes"}, {"key": "a list of", "value": "structs"}]
+        member, error = await sock.request(mistyped.to_bytes())
+        assert member == "rejected", f"a produce with wrongly typed fields was answered with {member}: {error}"
+        assert error.code == "malformed", f"a wrongly typed request is refused as {error.code}, not malformed: " \
+                                          f"{error.message[:300]}"
+        assert "Schema mismatch" in error.message and not error.retriable
+        assert isinstance(transport_error(CallRejected(error), cluster.spus[1].address, write=True),
+                          InvalidRequestError)
+        await still_serves()
+        await sock.close()
         await assert_intact(cluster, topic, expected)
         await c.close()
 
@@ -887,14 +1012,14 @@ def test_client_disconnects_mid_stream(cluster: DataPlaneCluster) -> None:
             pid = cluster.spus[1].pid
             fds_before = open_fds(pid)
             for _ in range(20):
-                tp, spu = await raw_spu(cluster.spus[1].address)
-                full, caught_up = Sink(), Sink()
-                r1 = await spu.stream(topic, 0, 0, "committed", 64 << 10, full)
-                r2 = await spu.stream(topic, 0, stored, "committed", 64 << 10, caught_up)
+                spu = await raw_spu(cluster.spus[1].address)
+                r1, full = await open_raw_stream(spu, topic, 0, 0, 64 << 10)
+                r2, caught_up = await open_raw_stream(spu, topic, 0, stored, 64 << 10)
                 assert r1.result.ok and r2.result.ok
-                await wait_until(lambda: full.pushes, 10, "the first push")
-                tp.close()
-                del tp, spu, r1, r2
+                # Never taken: the window fills and the SPU waits for credit on this stream.
+                await wait_until(lambda: full.pending(), 10, "the first push")
+                spu.close()  # the connection drops with both streams open
+                del spu, r1, r2, full, caught_up
             new = [f"new-{i}".encode() for i in range(10)]
             p = c.producer(topic, acks="all")
             for v in new:
@@ -933,9 +1058,9 @@ def test_consumer_that_never_reads_keeps_spu_memory_bounded(cluster: DataPlaneCl
         c = cluster.client()
         expected = await seed(c, topic, partitions=1)
         pid = cluster.spus[1].pid
-        _tp, spu = await raw_spu(cluster.spus[1].address)
-        stalled = Sink()
-        r = await spu.stream(topic, 0, 0, "committed", 64 << 10, stalled)
+        spu = await raw_spu(cluster.spus[1].address)
+        window = 64 << 10
+        r, stalled = await open_raw_stream(spu, topic, 0, 0, window)  # never takes a push: no credit back
         assert r.result.ok
         await c.produce(topic, 0, request, acks=1)  # warm up the produce path
         baseline = rss_bytes(pid)
@@ -944,9 +1069,11 @@ def test_consumer_that_never_reads_keeps_spu_memory_bounded(cluster: DataPlaneCl
         assert (requests + 1) * len(request) > 50 * 10**6
         grown = rss_bytes(pid) - baseline
         assert grown < 40 * MIB, f"SPU RSS grew by {grown / MIB:.1f} MiB"
-        # At most the window plus one batch: the window bound itself is
+        # At most the window plus one push: the window bound itself is
         # test_stream_never_pushes_more_than_the_window.
-        assert stalled.bytes <= (64 << 10) + len(batch), f"stalled stream got {stalled.bytes} bytes"
+        assert stalled.pending() >= 1, "the stalled stream got its first push"
+        assert received(stalled) <= window + largest_pending(stalled), \
+            f"stalled stream got {received(stalled)} bytes in {stalled.pending()} pushes into a {window}-byte window"
         records = 0
         hw = (await wait_committed(c, topic))[0]
         consumer = c.consumer(topic, start=Offset.beginning(), stop_at_end=True)
@@ -956,6 +1083,9 @@ def test_consumer_that_never_reads_keeps_spu_memory_bounded(cluster: DataPlaneCl
         assert records == hw == len(SEED) + (requests + 1) * 16 * 60
         grown = rss_bytes(pid) - baseline
         assert grown < 40 * MIB, f"SPU RSS grew by {grown / MIB:.1f} MiB"
+        assert received(stalled) <= window + largest_pending(stalled), "still within its window"
+        stalled.close()
+        spu.close()
         assert cluster.spus[1].alive
         got = await read_all(c, topic, partition=0, start=Offset.absolute(0))
         assert [(r.partition, r.offset, r.key, r.value) for r in got[:len(expected)]] == expected
@@ -965,36 +1095,52 @@ def test_consumer_that_never_reads_keeps_spu_memory_bounded(cluster: DataPlaneCl
 
 
 def test_stream_never_pushes_more_than_the_window(cluster: DataPlaneCluster) -> None:
-    """kolk.capnp: 'The SPU pushes whole batches while the consumer's window has room ... It
-    never buffers more than the window.' With 40 KiB batches and a 64 KiB window, the SPU pushes
-    one batch and then waits for a grant (a second would make 80 KiB); after a grant it goes on.
-    (The window may be passed only when nothing is outstanding and the next batch alone is
-    larger than the window, so that a reader always makes progress.)"""
+    """kolk.capnp: 'the SPU pushes StreamPushes of whole batches while the consumer's credit
+    (windowBytes, then CREDIT frames) has room', and the transport sends a push only while
+    credit is positive, each push using up its size, so a consumer holds at most its window and
+    one push. With 40 KiB batches, a 64 KiB window and a consumer that takes no
+    push (so grants nothing back), the bytes received stay within the window and one push — not
+    the five batches stored; once it takes pushes (each next() grants its bytes back) the SPU
+    goes on, in whole batches, to the end of the log."""
     topic = "window"
     batch = build_batch([(None, b"w" * 1000)] * 40)
     assert 32 << 10 < len(batch) < 64 << 10
+    window = 64 << 10
+    stored = 5
 
     async def body() -> None:
         c = cluster.client()
         await c.create_topic(topic, 1)
-        for _ in range(5):
+        for _ in range(stored):
             await c.produce(topic, 0, batch, acks=1)
         await c.create_topic(topic + "-probe", 1)
         await c.produce(topic + "-probe", 0, build_batch([(None, b"probe")]), acks=1)
-        _tp, spu = await raw_spu(cluster.spus[1].address)
-        sink = Sink()
-        r = await spu.stream(topic, 0, 0, "committed", 64 << 10, sink)
+        spu = await raw_spu(cluster.spus[1].address)
+        r, stream = await open_raw_stream(spu, topic, 0, 0, window)
         assert r.result.ok
-        await wait_until(lambda: sink.pushes, 10, "the first push")
-        # A probe stream on the same connection, opened after the first push was answered: the
-        # SPU pushes on one connection in order, so once the probe's push is here, a second push
-        # into the full window would be here too.
-        probe = Sink()
-        assert (await spu.stream(topic + "-probe", 0, 0, "committed", 64 << 10, probe)).result.ok
-        await wait_until(lambda: probe.pushes, 10, "the probe stream's push")
-        assert sink.bytes <= 64 << 10, f"pushed {sink.bytes} bytes {sink.pushes} into a 65536-byte window"
-        await r.control.grant(len(batch))
-        await wait_until(lambda: len(sink.pushes) >= 2, 10, "a push after the grant")
+        await wait_until(lambda: stream.pending(), 10, "the first push")
+        # A probe stream on the same connection, opened after the first push arrived: the SPU
+        # writes one connection's frames in order, so once the probe's push is here, a push the
+        # stalled stream had credit for would be here too.
+        r, probe = await open_raw_stream(spu, topic + "-probe", 0, 0, window)
+        assert r.result.ok
+        assert len((await probe.next(10)).records) > 0, "the probe stream's push"
+        probe.close()
+        assert received(stream) <= window + largest_pending(stream), \
+            f"pushed {received(stream)} bytes in {stream.pending()} pushes into a {window}-byte window"
+        assert received(stream) < stored * len(batch), "the SPU waits for credit"
+
+        # Taking pushes grants their bytes back: the SPU goes on, whole batches at a time.
+        next_offset = 0
+        while next_offset < stored * 40:
+            push = await stream.next(10)
+            assert len(push.records) % len(batch) == 0, f"a push of {len(push.records)} bytes is not whole batches"
+            assert push.nextOffset == next_offset + 40 * (len(push.records) // len(batch))
+            next_offset = push.nextOffset
+            assert received(stream) <= window + largest_pending(stream)
+        assert next_offset == stored * 40
+        stream.close()
+        spu.close()
         await c.close()
 
     run_async(body)

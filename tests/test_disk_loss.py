@@ -463,7 +463,7 @@ def test_the_issue_as_a_new_user_types_it(tmp_path: Any) -> None:
 
 def _cli_leader(listing: str, name: str) -> int:
     rows = json.loads(listing)
-    return next(r["leader"] for r in rows if r["partition"] == name)
+    return next(r["leader"] for r in rows if r["name"] == name)
 
 
 def _pid_alive(pid: int) -> bool:

@@ -23,15 +23,17 @@ def write(lg: Any, epochs: list[tuple[int, int]]) -> None:
 
 
 class LeaderStub:
-    """Answers epochEndOffset from a real log, as SpuImpl.epochEndOffset does."""
+    """A connection to a leader that answers epochEndOffset from a real log, as
+    ReplicationCalls.epochEndOffset does."""
 
     def __init__(self, lg: Any) -> None:
         self.lg = lg
         self.asked: list[int] = []
 
-    async def epochEndOffset(self, name: str, me: int, epoch: int, last_epoch: int) -> Any:  # noqa: N802
-        self.asked.append(last_epoch)
-        end = self.lg.end_offset_for_epoch(last_epoch)
+    async def call(self, name: str, timeout_s: float, **fields: Any) -> Any:
+        assert name == "epochEndOffset", name
+        self.asked.append(fields["lastEpoch"])
+        end = self.lg.end_offset_for_epoch(fields["lastEpoch"])
         return SimpleNamespace(result=SimpleNamespace(ok=True), leaderEpoch=end.epoch, endOffset=end.end_offset)
 
 

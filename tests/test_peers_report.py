@@ -70,9 +70,43 @@ def test_a_missing_system_leaves_the_goal_unjudged() -> None:
 
 def test_table_shows_medians_memory_and_durability() -> None:
     text = report.tables(results(100.0, 10.0, [1.0, 2.0, 3.0], [1.0]), 2000)
-    assert "| Kolk | 100 | — | — | 2.00 / 3.00 / 3.00 | 1 | 2 | 10 |" in text
+    assert "| Kolk | 100 | — | — | 2.00 / 3.00 / 3.00 |" in text
+    assert "| measure | Kolk | NATS JetStream |" in text
+    assert "| RSS idle MiB | 1 | — |" in text and "| RSS after MiB | 2 | — |" in text
+    assert f"| {report.START_LABEL} | 10 | — |" in text
+    assert "`kolk cluster start --spus 1`" in report.START_LABEL
     assert "- NATS JetStream: buffered" in text
     assert "| Kolk | 100, 200, 50 | — | — |" in text
+
+
+def test_server_table_shows_cpu_per_request_and_each_kolk_process() -> None:
+    r = results(100.0, 10.0, [1.0], [1.0])
+    r[report.KOLK].update({
+        "cpu_us_per_request": [80.0, 120.0, 100.0], "records_per_request": [1.0, 1.5, 1.25],
+        "rss_idle": [60 << 20], "rss_idle_by_process": {"sc": [25 << 20], "spu-1": [35 << 20]},
+        "rss_after_by_process": {"sc": [26 << 20], "spu-1": [40 << 20]}, "rss_after": [66 << 20]})
+    r[report.NATS].update({"cpu_us_per_request": [None], "records_per_request": [1.0],
+                           "rss_idle": [12 << 20], "rss_idle_by_process": {"nats-server": [12 << 20]}})
+    text = report.tables(r, 2000)
+    # a round whose pid was not known is "—", not a zero
+    assert "| server CPU per request at 2,000 records/s, µs (Kolk: the SPU) | 100.0 | — |" in text
+    assert "| records per produce request in that window | 1.25 | 1.00 |" in text
+    assert "| server CPU per record in that window, µs | — | — |" in text
+    assert "| RSS idle MiB | 60 = SC 25 + SPU 35 | 12 |" in text
+    assert "| RSS after MiB | 66 = SC 26 + SPU 40 | — |" in text
+    s = report.summary(r)
+    assert s[report.KOLK]["cpu_us_per_request"] == 100.0 and s[report.NATS]["cpu_us_per_request"] is None
+    assert s[report.KOLK]["rss_idle_by_process"] == {"sc": 25 << 20, "spu-1": 35 << 20}
+
+
+def test_cpu_ticks_are_utime_plus_stime_past_an_awkward_command_name() -> None:
+    from peers import procs
+
+    # fields 14 (utime) and 15 (stime); the name in parentheses holds spaces and a ")"
+    stat = "4242 (a b) c) S 1 4242 4242 0 -1 4194560 100 0 0 0 7 5 0 0 20 0 3 0 123 456 789"
+    assert procs.stat_cpu_ticks(stat) == 12
+    with open(f"/proc/{os.getpid()}/stat", encoding="ascii") as f:
+        assert procs.stat_cpu_ticks(f.read()) >= 0
 
 
 DOC = "# Benchmarks\n\n## Storage\n\nold storage\n\n" + report.HEADING + "\n\nold table\n\n## Later\n\nkept\n"

@@ -18,6 +18,7 @@ import pytest
 from dataplane_cluster import DataPlaneCluster, disk_log, raw_spu, run_async, wait_until
 from kolk.client import AsyncClient
 from kolk.errors import KolkError
+from kolk.protocol.channel import ClientConnection
 from kolk.segments import build_batch
 
 FAST = ("--replica-lag-max-ms", "2000", "--heartbeat-interval-ms", "200", "--replica-fetch-wait-ms", "200")
@@ -25,7 +26,7 @@ HEARTBEAT_TIMEOUT_MS = 1500
 
 
 def run_on(c: DataPlaneCluster, body: Any) -> None:
-    """Start ``c``, run ``body`` on pycapnp's loop, and stop every process by pid."""
+    """Start ``c``, run ``body`` on a fresh event loop, and stop every process by pid."""
     try:
         c.start()
         run_async(body)
@@ -44,7 +45,7 @@ async def partition(client: AsyncClient, name: str) -> dict[str, Any]:
 async def wait_in_sync(client: AsyncClient, name: str, members: int = 3, timeout_s: float = 30) -> dict[str, Any]:
     """Until ``name`` has ``members`` in-sync replicas, all at the leader's log end."""
     async def ready() -> dict[str, Any] | None:
-        rows = [r for r in await client.partition_list() if r["partition"] == name]
+        rows = [r for r in await client.partition_list() if r["name"] == name]
         r = rows[0] if rows else None
         if (r and r["error"] is None and len(r["isr"]) == members and r["lag"] == 0
                 and r["high_watermark"] == r["log_end_offset"]):
@@ -137,6 +138,12 @@ def one(value: bytes, **idem: int) -> bytes:
     return build_batch([(None, value)], **idem)
 
 
+async def produce_raw(spu: ClientConnection, acks: str, records: bytes, timeout_ms: int) -> Any:
+    """A produce to t-0 below the client library (no retries): the SPU's ProduceResponse."""
+    return await spu.call("produce", timeout_ms / 1000 + 10, topic="t", partition=0, acks=acks, records=records,
+                          timeoutMs=timeout_ms)
+
+
 def test_leader_cut_off_from_followers_cannot_acknowledge(tmp_path: Any) -> None:
     """The followers cannot reach the leader (its replication port is blackholed) while clients
     still can: acks=all writes are not acknowledged; the leader shrinks the in-sync set through
@@ -153,21 +160,21 @@ def test_leader_cut_off_from_followers_cannot_acknowledge(tmp_path: Any) -> None
         acked = {v: (await f).offset for v, f in acked.items()}
         leader = await leader_of(client, "t-0")
         c.proxies["private"][leader].cut("blackhole")
-        tp, spu = await raw_spu(c.spus[leader].address)
-        r = await spu.produce("t", 0, "all", one(b"cut-1"), 800)
+        spu = await raw_spu(c.spus[leader].address)
+        r = await produce_raw(spu, "all", one(b"cut-1"), 800)
         assert not r.result.ok and r.result.error.code == "timeout", r.result
         await wait_until(
             lambda: _isr_is(client, "t-0", [leader]), 20, "the leader to shrink the in-sync set to itself")
-        r = await spu.produce("t", 0, "all", one(b"cut-2"), 800)
+        r = await produce_raw(spu, "all", one(b"cut-2"), 800)
         assert r.result.error.code == "notEnoughReplicas" and "min_in_sync 2" in r.result.error.message
-        r = await spu.produce("t", 0, "leader", one(b"cut-3"), 800)
+        r = await produce_raw(spu, "leader", one(b"cut-3"), 800)
         assert r.result.ok  # acks=leader is the user's choice: durable on the leader only
         c.proxies["private"][leader].heal()
         await wait_in_sync(client, "t-0")
-        r = await spu.produce("t", 0, "all", one(b"healed"), 5000)
+        r = await produce_raw(spu, "all", one(b"healed"), 5000)
         assert r.result.ok
         acked[b"healed"] = r.baseOffset
-        tp.close()
+        spu.close()
         await wait_in_sync(client, "t-0")
         logs = stopped_logs(c, "t-0", [1, 2, 3])
         check_same_and_complete(logs, acked)
@@ -195,22 +202,22 @@ def test_isolated_leader_is_replaced_and_its_divergent_tail_truncated(tmp_path: 
         old = await leader_of(client, "t-0")
         c.proxies["private"][old].cut("blackhole")
         c.proxies["sc"][old].cut("blackhole")
-        tp, spu = await raw_spu(c.spus[old].address)
+        spu = await raw_spu(c.spus[old].address)
         divergent = []
         for i in range(20):
-            r = await spu.produce("t", 0, "leader", one(b"divergent-%d" % i), 2000)
+            r = await produce_raw(spu, "leader", one(b"divergent-%d" % i), 2000)
             assert r.result.ok, r.result
             divergent.append(b"divergent-%d" % i)
-        r = await spu.produce("t", 0, "all", one(b"never"), 500)
+        r = await produce_raw(spu, "all", one(b"never"), 500)
         assert not r.result.ok
         await wait_until(lambda: _leader_moved(client, old), 20, "a new leader to be elected")
         producer = client.producer("t", retries=50)
         futs = {b"b-%d" % i: await producer.send(b"b-%d" % i) for i in range(500)}
         await producer.flush()
         acked.update({v: (await f).offset for v, f in futs.items()})
-        r = await spu.produce("t", 0, "all", one(b"never-2"), 500)
+        r = await produce_raw(spu, "all", one(b"never-2"), 500)
         assert not r.result.ok
-        tp.close()
+        spu.close()
         c.proxies["private"][old].heal()
         c.proxies["sc"][old].heal()
         await wait_in_sync(client, "t-0")
@@ -245,10 +252,10 @@ def test_restart_old_leader_with_divergent_tail_then_all_spus_at_once(tmp_path: 
         old = await leader_of(client, "t-0")
         c.proxies["private"][old].cut("blackhole")
         c.proxies["sc"][old].cut("blackhole")
-        tp, spu = await raw_spu(c.spus[old].address)
+        spu = await raw_spu(c.spus[old].address)
         for i in range(10):
-            assert (await spu.produce("t", 0, "leader", one(b"tail-%d" % i), 2000)).result.ok
-        tp.close()
+            assert (await produce_raw(spu, "leader", one(b"tail-%d" % i), 2000)).result.ok
+        spu.close()
         c.kill_spu(old)
         c.proxies["private"][old].heal()
         c.proxies["sc"][old].heal()
@@ -294,37 +301,39 @@ def test_idempotent_retries_after_ambiguous_failures_leave_no_duplicates(tmp_pat
         batch0 = build_batch([(None, b"x-%d" % i) for i in range(10)], producer_id=pid, producer_epoch=0,
                              base_sequence=0)
         # 1. The reply is lost after the append.
-        tp, spu = await raw_spu(front.address)
-        assert (await spu.offsets("t", 0)).result.ok  # connected: the next request surely goes out
+        spu = await raw_spu(front.address)
+        # Connected: the next request surely goes out.
+        assert (await spu.call("offsets", 5, topic="t", partition=0)).result.ok
         front.set_drop_replies(True)
         with pytest.raises(Exception):
-            await asyncio.wait_for(spu.produce("t", 0, "all", batch0, 5000), 10)
+            await asyncio.wait_for(produce_raw(spu, "all", batch0, 5000), 10)
         front.set_drop_replies(False)
-        tp, spu = await raw_spu(c.spus[leader].address)
-        r = await spu.produce("t", 0, "all", batch0, 5000)
+        spu.close()
+        spu = await raw_spu(c.spus[leader].address)
+        r = await produce_raw(spu, "all", batch0, 5000)
         assert r.result.ok and r.duplicate and (r.baseOffset, r.lastOffset) == (0, 9)
         # 2. acks=all times out (followers cut off), then the same batch again once healed.
         batch1 = build_batch([(None, b"y")], producer_id=pid, producer_epoch=0, base_sequence=10)
         c.proxies["private"][leader].cut("blackhole")
-        r = await spu.produce("t", 0, "all", batch1, 300)
+        r = await produce_raw(spu, "all", batch1, 300)
         assert r.result.error.code == "timeout"
         c.proxies["private"][leader].heal()
-        r = await spu.produce("t", 0, "all", batch1, 10_000)
+        r = await produce_raw(spu, "all", batch1, 10_000)
         assert r.result.ok and r.duplicate and r.baseOffset == 10, r.result
         # 3. Bad input, one error each; nothing is stored.
         gap = build_batch([(None, b"z")], producer_id=pid, producer_epoch=0, base_sequence=20)
-        r = await spu.produce("t", 0, "all", gap, 5000)
+        r = await produce_raw(spu, "all", gap, 5000)
         assert r.result.error.code == "outOfOrderSequence" and "11" in r.result.error.message
         newer = build_batch([(None, b"e1")], producer_id=pid, producer_epoch=1, base_sequence=0)
-        assert (await spu.produce("t", 0, "all", newer, 5000)).result.ok
+        assert (await produce_raw(spu, "all", newer, 5000)).result.ok
         zombie = build_batch([(None, b"e0")], producer_id=pid, producer_epoch=0, base_sequence=11)
-        r = await spu.produce("t", 0, "all", zombie, 5000)
+        r = await produce_raw(spu, "all", zombie, 5000)
         assert r.result.error.code == "producerFenced" and str(pid) in r.result.error.message
         two = (build_batch([(None, b"p")], producer_id=pid, producer_epoch=1, base_sequence=1)
                + build_batch([(None, b"q")], producer_id=pid, producer_epoch=1, base_sequence=2))
-        r = await spu.produce("t", 0, "all", two, 5000)
+        r = await produce_raw(spu, "all", two, 5000)
         assert r.result.error.code == "invalidBatch" and "exactly one batch" in r.result.error.message
-        tp.close()
+        spu.close()
         await wait_in_sync(client, "t-0")
         logs = stopped_logs(c, "t-0", [1, 2, 3])
         values = [v for _, v in logs[leader][0]]

@@ -1,6 +1,6 @@
 """Three real SC processes on loopback (DESIGN.md §2, §3): leader kills, kill -9 of every node,
-simulated power loss, bad input on the admin port, and linearizability of metadata reads and
-writes checked on recorded histories."""
+simulated power loss, bad input on the admin port, hostile requests, and linearizability of
+metadata reads and writes checked on recorded histories."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ import asyncio
 import os
 import random
 import socket
+import struct
 import sys
 import time
 
-import capnp
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -21,7 +21,10 @@ from jepsen.cluster import ScCluster, wait_for  # noqa: E402
 from jepsen.history import Operation  # noqa: E402
 from kolk.admin import AdminClient, run  # noqa: E402
 from kolk.errors import AlreadyExistsError, InvalidRequestError, KolkError, ReplicationFactorTooHighError  # noqa: E402
-from kolk.wire import schema  # noqa: E402
+from kolk.protocol.channel import CallRejected  # noqa: E402
+from kolk.protocol.framing import FrameDecoder, Kind, encode_frame  # noqa: E402
+from kolk.protocol.messages import decode, which  # noqa: E402
+from kolk.transport import SC, connect  # noqa: E402
 
 
 @pytest.fixture
@@ -183,13 +186,13 @@ def test_bad_input_gets_clear_errors_and_changes_nothing(cluster: ScCluster) -> 
             s.sendall(os.urandom(4096) + b"\xff" * 4096)
 
     async def vanish() -> None:
-        host, port = cluster.admin_addresses[1].rsplit(":", 1)
-        stream = await capnp.AsyncIoStream.create_connection(host=host, port=int(port))
-        admin = capnp.TwoPartyClient(stream).bootstrap().cast_as(schema.ScAdmin)
-        pending = asyncio.ensure_future(admin.listObjects("topic", False))
+        conn = await connect(SC, cluster.admin_addresses[1], None, 5)
+        env, req = conn.request("listObjects")
+        req.kind = "topic"
+        pending = asyncio.ensure_future(conn.send(env, 5))
         await asyncio.sleep(0)  # let the request go out, then drop the connection
-        stream.close() if hasattr(stream, "close") else None
-        pending.cancel()
+        conn.close()
+        await asyncio.gather(pending, return_exceptions=True)
     run(vanish)
 
     assert all(n.alive for n in cluster.nodes.values()), cluster.logs()
@@ -197,6 +200,93 @@ def test_bad_input_gets_clear_errors_and_changes_nothing(cluster: ScCluster) -> 
         s = status_of(addr)
         assert s["metadata_version"] == version or s["metadata_version"] >= version  # liveness may move it
         assert topics(cluster, addr) == {"keep"}
+
+
+def _tiny_request_claiming(entries: int) -> bytes:
+    """An 88-byte ScRequest body: a registerSpu whose ``lost`` list claims ``entries`` entries.
+
+    The list pointer is INLINE_COMPOSITE with no content words; the tag word in front of the
+    (empty) content gives the element count and 0 data and 0 pointer words per element, so the
+    whole claim costs one word on the wire."""
+    def struct_pointer(data_words: int, pointers: int) -> bytes:
+        return struct.pack("<iHH", 0, data_words, pointers)  # a struct right after the pointer
+
+    words = [
+        struct_pointer(1, 1),                      # the root: an ScRequest
+        struct.pack("<HHI", 6, 0, 0),              # its union's discriminant: registerSpu (@6)
+        struct_pointer(1, 5),                      # its registerSpu: a RegisterSpuRequest
+        bytes(8),                                  # id 0
+        bytes(8), bytes(8), bytes(8), bytes(8),    # rack, publicAddress, privateAddress, storageId
+        struct.pack("<II", 1, 7),                  # lost: a list, INLINE_COMPOSITE, 0 content words
+        struct.pack("<iHH", entries << 2, 0, 0),   # its tag: `entries` elements of 0 + 0 words
+    ]
+    segment = b"".join(words)
+    return struct.pack("<II", 0, len(segment) // 8) + segment
+
+
+async def _frames(reader: asyncio.StreamReader):  # noqa: ANN201
+    """The frames arriving on a raw connection."""
+    decoder = FrameDecoder()
+    while data := await reader.read(1 << 16):
+        for frame in decoder.feed(data):
+            yield frame
+
+
+def test_a_tiny_request_claiming_a_huge_list_is_refused_at_once(tmp_path) -> None:
+    """88 bytes claiming 5,000,000 entries in registerSpu's ``lost`` list: the SC refuses that
+    request (``rejected``, tooLarge, naming the field) within a second, without walking the
+    list, keeps the connection and serves other clients meanwhile. A real list over the limit
+    is refused the same way, before any handler sees it."""
+    c = ScCluster(str(tmp_path / "c"), size=1)
+    c.start_all()
+    try:
+        address = wait_leader(c)
+        body = _tiny_request_claiming(5_000_000)
+        assert len(body) == 88 and which(decode(SC.request, body)) == "registerSpu"
+        status_env = SC.request.new_message()
+        status_env.init("clusterStatus")
+        status_body = status_env.to_bytes()
+
+        async def scenario() -> dict:
+            host, port = address.rsplit(":", 1)
+            reader, writer = await asyncio.open_connection(host, int(port))
+            frames = _frames(reader)
+            start = time.monotonic()
+            writer.write(encode_frame(Kind.REQUEST, 1, body))
+            other = asyncio.ensure_future(AdminClient([address], timeout_s=5).cluster_status())
+            answer = await asyncio.wait_for(anext(frames), 5)
+            elapsed = time.monotonic() - start
+            writer.write(encode_frame(Kind.REQUEST, 2, status_body))  # the same connection goes on
+            again = await asyncio.wait_for(anext(frames), 5)
+            writer.close()
+
+            conn = await connect(SC, address, None, 5)
+            env, req = conn.request("registerSpu")
+            req.init("lost", 10_001)
+            with pytest.raises(CallRejected) as over:
+                await conn.send(env, 5)
+            status = await conn.call("clusterStatus", 5)
+            conn.close()
+            return {"answer": answer, "elapsed": elapsed, "again": again, "other": await other,
+                    "over": over.value.error, "status": status}
+
+        out = run(scenario)
+        answer = out["answer"]
+        assert answer.kind == Kind.RESPONSE and answer.id == 1
+        refused = decode(SC.response, answer.body)
+        assert which(refused) == "rejected", refused
+        assert refused.rejected.code == "tooLarge" and "RegisterSpuRequest.lost" in refused.rejected.message
+        assert out["elapsed"] < 1.0, f"the refusal took {out['elapsed']:.2f} s"
+        again = decode(SC.response, out["again"].body)
+        assert out["again"].id == 2 and which(again) == "clusterStatus" and again.clusterStatus.result.ok
+        assert out["other"]["leader"] == address
+        assert out["over"].code == "tooLarge"
+        assert "RegisterSpuRequest.lost has 10001 entries, more than the limit of 10000" in out["over"].message
+        assert out["status"].result.ok
+        assert c.nodes[1].alive, c.logs()
+        assert status_of(address)["spus"] == [], "a refused registration registered something"
+    finally:
+        c.close()
 
 
 def _register_workload(cluster: ScCluster, *, duration_s: float, stale_reads: bool, kill_leader: bool,

@@ -116,9 +116,9 @@ def test_denied_topic_read_straight_from_its_leader(cluster: DataPlaneCluster) -
     produce to orders: each call is refused with 'denied', naming her and the rule."""
     async def body() -> None:
         _client, spu = await leader_spu(cluster, "secret-x", "alice")
-        r = await spu.fetch("secret-x", 0, 0, 1 << 20, "uncommitted")
+        r = await spu.call("fetch", 5, topic="secret-x", partition=0, offset=0, maxBytes=1 << 20, isolation="uncommitted")
         assert not r.result.ok and r.result.error.code == "denied" and "alice" in r.result.error.message
-        r = await spu.offsets("secret-x", 0)
+        r = await spu.call("offsets", 5, topic="secret-x", partition=0)
         assert r.result.error.code == "denied"
         client = cluster.client(as_="alice")
         with pytest.raises(PermissionDeniedError, match="alice .* may not produce topic:orders"):
@@ -157,7 +157,7 @@ def test_region_is_the_connection_s_not_a_claim(cluster: DataPlaneCluster) -> No
     in 'local' whatever her certificate or request says, and is denied."""
     async def body() -> None:
         _client, spu = await leader_spu(cluster, "eu-only", "alice")
-        r = await spu.fetch("eu-only", 0, 0, 1 << 20, "committed")
+        r = await spu.call("fetch", 5, topic="eu-only", partition=0, offset=0, maxBytes=1 << 20, isolation="committed")
         assert r.result.error.code == "denied" and "local" in r.result.error.message
     run_async(body)
 
@@ -167,7 +167,7 @@ def test_node_certificate_used_as_a_client(cluster: DataPlaneCluster) -> None:
     has no role, so it is denied like anyone else (and cannot change the policy)."""
     async def body() -> None:
         _client, spu = await leader_spu(cluster, "orders", "node")
-        r = await spu.fetch("orders", 0, 0, 1 << 20, "committed")
+        r = await spu.call("fetch", 5, topic="orders", partition=0, offset=0, maxBytes=1 << 20, isolation="committed")
         assert r.result.error.code == "denied" and "node" in r.result.error.message
         node = cluster.client(as_="node")
         with pytest.raises(PermissionDeniedError):
@@ -184,7 +184,7 @@ def test_names_with_pattern_characters_are_names(cluster: DataPlaneCluster) -> N
             await admin.create_topic("orders*", 1, 1)
         _client, spu = await leader_spu(cluster, "orders", "alice")
         for name in ("orders*", "orders?", "secre?", "[o]rders"):
-            r = await spu.offsets(name, 0)
+            r = await spu.call("offsets", 5, topic=name, partition=0)
             assert r.result.error.code == "denied", (name, r.result.error.code)
     run_async(body)
 

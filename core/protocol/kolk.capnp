@@ -1,0 +1,295 @@
+@0xd46ac3aa7a37305a;
+# Kolk's wire protocol: the public contract between clients, SCs and SPUs (DESIGN.md §6).
+#
+# Cap'n Proto *messages* (no Cap'n Proto RPC) travel in frames of Kolk's own framed,
+# multiplexed transport; docs/protocol.md describes the frame header, the frame kinds, flow
+# control and cancellation, and is enough to write a client in any language with a Cap'n Proto
+# serializer. A frame body is one Cap'n Proto message in the standard (unpacked) serialization
+# with its segment table.
+#
+# - A client sends a REQUEST frame whose body is an `ScRequest` (to an SC) or an `SpuRequest`
+#   (to an SPU): a union with one request struct per call.
+# - The server answers with a RESPONSE frame carrying the same request id and an `ScResponse`
+#   or `SpuResponse` whose union member has the name of the request's. `rejected` instead
+#   means the request was refused before any handler saw it: too large, malformed, a list or
+#   text over its limit (docs/protocol.md lists the limits), unknown call, or too many open
+#   streams on the connection.
+# - Streams (SPU `stream`, SC `watch`): after a successful response the server sends PUSH
+#   frames (a `Push`) as the client's credit allows, and an END frame (a `StreamEnd`) when the
+#   stream stops on its own. The client adds credit with CREDIT frames and stops a stream, or
+#   abandons a request, with a CANCEL frame.
+# - Every response struct has `result :Result`. When `result.ok` is false the other fields are
+#   unset and `result.error` says what went wrong.
+
+struct Error {
+  code @0 :Text;
+  # One of the codes in docs/protocol.md ("Error codes"): notLeader, noLeader, timeout,
+  # invalidCommand, unknownCommand, invalidArgument, alreadyExists, notFound,
+  # replicationFactorTooHigh, versionConflict, staleEpoch, notPartitionLeader, inUse, tooLarge,
+  # internal, invalidBatch, offsetOutOfRange, corruptBatch, storageFull, storage,
+  # notEnoughReplicas, producerFenced, outOfOrderSequence, duplicateSequence, smartModule,
+  # notEnoughReplicasAfterAppend, offline, denied, limitExceeded, malformed, unknownCall.
+  # A client that meets a code it does not know treats it as not retriable.
+  message @1 :Text;
+  leader @2 :Text;        # admin address of the SC leader, when known
+  retriable @3 :Bool;     # true when the same request may succeed later unchanged
+  outcomeUnknown @4 :Bool; # true when a write may have happened although it was not acknowledged
+}
+
+struct Result {
+  ok @0 :Bool;
+  error @1 :Error;
+}
+
+struct KeyValue {
+  key @0 :Text;
+  value @1 :Text;
+}
+
+struct Object {
+  kind @0 :Text;        # topic, partition, spu, smartmodule, policy
+  name @1 :Text;
+  specJson @2 :Text;
+  statusJson @3 :Text;
+  version @4 :UInt64;
+}
+
+struct Event {
+  version @0 :UInt64;
+  kind @1 :Text;
+  name @2 :Text;
+  deleted @3 :Bool;
+  object @4 :Object;    # unset when deleted
+}
+
+struct LostReplica {
+  partition @0 :Text;
+  reason @1 :Text;
+}
+
+# ---------------------------------------------------------------- the SC
+
+struct CreateTopicRequest { name @0 :Text; partitions @1 :UInt32; replicationFactor @2 :UInt16;
+                            config @3 :List(KeyValue); }
+struct CreateTopicResponse { result @0 :Result; topic @1 :Object; }
+struct DeleteTopicRequest { name @0 :Text; }
+struct DeleteTopicResponse { result @0 :Result; }
+
+# Reads are linearizable unless `stale` is true (then this SC answers from its own state).
+struct ListObjectsRequest { kind @0 :Text; stale @1 :Bool; }
+struct ListObjectsResponse { result @0 :Result; objects @1 :List(Object); version @2 :UInt64; }
+struct GetObjectRequest { kind @0 :Text; name @1 :Text; stale @2 :Bool; }
+struct GetObjectResponse { result @0 :Result; found @1 :Bool; object @2 :Object; }
+
+# expectedVersion: -1 = must not exist; otherwise compare-and-set. hasExpected=false: no check.
+struct PutObjectRequest { kind @0 :Text; name @1 :Text; specJson @2 :Text; hasExpected @3 :Bool;
+                          expectedVersion @4 :Int64; }
+struct PutObjectResponse { result @0 :Result; version @1 :UInt64; }
+struct DeleteObjectRequest { kind @0 :Text; name @1 :Text; hasExpected @2 :Bool; expectedVersion @3 :Int64; }
+struct DeleteObjectResponse { result @0 :Result; }
+
+# storageId: the random id of the SPU's data directory (DESIGN.md §5): a different one than
+# registered before means every replica on it is new and empty. lost: replicas it found short
+# of their high watermark on start. version: the metadata version holding the registration;
+# the SPU acts on metadata only from that version on.
+struct RegisterSpuRequest { id @0 :Int32; rack @1 :Text; publicAddress @2 :Text; privateAddress @3 :Text;
+                            storageId @4 :Text; lost @5 :List(LostReplica); }
+struct RegisterSpuResponse { result @0 :Result; version @1 :UInt64; }
+struct UnregisterSpuRequest { id @0 :Int32; }
+struct UnregisterSpuResponse { result @0 :Result; }
+struct HeartbeatRequest { spuId @0 :Int32; }   # to the leader; others answer notLeader
+struct HeartbeatResponse { result @0 :Result; }
+
+# basedOn: the in-sync set the leader computed the change from; refused (versionConflict) if
+# the set has changed since. Empty: no check.
+struct UpdateIsrRequest { partition @0 :Text; isr @1 :List(Int32); epoch @2 :UInt32; leader @3 :Int32;
+                          basedOn @4 :List(Int32); }
+struct UpdateIsrResponse { result @0 :Result; }
+
+struct ClusterStatusRequest {}
+struct ClusterStatusResponse { result @0 :Result; statusJson @1 :Text; }
+
+# A stream: after the response, the SC pushes `WatchPush`es (changes since fromVersion; a
+# watcher too far behind gets a full sync) while the watcher's credit allows.
+struct WatchRequest { fromVersion @0 :UInt64; windowBytes @1 :UInt32; }
+struct WatchResponse { result @0 :Result; }
+struct WatchPush { fullSync @0 :Bool; version @1 :UInt64; events @2 :List(Event); }
+
+# Idempotent producers: a block of `count` (1-1000) fresh producer ids, first one `firstId`.
+struct AllocateProducerIdsRequest { count @0 :UInt32; }
+struct AllocateProducerIdsResponse { result @0 :Result; firstId @1 :Int64; count @2 :UInt32; }
+
+# Node-only: SPU `spuId`'s replica of `partition` lost data (a follower found the leader's log
+# short of its own high watermark), or its disk failed (the SPU itself reports, with
+# keepLastInSync: a disk fault never empties the in-sync set). It leaves the in-sync set and
+# leadership at a new epoch. epoch >= 0: only if the partition is still at that epoch.
+struct ReportReplicaLossRequest { partition @0 :Text; spuId @1 :Int32; reason @2 :Text; epoch @3 :Int64;
+                                  keepLastInSync @4 :Bool; }
+struct ReportReplicaLossResponse { result @0 :Result; }
+
+# Operator: elect a leader now. Clean (unclean = false): a live in-sync replica, `leader` if it
+# is one (-1: the first). Unclean: `leader` leads alone, and what only the in-sync replicas had
+# is given up. Audited.
+struct ElectLeaderRequest { partition @0 :Text; leader @1 :Int32; unclean @2 :Bool; }
+struct ElectLeaderResponse { result @0 :Result; leader @1 :Int32; epoch @2 :UInt32; }
+
+struct ScRequest {
+  union {
+    createTopic @0 :CreateTopicRequest;
+    deleteTopic @1 :DeleteTopicRequest;
+    listObjects @2 :ListObjectsRequest;
+    getObject @3 :GetObjectRequest;
+    putObject @4 :PutObjectRequest;
+    deleteObject @5 :DeleteObjectRequest;
+    registerSpu @6 :RegisterSpuRequest;
+    unregisterSpu @7 :UnregisterSpuRequest;
+    heartbeat @8 :HeartbeatRequest;
+    updateIsr @9 :UpdateIsrRequest;
+    clusterStatus @10 :ClusterStatusRequest;
+    watch @11 :WatchRequest;
+    allocateProducerIds @12 :AllocateProducerIdsRequest;
+    reportReplicaLoss @13 :ReportReplicaLossRequest;
+    electLeader @14 :ElectLeaderRequest;
+  }
+}
+
+struct ScResponse {
+  union {
+    rejected @0 :Error;
+    createTopic @1 :CreateTopicResponse;
+    deleteTopic @2 :DeleteTopicResponse;
+    listObjects @3 :ListObjectsResponse;
+    getObject @4 :GetObjectResponse;
+    putObject @5 :PutObjectResponse;
+    deleteObject @6 :DeleteObjectResponse;
+    registerSpu @7 :RegisterSpuResponse;
+    unregisterSpu @8 :UnregisterSpuResponse;
+    heartbeat @9 :HeartbeatResponse;
+    updateIsr @10 :UpdateIsrResponse;
+    clusterStatus @11 :ClusterStatusResponse;
+    watch @12 :WatchResponse;
+    allocateProducerIds @13 :AllocateProducerIdsResponse;
+    reportReplicaLoss @14 :ReportReplicaLossResponse;
+    electLeader @15 :ElectLeaderResponse;
+  }
+}
+
+# ---------------------------------------------------------------- the SPU's data plane
+#
+# Records travel as record-batch bytes in `Data` (docs/format.md), never one struct per
+# record: the SPU does not decode records on produce, fetch or stream.
+
+enum Acks {
+  none @0;     # answered once the leader has the batches in its page cache (not durable)
+  leader @1;   # answered once the leader has fsynced them
+  all @2;      # answered once every in-sync replica has them (the high watermark passed them)
+}
+
+enum Isolation {
+  committed @0;    # up to the high watermark (the default for consumers)
+  uncommitted @1;  # up to the log end offset
+}
+
+struct SmartModuleInvocation {
+  # One stage of a SmartModule chain (docs/smartmodule-abi.md): a module stored in the cluster
+  # as NAME@VERSION (`name` may omit @VERSION: the latest version), its `init` parameters, and
+  # for an aggregate resuming a stream the accumulator to start from.
+  name @0 :Text;
+  params @1 :List(KeyValue);
+  accumulator @2 :Data;
+  hasAccumulator @3 :Bool;
+}
+
+struct ProduceRequest { topic @0 :Text; partition @1 :UInt32; acks @2 :Acks; records @3 :Data;
+                        timeoutMs @4 :UInt32; smartmodules @5 :List(SmartModuleInvocation); }
+# duplicate: an idempotent batch (producer id >= 0) this leader had already appended; the
+# offsets are those of the first append and nothing was written again.
+struct ProduceResponse { result @0 :Result; baseOffset @1 :Int64; lastOffset @2 :Int64; duplicate @3 :Bool; }
+
+struct FetchRequest { topic @0 :Text; partition @1 :UInt32; offset @2 :Int64; maxBytes @3 :UInt32;
+                      isolation @4 :Isolation; }
+struct FetchResponse { result @0 :Result; records @1 :Data; highWatermark @2 :Int64; logStartOffset @3 :Int64;
+                       logEndOffset @4 :Int64; nextOffset @5 :Int64; }
+
+# A stream: after the response the SPU pushes `StreamPush`es of whole batches while the
+# consumer's credit (windowBytes, then CREDIT frames) is positive; each push uses up its
+# frame body's length of credit. With a SmartModule chain, `accumulators` holds each stage's
+# aggregate accumulator after the push (empty for other kinds), so a consumer that reconnects
+# can resume. The stream ends on an error with an END frame carrying the error.
+struct StreamRequest { topic @0 :Text; partition @1 :UInt32; offset @2 :Int64; isolation @3 :Isolation;
+                       windowBytes @4 :UInt32; smartmodules @5 :List(SmartModuleInvocation); }
+struct StreamResponse { result @0 :Result; }
+struct StreamPush { records @0 :Data; highWatermark @1 :Int64; nextOffset @2 :Int64; accumulators @3 :List(Data); }
+
+struct OffsetsRequest { topic @0 :Text; partition @1 :UInt32; }
+struct OffsetsResponse { result @0 :Result; logStartOffset @1 :Int64; highWatermark @2 :Int64; logEndOffset @3 :Int64; }
+struct OffsetForTimestampRequest { topic @0 :Text; partition @1 :UInt32; timestamp @2 :Int64; }
+struct OffsetForTimestampResponse { result @0 :Result; found @1 :Bool; offset @2 :Int64; }
+
+# ---- replication, SPU to SPU (docs/replication.md). `partition` is the partition name
+# (`<topic>-<n>`); `epoch` is the partition epoch the caller knows from the SC.
+
+# A follower pulls from `offset`, its log end offset; everything below `offset` is fsynced on
+# the follower, so the call also reports its progress. The leader waits up to `maxWaitMs` when
+# it has nothing past `offset`.
+struct ReplicaFetchRequest { partition @0 :Text; replicaId @1 :Int32; epoch @2 :UInt32; offset @3 :Int64;
+                             maxBytes @4 :UInt32; maxWaitMs @5 :UInt32; }
+struct ReplicaFetchResponse { result @0 :Result; records @1 :Data; highWatermark @2 :Int64;
+                              logStartOffset @3 :Int64; logEndOffset @4 :Int64; }
+# Where the leader's log has the largest leader epoch <= `lastEpoch` end (KIP-279): a follower
+# truncates what it has beyond that before it fetches. epoch -1: none.
+struct EpochEndOffsetRequest { partition @0 :Text; replicaId @1 :Int32; epoch @2 :UInt32; lastEpoch @3 :Int32; }
+struct EpochEndOffsetResponse { result @0 :Result; leaderEpoch @1 :Int32; endOffset @2 :Int64; }
+# For `kolk partition list`: per partition this SPU leads, its offsets and each replica's
+# progress, as JSON (docs/protocol.md).
+struct PartitionStatusRequest { partitions @0 :List(Text); }
+struct PartitionStatusResponse { result @0 :Result; statusJson @1 :Text; }
+# Node-only: which SPU answers here. instanceId is random per process, so an SPU that dials its
+# own private address at start can tell itself from another SPU (even one with its id).
+struct IdentifyRequest {}
+struct IdentifyResponse { result @0 :Result; spuId @1 :Int32; instanceId @2 :Text; }
+
+struct SpuRequest {
+  union {
+    produce @0 :ProduceRequest;
+    fetch @1 :FetchRequest;
+    stream @2 :StreamRequest;
+    offsets @3 :OffsetsRequest;
+    offsetForTimestamp @4 :OffsetForTimestampRequest;
+    replicaFetch @5 :ReplicaFetchRequest;
+    epochEndOffset @6 :EpochEndOffsetRequest;
+    partitionStatus @7 :PartitionStatusRequest;
+    identify @8 :IdentifyRequest;
+  }
+}
+
+struct SpuResponse {
+  union {
+    rejected @0 :Error;
+    produce @1 :ProduceResponse;
+    fetch @2 :FetchResponse;
+    stream @3 :StreamResponse;
+    offsets @4 :OffsetsResponse;
+    offsetForTimestamp @5 :OffsetForTimestampResponse;
+    replicaFetch @6 :ReplicaFetchResponse;
+    epochEndOffset @7 :EpochEndOffsetResponse;
+    partitionStatus @8 :PartitionStatusResponse;
+    identify @9 :IdentifyResponse;
+  }
+}
+
+# ---------------------------------------------------------------- pushes and stream ends
+
+struct Push {
+  union {
+    stream @0 :StreamPush;
+    watch @1 :WatchPush;
+  }
+}
+
+struct StreamEnd {
+  # Why a stream stopped on the server's side. ok = true: it ended normally (the partition moved
+  # away from this SPU, or the server is stopping); otherwise `error` says why (a SmartModule
+  # failed, with its offset).
+  result @0 :Result;
+}

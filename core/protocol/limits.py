@@ -1,0 +1,41 @@
+"""Every limit the wire protocol enforces, named once and shared by client and server.
+
+The server checks each request against these before any handler sees it (``bounds``); the
+client uses the same numbers to refuse early what the server would refuse. docs/protocol.md
+lists them.
+"""
+
+from __future__ import annotations
+
+# ---- frames and connections
+FRAME_HEADER_BYTES = 16
+# A frame body larger than this is refused before a byte of it is decoded. The largest
+# legitimate bodies are a produce of PRODUCE_BYTES_MAX and a fetch answer of FETCH_BYTES_MAX,
+# plus their envelopes.
+FRAME_BODY_BYTES_MAX = (16 << 20) + (64 << 10)
+REQUESTS_IN_FLIGHT_MAX = 256      # per connection; past it the server stops reading the socket
+STREAMS_PER_CONNECTION_MAX = 64   # open streams (consume streams, watches) per connection
+WRITE_BUFFER_HIGH_BYTES = 4 << 20  # past it a connection stops taking requests until drained
+STREAM_WINDOW_BYTES_MAX = 64 << 20  # credit a client may grant one stream in total
+# Cap'n Proto reader limits: words a message may make the reader visit, and pointer depth.
+TRAVERSAL_WORDS_PER_BODY_WORD = 8
+TRAVERSAL_WORDS_MIN = 1 << 17  # a handler may read a field more than once
+NESTING_MAX = 16
+
+# ---- data plane
+PRODUCE_BYTES_MAX = 16 << 20
+FETCH_BYTES_MAX = 8 << 20
+CHAIN_STAGES_MAX = 16            # SmartModule invocations per request
+SMARTMODULE_PARAMS_MAX = 64       # params of one invocation
+ACCUMULATOR_BYTES_MAX = 1 << 20
+PARTITION_STATUS_MAX = 10_000     # partitions asked about in one partitionStatus
+
+# ---- metadata
+NAME_CHARS_MAX = 255              # topic, partition, object and SmartModule names
+TEXT_CHARS_MAX = 4096             # free text: reasons, racks, addresses, keys, values
+SPEC_JSON_BYTES_MAX = 8 << 20     # an object's spec (a SmartModule's wasm travels in it)
+TOPIC_CONFIG_ENTRIES_MAX = 64
+REPLICAS_MAX = 256                # entries of an in-sync set
+LOST_REPLICAS_MAX = 10_000        # entries of one registerSpu's lost list
+PRODUCER_IDS_PER_REQUEST_MAX = 1000
+OBJECTS_PER_ANSWER_MAX = 1_000_000  # objects in one listObjects answer or watch push
