@@ -4,7 +4,8 @@ Produce: one producer, ``acks=all`` with the idempotent default, 1 MiB batches, 
 records handed over 1,000 at a time with ``send_all`` (the batching API, as Redis gets
 pipelines of 1,000; ``kolk bench`` measures the one-record ``send``). Consume: one consumer
 from the beginning, every record handed to a Python loop. Latency: linger 0, each record
-sent with ``send`` as it is made.
+sent with ``send`` as it is made; a record made while a request is in flight rides the next
+request (the producer's linger-0 rule), so the produce requests are counted, not assumed.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from kolk.bench import consume_from_beginning
 from kolk.client import AsyncClient
 from kolk.consumer import Offset
 
-from . import latency
+from . import latency, procs
 
 LEADER_TIMEOUT_S = 30.0
 CALL_RECORDS = 1000  # records per send_all call, as Redis gets 1,000 XADDs per pipeline
@@ -83,13 +84,30 @@ class KolkWorkload:
             raise RuntimeError(f"kolk: consumed {n} records, expected {count}")
         return elapsed
 
-    async def latency(self, topic: str, rate: int, seconds: float) -> list[float]:
+    async def latency(self, topic: str, rate: int, seconds: float,
+                      window: "procs.CpuWindow | None" = None) -> list[float]:
         producer = self.client.producer(topic, acks="all", linger_ms=0)
 
         async def send(value: bytes) -> None:
             await producer.send(value)
 
-        return await latency.measure(self.system, self.address, topic, rate, seconds, send, producer.flush)
+        # With linger 0 the producer sends a record at once unless a request is in flight, and
+        # then the records made meanwhile ride the next request together: count the produce
+        # requests themselves (one client.produce call per request) for the CPU window.
+        requests = 0
+        produce = self.client.produce
+
+        async def counted(*args, **kwargs):  # type: ignore[no-untyped-def]
+            nonlocal requests
+            requests += 1
+            return await produce(*args, **kwargs)
+
+        self.client.produce = counted  # type: ignore[method-assign]
+        try:
+            return await latency.measure(self.system, self.address, topic, rate, seconds, send, producer.flush,
+                                         window, lambda: requests)
+        finally:
+            del self.client.produce  # the class's method again
 
     async def close(self) -> None:
         await self.client.close()

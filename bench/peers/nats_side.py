@@ -14,7 +14,7 @@ import time
 import nats
 from nats.js import api
 
-from . import latency
+from . import latency, procs
 
 MAX_PENDING = 4000
 FETCH = 1000
@@ -88,12 +88,13 @@ class NatsWorkload:
         await psub.unsubscribe()
         return elapsed
 
-    async def latency(self, stream: str, rate: int, seconds: float) -> list[float]:
+    async def latency(self, stream: str, rate: int, seconds: float,
+                      window: "procs.CpuWindow | None" = None) -> list[float]:
         async def send(value: bytes) -> None:
-            await self.js.publish_async(stream, value)
+            await self.js.publish_async(stream, value)  # one PUB, one request, per record
 
         return await latency.measure(self.system, ",".join(self.urls), stream, rate, seconds, send,
-                                     self.js.publish_async_completed)
+                                     self.js.publish_async_completed, window)
 
     async def close(self) -> None:
         if self.nc is not None:

@@ -8,7 +8,7 @@ import signal
 import socket
 import subprocess
 import time
-from typing import Awaitable, Callable
+from typing import Any, Awaitable, Callable
 
 STOP_TIMEOUT_S = 10.0
 
@@ -49,6 +49,70 @@ def rss_bytes(pid: int) -> int:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) * 1024
     raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def stat_cpu_ticks(stat: str) -> int:
+    """utime + stime (fields 14 and 15 of ``/proc/PID/stat``, in clock ticks) from that file's
+    text. The command name (field 2) is in parentheses and may hold spaces or parentheses, so
+    the fields are counted from the last ")"; for a process they cover all of its threads."""
+    fields = stat[stat.rindex(")") + 2:].split()  # fields[0] is field 3, the state
+    return int(fields[14 - 3]) + int(fields[15 - 3])
+
+
+def cpu_ticks(pid: int) -> int:
+    """CPU time ``pid`` has used so far, user + system, in clock ticks (:data:`CLK_TCK` a second)."""
+    with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
+        return stat_cpu_ticks(f.read())
+
+
+class CpuWindow:
+    """The CPU time of named server processes over a window of the benchmark, per request.
+
+    ``open(requests)`` and ``close(requests, records)`` each read utime + stime of every
+    process from /proc/PID/stat and take the client's count of requests sent so far;
+    :meth:`result` is each process's CPU over the window in µs, and that divided by the
+    requests sent in between. A process whose stat cannot be read gets None."""
+
+    def __init__(self, processes: dict[str, int]) -> None:
+        self.processes = dict(processes)
+        self._t0: dict[str, int | None] = {}
+        self._t1: dict[str, int | None] = {}
+        self._r0 = self._r1 = self.records = 0
+        self._w0 = self._w1 = 0.0
+
+    def _read(self) -> dict[str, int | None]:
+        out: dict[str, int | None] = {}
+        for name, pid in self.processes.items():
+            try:
+                out[name] = cpu_ticks(pid)
+            except (OSError, ValueError, IndexError):
+                out[name] = None
+        return out
+
+    def open(self, requests: int) -> None:
+        self._r0 = requests
+        self._w0 = time.perf_counter()
+        self._t0 = self._read()
+
+    def close(self, requests: int, records: int) -> None:
+        self._t1 = self._read()
+        self._w1 = time.perf_counter()
+        self._r1 = requests
+        self.records = records
+
+    def result(self) -> dict[str, Any]:
+        requests = self._r1 - self._r0
+        cpu_us: dict[str, float | None] = {}
+        for name in self.processes:
+            a, b = self._t0.get(name), self._t1.get(name)
+            cpu_us[name] = None if a is None or b is None else (b - a) * 1e6 / CLK_TCK
+        return {"requests": requests, "records": self.records, "seconds": self._w1 - self._w0,
+                "cpu_us": cpu_us,
+                "us_per_request": {name: None if us is None or requests <= 0 else us / requests
+                                   for name, us in cpu_us.items()}}
 
 
 async def wait_serving(what: str, attempt: Callable[[], Awaitable[object]], alive: Callable[[], bool],

@@ -12,7 +12,7 @@ import time
 import redis
 import redis.asyncio as aredis
 
-from . import latency
+from . import latency, procs
 
 PIPELINE = 1000
 READ_COUNT = 10_000
@@ -63,17 +63,18 @@ class RedisWorkload:
             raise RuntimeError(f"redis: read {n} entries, expected {count}")
         return elapsed
 
-    async def latency(self, key: str, rate: int, seconds: float) -> list[float]:
+    async def latency(self, key: str, rate: int, seconds: float,
+                      window: "procs.CpuWindow | None" = None) -> list[float]:
         r = aredis.Redis(host="127.0.0.1", port=self.port)
 
         async def send(value: bytes) -> None:
-            await r.xadd(key, {FIELD: value})
+            await r.xadd(key, {FIELD: value})  # one XADD, one request, per record
 
         async def finish() -> None:
             return None  # every XADD above was already acknowledged
 
         try:
-            return await latency.measure(self.system, str(self.port), key, rate, seconds, send, finish)
+            return await latency.measure(self.system, str(self.port), key, rate, seconds, send, finish, window)
         finally:
             await r.aclose()
 

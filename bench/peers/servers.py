@@ -1,4 +1,4 @@
-"""Each system's servers on loopback, in a temporary directory: start, resident memory, stop.
+"""Each system's servers on loopback, in a temporary directory: start, resident memory, CPU, stop.
 
 ``start`` returns once the system serves: a client has connected and completed a round trip
 (Kolk: every SPU registered and the SC answering a metadata call; JetStream: the account
@@ -48,8 +48,16 @@ class Servers(abc.ABC):
         """Spawn the processes; return once a client round trip succeeds; set ``start_ms``."""
 
     @abc.abstractmethod
+    def processes(self) -> dict[str, int]:
+        """The server processes' ids by name (Kolk: "sc", "spu-1", ...)."""
+
+    def serving(self) -> list[str]:
+        """The names of the processes that serve produce requests (Kolk: the SPUs, not the SC)."""
+        return list(self.processes())
+
     def pids(self) -> list[int]:
         """The server processes' ids."""
+        return list(self.processes().values())
 
     @abc.abstractmethod
     def stop(self) -> None:
@@ -57,6 +65,9 @@ class Servers(abc.ABC):
 
     def rss_bytes(self) -> int:
         return sum(procs.rss_bytes(pid) for pid in self.pids())
+
+    def rss_by_process(self) -> dict[str, int]:
+        return {name: procs.rss_bytes(pid) for name, pid in self.processes().items()}
 
 
 class KolkServers(Servers):
@@ -88,8 +99,11 @@ class KolkServers(Servers):
     def address(self) -> str:
         return self.profile["sc"]
 
-    def pids(self) -> list[int]:
-        return list(self.profile.get("pids", {}).values())
+    def processes(self) -> dict[str, int]:
+        return dict(self.profile.get("pids", {}))
+
+    def serving(self) -> list[str]:
+        return [name for name in self.processes() if name.startswith("spu-")]
 
     def stop(self) -> None:
         from kolk import local_cluster
@@ -146,8 +160,10 @@ class NatsServers(Servers):
                                  lambda: all(p.poll() is None for p in self.procs), START_TIMEOUT_S)
         self.start_ms = (time.perf_counter() - t0) * 1000
 
-    def pids(self) -> list[int]:
-        return [p.pid for p in self.procs]
+    def processes(self) -> dict[str, int]:
+        if len(self.procs) == 1:
+            return {"nats-server": self.procs[0].pid}
+        return {f"nats-server n{i}": p.pid for i, p in enumerate(self.procs)}
 
     def stop(self) -> None:
         procs.stop(self.procs)
@@ -192,8 +208,8 @@ class RedisServer(Servers):
                                  lambda: proc.poll() is None, START_TIMEOUT_S)
         self.start_ms = (time.perf_counter() - t0) * 1000
 
-    def pids(self) -> list[int]:
-        return [self.proc.pid] if self.proc else []
+    def processes(self) -> dict[str, int]:
+        return {"redis-server": self.proc.pid} if self.proc else {}
 
     def stop(self) -> None:
         if self.proc:
