@@ -145,7 +145,7 @@ counted and the CPU per record is shown as well. RSS is the resident memory of e
 process together, and for Kolk also of the SC and the SPU each, idle after start and again
 after the run. The row "{kolk_send}" is Kolk's produce with one `send` call per record instead
 of `send_all`. Start to serving is from spawning the first server process to the first
-answered client round trip; for Kolk the benchmark calls `kolk.local_cluster.start(1)`, what
+answered client round trip; for Kolk the benchmark calls `kolk.cli.local_cluster.start(1)`, what
 `kolk cluster start --spus 1` runs, in its own process (so without the CLI's interpreter
 start). {rounds} rounds, systems alternating within each round."""
 
@@ -184,7 +184,7 @@ def main() -> int:
                 await one(key, rnd, args, results)
                 gc.collect()
 
-    from kolk.admin import run
+    from kolk.client.admin import run
 
     run(body)  # one event loop for every system's client
     setup = SETUP.format(kolk_send=report.KOLK_SEND, warmup=args.warmup_seconds, seconds=args.seconds,

@@ -23,9 +23,9 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from kolk import local_cluster  # noqa: E402
-from kolk.admin import run  # noqa: E402
-from kolk.client import AsyncClient  # noqa: E402
+from kolk.cli import local_cluster  # noqa: E402
+from kolk.client.admin import run  # noqa: E402
+from kolk.client.client import AsyncClient  # noqa: E402
 
 
 def pct(values: list[float], p: float) -> float:

@@ -18,8 +18,8 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from jepsen.cluster import ScCluster, wait_for  # noqa: E402
-from kolk.admin import AdminClient, run  # noqa: E402
-from kolk.errors import KolkError  # noqa: E402
+from kolk.client.admin import AdminClient, run  # noqa: E402
+from kolk.protocol.errors import KolkError  # noqa: E402
 
 
 def pct(values: list[float], p: float) -> float:

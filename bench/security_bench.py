@@ -21,10 +21,10 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from kolk import local_cluster  # noqa: E402
-from kolk.admin import run  # noqa: E402
-from kolk.client import AsyncClient  # noqa: E402
-from kolk.consumer import Offset  # noqa: E402
+from kolk.cli import local_cluster  # noqa: E402
+from kolk.client.admin import run  # noqa: E402
+from kolk.client.client import AsyncClient  # noqa: E402
+from kolk.client.consumer import Offset  # noqa: E402
 from kolk.security.policy import parse_policy  # noqa: E402
 from replication_bench import throughput  # noqa: E402
 

@@ -26,10 +26,10 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from kolk import local_cluster  # noqa: E402
-from kolk.admin import run  # noqa: E402
-from kolk.client import AsyncClient  # noqa: E402
-from kolk.consumer import Offset  # noqa: E402
+from kolk.cli import local_cluster  # noqa: E402
+from kolk.client.admin import run  # noqa: E402
+from kolk.client.client import AsyncClient  # noqa: E402
+from kolk.client.consumer import Offset  # noqa: E402
 from kolk.segments import build_batch  # noqa: E402
 from kolk.smartmodule.build import build_c  # noqa: E402
 from kolk.smartmodule.chain import Chain, Stage  # noqa: E402

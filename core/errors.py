@@ -1,203 +1,28 @@
-"""The errors a Kolk client sees. One root, :class:`KolkError`; each subclass says whose fault
-it is and whether a retry can help (``retriable``)."""
-
-from __future__ import annotations
-
-from .protocol.codes import ErrorCode
-
-
-class KolkError(Exception):
-    """Root of every error raised by the Kolk client."""
-
-    code = "internal"
-    retriable = False
-    # True when a write may have happened although the call failed: retry it only with the
-    # idempotent producer (which turns a repeat into a duplicate), never blindly.
-    outcome_unknown = False
-
-    def __init__(self, message: str, *, code: str | None = None, leader: str | None = None,
-                 retriable: bool | None = None) -> None:
-        super().__init__(message)
-        if code is not None:
-            self.code = code
-        if retriable is not None:
-            self.retriable = retriable
-        self.leader = leader
-
-
-class ClusterUnavailableError(KolkError):
-    """No SC could be reached, or none had a leader in time. Retry later."""
-
-    code = "unavailable"
-    retriable = True
-
-
-class NotLeaderError(KolkError):
-    """This node does not lead; ``leader`` is where to go (None when unknown)."""
-
-    code = "notLeader"
-    retriable = True
-
-
-class RequestTimeoutError(KolkError):
-    """No answer in time. A write may or may not have been applied."""
-
-    code = "timeout"
-    retriable = True
-    outcome_unknown = True
-
-
-class PartitionOfflineError(KolkError):
-    """The partition has no leader: its in-sync replicas are down, or none of its replicas is
-    known to hold every acknowledged record. The message names the missing replicas. It comes
-    back when one of them returns (retriable), or when an operator accepts the loss with
-    ``kolk partition elect --unclean``."""
-
-    code = "offline"
-    retriable = True
-
-
-class InvalidRequestError(KolkError):
-    """The request is malformed or asks for something impossible; fix it before retrying."""
-
-    code = "invalidArgument"
-
-
-class ReplicationFactorTooHighError(InvalidRequestError):
-    code = "replicationFactorTooHigh"
-
-
-class InvalidBatchError(InvalidRequestError):
-    """The record batch failed the SPU's checks (CRC, length, header fields); nothing was stored."""
-
-    code = "invalidBatch"
-
-
-class OffsetOutOfRangeError(InvalidRequestError):
-    """The offset is outside what the partition holds (deleted by retention, or not written yet)."""
-
-    code = "offsetOutOfRange"
-
-
-class CorruptDataError(KolkError):
-    """A stored batch failed its CRC on the server; it is fenced and never served."""
-
-    code = "corruptBatch"
-
-
-class StorageFullError(KolkError):
-    """The SPU's disk refused the write; retry once space is freed."""
-
-    code = "storageFull"
-    retriable = True
-
-
-class NotEnoughReplicasError(KolkError):
-    """acks=all cannot be honoured with the replicas in sync now; nothing was written."""
-
-    code = "notEnoughReplicas"
-    retriable = True
-
-
-class NotEnoughReplicasAfterAppendError(KolkError):
-    """The leader appended the records, but the in-sync set shrank below ``min_in_sync`` before
-    they were acknowledged: they may or may not end up committed (Kafka's
-    NOT_ENOUGH_REPLICAS_AFTER_APPEND). The idempotent producer's retry settles it."""
-
-    code = "notEnoughReplicasAfterAppend"
-    retriable = True
-    outcome_unknown = True
-
-
-class AlreadyExistsError(KolkError):
-    code = "alreadyExists"
-
-
-class NotFoundError(KolkError):
-    code = "notFound"
-
-
-class VersionConflictError(KolkError):
-    """A compare-and-set saw another version: read again, then decide."""
-
-    code = "versionConflict"
-
-
-class InUseError(KolkError):
-    code = "inUse"
-
-
-class StaleEpochError(KolkError):
-    code = "staleEpoch"
-
-
-class ProducerFencedError(KolkError):
-    """A newer producer with the same id (a higher producer epoch) has taken over."""
-
-    code = "producerFenced"
-
-
-class OutOfOrderSequenceError(KolkError):
-    """An idempotent batch skipped sequence numbers: an earlier batch of this producer is
-    missing on the leader. Retriable while that earlier batch is still being retried."""
-
-    code = "outOfOrderSequence"
-
-
-class DuplicateSequenceError(KolkError):
-    """An idempotent batch was already written, longer ago than the leader remembers offsets for;
-    it was not written again."""
-
-    code = "duplicateSequence"
-
-
-class PermissionDeniedError(KolkError):
-    """The policy in force does not allow this identity, from this address, to do this."""
-
-    code = "denied"
-
-
-_BY_CODE: dict[str, type[KolkError]] = {
-    "unavailable": ClusterUnavailableError,
-    "noLeader": ClusterUnavailableError,
-    "notLeader": NotLeaderError,
-    "timeout": RequestTimeoutError,
-    "invalidArgument": InvalidRequestError,
-    "invalidCommand": InvalidRequestError,
-    "unknownCommand": InvalidRequestError,
-    "tooLarge": InvalidRequestError,
-    "replicationFactorTooHigh": ReplicationFactorTooHighError,
-    "alreadyExists": AlreadyExistsError,
-    "notFound": NotFoundError,
-    "versionConflict": VersionConflictError,
-    "inUse": InUseError,
-    "staleEpoch": StaleEpochError,
-    "notPartitionLeader": StaleEpochError,
-    "invalidBatch": InvalidBatchError,
-    "offsetOutOfRange": OffsetOutOfRangeError,
-    "corruptBatch": CorruptDataError,
-    "storageFull": StorageFullError,
-    "storage": KolkError,
-    "notEnoughReplicas": NotEnoughReplicasError,
-    "notEnoughReplicasAfterAppend": NotEnoughReplicasAfterAppendError,
-    "offline": PartitionOfflineError,
-    "producerFenced": ProducerFencedError,
-    "outOfOrderSequence": OutOfOrderSequenceError,
-    "duplicateSequence": DuplicateSequenceError,
-    "denied": PermissionDeniedError,
-    "smartModule": KolkError,
-    "malformed": InvalidRequestError,
-    "unknownCall": InvalidRequestError,
-    "limitExceeded": ClusterUnavailableError,
-    "internal": KolkError,
-}
-
-
-assert set(_BY_CODE) <= {c.value for c in ErrorCode}, set(_BY_CODE) - {c.value for c in ErrorCode}
-
-
-def error_from_wire(code: str, message: str, leader: str | None = None, retriable: bool = False) -> KolkError:
-    """The exception for a wire error. A code this version does not know is a KolkError that
-    is retriable only if the server said so."""
-    cls = _BY_CODE.get(code, KolkError)
-    return cls(message, code=code, leader=leader, retriable=retriable or cls.retriable)
+"""``kolk.errors``: the errors a Kolk client sees. They are defined in core/protocol/errors.py,
+shared with the servers; this module keeps them importable by the name programs already use."""
+
+from .protocol.errors import (  # noqa: F401
+    KolkError as KolkError,
+    ClusterUnavailableError as ClusterUnavailableError,
+    NotLeaderError as NotLeaderError,
+    RequestTimeoutError as RequestTimeoutError,
+    PartitionOfflineError as PartitionOfflineError,
+    InvalidRequestError as InvalidRequestError,
+    ReplicationFactorTooHighError as ReplicationFactorTooHighError,
+    InvalidBatchError as InvalidBatchError,
+    OffsetOutOfRangeError as OffsetOutOfRangeError,
+    CorruptDataError as CorruptDataError,
+    StorageFullError as StorageFullError,
+    NotEnoughReplicasError as NotEnoughReplicasError,
+    NotEnoughReplicasAfterAppendError as NotEnoughReplicasAfterAppendError,
+    AlreadyExistsError as AlreadyExistsError,
+    NotFoundError as NotFoundError,
+    VersionConflictError as VersionConflictError,
+    InUseError as InUseError,
+    StaleEpochError as StaleEpochError,
+    ProducerFencedError as ProducerFencedError,
+    OutOfOrderSequenceError as OutOfOrderSequenceError,
+    DuplicateSequenceError as DuplicateSequenceError,
+    PermissionDeniedError as PermissionDeniedError,
+    error_from_wire as error_from_wire,
+)

@@ -13,9 +13,9 @@ import asyncio
 import ssl
 from typing import Any, Callable
 
-from .errors import ClusterUnavailableError
 from .protocol.channel import SC, SPU, ClientConnection, Service
 from .protocol.channel import serve as serve_channel
+from .protocol.errors import ClusterUnavailableError
 from .security.tls import Peer, TlsConfig, explain_ssl_error, peer_of, server_hostname
 
 __all__ = ["SC", "SPU", "ClientConnection", "Service", "connect", "serve"]

@@ -32,9 +32,9 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from kolk.admin import AdminClient, run  # noqa: E402
-from kolk.client import AsyncClient  # noqa: E402
-from kolk.errors import ClusterUnavailableError, InvalidRequestError, KolkError, NotFoundError  # noqa: E402
+from kolk.client.admin import AdminClient, run  # noqa: E402
+from kolk.client.client import AsyncClient  # noqa: E402
+from kolk.protocol.errors import ClusterUnavailableError, InvalidRequestError, KolkError, NotFoundError  # noqa: E402
 
 from .checkers.linearizability import check as check_linearizable  # noqa: E402
 from .checkers.queue import check_queue  # noqa: E402

@@ -162,7 +162,7 @@ class System:
     # ---------------------------------------------------------------- processes
 
     def start_all(self) -> None:
-        from kolk.admin import run
+        from kolk.client.admin import run
 
         for name in self.sc_names():
             self.start(name)
@@ -188,8 +188,8 @@ class System:
     async def _sc_leader_elected(self) -> bool:
         import asyncio
 
-        from kolk.admin import AdminClient
-        from kolk.errors import KolkError
+        from kolk.client.admin import AdminClient
+        from kolk.protocol.errors import KolkError
 
         loop = asyncio.get_running_loop()
         deadline = loop.time() + START_TIMEOUT_S

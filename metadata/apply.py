@@ -36,24 +36,23 @@ import dataclasses
 import json
 from typing import Any, Callable, Mapping
 
-from .command import (ALREADY_EXISTS, IN_USE, INVALID_ARGUMENT, INVALID_COMMAND, NAME_CHARS_MAX, NOT_FOUND,
+from .command import (ALREADY_EXISTS, IN_USE, INVALID_ARGUMENT, INVALID_COMMAND, NOT_FOUND,
                       REPLICATION_FACTOR_TOO_HIGH, UNKNOWN_COMMAND, VERSION_CONFLICT, Applied, Edit, Event, Invalid,
-                      Outcome, check_version, fail, get_field, get_name, get_spu_id, get_ts)
+                      Outcome, check_version, fail, get_field, get_name, get_spu_id, get_ts, invalid_spec)
 from .objects import PARTITION, POLICY, SMARTMODULE, SPU, TOPIC, MetaObject, State, partition_name, spu_name
 from .partition_ops import (elect_leader, fence_replica, get_lost, get_storage_id, reassign_partition,
                             register_effects, update_isr)
+# The limits of what a spec may hold live with the specs; named here too for those who look.
+from .specs import (ADDRESS_CHARS_MAX, CONFIG_ENTRIES_MAX, CONFIG_VALUE_CHARS_MAX, PARTITIONS_MAX,  # noqa: F401
+                    REPLICATION_FACTOR_MAX, SMARTMODULE_BYTES_MAX, PartitionSpec, PartitionStatus, PolicySpec,
+                    SmartModuleSpec, SpecError, SpuSpec, SpuStatus, TopicSpec, check_address, min_in_sync)
 
 __all__ = ["Applied", "Event", "Outcome", "OPS", "apply", "apply_bytes", "encode_command", "min_in_sync"]
 
-# Limits on what a command may ask for (TIGER_STYLE: everything bounded).
-PARTITIONS_MAX = 1000
-REPLICATION_FACTOR_MAX = 7
-CONFIG_ENTRIES_MAX = 64
-CONFIG_VALUE_CHARS_MAX = 1024
+# Limits on what a command may ask for (TIGER_STYLE: everything bounded); a spec's own limits
+# are in specs.py.
 OBJECT_SPEC_BYTES_MAX = 4 << 20
-ADDRESS_CHARS_MAX = 255
 PRODUCER_IDS_PER_CALL_MAX = 1000
-SMARTMODULE_BYTES_MAX = 2 << 20
 ACTIVE_POLICY = "active"  # the policy object every node enforces; other policy objects are stored drafts
 PRODUCER_ID_MAX = 2**63 - 1
 
@@ -70,20 +69,14 @@ def _create_topic(state: State, cmd: Mapping[str, Any]) -> Applied:
     rf = get_field(cmd, "replication_factor", int)
     config = get_field(cmd, "config", dict, optional=True) or {}
     assignment = get_field(cmd, "assignment", list)
-    if not 1 <= partitions <= PARTITIONS_MAX:
-        raise fail(INVALID_ARGUMENT, f"topic {name}: partitions must be 1-{PARTITIONS_MAX}, got {partitions}")
-    if not 1 <= rf <= REPLICATION_FACTOR_MAX:
-        raise fail(INVALID_ARGUMENT,
-                    f"topic {name}: replication factor must be 1-{REPLICATION_FACTOR_MAX}, got {rf}")
+    try:
+        spec = TopicSpec(partitions, rf, config)
+    except SpecError as e:
+        raise invalid_spec(e, f"topic {name}") from None
     spus = state.spu_ids()
     if rf > len(spus):
         raise fail(REPLICATION_FACTOR_TOO_HIGH,
                     f"topic {name}: replication factor {rf} is more than the {len(spus)} registered SPUs")
-    if len(config) > CONFIG_ENTRIES_MAX or not all(
-            isinstance(k, str) and isinstance(v, str) and len(k) <= NAME_CHARS_MAX and len(v) <= CONFIG_VALUE_CHARS_MAX
-            for k, v in config.items()):
-        raise fail(INVALID_ARGUMENT, f"topic {name}: config must be at most {CONFIG_ENTRIES_MAX} string pairs")
-    _check_min_in_sync(name, config, rf)
     if state.get(TOPIC, name) is not None:
         raise fail(ALREADY_EXISTS, f"topic {name} already exists")
     if len(assignment) != partitions:
@@ -92,33 +85,17 @@ def _create_topic(state: State, cmd: Mapping[str, Any]) -> Applied:
     alive = {o.spec["id"] for o in state.all(SPU) if o.status.get("alive")}
     edit = Edit(state)
     for i, replicas in enumerate(assignment):
-        if (not isinstance(replicas, list) or len(replicas) != rf or len(set(replicas)) != rf
-                or not all(isinstance(r, int) and not isinstance(r, bool) and r in known for r in replicas)):
+        # The types first: a list inside the list must not reach set().
+        if (not isinstance(replicas, list) or len(replicas) != rf
+                or not all(isinstance(r, int) and not isinstance(r, bool) and r in known for r in replicas)
+                or len(set(replicas)) != rf):
             raise fail(INVALID_COMMAND,
                         f"topic {name}: partition {i} needs {rf} distinct registered SPU ids, got {replicas!r}")
         leader = next((r for r in replicas if r in alive), None)
-        edit.put(PARTITION, partition_name(name, i),
-                 {"topic": name, "partition": i, "replicas": list(replicas)},
-                 {"leader": leader, "epoch": 0, "isr": list(replicas)})
-    edit.put(TOPIC, name, {"partitions": partitions, "replication_factor": rf, "config": dict(config)},
-             {"state": "ready", "created_ms": ts})
+        edit.put(PARTITION, partition_name(name, i), PartitionSpec(name, i, tuple(replicas)).to_dict(),
+                 PartitionStatus(leader, 0, tuple(replicas)).to_dict())
+    edit.put(TOPIC, name, spec.to_dict(), {"state": "ready", "created_ms": ts})
     return edit.finish(ts, {"name": name})
-
-
-def _check_min_in_sync(topic: str, config: Mapping[str, str], rf: int) -> None:
-    raw = config.get("min_in_sync")
-    if raw is None:
-        return
-    if not raw.isdigit() or not 1 <= int(raw) <= rf:
-        raise fail(INVALID_ARGUMENT,
-                    f"topic {topic}: min_in_sync must be a whole number from 1 to the replication factor {rf}, "
-                    f"got {raw!r}")
-
-
-def min_in_sync(topic_config: Mapping[str, str], rf: int) -> int:
-    """The topic's ``min_in_sync``: as configured, else a majority of its replicas."""
-    raw = topic_config.get("min_in_sync")
-    return int(raw) if raw is not None and raw.isdigit() else rf // 2 + 1
 
 
 def _delete_topic(state: State, cmd: Mapping[str, Any]) -> Applied:
@@ -136,14 +113,6 @@ def _delete_topic(state: State, cmd: Mapping[str, Any]) -> Applied:
 
 
 
-def _address(cmd: Mapping[str, Any], name: str) -> str:
-    addr = get_field(cmd, name, str)
-    host, sep, port = addr.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536 or len(addr) > ADDRESS_CHARS_MAX:
-        raise fail(INVALID_ARGUMENT, f"{name} {addr!r} must be host:port")
-    return addr
-
-
 def _register_spu(state: State, cmd: Mapping[str, Any]) -> Applied:
     """An SPU registers as it starts, with the storage id of its data directory (DESIGN.md §5,
     storage identity) and the replicas it found short of their high watermark."""
@@ -152,20 +121,22 @@ def _register_spu(state: State, cmd: Mapping[str, Any]) -> Applied:
     rack = get_field(cmd, "rack", (str, type(None)), optional=True)
     storage_id = get_storage_id(cmd)
     lost = get_lost(cmd)
-    spec = {"id": spu_id, "rack": rack, "public_address": _address(cmd, "public_address"),
-            "private_address": _address(cmd, "private_address")}
+    public_address = get_field(cmd, "public_address", str)
+    private_address = get_field(cmd, "private_address", str)
     current = state.get(SPU, spu_name(spu_id))
-    if storage_id is None and current is not None:
-        storage_id = current.spec.get("storage_id")  # a registration without one never erases it
-    if storage_id is not None:
-        spec["storage_id"] = storage_id
+    was = current.spec.get("storage_id") if current is not None else None
+    try:
+        # A registration without a storage id never erases the one recorded.
+        spec = SpuSpec(spu_id, rack, public_address, private_address,
+                       storage_id if storage_id is not None else was).to_dict()
+    except SpecError as e:
+        raise invalid_spec(e) from None
     edit = Edit(state)
     if current is None:
-        edit.put(SPU, spu_name(spu_id), spec, {"alive": True, "changed_ms": ts})
+        edit.put(SPU, spu_name(spu_id), spec, SpuStatus(True, ts).to_dict())
         return _registered(edit.finish(ts), spu_id)
     if dict(current.spec) != spec:
         edit.put(SPU, spu_name(spu_id), spec, current.status)
-    was = current.spec.get("storage_id")
     storage_lost = None
     if storage_id is not None and was is not None and storage_id != was:
         storage_lost = f"SPU {spu_id} came back with storage {storage_id[:8]}, not {was[:8]}: its data is gone"
@@ -203,7 +174,7 @@ def _set_spu_status(state: State, cmd: Mapping[str, Any]) -> Applied:
         raise fail(NOT_FOUND, f"SPU {spu_id} is not registered")
     edit = Edit(state)
     if current.status.get("alive") != alive:
-        edit.put(SPU, current.name, current.spec, {"alive": alive, "changed_ms": ts})
+        edit.put(SPU, current.name, current.spec, SpuStatus(alive, ts).to_dict())
     return edit.finish(ts, {"id": spu_id, "alive": alive})
 
 
@@ -246,32 +217,12 @@ def _blob_name(cmd: Mapping[str, Any], kind: str) -> str:
     return full
 
 
-def _check_smartmodule_spec(name: str, spec: Mapping[str, Any]) -> None:
-    """The fields every SPU relies on: the module's bytes (base64) and their sha256 and size."""
-    import base64
-    import hashlib
-
-    wasm_b64 = spec.get("wasm")
-    if not isinstance(wasm_b64, str):
-        raise fail(INVALID_ARGUMENT, f"smartmodule {name}: spec.wasm (base64 of the module) is missing")
-    try:
-        wasm = base64.b64decode(wasm_b64, validate=True)
-    except ValueError:
-        raise fail(INVALID_ARGUMENT, f"smartmodule {name}: spec.wasm is not base64") from None
-    if len(wasm) > SMARTMODULE_BYTES_MAX:
-        raise fail(INVALID_ARGUMENT, f"smartmodule {name}: {len(wasm)} bytes is more than {SMARTMODULE_BYTES_MAX}")
-    if not wasm.startswith(b"\0asm"):
-        raise fail(INVALID_ARGUMENT, f"smartmodule {name}: spec.wasm is not a WebAssembly binary")
-    digest = hashlib.sha256(wasm).hexdigest()
-    if spec.get("sha256") != digest or spec.get("size") != len(wasm):
-        raise fail(INVALID_ARGUMENT, f"smartmodule {name}: sha256/size must be {digest}/{len(wasm)}")
-
-
 def _check_policy_version(name: str, spec: Mapping[str, Any], current: MetaObject | None) -> None:
     """A policy's version only goes forward, so a revoked (older) version can never be put back."""
-    version = spec.get("version")
-    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
-        raise fail(INVALID_ARGUMENT, f"policy {name}: version must be a whole number >= 1, got {version!r}")
+    try:
+        version = PolicySpec.from_dict(spec).version
+    except SpecError as e:
+        raise invalid_spec(e, f"policy {name}") from None
     if current is not None and version <= int(current.spec.get("version", 0)):
         raise fail(VERSION_CONFLICT, f"policy {name}: version {version} is not newer than version "
                                       f"{current.spec.get('version')} in force; a policy's version only goes forward")
@@ -286,7 +237,10 @@ def _put_object(state: State, cmd: Mapping[str, Any]) -> Applied:
     if size > OBJECT_SPEC_BYTES_MAX:
         raise fail(INVALID_ARGUMENT, f"{kind} {name}: spec is {size} bytes, more than {OBJECT_SPEC_BYTES_MAX}")
     if kind == SMARTMODULE:
-        _check_smartmodule_spec(name, spec)
+        try:
+            SmartModuleSpec.from_dict(spec)  # the bytes every SPU relies on, their sha256 and size
+        except SpecError as e:
+            raise invalid_spec(e, f"smartmodule {name}") from None
     current = state.get(kind, name)
     if kind == POLICY and name == ACTIVE_POLICY:
         _check_policy_version(name, spec, current)

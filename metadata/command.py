@@ -5,15 +5,12 @@ builds the next :class:`State`. Pure: no I/O, no clock, no randomness (metadata/
 from __future__ import annotations
 
 import dataclasses
-import re
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Mapping
 
 from .objects import PARTITION, MetaObject, State
-
-NAME_CHARS_MAX = 200
-_NAME = re.compile(r"^[A-Za-z0-9._-]+$")
+from .specs import SpecError, check_name, check_spu_id
 
 # Error codes, shared with the wire protocol.
 INVALID_COMMAND = "invalid_command"
@@ -72,6 +69,12 @@ def fail(code: str, message: str) -> Invalid:
     return Invalid(code, message)
 
 
+def invalid_spec(e: SpecError, about: str = "") -> Invalid:
+    """A spec's bad field as an ``invalid_argument`` outcome, prefixed with what it is about
+    (``topic orders``)."""
+    return Invalid(INVALID_ARGUMENT, f"{about}: {e.message}" if about else e.message)
+
+
 # ---------------------------------------------------------------- field checks
 
 
@@ -98,11 +101,10 @@ def type_name(kind: type | tuple[type, ...]) -> str:
 
 def get_name(cmd: Mapping[str, Any], what: str, field_name: str = "name") -> str:
     name = get_field(cmd, field_name, str)
-    if not name or len(name) > NAME_CHARS_MAX or name in (".", "..") or not _NAME.match(name):
-        raise fail(INVALID_ARGUMENT,
-                    f"{what} name {name!r} is invalid: use 1-{NAME_CHARS_MAX} of A-Z a-z 0-9 . _ - "
-                    "(and not '.' or '..')")
-    return name
+    try:
+        return check_name(name, what, field_name)
+    except SpecError as e:
+        raise fail(INVALID_ARGUMENT, e.message) from None
 
 
 def get_ts(cmd: Mapping[str, Any]) -> int:
@@ -172,9 +174,10 @@ class Edit:
 
 def get_spu_id(cmd: Mapping[str, Any]) -> int:
     spu_id = get_field(cmd, "id", int)
-    if not 0 <= spu_id < 2**31:
-        raise fail(INVALID_ARGUMENT, f"SPU id {spu_id} must be 0 to 2^31-1")
-    return spu_id
+    try:
+        return check_spu_id(spu_id)
+    except SpecError as e:
+        raise fail(INVALID_ARGUMENT, e.message) from None
 
 
 

@@ -5,7 +5,8 @@ cluster observed) and a ``version``: the state version of the command that last 
 The state version grows by one for every command that changes something, so "everything
 after version V" is a well-defined delta for watchers.
 
-Kinds and their fields (``docs/metadata.md`` is the reference):
+Kinds and their fields (``docs/metadata.md`` is the reference; ``specs.py`` has them as typed
+values, with every field check):
 
 * ``topic``: spec ``partitions``, ``replication_factor``, ``config`` (string map);
   status ``state`` (``ready``).
@@ -16,8 +17,9 @@ Kinds and their fields (``docs/metadata.md`` is the reference):
 * topic ``config`` keys the cluster reads: ``min_in_sync`` (1..replication factor; default a
   majority of the replicas), ``retention_ms``/``retention_bytes``/``segment_bytes`` as in
   docs/metadata.md.
-* ``smartmodule`` and ``policy``: spec is opaque to the SC (a blob with a sha256 and a size);
-  later issues give them meaning.
+* ``smartmodule``: spec ``wasm`` (base64), its ``sha256`` and ``size``, what ``kolk smartmodule
+  create`` says of it, and any other keys. ``policy``: the object ``active`` is the policy in
+  force (``version``, ``source``, ``sha256``); other policy objects are opaque drafts.
 """
 
 from __future__ import annotations

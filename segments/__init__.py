@@ -28,13 +28,25 @@ from .errors import (
     TruncatedBatchError as TruncatedBatchError,
     TruncatedBeforeDurableError as TruncatedBeforeDurableError,
 )
-from .group_commit import GroupCommit as GroupCommit
 from .leader_epochs import EpochEnd as EpochEnd
-from .log import AppendInfo as AppendInfo
-from .reader import FileRegion as FileRegion
-from .log import PartitionLog as PartitionLog
-from .reader import ReadResult as ReadResult
 from .records import Record as Record
 from .records import build_batch as build_batch
 from .records import decode_records as decode_records
-from .store import LogStore as LogStore
+
+# The log itself (RocksDB through rocksdict) is loaded on first use: a client or an SC that only
+# builds and reads batches does not carry RocksDB in memory (DESIGN.md §11).
+_LAZY = {
+    "GroupCommit": "group_commit", "AppendInfo": "log", "PartitionLog": "log", "FileRegion": "reader",
+    "ReadResult": "reader", "LogStore": "store",
+}
+
+
+def __getattr__(name: str) -> object:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value

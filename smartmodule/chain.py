@@ -10,13 +10,16 @@ offset, when the module said which record failed.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import TYPE_CHECKING, Iterator, Sequence
 
 from ..segments.batch import CODEC_NONE, HEADER_SIZE, BatchHeader, check_header, iter_batches, parse_header
 from ..segments.errors import InvalidBatchError
 from ..segments.records import decompress, encode_batch
 from .abi import renumber as renumber_section
-from .engine import Instance, SmartModuleError
+from .limits import SmartModuleError
+
+if TYPE_CHECKING:
+    from .engine import Instance
 
 SHARING_KINDS = ("array_map", "aggregate")  # kinds whose outputs may share an offset
 

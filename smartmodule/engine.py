@@ -26,6 +26,7 @@ from typing import Mapping
 
 import wasmtime
 
+from .limits import Limits, SmartModuleError
 from .abi import ABI_VERSION, KINDS, AbiError, Output, check_output, encode_call, encode_params, split_result
 
 TICK_S = 0.01
@@ -33,30 +34,6 @@ TICK_S = 0.01
 # table.grow is not fuel-bound) and extra memories (multi-memory, each capped separately).
 TABLES_MAX = 4
 TABLE_ELEMENTS_MAX = 1 << 16
-
-
-@dataclass(frozen=True)
-class Limits:
-    fuel_per_call: int = 100_000_000
-    memory_bytes: int = 64 << 20
-    wall_clock_ms: int = 2_000
-    output_bytes_max: int = 16 << 20
-    output_ratio_max: int = 64  # output at most this many times the input
-    module_bytes_max: int = 2 << 20
-
-    def __post_init__(self) -> None:
-        if self.fuel_per_call < 1_000 or self.memory_bytes < 64 << 10 or self.wall_clock_ms < 10:
-            raise ValueError("SmartModule limits: fuel >= 1000, memory >= 64 KiB, wall clock >= 10 ms")
-
-
-class SmartModuleError(Exception):
-    """A module failed. ``reason``: invalidModule, initFailed, trap, fuelExhausted, timeout,
-    recordError, badOutput, allocFailed. ``record_index``: the input record, when known."""
-
-    def __init__(self, reason: str, message: str, record_index: int | None = None) -> None:
-        super().__init__(message)
-        self.reason = reason
-        self.record_index = record_index
 
 
 _REQUIRED = {"kolk_abi_version": ([], ["i32"]), "kolk_alloc": (["i32"], ["i32"])}

@@ -21,9 +21,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from jepsen.cluster import ScCluster, free_port, wait_for  # noqa: E402
 from jepsen.proxy import FaultProxy  # noqa: E402
-from kolk.admin import AdminClient, run  # noqa: E402
-from kolk.client import AsyncClient  # noqa: E402
-from kolk.consumer import ConsumerRecord, Offset  # noqa: E402
+from kolk.client.admin import AdminClient, run  # noqa: E402
+from kolk.client.client import AsyncClient  # noqa: E402
+from kolk.client.consumer import ConsumerRecord, Offset  # noqa: E402
 from kolk.protocol.channel import SPU, ClientConnection  # noqa: E402
 
 START_TIMEOUT_S = 30.0

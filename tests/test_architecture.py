@@ -5,12 +5,21 @@ Only imports at module level count (an import inside a function is a deliberate 
 the record-batch format (``segments.batch``, ``segments.records``, ``segments.errors``: a
 leaf that imports nothing else); ``metadata`` imports ``raft``; the wire protocol
 (``core/protocol``) imports nothing of kolk; and no two modules import each other in a circle.
+
+Inside ``core/``, the rooms (docs/architecture.md, "Floor plan and import directions"): the
+client (``core/client``) imports nothing of the servers (``core/sc``, ``core/spu``,
+``core/node``) or of the command line (``core/cli``); the SC and the SPU import nothing of
+each other or of the command line; what they share (``core/node``) imports neither of them.
+These hold for every import, lazy ones included: a room boundary is about who talks to whom,
+not about load order. And ``import kolk`` loads none of the servers or the command line.
 """
 
 from __future__ import annotations
 
 import ast
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -42,11 +51,28 @@ def _modules() -> dict[str, str]:
 MODULES = _modules()
 
 
-def _top_level_imports(name: str, path: str) -> set[str]:
-    """kolk modules ``name`` imports at module level (not inside functions or TYPE_CHECKING)."""
+def _imports(name: str, path: str, lazy: bool = False) -> set[str]:
+    """kolk modules ``name`` imports at module level (not inside functions or TYPE_CHECKING);
+    with ``lazy``, every import anywhere in the file."""
     tree = ast.parse(open(path, encoding="utf-8").read())
     package = name if path.endswith("__init__.py") else name.rsplit(".", 1)[0]
     found: set[str] = set()
+
+    def add(node: ast.stmt) -> None:
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names if a.name.startswith("kolk"))
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")
+                base = base[: len(base) - node.level + 1]
+                mod = ".".join(base + ([node.module] if node.module else []))
+            else:
+                mod = node.module or ""
+            if not mod.startswith("kolk"):
+                return
+            for a in node.names:
+                sub = f"{mod}.{a.name}"
+                found.add(sub if sub in MODULES else mod)
 
     def visit(stmts: list[ast.stmt]) -> None:
         for node in stmts:
@@ -58,26 +84,24 @@ def _top_level_imports(name: str, path: str) -> set[str]:
                 for h in getattr(node, "handlers", []):
                     visit(h.body)
                 continue
-            if isinstance(node, ast.Import):
-                found.update(a.name for a in node.names if a.name.startswith("kolk"))
-            elif isinstance(node, ast.ImportFrom):
-                if node.level:
-                    base = package.split(".")
-                    base = base[: len(base) - node.level + 1]
-                    mod = ".".join(base + ([node.module] if node.module else []))
-                else:
-                    mod = node.module or ""
-                if not mod.startswith("kolk"):
-                    continue
-                for a in node.names:
-                    sub = f"{mod}.{a.name}"
-                    found.add(sub if sub in MODULES else mod)
-    visit(tree.body)
+            add(node)
+
+    if lazy:
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                add(node)
+    else:
+        visit(tree.body)
     return {m for m in found if m in MODULES or m.rsplit(".", 1)[0] in MODULES}
 
 
-GRAPH = {name: {m if m in MODULES else m.rsplit(".", 1)[0] for m in _top_level_imports(name, path)} - {name}
-         for name, path in MODULES.items()}
+def _graph(lazy: bool) -> dict[str, set[str]]:
+    return {name: {m if m in MODULES else m.rsplit(".", 1)[0] for m in _imports(name, path, lazy)} - {name}
+            for name, path in MODULES.items()}
+
+
+GRAPH = _graph(lazy=False)
+ALL_IMPORTS = _graph(lazy=True)
 
 
 def _part(module: str) -> str:
@@ -119,6 +143,56 @@ def test_the_wire_protocol_imports_nothing_else_of_kolk() -> None:
     bad = [f"{n} imports {d}" for n, deps in GRAPH.items() if n.startswith("kolk.protocol")
            for d in deps if not d.startswith("kolk.protocol")]
     assert bad == []
+
+
+# The rooms of core/ (docs/architecture.md) and the rooms each may never import, lazily or not.
+ROOMS = ("kolk.protocol", "kolk.client", "kolk.sc", "kolk.spu", "kolk.node", "kolk.cli")
+SERVERS_AND_CLI = {"kolk.sc", "kolk.spu", "kolk.node", "kolk.cli"}
+
+
+def _room(module: str) -> str | None:
+    for room in ROOMS:
+        if module == room or module.startswith(room + "."):
+            return room
+    return None
+
+
+def test_every_room_is_seen() -> None:
+    """The walk of core/ reaches every room's modules (a room missed would pass every rule)."""
+    for room in ROOMS:
+        assert room in MODULES, f"{room} is not a package the walk of core/ found"
+        assert any(m.startswith(room + ".") for m in MODULES), f"no modules found in {room}"
+
+
+@pytest.mark.parametrize("room,forbidden", [
+    ("kolk.client", SERVERS_AND_CLI),
+    ("kolk.sc", {"kolk.spu", "kolk.cli"}),
+    ("kolk.spu", {"kolk.sc", "kolk.cli"}),
+    ("kolk.node", {"kolk.sc", "kolk.spu", "kolk.cli"}),
+    ("kolk.protocol", SERVERS_AND_CLI | {"kolk.client"}),
+])
+def test_room_boundaries(room: str, forbidden: set[str]) -> None:
+    bad = sorted(f"{n} imports {d}" for n, deps in ALL_IMPORTS.items() if _room(n) == room
+                 for d in deps if _room(d) in forbidden)
+    assert bad == []
+
+
+def test_transport_stands_on_protocol_and_security_only() -> None:
+    """core/transport.py, used by every room, imports only the wire protocol and TLS."""
+    bad = [d for d in ALL_IMPORTS["kolk.transport"]
+           if not (d.startswith("kolk.protocol") or d.startswith("kolk.security"))]
+    assert bad == []
+
+
+def test_import_kolk_loads_no_server_and_no_cli() -> None:
+    """An application's ``import kolk`` loads the client, not the servers or the command line
+    (nor ``kolk demo``/``kolk bench``, which live in the command line)."""
+    code = ("import kolk, sys, json; "
+            "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[:2] in "
+            "(['kolk', 'cli'], ['kolk', 'sc'], ['kolk', 'spu'], ['kolk', 'node']))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
 
 
 def _cycles() -> list[list[str]]:

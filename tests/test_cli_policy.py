@@ -89,7 +89,7 @@ def test_explain_refuses_a_bad_request(option: str, value: str, message: str) ->
 
 def test_apply_and_show_on_a_real_sc(tmp_path: pathlib.Path) -> None:
     from jepsen.cluster import ScCluster, wait_for
-    from kolk.admin import AdminClient, run
+    from kolk.client.admin import AdminClient, run
 
     c = ScCluster(str(tmp_path / "sc"), size=1)
     c.start_all()

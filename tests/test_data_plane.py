@@ -45,9 +45,9 @@ from dataplane_cluster import (  # noqa: E402
     wait_until,
 )
 from jepsen.cluster import wait_for  # noqa: E402
-from kolk.client import AsyncClient  # noqa: E402
-from kolk.consumer import Offset  # noqa: E402
-from kolk.errors import (  # noqa: E402
+from kolk.client.client import AsyncClient  # noqa: E402
+from kolk.client.consumer import Offset  # noqa: E402
+from kolk.protocol.errors import (  # noqa: E402
     InvalidRequestError,
     KolkError,
     NotFoundError,
@@ -57,8 +57,8 @@ from kolk.protocol.framing import FrameDecoder, Kind, encode_frame  # noqa: E402
 from kolk.protocol.limits import FRAME_BODY_BYTES_MAX  # noqa: E402
 from kolk.protocol.messages import decode, encode, which  # noqa: E402
 from kolk.segments import build_batch  # noqa: E402
-from kolk.errors import OffsetOutOfRangeError  # noqa: E402
-from kolk.wire import schema, transport_error  # noqa: E402
+from kolk.protocol.errors import OffsetOutOfRangeError  # noqa: E402
+from kolk.protocol.wire import schema, transport_error  # noqa: E402
 
 MIB = 1 << 20
 PRODUCE_BYTES_MAX = 16 * MIB  # SpuConfig.produce_bytes_max
@@ -233,7 +233,7 @@ def test_produce_with_every_acks_mode_and_read_back_exactly_once(cluster: DataPl
 
 
 def test_fresh_producer_keeps_send_order(cluster: DataPlaneCluster) -> None:
-    """core/producer.py: 'records of one partition are sent in order, up to in_flight_max
+    """core/client/producer.py: 'records of one partition are sent in order, up to in_flight_max
     requests at a time on one connection, which the SPU appends in arrival order' — with no
     fault and no retry, a producer on a new client stores records in the order they were sent,
     from its very first batches (twenty fresh clients, one batch per record)."""
@@ -362,8 +362,8 @@ def test_consumer_start_positions(cluster: DataPlaneCluster) -> None:
 
 CLOSE_SCRIPT = r"""
 import gc, sys
-from kolk.admin import run
-from kolk.client import AsyncClient
+from kolk.client.admin import run
+from kolk.client.client import AsyncClient
 
 sc, topic, expected = sys.argv[1], sys.argv[2], int(sys.argv[3])
 
@@ -420,7 +420,7 @@ def test_spu_kill_9_under_acks_all_producer_loses_no_acknowledged_record(own_clu
     with SIGKILL mid-stream and restarted on the same data dir and port while the producer's
     retries go on. Every record acknowledged (before or after the kill) is read back at the
     partition and offset it was acknowledged with; offsets have no gaps; no send fails; only a
-    record whose produce was in flight at the kill may appear twice (core/producer.py: a retry
+    record whose produce was in flight at the kill may appear twice (core/client/producer.py: a retry
     can duplicate); records acknowledged before the kill and records sent after the restart
     appear exactly once, and those acknowledged before the kill in send order per partition."""
     cluster = own_cluster
@@ -517,7 +517,7 @@ def test_spu_kill_9_under_acks_all_producer_loses_no_acknowledged_record(own_clu
 
 def test_live_consumer_follows_spu_restart(own_cluster: DataPlaneCluster) -> None:
     """A consumer following a partition on its own client keeps going when the SPU is killed
-    with SIGKILL and restarted on the same address (core/consumer.py: 'When the stream breaks
+    with SIGKILL and restarted on the same address (core/client/consumer.py: 'When the stream breaks
     ... the consumer asks the SC for the new leader and resumes at the next offset'): it gets
     every record produced after the restart, exactly once and in order."""
     cluster = own_cluster
@@ -791,7 +791,7 @@ def test_batch_with_bad_crc_is_refused(cluster: DataPlaneCluster) -> None:
 
 def test_invalid_batch_is_an_invalid_request_error(cluster: DataPlaneCluster) -> None:
     """The client raises InvalidRequestError ('the request is malformed ...; fix it before
-    retrying', kolk.errors) for an invalidBatch answer, as it does for tooLarge: a caller that
+    retrying', kolk.protocol.errors) for an invalidBatch answer, as it does for tooLarge: a caller that
     catches InvalidRequestError must not miss a corrupt batch. The SPU stays up, data intact."""
     topic = "invalid-batch-class"
 

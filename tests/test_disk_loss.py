@@ -21,9 +21,9 @@ from typing import Any
 import pytest
 
 from dataplane_cluster import DataPlaneCluster, disk_log, read_all, wait_until
-from kolk.admin import AdminClient
-from kolk.client import AsyncClient
-from kolk.errors import KolkError, PartitionOfflineError
+from kolk.client.admin import AdminClient
+from kolk.client.client import AsyncClient
+from kolk.protocol.errors import KolkError, PartitionOfflineError
 from test_replication import check_same_and_complete, cluster, partition, produce_until, run_on, wait_in_sync
 
 RECORDS = 500
@@ -467,6 +467,6 @@ def _cli_leader(listing: str, name: str) -> int:
 
 
 def _pid_alive(pid: int) -> bool:
-    from kolk.local_cluster import process_alive
+    from kolk.cli.local_cluster import process_alive
 
     return process_alive(pid)

@@ -1,4 +1,4 @@
-"""The follower's divergence search (core/follower.py) against a leader whose answers come
+"""The follower's divergence search (core/spu/follower.py) against a leader whose answers come
 from a real PartitionLog: several rounds when the follower lacks the leader's epoch (KIP-279).
 """
 
@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from kolk.follower import TruncationRefused, _truncate_divergent
+from kolk.spu.follower import TruncationRefused, _truncate_divergent
 from kolk.segments import LogStore, build_batch
 
 

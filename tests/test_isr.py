@@ -1,4 +1,4 @@
-"""The leader's follower bookkeeping as pure functions (core/isr.py): the high watermark over
+"""The leader's follower bookkeeping as pure functions (core/spu/isr.py): the high watermark over
 the in-sync set, and when to ask the SC to shrink or grow the set."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from kolk.isr import FollowerProgress, effective_isr, high_watermark, isr_expand, isr_shrink
+from kolk.spu.isr import FollowerProgress, effective_isr, high_watermark, isr_expand, isr_shrink
 
 ME = 1
 

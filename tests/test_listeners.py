@@ -30,7 +30,7 @@ from jepsen.cluster import SECRET, free_port, wait_for  # noqa: E402
 from jepsen.proxy import FaultProxy  # noqa: E402
 
 KOLK = [sys.executable, "-m", "kolk"]
-# The SPU tries its private address for 10 s before it gives up (core/spu.py).
+# The SPU tries its private address for 10 s before it gives up (core/spu/server.py).
 EXIT_TIMEOUT_S = 40.0
 START_TIMEOUT_S = 30.0
 ENV = dict(os.environ, KOLK_CLUSTER_SECRET=SECRET)

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from kolk.errors import InvalidRequestError
-from kolk.producer import RECORD_BYTES_MAX, AsyncProducer
+from kolk.protocol.errors import InvalidRequestError
+from kolk.client.producer import RECORD_BYTES_MAX, AsyncProducer
 from kolk.segments.batch import parse_header
 
 

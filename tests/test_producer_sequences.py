@@ -7,8 +7,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from kolk.errors import KolkError
-from kolk.producer import AsyncProducer
+from kolk.protocol.errors import KolkError
+from kolk.client.producer import AsyncProducer
 from kolk.segments.batch import parse_header
 
 

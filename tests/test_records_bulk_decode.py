@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import kolk.segments.records as records_module
-from kolk.consumer import ConsumerRecord
+from kolk.client.consumer import ConsumerRecord
 from kolk.segments import InvalidBatchError, Record, build_batch, decode_records
 from kolk.segments.batch import HEADER_SIZE, parse_header
 

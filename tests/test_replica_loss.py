@@ -246,7 +246,7 @@ def step(m: Model, action: tuple[str, int]) -> None:
         m.do({"op": "set_spu_status", "id": spu, "alive": False})
     elif kind == "catch_up":
         # A live follower copies the leader's log, and the leader adds it back once it has
-        # reached the high watermark (core/isr.py).
+        # reached the high watermark (core/spu/isr.py).
         if leader is not None and leader in alive and spu in alive and spu != leader and spu not in isr:
             m.data[spu] = max(m.data[spu], m.data[leader]) if m.data[spu] <= m.data[leader] else m.data[spu]
             if m.data[spu] >= m.acked:

@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 
 from dataplane_cluster import DataPlaneCluster, disk_log, raw_spu, run_async, wait_until
-from kolk.client import AsyncClient
-from kolk.errors import KolkError
+from kolk.client.client import AsyncClient
+from kolk.protocol.errors import KolkError
 from kolk.protocol.channel import ClientConnection
 from kolk.segments import build_batch
 

@@ -19,8 +19,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from jepsen.checkers.linearizability import check  # noqa: E402
 from jepsen.cluster import ScCluster, wait_for  # noqa: E402
 from jepsen.history import Operation  # noqa: E402
-from kolk.admin import AdminClient, run  # noqa: E402
-from kolk.errors import AlreadyExistsError, InvalidRequestError, KolkError, ReplicationFactorTooHighError  # noqa: E402
+from kolk.client.admin import AdminClient, run  # noqa: E402
+from kolk.protocol.errors import (  # noqa: E402
+    AlreadyExistsError, InvalidRequestError, KolkError, ReplicationFactorTooHighError)
 from kolk.protocol.channel import CallRejected  # noqa: E402
 from kolk.protocol.framing import FrameDecoder, Kind, encode_frame  # noqa: E402
 from kolk.protocol.messages import decode, which  # noqa: E402

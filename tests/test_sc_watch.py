@@ -14,8 +14,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from jepsen.cluster import ScCluster, wait_for  # noqa: E402
-from kolk.admin import AdminClient, run, watch  # noqa: E402
-from kolk.errors import KolkError  # noqa: E402
+from kolk.client.admin import AdminClient, run, watch  # noqa: E402
+from kolk.protocol.errors import KolkError  # noqa: E402
 from dataplane_cluster import wait_until  # noqa: E402
 
 

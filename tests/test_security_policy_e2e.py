@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 
 from dataplane_cluster import DataPlaneCluster, read_all, release_consumer, run_async, wait_until
-from kolk.consumer import Offset
-from kolk.errors import KolkError, NotFoundError, PermissionDeniedError
+from kolk.client.consumer import Offset
+from kolk.protocol.errors import KolkError, NotFoundError, PermissionDeniedError
 from kolk.security.policy import parse_policy
 from kolk.smartmodule.build import build_c
 

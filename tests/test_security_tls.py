@@ -13,10 +13,10 @@ from typing import Any
 import pytest
 
 from dataplane_cluster import DataPlaneCluster, read_all, run_async
-from kolk.admin import AdminClient
+from kolk.client.admin import AdminClient
 from kolk.protocol.channel import ConnectionLost
-from kolk.client import AsyncClient
-from kolk.errors import KolkError
+from kolk.client.client import AsyncClient
+from kolk.protocol.errors import KolkError
 from kolk.security.certs import create_ca, issue, write_pair
 from kolk.security.tls import TlsConfig
 

@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 
 from dataplane_cluster import DataPlaneCluster, read_all, release_consumer, run_async, wait_until
-from kolk.consumer import Offset
-from kolk.errors import KolkError, NotFoundError
+from kolk.client.consumer import Offset
+from kolk.protocol.errors import KolkError, NotFoundError
 from kolk.smartmodule.build import build_c
 
 EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "smartmodule", "examples")

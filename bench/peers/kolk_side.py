@@ -13,9 +13,9 @@ from __future__ import annotations
 import asyncio
 import time
 
-from kolk.bench import consume_from_beginning
-from kolk.client import AsyncClient
-from kolk.consumer import Offset
+from kolk.cli.bench import consume_from_beginning
+from kolk.client.client import AsyncClient
+from kolk.client.consumer import Offset
 
 from . import latency, procs
 

@@ -17,7 +17,7 @@ import subprocess
 import sys
 from typing import Awaitable, Callable
 
-from kolk.bench import TIMED, WARMUP, latency_record, paced, read_latency_record, until_streaming
+from kolk.cli.bench import TIMED, WARMUP, latency_record, paced, read_latency_record, until_streaming
 
 from . import procs
 

@@ -71,7 +71,7 @@ class Servers(abc.ABC):
 
 
 class KolkServers(Servers):
-    """1 SC and ``spus`` SPUs through ``kolk.local_cluster`` (the processes ``kolk cluster start`` runs)."""
+    """1 SC and ``spus`` SPUs through ``kolk.cli.local_cluster`` (the processes ``kolk cluster start`` runs)."""
 
     def __init__(self, workdir: str, spus: int = 1) -> None:
         self.workdir = workdir
@@ -82,8 +82,8 @@ class KolkServers(Servers):
         self.profile: dict[str, Any] = {}
 
     async def start(self) -> None:
-        from kolk import local_cluster
-        from kolk.client import AsyncClient
+        from kolk.cli import local_cluster
+        from kolk.client.client import AsyncClient
 
         os.environ["KOLK_HOME"] = self.workdir
         t0 = time.perf_counter()
@@ -106,7 +106,7 @@ class KolkServers(Servers):
         return [name for name in self.processes() if name.startswith("spu-")]
 
     def stop(self) -> None:
-        from kolk import local_cluster
+        from kolk.cli import local_cluster
 
         if self.profile:
             os.environ["KOLK_HOME"] = self.workdir

@@ -28,7 +28,7 @@ def main() -> int:
         raise SystemExit(f"unknown system {system!r}: expected kolk, nats or redis")
     seen = latency.Seen(count)
     if system == "kolk":
-        from kolk.admin import run
+        from kolk.client.admin import run
 
         run(lambda: tail(address, stream, count, seen))
     else:

@@ -219,6 +219,8 @@ class _ServerConnection(asyncio.Protocol):
             if frame.id in self._tasks or frame.id in self._streams:
                 self._protocol_error(f"request id {frame.id} is already in use on this connection")
                 return
+            # A Task per request: handlers use asyncio.timeout, which on Python 3.11 needs one
+            # (an eager first step outside a Task, tried here, broke every produce with acks).
             task = asyncio.get_running_loop().create_task(self._serve(frame.id, frame.body))
             self._tasks[frame.id] = task
             self._update_reading()

@@ -3,7 +3,7 @@
 An error travels as ``Error{code, message, leader, retriable, outcomeUnknown}``; ``code`` is
 text so that a client in any language can show a code it does not know, and is always one of
 :class:`ErrorCode`. Servers fill ``retriable`` and ``outcomeUnknown`` from the table here
-unless a case says otherwise; clients map the code to one exception class (core/errors.py).
+unless a case says otherwise; clients map the code to one exception class (core/protocol/errors.py).
 """
 
 from __future__ import annotations

@@ -83,11 +83,15 @@ class FrameDecoder:
             n = min(self._skip, len(data))
             self._skip -= n
             data = data[n:]
-        self._buf += data
+        if self._buf:
+            self._buf += data
+            buf: bytes | bytearray = self._buf
+        else:
+            buf = data  # the common case: parse the bytes as they came, no copy into the buffer
         out: list[Frame | OversizedFrame] = []
-        buf = self._buf
         pos = 0
-        while len(buf) - pos >= FRAME_HEADER_BYTES:
+        size = len(buf)
+        while size - pos >= FRAME_HEADER_BYTES:
             length, rid, kind, flags, reserved, credit = HEADER.unpack_from(buf, pos)
             try:
                 k = Kind(kind)
@@ -100,18 +104,21 @@ class FrameDecoder:
             if length > self.body_bytes_max:
                 out.append(OversizedFrame(k, rid, length))
                 pos += FRAME_HEADER_BYTES
-                available = len(buf) - pos
+                available = size - pos
                 if available >= length:
                     pos += length
                     continue
                 self._skip = length - available
-                pos = len(buf)
+                pos = size
                 break
             end = pos + FRAME_HEADER_BYTES + length
-            if len(buf) < end:
+            if size < end:
                 break
             out.append(Frame(k, rid, bytes(buf[pos + FRAME_HEADER_BYTES:end]), credit))
             pos = end
-        if pos:
-            del buf[:pos]
+        if buf is self._buf:
+            if pos:
+                del self._buf[:pos]
+        elif pos < size:
+            self._buf = bytearray(buf[pos:])
         return out

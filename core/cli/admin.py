@@ -1,0 +1,216 @@
+"""Admin commands of the ``kolk`` CLI: ``topic``, ``partition list``, ``cluster status``, ``cluster spu``.
+
+Each talks to any SC (``--sc`` or ``$KOLK_SC``, comma-separated for several). Errors print
+one line naming what was wrong and exit with status 1; ``--json`` prints machine output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any
+
+from ..client.admin import AdminClient, run
+from ..protocol.errors import KolkError
+from ..security.tls import TlsConfig
+
+SC_ENV = "KOLK_SC"
+DEFAULT_SC = "127.0.0.1:9003"
+COMMANDS = ("topic", "partition", "cluster")
+
+
+def _sc_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--sc", default=None,
+                   help=f"SC admin address(es), comma-separated (default: ${SC_ENV}, else the local cluster's "
+                        f"profile, else {DEFAULT_SC})")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--tls-ca", default=None, help="CA certificate to trust: turns TLS on (default: $KOLK_TLS_CA, "
+                                                  "else the local cluster's profile)")
+    p.add_argument("--tls-cert", default=None, help="client certificate (default: $KOLK_TLS_CERT)")
+    p.add_argument("--tls-key", default=None, help="client private key (default: $KOLK_TLS_KEY)")
+
+
+def client_tls(args: argparse.Namespace) -> TlsConfig | None:
+    """TLS for a CLI client: the options, else $KOLK_TLS_*, else a local cluster started --tls."""
+    from ..client.profile import profile_tls
+
+    ca = getattr(args, "tls_ca", None) or os.environ.get("KOLK_TLS_CA")
+    cert = getattr(args, "tls_cert", None) or os.environ.get("KOLK_TLS_CERT")
+    key = getattr(args, "tls_key", None) or os.environ.get("KOLK_TLS_KEY")
+    if not ca:
+        if getattr(args, "sc", None) or os.environ.get(SC_ENV):
+            return None  # an explicit SC without TLS options: plaintext
+        return profile_tls()
+    for what, path in (("--tls-ca", ca), ("--tls-cert", cert), ("--tls-key", key)):
+        if path and not os.path.isfile(path):
+            raise KolkError(f"{what} {path}: no such file")
+    return TlsConfig(ca, cert, key)
+
+
+def add_commands(sub: Any) -> None:
+    topic = sub.add_parser("topic", help="create, list, describe and delete topics")
+    tsub = topic.add_subparsers(dest="action", required=True)
+    c = tsub.add_parser("create", help="create a topic")
+    c.add_argument("name")
+    c.add_argument("-p", "--partitions", type=int, default=1)
+    c.add_argument("-r", "--replication", type=int, default=1, help="replication factor (default 1)")
+    c.add_argument("--config", action="append", default=[], metavar="KEY=VALUE")
+    _sc_option(c)
+    for name, helptext in (("list", "list topics"), ("describe", "show a topic and its partitions"),
+                           ("delete", "delete a topic")):
+        a = tsub.add_parser(name, help=helptext)
+        if name != "list":
+            a.add_argument("name")
+        _sc_option(a)
+
+    partition = sub.add_parser("partition", help="partitions: leader, replicas, in-sync set, offsets, lag")
+    psub = partition.add_subparsers(dest="action", required=True)
+    pl = psub.add_parser("list", help="every partition with its leader, replicas, in-sync set, high watermark, "
+                                      "log end offset and the lag of its slowest follower")
+    pl.add_argument("--topic", help="only this topic's partitions")
+    _sc_option(pl)
+    pe = psub.add_parser("elect", help="elect a leader now: a live in-sync replica, or with --unclean any live "
+                                       "replica, giving up what only the in-sync replicas had")
+    pe.add_argument("name", help="the partition, TOPIC-N")
+    pe.add_argument("--leader", type=int, help="the SPU to lead (default: the first eligible)")
+    pe.add_argument("--unclean", action="store_true",
+                    help="accept data loss: let a replica outside the in-sync set lead (audited)")
+    _sc_option(pe)
+
+    cluster = sub.add_parser("cluster", help="cluster status and SPU registration")
+    csub = cluster.add_subparsers(dest="action", required=True)
+    _sc_option(csub.add_parser("status", help="SCs, which one leads, SPUs and their liveness"))
+    st = csub.add_parser("start", help="start a local cluster (1 SC, N SPUs) in the background")
+    st.add_argument("--spus", type=int, default=1)
+    st.add_argument("--tls", action="store_true", help="make a dev CA and certificates and turn mutual TLS on for "
+                                                       "every listener; the CLI uses the admin certificate by itself")
+    st.add_argument("--json", action="store_true")
+    sp = csub.add_parser("stop", help="stop the local cluster started by 'kolk cluster start'")
+    sp.add_argument("--json", action="store_true")
+
+    spu = csub.add_parser("spu", help="register, list and unregister SPUs")
+    ssub = spu.add_subparsers(dest="spu_action", required=True)
+    r = ssub.add_parser("register", help="register an SPU by id and address")
+    r.add_argument("--id", type=int, required=True)
+    r.add_argument("--public", required=True, help="address clients use, host:port")
+    r.add_argument("--private", help="address other SPUs use (default: --public)")
+    r.add_argument("--rack")
+    _sc_option(r)
+    _sc_option(ssub.add_parser("list", help="list SPUs"))
+    u = ssub.add_parser("unregister", help="unregister an SPU that holds no replicas")
+    u.add_argument("--id", type=int, required=True)
+    _sc_option(u)
+
+
+def _print(args: argparse.Namespace, value: Any, text: str) -> None:
+    print(json.dumps(value, indent=2, sort_keys=True) if args.json else text)
+
+
+def _table(rows: list[list[Any]], header: list[str]) -> str:
+    cells = [header] + [[("-" if c is None else str(c)) for c in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells)
+
+
+def _ids(ids: list[int]) -> str:
+    return ",".join(str(i) for i in ids)
+
+
+def resolve_sc(explicit: str | None) -> str:
+    from ..client.profile import profile_sc
+
+    return explicit or os.environ.get(SC_ENV) or profile_sc() or DEFAULT_SC
+
+
+async def _run(args: argparse.Namespace) -> int:
+    client = AdminClient(resolve_sc(args.sc), tls=client_tls(args))
+    if args.command == "topic":
+        if args.action == "create":
+            config = {}
+            for kv in args.config:
+                if "=" not in kv:
+                    raise KolkError(f"--config {kv!r} must be KEY=VALUE")
+                k, v = kv.split("=", 1)
+                config[k] = v
+            topic = await client.create_topic(args.name, args.partitions, args.replication, config)
+            _print(args, topic, f"topic {args.name} created with {args.partitions} partition(s), "
+                                f"replication factor {args.replication}")
+        elif args.action == "list":
+            topics = await client.list_topics()
+            _print(args, topics, _table([[t["name"], t["spec"]["partitions"], t["spec"]["replication_factor"],
+                                          t["status"].get("state")] for t in topics],
+                                        ["TOPIC", "PARTITIONS", "REPLICATION", "STATE"]))
+        elif args.action == "describe":
+            t = await client.describe_topic(args.name)
+            rows = [[p["name"], p["status"]["leader"], p["spec"]["replicas"], p["status"]["isr"], p["status"]["epoch"]]
+                    for p in t["partitions"]]
+            _print(args, t, f"topic {t['name']}: {t['spec']['partitions']} partition(s), replication factor "
+                            f"{t['spec']['replication_factor']}, config {t['spec']['config']}\n"
+                            + _table(rows, ["PARTITION", "LEADER", "REPLICAS", "IN-SYNC", "EPOCH"]))
+        elif args.action == "delete":
+            await client.delete_topic(args.name)
+            _print(args, {"deleted": args.name}, f"topic {args.name} deleted")
+    elif args.command == "partition" and args.action == "list":
+        from ..client.client import AsyncClient
+
+        c = AsyncClient(resolve_sc(args.sc), timeout_s=10, tls=client_tls(args))
+        rows = await c.partition_list(args.topic)
+        _print(args, rows, _table([[r["name"], r["leader"], _ids(r["replicas"]), _ids(r["isr"]), r["epoch"],
+                                    r["high_watermark"], r["log_end_offset"], r["lag"], r["error"]] for r in rows],
+                                  ["PARTITION", "LEADER", "REPLICAS", "IN-SYNC", "EPOCH", "HW", "LEO", "LAG",
+                                   "NOTE"]) if rows else "no partitions")
+    elif args.command == "partition" and args.action == "elect":
+        leader, epoch = await client.elect_leader(args.name, args.leader, args.unclean)
+        what = "unclean election: records only the in-sync replicas had are given up; " if args.unclean else ""
+        _print(args, {"partition": args.name, "leader": leader, "epoch": epoch, "unclean": args.unclean},
+               f"{args.name}: {what}SPU {leader} leads at epoch {epoch}")
+    elif args.command == "cluster" and args.action == "spu":
+        if args.spu_action == "register":
+            await client.register_spu(args.id, args.public, args.private, args.rack)
+            _print(args, {"registered": args.id}, f"SPU {args.id} registered at {args.public}")
+        elif args.spu_action == "list":
+            spus = await client.list_objects("spu")
+            _print(args, spus, _table([[u["spec"]["id"], u["spec"]["public_address"], u["spec"]["rack"],
+                                        "alive" if u["status"].get("alive") else "DOWN"] for u in spus],
+                                      ["SPU", "ADDRESS", "RACK", "STATUS"]))
+        elif args.spu_action == "unregister":
+            await client.unregister_spu(args.id)
+            _print(args, {"unregistered": args.id}, f"SPU {args.id} unregistered")
+    elif args.command == "cluster" and args.action == "status":
+        s = await client.cluster_status()
+        text = (f"SC leader: {s['leader'] or 'none (no quorum?)'}  metadata version {s['metadata_version']}\n"
+                + _table([[sc["id"], sc["admin"], sc["raft"], "leader" if sc["leader"] else "follower",
+                           "yes" if sc["reachable"] else "NO"] for sc in s["scs"]],
+                         ["SC", "ADMIN", "RAFT", "ROLE", "REACHABLE"])
+                + "\n" + (_table([[u["id"], u["public_address"], u["rack"], "alive" if u["alive"] else "DOWN"]
+                                  for u in s["spus"]], ["SPU", "ADDRESS", "RACK", "STATUS"]) if s["spus"]
+                          else "no SPUs registered"))
+        _print(args, s, text)
+    return 0
+
+
+def dispatch(args: argparse.Namespace) -> int:
+    from . import local_cluster
+
+    try:
+        if args.command == "cluster" and args.action == "start":
+            profile = local_cluster.start(args.spus, tls=args.tls)
+            if profile.get("restarted"):
+                _print(args, profile, f"local cluster running: SC at {profile['sc']}; started again "
+                                      f"{', '.join(profile['restarted'])} (it had exited; see {profile['logs']})")
+                return 0
+            _print(args, profile, f"local cluster started: SC at {profile['sc']}, {profile['spus']} SPU(s)\n"
+                                  f"data in {profile['data_dir']}, logs in {profile['logs']}\n"
+                                  "stop it with: kolk cluster stop")
+            return 0
+        if args.command == "cluster" and args.action == "stop":
+            out = local_cluster.stop()
+            _print(args, out, "local cluster stopped" + (f" (killed after timeout: {', '.join(out['killed'])})"
+                                                          if out["killed"] else ""))
+            return 0
+        return run(lambda: _run(args))
+    except KolkError as e:
+        print(f"kolk {args.command} {args.action}: {e}", file=sys.stderr)
+        return 1

@@ -1,0 +1,254 @@
+"""``kolk cluster start|stop``: a local cluster as background processes (1 SC, N SPUs).
+
+Data and logs live under ``$KOLK_HOME`` (default ``~/.kolk``): ``local/sc``, ``local/spu-N``,
+``local/logs``. A profile file, ``$KOLK_HOME/profile.json``, records the SC address and the
+process ids, so that later commands find the cluster (``kolk.client.profile`` reads it) and
+``stop`` stops exactly the processes ``start`` started (by pid, never by name).
+
+Ports stay the same across restarts, as Fluvio's local cluster keeps 9003: the first start
+takes the SC at 9003 (its Raft port 9004) and SPU N at 9010+N when they are free, else ports
+from the OS, and records them in ``local/ports.json``; later starts reuse them while free.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from typing import Any
+
+from ..client.profile import kolk_home, profile_path, read_profile
+from ..protocol.errors import KolkError
+
+START_TIMEOUT_S = 30.0
+STOP_TIMEOUT_S = 10.0
+
+
+class ClusterAlreadyRunningError(KolkError):
+    code = "alreadyRunning"
+
+
+def process_alive(pid: int) -> bool:
+    """Whether ``pid`` runs; an exited process not yet reaped (a zombie, ours or anyone's)
+    counts as gone."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie child of ours: reap it
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return False
+    except ChildProcessError:
+        pass  # not our child (the CLI that started it has exited)
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True  # no /proc: trust kill(0)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+PREFERRED_PORTS = {"sc": 9003, "raft": 9004}
+SPU_PORT_BASE = 9010
+PORTS_FILE = "ports.json"
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def stable_port(base: str, name: str) -> int:
+    """The port ``name`` (sc, raft, spu-N) had last time if it is free, else its preferred
+    port if free, else one from the OS; recorded for the next start."""
+    path = os.path.join(base, PORTS_FILE)
+    try:
+        with open(path, encoding="utf-8") as f:
+            ports = {k: int(v) for k, v in json.load(f).items()}
+    except (OSError, ValueError, AttributeError):
+        ports = {}
+    taken = {p for k, p in ports.items() if k != name}
+    preferred = PREFERRED_PORTS.get(name) or SPU_PORT_BASE + int(name.split("-", 1)[1])
+    for candidate in (ports.get(name), preferred):
+        if candidate and candidate not in taken and _port_free(candidate):
+            port = candidate
+            break
+    else:
+        port = _free_port()
+    ports[name] = port
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(ports, f, indent=2)
+    os.replace(tmp, path)
+    return port
+
+
+def _spawn(args: list[str], log_path: str, env: dict[str, str]) -> int:
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                                start_new_session=True)
+    return proc.pid
+
+
+def _wait_ready(path: str, pid: int, what: str, log_path: str, deadline: float) -> dict[str, Any]:
+    while time.monotonic() < deadline:
+        if os.path.exists(path):
+            with open(path, encoding="utf-8") as f:
+                return json.load(f)
+        if not process_alive(pid):
+            raise KolkError(f"{what} exited during start; see {log_path}")
+        time.sleep(0.05)  # polling a file with a deadline
+    raise KolkError(f"{what} did not become ready within {START_TIMEOUT_S:.0f} s; see {log_path}")
+
+
+def start(spus: int = 1, tls: bool = False) -> dict[str, Any]:
+    """Start 1 SC and ``spus`` SPUs; return the profile once every process serves.
+
+    ``tls``: make a dev CA and certificates under the local directory (once; reused) and run
+    every listener with mutual TLS; the profile names the admin client certificate the CLI
+    then uses by itself."""
+    if not 1 <= spus <= 16:
+        raise KolkError(f"--spus must be 1 to 16, got {spus}")
+    profile = read_profile()
+    if profile and profile.get("running"):
+        pids = profile.get("pids", {})
+        running = [pid for pid in pids.values() if process_alive(pid)]
+        exited = sorted(name for name, pid in pids.items() if name.startswith("spu-") and not process_alive(pid))
+        if running and exited and process_alive(pids.get("sc", -1)):
+            # Some SPUs stopped (one whose data directory vanished exits with status 3): start
+            # them again, on their data directories, into the running cluster.
+            return _restart_spus(profile, exited)
+        if running:
+            raise ClusterAlreadyRunningError(
+                f"a local cluster is already running (SC at {profile['sc']}, pids {sorted(running)}); "
+                "run 'kolk cluster stop' first")
+    home = kolk_home()
+    base = os.path.join(home, "local")
+    logs = os.path.join(base, "logs")
+    os.makedirs(logs, exist_ok=True)
+    secret_file = os.path.join(base, "secret")
+    if not os.path.exists(secret_file):
+        fd = os.open(secret_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_urlsafe(32))
+    env = dict(os.environ)
+    py = [sys.executable, "-m", "kolk"]
+    pki: dict[str, dict[str, str]] = {}
+    node_tls: list[str] = []
+    if tls:
+        from ..security.certs import dev_pki
+
+        pki = dev_pki(os.path.join(base, "pki"), nodes=["kolk-node"], clients=["kolk-admin"])
+        node = pki["kolk-node"]
+        node_tls = ["--tls-ca", node["ca"], "--tls-cert", node["cert"], "--tls-key", node["key"]]
+    deadline = time.monotonic() + START_TIMEOUT_S
+    pids: dict[str, int] = {}
+    sc_admin = f"127.0.0.1:{stable_port(base, 'sc')}"
+    ready = os.path.join(base, "sc.ready")
+    if os.path.exists(ready):
+        os.unlink(ready)
+    sc_log = os.path.join(logs, "sc.log")
+    pids["sc"] = _spawn(py + ["sc", "--id", "1", "--data-dir", os.path.join(base, "sc"),
+                              "--raft", f"127.0.0.1:{stable_port(base, 'raft')}", "--admin", sc_admin,
+                              "--secret-file", secret_file, "--ready-file", ready, *node_tls], sc_log, env)
+    try:
+        _wait_ready(ready, pids["sc"], "the SC", sc_log, deadline)
+        for i in range(1, spus + 1):
+            pids[f"spu-{i}"] = _spawn_spu(i, sc_admin, base, node_tls, env)
+        for i in range(1, spus + 1):
+            _wait_ready(os.path.join(base, f"spu-{i}.ready"), pids[f"spu-{i}"], f"SPU {i}",
+                        os.path.join(logs, f"spu-{i}.log"), deadline)
+    except BaseException:
+        _stop_pids(pids)
+        raise
+    profile = {"running": True, "sc": sc_admin, "pids": pids, "data_dir": base, "logs": logs, "spus": spus}
+    if tls:
+        admin = pki["kolk-admin"]
+        profile["tls"] = {"ca": admin["ca"], "cert": admin["cert"], "key": admin["key"]}
+    tmp = profile_path() + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(profile, f, indent=2)
+    os.replace(tmp, profile_path())
+    return profile
+
+
+def _spawn_spu(i: int, sc_admin: str, base: str, node_tls: list[str], env: dict[str, str]) -> int:
+    ready = os.path.join(base, f"spu-{i}.ready")
+    if os.path.exists(ready):
+        os.unlink(ready)
+    return _spawn([sys.executable, "-m", "kolk", "spu", "--id", str(i), "--sc", sc_admin, "--data-dir",
+                   os.path.join(base, f"spu-{i}"), "--public", f"127.0.0.1:{stable_port(base, f'spu-{i}')}",
+                   "--ready-file", ready,
+                   *node_tls], os.path.join(base, "logs", f"spu-{i}.log"), env)
+
+
+def _restart_spus(profile: dict[str, Any], names: list[str]) -> dict[str, Any]:
+    """Start the exited SPUs ``names`` of the running cluster ``profile`` again."""
+    base = profile["data_dir"]
+    node_tls: list[str] = []
+    if profile.get("tls"):
+        from ..security.certs import dev_pki
+
+        node = dev_pki(os.path.join(base, "pki"), nodes=["kolk-node"], clients=["kolk-admin"])["kolk-node"]
+        node_tls = ["--tls-ca", node["ca"], "--tls-cert", node["cert"], "--tls-key", node["key"]]
+    deadline = time.monotonic() + START_TIMEOUT_S
+    pids = dict(profile["pids"])
+    for name in names:
+        pids[name] = _spawn_spu(int(name.split("-", 1)[1]), profile["sc"], base, node_tls, dict(os.environ))
+    for name in names:
+        _wait_ready(os.path.join(base, f"{name}.ready"), pids[name], name.replace("spu-", "SPU "),
+                    os.path.join(base, "logs", f"{name}.log"), deadline)
+    profile = dict(profile, pids=pids, restarted=names)
+    tmp = profile_path() + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(profile, f, indent=2)
+    os.replace(tmp, profile_path())
+    return profile
+
+
+def _stop_pids(pids: dict[str, int]) -> list[str]:
+    # SPUs first, then the SC, so SPUs do not spin on a missing SC while they stop.
+    order = sorted(pids, key=lambda name: name == "sc")
+    for name in order:
+        if process_alive(pids[name]):
+            os.kill(pids[name], signal.SIGTERM)
+    deadline = time.monotonic() + STOP_TIMEOUT_S
+    killed = []
+    for name in order:
+        while process_alive(pids[name]) and time.monotonic() < deadline:
+            time.sleep(0.05)  # polling process exit with a deadline
+        if process_alive(pids[name]):
+            os.kill(pids[name], signal.SIGKILL)
+            killed.append(name)
+    return killed
+
+
+def stop() -> dict[str, Any]:
+    profile = read_profile()
+    if not profile or not profile.get("running"):
+        raise KolkError(f"no local cluster is running (no running profile in {profile_path()})")
+    killed = _stop_pids(profile.get("pids", {}))
+    profile["running"] = False
+    tmp = profile_path() + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(profile, f, indent=2)
+    os.replace(tmp, profile_path())
+    return {"stopped": sorted(profile.get("pids", {})), "killed": killed}

@@ -1,0 +1,400 @@
+"""The admin client: topics, SPUs, stored objects and cluster status, against any SC.
+
+Asyncio first (:class:`AdminClient`); :func:`run` drives one coroutine for tools that are
+not asynchronous (the CLI). A call goes to the SC it is connected to; when that SC cannot be
+reached the client moves to the next address. Writes are retried only when they surely did
+not happen (no leader yet, a request the SC refused unread, or a connection that failed before
+the request was sent); reads are retried on every retriable error, with backoff, until the
+deadline. When every address refuses connections for a moment, no cluster is running there,
+and the client says so at once instead of retrying until the deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import inspect
+import json
+import logging
+import random
+from typing import Any, Awaitable, Callable, Mapping, TypeVar
+
+from ..protocol.channel import CallRejected, ClientConnection, ClientStream, ConnectionLost, StreamEnded
+from ..protocol.errors import ClusterUnavailableError, KolkError
+from ..protocol.wire import error_from_struct, object_dict, transport_error
+from ..security.tls import TlsConfig
+from ..transport import SC, connect
+
+T = TypeVar("T")
+OnPush = Callable[[bool, int, list[dict[str, Any]]], Any]
+Call = Callable[[ClientConnection, float], Awaitable[T]]
+
+log = logging.getLogger("kolk.admin")
+
+CONNECT_TIMEOUT_S = 3.0
+RETRY_BACKOFF_MIN_S = 0.05
+RETRY_BACKOFF_MAX_S = 1.0
+# Every address refusing connections this long means no cluster runs there (an SC that is
+# restarting listens again well within it); retries meanwhile are at most this far apart.
+REFUSED_GIVE_UP_S = 1.5
+REFUSED_BACKOFF_MAX_S = 0.25
+# Credit of a watch stream: pushes the SC may send before this client has taken them.
+WATCH_WINDOW_BYTES = 4 << 20
+
+
+def _raise_unless_ok(result: Any) -> None:
+    if not result.ok:
+        raise error_from_struct(result.error)
+
+
+def _refused(e: ClusterUnavailableError) -> bool:
+    """Whether connecting failed because nothing listens at the address (connection refused)."""
+    cause = e.__cause__
+    if isinstance(cause, ConnectionRefusedError):
+        return True
+    # A name with several addresses (localhost: ::1 and 127.0.0.1) fails as one OSError
+    # listing each attempt's error.
+    text = str(cause)
+    return (isinstance(cause, OSError) and text.startswith("Multiple exceptions: ")
+            and text.count(f"[Errno {errno.ECONNREFUSED}]") == text.count("[Errno "))
+
+
+class _NothingListening(ClusterUnavailableError):
+    """Every SC address refused the connection."""
+
+
+class _Retry:
+    """A failed try of a call that may be tried again: why it failed."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: KolkError) -> None:
+        self.error = error
+
+
+class AdminClient:
+    def __init__(self, addresses: list[str] | str, *, timeout_s: float = 15.0, tls: TlsConfig | None = None) -> None:
+        if isinstance(addresses, str):
+            addresses = [a for a in addresses.split(",") if a]
+        if not addresses:
+            raise ValueError("at least one SC address (host:port) is needed")
+        self.addresses = list(addresses)
+        self.timeout_s = timeout_s
+        self.tls = tls
+        self._index = 0
+        self._conn: ClientConnection | None = None
+        # Open watches per connection: a connection the client has moved away from stays open
+        # until its last watch ends.
+        self._watching: dict[ClientConnection, int] = {}
+
+    # ---------------------------------------------------------------- connections
+
+    async def _connect(self, budget_s: float) -> ClientConnection:
+        """The connection calls go to: the current one, or the first address that answers."""
+        if self._conn is not None and not self._conn.is_closed:
+            return self._conn
+        self._conn = None
+        errors = []
+        refused = 0
+        for i in range(len(self.addresses)):
+            index = (self._index + i) % len(self.addresses)
+            try:
+                conn = await connect(SC, self.addresses[index], self.tls, max(0.1, min(CONNECT_TIMEOUT_S, budget_s)))
+            except ClusterUnavailableError as e:
+                if not e.retriable:
+                    raise  # a TLS refusal: another SC would refuse the same way
+                errors.append(str(e))
+                refused += _refused(e)
+                continue
+            if self._conn is not None and not self._conn.is_closed:  # a concurrent call connected first
+                conn.close()
+                return self._conn
+            self._index = index
+            self._conn = conn
+            return conn
+        if refused == len(self.addresses):
+            raise _NothingListening(f"no cluster is running at {', '.join(self.addresses)} (nothing is listening; "
+                                    "start one with `kolk cluster start`)")
+        raise ClusterUnavailableError("no SC could be reached: " + "; ".join(errors))
+
+    def _drop(self, conn: ClientConnection, prefer: str | None = None) -> None:
+        """Stop calling on ``conn``; the next call connects to ``prefer`` (the leader an SC
+        named) or to the next address. Nothing to do when another call has moved on already."""
+        if conn is not self._conn:
+            return
+        self._conn = None
+        self._retire(conn)
+        if prefer and prefer in self.addresses:
+            self._index = self.addresses.index(prefer)
+        else:
+            self._index = (self._index + 1) % len(self.addresses)
+
+    def _retire(self, conn: ClientConnection) -> None:
+        """Close a connection calls no longer use, unless a watch still streams on it."""
+        if conn is not self._conn and not self._watching.get(conn):
+            conn.close()
+
+    def _watch_opened(self, conn: ClientConnection) -> None:
+        self._watching[conn] = self._watching.get(conn, 0) + 1
+
+    def _watch_ended(self, conn: ClientConnection) -> None:
+        left = self._watching.get(conn, 1) - 1
+        if left > 0:
+            self._watching[conn] = left
+        else:
+            self._watching.pop(conn, None)
+            self._retire(conn)
+
+    # ---------------------------------------------------------------- calls
+
+    async def _call(self, fn: Call[T], *, write: bool) -> T:
+        """``fn(connection, seconds left)`` with reconnection, leader following and retries."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout_s
+        backoff = RETRY_BACKOFF_MIN_S
+        refused_since: float | None = None
+        last: KolkError | None = None
+        while (left := deadline - loop.time()) > 0:
+            try:
+                conn = await self._connect(left)
+            except _NothingListening as e:
+                refused_since = loop.time() if refused_since is None else refused_since
+                if loop.time() - refused_since >= REFUSED_GIVE_UP_S:
+                    raise
+                last = e
+            except ClusterUnavailableError as e:
+                refused_since, last = None, e
+            else:
+                refused_since = None
+                outcome = await self._attempt(fn, conn, deadline, write)
+                if not isinstance(outcome, _Retry):
+                    return outcome
+                last = outcome.error
+            pause = backoff if refused_since is None else min(backoff, REFUSED_BACKOFF_MAX_S)
+            await asyncio.sleep(min(pause * (0.5 + random.random()), max(0.0, deadline - loop.time())))
+            backoff = min(backoff * 2, RETRY_BACKOFF_MAX_S)
+        raise last if last is not None else ClusterUnavailableError("no answer in time")
+
+    async def _attempt(self, fn: Call[T], conn: ClientConnection, deadline: float, write: bool) -> T | _Retry:
+        """One try of ``fn`` on ``conn``: its value, a :class:`_Retry` with the error to retry
+        on, or an exception raised when retrying cannot help or is not safe."""
+        left = max(0.1, deadline - asyncio.get_running_loop().time())
+        try:
+            return await fn(conn, left)
+        except KolkError as e:
+            if not e.retriable or (write and e.code not in ("noLeader", "notLeader")):
+                raise
+            if e.code == "notLeader":
+                self._drop(conn, e.leader)
+            return _Retry(e)
+        except CallRejected as e:  # refused unread, so not applied: a write may be retried too
+            err = transport_error(e, conn.address, write)
+            if not err.retriable:
+                raise err from None
+            return _Retry(err)
+        except ConnectionLost as e:
+            self._drop(conn)
+            err = transport_error(e, conn.address, write)
+            if write and e.sent:  # it may have been applied
+                raise err from e
+            return _Retry(err)
+        except TimeoutError as e:
+            self._drop(conn)
+            raise transport_error(e, conn.address, write) from e
+
+    async def _request(self, call_name: str, /, *, write: bool, **fields: Any) -> Any:
+        """Call ``call_name`` (with retries); its response struct once ``result.ok``."""
+        async def call(conn: ClientConnection, timeout_s: float) -> Any:
+            # conn.call(name, ...) would take a request field called `name` for its own.
+            env, member = conn.request(call_name)
+            for field, value in fields.items():
+                setattr(member, field, value)
+            r = await conn.send(env, timeout_s)
+            _raise_unless_ok(r.result)
+            return r
+        return await self._call(call, write=write)
+
+    async def close(self) -> None:
+        """Close every connection of this client; its watches end."""
+        conns = set(self._watching)
+        if self._conn is not None:
+            conns.add(self._conn)
+        self._conn = None
+        self._watching.clear()
+        for conn in conns:
+            conn.close()
+
+    # ---------------------------------------------------------------- topics
+
+    async def create_topic(self, name: str, partitions: int = 1, replication_factor: int = 1,
+                           config: dict[str, str] | None = None) -> dict[str, Any]:
+        r = await self._request("createTopic", write=True, name=name, partitions=partitions,
+                                replicationFactor=replication_factor,
+                                config=[{"key": k, "value": v} for k, v in (config or {}).items()])
+        return object_dict(r.topic)
+
+    async def delete_topic(self, name: str) -> None:
+        await self._request("deleteTopic", write=True, name=name)
+
+    async def list_objects(self, kind: str, *, stale: bool = False) -> list[dict[str, Any]]:
+        r = await self._request("listObjects", write=False, kind=kind, stale=stale)
+        return [object_dict(o) for o in r.objects]
+
+    async def get_object(self, kind: str, name: str, *, stale: bool = False) -> dict[str, Any] | None:
+        r = await self._request("getObject", write=False, kind=kind, name=name, stale=stale)
+        return object_dict(r.object) if r.found else None
+
+    async def list_topics(self, *, stale: bool = False) -> list[dict[str, Any]]:
+        return await self.list_objects("topic", stale=stale)
+
+    async def describe_topic(self, name: str) -> dict[str, Any]:
+        from ..protocol.errors import NotFoundError
+
+        topic = await self.get_object("topic", name)
+        if topic is None:
+            raise NotFoundError(f"topic {name} does not exist")
+        parts = [p for p in await self.list_objects("partition", stale=True) if p["spec"]["topic"] == name]
+        topic["partitions"] = sorted(parts, key=lambda p: p["spec"]["partition"])
+        return topic
+
+    # ---------------------------------------------------------------- objects and SPUs
+
+    async def put_object(self, kind: str, name: str, spec: dict[str, Any],
+                         expected_version: int | None = None) -> int:
+        r = await self._request("putObject", write=True, kind=kind, name=name, specJson=json.dumps(spec),
+                                hasExpected=expected_version is not None,
+                                expectedVersion=expected_version if expected_version is not None else 0)
+        return int(r.version)
+
+    async def delete_object(self, kind: str, name: str, expected_version: int | None = None) -> None:
+        await self._request("deleteObject", write=True, kind=kind, name=name,
+                            hasExpected=expected_version is not None,
+                            expectedVersion=expected_version if expected_version is not None else 0)
+
+    async def register_spu(self, spu_id: int, public_address: str, private_address: str | None = None,
+                           rack: str | None = None, storage_id: str = "",
+                           lost: Mapping[str, str] | None = None) -> int:
+        """Register an SPU with its data directory's storage id and the replicas it found short
+        of their high watermark (``lost``: partition -> reason); returns the metadata version
+        that holds the registration."""
+        r = await self._request("registerSpu", write=True, id=spu_id, rack=rack or "", publicAddress=public_address,
+                                privateAddress=private_address or public_address, storageId=storage_id,
+                                lost=[{"partition": p, "reason": why} for p, why in sorted((lost or {}).items())])
+        return int(r.version)
+
+    async def report_replica_loss(self, partition: str, spu_id: int, reason: str, epoch: int | None = None,
+                                  keep_last_in_sync: bool = False) -> None:
+        """Node-only: ``spu_id``'s replica of ``partition`` lost data, or its disk failed; it
+        leaves the in-sync set (``keep_last_in_sync``: unless it is the last member)."""
+        await self._request("reportReplicaLoss", write=True, partition=partition, spuId=spu_id, reason=reason,
+                            epoch=-1 if epoch is None else epoch, keepLastInSync=keep_last_in_sync)
+
+    async def elect_leader(self, partition: str, leader: int | None = None, unclean: bool = False) -> tuple[int, int]:
+        """Elect a leader of ``partition`` now; returns (leader, epoch). ``unclean`` gives up
+        what only the in-sync replicas had (docs/replication.md)."""
+        r = await self._request("electLeader", write=True, partition=partition,
+                                leader=-1 if leader is None else leader, unclean=unclean)
+        return int(r.leader), int(r.epoch)
+
+    async def unregister_spu(self, spu_id: int) -> None:
+        await self._request("unregisterSpu", write=True, id=spu_id)
+
+    async def heartbeat(self, spu_id: int) -> None:
+        """An SPU's liveness signal; follows the SC leader."""
+        await self._request("heartbeat", write=True, spuId=spu_id)
+
+    async def update_isr(self, partition: str, isr: list[int], epoch: int, leader: int,
+                         based_on: list[int] | None = None) -> None:
+        """A partition leader asks to change the in-sync set (committed through Raft), from the
+        set ``based_on`` (refused with VersionConflictError if that set has changed)."""
+        await self._request("updateIsr", write=True, partition=partition, isr=list(isr), epoch=epoch, leader=leader,
+                            basedOn=list(based_on or []))
+
+    async def allocate_producer_ids(self, count: int = 1) -> int:
+        """The first of ``count`` fresh producer ids, for idempotent producers."""
+        r = await self._request("allocateProducerIds", write=True, count=count)
+        return int(r.firstId)
+
+    async def cluster_status(self) -> dict[str, Any]:
+        """The answering SC's view of the cluster (any SC answers, leader or not)."""
+        r = await self._request("clusterStatus", write=False)
+        return json.loads(r.statusJson)  # type: ignore[no-any-return]
+
+
+# ---------------------------------------------------------------- watch
+
+
+def _event_dict(e: Any) -> dict[str, Any]:
+    return {"version": e.version, "kind": e.kind, "name": e.name, "deleted": e.deleted,
+            "object": None if e.deleted else object_dict(e.object)}
+
+
+class WatchHandle:
+    """One metadata watch: a task hands its pushes to ``on_push`` one at a time, in order,
+    until :meth:`cancel`, the SC ends the stream, or the connection is lost (then ``error``
+    says why, and :meth:`wait` returns)."""
+
+    def __init__(self, client: AdminClient, conn: ClientConnection, stream: ClientStream, on_push: OnPush) -> None:
+        self._client = client
+        self._conn = conn
+        self._stream = stream
+        self._cancelled = False
+        self.error: KolkError | None = None
+        client._watch_opened(conn)
+        self._task = asyncio.get_running_loop().create_task(self._deliver(on_push))
+        # A callback, not a finally: it runs even when the task is cancelled before it starts.
+        self._task.add_done_callback(self._ended)
+
+    async def _deliver(self, on_push: OnPush) -> None:
+        try:
+            while True:
+                push = await self._stream.next()
+                result = on_push(bool(push.fullSync), int(push.version), [_event_dict(e) for e in push.events])
+                if inspect.isawaitable(result):
+                    await result
+        except (StreamEnded, ConnectionLost) as e:
+            if not self._cancelled:
+                self.error = transport_error(e, self._conn.address)
+        except Exception as e:  # noqa: BLE001 - a bad push or a failing on_push ends this watch, and says so
+            log.exception("a metadata watch from %s failed; it ends", self._conn.address)
+            self.error = KolkError(f"the watch from {self._conn.address} ended: {e}")
+
+    def _ended(self, task: asyncio.Task[None]) -> None:
+        self._stream.close()
+        self._client._watch_ended(self._conn)
+
+    def done(self) -> bool:
+        """Whether the watch has ended (cancelled, ended by the SC, or its connection lost)."""
+        return self._task.done()
+
+    async def wait(self) -> KolkError | None:
+        """Wait until the watch ends; why it did (None when cancelled)."""
+        await asyncio.wait({self._task})
+        return self.error
+
+    def cancel(self) -> asyncio.Future[KolkError | None]:
+        """Stop the stream (the SC frees the watcher's slot) and its pushes; no ``on_push``
+        starts after this. Safe to call more than once; await the result to wait until a
+        running ``on_push`` has finished."""
+        self._cancelled = True
+        self._stream.close()
+        self._task.cancel()
+        return asyncio.ensure_future(self.wait())
+
+
+async def watch(client: AdminClient, from_version: int, on_push: OnPush) -> WatchHandle:
+    """Subscribe to metadata changes after ``from_version``. ``on_push(full_sync, version,
+    events)`` runs for each push (a full sync lists every object), and is awaited when it
+    returns an awaitable. Returns a handle whose ``cancel()`` ends the stream."""
+    async def open_watch(conn: ClientConnection, timeout_s: float) -> WatchHandle:
+        resp, stream = await conn.open_stream("watch", WATCH_WINDOW_BYTES, timeout_s, fromVersion=from_version)
+        _raise_unless_ok(resp.result)
+        return WatchHandle(client, conn, stream, on_push)
+    return await client._call(open_watch, write=False)
+
+
+def run(coro_fn: Callable[[], Awaitable[T]]) -> T:
+    """Run one coroutine on a fresh event loop (for callers that are not asynchronous)."""
+    async def main() -> T:
+        return await coro_fn()
+    return asyncio.run(main())

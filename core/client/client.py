@@ -1,0 +1,441 @@
+"""``kolk.Client``: the one entry point for producing, consuming and administering.
+
+:class:`AsyncClient` is the asyncio core: it asks an SC for metadata (partitions, leaders,
+SPU addresses), keeps one connection per SPU, and talks straight to the leader of each
+partition, refreshing metadata when an SPU says it does not lead. :class:`Client` is the
+synchronous facade: it runs an AsyncClient on a background thread with its own event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import threading
+from concurrent.futures import Future
+from typing import Any, Awaitable, Callable, Iterator, TypeVar
+
+from ..metadata.controllers import offline_reason
+from ..protocol.channel import CallRejected, ClientConnection, ConnectionLost
+from ..protocol.errors import (ClusterUnavailableError, InvalidRequestError, KolkError, NotFoundError,
+                               PartitionOfflineError)
+from ..protocol.limits import PRODUCE_BYTES_MAX
+from ..protocol.wire import error_from_struct, transport_error
+from ..security.tls import TlsConfig
+from ..transport import SPU, connect
+from .admin import AdminClient
+from .consumer import AsyncConsumer, ConsumerRecord, Offset
+from .producer import AsyncProducer, RecordMetadata
+from .profile import profile_sc, profile_tls
+
+T = TypeVar("T")
+DEFAULT_SC = "127.0.0.1:9003"
+CONNECT_TIMEOUT_S = 3.0
+# What can go wrong on the way to an SPU besides an error answer: mapped by wire.transport_error.
+TRANSPORT_ERRORS = (CallRejected, ConnectionLost, TimeoutError)
+
+
+def _local_defaults(sc: str | list[str] | None, tls: TlsConfig | None) -> tuple[str | list[str], TlsConfig | None]:
+    """No SC given: the local cluster's (``kolk cluster start`` writes its profile), with its
+    TLS settings when it was started with --tls; else 127.0.0.1:9003."""
+    if sc is not None:
+        return sc, tls
+    return profile_sc() or DEFAULT_SC, tls if tls is not None else profile_tls()
+
+
+class AsyncClient:
+    def __init__(self, sc: str | list[str] | None = None, *, timeout_s: float = 30.0,
+                 tls: TlsConfig | None = None) -> None:
+        """``sc``: one SC address or several (None: the local cluster's, see ``kolk cluster
+        start``). ``tls``: the CA to trust and this client's certificate (mutual TLS); None:
+        plaintext. ``timeout_s``: the deadline of every call to the cluster."""
+        sc, tls = _local_defaults(sc, tls)
+        self.tls = tls
+        self.admin = AdminClient(sc, timeout_s=timeout_s, tls=tls)
+        self.timeout_s = timeout_s
+        self._partitions: dict[str, list[dict[str, Any]]] = {}
+        self._spus: dict[int, str] = {}
+        self._alive_spus: set[int] = set()
+        self._conns: dict[str, ClientConnection] = {}  # one connection per SPU address
+        self._connecting: dict[str, asyncio.Future[ClientConnection]] = {}
+
+    # ---------------------------------------------------------------- metadata
+
+    async def refresh(self, topic: str) -> list[dict[str, Any]]:
+        parts = [p for p in await self.admin.list_objects("partition", stale=True) if p["spec"]["topic"] == topic]
+        if not parts:
+            if await self.admin.get_object("topic", topic) is None:
+                raise NotFoundError(f"topic {topic} does not exist")
+            raise ClusterUnavailableError(f"topic {topic} has no partitions yet")
+        spus = await self.admin.list_objects("spu", stale=True)
+        self._spus = {u["spec"]["id"]: u["spec"]["public_address"] for u in spus}
+        self._alive_spus = {u["spec"]["id"] for u in spus if u["status"].get("alive")}
+        parts.sort(key=lambda p: p["spec"]["partition"])
+        self._partitions[topic] = parts
+        return parts
+
+    async def partitions(self, topic: str) -> list[dict[str, Any]]:
+        return self._partitions.get(topic) or await self.refresh(topic)
+
+    def forget_leaders(self, topic: str) -> None:
+        self._partitions.pop(topic, None)
+
+    async def _connect(self, address: str) -> ClientConnection:
+        """One connection per SPU. Concurrent callers share one connect: requests sent on one
+        connection arrive in order, which the producer's ordering relies on."""
+        conn = self._conns.get(address)
+        if conn is not None and not conn.is_closed:
+            return conn
+        pending = self._connecting.get(address)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        fut: asyncio.Future[ClientConnection] = asyncio.get_running_loop().create_future()
+        self._connecting[address] = fut
+        try:
+            conn = await connect(SPU, address, self.tls, min(CONNECT_TIMEOUT_S, self.timeout_s))
+            self._conns[address] = conn
+            fut.set_result(conn)
+            return conn
+        except BaseException as e:
+            fut.set_exception(e)
+            fut.exception()  # retrieved: other waiters re-raise it
+            raise
+        finally:
+            self._connecting.pop(address, None)
+
+    def drop_connection(self, address: str | None) -> None:
+        """Forget a broken connection so the next call reconnects."""
+        conn = self._conns.pop(address, None) if address else None
+        if conn is not None:
+            conn.close()
+
+    async def leader_spu(self, topic: str, partition: int) -> tuple[Any, str]:
+        parts = await self.partitions(topic)
+        if not 0 <= partition < len(parts):
+            raise InvalidRequestError(f"topic {topic} has partitions 0-{len(parts) - 1}, not {partition}")
+        p = parts[partition]
+        leader = p["status"]["leader"]
+        if leader is None:
+            self.forget_leaders(topic)
+            why = offline_reason(p["status"], p["spec"]["replicas"], self._alive_spus)
+            raise PartitionOfflineError(f"partition {topic}-{partition} is {why}")
+        if leader not in self._spus:
+            self.forget_leaders(topic)
+            raise ClusterUnavailableError(f"partition {topic}-{partition}: its leader SPU {leader} is not known yet")
+        address = self._spus[leader]
+        return await self._connect(address), address
+
+    @staticmethod
+    def check(result: Any) -> None:
+        if not result.ok:
+            raise error_from_struct(result.error)
+
+    async def _with_leader(self, topic: str, partition: int, call: Callable[[Any], Awaitable[T]],
+                           retries: int, *, write: bool = False) -> T:
+        """``call`` on the partition's leader, retrying what is safe to retry. For a write the
+        error raised at the end says whether any attempt may have been written
+        (``outcome_unknown``): a retry that is refused does not make an earlier lost answer
+        definite."""
+        backoff = 0.05
+        maybe_written = False
+        for attempt in range(retries + 1):
+            address = None
+            try:
+                try:
+                    spu, address = await self.leader_spu(topic, partition)
+                    return await call(spu)
+                except TRANSPORT_ERRORS as e:
+                    if not isinstance(e, CallRejected):
+                        self.drop_connection(address)
+                    raise transport_error(e, address or f"the leader of {topic}-{partition}", write) from e
+            except KolkError as e:
+                maybe_written = maybe_written or (write and e.outcome_unknown)
+                if not e.retriable or attempt == retries:
+                    if maybe_written and not e.outcome_unknown:
+                        e.outcome_unknown = True
+                        e.args = (f"{e}; an earlier attempt may have been written (outcome unknown)",)
+                    elif write and not e.outcome_unknown:
+                        e.args = (f"{e}; nothing was written",)
+                    raise
+                self.forget_leaders(topic)
+                await asyncio.sleep(backoff * (0.5 + random.random()))  # retry backoff
+                backoff = min(backoff * 2, 1.0)
+        raise AssertionError("unreachable")
+
+    # ---------------------------------------------------------------- data plane
+
+    async def produce(self, topic: str, partition: int, data: bytes, acks: int = 2, timeout_ms: int = 30_000,
+                      retries: int = 5, smartmodules: list[tuple[str, dict[str, str]]] | None = None) -> int:
+        if len(data) > PRODUCE_BYTES_MAX:
+            raise InvalidRequestError(f"a produce request of {len(data)} bytes is more than the SPU accepts "
+                                      f"({PRODUCE_BYTES_MAX})")
+        chain = [{"name": n, "params": [{"key": k, "value": v} for k, v in p.items()]} for n, p in smartmodules or []]
+
+        # The SPU answers by timeout_ms; the client waits a little longer for that answer.
+        deadline_s = timeout_ms / 1000 + 1.0
+
+        async def call(spu: ClientConnection) -> int:
+            r = await spu.call("produce", deadline_s, topic=topic, partition=partition, acks=acks, records=data,
+                               timeoutMs=timeout_ms, smartmodules=chain)
+            self.check(r.result)
+            return r.baseOffset
+        return await self._with_leader(topic, partition, call, retries, write=True)
+
+    async def offsets(self, topic: str, partition: int) -> tuple[int, int, int]:
+        async def call(spu: ClientConnection) -> tuple[int, int, int]:
+            r = await spu.call("offsets", self.timeout_s, topic=topic, partition=partition)
+            self.check(r.result)
+            return r.logStartOffset, r.highWatermark, r.logEndOffset
+        return await self._with_leader(topic, partition, call, 10)
+
+    async def offset_for_timestamp(self, topic: str, partition: int, timestamp: int) -> int:
+        async def call(spu: ClientConnection) -> int:
+            r = await spu.call("offsetForTimestamp", self.timeout_s, topic=topic, partition=partition,
+                               timestamp=timestamp)
+            self.check(r.result)
+            return r.offset
+        return await self._with_leader(topic, partition, call, 10)
+
+    async def fetch(self, topic: str, partition: int, offset: int, max_bytes: int = 1 << 20,
+                    committed: bool = True) -> Any:
+        async def call(spu: ClientConnection) -> Any:
+            r = await spu.call("fetch", self.timeout_s, topic=topic, partition=partition, offset=offset,
+                               maxBytes=max_bytes, isolation=0 if committed else 1)
+            self.check(r.result)
+            return r
+        return await self._with_leader(topic, partition, call, 5)
+
+    async def partition_list(self, topic: str | None = None) -> list[dict[str, Any]]:
+        """Every partition (of ``topic``): leader, replicas, in-sync set and epoch from the SC;
+        high watermark, log end offset and each follower's lag from its leader. A leader that
+        cannot be reached leaves those None and says why in ``error``."""
+        parts = [p for p in await self.admin.list_objects("partition")
+                 if topic is None or p["spec"]["topic"] == topic]
+        spu_objects = await self.admin.list_objects("spu")
+        spus = {u["spec"]["id"]: u["spec"]["public_address"] for u in spu_objects}
+        alive = {u["spec"]["id"] for u in spu_objects if u["status"].get("alive")}
+        by_leader: dict[int, list[str]] = {}
+        for p in parts:
+            if p["status"]["leader"] is not None:
+                by_leader.setdefault(p["status"]["leader"], []).append(p["name"])
+        live: dict[str, dict[str, Any]] = {}
+        errors: dict[int, str] = {}
+        for leader, names in by_leader.items():
+            address = spus.get(leader)
+            try:
+                if address is None:
+                    raise ClusterUnavailableError(f"SPU {leader} is not registered")
+                spu = await self._connect(address)
+                r = await spu.call("partitionStatus", self.timeout_s, partitions=names)
+                self.check(r.result)
+                live.update({d["partition"]: d for d in json.loads(r.statusJson)})
+            except (KolkError, *TRANSPORT_ERRORS) as e:
+                self.drop_connection(address)
+                errors[leader] = str(e).splitlines()[0] if str(e) else type(e).__name__
+        rows = []
+        for p in sorted(parts, key=lambda o: (o["spec"]["topic"], o["spec"]["partition"])):
+            leader = p["status"]["leader"]
+            d = live.get(p["name"], {})
+            followers = d.get("followers", {})
+            lags = [f["lag"] for f in followers.values() if f["lag"] is not None]
+            rows.append({
+                "name": p["name"], "topic": p["spec"]["topic"], "partition": p["spec"]["partition"], "leader": leader, "epoch": p["status"]["epoch"],
+                "replicas": list(p["spec"]["replicas"]), "isr": list(p["status"]["isr"]),
+                "high_watermark": d.get("high_watermark"), "log_end_offset": d.get("log_end_offset"),
+                "lag": max(lags) if len(lags) == len(followers) and lags else (0 if d and not followers else None),
+                "followers": followers, "lost": list(p["status"].get("lost", [])),
+                "error": offline_reason(p["status"], p["spec"]["replicas"], alive) if leader is None
+                else errors.get(leader) if p["name"] not in live else _lost_note(p["status"], alive)})
+        return rows
+
+    def producer(self, topic: str, **options: Any) -> AsyncProducer:
+        return AsyncProducer(self, topic, **options)
+
+    def consumer(self, topic: str, **options: Any) -> AsyncConsumer:
+        return AsyncConsumer(self, topic, **options)
+
+    # ---------------------------------------------------------------- admin
+
+    async def create_topic(self, name: str, partitions: int = 1, replication_factor: int = 1,
+                           config: dict[str, str] | None = None) -> dict[str, Any]:
+        return await self.admin.create_topic(name, partitions, replication_factor, config)
+
+    async def delete_topic(self, name: str) -> None:
+        await self.admin.delete_topic(name)
+        self.forget_leaders(name)
+
+    async def list_topics(self) -> list[dict[str, Any]]:
+        return await self.admin.list_topics()
+
+    async def cluster_status(self) -> dict[str, Any]:
+        return await self.admin.cluster_status()
+
+    async def close(self) -> None:
+        for address in list(self._conns):
+            self.drop_connection(address)
+        await self.admin.close()
+
+
+class _LoopThread:
+    """An event loop on a daemon thread (the synchronous facade's)."""
+
+    def __init__(self) -> None:
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._ready = threading.Event()
+        self._stop: asyncio.Event | None = None
+        self._thread = threading.Thread(target=self._run, name="kolk-client", daemon=True)
+        self._thread.start()
+        self._ready.wait()
+
+    def _run(self) -> None:
+        async def main() -> None:
+            self.loop = asyncio.get_running_loop()
+            self._stop = asyncio.Event()
+            self._ready.set()
+            await self._stop.wait()
+        asyncio.run(main())
+
+    def call(self, coro: Awaitable[T], timeout: float | None = None) -> T:
+        assert self.loop is not None
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)  # type: ignore[arg-type]
+
+    def submit(self, coro: Awaitable[T]) -> Future[T]:
+        assert self.loop is not None
+        return asyncio.run_coroutine_threadsafe(coro, self.loop)  # type: ignore[arg-type]
+
+    def stop(self) -> None:
+        if self.loop is not None and self._stop is not None:
+            self.loop.call_soon_threadsafe(self._stop.set)
+            self._thread.join(timeout=10)
+
+
+class Producer:
+    """Synchronous producer: ``send`` returns a ``concurrent.futures.Future`` of RecordMetadata."""
+
+    def __init__(self, thread: _LoopThread, inner: AsyncProducer) -> None:
+        self._t = thread
+        self._p = inner
+
+    def send(self, value: bytes | None, key: bytes | None = None, **kw: Any) -> Future[RecordMetadata]:
+        async def go() -> Any:
+            return await self._p.send(value, key, **kw)
+        inner = self._t.call(go())
+        out: Future[RecordMetadata] = Future()
+
+        def done(f: asyncio.Future[int]) -> None:
+            if f.exception() is not None:
+                out.set_exception(f.exception())
+            else:
+                out.set_result(inner.result_now())
+        assert self._t.loop is not None
+        self._t.loop.call_soon_threadsafe(lambda: inner._batch_future.add_done_callback(done))
+        return out
+
+    def send_many(self, records: list[tuple[bytes | None, bytes | None]]) -> None:
+        """Queue many ``(key, value)`` records in one hop to the client's thread."""
+        async def go() -> None:
+            for key, value in records:
+                await self._p.send(value, key)
+        self._t.call(go())
+
+    def flush(self) -> None:
+        self._t.call(self._p.flush())
+
+    def close(self) -> None:
+        self._t.call(self._p.close())
+
+
+class Consumer:
+    """Synchronous consumer: iterate for records, or ``poll(timeout)``; stops at the end when
+    ``stop_at_end``. ``close()`` may be called from any thread: a read blocked elsewhere ends."""
+
+    def __init__(self, thread: _LoopThread, inner: AsyncConsumer) -> None:
+        self._t = thread
+        self._c = inner
+        self._it: Any = None
+
+    def poll(self, timeout_s: float) -> list[ConsumerRecord]:
+        """Records that arrived within ``timeout_s`` ([] if none)."""
+        return self._t.call(self._c.poll(timeout_s), timeout_s + self._c.client.timeout_s)
+
+    def batches(self) -> Iterator[list[ConsumerRecord]]:
+        gen = self._c.batches()
+        while True:
+            try:
+                yield self._t.call(gen.__anext__())
+            except StopAsyncIteration:
+                return
+
+    def __iter__(self) -> Iterator[ConsumerRecord]:
+        for batch in self.batches():
+            yield from batch
+
+    def close(self) -> None:
+        self._t.call(self._c.close(), CLOSE_TIMEOUT_S)
+
+
+CLOSE_TIMEOUT_S = 10.0
+
+
+class Client:
+    """Synchronous entry point. ``with kolk.Client() as c: ...`` (the local cluster), or
+    ``kolk.Client("host:9003", tls=TlsConfig(ca, cert, key))``; the options are AsyncClient's."""
+
+    def __init__(self, sc: str | list[str] | None = None, *, timeout_s: float = 30.0,
+                 tls: TlsConfig | None = None) -> None:
+        self._t = _LoopThread()
+
+        async def make() -> AsyncClient:
+            return AsyncClient(sc, timeout_s=timeout_s, tls=tls)
+        self._c = self._t.call(make())
+
+    def producer(self, topic: str, **options: Any) -> Producer:
+        async def make() -> AsyncProducer:
+            return AsyncProducer(self._c, topic, **options)
+        return Producer(self._t, self._t.call(make()))
+
+    def consumer(self, topic: str, **options: Any) -> Consumer:
+        async def make() -> AsyncConsumer:
+            return AsyncConsumer(self._c, topic, **options)
+        return Consumer(self._t, self._t.call(make()))
+
+    def create_topic(self, name: str, partitions: int = 1, replication_factor: int = 1,
+                     config: dict[str, str] | None = None) -> dict[str, Any]:
+        return self._t.call(self._c.create_topic(name, partitions, replication_factor, config))
+
+    def delete_topic(self, name: str) -> None:
+        self._t.call(self._c.delete_topic(name))
+
+    def list_topics(self) -> list[dict[str, Any]]:
+        return self._t.call(self._c.list_topics())
+
+    def cluster_status(self) -> dict[str, Any]:
+        return self._t.call(self._c.cluster_status())
+
+    def partition_list(self, topic: str | None = None) -> list[dict[str, Any]]:
+        return self._t.call(self._c.partition_list(topic))
+
+    def close(self) -> None:
+        try:
+            self._t.call(self._c.close(), timeout=10)
+        finally:
+            self._t.stop()
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+__all__ = ["AsyncClient", "Client", "Consumer", "ConsumerRecord", "Offset", "Producer", "RecordMetadata"]
+
+
+def _lost_note(status: dict[str, Any], alive: set[int]) -> str | None:
+    """A partition that leads but has replicas that lost data: say who, and whether they are
+    catching up (alive) or down."""
+    lost = status.get("lost") or []
+    if not lost:
+        return None
+    return "; ".join(f"SPU {e['spu']} lost data ({e['reason']}), "
+                     + ("catching up" if e["spu"] in alive else "down") for e in lost)

@@ -1,0 +1,109 @@
+"""Authorization on every request, the same on the SC and on every SPU (DESIGN.md §7).
+
+The order of checks: TLS identity (core/transport.py hands each connection its Peer) → region
+(the policy maps the peer's address to regions) → policy (deny beats allow; with a policy in
+force what no rule allows is denied) → masking (fields a role may not see) → SmartModules →
+the log or the client. Without a policy everything is allowed (a fresh cluster is usable);
+with TLS off every client is ``anonymous``.
+
+The policy in force is the metadata object ``policy/active``; every node parses the same
+source and enforces the same version, and never goes back to an older version. Denials go to
+the audit log (core/node/audit.py) with who, what, from where, when and the deciding rule.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable
+
+from ..security.policy import Decision, Policy, PolicyError, policy_from_spec
+from ..security.tls import Peer
+
+log = logging.getLogger("kolk.authz")
+
+AUDIT_TOPIC = "_audit"
+NODE_ONLY = "node"  # pseudo-action: calls only nodes make (registration, heartbeats, replication)
+
+
+class Denied(Exception):
+    def __init__(self, decision: Decision, message: str) -> None:
+        super().__init__(message)
+        self.decision = decision
+
+
+class Authorizer:
+    def __init__(self, node: str, tls: bool, audit: Callable[[dict[str, Any]], None] | None = None) -> None:
+        self.node = node
+        self.tls = tls  # with TLS on, node-only calls need a node certificate
+        self.policy: Policy | None = None
+        self.version = 0
+        self.audit = audit
+
+    # ---------------------------------------------------------------- the policy in force
+
+    def on_policy(self, obj: dict[str, Any] | None) -> None:
+        """A change of ``policy/active`` from the metadata (None: deleted, back to allow-all)."""
+        if obj is None:
+            self.policy, self.version = None, 0
+            return
+        spec = obj["spec"]
+        version = int(spec.get("version", 0))
+        if version < self.version:
+            log.warning("policy version %d is older than the one in force (%d): ignored", version, self.version)
+            return
+        if self.policy is not None and spec.get("sha256") == self.policy.sha256:
+            return  # the same policy delivered again
+        try:
+            self.policy = policy_from_spec(spec, self.version if self.policy is not None else 0)
+        except (PolicyError, KeyError) as e:
+            # apply refuses a policy that does not parse, so this is a bug or a newer format:
+            # keep enforcing the last good one rather than open everything up.
+            log.error("policy version %d cannot be enforced here, keeping version %d: %s", version, self.version, e)
+            return
+        self.version = version
+        log.info("enforcing policy version %d", version)
+
+    # ---------------------------------------------------------------- checks
+
+    def check(self, peer: Peer, action: str, resource: str) -> None:
+        """Raise Denied (and audit it) unless ``peer`` may do ``action`` on ``resource``."""
+        if action == NODE_ONLY:
+            if self.tls and not peer.node:
+                self._deny(peer, action, resource, Decision(False, None, f"{resource} is for cluster nodes only: "
+                                                                          f"{peer.identity} has no node certificate"))
+            return
+        if peer.node and resource == f"topic:{AUDIT_TOPIC}" and action == "produce":
+            return  # nodes write the audit log
+        if self.policy is None:
+            return
+        decision = self.policy.decide(peer.identity, peer.address, action, resource)
+        if not decision.allowed:
+            self._deny(peer, action, resource, decision)
+
+    def allowed(self, peer: Peer, action: str, resource: str) -> bool:
+        if self.policy is None:
+            return True
+        return self.policy.decide(peer.identity, peer.address, action, resource).allowed
+
+    def masks(self, peer: Peer, topic: str) -> list[tuple[str, str]]:
+        if self.policy is None:
+            return []
+        return list(self.policy.masks(peer.identity, peer.address, topic))
+
+    def _deny(self, peer: Peer, action: str, resource: str, decision: Decision) -> None:
+        message = (f"{peer.identity} from {peer.address or '?'} may not {action} {resource}: {decision.reason}"
+                   f" (policy version {self.version})")
+        self.record(peer, action, resource, "deny", decision.rule, decision.reason)
+        raise Denied(decision, message)
+
+    @property
+    def auditing(self) -> bool:
+        """A cluster with TLS or a policy in force keeps an audit log; a plaintext cluster with
+        no policy (a dev cluster, where everyone is anonymous and allowed) does not."""
+        return self.tls or self.policy is not None
+
+    def record(self, peer: Peer, action: str, resource: str, decision: str, rule: int | None, reason: str) -> None:
+        if self.audit is not None and self.auditing:
+            self.audit({"node": self.node, "identity": peer.identity, "address": peer.address, "action": action,
+                        "resource": resource, "decision": decision, "rule": rule, "reason": reason,
+                        "policy_version": self.version})

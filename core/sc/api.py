@@ -1,0 +1,478 @@
+"""The SC's wire surface: one :class:`ScApi` per admin connection, serving the ``ScRequest``
+calls of core/protocol/kolk.capnp (docs/protocol.md).
+
+A thin adapter between the framed transport (core/protocol/channel.py) and the server
+(core/sc/server.py): it checks the caller's rights, turns a request into a Raft command or a read of
+the state, and fills the response struct; errors become ``Result`` values, never exceptions.
+The transport has checked every list and text of a request against core/protocol/limits.py
+before a method here runs, so what is checked here is meaning: kinds, names, values.
+
+``watch`` is a stream: the answer says whether the watch is accepted, then a feed pushes the
+changes in order as the watcher's credit allows, until the watcher cancels or goes away.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any, Coroutine, Iterator
+
+from ..metadata.controllers import choose_leader, place_replicas
+from ..metadata.objects import KINDS, TOPIC, MetaObject, State
+from ..metadata.partition_ops import REASON_CHARS_MAX
+from ..node.authz import NODE_ONLY, Denied
+from ..protocol.channel import ServerStream
+from ..protocol.limits import FRAME_BODY_BYTES_MAX
+from ..protocol.wire import WATCH_EVENTS_PER_PUSH_MAX, camel, config_map, schema, set_error
+from ..security.policy import PolicyError, policy_from_spec
+from ..security.tls import Peer
+from .server import ScServer, WatcherSlot, now_ms
+
+log = logging.getLogger("kolk.sc")
+
+LOST_LOGGED_MAX = 20  # lost replicas named in the log per registration
+STORAGE_ID_CHARS = 32
+# An answer or a push is one frame: what it carries must leave room for its envelope.
+ANSWER_BYTES_MAX = FRAME_BODY_BYTES_MAX - (64 << 10)
+# Deltas go out in pushes of about this size (an object larger than it goes alone), so one
+# large SmartModule does not hold back the changes behind it for long.
+WATCH_PUSH_BYTES = 1 << 20
+OBJECT_WIRE_OVERHEAD = 128  # bytes an Object or Event adds to its texts on the wire, rounded up
+
+Feed = Coroutine[Any, Any, "tuple[str, str] | None"]
+
+
+# ---------------------------------------------------------------- objects on the wire
+
+
+@dataclass(frozen=True)
+class _Encoded:
+    """An object's JSON texts, made once: to size an answer, then to fill it."""
+
+    obj: MetaObject
+    spec: str
+    status: str
+
+    @staticmethod
+    def of(obj: MetaObject) -> "_Encoded":
+        return _Encoded(obj, json.dumps(dict(obj.spec), sort_keys=True), json.dumps(dict(obj.status), sort_keys=True))
+
+    @property
+    def size(self) -> int:
+        # json.dumps escapes everything outside ASCII, so characters are bytes.
+        return len(self.spec) + len(self.status) + len(self.obj.kind) + len(self.obj.name) + OBJECT_WIRE_OVERHEAD
+
+    def fill(self, target: Any) -> None:
+        target.kind = self.obj.kind
+        target.name = self.obj.name
+        target.specJson = self.spec
+        target.statusJson = self.status
+        target.version = self.obj.version
+
+
+@dataclass(frozen=True)
+class _Change:
+    """One event of a watch push: an object at a version, or its deletion (``obj`` None)."""
+
+    version: int
+    kind: str
+    name: str
+    obj: _Encoded | None
+
+    @property
+    def size(self) -> int:
+        return self.obj.size if self.obj is not None else len(self.kind) + len(self.name) + OBJECT_WIRE_OVERHEAD
+
+
+def _watch_push(full: bool, version: int, changes: list[_Change]) -> Any:
+    msg = schema.Push.new_message()
+    w = msg.init("watch")
+    w.fullSync = full
+    w.version = version
+    events = w.init("events", len(changes))
+    for i, c in enumerate(changes):
+        ev = events[i]
+        ev.version = c.version
+        ev.kind = c.kind
+        ev.name = c.name
+        ev.deleted = c.obj is None
+        if c.obj is not None:
+            c.obj.fill(ev.object)
+    return msg
+
+
+def _chunks(changes: list[_Change]) -> Iterator[list[_Change]]:
+    """Deltas cut into pushes of at most WATCH_EVENTS_PER_PUSH_MAX events and about
+    WATCH_PUSH_BYTES each."""
+    chunk: list[_Change] = []
+    size = 0
+    for c in changes:
+        if chunk and (len(chunk) >= WATCH_EVENTS_PER_PUSH_MAX or size + c.size > WATCH_PUSH_BYTES):
+            yield chunk
+            chunk, size = [], 0
+        chunk.append(c)
+        size += c.size
+    if chunk:
+        yield chunk
+
+
+async def _send(stream: ServerStream, full: bool, version: int, changes: list[_Change]) -> bool:
+    """One push, once the watcher has credit; False when the stream has closed."""
+    while stream.credit <= 0 and not stream.closed:
+        stream.granted.clear()
+        await stream.granted.wait()
+    if stream.closed:
+        return False
+    await stream.push(_watch_push(full, version, changes))
+    return True
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _newly_lost(before: State, after: State, spu_id: int) -> list[tuple[str, str]]:
+    """Partitions whose replica on ``spu_id`` a registration marked lost: (name, reason)."""
+    out = []
+    for p in after.all("partition"):
+        entry = next((e for e in p.status.get("lost", []) if e["spu"] == spu_id), None)
+        old = before.get("partition", p.name)
+        if entry is not None and (old is None or entry not in old.status.get("lost", [])):
+            out.append((p.name, entry["reason"]))
+    return sorted(out)
+
+
+def _blob_check(kind: str, name: str, action: str) -> tuple[str, str]:
+    """What a put or delete of a stored object needs: create/delete on the module, or admin
+    on the cluster for a policy."""
+    if kind == "smartmodule":
+        return action, f"smartmodule:{name.split('@')[0]}"
+    return "admin", "cluster"
+
+
+def _policy_problem(spec: Any) -> str | None:
+    """Why a policy spec cannot be stored (it must parse here, so every node can enforce it)."""
+    if not isinstance(spec, dict):
+        return "a policy spec is an object with version, source and sha256"
+    try:
+        policy_from_spec(spec)  # parses, sha256 and version match (apply checks it goes forward)
+    except PolicyError as e:
+        return str(e)
+    return None
+
+
+def _fill_error(result: Any, outcome: dict[str, Any], server: ScServer) -> bool:
+    """``result`` from a command's outcome; whether it succeeded."""
+    if outcome.get("ok"):
+        result.ok = True
+        return True
+    code = outcome.get("code", "internal")
+    wire_code = code if code in ("noLeader", "timeout") else camel(code)
+    set_error(result, wire_code, outcome.get("message", ""), server.leader_admin(),
+              bool(outcome.get("retriable", False)))
+    return False
+
+
+def _unknown_kind(result: Any, kind: str) -> bool:
+    if kind in KINDS:
+        return False
+    set_error(result, "invalidArgument", f"unknown kind {kind!r}; known: {', '.join(KINDS)}")
+    return True
+
+
+# ---------------------------------------------------------------- the handler
+
+
+class ScApi:
+    """Serves one admin connection: ``await api.<call>(req, out)`` for every ``ScRequest``
+    member (the transport dispatches by name), ``watch(req, out, stream)`` for the stream."""
+
+    def __init__(self, server: ScServer, peer: Peer) -> None:
+        self.s = server
+        self.peer = peer
+
+    def _allowed(self, result: Any, action: str, resource: str) -> bool:
+        try:
+            self.s.authorize(self.peer, action, resource)
+            return True
+        except Denied as e:
+            set_error(result, "denied", str(e))
+            return False
+
+    def _changed(self, action: str, resource: str) -> None:
+        self.s.authz.record(self.peer, action, resource, "allow", None, "metadata change")
+
+    def _may_see(self, kind: str, name: str) -> bool:
+        """describe, or anything that implies it (produce, consume on a topic; use a module)."""
+        authz = self.s.authz
+        if kind in ("topic", "partition"):
+            topic = name if kind == "topic" else name.rsplit("-", 1)[0]
+            return any(authz.allowed(self.peer, a, f"topic:{topic}") for a in ("describe", "produce", "consume"))
+        if kind == "smartmodule":
+            return any(authz.allowed(self.peer, a, f"smartmodule:{name.split('@')[0]}") for a in ("describe", "use"))
+        if kind == "policy":
+            return self.peer.node or authz.allowed(self.peer, "admin", "cluster")
+        return True  # SPUs: their addresses are what every client needs
+
+    # ---- topics
+
+    async def createTopic(self, req: Any, out: Any) -> None:  # noqa: N802
+        name, partitions, rf = req.name, int(req.partitions), int(req.replicationFactor)
+        if not self._allowed(out.result, "create", f"topic:{name}"):
+            return
+        try:
+            # Above 1000 partitions apply refuses the command with its own message.
+            assignment = place_replicas(self.s.sm.state, partitions, rf) if partitions <= 1000 else []
+        except ValueError as e:
+            set_error(out.result, "replicationFactorTooHigh", f"topic {name}: {e}")
+            return
+        cmd = {"op": "create_topic", "name": name, "partitions": partitions, "replication_factor": rf,
+               "config": dict(config_map(req.config)), "assignment": assignment, "ts": now_ms()}
+        if _fill_error(out.result, await self.s.propose(cmd), self.s):
+            self._changed("create", f"topic:{name}")
+            topic = self.s.sm.state.get(TOPIC, name)
+            if topic is not None:
+                _Encoded.of(topic).fill(out.topic)
+
+    async def deleteTopic(self, req: Any, out: Any) -> None:  # noqa: N802
+        name = req.name
+        if not self._allowed(out.result, "delete", f"topic:{name}"):
+            return
+        if _fill_error(out.result, await self.s.propose({"op": "delete_topic", "name": name, "ts": now_ms()}), self.s):
+            self._changed("delete", f"topic:{name}")
+
+    # ---- reads
+
+    async def listObjects(self, req: Any, out: Any) -> None:  # noqa: N802
+        kind = req.kind
+        if _unknown_kind(out.result, kind):
+            return
+        state = await self.s.read_state(req.stale)
+        if isinstance(state, dict):
+            _fill_error(out.result, state, self.s)
+            return
+        objs = [_Encoded.of(o) for o in sorted(state.all(kind), key=lambda o: o.name)
+                if self.peer.node or self._may_see(kind, o.name)]
+        size = sum(e.size for e in objs)
+        if size > ANSWER_BYTES_MAX:
+            set_error(out.result, "tooLarge", f"the {len(objs)} {kind} objects take {size} bytes, more than one "
+                                              f"answer may carry ({ANSWER_BYTES_MAX}); get them by name")
+            return
+        entries = out.init("objects", len(objs))
+        for i, e in enumerate(objs):
+            e.fill(entries[i])
+        out.version = state.version
+        out.result.ok = True
+
+    async def getObject(self, req: Any, out: Any) -> None:  # noqa: N802
+        kind, name = req.kind, req.name
+        if _unknown_kind(out.result, kind):
+            return
+        state = await self.s.read_state(req.stale)
+        if isinstance(state, dict):
+            _fill_error(out.result, state, self.s)
+            return
+        obj = state.get(kind, name)
+        if obj is not None and not self.peer.node and not self._may_see(kind, name):
+            obj = None  # as if it did not exist: its existence is not this identity's to know
+        out.found = obj is not None
+        if obj is not None:
+            _Encoded.of(obj).fill(out.object)
+        out.result.ok = True
+
+    async def clusterStatus(self, req: Any, out: Any) -> None:  # noqa: N802
+        """This SC's own view, leader or not: also the liveness probe of SPUs and tools."""
+        if not self.peer.node and not self._allowed(out.result, "describe", "cluster"):
+            return
+        out.statusJson = json.dumps(self.s.status())
+        out.result.ok = True
+
+    # ---- stored objects
+
+    async def putObject(self, req: Any, out: Any) -> None:  # noqa: N802
+        kind, name = req.kind, req.name
+        try:
+            spec = json.loads(req.specJson)
+        except ValueError as e:
+            set_error(out.result, "invalidArgument", f"specJson is not JSON: {e}")
+            return
+        action, resource = _blob_check(kind, name, "create")
+        if not self._allowed(out.result, action, resource):
+            return
+        if kind == "policy" and name == "active":
+            problem = _policy_problem(spec)
+            if problem:
+                set_error(out.result, "invalidArgument", problem)
+                return
+        cmd = {"op": "put_object", "kind": kind, "name": name, "spec": spec, "ts": now_ms()}
+        if req.hasExpected:
+            cmd["expected_version"] = int(req.expectedVersion)
+        outcome = await self.s.propose(cmd)
+        if _fill_error(out.result, outcome, self.s):
+            out.version = outcome["value"]["version"]
+            self._changed(action, resource if kind != "policy" else f"policy:{name} v{spec.get('version')}")
+
+    async def deleteObject(self, req: Any, out: Any) -> None:  # noqa: N802
+        kind, name = req.kind, req.name
+        action, resource = _blob_check(kind, name, "delete")
+        if not self._allowed(out.result, action, resource):
+            return
+        cmd = {"op": "delete_object", "kind": kind, "name": name, "ts": now_ms()}
+        if req.hasExpected:
+            cmd["expected_version"] = int(req.expectedVersion)
+        if _fill_error(out.result, await self.s.propose(cmd), self.s):
+            self._changed(action, resource)
+
+    # ---- SPUs
+
+    async def registerSpu(self, req: Any, out: Any) -> None:  # noqa: N802
+        if not self.peer.node and not self._allowed(out.result, "admin", "cluster"):
+            return
+        spu_id, storage_id = int(req.id), req.storageId
+        if len(storage_id) > STORAGE_ID_CHARS:
+            set_error(out.result, "invalidArgument", f"registerSpu: storageId of {len(storage_id)} characters; a "
+                                                     f"storage id is {STORAGE_ID_CHARS} hex digits")
+            return
+        cmd: dict[str, Any] = {"op": "register_spu", "id": spu_id, "rack": req.rack or None,
+                               "public_address": req.publicAddress, "private_address": req.privateAddress,
+                               "ts": now_ms()}
+        if not self.s.config.ignore_storage_id_for_tests:
+            if storage_id:
+                cmd["storage_id"] = storage_id
+            if len(req.lost):
+                cmd["lost"] = [{"partition": e.partition, "reason": e.reason[:REASON_CHARS_MAX]} for e in req.lost]
+        before = self.s.sm.state
+        outcome = await self.s.propose(cmd)
+        if outcome.get("ok"):
+            self.s.heartbeat(spu_id)
+            out.version = int(outcome["value"]["version"])
+            log.info("SPU %s registered (storage %s)", spu_id, storage_id[:8] or "unknown")
+            for name, why in _newly_lost(before, self.s.sm.state, spu_id)[:LOST_LOGGED_MAX]:
+                log.warning("%s: the replica on SPU %s lost data and left the in-sync set: %s", name, spu_id, why)
+        _fill_error(out.result, outcome, self.s)
+
+    async def unregisterSpu(self, req: Any, out: Any) -> None:  # noqa: N802
+        if not self._allowed(out.result, "admin", "cluster"):
+            return
+        spu_id = int(req.id)
+        if _fill_error(out.result, await self.s.propose({"op": "unregister_spu", "id": spu_id, "ts": now_ms()}),
+                       self.s):
+            self._changed("admin", f"spu:{spu_id}")
+
+    async def heartbeat(self, req: Any, out: Any) -> None:
+        if not self._allowed(out.result, NODE_ONLY, "heartbeat"):
+            return
+        if not self.s.raft.is_leader():
+            set_error(out.result, "notLeader", "heartbeats go to the SC leader", self.s.leader_admin(), True)
+            return
+        self.s.heartbeat(int(req.spuId))
+        out.result.ok = True
+
+    # ---- partitions
+
+    async def updateIsr(self, req: Any, out: Any) -> None:  # noqa: N802
+        if not self._allowed(out.result, NODE_ONLY, "updateIsr"):
+            return
+        cmd: dict[str, Any] = {"op": "update_isr", "partition": req.partition, "isr": [int(x) for x in req.isr],
+                               "epoch": int(req.epoch), "leader": int(req.leader), "ts": now_ms()}
+        if len(req.basedOn):
+            cmd["based_on"] = [int(x) for x in req.basedOn]
+        _fill_error(out.result, await self.s.propose(cmd), self.s)
+
+    async def reportReplicaLoss(self, req: Any, out: Any) -> None:  # noqa: N802
+        if not self._allowed(out.result, NODE_ONLY, "reportReplicaLoss"):
+            return
+        partition, spu_id, reason = req.partition, int(req.spuId), req.reason[:REASON_CHARS_MAX]
+        cmd: dict[str, Any] = {"op": "fence_replica", "partition": partition, "id": spu_id, "reason": reason,
+                               "ts": now_ms()}
+        if int(req.epoch) >= 0:
+            cmd["epoch"] = int(req.epoch)
+        if req.keepLastInSync:
+            cmd["keep_last"] = True
+        outcome = await self.s.propose(cmd)
+        if outcome.get("ok"):
+            log.warning("%s: the replica on SPU %s is fenced: %s", partition, spu_id, reason)
+            self.s.authz.record(self.peer, "admin", f"partition:{partition}", "allow", None,
+                                f"replica on SPU {spu_id} fenced: {reason}")
+        _fill_error(out.result, outcome, self.s)
+
+    async def electLeader(self, req: Any, out: Any) -> None:  # noqa: N802
+        if not self._allowed(out.result, "admin", "cluster"):
+            return
+        state = self.s.sm.state
+        p = state.get("partition", req.partition)
+        if p is None:
+            set_error(out.result, "notFound", f"partition {req.partition} does not exist")
+            return
+        unclean = bool(req.unclean)
+        choice = choose_leader(state, p, None if req.leader < 0 else int(req.leader), unclean)
+        if isinstance(choice, str):
+            set_error(out.result, "invalidArgument", choice)
+            return
+        cmd: dict[str, Any] = {"op": "elect_leader", "partition": p.name, "leader": choice,
+                               "epoch": p.status["epoch"], "ts": now_ms()}
+        if unclean:
+            cmd["unclean"] = True
+        outcome = await self.s.propose(cmd)
+        if _fill_error(out.result, outcome, self.s):
+            epoch = int(outcome["value"]["epoch"])
+            out.leader = choice
+            out.epoch = epoch
+            what = "unclean election" if unclean else "election"
+            log.warning("%s: %s of SPU %d at epoch %d by %s", p.name, what, choice, epoch, self.peer.identity)
+            self.s.authz.record(self.peer, "admin", f"partition:{p.name}", "allow", None,
+                                f"{what}: SPU {choice} leads at epoch {epoch}")
+
+    # ---- producers
+
+    async def allocateProducerIds(self, req: Any, out: Any) -> None:  # noqa: N802
+        outcome = await self.s.propose({"op": "allocate_producer_ids", "count": int(req.count), "ts": now_ms()})
+        if _fill_error(out.result, outcome, self.s):
+            out.firstId = outcome["value"]["first"]
+            out.count = outcome["value"]["count"]
+
+    # ---- watch
+
+    async def watch(self, req: Any, out: Any, stream: ServerStream) -> Feed | None:
+        """Accept a watch (node-only; at most ScConfig.watchers_max per SC) and return its feed."""
+        if not self._allowed(out.result, NODE_ONLY, "watch"):
+            return None
+        slot = self.s.watchers.take()
+        if slot is None:
+            set_error(out.result, "limitExceeded", f"this SC already serves {self.s.watchers.limit} watchers; try "
+                                                   "again when one has closed", None, True)
+            return None
+        out.result.ok = True
+        return slot.bind(self._feed_watch(stream, int(req.fromVersion), slot))
+
+    async def _feed_watch(self, stream: ServerStream, version: int, slot: WatcherSlot) -> tuple[str, str] | None:
+        """Push every change after ``version``, in order, as the watcher's credit allows; a full
+        sync first when the change log no longer reaches back that far. It runs until the
+        watcher cancels or goes away (the transport cancels it); its place is given back then."""
+        sm = self.s.sm
+        try:
+            while True:
+                changed = sm.changed
+                events = sm.changelog.since(version)
+                if events is None:
+                    state = sm.state
+                    changes = [_Change(o.version, o.kind, o.name, _Encoded.of(o)) for k in KINDS for o in state.all(k)]
+                    size = sum(c.size for c in changes)
+                    if size > ANSWER_BYTES_MAX:  # a full sync is one push: the watcher replaces its state with it
+                        log.error("a full sync of %d bytes is more than one push may carry; the watch ends", size)
+                        return ("tooLarge", f"the metadata ({size} bytes) is more than one push may carry "
+                                            f"({ANSWER_BYTES_MAX})")
+                    if not await _send(stream, True, state.version, changes):
+                        return None
+                    version = state.version
+                elif events:
+                    changes = [_Change(e.version, e.kind, e.name, None if e.obj is None else _Encoded.of(e.obj))
+                               for e in events]
+                    for chunk in _chunks(changes):
+                        if not await _send(stream, False, chunk[-1].version, chunk):
+                            return None
+                    version = events[-1].version
+                else:
+                    await changed.wait()
+        finally:
+            slot.release()

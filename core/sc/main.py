@@ -1,0 +1,118 @@
+"""``kolk sc``: run one SC process until SIGTERM or SIGINT."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+
+from ..node.serve import add_tls_arguments, serve_until_signalled, tls_from_args
+from ..raft.node import RaftListenError
+from .api import ScApi
+from .server import ScConfig, ScPeer, ScServer
+
+SECRET_ENV = "KOLK_CLUSTER_SECRET"
+# Test hook: append "path size" after every fsync, so a test can simulate power loss by
+# cutting each file back to its last durable size. Off unless the variable is set.
+FSYNC_LOG_ENV = "KOLK_TEST_FSYNC_LOG"
+
+
+def _fsync_reporter(path: str):  # noqa: ANN202
+    f = open(path, "a", buffering=1, encoding="utf-8")
+
+    def report(name: str, size: int) -> None:
+        f.write(f"{os.path.abspath(name)} {size}\n")
+
+    return report
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--id", type=int, required=True, help="this SC's id (a small integer, unique in the cluster)")
+    p.add_argument("--data-dir", required=True, help="where the Raft journal, meta and snapshots live")
+    p.add_argument("--raft", required=True, help="this SC's Raft address host:port, as the others reach it")
+    p.add_argument("--admin", required=True, help="this SC's admin API address host:port, as clients reach it")
+    p.add_argument("--peer", action="append", default=[], metavar="ID=RAFT/ADMIN",
+                   help="another SC, e.g. 2=10.0.0.2:7000/10.0.0.2:9003 (repeat for each)")
+    p.add_argument("--bind-raft", help="bind Raft here instead of --raft (for proxies and NAT)")
+    p.add_argument("--bind-admin", help="bind the admin API here instead of --admin (port 0: any free port)")
+    p.add_argument("--secret-file", help=f"file holding the cluster secret (else ${SECRET_ENV})")
+    p.add_argument("--heartbeat-timeout-ms", type=int, default=3000, help="SPU liveness timeout (default 3000)")
+    p.add_argument("--replica-move-after-ms", type=int, default=300_000,
+                   help="move the replicas of an SPU dead this long to other SPUs (default 300000)")
+    p.add_argument("--ready-file", help="write {admin, pid} here once serving")
+    p.add_argument("--changelog-events", type=int, default=10_000,
+                   help="metadata changes kept for watchers; one further behind gets a full sync")
+    p.add_argument("--watchers-max", type=int, default=1_000,
+                   help="metadata watches this SC serves at once (default 1000; every SPU holds one)")
+    add_tls_arguments(p, "the admin listener")
+    p.add_argument("--log-level", default="INFO")
+
+
+def _parse_peer(text: str) -> ScPeer:
+    try:
+        ident, addrs = text.split("=", 1)
+        raft, admin = addrs.split("/", 1)
+        return ScPeer(int(ident), raft, admin)
+    except ValueError:
+        raise SystemExit(f"kolk sc: --peer {text!r} must look like ID=RAFT_HOST:PORT/ADMIN_HOST:PORT") from None
+
+
+def config_from_args(args: argparse.Namespace) -> ScConfig:
+    if args.secret_file:
+        try:
+            with open(args.secret_file, encoding="utf-8") as f:
+                secret = f.read().strip()
+        except OSError as e:
+            raise SystemExit(f"kolk sc: cannot read --secret-file: {e}") from None
+    else:
+        secret = os.environ.get(SECRET_ENV, "")
+    if len(secret) < 16:
+        raise SystemExit(f"kolk sc: a cluster secret of at least 16 characters is required (--secret-file or "
+                         f"${SECRET_ENV}); without one anyone reaching the Raft port could run code on this node")
+    peers = {args.id: ScPeer(args.id, args.raft, args.admin)}
+    for text in args.peer:
+        peer = _parse_peer(text)
+        if peer.node_id in peers:
+            raise SystemExit(f"kolk sc: SC id {peer.node_id} appears twice")
+        peers[peer.node_id] = peer
+    try:
+        on_sync = _fsync_reporter(os.environ[FSYNC_LOG_ENV]) if os.environ.get(FSYNC_LOG_ENV) else None
+        return ScConfig(node_id=args.id, data_dir=args.data_dir, peers=peers, secret=secret,
+                        bind_raft=args.bind_raft, bind_admin=args.bind_admin,
+                        heartbeat_timeout_ms=args.heartbeat_timeout_ms,
+                        replica_move_after_ms=args.replica_move_after_ms, ready_file=args.ready_file,
+                        changelog_events=args.changelog_events, watchers_max=args.watchers_max,
+                        tls=tls_from_args(args, "kolk sc"),
+                        on_sync=on_sync)
+    except ValueError as e:
+        raise SystemExit(f"kolk sc: {e}") from None
+
+
+def _check_can_listen(address: str, what: str) -> None:
+    """Exit with one line unless ``address`` can be listened on now: bind, listen, close.
+
+    The admin listener is bound in ScServer.start(), after Raft has started and created the
+    data directory; this check runs before either, so the usual mistake (a port already
+    taken) leaves nothing behind. A process that takes the port between this check and the
+    real bind is still caught there (ScServer.start), with the same line."""
+    host, _, port = address.rpartition(":")
+    host = host.strip("[]")
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as asyncio's create_server
+            s.bind((host, int(port)))
+            s.listen(1)
+    except (OSError, ValueError, OverflowError) as e:
+        reason = (e.strerror if isinstance(e, OSError) and e.strerror else str(e)).lower()
+        raise SystemExit(f"kolk sc: cannot listen for {what} on {address}: {reason}") from None
+
+
+def run_sc(args: argparse.Namespace) -> int:
+    config = config_from_args(args)
+    # Every listener is checked (admin) or bound (Raft, in RaftNode) before the data directory
+    # is created: a process that cannot serve stops at once, with one line, leaving nothing.
+    _check_can_listen(config.bind_admin or config.me.admin_address, "admin")
+    try:
+        return serve_until_signalled(lambda: ScServer(config, ScApi), args.log_level)
+    except RaftListenError as e:
+        raise SystemExit(f"kolk sc: {e}") from None

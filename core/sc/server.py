@@ -1,0 +1,320 @@
+"""The SC (stream controller): cluster metadata on durable Raft, and the controllers.
+
+One process: the asyncio loop serves the SC's wire surface (core/sc/api.py: the ``ScRequest``
+calls of core/protocol/kolk.capnp over Kolk's framed transport) and runs the controllers;
+pysyncobj runs Raft on its own thread. Writes become commands proposed through Raft (a
+follower's pysyncobj forwards them to the leader); reads are linearizable by default (a
+``barrier`` command goes through the log first) and local when ``stale`` is asked for.
+Controllers run only on the leader; SPU heartbeats go to the leader and live in its memory,
+so only liveness *changes* go through Raft.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import time
+import weakref
+from dataclasses import dataclass, field
+from typing import Any, Callable, TypeVar
+
+from ..metadata.apply import encode_command
+from ..metadata.controllers import place_replicas, reconcile_leaders, reconcile_liveness, reconcile_replicas
+from ..metadata.objects import TOPIC, State
+from ..node.audit import AUDIT_TOPIC, AuditLog
+from ..node.authz import Authorizer
+from ..raft.node import RaftConfig, RaftError, RaftNode
+from ..security.tls import Peer, TlsConfig
+from ..transport import SC, serve
+from .state import MetadataStateMachine
+
+log = logging.getLogger("kolk.sc")
+
+IGNORE_STORAGE_ID_ENV = "KOLK_TEST_IGNORE_STORAGE_ID"
+F = TypeVar("F")
+
+
+@dataclass(frozen=True)
+class ScPeer:
+    node_id: int
+    raft_address: str
+    admin_address: str
+
+
+@dataclass
+class ScConfig:
+    node_id: int
+    data_dir: str
+    peers: dict[int, ScPeer]  # every SC, this one included
+    secret: str
+    bind_raft: str | None = None  # default: the advertised raft address
+    bind_admin: str | None = None  # default: the advertised admin address
+    heartbeat_timeout_ms: int = 3_000
+    # An SPU dead this long has its replicas moved to other SPUs (self-healing).
+    replica_move_after_ms: int = 300_000
+    controller_interval_ms: int = 200
+    request_timeout_s: float = 5.0
+    watchers_max: int = 1_000
+    election_timeout_min_s: float = 0.3
+    election_timeout_max_s: float = 0.9
+    snapshot_min_entries: int = 5_000
+    on_sync: Any = None  # test hook passed to the Raft journal
+    ready_file: str | None = None  # written with the bound admin address once serving
+    tls: TlsConfig | None = None  # TLS on the admin listener (mutual: clients need certificates)
+    changelog_events: int = 10_000  # changes kept for watchers
+    extra: dict[str, Any] = field(default_factory=dict)
+    # TEST ONLY (KOLK_TEST_IGNORE_STORAGE_ID=1): forget SPUs' storage ids and lost replicas, the
+    # data-losing behaviour before issue 15; the fault harness must catch it under disk-wipe.
+    ignore_storage_id_for_tests: bool = field(
+        default_factory=lambda: os.environ.get(IGNORE_STORAGE_ID_ENV) == "1")
+
+    def __post_init__(self) -> None:
+        if self.node_id not in self.peers:
+            raise ValueError(f"--id {self.node_id} is not among the peers {sorted(self.peers)}")
+        if self.changelog_events < 1:
+            raise ValueError("changelog_events must be at least 1")
+        if self.watchers_max < 1:
+            raise ValueError("watchers_max must be at least 1")
+        if self.heartbeat_timeout_ms <= self.controller_interval_ms:
+            raise ValueError("heartbeat_timeout_ms must be longer than controller_interval_ms")
+        if self.replica_move_after_ms < self.heartbeat_timeout_ms:
+            raise ValueError("replica_move_after_ms must be at least heartbeat_timeout_ms")
+
+    @property
+    def me(self) -> ScPeer:
+        return self.peers[self.node_id]
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class WatcherSlot:
+    """One of the SC's watcher places, given back exactly once however its watch ends."""
+
+    def __init__(self, slots: "WatcherSlots") -> None:
+        self._slots: WatcherSlots | None = slots
+
+    def release(self) -> None:
+        if self._slots is not None:
+            self._slots.used -= 1
+            self._slots = None
+
+    def bind(self, feed: F) -> F:
+        """Also give the place back when ``feed`` (the watch's coroutine) is freed: the
+        transport may drop a feed it never started (its connection closed first), and then
+        the feed's own ``finally`` never runs."""
+        weakref.finalize(feed, self.release)
+        return feed
+
+
+class WatcherSlots:
+    """At most ``limit`` (ScConfig.watchers_max) watches at once on this SC: a place is taken
+    when a watch is accepted, before its stream starts, so no burst of requests gets past."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+
+    def take(self) -> WatcherSlot | None:
+        if self.used >= self.limit:
+            return None
+        self.used += 1
+        return WatcherSlot(self)
+
+
+# Makes the handler that serves one admin connection: (server, the peer on the other end).
+HandlerFactory = Callable[["ScServer", Peer], Any]
+
+
+class ScServer:
+    """The SC's state and duties: Raft, the controllers, SPU liveness, and the admin listener
+    whose connections ``make_handler`` serves (core/sc/api.py's ``ScApi``, passed in by
+    core/sc/main.py so that this module does not depend on the wire surface)."""
+
+    def __init__(self, config: ScConfig, make_handler: HandlerFactory) -> None:
+        self.config = config
+        self._make_handler = make_handler
+        self.loop = asyncio.get_running_loop()
+        self.sm = MetadataStateMachine(self.loop, config.changelog_events)
+        me = config.me
+        raft_cfg = RaftConfig(
+            self_address=me.raft_address,
+            peers=tuple(p.raft_address for i, p in sorted(config.peers.items()) if i != config.node_id),
+            data_dir=os.path.join(config.data_dir, "raft"),
+            secret=config.secret,
+            bind_address=config.bind_raft,
+            election_timeout_min_s=config.election_timeout_min_s,
+            election_timeout_max_s=config.election_timeout_max_s,
+            snapshot_min_entries=config.snapshot_min_entries,
+            on_sync=config.on_sync,
+        )
+        self.raft = RaftNode(raft_cfg, self.sm)
+        self._admin_by_raft = {p.raft_address: p.admin_address for p in config.peers.values()}
+        self._heartbeats: dict[int, int] = {}
+        self._leader_since_ms: int | None = None
+        self.watchers = WatcherSlots(config.watchers_max)
+        self._server: Any = None
+        self._tasks: list[asyncio.Task[Any]] = []
+        self.admin_address = me.admin_address
+        self.audit: AuditLog | None = None
+        self.authz = Authorizer(f"sc-{config.node_id}", config.tls is not None, self._audit)
+
+    def _audit(self, event: dict[str, Any]) -> None:
+        if self.audit is None:
+            self.audit = AuditLog(f"sc-{self.config.node_id}", [self.admin_address], self.config.tls)
+        self.audit.record(event)
+
+    def authorize(self, peer: Peer, action: str, resource: str) -> None:
+        """The policy check of every admin call; the policy in force is the state's."""
+        obj = self.sm.state.get("policy", "active")
+        version = int(obj.spec.get("version", 0)) if obj is not None else 0
+        if version != self.authz.version or (obj is None) != (self.authz.policy is None):
+            self.authz.on_policy(obj.to_json() if obj is not None else None)
+        self.authz.check(peer, action, resource)
+
+    # ---------------------------------------------------------------- lifecycle
+
+    async def start(self) -> None:
+        listen = self.config.bind_admin or self.config.me.admin_address
+        host, port = listen.rsplit(":", 1)
+        try:
+            self._server = await serve(SC, lambda peer: self._make_handler(self, peer), host, int(port),
+                                       self.config.tls)
+        except OSError as e:
+            # `kolk sc` checked this port before Raft started (core/sc/main.py); it was taken
+            # since. Stop Raft and exit with the same one line (the process cannot serve).
+            await asyncio.get_running_loop().run_in_executor(None, self.raft.stop)
+            reason = os.strerror(e.errno).lower() if e.errno else str(e)
+            raise SystemExit(f"kolk sc: cannot listen for admin on {listen}: {reason}") from None
+        bound = self._server.sockets[0].getsockname()
+        self.admin_address = f"{bound[0]}:{bound[1]}"
+        self._tasks.append(asyncio.ensure_future(self._controller_loop()))
+        self._tasks.append(asyncio.ensure_future(self._audit_topic_loop()))
+        if self.config.ready_file:
+            tmp = self.config.ready_file + ".tmp"
+            with open(tmp, "w") as f:
+                json.dump({"admin": self.admin_address, "pid": os.getpid()}, f)
+            os.replace(tmp, self.config.ready_file)
+        log.info("SC %d serving admin on %s, raft on %s (listening on %s)", self.config.node_id, self.admin_address,
+                 self.config.me.raft_address, self.raft.listen_address)
+
+    async def stop(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        if self.audit is not None:
+            self.audit.stop()
+        if self._server is not None:
+            self._server.close()
+        await asyncio.get_running_loop().run_in_executor(None, self.raft.stop)
+
+    # ---------------------------------------------------------------- raft edge
+
+    def leader_admin(self) -> str | None:
+        raft_leader = self.raft.leader()
+        return self._admin_by_raft.get(raft_leader) if raft_leader else None
+
+    async def propose(self, cmd: dict[str, Any]) -> dict[str, Any]:
+        """Propose through Raft; returns the outcome dict, or an error outcome on failure."""
+        fut: asyncio.Future[tuple[Any, RaftError | None]] = self.loop.create_future()
+
+        def done(result: Any, err: RaftError | None) -> None:
+            self.loop.call_soon_threadsafe(lambda: fut.done() or fut.set_result((result, err)))
+
+        self.raft.propose(encode_command(cmd), done)
+        try:
+            result, err = await asyncio.wait_for(fut, self.config.request_timeout_s)
+        except asyncio.TimeoutError:
+            return {"ok": False, "code": "timeout", "retriable": True,
+                    "message": f"no commit within {self.config.request_timeout_s} s (leader: "
+                               f"{self.leader_admin() or 'unknown'}); the change may or may not be applied"}
+        if err is not None:
+            code = "noLeader" if self.raft.leader() is None else "timeout"
+            return {"ok": False, "code": code, "retriable": err.retriable, "message": err.reason}
+        return result
+
+    async def read_state(self, stale: bool) -> State | dict[str, Any]:
+        """The state for a read: after a barrier through the log unless ``stale``."""
+        if stale:
+            return self.sm.state
+        outcome = await self.propose({"op": "barrier", "ts": now_ms()})
+        if not outcome.get("ok"):
+            return outcome
+        return self.sm.state
+
+    # ---------------------------------------------------------------- controllers
+
+    async def _controller_loop(self) -> None:
+        interval = self.config.controller_interval_ms / 1000
+        while True:
+            await asyncio.sleep(interval)  # a period, not synchronisation
+            try:
+                await self._reconcile_once()
+            except Exception:  # noqa: BLE001 - a failed round must not stop the controllers
+                log.exception("controller round failed")
+
+    async def _reconcile_once(self) -> None:
+        if not self.raft.is_leader():
+            self._leader_since_ms = None
+            return
+        now = now_ms()
+        if self._leader_since_ms is None:
+            self._leader_since_ms = now
+            self._heartbeats.clear()
+        state = self.sm.state
+        seen = {spu.spec["id"]: self._heartbeats.get(spu.spec["id"], self._leader_since_ms)
+                for spu in state.all("spu")}
+        for cmd in reconcile_liveness(state, seen, now, self.config.heartbeat_timeout_ms):
+            await self.propose(cmd)
+        for cmd in reconcile_leaders(self.sm.state, now_ms()):
+            await self.propose(cmd)
+        for cmd in reconcile_replicas(self.sm.state, now_ms(), self.config.replica_move_after_ms):
+            outcome = await self.propose(cmd)
+            log.info("moving replicas of %s to %s: %s", cmd["partition"], cmd["replicas"],
+                     "done" if outcome.get("ok") else outcome.get("message"))
+
+    async def _audit_topic_loop(self) -> None:
+        """The leader creates the audit topic once SPUs exist (replicated on up to 3 of them)."""
+        while True:
+            await asyncio.sleep(1.0)  # a period, not synchronisation
+            state = self.sm.state
+            if not self.raft.is_leader() or state.get(TOPIC, AUDIT_TOPIC) is not None:
+                continue
+            if self.config.tls is None and state.get("policy", "active") is None:
+                continue  # no audit log on a plaintext cluster without a policy (core/node/authz.py)
+            spus = state.spu_ids()
+            if not spus:
+                continue
+            rf = min(3, len(spus))
+            try:
+                assignment = place_replicas(state, 1, rf)
+            except ValueError:
+                continue
+            await self.propose({"op": "create_topic", "name": AUDIT_TOPIC, "partitions": 1, "replication_factor": rf,
+                                "config": {}, "assignment": assignment, "ts": now_ms()})
+
+    def heartbeat(self, spu_id: int) -> None:
+        self._heartbeats[spu_id] = now_ms()
+
+    # ---------------------------------------------------------------- status
+
+    def status(self) -> dict[str, Any]:
+        raft = self.raft.status()
+        leader_raft = raft["leader"]
+        scs = []
+        for p in sorted(self.config.peers.values(), key=lambda p: p.node_id):
+            if p.node_id == self.config.node_id:
+                reachable = True
+            else:
+                reachable = raft["peers"].get(p.raft_address, False)
+            scs.append({"id": p.node_id, "raft": p.raft_address, "admin": p.admin_address,
+                        "leader": p.raft_address == leader_raft, "reachable": reachable})
+        state = self.sm.state
+        spus = [{"id": o.spec["id"], "rack": o.spec.get("rack"), "public_address": o.spec["public_address"],
+                 "alive": o.status.get("alive", False)} for o in sorted(state.all("spu"), key=lambda o: o.spec["id"])]
+        return {"self": self.config.node_id, "leader": self.leader_admin(), "scs": scs, "spus": spus,
+                "metadata_version": state.version, "raft": {k: raft[k] for k in
+                                                            ("term", "commit_index", "last_applied", "state",
+                                                             "journal_entries", "has_quorum")}}

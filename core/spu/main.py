@@ -1,0 +1,44 @@
+"""``kolk spu``: run one SPU process until SIGTERM or SIGINT."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from ..node.serve import add_tls_arguments, serve_until_signalled, tls_from_args
+from .server import SpuConfig, SpuServer
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--id", type=int, required=True, help="this SPU's id, unique in the cluster")
+    p.add_argument("--sc", required=True, help="SC admin address(es), comma-separated")
+    p.add_argument("--data-dir", required=True, help="where the partition logs and their index live")
+    p.add_argument("--public", required=True, help="address clients use, host:port")
+    p.add_argument("--private", help="address other SPUs use (default: --public)")
+    p.add_argument("--bind", help="bind here instead of --public (port 0: any free port)")
+    p.add_argument("--rack", help="rack or zone, to spread replicas")
+    p.add_argument("--replica-lag-max-ms", type=int, default=10_000,
+                   help="a follower not caught up for this long leaves the in-sync set (default 10000)")
+    p.add_argument("--replica-fetch-wait-ms", type=int, default=500,
+                   help="how long a leader holds a follower's fetch when it has nothing new (default 500)")
+    p.add_argument("--heartbeat-interval-ms", type=int, default=1000, help="heartbeats to the SC (default 1000)")
+    p.add_argument("--ready-file", help="write {address, pid} here once serving")
+    add_tls_arguments(p, "the SPU")
+    p.add_argument("--log-level", default="INFO")
+
+
+def run_spu(args: argparse.Namespace) -> int:
+    try:
+        config = SpuConfig(spu_id=args.id, data_dir=args.data_dir, sc_addresses=args.sc.split(","),
+                           public_address=args.public, private_address=args.private, bind_address=args.bind,
+                           rack=args.rack, ready_file=args.ready_file,
+                           replica_lag_max_ms=args.replica_lag_max_ms,
+                           replica_fetch_wait_ms=args.replica_fetch_wait_ms,
+                           heartbeat_interval_ms=args.heartbeat_interval_ms, tls=tls_from_args(args, "kolk spu"),
+                           unsafe_acks_for_tests=os.environ.get("KOLK_TEST_UNSAFE_ACKS") == "1")
+    except ValueError as e:
+        raise SystemExit(f"kolk spu: {e}") from None
+    # SpuServer.start() creates the data directory (and its parents) once it can serve; a
+    # listener it cannot bind or a private address that is not its own stops it first, with
+    # one line on stderr and nothing left behind.
+    return serve_until_signalled(lambda: SpuServer(config), args.log_level)

@@ -1,0 +1,145 @@
+"""The SPU's calls for other nodes and operators: replication (``replicaFetch``,
+``epochEndOffset``, docs/replication.md), ``partitionStatus`` for ``kolk partition list``, and
+``identify`` for the private-address check (core/spu/private_address.py).
+
+:class:`ReplicationCalls` is a part of the SPU's per-connection handler (core/spu/api.py):
+the channel calls ``handler.replicaFetch(req, out)`` with the request's reader and the
+response to fill. Lists and texts are bounded before a handler runs (core/protocol/bounds.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import TYPE_CHECKING, Any
+
+from ..node.authz import NODE_ONLY, Denied
+from ..protocol.wire import set_error
+from ..security.tls import Peer
+from ..segments.errors import StorageError
+from .errors import storage_error
+
+if TYPE_CHECKING:
+    from .replica import Replica
+    from .server import SpuServer
+
+REPLICA_FETCH_WAIT_MS_MAX = 5_000  # a follower's fetch is held at most this long when there is nothing new
+
+
+def now_ms() -> int:
+    return time.monotonic_ns() // 1_000_000
+
+
+class ReplicationCalls:
+    """The node-to-node calls of one connection (mixed into the SPU's handler)."""
+
+    s: "SpuServer"
+    peer: Peer
+
+    def _node_only(self, result: Any, call: str) -> bool:
+        """With TLS on, only a node certificate may make ``call``; else fill ``result``."""
+        try:
+            self.s.authz.check(self.peer, NODE_ONLY, call)
+            return True
+        except Denied as e:
+            set_error(result, "denied", str(e))
+            return False
+
+    def _replica_call(self, result: Any, name: str, replica_id: int, epoch: int) -> "Replica | None":
+        """The replica a follower's call is about, when this SPU leads it at ``epoch`` and the
+        caller is one of its followers; else fill ``result`` and return None."""
+        s = self.s
+        replica = s.led_replica(name, result)
+        if replica is None:
+            return None
+        if replica_id not in replica.replicas or replica_id == s.config.spu_id:
+            set_error(result, "notFound", f"SPU {replica_id} is not a follower of {name} (replicas "
+                      f"{replica.replicas})", None, True)
+            return None
+        if epoch > replica.epoch:
+            # The follower has heard of a newer epoch than ours: we are a deposed leader.
+            replica.fenced_epoch = replica.epoch
+            replica.wake()
+            set_error(result, "notLeader", f"{name}: SPU {s.config.spu_id} is at epoch {replica.epoch}, "
+                      f"the follower at {epoch}", None, True)
+            return None
+        if epoch < replica.epoch or replica.led_epoch != replica.epoch:
+            set_error(result, "staleEpoch", f"{name}: the leader is at epoch {replica.epoch}, the follower asked "
+                      f"at {epoch}", None, True)
+            return None
+        return replica
+
+    async def replicaFetch(self, req: Any, out: Any) -> None:  # noqa: N802 - the wire name
+        """A follower pulls from its log end offset, which also reports how far it has come
+        (everything below it is fsynced there); held while there is nothing new."""
+        if not self._node_only(out.result, "replicaFetch"):
+            return
+        follower, epoch, offset = int(req.replicaId), int(req.epoch), int(req.offset)
+        replica = self._replica_call(out.result, req.partition, follower, epoch)
+        if replica is None:
+            return
+        lg = replica.log
+        out.logStartOffset = lg.log_start_offset
+        out.logEndOffset = lg.log_end_offset
+        if not lg.log_start_offset <= offset <= lg.log_end_offset:
+            set_error(out.result, "offsetOutOfRange", f"{replica.name}: follower SPU {follower} fetches from "
+                      f"{offset}, outside [{lg.log_start_offset}, {lg.log_end_offset}]")
+            return
+        replica.progress[follower].on_fetch(offset, lg.log_end_offset, now_ms())
+        if replica.advance_high_watermark():
+            replica.wake()
+        if offset == lg.log_end_offset and req.maxWaitMs:
+            await _wait_for_more(replica, offset, epoch, min(int(req.maxWaitMs), REPLICA_FETCH_WAIT_MS_MAX))
+        try:
+            res = lg.read(offset, max(1, min(int(req.maxBytes), self.s.config.fetch_bytes_max)))
+        except StorageError as e:
+            self.s.disk.on_error(replica, e)
+            storage_error(out.result, e)
+            return
+        out.records = res.data
+        out.highWatermark = lg.high_watermark
+        out.logEndOffset = lg.log_end_offset
+        out.result.ok = True
+
+    async def epochEndOffset(self, req: Any, out: Any) -> None:  # noqa: N802 - the wire name
+        """Where the leader's log ends the largest epoch <= ``lastEpoch`` (KIP-279)."""
+        if not self._node_only(out.result, "epochEndOffset"):
+            return
+        replica = self._replica_call(out.result, req.partition, int(req.replicaId), int(req.epoch))
+        if replica is None:
+            return
+        end = replica.log.end_offset_for_epoch(int(req.lastEpoch))
+        out.leaderEpoch = end.epoch
+        out.endOffset = end.end_offset
+        out.result.ok = True
+
+    async def partitionStatus(self, req: Any, out: Any) -> None:  # noqa: N802 - the wire name
+        """Offsets and follower progress of the asked partitions this SPU leads, as JSON."""
+        if not self.peer.node and not self.s.authz.allowed(self.peer, "describe", "cluster"):
+            set_error(out.result, "denied", f"{self.peer.identity} may not describe cluster")
+            return
+        now = now_ms()
+        led = (self.s.replicas.get(name) for name in req.partitions)
+        out.statusJson = json.dumps([rep.status_json(now) for rep in led if rep is not None and rep.is_leader])
+        out.result.ok = True
+
+    async def identify(self, req: Any, out: Any) -> None:
+        """Which SPU process answers here (an SPU checks its own private address at start)."""
+        if not self._node_only(out.result, "identify"):
+            return
+        out.spuId = self.s.config.spu_id
+        out.instanceId = self.s.instance_id
+        out.result.ok = True
+
+
+async def _wait_for_more(replica: "Replica", offset: int, epoch: int, wait_ms: int) -> None:
+    """Hold a caught-up follower's fetch until the log grows past ``offset``, leadership or
+    the epoch changes, or ``wait_ms`` passes (then it is answered empty and asks again)."""
+    lg = replica.log
+    try:
+        async with asyncio.timeout(wait_ms / 1000):
+            while offset == lg.log_end_offset and replica.is_leader and replica.epoch == epoch:
+                await replica.changed.wait()
+    except TimeoutError:
+        pass

@@ -1,0 +1,528 @@
+"""The SPU (stream processing unit): holds partition replicas, leads some, follows others.
+
+One asyncio loop per process (DESIGN.md §2, §10). On start the SPU opens its data directory,
+serves ``SpuRequest``s on Kolk's framed transport (core/protocol/; the calls are handled in
+core/spu/api.py and core/spu/replication_api.py), registers with the SC, sends heartbeats to
+the SC leader, and follows the metadata by watch: it opens a log for every partition it holds
+a replica of, leads those the SC says it leads, and runs a follower task (core/spu/follower.py)
+for the others. As leader it asks the SC to shrink or grow a partition's in-sync set as
+followers fall behind or catch up (core/spu/isr.py); only committed sets count, and a leader the
+SC or a follower says is stale acknowledges nothing more. docs/replication.md has the whole
+protocol.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..client.admin import AdminClient, watch
+from ..metadata.apply import min_in_sync
+from ..metadata.controllers import offline_reason
+from ..node.audit import AuditLog
+from ..node.authz import Authorizer
+from ..protocol.errors import KolkError, NotFoundError, StaleEpochError, VersionConflictError
+from ..protocol.limits import FETCH_BYTES_MAX, PRODUCE_BYTES_MAX, STREAM_WINDOW_BYTES_MAX
+from ..protocol.wire import set_error
+from ..security.tls import TlsConfig
+from ..segments import LogConfig, LogStore
+from ..segments.errors import StorageError
+from ..segments.faults import install_fsync_fault_file
+from ..segments.store import MARKER
+from ..transport import SPU, serve
+from .api import SpuHandler
+from .disk_faults import DiskFaults
+from .follower import PeerPool, follow
+from .isr import isr_expand, isr_shrink
+from .private_address import private_address_problem
+from .replica import Replica
+from .smartmodules import SmartModuleRegistry
+
+log = logging.getLogger("kolk.spu")
+
+IGNORE_STORAGE_ID_ENV = "KOLK_TEST_IGNORE_STORAGE_ID"
+FAIL_FSYNC_ENV = "KOLK_TEST_FAIL_FSYNC_FILE"
+
+
+def now_ms() -> int:
+    return time.monotonic_ns() // 1_000_000
+
+
+@dataclass
+class SpuConfig:
+    spu_id: int
+    data_dir: str
+    sc_addresses: list[str]
+    public_address: str
+    private_address: str | None = None
+    bind_address: str | None = None  # default: the public address
+    rack: str | None = None
+    heartbeat_interval_ms: int = 1_000
+    produce_bytes_max: int = PRODUCE_BYTES_MAX
+    fetch_bytes_max: int = FETCH_BYTES_MAX
+    stream_window_bytes_max: int = STREAM_WINDOW_BYTES_MAX
+    stream_push_bytes_max: int = 1 << 20
+    streams_max: int = 1_000
+    produce_timeout_ms_max: int = 60_000
+    stream_keepalive_ms: int = 5_000  # an idle stream sends an empty push this often (core/spu/stream.py)
+    # Replication (docs/replication.md).
+    replica_lag_max_ms: int = 10_000  # a follower not caught up for this long leaves the in-sync set
+    replica_fetch_wait_ms: int = 500  # how long a leader holds a follower's fetch when it has nothing
+    replica_fetch_bytes: int = 4 << 20
+    replica_call_timeout_s: float = 5.0
+    isr_request_timeout_s: float = 10.0
+    tls: TlsConfig | None = None  # TLS on the listener and on this SPU's own connections (node certificate)
+    # TEST ONLY (KOLK_TEST_UNSAFE_ACKS=1): answer acks=all once the leader has fsynced, before the
+    # high watermark passes: the deliberately broken build the fault harness must catch.
+    unsafe_acks_for_tests: bool = False
+    # TEST ONLY (KOLK_TEST_IGNORE_STORAGE_ID=1): followers truncate below their high watermark
+    # when a leader says so, the data-losing behaviour before issue 15 (the SC ignores storage
+    # ids under the same switch); the fault harness must catch it under disk-wipe.
+    ignore_storage_id_for_tests: bool = field(
+        default_factory=lambda: os.environ.get(IGNORE_STORAGE_ID_ENV) == "1")
+    disk_check_interval_ms: int = 1_000  # how often the watchdog probes the data directory
+    # Below this much free space the data directory counts as failing (replicas fenced, nothing rebuilt).
+    disk_free_bytes_min: int = 4 << 20
+    ready_file: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.heartbeat_interval_ms < 50:
+            raise ValueError("heartbeat_interval_ms must be at least 50")
+        if self.stream_push_bytes_max > self.stream_window_bytes_max:
+            raise ValueError("stream_push_bytes_max must not exceed stream_window_bytes_max")
+        if self.replica_lag_max_ms < 4 * self.replica_fetch_wait_ms:
+            raise ValueError("replica_lag_max_ms must be at least 4 x replica_fetch_wait_ms")
+        if not 1 << 16 <= self.replica_fetch_bytes <= self.fetch_bytes_max:
+            raise ValueError("replica_fetch_bytes must be from 64 KiB to fetch_bytes_max")
+        if not 10 <= self.disk_check_interval_ms <= 60_000:
+            raise ValueError("disk_check_interval_ms must be from 10 to 60000")
+
+
+class SpuServer:
+    def __init__(self, config: SpuConfig) -> None:
+        self.config = config
+        # The data directory is opened in start(), once the listener is bound and the private
+        # address checked: an SPU that cannot serve leaves no directory behind.
+        self.store: LogStore
+        # Random per process (as uuid4().hex): tells this SPU from any other, even one with its id.
+        self.instance_id = os.urandom(16).hex()
+        self.admin = AdminClient(config.sc_addresses, timeout_s=30, tls=config.tls)
+        self.replicas: dict[str, Replica] = {}
+        self.partitions: dict[str, dict[str, Any]] = {}  # every partition of the cluster, by name
+        self.topics: dict[str, dict[str, Any]] = {}
+        self.spus: dict[int, dict[str, Any]] = {}
+        self.metadata_version = 0
+        self.streams = 0
+        self.peers = PeerPool(config.tls)
+        self.smartmodules = SmartModuleRegistry(self.admin)
+        self.audit = AuditLog(f"spu-{config.spu_id}", config.sc_addresses, config.tls)
+        self.authz = Authorizer(f"spu-{config.spu_id}", config.tls is not None, self.audit.record)
+        self._server: Any = None
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._watch_handle: Any = None
+        self.address = config.public_address
+        self.metadata_ready = asyncio.Event()
+        self.disk = DiskFaults(self)
+        # The metadata version that holds this SPU's registration: roles from an older version
+        # (a lagging SC's) are not acted on, since they may predate a lost storage's fencing.
+        self.registered_version: int | None = None
+        # TEST ONLY: fail the next segment fsync when this file exists (tests, the fault harness).
+        install_fsync_fault_file(os.environ.get(FAIL_FSYNC_ENV) or None)
+
+    # ---------------------------------------------------------------- lifecycle
+
+    async def start(self) -> None:
+        # The listener, then the private address, then the data directory: an SPU that cannot
+        # serve stops here with one line on stderr (SystemExit) and leaves nothing behind.
+        listen = self.config.bind_address or self.config.public_address
+        host, port = listen.rsplit(":", 1)
+        try:
+            self._server = await serve(SPU, lambda peer: SpuHandler(self, peer), host, int(port), self.config.tls)
+        except OSError as e:
+            reason = os.strerror(e.errno).lower() if e.errno else str(e)
+            raise SystemExit(f"kolk spu: cannot listen for clients and SPUs on {listen}: {reason}") from None
+        bound = self._server.sockets[0].getsockname()
+        self.address = f"{bound[0]}:{bound[1]}"
+
+        found = await private_address_problem(self.config, self.instance_id)
+        if found:
+            self._server.close()
+            private = self.config.private_address or self.config.public_address
+            flag = "--private" if self.config.private_address else "--public"
+            also = "" if self.config.private_address else ", the private address too (no --private),"
+            raise SystemExit(f"kolk spu: {flag} {private}{also} does not reach this SPU (listening on "
+                             f"{self.address}): {found}")
+
+        self.store = LogStore(self.config.data_dir)
+        await self._register()
+        self._tasks.append(self.disk.start(MARKER))
+        self._tasks.append(asyncio.ensure_future(self._watch_loop()))
+        self._tasks.append(asyncio.ensure_future(self._heartbeat_loop()))
+        self._tasks.append(asyncio.ensure_future(self._isr_loop()))
+        await asyncio.wait_for(self.metadata_ready.wait(), 30)
+        if self.config.ready_file:
+            tmp = self.config.ready_file + ".tmp"
+            with open(tmp, "w") as f:
+                json.dump({"address": self.address, "pid": os.getpid()}, f)
+            os.replace(tmp, self.config.ready_file)
+        log.info("SPU %d serving on %s", self.config.spu_id, self.address)
+
+    async def _register(self, timeout_s: float = 60.0) -> None:
+        """Register with the SC; registering again is harmless, so a connection that broke
+        during the call (an SC still starting, a leader change) is simply retried."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        backoff = 0.1
+        lost = self._short_logs()
+        while True:
+            try:
+                self.registered_version = await self.admin.register_spu(
+                    self.config.spu_id, self.config.public_address,
+                    self.config.private_address or self.config.public_address, self.config.rack,
+                    self.store.storage_id, lost)
+                return
+            except KolkError as e:
+                if not e.retriable or loop.time() + backoff > deadline:
+                    raise
+                log.info("registering with the SC failed, trying again: %s", e)
+            await asyncio.sleep(backoff)  # retry backoff, bounded
+            backoff = min(backoff * 2, 2.0)
+
+    def _short_logs(self) -> dict[str, str]:
+        """Open every log on disk (recovery runs) and name those that came back below the high
+        watermark they had persisted: acknowledged records are missing from them, so the SC
+        must not count them in sync (DESIGN.md §5)."""
+        short = {}
+        for name in self.store.list_logs():
+            try:
+                lg = self.store.open_log(name, LogConfig())
+            except (StorageError, ValueError) as e:
+                log.error("%s: cannot open the log: %s", name, e)
+                continue
+            if lg.short_of_high_watermark is not None:
+                short[name] = (f"SPU {self.config.spu_id}'s log ends at {lg.log_end_offset}, below the high "
+                               f"watermark {lg.short_of_high_watermark} it had persisted")
+                log.error("%s: %s; it rejoins the in-sync set only by catching up", name, short[name])
+        return short
+
+    async def stop(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        self.disk.stop()
+        for replica in self.replicas.values():
+            self.stop_following(replica)
+        self.peers.close()
+        self.audit.stop()
+        if self._server is not None:
+            self._server.close()
+        try:
+            self.store.close(sync=self.disk.healthy)
+        except (StorageError, OSError) as e:  # a failed disk: nothing more can be saved
+            log.error("closing the data directory failed: %s", e)
+
+    async def _heartbeat_loop(self) -> None:
+        interval = self.config.heartbeat_interval_ms / 1000
+        while True:
+            try:
+                await self.admin.heartbeat(self.config.spu_id)
+            except KolkError as e:
+                log.warning("heartbeat failed: %s", e)
+            await asyncio.sleep(interval)  # heartbeat period
+
+    # ---------------------------------------------------------------- metadata
+
+    async def _watch_loop(self) -> None:
+        """Keep a metadata watch open. When the stream ends (the SC ended it, or its connection
+        was lost), or a status call made every heartbeat interval gets no answer in time (an SC
+        that vanished without closing the connection), the SPU watches again, from the version
+        it has, through whichever SC answers."""
+        interval = self.config.heartbeat_interval_ms / 1000
+        backoff = 0.05
+        while True:
+            client = AdminClient(self.config.sc_addresses, timeout_s=10, tls=self.config.tls)
+            why: BaseException | str
+            try:
+                handle = self._watch_handle = await watch(client, self.metadata_version, self._on_metadata)
+                backoff = 0.05
+                why = await self._until_watch_lost(client, handle, interval)
+            except asyncio.CancelledError:
+                raise
+            except (KolkError, OSError, TimeoutError) as e:
+                why = e
+            except Exception as e:  # noqa: BLE001 - the metadata watch must never die silently
+                log.exception("metadata watch failed")
+                why = e
+            finally:
+                await client.close()
+            log.warning("metadata watch lost (%s); watching again from version %d", why, self.metadata_version)
+            await asyncio.sleep(backoff)  # retry backoff, bounded
+            backoff = min(backoff * 2, 1.0)
+
+    @staticmethod
+    async def _until_watch_lost(client: AdminClient, handle: Any, interval: float) -> BaseException | str:
+        """Probe the SC every ``interval`` until the watch ends or a probe fails; why."""
+        ended = asyncio.ensure_future(handle.wait())
+        probe_timeout_s = max(1.0, 4 * interval)
+        try:
+            while not (await asyncio.wait({ended}, timeout=interval))[0]:  # probe period
+                try:
+                    async with asyncio.timeout(probe_timeout_s):
+                        await client.cluster_status()
+                except TimeoutError:
+                    return f"the SC did not answer a status call within {probe_timeout_s:g} s"
+            return ended.result() or "the watch ended"
+        finally:
+            ended.cancel()
+
+    def _on_metadata(self, full_sync: bool, version: int, events: list[dict[str, Any]]) -> None:
+        if full_sync:
+            seen = {e["name"] for e in events if e["kind"] == "partition"}
+            for name in list(self.replicas):
+                if name not in seen:
+                    self._drop_replica(name)
+            self.spus.clear()
+            self.partitions.clear()
+            self.topics.clear()
+            self.smartmodules.clear()
+        for e in events:
+            if e["kind"] == "spu":
+                if e["deleted"]:
+                    self.spus.pop(int(e["name"]), None)
+                else:
+                    self.spus[int(e["name"])] = e["object"]
+            elif e["kind"] == "policy" and e["name"] == "active":
+                self.authz.on_policy(None if e["deleted"] else e["object"])
+            elif e["kind"] == "smartmodule":
+                self.smartmodules.on_event(e["name"], None if e["deleted"] else e["object"])
+            elif e["kind"] == "topic":
+                if e["deleted"]:
+                    self.topics.pop(e["name"], None)
+                else:
+                    self.topics[e["name"]] = e["object"]
+        changed = []
+        for e in events:
+            if e["kind"] == "partition":
+                if e["deleted"]:
+                    self.partitions.pop(e["name"], None)
+                else:
+                    self.partitions[e["name"]] = e["object"]
+                changed.append(e["name"])
+        if self.registered_version is not None and version < self.registered_version:
+            # An SC behind our registration: its roles may predate the fencing of a lost storage.
+            log.info("metadata version %d is older than our registration at %d; waiting for newer", version,
+                     self.registered_version)
+            return
+        if self.metadata_version < (self.registered_version or 0):
+            # The first version we may act on: every partition, and every log on disk (those of
+            # partitions deleted, or moved away, while this SPU was down are removed).
+            changed = list(self.partitions)
+            changed += [n for n in set(self.replicas) | set(self.store.list_logs()) if n not in self.partitions]
+        for name in changed:
+            try:
+                obj = self.partitions.get(name)
+                if obj is None:
+                    self._drop_replica(name)
+                else:
+                    self._update_replica(name, obj)
+            except Exception:  # noqa: BLE001 - one partition's failure must not stop the metadata
+                log.exception("%s: applying the metadata failed; the replica is left as it was", name)
+        self.metadata_version = version
+        self.metadata_ready.set()
+
+    def _update_replica(self, name: str, obj: dict[str, Any]) -> None:
+        me = self.config.spu_id
+        if me not in obj["spec"]["replicas"]:
+            self._drop_replica(name)
+            return
+        replica = self.replicas.get(name)
+        if replica is None:
+            replica = Replica(name, self.store.open_log(name, LogConfig()), me)
+            self.replicas[name] = replica
+        replica.meta = obj
+        if replica.failure is not None:
+            replica.wake()  # fenced: no role until rebuilt (core/spu/disk_faults.py)
+            return
+        if replica.is_leader:
+            self.stop_following(replica)
+            if replica.led_epoch != replica.epoch:
+                replica.become_leader(now_ms())
+                log.info("%s: leading at epoch %d from offset %d", name, replica.epoch, replica.epoch_start)
+            replica.on_metadata()
+            replica.advance_high_watermark()  # the set may have shrunk; waiters are woken below
+        else:
+            replica.led_epoch = None
+            want = (replica.leader, replica.epoch)
+            if replica.followed != want:
+                self.stop_following(replica)
+                if replica.leader is not None:
+                    replica.followed = want
+                    replica.follower_task = asyncio.ensure_future(
+                        follow(self, replica, replica.leader, replica.epoch))
+        replica.wake()
+
+    def stop_following(self, replica: Replica) -> None:
+        if replica.follower_task is not None:
+            replica.follower_task.cancel()
+            replica.follower_task = None
+        replica.followed = None
+
+    def _drop_replica(self, name: str) -> None:
+        """This SPU holds no replica of ``name`` (any more): stop it and delete its log, also
+        one left on disk from before a restart."""
+        replica = self.replicas.pop(name, None)
+        if replica is not None:
+            self.stop_following(replica)
+            replica.wake()
+        if replica is not None or os.path.isdir(os.path.join(self.store.logs_dir, name)):
+            log.info("%s: no replica here any more; deleting its log", name)
+            self.store.delete_log(name)
+
+    def spu_address(self, spu_id: int | None) -> str:
+        if spu_id is None:
+            return ""
+        spu = self.spus.get(spu_id)
+        return spu["spec"]["public_address"] if spu else ""
+
+    def spu_private_address(self, spu_id: int) -> str:
+        spu = self.spus.get(spu_id)
+        return spu["spec"]["private_address"] if spu else ""
+
+    def leader_replica(self, topic: str, partition: int, result: Any) -> Replica | None:
+        """The replica if this SPU leads it; else fill ``result`` with the error and return None."""
+        return self.led_replica(f"{topic}-{partition}", result, topic)
+
+    def led_replica(self, name: str, result: Any, topic: str | None = None) -> Replica | None:
+        replica = self.replicas.get(name)
+        if replica is None:
+            meta = self.partitions.get(name)
+            if meta is not None:
+                leader = meta["status"].get("leader")
+                set_error(result, "notLeader", f"partition {name} is not on SPU {self.config.spu_id}; SPU {leader} "
+                          "leads it", self.spu_address(leader), True)
+                return None
+            topic = topic if topic is not None else name.rsplit("-", 1)[0]
+            count = sum(1 for p in self.partitions.values() if p["spec"]["topic"] == topic)
+            if count:
+                set_error(result, "notFound", f"partition {name} does not exist: topic {topic} has partitions "
+                          f"0-{count - 1}")
+            else:
+                # Unknown here; the SPU's metadata may lag a topic just created, so a retry may help.
+                set_error(result, "notFound", f"partition {name}: topic {topic} is unknown to SPU "
+                          f"{self.config.spu_id} (metadata version {self.metadata_version})", None, True)
+            return None
+        if replica.leader is None:
+            alive = {i for i, o in self.spus.items() if o.get("status", {}).get("alive")}
+            why = offline_reason(replica.meta.get("status", {}), replica.replicas, alive)
+            set_error(result, "offline", f"partition {name} is {why}", None, True)
+            return None
+        if not replica.is_leader:
+            set_error(result, "notLeader", f"SPU {self.config.spu_id} does not lead {name}; SPU {replica.leader} does",
+                      self.spu_address(replica.leader), True)
+            return None
+        if replica.failure is not None:
+            set_error(result, "notLeader", f"SPU {self.config.spu_id} no longer serves {name}: its disk failed "
+                      f"({replica.failure}); another in-sync replica takes over if there is one", None, True)
+            return None
+        if replica.fenced:
+            set_error(result, "notLeader", f"SPU {self.config.spu_id}'s epoch {replica.epoch} for {name} is stale: "
+                      "a newer leader exists", None, True)
+            return None
+        return replica
+
+    def rebuild_replica(self, failed: Replica, keep_log: bool) -> None:
+        """Start a fenced replica again (core/spu/disk_faults.py): from an empty log when a live
+        leader elsewhere holds every acknowledged record (it catches up and rejoins the in-sync
+        set like a new replica), else from its own log reopened (recovery checks what is on
+        disk), since it may hold the only copy."""
+        name = failed.name
+        self.stop_following(failed)
+        if keep_log:
+            self.store.close_log(name)
+        else:
+            self.store.delete_log(name)
+        replica = Replica(name, self.store.open_log(name, LogConfig()), self.config.spu_id)
+        self.replicas[name] = replica
+        failed.wake()
+        meta = self.partitions.get(name)
+        if meta is None:
+            self._drop_replica(name)
+        else:
+            self._update_replica(name, meta)
+
+    async def committed(self, replica: Replica, next_offset: int) -> None:
+        """Wait until ``next_offset`` is durable here, then move the high watermark."""
+        try:
+            await replica.group.wait_durable(next_offset)
+        except StorageError as e:
+            self.disk.on_error(replica, e)  # a failed fsync fences the replica; never retried
+            raise
+        replica.advance_high_watermark()
+        replica.wake()
+
+    # ---------------------------------------------------------------- in-sync sets
+
+    async def _isr_loop(self) -> None:
+        interval = max(0.05, min(1.0, self.config.replica_lag_max_ms / 4000))
+        while True:
+            await asyncio.sleep(interval)  # a period, not synchronisation
+            now = now_ms()
+            for replica in list(self.replicas.values()):
+                if replica.is_leader and not replica.fenced and replica.led_epoch == replica.epoch:
+                    self._check_isr(replica, now)
+
+    def _check_isr(self, replica: Replica, now: int) -> None:
+        if replica.isr_request is not None and not replica.isr_request.done():
+            return
+        me, lag = self.config.spu_id, self.config.replica_lag_max_ms
+        isr = replica.isr
+        # Shrink over the set the high watermark uses, so a follower whose addition is asked
+        # for (or was never confirmed) and that then stalls stops holding the mark.
+        drop = isr_shrink(me, replica.effective_isr(), replica.progress, now, lag)
+        replica.pending_adds -= set(drop)
+        add = isr_expand(me, replica.replicas, replica.effective_isr(), replica.progress, replica.log.high_watermark,
+                         replica.epoch_start, now, lag)
+        unconfirmed = replica.pending_adds - set(isr)  # asked for before, no answer yet: ask again
+        if not [r for r in drop if r in isr] and not add and not unconfirmed:
+            return
+        want = set(add) | unconfirmed
+        new = [r for r in replica.replicas if (r in isr and r not in drop) or r in want]
+        # An addition counts for the high watermark from now on (core/spu/isr.py, KIP-497).
+        replica.pending_adds |= set(add)
+        log.info("%s: asking the SC for in-sync set %s (was %s)", replica.name, new, isr)
+        replica.isr_request = asyncio.ensure_future(self._request_isr(replica, new, isr, set(add), replica.epoch))
+
+    async def _request_isr(self, replica: Replica, isr: list[int], based_on: list[int], adds: set[int],
+                           epoch: int) -> None:
+        try:
+            async with asyncio.timeout(self.config.isr_request_timeout_s):
+                await self.admin.update_isr(replica.name, isr, epoch, self.config.spu_id, based_on)
+        except (StaleEpochError, NotFoundError) as e:
+            # The SC has moved on (a new leader or epoch): stop acknowledging until the metadata
+            # tells us our new role.
+            log.warning("%s: the SC refused in-sync set %s at epoch %d: %s", replica.name, isr, epoch, e)
+            replica.pending_adds -= adds
+            if replica.epoch == epoch:
+                replica.fenced_epoch = epoch
+                replica.wake()
+        except VersionConflictError as e:
+            # Computed from a set that changed meanwhile: drop it; the next round starts from
+            # the set the metadata brings.
+            log.info("%s: in-sync set change to %s not applied: %s", replica.name, isr, e)
+            replica.pending_adds -= adds
+        except (KolkError, TimeoutError) as e:
+            # Unknown whether it committed: the additions keep counting, and the next round asks again.
+            why = e if str(e) else f"no answer within {self.config.isr_request_timeout_s:g} s"
+            log.warning("%s: in-sync set change to %s not confirmed: %s", replica.name, isr, why)
+        except Exception:  # noqa: BLE001 - an ISR round must never die silently
+            log.exception("%s: in-sync set request failed", replica.name)
+
+    def min_in_sync(self, replica: Replica) -> int:
+        """The topic's min_in_sync, read when needed (topic and partition events may arrive in
+        separate pushes)."""
+        topic = self.topics.get(replica.meta.get("spec", {}).get("topic", ""))
+        return min_in_sync(topic["spec"].get("config", {}) if topic else {}, len(replica.replicas))

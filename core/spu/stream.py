@@ -1,0 +1,167 @@
+"""What feeds a consumer's stream on the SPU (``stream`` in core/protocol/kolk.capnp).
+
+After the SPU has answered a ``StreamRequest`` the channel (core/protocol/channel.py) runs
+:meth:`StreamFeed.run` until it returns, or until the consumer cancels or disconnects (then it
+is cancelled). The feed reads whole batches from the leader's log and pushes them while the
+consumer's credit lasts: credit is counted in pushed bytes, the channel takes each push's size
+off it, and the consumer grants it back as it takes pushes. A batch goes only if it fits what
+is left of the window (a batch larger than the whole window goes once the window is empty),
+so the consumer holds at most its window plus one batch. Pushes are plain writes on the
+connection: no answer is awaited between them. A stream with nothing new for a while sends an
+empty push (a keepalive, docs/protocol.md): the consumer learns the high watermark, and the
+write fails on a connection whose peer vanished without closing it, which ends the stream.
+
+The stream ends normally when this SPU no longer leads the partition (the consumer reopens at
+the new leader), and with an error when a SmartModule fails, the policy stops allowing the
+read, or the log fails.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING, Any
+
+from ..node.authz import Denied
+from ..protocol.channel import ServerStream
+from ..protocol.codes import Isolation
+from ..protocol.limits import ACCUMULATOR_BYTES_MAX
+from ..protocol.wire import schema
+from ..security.masking import mask_batches
+from ..security.tls import Peer
+from ..segments.errors import StorageError
+from ..smartmodule.chain import Chain, ChainError
+from .errors import storage_failure
+
+if TYPE_CHECKING:
+    from .replica import Replica
+    from .server import SpuServer
+
+log = logging.getLogger("kolk.spu")
+
+
+class _StreamStopped(Exception):
+    """The stream must end with this error (code, message)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+async def _wait(event: asyncio.Event, timeout_s: float) -> bool:
+    """Wait for ``event`` at most ``timeout_s``; False when the time ran out."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            await event.wait()
+        return True
+    except TimeoutError:
+        return False
+
+
+class StreamFeed:
+    """One consumer's stream from one partition, from ``offset`` on."""
+
+    def __init__(self, server: "SpuServer", peer: Peer, stream: ServerStream, replica: "Replica", topic: str,
+                 offset: int, isolation: Isolation, chain: Chain | None) -> None:
+        self.s = server
+        self.peer = peer
+        self.stream = stream
+        self.replica = replica
+        self.topic = topic
+        self.offset = offset
+        self.isolation = isolation
+        self.chain = chain
+        self.window = stream.credit
+        self.accumulators: list[bytes] = []
+        self.keepalive_s = server.config.stream_keepalive_ms / 1000
+
+    def _serving(self) -> bool:
+        """Still open, and this SPU still leads the replica it streams from."""
+        r = self.replica
+        return not self.stream.closed and self.s.replicas.get(r.name) is r and r.is_leader
+
+    async def run(self) -> tuple[str, str] | None:
+        """Push until the stream is closed or leadership moves (None), or until an error
+        ends it (``(code, message)``, sent to the consumer in the stream's END frame)."""
+        self.s.streams += 1
+        try:
+            while self._serving():
+                await self._step()
+            return None
+        except (ChainError, Denied, _StreamStopped) as e:
+            log.info("stream on %s ended: %s", self.replica.name, e)
+            code = e.code if isinstance(e, _StreamStopped) else "denied" if isinstance(e, Denied) else "smartModule"
+            return code, str(e)
+        except StorageError as e:
+            self.s.disk.on_error(self.replica, e)
+            log.warning("stream on %s ended: %s", self.replica.name, e)
+            code, message, _retriable = storage_failure(e)
+            return code, message
+        finally:
+            self.s.streams -= 1
+
+    async def _step(self) -> None:
+        """Push the next batches, or wait for records or credit."""
+        stream, lg = self.stream, self.replica.log
+        changed = self.replica.changed
+        upto = lg.high_watermark if self.isolation == Isolation.COMMITTED else lg.log_end_offset
+        if self.offset >= upto:
+            await self._idle(changed)
+            return
+        if stream.credit <= 0:
+            await self._wait_for_credit()
+            return
+        # Checked again on every read: a newer policy that revokes access ends the stream.
+        self.s.authz.check(self.peer, "consume", f"topic:{self.topic}")
+        res = lg.read(self.offset, min(stream.credit, self.s.config.stream_push_bytes_max), upto)
+        if not res.data:
+            await self._idle(changed)
+            return
+        if len(res.data) > stream.credit and stream.credit < self.window:
+            # The next batch does not fit what is left of the window: wait for grants.
+            await self._wait_for_credit()
+            return
+        # Masking before SmartModules: a module sees only what this reader may see. The masks
+        # are read per push, so a new policy version applies to open streams too.
+        data = mask_batches(res.data, self.s.authz.masks(self.peer, self.topic))
+        if self.chain is not None:
+            data = self.chain.apply(data, lg.config.batch_bytes_max, verified=True)  # the reader checked CRCs
+            self.accumulators = self._checked_accumulators()
+            if not data and res.next_offset < upto:
+                self.offset = res.next_offset  # all filtered out: read on before telling the consumer
+                return
+        await stream.push(self._push(data, res.high_watermark, res.next_offset))
+        self.offset = res.next_offset
+        await asyncio.sleep(0)  # a push need not wait: let other streams and requests run between pushes
+
+    async def _idle(self, changed: asyncio.Event) -> None:
+        """Wait for new records (or a change of leadership); after ``keepalive_s`` without,
+        send an empty push if the credit allows."""
+        if not await _wait(changed, self.keepalive_s) and self.stream.credit > 0:
+            await self.stream.push(self._push(b"", self.replica.log.high_watermark, self.offset))
+
+    async def _wait_for_credit(self) -> None:
+        """Wait for the consumer to grant credit (looking again now and then regardless)."""
+        self.stream.granted.clear()
+        await _wait(self.stream.granted, self.keepalive_s)
+
+    def _checked_accumulators(self) -> list[bytes]:
+        """The chain's accumulators, each within what a push may carry."""
+        assert self.chain is not None
+        accumulators = self.chain.accumulators
+        for stage, acc in zip(self.chain.stages, accumulators):
+            if len(acc) > ACCUMULATOR_BYTES_MAX:
+                raise _StreamStopped("smartModule", f"SmartModule {stage.label} (aggregate) keeps an accumulator "
+                                     f"of {len(acc)} bytes, more than the limit of {ACCUMULATOR_BYTES_MAX}")
+        return accumulators
+
+    def _push(self, data: bytes, high_watermark: int, next_offset: int) -> Any:
+        msg = schema.Push.new_message()
+        p = msg.init("stream")
+        p.records = data
+        p.highWatermark = high_watermark
+        p.nextOffset = next_offset
+        accs = p.init("accumulators", len(self.accumulators))
+        for i, acc in enumerate(self.accumulators):
+            accs[i] = acc
+        return msg

@@ -1,0 +1,30 @@
+"""What a SmartModule may use, and how it fails: the parts of the engine that do not need
+wasmtime, so that a process loads wasmtime only when it runs a module (DESIGN.md §11)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Limits:
+    fuel_per_call: int = 100_000_000
+    memory_bytes: int = 64 << 20
+    wall_clock_ms: int = 2_000
+    output_bytes_max: int = 16 << 20
+    output_ratio_max: int = 64  # output at most this many times the input
+    module_bytes_max: int = 2 << 20
+
+    def __post_init__(self) -> None:
+        if self.fuel_per_call < 1_000 or self.memory_bytes < 64 << 10 or self.wall_clock_ms < 10:
+            raise ValueError("SmartModule limits: fuel >= 1000, memory >= 64 KiB, wall clock >= 10 ms")
+
+
+class SmartModuleError(Exception):
+    """A module failed. ``reason``: invalidModule, initFailed, trap, fuelExhausted, timeout,
+    recordError, badOutput, allocFailed. ``record_index``: the input record, when known."""
+
+    def __init__(self, reason: str, message: str, record_index: int | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.record_index = record_index
