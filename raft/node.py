@@ -230,7 +230,7 @@ class _Replica(SyncObj):
             appendEntriesUseBatch=False,
             raftMinTimeout=conf.election_timeout_min_s,
             raftMaxTimeout=conf.election_timeout_max_s,
-            appendEntriesPeriod=0.05,
+            appendEntriesPeriod=min(0.05, conf.election_timeout_min_s / 4),  # pysyncobj wants < a third
             # The tick also waits this long for network events; a single node has none, so
             # its commits would wait a whole period (measured: 52 ms per command at 0.05 s).
             autoTickPeriod=0.01,

@@ -115,7 +115,7 @@ def _wait_ready(path: str, pid: int, what: str, log_path: str, deadline: float) 
                 return json.load(f)
         if not process_alive(pid):
             raise KolkError(f"{what} exited during start; see {log_path}")
-        time.sleep(0.05)  # polling a file with a deadline
+        time.sleep(0.01)  # polling a file with a deadline
     raise KolkError(f"{what} did not become ready within {START_TIMEOUT_S:.0f} s; see {log_path}")
 
 
@@ -170,9 +170,11 @@ def start(spus: int = 1, tls: bool = False) -> dict[str, Any]:
                               "--raft", f"127.0.0.1:{stable_port(base, 'raft')}", "--admin", sc_admin,
                               "--secret-file", secret_file, "--ready-file", ready, *node_tls], sc_log, env)
     try:
-        _wait_ready(ready, pids["sc"], "the SC", sc_log, deadline)
+        # The SPUs start beside the SC, not after it: their interpreters and imports overlap the
+        # SC's start, and each registers as soon as the SC answers (it retries until then).
         for i in range(1, spus + 1):
             pids[f"spu-{i}"] = _spawn_spu(i, sc_admin, base, node_tls, env)
+        _wait_ready(ready, pids["sc"], "the SC", sc_log, deadline)
         for i in range(1, spus + 1):
             _wait_ready(os.path.join(base, f"spu-{i}.ready"), pids[f"spu-{i}"], f"SPU {i}",
                         os.path.join(logs, f"spu-{i}.log"), deadline)

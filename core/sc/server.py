@@ -23,6 +23,7 @@ from typing import Any, Callable, TypeVar
 from ..metadata.apply import encode_command
 from ..metadata.controllers import place_replicas, reconcile_leaders, reconcile_liveness, reconcile_replicas
 from ..metadata.objects import TOPIC, State
+from ..metadata.specs import SpuSpec, SpuStatus
 from ..node.audit import AUDIT_TOPIC, AuditLog
 from ..node.authz import Authorizer
 from ..raft.node import RaftConfig, RaftError, RaftNode
@@ -34,6 +35,9 @@ log = logging.getLogger("kolk.sc")
 
 IGNORE_STORAGE_ID_ENV = "KOLK_TEST_IGNORE_STORAGE_ID"
 F = TypeVar("F")
+
+
+SOLO_ELECTION_TIMEOUT_S = (0.02, 0.05)
 
 
 @dataclass(frozen=True)
@@ -140,14 +144,17 @@ class ScServer:
         self.loop = asyncio.get_running_loop()
         self.sm = MetadataStateMachine(self.loop, config.changelog_events)
         me = config.me
+        alone = len(config.peers) == 1
         raft_cfg = RaftConfig(
             self_address=me.raft_address,
             peers=tuple(p.raft_address for i, p in sorted(config.peers.items()) if i != config.node_id),
             data_dir=os.path.join(config.data_dir, "raft"),
             secret=config.secret,
             bind_address=config.bind_raft,
-            election_timeout_min_s=config.election_timeout_min_s,
-            election_timeout_max_s=config.election_timeout_max_s,
+            # A lone SC cannot split a vote: it need not wait out a randomized timeout to lead
+            # (a local cluster serves ~0.5 s sooner). With peers, the configured timeouts hold.
+            election_timeout_min_s=SOLO_ELECTION_TIMEOUT_S[0] if alone else config.election_timeout_min_s,
+            election_timeout_max_s=SOLO_ELECTION_TIMEOUT_S[1] if alone else config.election_timeout_max_s,
             snapshot_min_entries=config.snapshot_min_entries,
             on_sync=config.on_sync,
         )
@@ -312,8 +319,11 @@ class ScServer:
             scs.append({"id": p.node_id, "raft": p.raft_address, "admin": p.admin_address,
                         "leader": p.raft_address == leader_raft, "reachable": reachable})
         state = self.sm.state
-        spus = [{"id": o.spec["id"], "rack": o.spec.get("rack"), "public_address": o.spec["public_address"],
-                 "alive": o.status.get("alive", False)} for o in sorted(state.all("spu"), key=lambda o: o.spec["id"])]
+        spus = []
+        for o in sorted(state.all("spu"), key=lambda o: o.spec["id"]):
+            spec, status = SpuSpec.from_dict(o.spec), SpuStatus.from_dict(o.status)
+            spus.append({"id": spec.id, "rack": spec.rack, "public_address": spec.public_address,
+                         "alive": status.alive})
         return {"self": self.config.node_id, "leader": self.leader_admin(), "scs": scs, "spus": spus,
                 "metadata_version": state.version, "raft": {k: raft[k] for k in
                                                             ("term", "commit_index", "last_applied", "state",

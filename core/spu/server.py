@@ -177,7 +177,7 @@ class SpuServer:
         during the call (an SC still starting, a leader change) is simply retried."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
-        backoff = 0.1
+        backoff = 0.02  # an SC still starting usually answers within a few tries
         lost = self._short_logs()
         while True:
             try:
@@ -191,7 +191,7 @@ class SpuServer:
                     raise
                 log.info("registering with the SC failed, trying again: %s", e)
             await asyncio.sleep(backoff)  # retry backoff, bounded
-            backoff = min(backoff * 2, 2.0)
+            backoff = min(backoff * 2, 1.0)
 
     def _short_logs(self) -> dict[str, str]:
         """Open every log on disk (recovery runs) and name those that came back below the high

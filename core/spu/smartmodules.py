@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import base64
 import re
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 from ..client.admin import AdminClient
 from ..protocol.errors import KolkError
 from ..protocol.limits import CHAIN_STAGES_MAX
 from ..smartmodule.chain import Chain, Stage
-from ..smartmodule.engine import Limits, ModuleCache, SmartModuleError
+from ..smartmodule.limits import Limits, SmartModuleError
+
+if TYPE_CHECKING:
+    from ..smartmodule.engine import ModuleCache
 
 
 def version_key(version: str) -> tuple:
@@ -28,9 +31,20 @@ def version_key(version: str) -> tuple:
 class SmartModuleRegistry:
     def __init__(self, admin: AdminClient, limits: Limits | None = None) -> None:
         self.admin = admin
-        self.cache = ModuleCache(limits)
+        self._limits = limits
+        self._cache: "ModuleCache | None" = None
         self.modules: dict[str, dict[str, str]] = {}  # name -> version -> sha256
         self._bytes: dict[str, bytes] = {}  # sha256 -> wasm, for modules in the compile cache
+
+    @property
+    def cache(self) -> "ModuleCache":
+        """The compile cache, made on first use: an SPU that never runs a SmartModule does not
+        load wasmtime or start its epoch ticker (DESIGN.md §11)."""
+        if self._cache is None:
+            from ..smartmodule.engine import ModuleCache
+
+            self._cache = ModuleCache(self._limits)
+        return self._cache
 
     def on_event(self, name: str, obj: Mapping[str, Any] | None) -> None:
         if "@" not in name:
