@@ -27,6 +27,7 @@ from collections import Counter
 from typing import Any, Mapping
 
 from .objects import PARTITION, SPU, MetaObject, State
+from .specs import PartitionSpec, PartitionStatus
 
 
 def place_replicas(state: State, partitions: int, replication_factor: int) -> list[list[int]]:
@@ -150,17 +151,18 @@ def choose_leader(state: State, p: MetaObject, wanted: int | None, unclean: bool
     Unclean: ``wanted``, else the first live replica not recorded as lost, else any live one.
     """
     alive = {o.spec["id"] for o in state.all(SPU) if o.status.get("alive")}
-    replicas = list(p.spec["replicas"])
+    status = PartitionStatus.from_dict(p.status)
+    replicas = list(PartitionSpec.from_dict(p.spec).replicas)
     if wanted is not None and wanted not in replicas:
         return f"SPU {wanted} holds no replica of {p.name} (replicas {replicas})"
-    live_in_sync = [r for r in replicas if r in p.status["isr"] and r in alive]
+    live_in_sync = [r for r in replicas if r in status.isr and r in alive]
     if unclean:
         if live_in_sync:
             return (f"in-sync replica SPU {live_in_sync[0]} of {p.name} is alive and holds every acknowledged record; "
                     "an unclean election would only lose records (elect without --unclean)")
         if wanted is not None:
             return wanted if wanted in alive else f"SPU {wanted} is not alive"
-        lost = {e["spu"] for e in p.status.get("lost", [])}
+        lost = status.lost_spus
         live = [r for r in replicas if r in alive]
         if not live:
             return f"no replica of {p.name} is alive (replicas {replicas})"
@@ -169,15 +171,18 @@ def choose_leader(state: State, p: MetaObject, wanted: int | None, unclean: bool
     if wanted is not None:
         if wanted in candidates:
             return wanted
-        return (f"SPU {wanted} is not a live in-sync replica of {p.name} (in-sync {p.status['isr']}, "
+        return (f"SPU {wanted} is not a live in-sync replica of {p.name} (in-sync {list(status.isr)}, "
                 f"alive {sorted(alive & set(replicas))}); an unclean election (--unclean) can choose it")
     if not candidates:
-        return offline_reason(p.status, replicas, alive) or f"{p.name} has no live in-sync replica"
+        return offline_reason(status, replicas, alive) or f"{p.name} has no live in-sync replica"
     return candidates[0]
 
 
-def offline_reason(status: Mapping[str, Any], replicas: list[int], alive: set[int]) -> str | None:
-    """Why a partition has no leader, naming the missing replicas; None when it has one."""
+def offline_reason(status: PartitionStatus | Mapping[str, Any], replicas: list[int], alive: set[int]) -> str | None:
+    """Why a partition has no leader, naming the missing replicas; None when it has one.
+    ``status`` typed, or as stored (a dict; read leniently: the SPU passes what it has)."""
+    if isinstance(status, PartitionStatus):
+        status = status.to_dict()
     if status.get("leader") is not None:
         return None
     isr = list(status.get("isr", []))

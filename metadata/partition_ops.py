@@ -81,9 +81,13 @@ def lose_replica(edit: Edit, p: MetaObject, spu_id: int, reason: str, ts: int, k
     leadership, listed in ``status.lost``, at a new epoch (always: a leader's in-sync change
     computed before, which might add it back, then fails as stale). ``keep_last`` (a disk
     fault: the log still holds what was acknowledged) leaves the set alone when the replica
-    is its only member, so a fault never takes the last copy out of the set."""
+    is its only member, so a fault never takes the last copy out of the set; the epoch still
+    moves on, because the replica may come back without the tail it had not fsynced, and a
+    follower that had copied that tail must then truncate it (found by the replica model in
+    tests/test_replica_state.py)."""
     status = PartitionStatus.from_dict(p.status)
     if keep_last and status.isr == (spu_id,):
+        edit.put(PARTITION, p.name, p.spec, dataclasses.replace(status, epoch=status.epoch + 1).to_dict())
         return
     others = status.without_lost({spu_id})
     status = dataclasses.replace(

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from kolk.spu.follower import TruncationRefused, _truncate_divergent
+from kolk.spu.replica_state import ReplicaState
 from kolk.segments import LogStore, build_batch
 
 
@@ -48,10 +49,16 @@ def run_truncation(tmp_path: Any, leader_epochs: list, follower_epochs: list, fo
         status = {} if last_unclean_epoch is None else {"last_unclean_epoch": last_unclean_epoch}
 
         async def body() -> None:
+            # The replica's state decides the cuts (core/spu/replica_state.py); the server
+            # only feeds it (SpuServer.step: the truncation path has no effect for it to carry out).
+            state = ReplicaState(3, 10_000, name="t-0", high_watermark=follower.high_watermark,
+                                 durable=follower.durable_offset, leader=1, epoch=9,
+                                 last_unclean_epoch=status.get("last_unclean_epoch"))
             replica = SimpleNamespace(name="t-0", log=follower, producers=None, wake=lambda: None,
-                                      meta={"status": status})
+                                      meta={"status": status}, state=state)
             replica.follower_task = asyncio.current_task()
-            server = SimpleNamespace(config=SimpleNamespace(spu_id=3, ignore_storage_id_for_tests=False))
+            server = SimpleNamespace(config=SimpleNamespace(spu_id=3, ignore_storage_id_for_tests=False),
+                                     step=lambda r, event: r.state.step(event))
             await _truncate_divergent(stub, server, replica, 1, 9, 5.0, asyncio.current_task())
         asyncio.run(body())
         return follower.log_end_offset, stub.asked

@@ -159,13 +159,14 @@ def test_unclean_election_is_refused_while_a_live_in_sync_replica_exists() -> No
 
 def test_a_disk_fault_never_takes_the_last_in_sync_replica_out() -> None:
     """keep_last (an SPU reporting its own disk fault): the log still holds what was
-    acknowledged, so the last member stays; another member leaves as usual."""
+    acknowledged, so the last member stays, at a new epoch (it may come back without the tail
+    it had not fsynced, which a follower must then truncate); another member leaves as usual."""
     s = run(cluster(), {"op": "update_isr", "partition": "orders-0", "isr": [3, 1], "epoch": 0, "leader": 3, "ts": 5})
     s = run(s, {"op": "fence_replica", "partition": "orders-0", "id": 3, "reason": "EIO", "ts": 6, "keep_last": True})
     assert part(s) == {"leader": None, "epoch": 1, "isr": [1], "lost": [3]}
     same = apply(s, {"op": "fence_replica", "partition": "orders-0", "id": 1, "reason": "full", "ts": 7,
                      "keep_last": True})
-    assert same.outcome.ok and same.state.version == s.version and part(same.state)["isr"] == [1]
+    assert same.outcome.ok and part(same.state) == {"leader": None, "epoch": 2, "isr": [1], "lost": [3]}
 
 
 def test_a_registration_without_a_storage_id_keeps_the_recorded_one() -> None:

@@ -13,6 +13,7 @@ import sys
 from typing import Any
 
 from ..client.admin import AdminClient, run
+from ..metadata.specs import PartitionSpec, PartitionStatus, SpuSpec, SpuStatus, TopicSpec
 from ..protocol.errors import KolkError
 from ..security.tls import TlsConfig
 
@@ -139,15 +140,20 @@ async def _run(args: argparse.Namespace) -> int:
                                 f"replication factor {args.replication}")
         elif args.action == "list":
             topics = await client.list_topics()
-            _print(args, topics, _table([[t["name"], t["spec"]["partitions"], t["spec"]["replication_factor"],
-                                          t["status"].get("state")] for t in topics],
+            specs = [TopicSpec.from_dict(t["spec"]) for t in topics]
+            _print(args, topics, _table([[t["name"], spec.partitions, spec.replication_factor, t["status"].get("state")]
+                                         for t, spec in zip(topics, specs)],
                                         ["TOPIC", "PARTITIONS", "REPLICATION", "STATE"]))
         elif args.action == "describe":
             t = await client.describe_topic(args.name)
-            rows = [[p["name"], p["status"]["leader"], p["spec"]["replicas"], p["status"]["isr"], p["status"]["epoch"]]
-                    for p in t["partitions"]]
-            _print(args, t, f"topic {t['name']}: {t['spec']['partitions']} partition(s), replication factor "
-                            f"{t['spec']['replication_factor']}, config {t['spec']['config']}\n"
+            spec = TopicSpec.from_dict(t["spec"])
+            rows = []
+            for p in t["partitions"]:
+                status = PartitionStatus.from_dict(p["status"])
+                rows.append([p["name"], status.leader, list(PartitionSpec.from_dict(p["spec"]).replicas),
+                             list(status.isr), status.epoch])
+            _print(args, t, f"topic {t['name']}: {spec.partitions} partition(s), replication factor "
+                            f"{spec.replication_factor}, config {dict(spec.config)}\n"
                             + _table(rows, ["PARTITION", "LEADER", "REPLICAS", "IN-SYNC", "EPOCH"]))
         elif args.action == "delete":
             await client.delete_topic(args.name)
@@ -172,9 +178,11 @@ async def _run(args: argparse.Namespace) -> int:
             _print(args, {"registered": args.id}, f"SPU {args.id} registered at {args.public}")
         elif args.spu_action == "list":
             spus = await client.list_objects("spu")
-            _print(args, spus, _table([[u["spec"]["id"], u["spec"]["public_address"], u["spec"]["rack"],
-                                        "alive" if u["status"].get("alive") else "DOWN"] for u in spus],
-                                      ["SPU", "ADDRESS", "RACK", "STATUS"]))
+            rows = []
+            for u in spus:
+                spec, status = SpuSpec.from_dict(u["spec"]), SpuStatus.from_dict(u["status"])
+                rows.append([spec.id, spec.public_address, spec.rack, "alive" if status.alive else "DOWN"])
+            _print(args, spus, _table(rows, ["SPU", "ADDRESS", "RACK", "STATUS"]))
         elif args.spu_action == "unregister":
             await client.unregister_spu(args.id)
             _print(args, {"unregistered": args.id}, f"SPU {args.id} unregistered")

@@ -19,6 +19,7 @@ import re
 import sys
 from typing import Any
 
+from ..metadata.specs import PolicySpec
 from ..protocol.errors import KolkError, VersionConflictError
 from ..security.policy import ACTIONS, Policy, PolicyError, parse_address, parse_policy, parse_resource
 from ..security.policy_parse import POLICY_BYTES_MAX
@@ -115,7 +116,7 @@ async def _apply(args: argparse.Namespace) -> int:
     policy = read_policy(args.file)
     client = AdminClient(resolve_sc(args.sc), tls=client_tls(args))
     current = await client.get_object(KIND, NAME)
-    in_force = int(current["spec"].get("version", 0)) if current else 0
+    in_force = PolicySpec.from_dict(current["spec"]).version if current else 0
     if policy.version <= in_force:
         line = next((n for n, text in enumerate(str(policy.source).splitlines(), 1)
                      if re.match(r"\s*version\s*=", text)), 1)
@@ -147,12 +148,12 @@ async def _show(args: argparse.Namespace) -> int:
     if current is None:
         _print(args, None, "no policy in force: everything is allowed for everyone")
         return 0
-    spec = current["spec"]
-    source = spec.get("source", "")
-    ok = hashlib.sha256(source.encode("utf-8", "surrogatepass")).hexdigest() == spec.get("sha256")
-    _print(args, {"version": spec.get("version"), "sha256": spec.get("sha256"), "source": source,
+    spec = PolicySpec.from_dict(current["spec"])
+    source = spec.source or ""
+    ok = hashlib.sha256(source.encode("utf-8", "surrogatepass")).hexdigest() == spec.sha256
+    _print(args, {"version": spec.version, "sha256": spec.sha256, "source": source,
                   "metadata_version": current.get("version"), "status": current.get("status", {})},
-           f"# policy version {spec.get('version')}, sha256 {spec.get('sha256')}"
+           f"# policy version {spec.version}, sha256 {spec.sha256}"
            + ("" if ok else " (DOES NOT MATCH the source)") + "\n" + source.rstrip("\n"))
     return 0
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import base64
 import getpass
-import hashlib
 import os
 import pathlib
 import sys
@@ -22,6 +21,7 @@ import time
 from typing import Any
 
 from ..client.admin import AdminClient, run
+from ..metadata.specs import SmartModuleSpec, SpecError
 from ..protocol.errors import KolkError, NotFoundError, VersionConflictError
 from ..smartmodule.build import BuildError, build_c, load_source
 from .admin import SC_ENV, _print, _sc_option, _table, client_tls, resolve_sc
@@ -156,12 +156,12 @@ async def _create(args: argparse.Namespace, client: AdminClient) -> None:
     if not version:
         numbers = [int(v) for v in (_split(o["name"])[1] for o in await _versions(client, base)) if v.isdigit()]
         version = str(max(numbers) + 1) if numbers else "1"
-    spec: dict[str, Any] = {"wasm": base64.b64encode(wasm).decode(), "sha256": loaded.sha256, "size": len(wasm),
-                            "kind": loaded.kind, "init": loaded.has_init, "source": pathlib.Path(path).name,
-                            "created_by": _user()}
-    if args.description:
-        spec["description"] = args.description
     label = f"{base}@{version}"
+    try:
+        spec = SmartModuleSpec(wasm, loaded.sha256, len(wasm), loaded.kind, loaded.has_init, pathlib.Path(path).name,
+                               _user(), args.description or None).to_dict()
+    except SpecError as e:  # what the SC would refuse, refused here
+        raise KolkError(f"smartmodule {label}: {e}") from None
     try:
         await client.put_object(KIND, label, spec, expected_version=-1)
     except VersionConflictError:
@@ -249,10 +249,10 @@ def _test_module(args: argparse.Namespace) -> tuple[str, bytes]:
     if not (args.sc or os.environ.get(SC_ENV)):
         raise BuildError(f"{args.module}: no such file (to test a stored SmartModule, give --sc)")
     obj = run(lambda: _stored(AdminClient(resolve_sc(args.sc), tls=client_tls(args)), args.module))
-    wasm = base64.b64decode(obj["spec"]["wasm"])
-    if hashlib.sha256(wasm).hexdigest() != obj["spec"].get("sha256"):
-        raise KolkError(f"smartmodule {obj['name']}: the stored bytes do not match their sha256")
-    return obj["name"], wasm
+    try:
+        return obj["name"], SmartModuleSpec.from_dict(obj["spec"]).wasm  # the bytes, checked against their sha256
+    except SpecError as e:
+        raise KolkError(f"smartmodule {obj['name']}: the stored module is not valid: {e}") from None
 
 
 def _read_input(path: str, separator: str | None) -> list[tuple[bytes | None, bytes]]:

@@ -13,18 +13,21 @@ import json
 import random
 import threading
 from concurrent.futures import Future
-from typing import Any, Awaitable, Callable, Iterator, TypeVar
+from dataclasses import dataclass
+from typing import Any, Awaitable, Callable, Iterable, Iterator, TypeVar
 
 from ..metadata.controllers import offline_reason
+from ..metadata.specs import PartitionSpec, PartitionStatus, SpecError, SpuSpec, SpuStatus
 from ..protocol.channel import CallRejected, ClientConnection, ConnectionLost
 from ..protocol.errors import (ClusterUnavailableError, InvalidRequestError, KolkError, NotFoundError,
                                PartitionOfflineError)
 from ..protocol.limits import PRODUCE_BYTES_MAX
+from ..protocol.values import SmartModuleInvocation
 from ..protocol.wire import error_from_struct, transport_error
 from ..security.tls import TlsConfig
 from ..transport import SPU, connect
 from .admin import AdminClient
-from .consumer import AsyncConsumer, ConsumerRecord, Offset
+from .consumer import AsyncConsumer, ConsumerRecord, Offset, normalize_chain
 from .producer import AsyncProducer, RecordMetadata
 from .profile import profile_sc, profile_tls
 
@@ -33,6 +36,37 @@ DEFAULT_SC = "127.0.0.1:9003"
 CONNECT_TIMEOUT_S = 3.0
 # What can go wrong on the way to an SPU besides an error answer: mapped by wire.transport_error.
 TRANSPORT_ERRORS = (CallRejected, ConnectionLost, TimeoutError)
+
+
+@dataclass(frozen=True)
+class _Partition:
+    """A partition as the SC listed it (``obj``, what :meth:`AsyncClient.refresh` returns)
+    and as the client routes by it: where its replicas are and who leads."""
+
+    obj: dict[str, Any]
+    spec: PartitionSpec
+    status: PartitionStatus
+
+    @staticmethod
+    def of(obj: dict[str, Any]) -> "_Partition":
+        try:
+            return _Partition(obj, PartitionSpec.from_dict(obj["spec"]), PartitionStatus.from_dict(obj["status"]))
+        except (SpecError, KeyError) as e:
+            raise KolkError(f"the SC sent a malformed partition {obj.get('name')!r}: {e}") from None
+
+
+def _spus(objs: list[dict[str, Any]]) -> tuple[dict[int, str], set[int]]:
+    """SPU id -> public address, and the ids of the live SPUs, from the SC's SPU objects."""
+    addresses, alive = {}, set()
+    for u in objs:
+        try:
+            spec, status = SpuSpec.from_dict(u["spec"]), SpuStatus.from_dict(u["status"])
+        except (SpecError, KeyError) as e:
+            raise KolkError(f"the SC sent a malformed SPU {u.get('name')!r}: {e}") from None
+        addresses[spec.id] = spec.public_address
+        if status.alive:
+            alive.add(spec.id)
+    return addresses, alive
 
 
 def _local_defaults(sc: str | list[str] | None, tls: TlsConfig | None) -> tuple[str | list[str], TlsConfig | None]:
@@ -53,7 +87,7 @@ class AsyncClient:
         self.tls = tls
         self.admin = AdminClient(sc, timeout_s=timeout_s, tls=tls)
         self.timeout_s = timeout_s
-        self._partitions: dict[str, list[dict[str, Any]]] = {}
+        self._partitions: dict[str, list[_Partition]] = {}  # topic -> its partitions, by index
         self._spus: dict[int, str] = {}
         self._alive_spus: set[int] = set()
         self._conns: dict[str, ClientConnection] = {}  # one connection per SPU address
@@ -62,20 +96,26 @@ class AsyncClient:
     # ---------------------------------------------------------------- metadata
 
     async def refresh(self, topic: str) -> list[dict[str, Any]]:
-        parts = [p for p in await self.admin.list_objects("partition", stale=True) if p["spec"]["topic"] == topic]
+        """The topic's partition objects from the SC, by index; they are what the client routes
+        by until :meth:`forget_leaders`."""
+        return [p.obj for p in await self._refresh(topic)]
+
+    async def _refresh(self, topic: str) -> list[_Partition]:
+        parts = sorted(_of_topic(await self.admin.list_objects("partition", stale=True), topic),
+                       key=lambda p: p.spec.partition)
         if not parts:
             if await self.admin.get_object("topic", topic) is None:
                 raise NotFoundError(f"topic {topic} does not exist")
             raise ClusterUnavailableError(f"topic {topic} has no partitions yet")
-        spus = await self.admin.list_objects("spu", stale=True)
-        self._spus = {u["spec"]["id"]: u["spec"]["public_address"] for u in spus}
-        self._alive_spus = {u["spec"]["id"] for u in spus if u["status"].get("alive")}
-        parts.sort(key=lambda p: p["spec"]["partition"])
+        self._spus, self._alive_spus = _spus(await self.admin.list_objects("spu", stale=True))
         self._partitions[topic] = parts
         return parts
 
+    async def _placed(self, topic: str) -> list[_Partition]:
+        return self._partitions.get(topic) or await self._refresh(topic)
+
     async def partitions(self, topic: str) -> list[dict[str, Any]]:
-        return self._partitions.get(topic) or await self.refresh(topic)
+        return [p.obj for p in await self._placed(topic)]
 
     def forget_leaders(self, topic: str) -> None:
         self._partitions.pop(topic, None)
@@ -110,14 +150,14 @@ class AsyncClient:
             conn.close()
 
     async def leader_spu(self, topic: str, partition: int) -> tuple[Any, str]:
-        parts = await self.partitions(topic)
+        parts = await self._placed(topic)
         if not 0 <= partition < len(parts):
             raise InvalidRequestError(f"topic {topic} has partitions 0-{len(parts) - 1}, not {partition}")
         p = parts[partition]
-        leader = p["status"]["leader"]
+        leader = p.status.leader
         if leader is None:
             self.forget_leaders(topic)
-            why = offline_reason(p["status"], p["spec"]["replicas"], self._alive_spus)
+            why = offline_reason(p.status, list(p.spec.replicas), self._alive_spus)
             raise PartitionOfflineError(f"partition {topic}-{partition} is {why}")
         if leader not in self._spus:
             self.forget_leaders(topic)
@@ -165,11 +205,13 @@ class AsyncClient:
     # ---------------------------------------------------------------- data plane
 
     async def produce(self, topic: str, partition: int, data: bytes, acks: int = 2, timeout_ms: int = 30_000,
-                      retries: int = 5, smartmodules: list[tuple[str, dict[str, str]]] | None = None) -> int:
+                      retries: int = 5,
+                      smartmodules: "Iterable[SmartModuleInvocation | tuple[str, dict[str, str]]] | None" = None) -> int:
+        """``smartmodules``: a chain the SPU runs on the records before it stores them."""
         if len(data) > PRODUCE_BYTES_MAX:
             raise InvalidRequestError(f"a produce request of {len(data)} bytes is more than the SPU accepts "
                                       f"({PRODUCE_BYTES_MAX})")
-        chain = [{"name": n, "params": [{"key": k, "value": v} for k, v in p.items()]} for n, p in smartmodules or []]
+        chain = [stage.wire_fields() for stage in normalize_chain(smartmodules)]
 
         # The SPU answers by timeout_ms; the client waits a little longer for that answer.
         deadline_s = timeout_ms / 1000 + 1.0
@@ -209,15 +251,12 @@ class AsyncClient:
         """Every partition (of ``topic``): leader, replicas, in-sync set and epoch from the SC;
         high watermark, log end offset and each follower's lag from its leader. A leader that
         cannot be reached leaves those None and says why in ``error``."""
-        parts = [p for p in await self.admin.list_objects("partition")
-                 if topic is None or p["spec"]["topic"] == topic]
-        spu_objects = await self.admin.list_objects("spu")
-        spus = {u["spec"]["id"]: u["spec"]["public_address"] for u in spu_objects}
-        alive = {u["spec"]["id"] for u in spu_objects if u["status"].get("alive")}
+        parts = _of_topic(await self.admin.list_objects("partition"), topic)
+        spus, alive = _spus(await self.admin.list_objects("spu"))
         by_leader: dict[int, list[str]] = {}
         for p in parts:
-            if p["status"]["leader"] is not None:
-                by_leader.setdefault(p["status"]["leader"], []).append(p["name"])
+            if p.status.leader is not None:
+                by_leader.setdefault(p.status.leader, []).append(p.spec.name)
         live: dict[str, dict[str, Any]] = {}
         errors: dict[int, str] = {}
         for leader, names in by_leader.items():
@@ -233,19 +272,19 @@ class AsyncClient:
                 self.drop_connection(address)
                 errors[leader] = str(e).splitlines()[0] if str(e) else type(e).__name__
         rows = []
-        for p in sorted(parts, key=lambda o: (o["spec"]["topic"], o["spec"]["partition"])):
-            leader = p["status"]["leader"]
-            d = live.get(p["name"], {})
+        for p in sorted(parts, key=lambda o: (o.spec.topic, o.spec.partition)):
+            spec, status = p.spec, p.status
+            d = live.get(spec.name, {})
             followers = d.get("followers", {})
             lags = [f["lag"] for f in followers.values() if f["lag"] is not None]
             rows.append({
-                "name": p["name"], "topic": p["spec"]["topic"], "partition": p["spec"]["partition"], "leader": leader, "epoch": p["status"]["epoch"],
-                "replicas": list(p["spec"]["replicas"]), "isr": list(p["status"]["isr"]),
+                "name": spec.name, "topic": spec.topic, "partition": spec.partition, "leader": status.leader,
+                "epoch": status.epoch, "replicas": list(spec.replicas), "isr": list(status.isr),
                 "high_watermark": d.get("high_watermark"), "log_end_offset": d.get("log_end_offset"),
                 "lag": max(lags) if len(lags) == len(followers) and lags else (0 if d and not followers else None),
-                "followers": followers, "lost": list(p["status"].get("lost", [])),
-                "error": offline_reason(p["status"], p["spec"]["replicas"], alive) if leader is None
-                else errors.get(leader) if p["name"] not in live else _lost_note(p["status"], alive)})
+                "followers": followers, "lost": [e.to_dict() for e in status.lost],
+                "error": offline_reason(status, list(spec.replicas), alive) if status.leader is None
+                else errors.get(status.leader) if spec.name not in live else _lost_note(status, alive)})
         return rows
 
     def producer(self, topic: str, **options: Any) -> AsyncProducer:
@@ -431,11 +470,15 @@ class Client:
 __all__ = ["AsyncClient", "Client", "Consumer", "ConsumerRecord", "Offset", "Producer", "RecordMetadata"]
 
 
-def _lost_note(status: dict[str, Any], alive: set[int]) -> str | None:
+def _of_topic(objs: list[dict[str, Any]], topic: str | None) -> list[_Partition]:
+    """The partitions of ``topic`` (of every topic for None) among the SC's partition objects."""
+    return [_Partition.of(o) for o in objs if topic is None or o.get("spec", {}).get("topic") == topic]
+
+
+def _lost_note(status: PartitionStatus, alive: set[int]) -> str | None:
     """A partition that leads but has replicas that lost data: say who, and whether they are
     catching up (alive) or down."""
-    lost = status.get("lost") or []
-    if not lost:
+    if not status.lost:
         return None
-    return "; ".join(f"SPU {e['spu']} lost data ({e['reason']}), "
-                     + ("catching up" if e["spu"] in alive else "down") for e in lost)
+    return "; ".join(f"SPU {e.spu} lost data ({e.reason}), " + ("catching up" if e.spu in alive else "down")
+                     for e in status.lost)

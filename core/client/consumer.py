@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, AsyncIterator, NamedTuple
 
 from ..protocol.channel import CallRejected, ClientConnection, ClientStream, ConnectionLost, StreamEnded
 from ..protocol.errors import InvalidRequestError, KolkError, OffsetOutOfRangeError, PartitionOfflineError
+from ..protocol.values import SmartModuleInvocation
 import struct
 from typing import Iterator
 
@@ -156,11 +157,10 @@ class _PartitionStream:
         client = self.c.client
         self.spu, self.address = await client.leader_spu(self.c.topic, self.partition)
         chain = []
-        for i, (name, params) in enumerate(self.c.smartmodules):
-            stage: dict[str, Any] = {"name": name, "params": [{"key": k, "value": v} for k, v in params.items()]}
+        for i, stage in enumerate(self.c.smartmodules):
             if self.accumulators is not None and i < len(self.accumulators):
-                stage.update(accumulator=self.accumulators[i], hasAccumulator=True)
-            chain.append(stage)
+                stage = stage.with_accumulator(self.accumulators[i])  # an aggregate resumes where it was
+            chain.append(stage.wire_fields())
         r, stream = await self.spu.open_stream(
             "stream", self.c.window_bytes, client.timeout_s, topic=self.c.topic, partition=self.partition,
             offset=self.offset, isolation=self.c.isolation, smartmodules=chain)
@@ -240,13 +240,18 @@ class _PartitionStream:
         return out
 
 
-def normalize_chain(chain: Any) -> list[tuple[str, dict[str, str]]]:
+def normalize_chain(chain: Any) -> list[SmartModuleInvocation]:
+    """A chain as an application gives it: each stage a SmartModuleInvocation, a NAME[@VERSION]
+    (no parameters) or a (NAME, params) pair, whose parameters are made text."""
     out = []
     for stage in chain or []:
+        if isinstance(stage, SmartModuleInvocation):
+            out.append(stage)
+            continue
         name, params = (stage, {}) if isinstance(stage, str) else (stage[0], dict(stage[1] or {}))
         if not isinstance(name, str) or not name:
             raise InvalidRequestError(f"a SmartModule chain stage is NAME[@VERSION] or (NAME, params), got {stage!r}")
-        out.append((name, {str(k): str(v) for k, v in params.items()}))
+        out.append(SmartModuleInvocation(name, {str(k): str(v) for k, v in params.items()}))
     return out
 
 
@@ -254,9 +259,11 @@ class AsyncConsumer:
     def __init__(self, client: "AsyncClient", topic: str, *, partition: int | None = None,
                  start: Offset | None = None, isolation: str = "committed", window_bytes: int = 4 << 20,
                  stop_at_end: bool = False,
-                 smartmodules: "list[tuple[str, dict[str, str]]] | list[str] | None" = None) -> None:
+                 smartmodules: "list[tuple[str, dict[str, str]]] | list[str] | list[SmartModuleInvocation] | None"
+                 = None) -> None:
         """``smartmodules``: a chain run on the SPU before records reach this consumer, as
-        ``[(NAME or NAME@VERSION, {param: value}), ...]`` (a bare name means no parameters)."""
+        ``[(NAME or NAME@VERSION, {param: value}), ...]`` (a bare name means no parameters) or
+        as ``SmartModuleInvocation`` values."""
         if isolation not in ("committed", "uncommitted"):
             raise InvalidRequestError("isolation must be 'committed' or 'uncommitted'")
         if not 64 << 10 <= window_bytes <= 64 << 20:

@@ -20,7 +20,7 @@ from typing import Any, Coroutine, Iterator
 
 from ..metadata.controllers import choose_leader, place_replicas
 from ..metadata.objects import KINDS, TOPIC, MetaObject, State
-from ..metadata.partition_ops import REASON_CHARS_MAX
+from ..metadata.specs import PARTITIONS_MAX, REASON_CHARS_MAX, PartitionStatus
 from ..node.authz import NODE_ONLY, Denied
 from ..protocol.channel import ServerStream
 from ..protocol.limits import FRAME_BODY_BYTES_MAX
@@ -135,10 +135,12 @@ def _newly_lost(before: State, after: State, spu_id: int) -> list[tuple[str, str
     """Partitions whose replica on ``spu_id`` a registration marked lost: (name, reason)."""
     out = []
     for p in after.all("partition"):
-        entry = next((e for e in p.status.get("lost", []) if e["spu"] == spu_id), None)
+        if "lost" not in p.status:
+            continue  # nothing lost: no need to read the rest
+        entry = next((e for e in PartitionStatus.from_dict(p.status).lost if e.spu == spu_id), None)
         old = before.get("partition", p.name)
-        if entry is not None and (old is None or entry not in old.status.get("lost", [])):
-            out.append((p.name, entry["reason"]))
+        if entry is not None and (old is None or entry not in PartitionStatus.from_dict(old.status).lost):
+            out.append((p.name, entry.reason))
     return sorted(out)
 
 
@@ -221,8 +223,8 @@ class ScApi:
         if not self._allowed(out.result, "create", f"topic:{name}"):
             return
         try:
-            # Above 1000 partitions apply refuses the command with its own message.
-            assignment = place_replicas(self.s.sm.state, partitions, rf) if partitions <= 1000 else []
+            # Above PARTITIONS_MAX apply refuses the command with its own message.
+            assignment = place_replicas(self.s.sm.state, partitions, rf) if partitions <= PARTITIONS_MAX else []
         except ValueError as e:
             set_error(out.result, "replicationFactorTooHigh", f"topic {name}: {e}")
             return

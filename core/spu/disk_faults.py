@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..protocol.errors import KolkError
 from ..segments.errors import LogFailedError, StorageError, StorageFullError
+from .replica_state import DiskFault
 
 if TYPE_CHECKING:
     from .replica import Replica
@@ -143,7 +144,7 @@ class DiskFaults:
     def fence(self, replica: "Replica", reason: str) -> None:
         if replica.failure is not None or self.s.replicas.get(replica.name) is not replica:
             return
-        replica.failure = reason
+        self.s.step(replica, DiskFault(reason))  # fenced for good; it stops following
         # Until a probe of the data directory succeeds again, nothing is rebuilt on it.
         self.healthy = False
         log.error("%s: fenced, the disk failed: %s", replica.name, reason)
@@ -273,7 +274,7 @@ class DiskFaults:
         self.healthy = False
         replicas = list(self.s.replicas.values())
         for replica in replicas:
-            replica.failure = replica.failure or text
+            replica.state.step(DiskFault(text))  # fenced (no-op if it already was); nothing else to carry out
             self.s.stop_following(replica)
             replica.wake()
         reports = [asyncio.ensure_future(self._report(r, text)) for r in replicas if self._in_sync(r)]

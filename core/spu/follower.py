@@ -30,6 +30,8 @@ from ..segments.leader_epochs import UNDEFINED_EPOCH
 from ..segments.producer_state import ProducerStateTable
 from ..transport import SPU, connect
 from .disk_faults import is_disk_fault
+from .replica_state import (Diverged, LeaderHighWatermark, LeaderStartsPast, LogCut, RefuseTruncation, ResetLog,
+                            Truncate)
 
 if TYPE_CHECKING:
     from .replica import Replica
@@ -161,14 +163,6 @@ async def _report_leader_loss(server: "SpuServer", replica: "Replica", leader: i
         return False
 
 
-def may_truncate_acknowledged(replica: "Replica", ignore_for_tests: bool = False) -> bool:
-    """Whether this follower may cut below its high watermark: only when an operator's unclean
-    election (``status.last_unclean_epoch``) came after every batch it holds, so the records it
-    would lose were given up by that election (docs/replication.md)."""
-    unclean = replica.meta.get("status", {}).get("last_unclean_epoch")
-    return ignore_for_tests or (unclean is not None and replica.log.leader_epochs.latest_epoch < unclean)
-
-
 async def _truncate_divergent(conn: ClientConnection, server: "SpuServer", replica: "Replica", leader: int, epoch: int,
                               timeout_s: float, me: "asyncio.Task[Any] | None") -> None:
     """Cut our log where it diverges from the leader's (KIP-279): ask where our latest epoch
@@ -184,36 +178,35 @@ async def _truncate_divergent(conn: ClientConnection, server: "SpuServer", repli
         if not r.result.ok:
             raise FetchFailed(r.result.error.code, r.result.error.message)
         _still_mine(replica, me)
-        allow = may_truncate_acknowledged(replica, server.config.ignore_storage_id_for_tests)
         if r.leaderEpoch == UNDEFINED_EPOCH:
             # The leader holds nothing of any epoch we have.
-            _truncate(replica, lg.log_start_offset, leader, epoch, allow)
+            _truncate(server, replica, lg.log_start_offset, leader, epoch)
             return
         local = lg.end_offset_for_epoch(r.leaderEpoch)
         local_end = lg.log_start_offset if local.epoch == UNDEFINED_EPOCH else local.end_offset
-        _truncate(replica, min(int(r.endOffset), local_end), leader, epoch, allow)
+        _truncate(server, replica, min(int(r.endOffset), local_end), leader, epoch)
         if local.epoch == r.leaderEpoch or local.epoch == UNDEFINED_EPOCH:
             return
         query = local.epoch  # we lack the leader's epoch: compare the one before it
     raise FetchFailed("diverged", f"{replica.name}: no common epoch after {EPOCH_ROUNDS_MAX} rounds")
 
 
-def _truncate(replica: "Replica", target: int, leader: int, epoch: int, allow_below_hw: bool) -> None:
-    """Cut the log at ``target`` before following ``leader``; never below the high watermark
-    (acknowledged records) unless ``allow_below_hw`` (see may_truncate_acknowledged)."""
+def _truncate(server: "SpuServer", replica: "Replica", target: int, leader: int, epoch: int) -> None:
+    """Cut the log at ``target`` before following ``leader``, as the replica's state decides:
+    never below the high watermark (acknowledged records) unless an operator's unclean election
+    came after every batch this log holds (ReplicaState.may_truncate_acknowledged)."""
     lg = replica.log
-    target = max(target, lg.log_start_offset)
-    if target < lg.log_end_offset:
-        hw = lg.high_watermark
-        if target < hw and not allow_below_hw:
-            raise TruncationRefused(
-                f"leader SPU {leader} at epoch {epoch} would have this follower cut its log from {lg.log_end_offset} "
-                f"to {target}, below its high watermark {hw}: the leader lost acknowledged records")
-        log.warning("%s: truncating from %d to %d (high watermark %d) before following SPU %d at epoch %d",
-                    replica.name, lg.log_end_offset, target, hw, leader, epoch)
-        lg.truncate_to(target)
-        replica.producers = ProducerStateTable.rebuild(lg.batch_headers())
-        replica.wake()
+    event = Diverged(target, lg.log_start_offset, lg.log_end_offset, lg.leader_epochs.latest_epoch, leader, epoch)
+    for effect in server.step(replica, event):
+        if isinstance(effect, RefuseTruncation):
+            raise TruncationRefused(effect.message)
+        if isinstance(effect, Truncate):
+            log.warning("%s: truncating from %d to %d (high watermark %d) before following SPU %d at epoch %d",
+                        replica.name, effect.log_end, effect.offset, effect.high_watermark, leader, epoch)
+            lg.truncate_to(effect.offset)
+            replica.producers = ProducerStateTable.rebuild(lg.batch_headers())
+            server.step(replica, LogCut(lg.high_watermark, lg.durable_offset))
+            replica.wake()
 
 
 async def _fetch_once(conn: ClientConnection, server: "SpuServer", replica: "Replica", epoch: int,
@@ -231,9 +224,13 @@ async def _fetch_once(conn: ClientConnection, server: "SpuServer", replica: "Rep
         if code == "offsetOutOfRange" and offset < r.logStartOffset:
             # The leader no longer has what we need (retention, or we are new): start at its
             # log start; the batches before it are gone everywhere.
-            log.info("%s: leader starts at %d, past our end %d: resetting", replica.name, r.logStartOffset, offset)
-            lg.reset_to(int(r.logStartOffset))
-            replica.producers = ProducerStateTable()
+            for effect in server.step(replica, LeaderStartsPast(int(r.logStartOffset), offset)):
+                if isinstance(effect, ResetLog):
+                    log.info("%s: leader starts at %d, past our end %d: resetting", replica.name, effect.offset,
+                             offset)
+                    lg.reset_to(effect.offset)
+                    replica.producers = ProducerStateTable()
+                    server.step(replica, LogCut(lg.high_watermark, lg.durable_offset))
             return
         raise FetchFailed(code, r.result.error.message)
     data = r.records
@@ -247,7 +244,5 @@ async def _fetch_once(conn: ClientConnection, server: "SpuServer", replica: "Rep
         for _, h in iter_batches(data, lg.config.batch_bytes_max):
             replica.producers.record_header(h)
         await replica.group.wait_durable(info.next_offset)
-    hw = min(int(r.highWatermark), lg.log_end_offset)
-    if hw > lg.high_watermark:
-        lg.set_high_watermark(hw)
+    server.step(replica, LeaderHighWatermark(int(r.highWatermark), lg.log_end_offset))  # capped by our end
     replica.wake()

@@ -1,5 +1,8 @@
 """The leader's view of its followers, as pure functions (DESIGN.md §5, docs/replication.md).
 
+The state they work on is owned by the replica state machine (core/spu/replica_state.py),
+which calls them.
+
 A partition leader keeps a :class:`FollowerProgress` per follower, updated by each
 ``replicaFetch``: the follower fetches from its log end offset, and everything below it is
 fsynced there, so the fetch offset *is* the follower's durable LEO.

@@ -1,10 +1,13 @@
 """One partition replica on an SPU: its log, what the SC says about it, and its role state.
 
 The SC decides who leads (``status.leader``) at which epoch and which replicas are in sync;
-the replica follows that. As leader it tracks each follower's progress and moves the high
-watermark over the in-sync set (core/spu/isr.py); as follower a task pulls from the leader
-(core/spu/follower.py). Both roles keep the idempotent-producer table current, so a follower that
-becomes leader already knows every producer's last sequences.
+the replica follows that. Its protocol state (the metadata's view, the leader's follower
+progress and in-sync requests, the fences, the follower role, the high watermark) has one
+owner, the pure state machine :class:`~kolk.spu.replica_state.ReplicaState`: the SPU feeds
+it events and carries out the effects it returns (``SpuServer.step``); nothing else writes
+that state. This object holds the edges: the log, the group commit, the producer table (both
+roles keep it current, so a follower that becomes leader already knows every producer's last
+sequences), the raw metadata object, the tasks and the event that wakes waiters.
 """
 
 from __future__ import annotations
@@ -14,98 +17,76 @@ from typing import Any
 
 from ..segments import GroupCommit, PartitionLog
 from ..segments.producer_state import ProducerStateTable
-from .isr import FollowerProgress, effective_isr, high_watermark
+from .isr import FollowerProgress
+from .replica_state import ReplicaState
 
 
 class Replica:
-    def __init__(self, name: str, log_: PartitionLog, spu_id: int) -> None:
+    def __init__(self, name: str, log_: PartitionLog, spu_id: int, lag_max_ms: int = 10_000,
+                 truncate_acknowledged_for_tests: bool = False) -> None:
         self.name = name
         self.log = log_
         self.spu_id = spu_id
         self.group = GroupCommit(log_)
-        self.meta: dict[str, Any] = {}
+        self.meta: dict[str, Any] = {}  # the SC's partition object, as the metadata brought it
         self.changed = asyncio.Event()
         self.producers = ProducerStateTable.rebuild(log_.batch_headers())
-        # Leader role, valid for ``led_epoch`` only.
-        self.led_epoch: int | None = None
-        self.epoch_start = 0  # the log end when this leader took over
-        self.progress: dict[int, FollowerProgress] = {}
-        self.pending_adds: set[int] = set()
-        self.isr_request: asyncio.Task[Any] | None = None
-        # An epoch this SPU learned is stale (from a follower, or the SC refusing an ISR change)
-        # before the metadata caught up: while ``epoch == fenced_epoch`` it acknowledges nothing.
-        self.fenced_epoch: int | None = None
-        # Why the disk fenced this replica (core/spu/disk_faults.py); it serves nothing until rebuilt.
-        self.failure: str | None = None
-        # Follower role.
+        self.state = ReplicaState(spu_id, lag_max_ms, name=name, high_watermark=log_.high_watermark,
+                                  durable=log_.durable_offset,
+                                  truncate_acknowledged_for_tests=truncate_acknowledged_for_tests)
+        self.isr_request: asyncio.Task[Any] | None = None  # the in-sync request the state has in flight
         self.follower_task: asyncio.Task[Any] | None = None
-        self.followed: tuple[int | None, int] | None = None  # (leader, epoch) the task follows
 
     def wake(self) -> None:
         self.changed.set()
         self.changed = asyncio.Event()
 
-    # ---------------------------------------------------------------- metadata
+    # ---------------------------------------------------------------- the state, read-only
 
     @property
     def leader(self) -> int | None:
-        return self.meta.get("status", {}).get("leader")
+        return self.state.leader
 
     @property
     def epoch(self) -> int:
-        return int(self.meta.get("status", {}).get("epoch", 0))
+        return self.state.epoch
 
     @property
     def replicas(self) -> list[int]:
-        return list(self.meta.get("spec", {}).get("replicas", []))
+        return list(self.state.replicas)
 
     @property
     def isr(self) -> list[int]:
-        return list(self.meta.get("status", {}).get("isr", []))
+        return list(self.state.isr)
 
     @property
     def is_leader(self) -> bool:
-        return self.leader == self.spu_id
+        return self.state.is_leader
 
     @property
     def fenced(self) -> bool:
         """It must acknowledge nothing: a newer leader exists, or its disk failed."""
-        return self.failure is not None or (self.fenced_epoch is not None and self.fenced_epoch >= self.epoch)
+        return self.state.fenced
 
-    # ---------------------------------------------------------------- leader role
+    @property
+    def failure(self) -> str | None:
+        """Why the disk fenced this replica (core/spu/disk_faults.py); it serves nothing until rebuilt."""
+        return self.state.failure
 
-    def become_leader(self, now_ms: int) -> None:
-        """Start leading at the current epoch: every follower's progress is unknown again."""
-        self.led_epoch = self.epoch
-        self.epoch_start = self.log.log_end_offset
-        self.progress = {r: FollowerProgress(None, now_ms) for r in self.replicas if r != self.spu_id}
-        self.pending_adds.clear()
+    @property
+    def led_epoch(self) -> int | None:
+        return self.state.led_epoch
 
-    def on_metadata(self) -> None:
-        """Keep the leader state in step with the replica list and the committed set."""
-        for r in self.replicas:
-            if r != self.spu_id and r not in self.progress:
-                self.progress[r] = FollowerProgress(None, 0)
-        for r in [r for r in self.progress if r not in self.replicas]:
-            del self.progress[r]
-        self.pending_adds -= set(self.isr)
-        self.pending_adds &= set(self.replicas)
+    @property
+    def epoch_start(self) -> int:
+        return self.state.epoch_start
+
+    @property
+    def progress(self) -> dict[int, FollowerProgress]:
+        return self.state.progress
 
     def effective_isr(self) -> list[int]:
-        return effective_isr(self.isr, self.pending_adds)
-
-    def advance_high_watermark(self) -> bool:
-        """Move the high watermark as far as the in-sync set allows; True if it moved."""
-        lg = self.log
-        if self.is_leader and self.led_epoch == self.epoch and self.failure is None:
-            target = high_watermark(self.spu_id, lg.durable_offset, self.effective_isr(), self.progress)
-        else:
-            return False
-        target = min(target, lg.log_end_offset)
-        if target > lg.high_watermark:
-            lg.set_high_watermark(target)
-            return True
-        return False
+        return self.state.effective_isr()
 
     def status_json(self, now_ms: int) -> dict[str, Any]:
         lg = self.log

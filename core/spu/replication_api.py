@@ -19,6 +19,7 @@ from ..protocol.wire import set_error
 from ..security.tls import Peer
 from ..segments.errors import StorageError
 from .errors import storage_error
+from .replica_state import FollowerCall, FollowerFetched, Refuse
 
 if TYPE_CHECKING:
     from .replica import Replica
@@ -53,21 +54,12 @@ class ReplicationCalls:
         replica = s.led_replica(name, result)
         if replica is None:
             return None
-        if replica_id not in replica.replicas or replica_id == s.config.spu_id:
-            set_error(result, "notFound", f"SPU {replica_id} is not a follower of {name} (replicas "
-                      f"{replica.replicas})", None, True)
-            return None
-        if epoch > replica.epoch:
-            # The follower has heard of a newer epoch than ours: we are a deposed leader.
-            replica.fenced_epoch = replica.epoch
-            replica.wake()
-            set_error(result, "notLeader", f"{name}: SPU {s.config.spu_id} is at epoch {replica.epoch}, "
-                      f"the follower at {epoch}", None, True)
-            return None
-        if epoch < replica.epoch or replica.led_epoch != replica.epoch:
-            set_error(result, "staleEpoch", f"{name}: the leader is at epoch {replica.epoch}, the follower asked "
-                      f"at {epoch}", None, True)
-            return None
+        # The replica's state checks the caller and the epoch; a follower at a newer epoch
+        # than ours means we are a deposed leader: it fences itself.
+        for effect in s.step(replica, FollowerCall(replica_id, epoch)):
+            if isinstance(effect, Refuse):
+                set_error(result, effect.code, effect.message, None, True)
+                return None
         return replica
 
     async def replicaFetch(self, req: Any, out: Any) -> None:  # noqa: N802 - the wire name
@@ -86,9 +78,7 @@ class ReplicationCalls:
             set_error(out.result, "offsetOutOfRange", f"{replica.name}: follower SPU {follower} fetches from "
                       f"{offset}, outside [{lg.log_start_offset}, {lg.log_end_offset}]")
             return
-        replica.progress[follower].on_fetch(offset, lg.log_end_offset, now_ms())
-        if replica.advance_high_watermark():
-            replica.wake()
+        self.s.step(replica, FollowerFetched(follower, offset, lg.log_end_offset, lg.durable_offset, now_ms()))
         if offset == lg.log_end_offset and req.maxWaitMs:
             await _wait_for_more(replica, offset, epoch, min(int(req.maxWaitMs), REPLICA_FETCH_WAIT_MS_MAX))
         try:

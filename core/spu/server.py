@@ -6,9 +6,11 @@ core/spu/api.py and core/spu/replication_api.py), registers with the SC, sends h
 the SC leader, and follows the metadata by watch: it opens a log for every partition it holds
 a replica of, leads those the SC says it leads, and runs a follower task (core/spu/follower.py)
 for the others. As leader it asks the SC to shrink or grow a partition's in-sync set as
-followers fall behind or catch up (core/spu/isr.py); only committed sets count, and a leader the
-SC or a follower says is stale acknowledges nothing more. docs/replication.md has the whole
-protocol.
+followers fall behind or catch up; only committed sets count, and a leader the SC or a follower
+says is stale acknowledges nothing more. Those decisions are the replica state machine's
+(core/spu/replica_state.py): :meth:`SpuServer.step` feeds it an event and carries out the
+effects (the log's high watermark, follower tasks, requests to the SC). docs/replication.md
+has the whole protocol.
 """
 
 from __future__ import annotations
@@ -38,9 +40,10 @@ from ..transport import SPU, serve
 from .api import SpuHandler
 from .disk_faults import DiskFaults
 from .follower import PeerPool, follow
-from .isr import isr_expand, isr_shrink
 from .private_address import private_address_problem
 from .replica import Replica
+from .replica_state import (AdvanceHighWatermark, Durable, Effect, Event, Fence, IsrChangeAnswered, IsrOutcome,
+                            MetadataChanged, RequestIsrChange, StartFollowing, StartLeading, StopFollowing, Tick)
 from .smartmodules import SmartModuleRegistry
 
 log = logging.getLogger("kolk.spu")
@@ -341,35 +344,51 @@ class SpuServer:
             return
         replica = self.replicas.get(name)
         if replica is None:
-            replica = Replica(name, self.store.open_log(name, LogConfig()), me)
+            replica = self._new_replica(name)
             self.replicas[name] = replica
         replica.meta = obj
-        if replica.failure is not None:
-            replica.wake()  # fenced: no role until rebuilt (core/spu/disk_faults.py)
-            return
-        if replica.is_leader:
-            self.stop_following(replica)
-            if replica.led_epoch != replica.epoch:
-                replica.become_leader(now_ms())
-                log.info("%s: leading at epoch %d from offset %d", name, replica.epoch, replica.epoch_start)
-            replica.on_metadata()
-            replica.advance_high_watermark()  # the set may have shrunk; waiters are woken below
-        else:
-            replica.led_epoch = None
-            want = (replica.leader, replica.epoch)
-            if replica.followed != want:
-                self.stop_following(replica)
-                if replica.leader is not None:
-                    replica.followed = want
-                    replica.follower_task = asyncio.ensure_future(
-                        follow(self, replica, replica.leader, replica.epoch))
+        status, lg = obj.get("status", {}), replica.log
+        # Leading starts, following starts or stops, the mark moves if the set shrank (a
+        # replica fenced by its disk takes no role until rebuilt, core/spu/disk_faults.py).
+        self.step(replica, MetadataChanged(
+            status.get("leader"), int(status.get("epoch", 0)), tuple(obj.get("spec", {}).get("replicas", [])),
+            tuple(status.get("isr", [])), lg.log_end_offset, lg.durable_offset, now_ms(),
+            status.get("last_unclean_epoch")))
         replica.wake()
+
+    def _new_replica(self, name: str) -> Replica:
+        return Replica(name, self.store.open_log(name, LogConfig()), self.config.spu_id, self.config.replica_lag_max_ms,
+                       self.config.ignore_storage_id_for_tests)
+
+    def step(self, replica: Replica, event: Event) -> list[Effect]:
+        """Feed ``event`` to the replica's state machine and carry out what it decides here:
+        the high watermark (then waiters wake), fences, leading and following, in-sync
+        requests. The effects are returned too: the caller handles those of its own call
+        (Refuse, Truncate, RefuseTruncation, ResetLog)."""
+        effects = replica.state.step(event)
+        for effect in effects:
+            if isinstance(effect, AdvanceHighWatermark):
+                replica.log.set_high_watermark(effect.offset)
+                replica.wake()
+            elif isinstance(effect, Fence):
+                replica.wake()  # waiting acknowledgements see the fence and fail
+            elif isinstance(effect, StopFollowing):
+                self.stop_following(replica)
+            elif isinstance(effect, StartFollowing):
+                self.stop_following(replica)
+                replica.follower_task = asyncio.ensure_future(follow(self, replica, effect.leader, effect.epoch))
+            elif isinstance(effect, StartLeading):
+                log.info("%s: leading at epoch %d from offset %d", replica.name, effect.epoch, effect.epoch_start)
+            elif isinstance(effect, RequestIsrChange):
+                log.info("%s: asking the SC for in-sync set %s (was %s)", replica.name, list(effect.isr),
+                         list(effect.based_on))
+                replica.isr_request = asyncio.ensure_future(self._request_isr(replica, effect))
+        return effects
 
     def stop_following(self, replica: Replica) -> None:
         if replica.follower_task is not None:
             replica.follower_task.cancel()
             replica.follower_task = None
-        replica.followed = None
 
     def _drop_replica(self, name: str) -> None:
         """This SPU holds no replica of ``name`` (any more): stop it and delete its log, also
@@ -445,7 +464,7 @@ class SpuServer:
             self.store.close_log(name)
         else:
             self.store.delete_log(name)
-        replica = Replica(name, self.store.open_log(name, LogConfig()), self.config.spu_id)
+        replica = self._new_replica(name)
         self.replicas[name] = replica
         failed.wake()
         meta = self.partitions.get(name)
@@ -461,65 +480,52 @@ class SpuServer:
         except StorageError as e:
             self.disk.on_error(replica, e)  # a failed fsync fences the replica; never retried
             raise
-        replica.advance_high_watermark()
+        self.step(replica, Durable(replica.log.durable_offset))
         replica.wake()
 
     # ---------------------------------------------------------------- in-sync sets
 
     async def _isr_loop(self) -> None:
+        """Tick every leader: its state decides whether to ask the SC to shrink or grow the set."""
         interval = max(0.05, min(1.0, self.config.replica_lag_max_ms / 4000))
         while True:
             await asyncio.sleep(interval)  # a period, not synchronisation
             now = now_ms()
             for replica in list(self.replicas.values()):
-                if replica.is_leader and not replica.fenced and replica.led_epoch == replica.epoch:
-                    self._check_isr(replica, now)
+                if replica.state.leading:
+                    try:
+                        self.step(replica, Tick(now))
+                    except Exception:  # noqa: BLE001 - one partition's failure must not stop the loop
+                        log.exception("%s: in-sync check failed", replica.name)
 
-    def _check_isr(self, replica: Replica, now: int) -> None:
-        if replica.isr_request is not None and not replica.isr_request.done():
-            return
-        me, lag = self.config.spu_id, self.config.replica_lag_max_ms
-        isr = replica.isr
-        # Shrink over the set the high watermark uses, so a follower whose addition is asked
-        # for (or was never confirmed) and that then stalls stops holding the mark.
-        drop = isr_shrink(me, replica.effective_isr(), replica.progress, now, lag)
-        replica.pending_adds -= set(drop)
-        add = isr_expand(me, replica.replicas, replica.effective_isr(), replica.progress, replica.log.high_watermark,
-                         replica.epoch_start, now, lag)
-        unconfirmed = replica.pending_adds - set(isr)  # asked for before, no answer yet: ask again
-        if not [r for r in drop if r in isr] and not add and not unconfirmed:
-            return
-        want = set(add) | unconfirmed
-        new = [r for r in replica.replicas if (r in isr and r not in drop) or r in want]
-        # An addition counts for the high watermark from now on (core/spu/isr.py, KIP-497).
-        replica.pending_adds |= set(add)
-        log.info("%s: asking the SC for in-sync set %s (was %s)", replica.name, new, isr)
-        replica.isr_request = asyncio.ensure_future(self._request_isr(replica, new, isr, set(add), replica.epoch))
-
-    async def _request_isr(self, replica: Replica, isr: list[int], based_on: list[int], adds: set[int],
-                           epoch: int) -> None:
+    async def _request_isr(self, replica: Replica, request: RequestIsrChange) -> None:
+        """Send ``request`` to the SC; its answer goes back to the replica's state."""
+        isr, epoch = list(request.isr), request.epoch
+        outcome: IsrOutcome = "unknown"
         try:
             async with asyncio.timeout(self.config.isr_request_timeout_s):
-                await self.admin.update_isr(replica.name, isr, epoch, self.config.spu_id, based_on)
+                await self.admin.update_isr(replica.name, isr, epoch, self.config.spu_id, list(request.based_on))
+            outcome = "committed"
         except (StaleEpochError, NotFoundError) as e:
-            # The SC has moved on (a new leader or epoch): stop acknowledging until the metadata
-            # tells us our new role.
+            # The SC has moved on (a new leader or epoch): the state stops acknowledging until
+            # the metadata tells us our new role.
             log.warning("%s: the SC refused in-sync set %s at epoch %d: %s", replica.name, isr, epoch, e)
-            replica.pending_adds -= adds
-            if replica.epoch == epoch:
-                replica.fenced_epoch = epoch
-                replica.wake()
+            outcome = "stale"
         except VersionConflictError as e:
-            # Computed from a set that changed meanwhile: drop it; the next round starts from
+            # Computed from a set that changed meanwhile: dropped; the next round starts from
             # the set the metadata brings.
             log.info("%s: in-sync set change to %s not applied: %s", replica.name, isr, e)
-            replica.pending_adds -= adds
+            outcome = "conflict"
         except (KolkError, TimeoutError) as e:
             # Unknown whether it committed: the additions keep counting, and the next round asks again.
             why = e if str(e) else f"no answer within {self.config.isr_request_timeout_s:g} s"
             log.warning("%s: in-sync set change to %s not confirmed: %s", replica.name, isr, why)
         except Exception:  # noqa: BLE001 - an ISR round must never die silently
             log.exception("%s: in-sync set request failed", replica.name)
+        try:
+            self.step(replica, IsrChangeAnswered(request, outcome))
+        except Exception:  # noqa: BLE001 - e.g. the log failed as the mark moved
+            log.exception("%s: applying the in-sync answer failed", replica.name)
 
     def min_in_sync(self, replica: Replica) -> int:
         """The topic's min_in_sync, read when needed (topic and partition events may arrive in
