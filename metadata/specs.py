@@ -48,8 +48,8 @@ SMARTMODULE_BYTES_MAX = 2 << 20
 REASON_CHARS_MAX = 300  # of a lost replica's reason
 SPU_ID_LIMIT = 2**31  # SPU ids are 0 to 2^31-1
 
-_NAME = re.compile(r"^[A-Za-z0-9._-]+$")
-_STORAGE_ID = re.compile(r"^[0-9a-f]{32}$")
+_NAME = re.compile(r"[A-Za-z0-9._-]+")  # used with fullmatch: "$" would accept a trailing newline
+_STORAGE_ID = re.compile(r"[0-9a-f]{32}")
 _WASM_MAGIC = b"\0asm"
 
 
@@ -85,7 +85,7 @@ def whole_number(text: str) -> int | None:
 def check_name(value: Any, what: str, field_name: str = "name") -> str:
     """A name of a topic, an SPU's object, a SmartModule or a policy."""
     if (not isinstance(value, str) or not value or len(value) > NAME_CHARS_MAX or value in (".", "..")
-            or not _NAME.match(value)):
+            or not _NAME.fullmatch(value)):
         raise SpecError(field_name, f"{what} name {value!r} is invalid: use 1-{NAME_CHARS_MAX} of A-Z a-z 0-9 . _ - "
                                     "(and not '.' or '..')")
     return value
@@ -122,7 +122,7 @@ def check_address(value: Any, field_name: str) -> str:
 
 def check_storage_id(value: Any, field_name: str = "storage_id") -> str:
     """The random id of an SPU's data directory: 32 lowercase hex digits."""
-    if not isinstance(value, str) or not _STORAGE_ID.match(value):
+    if not isinstance(value, str) or not _STORAGE_ID.fullmatch(value):
         raise SpecError(field_name, f"{field_name} {value!r} must be 32 lowercase hex digits")
     return value
 

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from kolk.metadata.apply import apply
 from kolk.metadata.objects import PARTITION, State
+from kolk.metadata.specs import check_name, check_storage_id
 from kolk.metadata.specs import (LostReplica, PartitionSpec, PartitionStatus, PolicySpec, SmartModuleSpec, SpecError,
                                  SpuSpec, SpuStatus, TopicSpec)
 
@@ -269,3 +270,15 @@ def test_apply_stores_what_the_specs_say() -> None:
         assert SpuStatus.from_dict(o.status).to_dict() == dict(o.status)
     topic = TopicSpec.from_dict(s.get("topic", "t").spec)
     assert topic.to_dict() == dict(s.get("topic", "t").spec) and topic.min_in_sync == 2
+
+
+@pytest.mark.parametrize("name", ["orders\n", "orders\r\n", "\norders", "a b", "orders/x"])
+def test_a_name_with_a_trailing_newline_or_other_stray_character_is_refused(name: str) -> None:
+    # A "$" anchor matches before a final newline: names are matched whole.
+    with pytest.raises(SpecError, match="name"):
+        check_name(name, "topic")
+
+
+def test_a_storage_id_with_a_trailing_newline_is_refused() -> None:
+    with pytest.raises(SpecError):
+        check_storage_id("0" * 32 + "\n")
