@@ -17,8 +17,9 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from jepsen.cluster import ScCluster, wait_for  # noqa: E402
+from jepsen.cluster import SECRET, ScCluster, wait_for  # noqa: E402
 from kolk.client.admin import AdminClient, run  # noqa: E402
+from kolk.protocol.node_auth import NodeCredential  # noqa: E402
 from kolk.protocol.errors import KolkError  # noqa: E402
 
 
@@ -43,7 +44,7 @@ def measure(size: int, topics: int, concurrency: int, seconds: float, failovers:
         wait_leader(c)
 
         async def body() -> dict:
-            a = AdminClient(c.admin_addresses)
+            a = AdminClient(c.admin_addresses, credential=NodeCredential("spu-1", SECRET))  # registering is node-only
             for i in range(1, 4):
                 await a.register_spu(i, f"127.0.0.1:{9100 + i}")
             lat = []

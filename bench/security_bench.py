@@ -6,7 +6,11 @@ client does, then the allow that does, and a deny for another topic). Each round
 COUNT records of 100 B with acks=all and consumes them back, on both clusters, alternating;
 the table gives medians and the ratio.
 
-Usage: python bench/security_bench.py [--count N] [--rounds R]
+Raft commit latency (issue 17): two 3-SC clusters side by side, one plaintext and one with
+mutual TLS (so Raft runs over mutual TLS between the SCs too); TOPICS sequential topic creates
+through one client on each, alternating in blocks of 20; the table gives p50 and p99 of each.
+
+Usage: python bench/security_bench.py [--count N] [--rounds R] [--topics T] [--only data|raft]
 """
 
 from __future__ import annotations
@@ -21,8 +25,10 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from jepsen.cluster import SECRET, ScCluster, wait_for  # noqa: E402
 from kolk.cli import local_cluster  # noqa: E402
-from kolk.client.admin import run  # noqa: E402
+from kolk.client.admin import AdminClient, run  # noqa: E402
+from kolk.protocol.node_auth import NodeCredential  # noqa: E402
 from kolk.client.client import AsyncClient  # noqa: E402
 from kolk.client.consumer import Offset  # noqa: E402
 from kolk.security.policy import parse_policy  # noqa: E402
@@ -76,11 +82,81 @@ def stop(home: str) -> None:
     local_cluster.stop()
 
 
+def pct(values: list[float], p: float) -> float:
+    s = sorted(values)
+    return s[min(len(s) - 1, int(round(p / 100 * (len(s) - 1))))]
+
+
+RAFT_BLOCK = 20  # topic creates on one cluster before switching to the other
+
+
+def raft_latency(topics: int) -> dict[str, list[float]]:
+    """Topic-create latency (ms) on a plaintext and a mutual-TLS 3-SC cluster, side by side."""
+    from kolk.security.certs import dev_pki
+    from kolk.security.tls import TlsConfig
+
+    root = tempfile.mkdtemp(prefix="kolk-sec-bench-raft-", dir=os.getcwd())
+    pki = dev_pki(os.path.join(root, "pki"), nodes=["node"], clients=["admin"])
+    n = pki["node"]
+    tls_args = ("--tls-ca", n["ca"], "--tls-cert", n["cert"], "--tls-key", n["key"])
+    clusters = {"plain": (ScCluster(os.path.join(root, "plain"), size=3), None),
+                # The node certificate: registering SPUs is node-only (the SCs run no policy).
+                "tls": (ScCluster(os.path.join(root, "tls"), size=3, extra_args=tls_args),
+                        TlsConfig(n["ca"], n["cert"], n["key"]))}
+    try:
+        for c, _ in clusters.values():
+            c.start_all()
+        clients = {}
+        for k, (c, tls) in clusters.items():
+            def leader(c: ScCluster = c, tls: TlsConfig | None = tls) -> str | None:
+                s = run(lambda: AdminClient(c.admin_addresses, timeout_s=2, tls=tls).cluster_status())
+                return s["leader"] if s["leader"] in c.admin_addresses else None
+            wait_for(leader, 30, f"a leader on the {k} cluster")
+            # Registering SPUs is node-only: without TLS the client proves the cluster secret.
+            clients[k] = AdminClient(c.admin_addresses, tls=tls,
+                                     credential=NodeCredential("spu-1", SECRET) if tls is None else None)
+
+        async def body() -> dict[str, list[float]]:
+            for client in clients.values():
+                for i in range(1, 4):
+                    await client.register_spu(i, f"127.0.0.1:{9100 + i}")
+            lat: dict[str, list[float]] = {k: [] for k in clients}
+            for block in range(0, topics, RAFT_BLOCK):
+                for k, client in clients.items():
+                    for i in range(block, min(topics, block + RAFT_BLOCK)):
+                        t0 = time.perf_counter()
+                        await client.create_topic(f"raft-bench-{i}", 1, 1)
+                        lat[k].append((time.perf_counter() - t0) * 1000)
+            return lat
+        return run(body)
+    finally:
+        for c, _ in clusters.values():
+            c.close()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def print_raft(topics: int, lat: dict[str, list[float]]) -> None:
+    print(f"raft commit latency: 2 clusters of 3 SCs on loopback, {topics} sequential topic creates each "
+          f"(blocks of {RAFT_BLOCK}, alternating); {os.cpu_count()} cores")
+    print()
+    print("| Raft between SCs | topic create p50 | topic create p99 | goal (p99) |")
+    print("| --- | ---: | ---: | --- |")
+    for k, label in (("plain", "plaintext cluster"), ("tls", "mutual-TLS cluster")):
+        print(f"| {label} | {statistics.median(lat[k]):.1f} ms | {pct(lat[k], 99):.1f} ms | <= 16 ms |")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--count", type=int, default=200_000)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--topics", type=int, default=400, help="topic creates per cluster for the Raft latency")
+    ap.add_argument("--only", choices=("data", "raft"), help="run one part only")
     args = ap.parse_args()
+    if args.only != "data":
+        print_raft(args.topics, raft_latency(args.topics))
+        if args.only == "raft":
+            return 0
+        print()
     homes = {k: tempfile.mkdtemp(prefix=f"kolk-sec-bench-{k}-", dir=os.getcwd()) for k in ("plain", "secure")}
     started = []
     try:

@@ -9,7 +9,7 @@ rates (a soak is about time, not load):
    produce a few records (acks=all; not idempotent: every short-lived idempotent producer
    would leave one producer id in the partition's producer-state table, which is bounded
    state by design and not a leak; ``--churn-idempotent`` puts it back) and close; and raw
-   connections to the SPU and the SC (``kolk.protocol.channel.ClientConnection``,
+   connections to the SPU and the SC (``kolk.protocol.channel_client.ClientConnection``,
    --raw-rate a second) that send a request (fetch, offsets, stream, listObjects, watch) or
    half a frame, and close before the answer, by RST or FIN. Fetches and streams read a
    topic filled before the load (4 MiB), so their answers are as large after the warm-up as
@@ -391,7 +391,7 @@ class Soak:
 
     async def _raw(self, service: Any, address: str, send: Callable[[Any], Awaitable[Any]], fin: bool) -> None:
         """Open a raw connection, start ``send`` on it, close before the answer (RST, or FIN)."""
-        from kolk.protocol.channel import ClientConnection
+        from kolk.protocol.channel_client import ClientConnection
 
         conn = await ClientConnection.open(service, address, 5)
         task = asyncio.ensure_future(send(conn))

@@ -90,7 +90,8 @@ class System:
                     "--data-dir", os.path.join(root, name), "--public", public, "--private", private,
                     "--bind", real, "--ready-file", ready, "--replica-lag-max-ms", "3000",
                     "--heartbeat-interval-ms", "300", "--replica-fetch-wait-ms", "200"]
-            env = {**os.environ, FAIL_FSYNC_ENV: os.path.join(root, f"{name}.fail-fsync"), **(spu_env or {})}
+            env = {**os.environ, "KOLK_CLUSTER_SECRET": SECRET,  # nodes prove it to each other without TLS
+                   FAIL_FSYNC_ENV: os.path.join(root, f"{name}.fail-fsync"), **(spu_env or {})}
             self.nodes[name] = Node(name, args, os.path.join(root, name), os.path.join(root, f"{name}.log"), env,
                                     ready_file=ready)
 

@@ -56,7 +56,7 @@ def _encode(command: bytes, idx: int, term: int) -> bytes:
 def _replace_file(path: str, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically and durably."""
     tmp = path + ".tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
     try:
         view = memoryview(data)
         while view:
@@ -74,14 +74,14 @@ class DurableJournal(Journal):
         self.meta_path = path + ".meta"
         self._on_sync = on_sync
         directory = os.path.dirname(path) or "."
-        os.makedirs(directory, exist_ok=True)
+        os.makedirs(directory, mode=0o700, exist_ok=True)
         for leftover in (path + ".tmp", self.meta_path + ".tmp"):
             if os.path.exists(leftover):
                 os.unlink(leftover)
         self._entries: list[Entry] = []
         self._positions: list[int] = []  # byte position of each entry in the file
         self.torn_bytes = 0
-        self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)  # it holds the policy source
         fsync_directory(directory)
         self._size = self._load()
         self._dirty = False

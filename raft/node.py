@@ -19,7 +19,14 @@ What pysyncobj lacks and this module adds (../shared/DESIGN.md §3):
   no bind address is set, and binds on its own thread, retrying every second without end: a
   taken port left a node running that never listened. :class:`RaftNode` binds the bind
   address (else the node's own address) before it touches the disk, raises
-  :class:`RaftListenError` when it cannot, and hands that socket to pysyncobj.
+  :class:`RaftListenError` when it cannot, and hands that socket to the tunnel.
+* **pysyncobj never faces the network** (issue 17): it trusts a frame's announced length
+  before authenticating it. It listens on an AF_UNIX socket in a private (0700) directory,
+  accepts only connections from this very process (``SO_PEERCRED``), and reaches a peer
+  through a socketpair whose other end the tunnel (raft/tunnel.py) carries over mutual TLS
+  and the secret's challenge-response, with a frame-size cap. Node identities stay the
+  public host:port strings. pysyncobj's own encryption with the secret stays, as a second
+  layer.
 
 pysyncobj forwards a command proposed on a follower to the leader by itself; this module
 answers who the leader is, proposes with a deadline, reads linearizably through the log, and
@@ -29,6 +36,7 @@ changes membership one node at a time.
 from __future__ import annotations
 
 import _socket
+import functools
 import json
 import logging
 import os
@@ -42,11 +50,14 @@ import crc32c as _crc32c
 import pysyncobj.syncobj as _pso
 from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, replicated
 from pysyncobj.node import TCPNode
-from pysyncobj.poller import POLL_EVENT_TYPE
-from pysyncobj.tcp_connection import TcpConnection
 from pysyncobj.transport import TCPTransport
 
 from .journal import DurableJournal, _replace_file, fsync_directory
+from .limits import APPEND_BATCH_BYTES, COMMAND_BYTES_MAX_DEFAULT, frame_bytes_max
+# RaftListenError is part of this module's interface (core/sc/main.py catches it).
+from .sockets import (LOCAL_DIR_PARENT, RaftListenError, _listen, _listen_local, _ListeningServer, _remove_local,
+                      _TunnelConnection)
+from .tunnel import RaftTunnel, TunnelTls
 
 # Importing pysyncobj (its tcp_connection imports win_inet_pton) replaces socket.inet_ntop,
 # on every platform, with a Windows-only function that raises: put the real one back.
@@ -77,17 +88,6 @@ class RaftError(Exception):
         self.leader = leader
 
 
-class RaftListenError(Exception):
-    """This node cannot listen on its Raft address: the port is taken, or the address is not
-    one of this host's. The operator's to fix (another port or address); retrying will not help.
-    Nothing was written to the data directory."""
-
-    def __init__(self, address: str, reason: str) -> None:
-        super().__init__(f"cannot listen for raft on {address}: {reason}")
-        self.address = address
-        self.reason = reason
-
-
 _FAIL_TEXT = {
     FAIL_REASON.QUEUE_FULL: ("the command queue is full", True),
     FAIL_REASON.MISSING_LEADER: ("no leader is known yet", True),
@@ -111,6 +111,8 @@ class RaftConfig:
     snapshot_min_entries: int = 5000  # compact the journal past this many entries
     commands_queue_max: int = 10_000
     on_sync: Callable[[str, int], None] | None = None  # test hook: (path, durable size)
+    tls: TunnelTls | None = None  # mutual TLS between nodes (else the secret's challenge alone)
+    command_bytes_max: int = COMMAND_BYTES_MAX_DEFAULT  # larger proposals are refused; sets the frame cap
 
     def __post_init__(self) -> None:
         if not self.secret or len(self.secret) < 16:
@@ -120,6 +122,8 @@ class RaftConfig:
             raise ValueError("election_timeout_min_s must be positive and below election_timeout_max_s")
         if self.self_address in self.peers:
             raise ValueError(f"peers must not include this node ({self.self_address})")
+        if self.command_bytes_max < 1:
+            raise ValueError("command_bytes_max must be at least 1")
 
 
 _journals_lock = threading.Lock()
@@ -134,89 +138,9 @@ def _create_journal(path: str | None):  # noqa: ANN202 - pysyncobj's factory
 
 _pso.createJournal = _create_journal
 
-LISTEN_BACKLOG = 16
-
-
-def _listen(address: str) -> socket.socket:
-    """A non-blocking socket listening on ``address`` (host:port); RaftListenError if not."""
-    host, sep, port = address.rpartition(":")
-    host = host.strip("[]")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise RaftListenError(address, "it is not host:port")
-    try:
-        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
-    except OSError as e:
-        raise RaftListenError(address, (e.strerror or str(e)).lower()) from None
-    try:
-        # As pysyncobj's TcpServer: SO_REUSEADDR lets a restarted node bind while its old
-        # connections linger in TIME_WAIT; a port another socket listens on is still refused.
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, int(port)))
-        sock.listen(LISTEN_BACKLOG)
-        sock.setblocking(False)
-    except OSError as e:
-        sock.close()
-        raise RaftListenError(address, (e.strerror or str(e)).lower()) from None
-    return sock
-
-
-class _ListeningServer:
-    """pysyncobj's TcpServer on a socket that is already listening (see RaftNode.__init__).
-
-    TCPTransport calls ``bind()`` from its tick thread to start accepting (it can no longer
-    fail) and ``unbind()`` when it is destroyed. Accepted connections are set up as
-    TcpServer sets them up."""
-
-    def __init__(self, sock: socket.socket, poller: Any, on_new_connection: Callable[[Any], None],
-                 conf: SyncObjConf) -> None:
-        self._sock: socket.socket | None = sock
-        self._poller = poller
-        self._on_new_connection = on_new_connection
-        self._conf = conf
-        self._fileno: int | None = None
-
-    def bind(self) -> None:
-        if self._sock is None:
-            raise RuntimeError("the Raft listener was closed")
-        self._fileno = self._sock.fileno()
-        self._poller.subscribe(self._fileno, self._on_event, POLL_EVENT_TYPE.READ | POLL_EVENT_TYPE.ERROR)
-
-    def unbind(self) -> None:
-        if self._fileno is not None:
-            self._poller.unsubscribe(self._fileno)
-            self._fileno = None
-        if self._sock is not None:
-            self._sock.close()
-            self._sock = None
-
-    def _on_event(self, _descr: int, event: int) -> None:
-        if self._sock is None:
-            return
-        if event & POLL_EVENT_TYPE.READ:
-            try:
-                conn, _addr = self._sock.accept()
-            except (BlockingIOError, InterruptedError, ConnectionAbortedError):
-                return  # nothing to accept after all, or the client gave up first
-            except OSError as e:
-                # TcpServer stops listening here too; say so instead of going quiet.
-                log.error("the Raft listener stopped: accepting a connection failed: %s", e)
-                self.unbind()
-                return
-            c = self._conf
-            conn.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, c.sendBufferSize)
-            conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, c.recvBufferSize)
-            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            conn.setblocking(False)
-            self._on_new_connection(TcpConnection(poller=self._poller, socket=conn, timeout=c.connectionTimeout,
-                                                  sendBufferSize=c.sendBufferSize,
-                                                  recvBufferSize=c.recvBufferSize))
-        if event & POLL_EVENT_TYPE.ERROR:
-            log.error("the Raft listener stopped: its socket reported an error")
-            self.unbind()
-
-
 class _Replica(SyncObj):
-    def __init__(self, node: "RaftNode", conf: RaftConfig, journal: DurableJournal, listener: socket.socket) -> None:
+    def __init__(self, node: "RaftNode", conf: RaftConfig, journal: DurableJournal, listener: socket.socket,
+                 tunnel: RaftTunnel) -> None:
         self._node = node
         self._journal = journal
         snap_path = os.path.join(conf.data_dir, "snapshot")
@@ -228,6 +152,9 @@ class _Replica(SyncObj):
             deserializer=self._read_snapshot,
             dynamicMembershipChange=True,
             appendEntriesUseBatch=False,
+            # The sizes the frame cap is derived from (raft/limits.py).
+            appendEntriesBatchSizeBytes=APPEND_BATCH_BYTES,
+            logCompactionBatchSize=APPEND_BATCH_BYTES,
             raftMinTimeout=conf.election_timeout_min_s,
             raftMaxTimeout=conf.election_timeout_max_s,
             appendEntriesPeriod=min(0.05, conf.election_timeout_min_s / 4),  # pysyncobj wants < a third
@@ -251,10 +178,23 @@ class _Replica(SyncObj):
                 return super().send(node, message)
 
             def _createServer(self):  # noqa: ANN202, N802 - pysyncobj's hook
-                # The socket RaftNode bound, instead of a TcpServer that binds later (and
-                # binds 0.0.0.0 when no bind address is configured).
+                # The private socket RaftNode bound, instead of a TcpServer that binds later
+                # (and binds 0.0.0.0 when no bind address is configured).
                 self._server = _ListeningServer(listener, self._syncObj._poller, self._onNewIncomingConnection,
                                                 self._syncObj.conf)
+
+            def addNode(self, node):  # noqa: ANN001, ANN202, N802 - TCPTransport.addNode, tunnelled
+                super().addNode(node)
+                if node not in self._connections:
+                    return
+                c = self._syncObj.conf
+                conn = _TunnelConnection(tunnel, node, poller=self._syncObj._poller, timeout=c.connectionTimeout,
+                                         sendBufferSize=c.sendBufferSize, recvBufferSize=c.recvBufferSize)
+                conn.encryptor = self._syncObj.encryptor
+                conn.setOnConnectedCallback(functools.partial(self._onOutgoingConnected, conn))
+                conn.setOnMessageReceivedCallback(functools.partial(self._onMessageReceived, node))
+                conn.setOnDisconnectedCallback(functools.partial(self._onDisconnected, conn))
+                self._connections[node] = conn
 
         with _journals_lock:
             _pending_journals[journal.path] = journal
@@ -339,6 +279,15 @@ class RaftNode:
         # the data directory is created, so a node that cannot listen leaves nothing behind.
         listener = _listen(config.bind_address or config.self_address)
         try:
+            local, local_path = _listen_local()
+        except OSError as e:
+            listener.close()
+            raise RuntimeError(f"cannot make pysyncobj's private socket under {LOCAL_DIR_PARENT}: {e}") from None
+        self._local_path = local_path
+        self._tunnel = RaftTunnel(listener, local_path, config.secret, config.tls,
+                                  frame_bytes_max(config.command_bytes_max))
+        try:
+            self._tunnel.start()
             os.makedirs(config.data_dir, exist_ok=True)
             self.journal = DurableJournal(os.path.join(config.data_dir, "journal.log"), on_sync=config.on_sync)
             snapshot = os.path.join(config.data_dir, "snapshot")
@@ -354,15 +303,22 @@ class RaftNode:
                 except RuntimeError:
                     self.journal._destroy()
                     raise
-            self._replica = _Replica(self, config, self.journal, listener)
+            self._replica = _Replica(self, config, self.journal, local, self._tunnel)
         except BaseException:
-            listener.close()
+            self._tunnel.stop()
+            local.close()
+            _remove_local(local_path)
             raise
 
     @property
     def listen_address(self) -> str:
         """The address the Raft listener is bound to (host:port)."""
         return self.config.bind_address or self.config.self_address
+
+    @property
+    def tunnel(self) -> RaftTunnel:
+        """The tunnel carrying this node's Raft traffic (its counters are for tests and status)."""
+        return self._tunnel
 
     # -- who leads
 
@@ -408,6 +364,12 @@ class RaftNode:
                 text, retriable = _FAIL_TEXT.get(err, (f"failed with pysyncobj reason {err}", False))
                 callback(None, RaftError(text, retriable, self.leader()))
 
+        if len(command) > self.config.command_bytes_max:
+            # Never into the log: a committed entry too large for the frame cap would stop
+            # replication for good.
+            callback(None, RaftError(f"the command is {len(command)} bytes, over the limit of "
+                                     f"{self.config.command_bytes_max}", False))
+            return
         self._replica._apply(bytes(command), callback=done)
 
     def propose_sync(self, command: bytes, timeout_s: float = 5.0) -> Any:
@@ -448,4 +410,6 @@ class RaftNode:
 
     def stop(self) -> None:
         self._replica.destroy_synchronous()
+        self._tunnel.stop()
+        _remove_local(self._local_path)
         self.journal._destroy()

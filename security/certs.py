@@ -293,13 +293,24 @@ def _write_atomic(path: str, data: bytes, mode: int) -> None:
             os.unlink(tmp)
 
 
+# Keys and certificates alike are 0600, in a directory made 0700 (docs/security.md "Files at
+# rest"): one rule for everything Kolk writes. A certificate is not secret, but who holds
+# which one is nobody else's business on a shared machine; copy ca.crt out to hand it over.
+KEY_FILE_MODE = CERT_FILE_MODE = 0o600
+CERT_DIR_MODE = 0o700
+
+
 def write_pair(directory: str, name: str, cert_pem: bytes, key_pem: bytes) -> tuple[str, str]:
-    """Write ``name.crt`` (0644) and ``name.key`` (0600), each atomically: (cert path, key path)."""
+    """Write ``name.crt`` and ``name.key`` (both 0600), each atomically: (cert path, key path).
+    A directory this creates is 0700 whatever the umask; one that exists keeps its mode (it
+    may be the user's own, such as the current directory)."""
     _check_file_name(name)
-    os.makedirs(directory, exist_ok=True)
+    if not os.path.isdir(directory):
+        os.makedirs(directory, mode=CERT_DIR_MODE, exist_ok=True)
+        os.chmod(directory, CERT_DIR_MODE)  # makedirs' mode is cut by the umask
     cert_path, key_path = os.path.join(directory, name + ".crt"), os.path.join(directory, name + ".key")
-    _write_atomic(key_path, key_pem, 0o600)
-    _write_atomic(cert_path, cert_pem, 0o644)
+    _write_atomic(key_path, key_pem, KEY_FILE_MODE)
+    _write_atomic(cert_path, cert_pem, CERT_FILE_MODE)
     return cert_path, key_path
 
 
@@ -356,7 +367,8 @@ def dev_pki(directory: str, nodes: Iterable[str], clients: Iterable[str], *,
     if CA_NAME in names or len(set(names)) != len(names):
         raise CertificateError(f"names must be distinct and not {CA_NAME!r}: {names}")
     directory = os.path.abspath(directory)
-    os.makedirs(directory, mode=0o700, exist_ok=True)
+    os.makedirs(directory, mode=CERT_DIR_MODE, exist_ok=True)
+    os.chmod(directory, CERT_DIR_MODE)  # the dev PKI's own directory: always private
     if os.path.exists(os.path.join(directory, CA_NAME + ".crt")):
         ca_cert_pem, ca_key_pem = read_ca(directory)
     else:

@@ -1,14 +1,20 @@
-"""Field masking of JSON record values (DESIGN.md §7, docs/policy.md "Masks").
+"""Field masking of JSON record values (DESIGN.md §7, docs/policy.md "Masks", docs/security.md
+"Masking fails closed").
 
 A field path is ``$.`` followed by object keys separated by dots, each optionally followed by
 ``[*]`` (every element of the array found there): ``$.email``, ``$.card.number``,
 ``$.items[*].sku``, ``$.tags[*]``. No indexes, no filters, no quoting: a key is any run of
 characters other than ``.``, ``[`` and ``]``.
 
-:func:`mask_json` is pure: bytes in, bytes out. It never raises on a value: a value that is not
-a JSON object is returned unchanged, and the same ``bytes`` object comes back when no path
-matched. A value nested too deeply to parse is replaced whole by the replacement (as a JSON
-string), because it cannot be shown to hold no masked field: masking fails closed.
+:func:`mask_json` is pure: bytes in, bytes out, and it never raises on a value. Masking fails
+closed: a value is masked field by field only when it parses strictly (:func:`strict_json`:
+UTF-8 without a BOM, exactly one JSON value with nothing but whitespace after it, no
+NaN/Infinity, no duplicate key in any object, no lone surrogate in any string, not nested too
+deeply). Any other non-empty value is replaced whole by the redaction (the first mask's
+replacement as a JSON string), because a laxer parser downstream (a SmartModule, a client)
+might read a masked field out of it. A strict JSON value that is not an object holds no
+``$.`` path, so it comes back unchanged, as does an empty value; the very same ``bytes``
+object comes back whenever nothing was replaced.
 """
 
 from __future__ import annotations
@@ -77,27 +83,113 @@ def _mask(node: Any, steps: Sequence[Step], i: int, replacement: str) -> bool:
     return hit
 
 
+class _NotStrict(ValueError):
+    """Raised inside the strict parse: the value is not strict JSON."""
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """An object's members, refusing a duplicate key (parsers disagree on which one wins)."""
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        raise _NotStrict("duplicate key")
+    return obj
+
+
+def _refuse_constant(name: str) -> Any:
+    raise _NotStrict(f"{name} is not JSON")
+
+
+_DECODER = json.JSONDecoder(object_pairs_hook=_unique_keys, parse_constant=_refuse_constant)
+_MAYBE_SURROGATE = re.compile(r"\\u[dD][89a-fA-F]")  # an escape that may decode to a surrogate
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_WALK_NODES_MAX = 1 << 22  # a bound on the walk; a value with more nodes is not shown clean, so not strict
+
+
+def _has_lone_surrogate(doc: Any) -> bool:
+    """Whether any string of ``doc`` (key or value) holds a surrogate code point: an escaped
+    ``\\ud800`` without its pair is legal JSON text but not a Unicode string. Iterative, so
+    depth cannot make it raise."""
+    stack = [doc]
+    seen = 0
+    while stack:
+        node = stack.pop()
+        seen += 1
+        if seen > _WALK_NODES_MAX:
+            return True  # cannot be shown clean: treat as not strict
+        if isinstance(node, str):
+            if _SURROGATE.search(node):
+                return True
+        elif isinstance(node, dict):
+            for k, v in node.items():
+                if _SURROGATE.search(k):
+                    return True
+                stack.append(v)
+        elif isinstance(node, list):
+            stack.extend(node)
+    return False
+
+
+NOT_STRICT = object()  # what strict_json gives for a value that is not strict JSON
+
+
+def strict_json(value: bytes) -> Any:
+    """The JSON value ``value`` holds if it parses strictly, else :data:`NOT_STRICT`. Never
+    raises.
+
+    Strict: the bytes decode as UTF-8 (strictly: no BOM, no encoded surrogates), they hold
+    exactly one JSON value with only JSON whitespace around it, no ``NaN``/``Infinity``, no
+    object with a duplicate key, no string holding a lone surrogate, and nesting shallow
+    enough for the parser (Python's recursion limit).
+    """
+    try:
+        text = value.decode("utf-8")  # strict: invalid UTF-8 and encoded surrogates raise
+        if text.startswith("\ufeff"):
+            return NOT_STRICT
+        doc = _DECODER.decode(text)  # one value, whitespace only after it ("Extra data" raises)
+        if _MAYBE_SURROGATE.search(text) and _has_lone_surrogate(doc):
+            return NOT_STRICT
+        return doc
+    except (ValueError, TypeError, RecursionError, MemoryError):
+        # JSONDecodeError, UnicodeDecodeError, _NotStrict and int's digit limit are ValueErrors.
+        return NOT_STRICT
+
+
+def redaction(paths: Sequence[tuple[str, str]]) -> bytes:
+    """What replaces a whole value that cannot be masked field by field: the first mask's
+    replacement as a JSON string (``b'"***"'`` by default). Valid UTF-8 whatever the
+    replacement holds."""
+    replacement = paths[0][1] if paths else DEFAULT_REPLACEMENT
+    try:
+        return json.dumps(replacement, ensure_ascii=False).encode()
+    except UnicodeEncodeError:  # a lone surrogate in the replacement itself: escape it
+        return json.dumps(replacement).encode()
+
+
 def mask_json(value: bytes, paths: Iterable[tuple[str, str]]) -> bytes:
     """``value`` with every field at the given ``(path, replacement)`` pairs replaced.
 
     Key order is kept; a changed value is written back compactly (no spaces), numbers in
-    their shortest form. Anything but a JSON object, and an object where no path matches,
-    comes back as the very same bytes.
+    their shortest form, as valid UTF-8. A value that is not strict JSON (:func:`strict_json`)
+    is replaced whole by :func:`redaction`. An empty value, a strict JSON value that is not an
+    object, and an object where no path matches come back as the very same bytes.
     """
-    parsed = [(parse_field_path(p), r) for p, r in paths]
+    pairs = list(paths)
+    parsed = [(parse_field_path(p), r) for p, r in pairs]
     if not parsed or not value:
         return value
-    try:
-        doc = json.loads(value)
-    except RecursionError:
-        return json.dumps(parsed[0][1], ensure_ascii=False).encode()
-    except (ValueError, TypeError):  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-        return value
+    doc = strict_json(value)
+    if doc is NOT_STRICT:
+        return redaction(pairs)
     if not isinstance(doc, dict):
         return value
-    hit = False
-    for steps, replacement in parsed:
-        hit = _mask(doc, steps, 0, replacement) or hit
-    if not hit:
-        return value
-    return json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode()
+    try:
+        hit = False
+        for steps, replacement in parsed:
+            hit = _mask(doc, steps, 0, replacement) or hit
+        if not hit:
+            return value
+        return json.dumps(doc, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
+    except (ValueError, TypeError, RecursionError, MemoryError):
+        # A number too large for a float (1e400 reads as inf, which JSON cannot write), or a
+        # replacement that cannot be encoded: the whole value goes.
+        return redaction(pairs)

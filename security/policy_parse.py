@@ -32,6 +32,10 @@ REGIONS_MAX = 1_000
 REGION_NETWORKS_MAX = 1_000
 PATTERN_CHARS_MAX = 1_000
 VERSION_MAX = 2**63 - 1
+# Arrays and inline tables inside one another. tomllib recurses once per level and a few
+# thousand levels end in RecursionError (issue 17: a 5,000-deep array gave 3,002 lines of
+# traceback); no policy needs more than a list of strings in a table.
+NESTING_MAX = 32
 
 ACTIONS = ("produce", "consume", "create", "delete", "describe", "alter", "use", "admin")
 RESOURCE_KINDS = ("topic", "smartmodule", "cluster")
@@ -241,11 +245,49 @@ def _load(text: str | bytes, filename: str) -> str:
     return text
 
 
+# What changes the nesting depth of TOML text, and what must be skipped to see it: strings
+# (which may hold brackets) and comments. Multi-line delimiters come first.
+_NESTING_TOKEN = re.compile(r'"""|\'\'\'|"|\'|#|[\[\]{}]')
+_STRING_END = {'"""': re.compile(r'(?:[^\\]|\\.)*?"""', re.S), "'''": re.compile(r".*?'''", re.S),
+               '"': re.compile(r'(?:[^"\\\n]|\\.)*"'), "'": re.compile(r"[^'\n]*'")}
+
+
+def _check_nesting(text: str, filename: str) -> None:
+    """PolicyError naming the line where arrays or inline tables nest deeper than NESTING_MAX.
+    A scan, not a parse: an unterminated string or an unbalanced bracket is left for tomllib
+    to report with its own words."""
+    depth = 0
+    pos = 0
+    while (m := _NESTING_TOKEN.search(text, pos)) is not None:
+        token = m.group()
+        pos = m.end()
+        if token in _STRING_END:
+            end = _STRING_END[token].match(text, pos)
+            if end is None:
+                return
+            pos = end.end()
+        elif token == "#":
+            newline = text.find("\n", pos)
+            if newline < 0:
+                return
+            pos = newline + 1
+        elif token in "[{":
+            depth += 1
+            if depth > NESTING_MAX:
+                raise PolicyError(filename, text.count("\n", 0, m.start()) + 1, "",
+                                  f"arrays and inline tables nest more than {NESTING_MAX} deep")
+        else:
+            depth = max(0, depth - 1)
+
+
 def parse_spec(text: str | bytes, filename: str = "<policy>") -> PolicySpec:
     """Check a policy file and return it as plain values; raises :class:`PolicyError`."""
     text = _load(text, filename)
+    _check_nesting(text, filename)
     try:
         doc = tomllib.loads(text)
+    except RecursionError:  # not reached past _check_nesting; kept so that no input gives a traceback
+        raise PolicyError(filename, 1, "", f"arrays and inline tables nest more than {NESTING_MAX} deep") from None
     except tomllib.TOMLDecodeError as e:
         msg = str(e)
         m = re.search(r"\(at line (\d+), column (\d+)\)", msg)

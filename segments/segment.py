@@ -43,7 +43,7 @@ class Segment:
         self.base_offset = base_offset
         self.path = os.path.join(directory, segment_file_name(base_offset))
         flags = os.O_RDWR | os.O_CLOEXEC | (os.O_CREAT | os.O_EXCL if create else 0)
-        self.fd = os.open(self.path, flags, 0o644)
+        self.fd = os.open(self.path, flags, 0o600)  # records are private to the SPU's user (docs/security.md)
         self.size = os.fstat(self.fd).st_size
         self.next_offset = base_offset
         self.max_timestamp = -1

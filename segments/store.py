@@ -58,7 +58,7 @@ class LogStore:
         self._closed = False
         meta, self.created = self._check_or_init(create)
         self.logs_dir = os.path.join(self.data_dir, "logs")
-        os.makedirs(self.logs_dir, exist_ok=True)
+        os.makedirs(self.logs_dir, mode=0o700, exist_ok=True)
         try:
             self.index = IndexDb(os.path.join(self.data_dir, "index"))
         except Exception as e:  # rocksdict raises plain Exception for lock and corruption errors
@@ -116,7 +116,7 @@ class LogStore:
                 self.data_dir, f"it has no {MARKER} and is not empty; refusing to write into it")
         if not create:
             raise NotALogDirectoryError(self.data_dir, "it does not exist")
-        os.makedirs(self.data_dir, exist_ok=True)
+        os.makedirs(self.data_dir, mode=0o700, exist_ok=True)
         meta = {"format": FORMAT, "version": VERSION, STORAGE_ID: uuid.uuid4().hex}
         if _write_marker(self.data_dir, meta, replace=False):
             return meta, True
@@ -139,7 +139,7 @@ class LogStore:
         directory = os.path.join(self.logs_dir, name)
         try:
             if not os.path.isdir(directory):
-                os.makedirs(directory)
+                os.makedirs(directory, mode=0o700)
                 fsync_directory(self.logs_dir)
             log = PartitionLog(name, directory, self.index, config or LogConfig(), self._clock)
         except OSError as e:

@@ -19,12 +19,13 @@ from typing import Any, Awaitable, Callable
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from jepsen.cluster import ScCluster, free_port, wait_for  # noqa: E402
+from jepsen.cluster import SECRET, ScCluster, free_port, wait_for  # noqa: E402
 from jepsen.proxy import FaultProxy  # noqa: E402
 from kolk.client.admin import AdminClient, run  # noqa: E402
 from kolk.client.client import AsyncClient  # noqa: E402
 from kolk.client.consumer import ConsumerRecord, Offset  # noqa: E402
-from kolk.protocol.channel import SPU, ClientConnection  # noqa: E402
+from kolk.protocol.channel import SPU  # noqa: E402
+from kolk.protocol.channel_client import ClientConnection  # noqa: E402
 
 START_TIMEOUT_S = 30.0
 
@@ -125,7 +126,8 @@ class DataPlaneCluster:
             args += ["--private", self._proxy("private", spu_id, s.address).address]
         with open(s.log_path, "ab") as log:
             s.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                      preexec_fn=_die_with_parent, env=dict(os.environ, **self.spu_env.get(spu_id, {})))
+                                      preexec_fn=_die_with_parent,
+                                      env=dict(os.environ, KOLK_CLUSTER_SECRET=SECRET, **self.spu_env.get(spu_id, {})))
         return s
 
     def _proxy(self, kind: str, spu_id: int, target: str) -> FaultProxy:

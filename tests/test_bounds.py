@@ -195,6 +195,36 @@ def test_partition_status_over_its_limit_names_field_count_and_limit() -> None:
                             f"more than the limit of {L.PARTITION_STATUS_MAX}")
 
 
+def test_every_request_list_claiming_millions_is_refused_at_once_naming_it() -> None:
+    """Every list field reachable in every request member of both servers (the schema walk of
+    tests/amplified_attack.py, nested lists included), claiming 1,000,000 and 8,000,000
+    entries as zero-size structs and as VOID: refused by ``check`` from the union member, as
+    the server calls it, in well under a millisecond each, naming the field and its limit.
+    tests/test_amplified_requests.py sends the same bytes to real servers."""
+    import os
+    import sys
+
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from amplified_attack import COUNTS, ENCODINGS, ENVELOPES, claiming, list_cases, owner_of_field, where
+
+    cases = list_cases()
+    assert len(cases) >= 9
+    for service, name, path in cases:
+        member_schema = ENVELOPES[service].schema.fields[name].schema
+        limit = LIST_LIMITS[(plan_for(owner_of_field(member_schema, path)).name, path[-1][0])]
+        for count in COUNTS:
+            for encoding in ENCODINGS:
+                body = claiming(service, name, path, count, encoding)
+                assert len(body) <= 256
+                env = decode(ENVELOPES[service], body)
+                start = time.perf_counter()
+                with pytest.raises(BoundsError) as e:
+                    check(member(env, which(env)), plan_for(member_schema))
+                assert time.perf_counter() - start < 0.05
+                assert str(e.value).startswith(where(member_schema, path) + " claims more than"), str(e.value)
+                assert str(e.value).endswith(f"the limit is {limit} entries"), str(e.value)
+
+
 # ---------------------------------------------------------------- text, data, nesting
 
 

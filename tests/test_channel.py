@@ -1,5 +1,5 @@
 """Kolk's asyncio transport (core/protocol/channel.py) end to end on 127.0.0.1, with a small
-test handler behind ``channel.serve`` and ``ClientConnection`` (or raw frames) in front.
+test handler behind ``channel_server.serve`` and ``ClientConnection`` (or raw frames) in front.
 
 Covered: a round trip; 100 calls multiplexed on one connection and answered out of order; a
 deadline that cancels the server's handler; a stream's pushes in order, its credit window and
@@ -7,7 +7,12 @@ its END with an error; closing a stream stops the server's feed; a connection lo
 requests refused before any handler (unknown call, a union member the schema lacks, malformed
 bodies, a tiny message claiming a huge list, an oversized frame) with the connection going
 on; the per-connection stream limit, also under concurrent opens; and bytes that are not the
-framing, which close that connection only. Every test runs under plain ``asyncio.run``.
+framing, which close that connection only. Fair use (core/protocol/fair_use.py): the stream
+limits per identity (on every connection of it) and per server, anonymous peers counted by
+address, slots and bytes given back however a stream ends, and an identity's unread bytes
+bounded while another identity's stream runs. No remote traceback: a handler or feed that
+raises is answered ``internal`` in one line with a reference the server's log has. Every test
+runs under plain ``asyncio.run``.
 """
 
 from __future__ import annotations
@@ -15,25 +20,22 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import dataclasses
+import re
 import struct
 from typing import Any, AsyncIterator, Awaitable, Callable
 
 import pytest
 
 from kolk.protocol import limits as L
-from kolk.protocol.channel import (
-    SPU,
-    CallRejected,
-    ClientConnection,
-    ClientStream,
-    ConnectionLost,
-    ServerStream,
-    StreamEnded,
-    serve,
-)
+from kolk.protocol.channel import SPU, CallRejected, ConnectionLost, StreamEnded
+from kolk.protocol.channel_client import ClientConnection, ClientStream
+from kolk.protocol.channel_server import ServerStream, serve
+from kolk.protocol.fair_use import FairUse, FairUseLimits
 from kolk.protocol.framing import HEADER, Frame, FrameDecoder, Kind, OversizedFrame, encode_frame
 from kolk.protocol.messages import decode, encode, schema, which
 
+BOOM = "it broke\nTraceback (most recent call last):\n  File \"secret.py\", line 1, in <module>"
 TEST_TIMEOUT_S = 15.0
 WAIT_S = 5.0  # how long a test waits for something that should happen at once
 
@@ -96,6 +98,8 @@ class Handler:
             if len(self.parked) == req.timeoutMs:
                 self.all_parked.set()
             await fut
+        if req.topic == "boom":
+            raise RuntimeError(BOOM)
         if req.topic == "timed":
             # What the SPU's produce does while it waits for acks: asyncio.timeout needs the
             # handler to run inside a Task on Python 3.11.
@@ -125,10 +129,30 @@ class Handler:
         out.result.ok = True
         if req.topic == "idle":
             return self._idle()
+        if req.topic == "boom":
+            return self._boom()
+        if req.topic == "room":
+            return self._roomy(stream, int(req.offset), int(req.partition))
         return self._feed(stream, int(req.offset), int(req.partition))
 
     async def _idle(self) -> None:
         await asyncio.Event().wait()  # a stream that stays open and pushes nothing
+
+    async def _boom(self) -> None:
+        await asyncio.sleep(0)
+        raise KeyError(BOOM)
+
+    async def _roomy(self, stream: ServerStream, count: int, size: int) -> None:
+        """What the SPU's feed does: push only within room (credit and held-bytes limits)."""
+        for i in range(count):
+            while stream.room() < size + 64:
+                self.starved.set()
+                await stream.wait_for_room(WAIT_S)
+            push = schema.Push.new_message()
+            push.init("stream").records = b"r" * size
+            self.push_sizes.append(await stream.push(push))
+            self.pushed += 1
+        await asyncio.Event().wait()
 
     async def _feed(self, stream: ServerStream, count: int, size: int) -> tuple[str, str]:
         try:
@@ -165,16 +189,32 @@ class Server:
         return conn, self.handlers[-1]
 
 
-@contextlib.asynccontextmanager
-async def spu_server() -> AsyncIterator[Server]:
-    handlers: list[Handler] = []
+@dataclasses.dataclass
+class GivenPeer:
+    """What ``peer_of`` tells the handler factory here: the transport, and the identity the
+    test gives the next connection (as a TLS identity would be)."""
 
-    def make_handler(transport: Any) -> Handler:
-        h = Handler(transport)
+    transport: Any
+    identity: str
+    address: str = "127.0.0.1"
+    node: bool = False
+
+
+@contextlib.asynccontextmanager
+async def spu_server(fair_use: FairUse | None = None, identities: list[str] | None = None) -> AsyncIterator[Server]:
+    """A test server; with ``identities``, each new connection takes the next one as its peer's identity."""
+    handlers: list[Handler] = []
+    names = collections.deque(identities or [])
+
+    def make_handler(peer: GivenPeer) -> Handler:
+        h = Handler(peer.transport)
         handlers.append(h)
         return h
 
-    server = await serve(SPU, make_handler, "127.0.0.1", 0, peer_of=lambda transport: transport)
+    def peer_of(transport: Any) -> GivenPeer:
+        return GivenPeer(transport, names.popleft() if names else "anonymous")
+
+    server = await serve(SPU, make_handler, "127.0.0.1", 0, peer_of=peer_of, fair_use=fair_use)
     try:
         yield Server(server.sockets[0].getsockname()[1], handlers)
     finally:
@@ -564,7 +604,10 @@ def test_more_streams_than_the_limit_are_refused() -> None:
                 streams.append(s)
             with pytest.raises(CallRejected) as e:
                 await _open_parked(conn)
-            assert rejected(e) == "limitExceeded" and e.value.error.retriable
+            assert rejected(e) == "tooManyStreams" and e.value.error.retriable
+            assert e.value.error.message == (f"this connection already holds {L.STREAMS_PER_CONNECTION_MAX} of "
+                                             f"{L.STREAMS_PER_CONNECTION_MAX} streams; close one or open another "
+                                             "connection")
             # calls still work, and closing a stream frees its place
             assert (await conn.call("produce", WAIT_S, records=b"abc")).baseOffset == 3
             streams.pop().close()
@@ -602,7 +645,7 @@ def test_the_stream_limit_holds_for_streams_opened_at_once() -> None:
             assert len(refused) == extra
             for t in refused:
                 assert isinstance(t.exception(), CallRejected)
-                assert t.exception().error.code == "limitExceeded"
+                assert t.exception().error.code == "tooManyStreams"
             assert handler.streams_entered == L.STREAMS_PER_CONNECTION_MAX
             handler.stream_gate.set()
             results = await asyncio.gather(*(t for t in opens if t not in refused))
@@ -689,5 +732,266 @@ def test_a_client_that_gets_garbage_fails_its_calls() -> None:
         assert conn.is_closed
         server.close()
         await server.wait_closed()
+
+    run(test)
+
+
+# ---------------------------------------------------------------- fair use (core/protocol/fair_use.py)
+
+
+def _fair(per_identity: int = 3, total: int = 5, held_per_identity: int = 1 << 20,
+          held_total: int = 4 << 20) -> FairUse:
+    return FairUse("SPU 9", FairUseLimits(per_identity, total, held_per_identity, held_total))
+
+
+async def eventually(condition: Callable[[], bool], what: str) -> None:
+    """Poll ``condition`` until it holds (a deadline of WAIT_S)."""
+    try:
+        async with asyncio.timeout(WAIT_S):
+            while not condition():
+                await asyncio.sleep(0.005)  # polling interval of a condition with a deadline
+    except TimeoutError:
+        raise AssertionError(f"timed out waiting for {what}") from None
+
+
+def test_the_owner_of_a_peer_is_its_tls_identity_or_its_address() -> None:
+    from kolk.protocol.fair_use import owner_of
+    from kolk.security.tls import Peer
+
+    assert owner_of(Peer("alice", "10.0.0.7", tls=True)) == "alice"
+    assert owner_of(Peer("anonymous", "10.0.0.7")) == "anonymous@10.0.0.7"
+    assert owner_of(Peer("anonymous", "10.0.0.8", tls=True)) == "anonymous@10.0.0.8"  # TLS without a certificate
+    assert owner_of(None) == "anonymous@unknown"
+
+
+@pytest.mark.parametrize("limits, message", [
+    ((0, 5, 1 << 20, 4 << 20), "streams per identity must be from 1 to the total (5), got 0"),
+    ((6, 5, 1 << 20, 4 << 20), "streams per identity must be from 1 to the total (5), got 6"),
+    ((3, 5, 1000, 4 << 20), "held bytes per identity must be from 1 MiB to the total (4194304), got 1000"),
+    ((3, 5, 8 << 20, 4 << 20), "held bytes per identity must be from 1 MiB to the total (4194304), got 8388608"),
+    ((3, 5, 1 << 20, 4 << 20, 0), "connections per identity must be at least 1, got 0"),
+])
+def test_fair_use_limits_that_make_no_sense_are_refused(limits: tuple[int, ...], message: str) -> None:
+    with pytest.raises(ValueError) as e:
+        FairUseLimits(*limits)
+    assert str(e.value) == message
+
+
+def test_an_identity_past_its_stream_limit_is_refused_on_every_connection_and_others_still_stream() -> None:
+    async def test() -> None:
+        fair = _fair()
+        async with spu_server(fair, ["admin", "alice", "alice", "bob", "carol"]) as srv:
+            _admin, _ = await srv.connect()
+            a1, _ = await srv.connect()
+            a2, _ = await srv.connect()
+            for conn in (a1, a1, a2):
+                out, _ = await _open_parked(conn)
+                assert out.result.ok
+            with pytest.raises(CallRejected) as e:
+                await _open_parked(a2)  # another connection of the same identity does not help
+            assert rejected(e) == "tooManyStreams" and e.value.error.retriable
+            assert e.value.error.message == "identity alice already holds 3 of 3 streams on SPU 9; close one first"
+            bob, _ = await srv.connect()
+            for _ in range(2):
+                out, _ = await _open_parked(bob)
+                assert out.result.ok
+            carol, _ = await srv.connect()
+            with pytest.raises(CallRejected) as e:
+                await _open_parked(carol)
+            assert rejected(e) == "tooManyStreams"
+            assert e.value.error.message == "SPU 9 already serves 5 of 5 streams; try again when some close"
+            assert fair.streams == {"alice": 3, "bob": 2}
+            a2.close()  # the streams of a closed connection are given back
+            await eventually(lambda: fair.streams.get("alice") == 2, "alice's slot to come back")
+            out, _ = await _open_parked(carol)
+            assert out.result.ok
+            for conn in (_admin, a1, bob, carol):
+                conn.close()
+
+    run(test)
+
+
+def test_anonymous_peers_are_counted_by_address() -> None:
+    async def test() -> None:
+        fair = _fair(per_identity=2)
+        async with spu_server(fair) as srv:  # every peer is anonymous, from 127.0.0.1
+            c1, _ = await srv.connect()
+            c2, _ = await srv.connect()
+            await _open_parked(c1)
+            await _open_parked(c2)
+            with pytest.raises(CallRejected) as e:
+                await _open_parked(c2)
+            assert e.value.error.message == ("anonymous@127.0.0.1 already holds 2 of 2 streams on SPU 9; "
+                                             "close one first")
+            c1.close()
+            c2.close()
+
+    run(test)
+
+
+def test_every_way_a_stream_ends_gives_its_slot_and_bytes_back() -> None:
+    async def test() -> None:
+        fair = _fair(per_identity=5)
+        async with spu_server(fair, ["alice"] * 3) as srv:
+            conn, handler = await srv.connect()
+            # ends by itself (END with an error), after pushes the client took
+            _, s = await conn.open_stream("stream", 1 << 20, WAIT_S, topic="t", offset=3, partition=10)
+            with pytest.raises(StreamEnded):
+                while True:
+                    await s.next(WAIT_S)
+            # closed by the client, holding unread pushes
+            _, s = await conn.open_stream("stream", 4000, WAIT_S, topic="t", offset=1000, partition=100)
+            await eventually(lambda: fair.held.get("alice", 0) > 0, "pushes to be held")
+            s.close()
+            await eventually(lambda: not fair.streams and not fair.held, "the closed stream to be given back")
+            # the connection lost, with one stream open and one still being opened
+            lost, lost_handler = await srv.connect()
+            await _open_parked(lost)
+            lost_handler.stream_gate = asyncio.Event()
+            opening = asyncio.create_task(_open_parked(lost))
+            await eventually(lambda: lost_handler.streams_entered == 2, "the second open to reach the handler")
+            assert fair.streams == {"alice": 2}
+            lost_handler.transport.abort()
+            with pytest.raises(ConnectionLost):
+                await opening
+            await eventually(lambda: not fair.streams and fair.streams_total == 0, "every slot to come back")
+            assert fair.held == {} and fair.held_total == 0 and not fair._waiting
+            conn.close()
+
+    run(test)
+
+
+def test_an_identitys_unread_bytes_are_bounded_and_another_identity_still_gets_its_pushes() -> None:
+    async def test() -> None:
+        limit, size = 1 << 20, 100_000
+        fair = _fair(per_identity=10, total=20, held_per_identity=limit, held_total=4 << 20)
+        async with spu_server(fair, ["alice", "alice", "bob"]) as srv:
+            a1, h1 = await srv.connect()
+            a2, h2 = await srv.connect()
+            # alice: two streams on two connections, each with a window of 4 MiB, never read
+            _, s1 = await a1.open_stream("stream", 4 << 20, WAIT_S, topic="room", offset=100, partition=size)
+            _, s2 = await a2.open_stream("stream", 4 << 20, WAIT_S, topic="room", offset=100, partition=size)
+            await eventually(lambda: fair.room("alice") < size + 64 and h1.starved.is_set() and h2.starved.is_set(),
+                             "alice's streams to reach her held-bytes limit")
+            held = fair.held["alice"]
+            push = h1.push_sizes[0]
+            assert held == (h1.pushed + h2.pushed) * push and limit - push < held <= limit
+            # bob is not held up by alice: his stream runs to its end at once
+            bob, hb = await srv.connect()
+            _, sb = await bob.open_stream("stream", 4 << 20, WAIT_S, topic="room", offset=30, partition=size)
+            for _ in range(30):
+                await sb.next(WAIT_S)
+            assert hb.pushed == 30
+            # alice still waits; once she takes three pushes, her streams push again
+            await a1.call("produce", WAIT_S, records=b"")
+            assert h1.pushed + h2.pushed == held // push
+            for _ in range(3):
+                await s1.next(WAIT_S)
+            await eventually(lambda: h1.pushed + h2.pushed == held // push + 3, "alice's streams to push again")
+            assert fair.held["alice"] <= limit
+            for conn in (a1, a2, bob):
+                conn.close()
+
+    run(test)
+
+
+# ---------------------------------------------------------------- no remote traceback
+
+
+def test_a_handler_that_raises_answers_internal_in_one_line_without_a_traceback(
+        caplog: pytest.LogCaptureFixture) -> None:
+    pattern = r"internal error in %s: %s \(ref ([0-9a-f]{8}); the SPU's log has the details\)"
+
+    async def test() -> None:
+        async with spu_server() as srv:
+            conn, _ = await srv.connect()
+            with pytest.raises(CallRejected) as e:
+                await conn.call("produce", WAIT_S, topic="boom", records=b"x")
+            err = e.value.error
+            assert err.code == "internal" and not err.retriable
+            m = re.fullmatch(pattern % (r"produce \(request \d+\)", "RuntimeError"), err.message)
+            assert m, err.message
+            refs = [m.group(1)]
+            # a stream whose feed raises ends with the same kind of line; the connection goes on
+            out, stream = await conn.open_stream("stream", 1000, WAIT_S, topic="boom")
+            assert out.result.ok
+            with pytest.raises(StreamEnded) as ended:
+                await stream.next(WAIT_S)
+            assert ended.value.error.code == "internal"
+            m = re.fullmatch(pattern % (r"stream \d+", "KeyError"), ended.value.error.message)
+            assert m, ended.value.error.message
+            refs.append(m.group(1))
+            assert (await conn.call("produce", WAIT_S, records=b"ok")).baseOffset == 2
+            conn.close()
+            # the traceback is in the server's log, under the reference the client got
+            for ref in refs:
+                records = [r for r in caplog.records if ref in r.getMessage()]
+                assert len(records) == 1 and records[0].exc_info is not None
+
+    with caplog.at_level("ERROR", logger="kolk.channel"):
+        run(test)
+
+
+@pytest.mark.parametrize("text, line", [
+    ("one line", "one line"),
+    ("\n  first\nsecond\n", "first; second"),
+    ("it broke\nTraceback (most recent call last):\n  File \"x.py\", line 1\nKeyError: 'secret'", "it broke"),
+    ("Traceback (most recent call last):\n  File \"x.py\"", "(no message)"),
+    ("x" * 5000, "x" * L.TEXT_CHARS_MAX),
+])
+def test_an_error_message_travels_as_one_line(text: str, line: str) -> None:
+    from kolk.protocol.errors import one_line
+
+    assert one_line(text) == line
+
+
+def test_a_connection_past_its_identitys_limit_is_told_so_on_its_first_request_and_closed() -> None:
+    async def test() -> None:
+        fair = FairUse("SPU 9", FairUseLimits(connections_per_identity=2))
+        async with spu_server(fair, ["alice", "alice", "alice", "bob", "alice"]) as srv:
+            a1, _ = await srv.connect()
+            a2, _ = await srv.connect()
+            a3 = await ClientConnection.open(SPU, srv.address, WAIT_S)
+            with pytest.raises(CallRejected) as e:
+                await a3.call("produce", WAIT_S, records=b"x")
+            assert rejected(e) == "tooManyConnections" and e.value.error.retriable
+            assert e.value.error.message == "identity alice already holds 2 of 2 connections to SPU 9; close one first"
+            await eventually(lambda: a3.is_closed, "the refused connection to be closed")
+            assert len(srv.handlers) == 2  # it never got a handler
+            bob, _ = await srv.connect()  # another identity is not held up
+            assert fair.connections == {"alice": 2, "bob": 1}
+            a1.close()
+            await eventually(lambda: fair.connections.get("alice") == 1, "alice's connection to be given back")
+            a4, _ = await srv.connect()  # and alice may connect again
+            for conn in (a2, bob, a4):
+                conn.close()
+            await eventually(lambda: not fair.connections, "every connection to be given back")
+
+    run(test)
+
+
+def test_node_certificates_are_not_limited_in_connections() -> None:
+    async def test() -> None:
+        fair = FairUse("SPU 9", FairUseLimits(connections_per_identity=1))
+        handlers: list[Handler] = []
+
+        def make_handler(peer: Any) -> Handler:
+            handlers.append(Handler(peer.transport))
+            return handlers[-1]
+
+        server = await serve(SPU, make_handler, "127.0.0.1", 0, fair_use=fair,
+                             peer_of=lambda t: dataclasses.replace(GivenPeer(t, "node"), node=True))
+        try:
+            port = server.sockets[0].getsockname()[1]
+            conns = [await ClientConnection.open(SPU, f"127.0.0.1:{port}", WAIT_S) for _ in range(3)]
+            for conn in conns:
+                assert (await conn.call("produce", WAIT_S, records=b"ab")).baseOffset == 2
+                conn.close()
+            assert not fair.connections
+        finally:
+            server.close()
+            for h in handlers:
+                h.transport.abort()
+            await server.wait_closed()
 
     run(test)

@@ -91,7 +91,8 @@ def test_apply_and_show_on_a_real_sc(tmp_path: pathlib.Path) -> None:
     from jepsen.cluster import ScCluster, wait_for
     from kolk.client.admin import AdminClient, run
 
-    c = ScCluster(str(tmp_path / "sc"), size=1)
+    # A plaintext SC stores a policy only when its operator says so (docs/security.md).
+    c = ScCluster(str(tmp_path / "sc"), size=1, extra_args=("--insecure-allow-plaintext-policy",))
     c.start_all()
     try:
         wait_for(lambda: run(lambda: AdminClient(c.admin_addresses, timeout_s=2).cluster_status())["leader"], 30,
@@ -135,3 +136,24 @@ def test_with_no_cluster_running_the_cli_says_so_at_once() -> None:
     assert out.stderr == (f"kolk policy show: no cluster is running at {address} (nothing is listening; start one "
                           "with `kolk cluster start`)\n")
     assert elapsed < 4.0, f"took {elapsed:.1f} s"  # ~1.5 s of refused connections, plus starting Python
+
+
+@pytest.mark.parametrize("opener,closer", [("[", "]"), ("{a = ", "}")], ids=["array", "inline table"])
+def test_a_deeply_nested_policy_is_one_line(tmp_path: pathlib.Path, opener: str, closer: str) -> None:
+    """5,000 nested arrays (or inline tables) made tomllib recurse into a 3,002-line traceback:
+    check and apply refuse the file with one line naming where it nests too deep, before
+    anything is sent."""
+    deep = tmp_path / "deep.toml"
+    deep.write_text('version = 1\n# brackets in a comment do not count: [[[[[[[[\nx = "[[[[" \ny = '
+                    + opener * 5000 + "1" + closer * 5000 + "\n")
+    for command in (["policy", "check", str(deep)], ["policy", "apply", str(deep), "--sc", "127.0.0.1:1"]):
+        out = kolk(*command, expect=1)
+        assert out.stderr == f"{deep}:4: arrays and inline tables nest more than 32 deep\n", out.stderr[-500:]
+
+
+def test_nesting_up_to_the_limit_is_left_to_the_policy_checks(tmp_path: pathlib.Path) -> None:
+    """32 levels pass the nesting check; the policy's own checks then name the field."""
+    ok = tmp_path / "ok.toml"
+    ok.write_text("version = 1\ndescription = " + "[" * 32 + '"x"' + "]" * 32 + "\n")
+    out = kolk("policy", "check", str(ok), expect=1)
+    assert out.stderr == f"{ok}:2: description: must be a string\n", out.stderr

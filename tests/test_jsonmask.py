@@ -1,5 +1,8 @@
-"""Field masking (docs/policy.md "Masks"): JSON values in, masked JSON out, everything else
-untouched and the very same bytes when nothing matched; whole batches keep their offsets."""
+"""Field masking (docs/policy.md "Masks", docs/security.md "Masking fails closed"): strict JSON
+values in, masked JSON out; strict values that are not objects untouched and the very same
+bytes when nothing matched; anything not strict JSON redacted whole; whole batches keep their
+offsets. The property "never returns a masked field's value, for any bytes" is in
+tests/test_masking_fails_closed.py."""
 
 from __future__ import annotations
 
@@ -48,10 +51,15 @@ def test_no_match_returns_the_same_bytes(value: bytes) -> None:
     assert mask_json(value, paths) is value
 
 
-@pytest.mark.parametrize("value", [b"", b"hello", b"\xff\xfe\x00", b'[{"email": "a"}]', b"42", b'"email"',
-                                   b"null", b'{"email": "a"', b'{"email": "a"} trailing'])
-def test_non_json_objects_pass_unchanged(value: bytes) -> None:
+@pytest.mark.parametrize("value", [b"", b'[{"email": "a"}]', b"42", b'"email"', b"null", b" true \n"])
+def test_empty_values_and_strict_json_that_is_not_an_object_pass_unchanged(value: bytes) -> None:
     assert mask_json(value, EMAIL) is value
+
+
+@pytest.mark.parametrize("value", [b"hello", b"\xff\xfe\x00", b'{"email": "a"', b'{"email": "a"} trailing', b"   "])
+def test_values_that_are_not_strict_json_are_redacted_whole(value: bytes) -> None:
+    assert mask_json(value, EMAIL) == b'"***"'
+    assert mask_json(value, [("$.x", "gone"), ("$.email", "***")]) == b'"gone"'  # the first mask's replacement
 
 
 def test_no_paths_is_identity() -> None:
@@ -112,7 +120,7 @@ def test_mask_batches_keeps_offsets_keys_and_headers(codec: int) -> None:
     b = build_batch([(None, b'{"n": 2}')], base_offset=13)
     data = a + b
     out = mask_batches(data, EMAIL)
-    assert _values(out) == [(10, b'{"email":"***","n":1}'), (11, b"plain text"), (12, None), (13, b'{"n": 2}')]
+    assert _values(out) == [(10, b'{"email":"***","n":1}'), (11, b'"***"'), (12, None), (13, b'{"n": 2}')]
     first = decode_records(out, 0)[0]
     assert (first.key, first.headers) == (b"k1", (("h", b"v"),))
     assert out.endswith(b)  # the untouched batch is passed byte for byte
@@ -125,6 +133,9 @@ def test_mask_batches_without_a_match_or_masks_is_the_same_bytes() -> None:
     assert mask_batches(b"", EMAIL) == b""
 
 
-def test_mask_batches_leaves_control_batches_alone() -> None:
-    control = build_batch([(b"ctl", b'{"email": "x"}')], base_offset=0, control=True)
-    assert mask_batches(control, EMAIL) is control
+def test_mask_batches_masks_control_batches_too() -> None:
+    control = build_batch([(b"ctl", b'{"email": "x"}'), (None, b"x\xff")], base_offset=0, control=True)
+    out = mask_batches(control, EMAIL)
+    (pos, header), = iter_batches(out, 1 << 20)
+    assert header.is_control
+    assert _values(out) == [(0, b'{"email":"***"}'), (1, b'"***"')]

@@ -5,8 +5,9 @@ What they prove (DESIGN.md §3, raft/node.py): a leader is elected and known to 
 proposed anywhere are applied everywhere in one order; restarts keep every acknowledged
 command, also once the journal was compacted into a snapshot; a node added with ``add_node``
 catches up; a node without the cluster secret can neither join nor disturb; ``RaftConfig``
-refuses unsafe settings; and a simulated power loss on every node keeps every command whose
-proposal returned.
+refuses unsafe settings; a simulated power loss on every node keeps every command whose
+proposal returned; and the sockets (issue 17): the public listener binds exactly the address
+given, pysyncobj only a private AF_UNIX socket, and an oversized command never enters the log.
 
 How power loss is simulated. ``RaftNode`` has no way to die without its final sync: ``stop()``
 ends pysyncobj's tick thread and then ``DurableJournal._destroy`` syncs the journal and stores
@@ -663,3 +664,95 @@ def test_damaged_snapshot_is_not_silently_ignored(make_cluster):
     wait_for(lambda: c.sms[victim].view() == acked, 5,
              lambda: f"node {victim} runs with a damaged snapshot: it applied {len(c.sms[victim].view())} of "
                      f"{len(acked)} commands; status {c.nodes[victim].status()}")
+
+
+# ------------------------------------------------------------------------------ sockets (issue 17)
+
+
+def test_listener_binds_the_given_address_and_pysyncobj_only_a_private_socket(tmp_path):
+    """The public Raft listener is bound at once to exactly the bind address (not 0.0.0.0);
+    pysyncobj listens on an AF_UNIX socket (0600) in a private 0700 directory, refuses a
+    connection from another process, and the directory is gone after ``stop``."""
+    import stat
+    import subprocess
+
+    advertised, bound = free_addresses(2)
+    node = RaftNode(RaftConfig(advertised, (), str(tmp_path / "n"), SECRET, bind_address=bound), Register())
+    try:
+        host, port = bound.rsplit(":", 1)
+        assert node.listen_address == bound
+        assert node.tunnel._listener.getsockname() == (host, int(port))
+        path = node._local_path
+        assert stat.S_IMODE(os.stat(os.path.dirname(path)).st_mode) == 0o700
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+        assert len(path.encode()) <= 107
+        # Another process (same user: the directory's mode would stop any other user) that
+        # connects is closed at once, before pysyncobj reads a byte from it.
+        probe = ("import socket, sys; s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); "
+                 "s.settimeout(10); print(repr(s.recv(1)))")
+        out = subprocess.run([sys.executable, "-c", probe, path], capture_output=True, text=True, timeout=30)
+        assert out.stdout.strip() == "b''", out
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection((host, int(advertised.rsplit(":", 1)[1])), timeout=5).close()
+    finally:
+        node.stop()
+    assert not os.path.exists(os.path.dirname(path))
+
+
+def test_a_taken_raft_port_fails_at_once_and_leaves_nothing(tmp_path):
+    from kolk.raft.node import RaftListenError
+
+    (address,) = free_addresses(1)
+    host, port = address.rsplit(":", 1)
+    with socket.socket() as taken:
+        taken.bind((host, int(port)))
+        taken.listen(1)
+        with pytest.raises(RaftListenError, match=f"cannot listen for raft on {address}"):
+            RaftNode(RaftConfig(address, (), str(tmp_path / "n"), SECRET), Register())
+    assert not os.path.exists(tmp_path / "n")
+
+
+def test_a_command_over_the_limit_is_refused_before_the_log(tmp_path):
+    """A command larger than ``command_bytes_max`` never enters the log (a committed entry
+    over the frame cap could never be replicated): a non-retriable error saying the sizes."""
+    (address,) = free_addresses(1)
+    node = RaftNode(RaftConfig(address, (), str(tmp_path / "n"), SECRET, command_bytes_max=1000,
+                               election_timeout_min_s=0.02, election_timeout_max_s=0.05), Register())
+    try:
+        wait_for(node.is_leader, 10, "a lone node to lead")
+        before = node.status()["journal_entries"]
+        with pytest.raises(RaftError, match="the command is 1001 bytes, over the limit of 1000") as e:
+            node.propose_sync(b"x" * 1001)
+        assert not e.value.retriable
+        assert node.status()["journal_entries"] == before
+        assert node.propose_sync(command("fits")) == 1
+    finally:
+        node.stop()
+    with pytest.raises(ValueError, match="command_bytes_max"):
+        RaftConfig(address, (), str(tmp_path / "m"), SECRET, command_bytes_max=0)
+
+
+def test_private_directories_of_dead_nodes_are_swept_at_start(tmp_path):
+    """A node killed with SIGKILL cannot remove its private directory; the next node started
+    on the host removes every one of this user's whose pid is not running, and no other."""
+    import shutil
+    import subprocess
+    import tempfile
+
+    from kolk.raft.sockets import LOCAL_DIR_PARENT, LOCAL_DIR_PREFIX
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait(timeout=30)
+    stale = tempfile.mkdtemp(prefix=f"{LOCAL_DIR_PREFIX}{dead.pid}-", dir=LOCAL_DIR_PARENT)
+    open(os.path.join(stale, "raft.sock"), "w").close()
+    alive = tempfile.mkdtemp(prefix=f"{LOCAL_DIR_PREFIX}{os.getpid()}-", dir=LOCAL_DIR_PARENT)
+    other = tempfile.mkdtemp(prefix=f"{LOCAL_DIR_PREFIX}notapid-", dir=LOCAL_DIR_PARENT)
+    (address,) = free_addresses(1)
+    try:
+        node = RaftNode(RaftConfig(address, (), str(tmp_path / "n"), SECRET), Register())
+        node.stop()
+        assert not os.path.exists(stale)
+        assert os.path.isdir(alive) and os.path.isdir(other)
+    finally:
+        for d in (stale, alive, other):
+            shutil.rmtree(d, ignore_errors=True)

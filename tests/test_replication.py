@@ -18,7 +18,7 @@ import pytest
 from dataplane_cluster import DataPlaneCluster, disk_log, raw_spu, run_async, wait_until
 from kolk.client.client import AsyncClient
 from kolk.protocol.errors import KolkError
-from kolk.protocol.channel import ClientConnection
+from kolk.protocol.channel_client import ClientConnection
 from kolk.segments import build_batch
 
 FAST = ("--replica-lag-max-ms", "2000", "--heartbeat-interval-ms", "200", "--replica-fetch-wait-ms", "200")

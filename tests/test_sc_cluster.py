@@ -17,9 +17,10 @@ import pytest
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from jepsen.checkers.linearizability import check  # noqa: E402
-from jepsen.cluster import ScCluster, wait_for  # noqa: E402
+from jepsen.cluster import SECRET, ScCluster, wait_for  # noqa: E402
 from jepsen.history import Operation  # noqa: E402
 from kolk.client.admin import AdminClient, run  # noqa: E402
+from kolk.protocol.node_auth import NodeCredential  # noqa: E402
 from kolk.protocol.errors import (  # noqa: E402
     AlreadyExistsError, InvalidRequestError, KolkError, ReplicationFactorTooHighError)
 from kolk.protocol.channel import CallRejected  # noqa: E402
@@ -67,7 +68,7 @@ def topics(c: ScCluster, address: str | None = None) -> set[str]:
 
 def register_spus(c: ScCluster, n: int = 2) -> None:
     async def go() -> None:
-        a = client(c)
+        a = AdminClient(c.admin_addresses, timeout_s=20, credential=NodeCredential("spu-1", SECRET))  # node-only
         for i in range(1, n + 1):
             await a.register_spu(i, f"127.0.0.1:{9100 + i}")
     run(go)

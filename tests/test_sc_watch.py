@@ -13,10 +13,14 @@ import pytest
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from jepsen.cluster import ScCluster, wait_for  # noqa: E402
+from jepsen.cluster import SECRET, ScCluster, wait_for  # noqa: E402
 from kolk.client.admin import AdminClient, run, watch  # noqa: E402
+from kolk.protocol.node_auth import NodeCredential  # noqa: E402
 from kolk.protocol.errors import KolkError  # noqa: E402
 from dataplane_cluster import wait_until  # noqa: E402
+
+# Watching is node-only: without TLS a watcher proves the cluster secret (docs/security.md).
+NODE = NodeCredential("spu-1", SECRET)
 
 
 def test_watch_deltas_full_sync_and_resume(tmp_path) -> None:
@@ -30,7 +34,7 @@ def test_watch_deltas_full_sync_and_resume(tmp_path) -> None:
                  20, "a single SC to lead")
 
         async def scenario() -> dict:
-            a = AdminClient(c.admin_addresses)
+            a = AdminClient(c.admin_addresses, credential=NODE)
             pushes: list[tuple[bool, int, list]] = []
             await a.register_spu(1, "127.0.0.1:9101")
             handle = await watch(a, 0, lambda full, v, evs: pushes.append((full, v, evs)))
@@ -86,7 +90,7 @@ def test_watch_streams_in_order_and_a_closed_watch_frees_its_place(tmp_path) -> 
                  20, "a single SC to lead")
 
         async def scenario() -> dict:
-            a = AdminClient(c.admin_addresses)
+            a = AdminClient(c.admin_addresses, credential=NODE)
             plain: list[tuple[bool, int, list]] = []
             slow: list[tuple[bool, int, list]] = []
             in_push = [0]
@@ -108,20 +112,20 @@ def test_watch_streams_in_order_and_a_closed_watch_frees_its_place(tmp_path) -> 
                 await wait_until(lambda: any(e["name"] == "t3-0" and e["deleted"] for _, _, evs in seen for e in evs),
                                  10.0, "the deletion of t3")
             with pytest.raises(KolkError) as refused:
-                await watch(AdminClient(c.admin_addresses, timeout_s=1), 0, lambda *_: None)
+                await watch(AdminClient(c.admin_addresses, timeout_s=1, credential=NODE), 0, lambda *_: None)
 
             await first.cancel()
             cancelled_at = len(plain)
             await a.create_topic("after")
-            b = AdminClient(c.admin_addresses, timeout_s=5)
+            b = AdminClient(c.admin_addresses, timeout_s=5, credential=NODE)
             third = await watch(b, 0, lambda *_: None)  # the place the cancelled watch gave back
             await wait_until(lambda: any(e["name"] == "after" for _, _, evs in slow for e in evs), 10.0, "'after'")
 
             await a.close()  # the client of the second watch goes away
             second_ended = await asyncio.wait_for(second.wait(), 5)
-            fourth = await watch(AdminClient(c.admin_addresses, timeout_s=5), 0, lambda *_: None)
+            fourth = await watch(AdminClient(c.admin_addresses, timeout_s=5, credential=NODE), 0, lambda *_: None)
             with pytest.raises(KolkError) as refused_again:
-                await watch(AdminClient(c.admin_addresses, timeout_s=1), 0, lambda *_: None)
+                await watch(AdminClient(c.admin_addresses, timeout_s=1, credential=NODE), 0, lambda *_: None)
             third.cancel()
             fourth.cancel()
             return {"plain": plain, "slow": slow, "refused": refused.value, "cancelled_at": cancelled_at,

@@ -21,7 +21,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from dataplane_cluster import DataPlaneCluster, rss_bytes, run_async, wait_until  # noqa: E402
 from kolk.client.admin import AdminClient  # noqa: E402
-from kolk.protocol.channel import CallRejected, ClientConnection  # noqa: E402
+from kolk.protocol.channel import CallRejected  # noqa: E402
+from kolk.protocol.channel_client import ClientConnection  # noqa: E402
 from kolk.protocol.framing import HEADER, Frame, FrameDecoder, Kind, encode_frame  # noqa: E402
 from kolk.protocol.limits import CHAIN_STAGES_MAX, PARTITION_STATUS_MAX  # noqa: E402
 from kolk.protocol.messages import decode, which  # noqa: E402

@@ -13,9 +13,11 @@ import sys
 from typing import Any
 
 from ..client.admin import AdminClient, run
+from . import args as A
 from ..metadata.specs import PartitionSpec, PartitionStatus, SpuSpec, SpuStatus, TopicSpec
 from ..protocol.errors import KolkError
 from ..security.tls import TlsConfig
+from ..security.tls_files import TlsFileError, check_tls_files
 
 SC_ENV = "KOLK_SC"
 DEFAULT_SC = "127.0.0.1:9003"
@@ -44,9 +46,10 @@ def client_tls(args: argparse.Namespace) -> TlsConfig | None:
         if getattr(args, "sc", None) or os.environ.get(SC_ENV):
             return None  # an explicit SC without TLS options: plaintext
         return profile_tls()
-    for what, path in (("--tls-ca", ca), ("--tls-cert", cert), ("--tls-key", key)):
-        if path and not os.path.isfile(path):
-            raise KolkError(f"{what} {path}: no such file")
+    try:
+        check_tls_files(ca, cert, key)
+    except TlsFileError as e:
+        raise KolkError(str(e)) from None
     return TlsConfig(ca, cert, key)
 
 
@@ -55,8 +58,10 @@ def add_commands(sub: Any) -> None:
     tsub = topic.add_subparsers(dest="action", required=True)
     c = tsub.add_parser("create", help="create a topic")
     c.add_argument("name")
-    c.add_argument("-p", "--partitions", type=int, default=1)
-    c.add_argument("-r", "--replication", type=int, default=1, help="replication factor (default 1)")
+    c.add_argument("-p", "--partitions", type=A.PARTITIONS, default=1,
+                   help=f"partitions (default 1; at most {A.PARTITIONS_MAX})")
+    c.add_argument("-r", "--replication", type=A.REPLICATION_FACTOR, default=1,
+                   help=f"replication factor (default 1; at most {A.REPLICATION_FACTOR_MAX})")
     c.add_argument("--config", action="append", default=[], metavar="KEY=VALUE")
     _sc_option(c)
     for name, helptext in (("list", "list topics"), ("describe", "show a topic and its partitions"),
@@ -75,7 +80,7 @@ def add_commands(sub: Any) -> None:
     pe = psub.add_parser("elect", help="elect a leader now: a live in-sync replica, or with --unclean any live "
                                        "replica, giving up what only the in-sync replicas had")
     pe.add_argument("name", help="the partition, TOPIC-N")
-    pe.add_argument("--leader", type=int, help="the SPU to lead (default: the first eligible)")
+    pe.add_argument("--leader", type=A.SPU_ID, help="the SPU to lead (default: the first eligible)")
     pe.add_argument("--unclean", action="store_true",
                     help="accept data loss: let a replica outside the in-sync set lead (audited)")
     _sc_option(pe)
@@ -84,9 +89,13 @@ def add_commands(sub: Any) -> None:
     csub = cluster.add_subparsers(dest="action", required=True)
     _sc_option(csub.add_parser("status", help="SCs, which one leads, SPUs and their liveness"))
     st = csub.add_parser("start", help="start a local cluster (1 SC, N SPUs) in the background")
-    st.add_argument("--spus", type=int, default=1)
+    st.add_argument("--spus", type=A.LOCAL_SPUS, default=1,
+                    help=f"SPUs to start (default 1; at most {A.LOCAL_SPUS_MAX})")
     st.add_argument("--tls", action="store_true", help="make a dev CA and certificates and turn mutual TLS on for "
                                                        "every listener; the CLI uses the admin certificate by itself")
+    st.add_argument("--insecure-allow-plaintext-policy", action="store_true",
+                    help="without --tls: let the SC store a policy anyway (audited); every client is anonymous, "
+                         "so such a policy protects nothing")
     st.add_argument("--json", action="store_true")
     sp = csub.add_parser("stop", help="stop the local cluster started by 'kolk cluster start'")
     sp.add_argument("--json", action="store_true")
@@ -94,14 +103,14 @@ def add_commands(sub: Any) -> None:
     spu = csub.add_parser("spu", help="register, list and unregister SPUs")
     ssub = spu.add_subparsers(dest="spu_action", required=True)
     r = ssub.add_parser("register", help="register an SPU by id and address")
-    r.add_argument("--id", type=int, required=True)
+    r.add_argument("--id", type=A.SPU_ID, required=True)
     r.add_argument("--public", required=True, help="address clients use, host:port")
     r.add_argument("--private", help="address other SPUs use (default: --public)")
     r.add_argument("--rack")
     _sc_option(r)
     _sc_option(ssub.add_parser("list", help="list SPUs"))
     u = ssub.add_parser("unregister", help="unregister an SPU that holds no replicas")
-    u.add_argument("--id", type=int, required=True)
+    u.add_argument("--id", type=A.SPU_ID, required=True)
     _sc_option(u)
 
 
@@ -204,7 +213,8 @@ def dispatch(args: argparse.Namespace) -> int:
 
     try:
         if args.command == "cluster" and args.action == "start":
-            profile = local_cluster.start(args.spus, tls=args.tls)
+            profile = local_cluster.start(args.spus, tls=args.tls,
+                                          insecure_allow_plaintext_policy=args.insecure_allow_plaintext_policy)
             if profile.get("restarted"):
                 _print(args, profile, f"local cluster running: SC at {profile['sc']}; started again "
                                       f"{', '.join(profile['restarted'])} (it had exited; see {profile['logs']})")
@@ -221,4 +231,14 @@ def dispatch(args: argparse.Namespace) -> int:
         return run(lambda: _run(args))
     except KolkError as e:
         print(f"kolk {args.command} {args.action}: {e}", file=sys.stderr)
+        return 1
+    except (ValueError, OSError) as e:
+        # Local files: cluster start's dev certificates (CertificateError, a ValueError: a
+        # broken pki/ca.key) and directories (a $KOLK_HOME that cannot be created). Remote
+        # errors are KolkErrors, above; elsewhere these are bugs and keep their traceback.
+        if args.command != "cluster" or args.action not in ("start", "stop"):
+            raise
+        what = f"{e.filename}: {e.strerror or e}" if isinstance(e, OSError) and e.filename else str(e)
+        print(f"kolk {args.command} {args.action}: {what.splitlines()[0] if what else type(e).__name__}",
+              file=sys.stderr)
         return 1

@@ -12,6 +12,7 @@ import os
 import sys
 from typing import Any
 
+from . import args as A
 from .admin import _print
 
 # cryptography is imported by the `cert` commands, not by every `kolk`.
@@ -26,7 +27,7 @@ def add_commands(sub: Any) -> None:
     ca = csub.add_parser("ca", help="make a CA: DIR/ca.crt and DIR/ca.key")
     ca.add_argument("--out", required=True, metavar="DIR", help="directory to write ca.crt and ca.key into")
     ca.add_argument("--cn", default="Kolk CA", help="the CA's common name (default 'Kolk CA')")
-    ca.add_argument("--days", type=int, default=3650, help="days the CA is valid (default 3650)")
+    ca.add_argument("--days", type=A.CERT_DAYS, default=3650, help="days the CA is valid (default 3650)")
     ca.add_argument("--force", action="store_true", help="replace an existing CA (its certificates stop working)")
     ca.add_argument("--json", action="store_true", help="print JSON")
 
@@ -42,7 +43,7 @@ def add_commands(sub: Any) -> None:
                        help="a SAN DNS name (repeatable; a node's default: localhost)")
     issue.add_argument("--ip", action="append", metavar="IP",
                        help="a SAN IP address (repeatable; a node's default: 127.0.0.1 and ::1)")
-    issue.add_argument("--days", type=int, default=825, help="days the certificate is valid (default 825)")
+    issue.add_argument("--days", type=A.CERT_DAYS, default=825, help="days the certificate is valid (default 825)")
     issue.add_argument("--json", action="store_true", help="print JSON")
 
     show = csub.add_parser("show", help="what a certificate says: subject, SANs, issuer, validity, kind")

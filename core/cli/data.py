@@ -17,6 +17,7 @@ from ..client.admin import run
 from ..client.client import AsyncClient
 from ..client.consumer import Offset
 from ..protocol.errors import KolkError
+from . import args as A
 
 COMMANDS = ("produce", "consume")
 PROGRESS_INTERVAL_S = 0.2
@@ -30,10 +31,11 @@ def add_commands(sub: Any) -> None:
     p.add_argument("topic")
     p.add_argument("--file", help="read lines from this file (shows a progress bar)")
     p.add_argument("--key-separator", help="split each line into key and value at the first SEP")
-    p.add_argument("--partition", type=int, help="send every record to this partition")
+    p.add_argument("--partition", type=A.PARTITION, help="send every record to this partition")
     p.add_argument("--acks", choices=["none", "leader", "all"], default="all")
     p.add_argument("--compression", choices=["none", "gzip", "zstd"], default="none")
-    p.add_argument("--linger-ms", type=float, default=5.0)
+    p.add_argument("--linger-ms", type=A.LINGER_MS, default=5.0,
+                   help=f"wait this long to fill a batch (default 5; at most {A.LINGER_MS_MAX:g})")
     p.add_argument("--skip-bad-lines", action="store_true",
                    help="skip lines without the key separator quietly (default: name each on stderr and exit 1 "
                         "after sending the good ones)")
@@ -43,15 +45,15 @@ def add_commands(sub: Any) -> None:
     c = sub.add_parser("consume", help="consume records and print them")
     c.add_argument("topic")
     c.add_argument("-B", "--from-beginning", action="store_true", help="start at the beginning (default: the end)")
-    c.add_argument("--offset", type=int, help="start at this absolute offset")
-    c.add_argument("--tail", type=int, metavar="N", help="start N records before the end")
+    c.add_argument("--offset", type=A.OFFSET, help="start at this absolute offset")
+    c.add_argument("--tail", type=A.OFFSET, metavar="N", help="start N records before the end")
     c.add_argument("--from-timestamp", metavar="TIME",
                    help="start at the first record at or after TIME: milliseconds since the epoch, or an ISO 8601 "
                         "date and time (e.g. 2026-12-05T10:00:00Z)")
-    c.add_argument("--partition", type=int, help="only this partition (default: all)")
+    c.add_argument("--partition", type=A.PARTITION, help="only this partition (default: all)")
     c.add_argument("-d", "--disconnect", action="store_true", help="exit once the end is reached")
     c.add_argument("--output", choices=["text", "json", "raw"], default="text")
-    c.add_argument("--max", type=int, help="exit after this many records")
+    c.add_argument("--max", type=A.COUNT, help="exit after this many records")
     add_chain_options(c)
     _sc_option(c)
 
@@ -71,7 +73,11 @@ async def _lines(f: BinaryIO, interactive: bool) -> AsyncIterator[bytes]:
 def _timestamp_ms(text: str) -> int:
     """Milliseconds since the epoch from TIME (an integer, or ISO 8601; no zone means UTC)."""
     if text.lstrip("-").isdigit():
-        return int(text)
+        ms = int(text)
+        if not A.INT64_MIN <= ms <= A.INT64_MAX:
+            raise KolkError(f"--from-timestamp {text[:A.ARGUMENT_CHARS_SHOWN]} is out of range: milliseconds "
+                            f"from {A.INT64_MIN} to {A.INT64_MAX}")
+        return ms
     try:
         when = datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:

@@ -22,10 +22,11 @@ import sys
 import time
 from typing import Any
 
-from ..client.profile import kolk_home, profile_path, read_profile
+from ..client.profile import home_dir, private_dir, profile_path, read_profile, write_private, write_profile
 from ..protocol.errors import KolkError
 
 START_TIMEOUT_S = 30.0
+SPUS_MAX = 16  # SPUs of a local cluster
 STOP_TIMEOUT_S = 10.0
 
 
@@ -94,10 +95,7 @@ def stable_port(base: str, name: str) -> int:
     else:
         port = _free_port()
     ports[name] = port
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(ports, f, indent=2)
-    os.replace(tmp, path)
+    write_private(path, json.dumps(ports, indent=2))
     return port
 
 
@@ -119,14 +117,16 @@ def _wait_ready(path: str, pid: int, what: str, log_path: str, deadline: float) 
     raise KolkError(f"{what} did not become ready within {START_TIMEOUT_S:.0f} s; see {log_path}")
 
 
-def start(spus: int = 1, tls: bool = False) -> dict[str, Any]:
+def start(spus: int = 1, tls: bool = False, insecure_allow_plaintext_policy: bool = False) -> dict[str, Any]:
     """Start 1 SC and ``spus`` SPUs; return the profile once every process serves.
 
     ``tls``: make a dev CA and certificates under the local directory (once; reused) and run
     every listener with mutual TLS; the profile names the admin client certificate the CLI
-    then uses by itself."""
-    if not 1 <= spus <= 16:
-        raise KolkError(f"--spus must be 1 to 16, got {spus}")
+    then uses by itself. Every node gets the cluster secret file (mode 0600), which without
+    TLS the SPUs prove to the SC and to each other. ``insecure_allow_plaintext_policy``: the
+    SC stores a policy without TLS (audited; docs/security.md)."""
+    if not 1 <= spus <= SPUS_MAX:
+        raise KolkError(f"--spus must be 1 to {SPUS_MAX}, got {spus}")
     profile = read_profile()
     if profile and profile.get("running"):
         pids = profile.get("pids", {})
@@ -140,10 +140,11 @@ def start(spus: int = 1, tls: bool = False) -> dict[str, Any]:
             raise ClusterAlreadyRunningError(
                 f"a local cluster is already running (SC at {profile['sc']}, pids {sorted(running)}); "
                 "run 'kolk cluster stop' first")
-    home = kolk_home()
-    base = os.path.join(home, "local")
-    logs = os.path.join(base, "logs")
-    os.makedirs(logs, exist_ok=True)
+    # local/ and logs/ are 0700 whatever the umask (tightened if they exist more open), and so
+    # is a $KOLK_HOME this creates (home_dir); the SC and SPUs make their data directories
+    # private themselves.
+    base = private_dir(os.path.join(home_dir(), "local"))
+    logs = private_dir(os.path.join(base, "logs"))
     secret_file = os.path.join(base, "secret")
     if not os.path.exists(secret_file):
         fd = os.open(secret_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -168,7 +169,9 @@ def start(spus: int = 1, tls: bool = False) -> dict[str, Any]:
     sc_log = os.path.join(logs, "sc.log")
     pids["sc"] = _spawn(py + ["sc", "--id", "1", "--data-dir", os.path.join(base, "sc"),
                               "--raft", f"127.0.0.1:{stable_port(base, 'raft')}", "--admin", sc_admin,
-                              "--secret-file", secret_file, "--ready-file", ready, *node_tls], sc_log, env)
+                              "--secret-file", secret_file, "--ready-file", ready, *node_tls,
+                              *(["--insecure-allow-plaintext-policy"] if insecure_allow_plaintext_policy else [])],
+                             sc_log, env)
     try:
         # The SPUs start beside the SC, not after it: their interpreters and imports overlap the
         # SC's start, and each registers as soon as the SC answers (it retries until then).
@@ -185,10 +188,7 @@ def start(spus: int = 1, tls: bool = False) -> dict[str, Any]:
     if tls:
         admin = pki["kolk-admin"]
         profile["tls"] = {"ca": admin["ca"], "cert": admin["cert"], "key": admin["key"]}
-    tmp = profile_path() + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(profile, f, indent=2)
-    os.replace(tmp, profile_path())
+    write_profile(profile)
     return profile
 
 
@@ -198,7 +198,7 @@ def _spawn_spu(i: int, sc_admin: str, base: str, node_tls: list[str], env: dict[
         os.unlink(ready)
     return _spawn([sys.executable, "-m", "kolk", "spu", "--id", str(i), "--sc", sc_admin, "--data-dir",
                    os.path.join(base, f"spu-{i}"), "--public", f"127.0.0.1:{stable_port(base, f'spu-{i}')}",
-                   "--ready-file", ready,
+                   "--ready-file", ready, "--secret-file", os.path.join(base, "secret"),
                    *node_tls], os.path.join(base, "logs", f"spu-{i}.log"), env)
 
 
@@ -219,10 +219,7 @@ def _restart_spus(profile: dict[str, Any], names: list[str]) -> dict[str, Any]:
         _wait_ready(os.path.join(base, f"{name}.ready"), pids[name], name.replace("spu-", "SPU "),
                     os.path.join(base, "logs", f"{name}.log"), deadline)
     profile = dict(profile, pids=pids, restarted=names)
-    tmp = profile_path() + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(profile, f, indent=2)
-    os.replace(tmp, profile_path())
+    write_profile(profile)
     return profile
 
 
@@ -249,8 +246,5 @@ def stop() -> dict[str, Any]:
         raise KolkError(f"no local cluster is running (no running profile in {profile_path()})")
     killed = _stop_pids(profile.get("pids", {}))
     profile["running"] = False
-    tmp = profile_path() + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(profile, f, indent=2)
-    os.replace(tmp, profile_path())
+    write_profile(profile)
     return {"stopped": sorted(profile.get("pids", {})), "killed": killed}

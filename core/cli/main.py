@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
-import argparse
+import os
 import sys
 
 from .. import __version__
 
 
+# Commands that write state or start servers. The others (produce, consume, smartmodule build
+# ...) keep the user's umask for what they write: a module or an export is the user's to share.
+PRIVATE_COMMANDS = frozenset({"sc", "spu", "cluster", "cert", "demo", "bench"})
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="kolk", description="Kolk, a programmable streaming platform.")
+    from .args import OneLineParser
+
+    parser = OneLineParser(prog="kolk", description="Kolk, a programmable streaming platform.")
     parser.add_argument("--version", action="version", version=f"kolk {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -45,6 +52,11 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--seconds", type=float, default=5.0, help="length of the latency run (default 5)")
 
     args = parser.parse_args(argv)
+    if args.command in PRIVATE_COMMANDS:
+        # What these write (the profile, keys and certificates, a local cluster's data and
+        # logs, and the processes they start) is private to the user whatever the umask;
+        # DESIGN.md §7 and docs/operations.md "Files and permissions".
+        os.umask(0o077)
     if args.command == "bench":
         from .bench import run_bench
 

@@ -17,10 +17,15 @@ import inspect
 import json
 import logging
 import random
+import ssl
+import weakref
 from typing import Any, Awaitable, Callable, Mapping, TypeVar
 
-from ..protocol.channel import CallRejected, ClientConnection, ClientStream, ConnectionLost, StreamEnded
-from ..protocol.errors import ClusterUnavailableError, KolkError
+from ..protocol.node_auth import NodeCredential
+from ..protocol.channel import CallRejected, ConnectionLost, StreamEnded
+from ..protocol.channel_client import ClientConnection, ClientStream
+from ..metadata.specs import SpecError, TopicSpec
+from ..protocol.errors import ClusterUnavailableError, InvalidRequestError, KolkError
 from ..protocol.wire import error_from_struct, object_dict, transport_error
 from ..security.tls import TlsConfig
 from ..transport import SC, connect
@@ -38,8 +43,51 @@ RETRY_BACKOFF_MAX_S = 1.0
 # restarting listens again well within it); retries meanwhile are at most this far apart.
 REFUSED_GIVE_UP_S = 1.5
 REFUSED_BACKOFF_MAX_S = 0.25
+# How long to wait for a TLS answer when finding out whether a server that dropped a plaintext
+# connection speaks TLS (speaks_tls).
+TLS_PROBE_TIMEOUT_S = 1.0
 # Credit of a watch stream: pushes the SC may send before this client has taken them.
 WATCH_WINDOW_BYTES = 4 << 20
+
+
+VALUE_CHARS_SHOWN = 40  # a value quoted in an error is cut to this many characters
+
+
+def _short(value: Any) -> str:
+    text = repr(value) if not isinstance(value, (list, tuple)) else f"(a list of {len(value)})"
+    return text if len(text) <= VALUE_CHARS_SHOWN else text[:VALUE_CHARS_SHOWN] + "..."
+
+
+async def speaks_tls(address: str, timeout_s: float = TLS_PROBE_TIMEOUT_S) -> bool:
+    """Whether ``address`` answers a TLS ClientHello with a TLS handshake record.
+
+    Asked only after a plaintext connection closed before any answer: a TLS listener drops a
+    plaintext client without sending anything, which looks like a server going away and
+    would be retried until the deadline. No certificate is checked: nothing is sent after
+    the hello, and the answer only decides which error to report."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    outgoing = ssl.MemoryBIO()
+    hello = ctx.wrap_bio(ssl.MemoryBIO(), outgoing)
+    try:
+        hello.do_handshake()
+    except ssl.SSLWantReadError:
+        pass
+    host, port = address.rsplit(":", 1)
+    writer = None
+    try:
+        async with asyncio.timeout(timeout_s):
+            reader, writer = await asyncio.open_connection(host.strip("[]"), int(port))
+            writer.write(outgoing.read())
+            head = await reader.read(3)
+    except (OSError, TimeoutError, ValueError):
+        return False
+    finally:
+        if writer is not None:
+            writer.close()
+    # A TLS record header: content type 22 (handshake) or 21 (alert), then version 3.x.
+    return len(head) >= 2 and head[0] in (21, 22) and head[1] == 3
 
 
 def _raise_unless_ok(result: Any) -> None:
@@ -73,7 +121,8 @@ class _Retry:
 
 
 class AdminClient:
-    def __init__(self, addresses: list[str] | str, *, timeout_s: float = 15.0, tls: TlsConfig | None = None) -> None:
+    def __init__(self, addresses: list[str] | str, *, timeout_s: float = 15.0, tls: TlsConfig | None = None,
+                 credential: NodeCredential | None = None) -> None:
         if isinstance(addresses, str):
             addresses = [a for a in addresses.split(",") if a]
         if not addresses:
@@ -81,8 +130,11 @@ class AdminClient:
         self.addresses = list(addresses)
         self.timeout_s = timeout_s
         self.tls = tls
+        self.credential = credential  # a node's own client on a plaintext cluster (core/protocol/node_auth.py)
         self._index = 0
         self._conn: ClientConnection | None = None
+        # Connections that have answered at least once: one of them closing is not a TLS refusal.
+        self._answered: weakref.WeakSet[ClientConnection] = weakref.WeakSet()
         # Open watches per connection: a connection the client has moved away from stays open
         # until its last watch ends.
         self._watching: dict[ClientConnection, int] = {}
@@ -99,7 +151,8 @@ class AdminClient:
         for i in range(len(self.addresses)):
             index = (self._index + i) % len(self.addresses)
             try:
-                conn = await connect(SC, self.addresses[index], self.tls, max(0.1, min(CONNECT_TIMEOUT_S, budget_s)))
+                conn = await connect(SC, self.addresses[index], self.tls, max(0.1, min(CONNECT_TIMEOUT_S, budget_s)),
+                                     self.credential)
             except ClusterUnavailableError as e:
                 if not e.retriable:
                     raise  # a TLS refusal: another SC would refuse the same way
@@ -163,6 +216,8 @@ class AdminClient:
                     raise
                 last = e
             except ClusterUnavailableError as e:
+                if not e.retriable:
+                    raise  # a TLS refusal, a refused node credential: trying again cannot help
                 refused_since, last = None, e
             else:
                 refused_since = None
@@ -180,8 +235,11 @@ class AdminClient:
         on, or an exception raised when retrying cannot help or is not safe."""
         left = max(0.1, deadline - asyncio.get_running_loop().time())
         try:
-            return await fn(conn, left)
+            value = await fn(conn, left)
+            self._answered.add(conn)
+            return value
         except KolkError as e:
+            self._answered.add(conn)
             if not e.retriable or (write and e.code not in ("noLeader", "notLeader")):
                 raise
             if e.code == "notLeader":
@@ -194,6 +252,11 @@ class AdminClient:
             return _Retry(err)
         except ConnectionLost as e:
             self._drop(conn)
+            if self.tls is None and conn not in self._answered and await speaks_tls(conn.address):
+                # A TLS listener drops a plaintext client without a word; nothing was read.
+                raise ClusterUnavailableError(
+                    f"{conn.address} requires TLS and this client connected without it: give the CA and a client "
+                    "certificate (kolk: --tls-ca, --tls-cert, --tls-key)", retriable=False) from None
             err = transport_error(e, conn.address, write)
             if write and e.sent:  # it may have been applied
                 raise err from e
@@ -208,7 +271,13 @@ class AdminClient:
             # conn.call(name, ...) would take a request field called `name` for its own.
             env, member = conn.request(call_name)
             for field, value in fields.items():
-                setattr(member, field, value)
+                try:
+                    setattr(member, field, value)
+                except Exception as e:  # noqa: BLE001 - pycapnp raises KjException, OverflowError, TypeError
+                    # Nothing was sent: a value the wire cannot carry is the caller's mistake.
+                    raise InvalidRequestError(f"{call_name}: {field} {_short(value)} cannot be sent: "
+                                              f"{str(e).splitlines()[-1][-120:] if str(e) else type(e).__name__}"
+                                              ) from None
             r = await conn.send(env, timeout_s)
             _raise_unless_ok(r.result)
             return r
@@ -228,6 +297,12 @@ class AdminClient:
 
     async def create_topic(self, name: str, partitions: int = 1, replication_factor: int = 1,
                            config: dict[str, str] | None = None) -> dict[str, Any]:
+        """Create a topic. The spec is checked here first, against the limits the SC applies
+        (metadata/specs.py): InvalidRequestError, and nothing sent, for a bad one."""
+        try:
+            TopicSpec(partitions, replication_factor, dict(config or {}))
+        except SpecError as e:
+            raise InvalidRequestError(f"topic {name}: {e}") from None
         r = await self._request("createTopic", write=True, name=name, partitions=partitions,
                                 replicationFactor=replication_factor,
                                 config=[{"key": k, "value": v} for k, v in (config or {}).items()])

@@ -18,7 +18,9 @@ from typing import Any, Awaitable, Callable, Iterable, Iterator, TypeVar
 
 from ..metadata.controllers import offline_reason
 from ..metadata.specs import PartitionSpec, PartitionStatus, SpecError, SpuSpec, SpuStatus
-from ..protocol.channel import CallRejected, ClientConnection, ConnectionLost
+from ..protocol.node_auth import NodeCredential
+from ..protocol.channel import CallRejected, ConnectionLost
+from ..protocol.channel_client import ClientConnection
 from ..protocol.errors import (ClusterUnavailableError, InvalidRequestError, KolkError, NotFoundError,
                                PartitionOfflineError)
 from ..protocol.limits import PRODUCE_BYTES_MAX
@@ -79,13 +81,14 @@ def _local_defaults(sc: str | list[str] | None, tls: TlsConfig | None) -> tuple[
 
 class AsyncClient:
     def __init__(self, sc: str | list[str] | None = None, *, timeout_s: float = 30.0,
-                 tls: TlsConfig | None = None) -> None:
+                 tls: TlsConfig | None = None, credential: NodeCredential | None = None) -> None:
         """``sc``: one SC address or several (None: the local cluster's, see ``kolk cluster
         start``). ``tls``: the CA to trust and this client's certificate (mutual TLS); None:
         plaintext. ``timeout_s``: the deadline of every call to the cluster."""
         sc, tls = _local_defaults(sc, tls)
         self.tls = tls
-        self.admin = AdminClient(sc, timeout_s=timeout_s, tls=tls)
+        self.credential = credential  # a node's own client on a plaintext cluster (core/protocol/node_auth.py)
+        self.admin = AdminClient(sc, timeout_s=timeout_s, tls=tls, credential=credential)
         self.timeout_s = timeout_s
         self._partitions: dict[str, list[_Partition]] = {}  # topic -> its partitions, by index
         self._spus: dict[int, str] = {}
@@ -132,7 +135,7 @@ class AsyncClient:
         fut: asyncio.Future[ClientConnection] = asyncio.get_running_loop().create_future()
         self._connecting[address] = fut
         try:
-            conn = await connect(SPU, address, self.tls, min(CONNECT_TIMEOUT_S, self.timeout_s))
+            conn = await connect(SPU, address, self.tls, min(CONNECT_TIMEOUT_S, self.timeout_s), self.credential)
             self._conns[address] = conn
             fut.set_result(conn)
             return conn

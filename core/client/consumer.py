@@ -14,8 +14,11 @@ import asyncio
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, AsyncIterator, NamedTuple
 
-from ..protocol.channel import CallRejected, ClientConnection, ClientStream, ConnectionLost, StreamEnded
-from ..protocol.errors import InvalidRequestError, KolkError, OffsetOutOfRangeError, PartitionOfflineError
+from ..protocol.channel import CallRejected, ConnectionLost, StreamEnded
+
+from ..protocol.channel_client import ClientConnection, ClientStream
+from ..protocol.errors import (InvalidRequestError, KolkError, OffsetOutOfRangeError, PartitionOfflineError,
+                               TooManyStreamsError)
 from ..protocol.values import SmartModuleInvocation
 import struct
 from typing import Iterator
@@ -206,7 +209,10 @@ class _PartitionStream:
                 self.offset = max(self.offset, next_offset)
                 return data, start
             except KolkError as e:
-                if not e.retriable:
+                # A fair-use refusal (tooManyStreams) is retriable only once some of the
+                # identity's streams close, which a reopen cannot bring about: it surfaces at once.
+                if not e.retriable or isinstance(e, TooManyStreamsError):
+                    self.close()
                     raise
                 self.close()
                 if not isinstance(e, (PartitionOfflineError,)) and self.address is not None:

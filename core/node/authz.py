@@ -9,6 +9,11 @@ with TLS off every client is ``anonymous``.
 The policy in force is the metadata object ``policy/active``; every node parses the same
 source and enforces the same version, and never goes back to an older version. Denials go to
 the audit log (core/node/audit.py) with who, what, from where, when and the deciding rule.
+
+Node-only calls (``NODE_ONLY``) need a node peer: with TLS a node certificate, without TLS a
+connection that proved the cluster secret (core/node/identity.py). Produce to ``_audit`` is
+for node peers only, whatever the policy says; the SPU leading ``_audit`` also checks that
+every record's ``node`` is the writer's own identity (core/node/audit.py ``forged_audit_records``).
 """
 
 from __future__ import annotations
@@ -23,6 +28,11 @@ log = logging.getLogger("kolk.authz")
 
 AUDIT_TOPIC = "_audit"
 NODE_ONLY = "node"  # pseudo-action: calls only nodes make (registration, heartbeats, replication)
+INSECURE_POLICY_FLAG = "--insecure-allow-plaintext-policy"
+POLICY_NEEDS_TLS = ("a policy needs TLS: this cluster runs without TLS, where every client is anonymous and a "
+                    "policy protects nothing; start it with TLS (`kolk cluster start --tls`, or `kolk sc` and "
+                    f"`kolk spu` with --tls-ca/--tls-cert/--tls-key), or start the SC with {INSECURE_POLICY_FLAG} "
+                    "to apply it anyway (audited)")
 
 
 class Denied(Exception):
@@ -68,17 +78,33 @@ class Authorizer:
     def check(self, peer: Peer, action: str, resource: str) -> None:
         """Raise Denied (and audit it) unless ``peer`` may do ``action`` on ``resource``."""
         if action == NODE_ONLY:
-            if self.tls and not peer.node:
+            if not peer.node:
                 self._deny(peer, action, resource, Decision(False, None, f"{resource} is for cluster nodes only: "
-                                                                          f"{peer.identity} has no node certificate"))
+                                                                          f"{self.not_a_node(peer)}"))
             return
-        if peer.node and resource == f"topic:{AUDIT_TOPIC}" and action == "produce":
-            return  # nodes write the audit log
+        if resource == f"topic:{AUDIT_TOPIC}" and action == "produce":
+            if peer.node:
+                return  # nodes write the audit log (each record's node field is checked by the leader)
+            self._deny(peer, action, resource, Decision(False, None, "only cluster nodes write the audit log, "
+                                                                     "whatever the policy says"))
         if self.policy is None:
             return
         decision = self.policy.decide(peer.identity, peer.address, action, resource)
         if not decision.allowed:
             self._deny(peer, action, resource, decision)
+
+    def not_a_node(self, peer: Peer) -> str:
+        """Why ``peer`` is not a node, in words for a refusal."""
+        if self.tls:
+            return f"{peer.identity} has no node certificate"
+        return f"{peer.identity} has not proved the cluster secret (without TLS nodes authenticate on connect)"
+
+    def refuse_authentication(self, peer: Peer, node: str, why: str) -> str:
+        """Log and audit a refused node authentication (core/node/identity.py); its one line."""
+        node = node[:64]
+        log.warning("refused node authentication from %s as %r: %s", peer.address or "?", node, why)
+        self.record(peer, "authenticate", f"node:{node}", "deny", None, why)
+        return f"{peer.identity} from {peer.address or '?'} may not authenticate as {node!r}: {why}"
 
     def allowed(self, peer: Peer, action: str, resource: str) -> bool:
         if self.policy is None:
@@ -102,8 +128,11 @@ class Authorizer:
         no policy (a dev cluster, where everyone is anonymous and allowed) does not."""
         return self.tls or self.policy is not None
 
-    def record(self, peer: Peer, action: str, resource: str, decision: str, rule: int | None, reason: str) -> None:
-        if self.audit is not None and self.auditing:
+    def record(self, peer: Peer, action: str, resource: str, decision: str, rule: int | None, reason: str,
+               always: bool = False) -> None:
+        """Queue an audit event; ``always``: even on a plaintext cluster without a policy (an
+        operator's decision that weakens the cluster, e.g. a policy applied without TLS)."""
+        if self.audit is not None and (self.auditing or always):
             self.audit({"node": self.node, "identity": peer.identity, "address": peer.address, "action": action,
                         "resource": resource, "decision": decision, "rule": rule, "reason": reason,
                         "policy_version": self.version})

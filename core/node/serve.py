@@ -12,6 +12,7 @@ import sys
 from typing import Any, Callable
 
 from ..security.tls import TlsConfig
+from ..security.tls_files import TlsFileError, check_tls_files
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -39,13 +40,54 @@ def return_large_buffers_to_the_os() -> None:
         pass
 
 
-def serve_until_signalled(make_server: Callable[[], Any], log_level: str) -> int:
+# What a server creates is its own: files 0600, directories 0700, whatever the caller's umask
+# (issue 17: segments, _audit and the Raft journal with the policy source were 0644 in 0755
+# directories). A umask, not a mode per call: RocksDB, pysyncobj and the logging module
+# create files we do not open ourselves.
+PRIVATE_UMASK = 0o077
+DATA_DIR_MODE = 0o700
+
+log = logging.getLogger("kolk.node")
+
+
+def keep_files_private() -> None:
+    """Make every file and directory this process creates from now on private to its user."""
+    os.umask(PRIVATE_UMASK)
+
+
+def tighten_data_dir(path: str) -> str | None:
+    """An existing data directory open to group or others becomes 0700; the line to log when
+    it was changed, else None. A missing one is left for the server to create (0700 under
+    :data:`PRIVATE_UMASK`), after it knows it can serve: a process that cannot listen leaves
+    nothing behind. Files already inside are not rewritten: 0700 on the directory keeps other
+    users out of everything under it."""
+    try:
+        mode = os.stat(path).st_mode & 0o777
+    except FileNotFoundError:
+        return None
+    if not mode & 0o077:
+        return None
+    os.chmod(path, DATA_DIR_MODE)
+    return f"data directory {path} was {mode:04o}, open to other users; now {DATA_DIR_MODE:04o}"
+
+
+def serve_until_signalled(make_server: Callable[[], Any], log_level: str, data_dir: str | None = None) -> int:
     """Build the server inside the event loop, start it, and stop it on SIGTERM or SIGINT.
 
     Plain asyncio: the transport is Kolk's own (core/protocol/), so the cycle collector stays
-    on and nothing needs pycapnp's event loop.
+    on and nothing needs pycapnp's event loop. Everything the server writes is private to its
+    user (:func:`keep_files_private`), and ``data_dir``, when it exists, is tightened to 0700.
     """
+    keep_files_private()
     logging.basicConfig(level=log_level.upper(), stream=sys.stderr, format=LOG_FORMAT)
+    if data_dir is not None:
+        try:
+            changed = tighten_data_dir(data_dir)
+        except OSError as e:
+            raise SystemExit(f"cannot make the data directory {data_dir} private (0700): "
+                             f"{e.strerror or e}") from None
+        if changed:
+            log.warning("%s", changed)
     return_large_buffers_to_the_os()
 
     async def main() -> None:
@@ -77,7 +119,8 @@ def tls_from_args(args: argparse.Namespace, prog: str) -> TlsConfig | None:
         return None
     if not args.tls_cert or not args.tls_key:
         raise SystemExit(f"{prog}: TLS needs --tls-cert and --tls-key as well as --tls-ca")
-    for flag, path in (("--tls-ca", args.tls_ca), ("--tls-cert", args.tls_cert), ("--tls-key", args.tls_key)):
-        if not os.path.isfile(path):
-            raise SystemExit(f"{prog}: {flag} {path}: no such file")
+    try:
+        check_tls_files(args.tls_ca, args.tls_cert, args.tls_key)
+    except TlsFileError as e:
+        raise SystemExit(f"{prog}: {e}") from None
     return TlsConfig(args.tls_ca, args.tls_cert, args.tls_key)

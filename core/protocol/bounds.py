@@ -55,6 +55,9 @@ SIZE_LIMITS: dict[tuple[str, str], int] = {
     ("EpochEndOffsetRequest", "partition"): L.NAME_CHARS_MAX,
     ("PartitionStatusRequest", "partitions"): L.NAME_CHARS_MAX,  # each element
     ("SmartModuleInvocation", "name"): L.NAME_CHARS_MAX,
+    ("AuthenticateRequest", "node"): L.NODE_NAME_CHARS_MAX,
+    ("AuthenticateRequest", "token"): L.AUTH_TOKEN_BYTES,
+    ("ChallengeResponse", "nonce"): L.AUTH_NONCE_BYTES,
     ("SmartModuleInvocation", "accumulator"): L.ACCUMULATOR_BYTES_MAX,
     ("StreamPush", "accumulators"): L.ACCUMULATOR_BYTES_MAX,  # each element
     # answers carry what the cluster stores

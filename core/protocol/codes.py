@@ -22,6 +22,8 @@ class ErrorCode(str, enum.Enum):
     NOT_ENOUGH_REPLICAS_AFTER_APPEND = "notEnoughReplicasAfterAppend"
     STORAGE_FULL = "storageFull"
     LIMIT_EXCEEDED = "limitExceeded"      # too many streams or watchers; retry when some close
+    TOO_MANY_STREAMS = "tooManyStreams"   # a stream past a fair-use limit; the message names it (retry when some close)
+    TOO_MANY_CONNECTIONS = "tooManyConnections"  # a connection past its identity's limit (retry when some close)
     OUT_OF_ORDER_SEQUENCE = "outOfOrderSequence"
     # The request: fix it before trying again.
     INVALID_ARGUMENT = "invalidArgument"
@@ -52,7 +54,7 @@ class ErrorCode(str, enum.Enum):
 RETRIABLE = frozenset({
     ErrorCode.NOT_LEADER, ErrorCode.NO_LEADER, ErrorCode.TIMEOUT, ErrorCode.UNAVAILABLE, ErrorCode.OFFLINE,
     ErrorCode.NOT_ENOUGH_REPLICAS, ErrorCode.NOT_ENOUGH_REPLICAS_AFTER_APPEND, ErrorCode.STORAGE_FULL,
-    ErrorCode.LIMIT_EXCEEDED,
+    ErrorCode.LIMIT_EXCEEDED, ErrorCode.TOO_MANY_STREAMS, ErrorCode.TOO_MANY_CONNECTIONS,
 })
 
 # A write answered with one of these may have happened although it was not acknowledged.

@@ -4,6 +4,7 @@ it is and whether a retry can help (``retriable``)."""
 from __future__ import annotations
 
 from .codes import ErrorCode
+from .limits import TEXT_CHARS_MAX
 
 
 class KolkError(Exception):
@@ -151,6 +152,23 @@ class DuplicateSequenceError(KolkError):
     code = "duplicateSequence"
 
 
+class TooManyStreamsError(KolkError):
+    """A stream past a fair-use limit of the SPU: streams of this connection, of this identity
+    (a TLS identity, or the client's address without TLS), or of the whole SPU. The message
+    names the limit, the count and whose. Retriable once some of those streams close, so the
+    consumer does not retry it by itself: it surfaces at once."""
+
+    code = "tooManyStreams"
+    retriable = True
+
+
+class TooManyConnectionsError(TooManyStreamsError):
+    """A connection past its identity's limit on the SPU (the message names it); the SPU
+    answers its first request so, then closes it. Surfaces at once, like tooManyStreams."""
+
+    code = "tooManyConnections"
+
+
 class PermissionDeniedError(KolkError):
     """The policy in force does not allow this identity, from this address, to do this."""
 
@@ -189,11 +207,26 @@ _BY_CODE: dict[str, type[KolkError]] = {
     "malformed": InvalidRequestError,
     "unknownCall": InvalidRequestError,
     "limitExceeded": ClusterUnavailableError,
+    "tooManyStreams": TooManyStreamsError,
+    "tooManyConnections": TooManyConnectionsError,
     "internal": KolkError,
 }
 
 
 assert set(_BY_CODE) <= {c.value for c in ErrorCode}, set(_BY_CODE) - {c.value for c in ErrorCode}
+
+
+def one_line(text: str, limit: int = TEXT_CHARS_MAX) -> str:
+    """An error message as it may travel: its lines joined with "; ", stopping before a line
+    that starts a Python traceback (never sent), at most ``limit`` characters."""
+    lines = []
+    for line in str(text).splitlines():
+        line = line.strip()
+        if line.startswith("Traceback ("):
+            break
+        if line:
+            lines.append(line)
+    return "; ".join(lines)[:limit] or "(no message)"
 
 
 def error_from_wire(code: str, message: str, leader: str | None = None, retriable: bool = False) -> KolkError:

@@ -78,7 +78,9 @@ class FrameDecoder:
         """Bytes held for a frame not yet complete (at most a header and a body's limit)."""
         return len(self._buf)
 
-    def feed(self, data: bytes) -> list[Frame | OversizedFrame]:
+    def feed(self, data: bytes, max_frames: int | None = None) -> list[Frame | OversizedFrame]:
+        """The frames completed so far; with ``max_frames``, at most that many, the rest stay
+        buffered for the next call (``feed(b"", n)`` goes on with them)."""
         if self._skip:
             n = min(self._skip, len(data))
             self._skip -= n
@@ -91,7 +93,7 @@ class FrameDecoder:
         out: list[Frame | OversizedFrame] = []
         pos = 0
         size = len(buf)
-        while size - pos >= FRAME_HEADER_BYTES:
+        while size - pos >= FRAME_HEADER_BYTES and (max_frames is None or len(out) < max_frames):
             length, rid, kind, flags, reserved, credit = HEADER.unpack_from(buf, pos)
             try:
                 k = Kind(kind)

@@ -133,6 +133,21 @@ struct ReportReplicaLossResponse { result @0 :Result; }
 struct ElectLeaderRequest { partition @0 :Text; leader @1 :Int32; unclean @2 :Bool; }
 struct ElectLeaderResponse { result @0 :Result; leader @1 :Int32; epoch @2 :UInt32; }
 
+# ---------------------------------------------------------------- node identity without TLS
+#
+# On a plaintext cluster a node proves it holds the cluster secret before any node-only call
+# (docs/security.md, "Node identity without TLS"); the secret itself never travels. `challenge`
+# answers this connection's nonce (AUTH_NONCE_BYTES random bytes; a fresh one after every
+# `authenticate`, right or wrong); `authenticate` carries the node's name and
+#   token = HMAC-SHA256(secret, "kolk-node-auth-v1" 0x00 service 0x00 node 0x00 nonce)
+# where service is "SC" or "SPU". Once it succeeds the connection is the node's for every later
+# call. Wrong token or no challenge: `denied`. With TLS, node certificates are the identity and
+# `authenticate` is refused (invalidArgument).
+struct ChallengeRequest {}
+struct ChallengeResponse { result @0 :Result; nonce @1 :Data; }
+struct AuthenticateRequest { node @0 :Text; token @1 :Data; }
+struct AuthenticateResponse { result @0 :Result; }
+
 struct ScRequest {
   union {
     createTopic @0 :CreateTopicRequest;
@@ -150,6 +165,8 @@ struct ScRequest {
     allocateProducerIds @12 :AllocateProducerIdsRequest;
     reportReplicaLoss @13 :ReportReplicaLossRequest;
     electLeader @14 :ElectLeaderRequest;
+    challenge @15 :ChallengeRequest;
+    authenticate @16 :AuthenticateRequest;
   }
 }
 
@@ -171,6 +188,8 @@ struct ScResponse {
     allocateProducerIds @13 :AllocateProducerIdsResponse;
     reportReplicaLoss @14 :ReportReplicaLossResponse;
     electLeader @15 :ElectLeaderResponse;
+    challenge @16 :ChallengeResponse;
+    authenticate @17 :AuthenticateResponse;
   }
 }
 
@@ -260,6 +279,8 @@ struct SpuRequest {
     epochEndOffset @6 :EpochEndOffsetRequest;
     partitionStatus @7 :PartitionStatusRequest;
     identify @8 :IdentifyRequest;
+    challenge @9 :ChallengeRequest;
+    authenticate @10 :AuthenticateRequest;
   }
 }
 
@@ -275,6 +296,8 @@ struct SpuResponse {
     epochEndOffset @7 :EpochEndOffsetResponse;
     partitionStatus @8 :PartitionStatusResponse;
     identify @9 :IdentifyResponse;
+    challenge @10 :ChallengeResponse;
+    authenticate @11 :AuthenticateResponse;
   }
 }
 

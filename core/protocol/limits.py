@@ -14,7 +14,16 @@ FRAME_HEADER_BYTES = 16
 # plus their envelopes.
 FRAME_BODY_BYTES_MAX = (16 << 20) + (64 << 10)
 REQUESTS_IN_FLIGHT_MAX = 256      # per connection; past it the server stops reading the socket
+FRAMES_PER_TURN_MAX = 16          # frames a server takes from one connection per turn of its event loop
 STREAMS_PER_CONNECTION_MAX = 64   # open streams (consume streams, watches) per connection
+# Fair use of a server's streams (core/protocol/fair_use.py, docs/security.md "Fair use"). An
+# identity is a TLS identity; peers without one are counted by IP address.
+STREAMS_PER_IDENTITY_MAX = 256    # open streams of one identity on one SPU
+STREAMS_PER_SERVER_MAX = 1000     # open streams on one SPU, all identities together
+HELD_BYTES_PER_IDENTITY_MAX = 64 << 20  # pushed and not yet taken by one identity's readers, per SPU
+HELD_BYTES_PER_SERVER_MAX = 256 << 20   # the same, all identities of one SPU together
+CONNECTIONS_PER_IDENTITY_MAX = 256  # client connections of one identity to one SPU (node certificates: no limit)
+REFUSED_CONNECTION_LINGER_S = 10.0  # a refused connection is closed after its first request, or after this
 WRITE_BUFFER_HIGH_BYTES = 4 << 20  # past it a connection stops taking requests until drained
 STREAM_WINDOW_BYTES_MAX = 64 << 20  # credit a client may grant one stream in total
 # Cap'n Proto reader limits: words a message may make the reader visit, and pointer depth.
@@ -39,3 +48,8 @@ REPLICAS_MAX = 256                # entries of an in-sync set
 LOST_REPLICAS_MAX = 10_000        # entries of one registerSpu's lost list
 PRODUCER_IDS_PER_REQUEST_MAX = 1000
 OBJECTS_PER_ANSWER_MAX = 1_000_000  # objects in one listObjects answer or watch push
+
+# ---- node identity without TLS (challenge / authenticate, docs/security.md)
+AUTH_NONCE_BYTES = 32             # a connection's challenge nonce
+AUTH_TOKEN_BYTES = 32             # HMAC-SHA256 of the cluster secret over the challenge
+NODE_NAME_CHARS_MAX = 64          # "spu-<id>" or "sc-<id>"

@@ -5,15 +5,15 @@ from __future__ import annotations
 import json
 from typing import Any, Mapping
 
-from .errors import ClusterUnavailableError, KolkError, RequestTimeoutError, error_from_wire
+from .errors import ClusterUnavailableError, KolkError, RequestTimeoutError, error_from_wire, one_line
 from .channel import CallRejected, ConnectionLost, StreamEnded
-from .limits import FRAME_BODY_BYTES_MAX
 from .messages import schema
 
 __all__ = ["schema", "camel", "set_error", "set_object", "object_dict", "error_dict", "config_map",
-           "error_from_struct", "transport_error", "RPC_MESSAGE_BYTES_MAX", "WATCH_EVENTS_PER_PUSH_MAX"]
+           "error_from_struct", "transport_error", "WATCH_EVENTS_PER_PUSH_MAX"]
 
-RPC_MESSAGE_BYTES_MAX = FRAME_BODY_BYTES_MAX
+# The size of a whole message is bounded by the framing, before a byte is decoded:
+# core/protocol/limits.py FRAME_BODY_BYTES_MAX (issue 17 removed an unused second name for it).
 WATCH_EVENTS_PER_PUSH_MAX = 500
 
 
@@ -27,7 +27,7 @@ def set_error(result: Any, code: str, message: str, leader: str | None = None, r
               outcome_unknown: bool = False) -> None:
     result.ok = False
     result.error.code = code
-    result.error.message = message
+    result.error.message = one_line(message)  # never a traceback or a multi-line text on the wire
     result.error.leader = leader or ""
     result.error.retriable = retriable
     result.error.outcomeUnknown = outcome_unknown

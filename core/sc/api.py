@@ -21,8 +21,9 @@ from typing import Any, Coroutine, Iterator
 from ..metadata.controllers import choose_leader, place_replicas
 from ..metadata.objects import KINDS, TOPIC, MetaObject, State
 from ..metadata.specs import PARTITIONS_MAX, REASON_CHARS_MAX, PartitionStatus
-from ..node.authz import NODE_ONLY, Denied
-from ..protocol.channel import ServerStream
+from ..node.authz import INSECURE_POLICY_FLAG, NODE_ONLY, POLICY_NEEDS_TLS, Denied
+from ..node.identity import NodeAuthCalls
+from ..protocol.channel_server import ServerStream
 from ..protocol.limits import FRAME_BODY_BYTES_MAX
 from ..protocol.wire import WATCH_EVENTS_PER_PUSH_MAX, camel, config_map, schema, set_error
 from ..security.policy import PolicyError, policy_from_spec
@@ -185,9 +186,10 @@ def _unknown_kind(result: Any, kind: str) -> bool:
 # ---------------------------------------------------------------- the handler
 
 
-class ScApi:
+class ScApi(NodeAuthCalls):
     """Serves one admin connection: ``await api.<call>(req, out)`` for every ``ScRequest``
-    member (the transport dispatches by name), ``watch(req, out, stream)`` for the stream."""
+    member (the transport dispatches by name), ``watch(req, out, stream)`` for the stream;
+    ``challenge`` and ``authenticate`` come from :class:`NodeAuthCalls`."""
 
     def __init__(self, server: ScServer, peer: Peer) -> None:
         self.s = server
@@ -200,6 +202,22 @@ class ScApi:
         except Denied as e:
             set_error(result, "denied", str(e))
             return False
+
+    def _node_or_admin(self, result: Any, call: str, spu_id: int) -> bool:
+        """Membership calls: a node; with TLS also an identity the policy lets administer the
+        cluster (an operator's `kolk cluster spu register`). Without TLS only a node: anonymous
+        callers could otherwise take an SPU's place. A refusal is audited as the call on the
+        SPU it was about."""
+        authz = self.s.authz
+        self.s.sync_policy()
+        if self.peer.node or (self.s.config.tls is not None and authz.allowed(self.peer, "admin", "cluster")):
+            return True
+        why = (f"{call} is for cluster nodes only: {authz.not_a_node(self.peer)}" if self.s.config.tls is None else
+               f"{self.peer.identity} is not a node and may not admin cluster (policy version {authz.version})")
+        authz.record(self.peer, call, f"spu:{spu_id}", "deny", None, why)
+        set_error(result, "denied", f"{self.peer.identity} from {self.peer.address or '?'} may not {call} SPU "
+                                    f"{spu_id}: {why}")
+        return False
 
     def _changed(self, action: str, resource: str) -> None:
         self.s.authz.record(self.peer, action, resource, "allow", None, "metadata change")
@@ -301,6 +319,12 @@ class ScApi:
         action, resource = _blob_check(kind, name, "create")
         if not self._allowed(out.result, action, resource):
             return
+        # The policy in force is policy/active (core/node/authz.py): without TLS it protects nothing.
+        plaintext_policy = kind == "policy" and name == "active" and self.s.config.tls is None
+        if plaintext_policy and not self.s.config.insecure_allow_plaintext_policy:
+            log.warning("refused to store policy/%s from %s: the cluster runs without TLS", name, self.peer.identity)
+            set_error(out.result, "denied", POLICY_NEEDS_TLS)
+            return
         if kind == "policy" and name == "active":
             problem = _policy_problem(spec)
             if problem:
@@ -313,6 +337,11 @@ class ScApi:
         if _fill_error(out.result, outcome, self.s):
             out.version = outcome["value"]["version"]
             self._changed(action, resource if kind != "policy" else f"policy:{name} v{spec.get('version')}")
+            if plaintext_policy:
+                log.warning("policy/%s stored on a cluster without TLS (%s)", name, INSECURE_POLICY_FLAG)
+                self.s.authz.record(self.peer, "admin", f"policy:{name} v{spec.get('version')}", "allow", None,
+                                    f"applied without TLS ({INSECURE_POLICY_FLAG}): every client is anonymous",
+                                    always=True)
 
     async def deleteObject(self, req: Any, out: Any) -> None:  # noqa: N802
         kind, name = req.kind, req.name
@@ -328,9 +357,9 @@ class ScApi:
     # ---- SPUs
 
     async def registerSpu(self, req: Any, out: Any) -> None:  # noqa: N802
-        if not self.peer.node and not self._allowed(out.result, "admin", "cluster"):
-            return
         spu_id, storage_id = int(req.id), req.storageId
+        if not self._node_or_admin(out.result, "registerSpu", spu_id):
+            return
         if len(storage_id) > STORAGE_ID_CHARS:
             set_error(out.result, "invalidArgument", f"registerSpu: storageId of {len(storage_id)} characters; a "
                                                      f"storage id is {STORAGE_ID_CHARS} hex digits")
@@ -351,15 +380,29 @@ class ScApi:
             log.info("SPU %s registered (storage %s)", spu_id, storage_id[:8] or "unknown")
             for name, why in _newly_lost(before, self.s.sm.state, spu_id)[:LOST_LOGGED_MAX]:
                 log.warning("%s: the replica on SPU %s lost data and left the in-sync set: %s", name, spu_id, why)
+        self._membership_audited("registerSpu", spu_id, outcome,
+                                 f"public {req.publicAddress}, private {req.privateAddress or req.publicAddress}, "
+                                 f"storage {storage_id[:8] or 'unknown'}")
         _fill_error(out.result, outcome, self.s)
 
     async def unregisterSpu(self, req: Any, out: Any) -> None:  # noqa: N802
-        if not self._allowed(out.result, "admin", "cluster"):
-            return
         spu_id = int(req.id)
-        if _fill_error(out.result, await self.s.propose({"op": "unregister_spu", "id": spu_id, "ts": now_ms()}),
-                       self.s):
-            self._changed("admin", f"spu:{spu_id}")
+        if not self._node_or_admin(out.result, "unregisterSpu", spu_id):
+            return
+        outcome = await self.s.propose({"op": "unregister_spu", "id": spu_id, "ts": now_ms()})
+        self._membership_audited("unregisterSpu", spu_id, outcome, "")
+        _fill_error(out.result, outcome, self.s)
+
+    def _membership_audited(self, call: str, spu_id: int, outcome: dict[str, Any], detail: str) -> None:
+        """Audit a registration or unregistration: who, from where (the event's identity and
+        address), which SPU, accepted or refused and why. A retriable refusal (not the leader,
+        no commit yet) is not a decision: the SPU asks again."""
+        if outcome.get("ok"):
+            self.s.authz.record(self.peer, call, f"spu:{spu_id}", "allow", None,
+                                f"{call} of SPU {spu_id} accepted" + (f": {detail}" if detail else ""))
+        elif not outcome.get("retriable"):
+            self.s.authz.record(self.peer, call, f"spu:{spu_id}", "deny", None,
+                                f"{call} of SPU {spu_id} refused: {outcome.get('message', '')}")
 
     async def heartbeat(self, req: Any, out: Any) -> None:
         if not self._allowed(out.result, NODE_ONLY, "heartbeat"):
@@ -424,6 +467,11 @@ class ScApi:
             log.warning("%s: %s of SPU %d at epoch %d by %s", p.name, what, choice, epoch, self.peer.identity)
             self.s.authz.record(self.peer, "admin", f"partition:{p.name}", "allow", None,
                                 f"{what}: SPU {choice} leads at epoch {epoch}")
+
+    # ---- node identity without TLS (core/node/identity.py)
+
+    def _node_auth(self) -> tuple[str, str | None, bool, Any]:
+        return "SC", self.s.config.secret, self.s.config.tls is not None, self.s.authz
 
     # ---- producers
 

@@ -6,12 +6,13 @@ import argparse
 import os
 import socket
 
+from ..node.authz import INSECURE_POLICY_FLAG
+from ..node.secret import SECRET_ENV, SecretError, cluster_secret
 from ..node.serve import add_tls_arguments, serve_until_signalled, tls_from_args
 from ..raft.node import RaftListenError
 from .api import ScApi
 from .server import ScConfig, ScPeer, ScServer
 
-SECRET_ENV = "KOLK_CLUSTER_SECRET"
 # Test hook: append "path size" after every fsync, so a test can simulate power loss by
 # cutting each file back to its last durable size. Off unless the variable is set.
 FSYNC_LOG_ENV = "KOLK_TEST_FSYNC_LOG"
@@ -35,7 +36,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="another SC, e.g. 2=10.0.0.2:7000/10.0.0.2:9003 (repeat for each)")
     p.add_argument("--bind-raft", help="bind Raft here instead of --raft (for proxies and NAT)")
     p.add_argument("--bind-admin", help="bind the admin API here instead of --admin (port 0: any free port)")
-    p.add_argument("--secret-file", help=f"file holding the cluster secret (else ${SECRET_ENV})")
+    p.add_argument("--secret-file", help=f"file holding the cluster secret, mode 0600 (else ${SECRET_ENV}); "
+                                         "SPUs need the same secret on a cluster without TLS")
+    p.add_argument(INSECURE_POLICY_FLAG, dest="insecure_allow_plaintext_policy", action="store_true",
+                   help="store a policy although this cluster runs without TLS, where every client is anonymous "
+                        "(audited); without it a policy needs TLS")
     p.add_argument("--heartbeat-timeout-ms", type=int, default=3000, help="SPU liveness timeout (default 3000)")
     p.add_argument("--replica-move-after-ms", type=int, default=300_000,
                    help="move the replicas of an SPU dead this long to other SPUs (default 300000)")
@@ -58,15 +63,11 @@ def _parse_peer(text: str) -> ScPeer:
 
 
 def config_from_args(args: argparse.Namespace) -> ScConfig:
-    if args.secret_file:
-        try:
-            with open(args.secret_file, encoding="utf-8") as f:
-                secret = f.read().strip()
-        except OSError as e:
-            raise SystemExit(f"kolk sc: cannot read --secret-file: {e}") from None
-    else:
-        secret = os.environ.get(SECRET_ENV, "")
-    if len(secret) < 16:
+    try:
+        secret = cluster_secret(args.secret_file) or ""
+    except SecretError as e:
+        raise SystemExit(f"kolk sc: {e}") from None
+    if not secret:
         raise SystemExit(f"kolk sc: a cluster secret of at least 16 characters is required (--secret-file or "
                          f"${SECRET_ENV}); without one anyone reaching the Raft port could run code on this node")
     peers = {args.id: ScPeer(args.id, args.raft, args.admin)}
@@ -83,6 +84,7 @@ def config_from_args(args: argparse.Namespace) -> ScConfig:
                         replica_move_after_ms=args.replica_move_after_ms, ready_file=args.ready_file,
                         changelog_events=args.changelog_events, watchers_max=args.watchers_max,
                         tls=tls_from_args(args, "kolk sc"),
+                        insecure_allow_plaintext_policy=args.insecure_allow_plaintext_policy,
                         on_sync=on_sync)
     except ValueError as e:
         raise SystemExit(f"kolk sc: {e}") from None
@@ -113,6 +115,6 @@ def run_sc(args: argparse.Namespace) -> int:
     # is created: a process that cannot serve stops at once, with one line, leaving nothing.
     _check_can_listen(config.bind_admin or config.me.admin_address, "admin")
     try:
-        return serve_until_signalled(lambda: ScServer(config, ScApi), args.log_level)
+        return serve_until_signalled(lambda: ScServer(config, ScApi), args.log_level, data_dir=args.data_dir)
     except RaftListenError as e:
         raise SystemExit(f"kolk sc: {e}") from None

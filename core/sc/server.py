@@ -26,7 +26,10 @@ from ..metadata.objects import TOPIC, State
 from ..metadata.specs import SpuSpec, SpuStatus
 from ..node.audit import AUDIT_TOPIC, AuditLog
 from ..node.authz import Authorizer
+from ..protocol.node_auth import NodeCredential
+from ..protocol.limits import FRAME_BODY_BYTES_MAX
 from ..raft.node import RaftConfig, RaftError, RaftNode
+from ..raft.tunnel import TunnelTls
 from ..security.tls import Peer, TlsConfig
 from ..transport import SC, serve
 from .state import MetadataStateMachine
@@ -68,6 +71,9 @@ class ScConfig:
     ready_file: str | None = None  # written with the bound admin address once serving
     tls: TlsConfig | None = None  # TLS on the admin listener (mutual: clients need certificates)
     changelog_events: int = 10_000  # changes kept for watchers
+    # An operator's decision (kolk sc --insecure-allow-plaintext-policy): store a policy on a
+    # cluster without TLS anyway, audited (core/sc/api.py putObject; docs/security.md).
+    insecure_allow_plaintext_policy: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
     # TEST ONLY (KOLK_TEST_IGNORE_STORAGE_ID=1): forget SPUs' storage ids and lost replicas, the
     # data-losing behaviour before issue 15; the fault harness must catch it under disk-wipe.
@@ -129,6 +135,24 @@ class WatcherSlots:
         return WatcherSlot(self)
 
 
+def raft_tls(tls: TlsConfig | None) -> TunnelTls | None:
+    """Mutual TLS for Raft from the SC's TLS files: the peer must present a *node* certificate
+    signed by the cluster CA, both ways (a client certificate never speaks Raft)."""
+    if tls is None:
+        return None
+    # cryptography is loaded only by processes that run TLS (footprint: DESIGN.md §11).
+    import ssl
+
+    from ..security.certs import NODE, peer_kind
+
+    def check_peer(der: bytes) -> str | None:
+        return None if peer_kind(der) == NODE else "its certificate is a client certificate, not a node certificate"
+
+    server = tls.server_context()
+    server.sslobject_class = ssl.SSLObject  # the tunnel logs each refusal itself, once
+    return TunnelTls(server, tls.client_context(), check_peer)
+
+
 # Makes the handler that serves one admin connection: (server, the peer on the other end).
 HandlerFactory = Callable[["ScServer", Peer], Any]
 
@@ -157,6 +181,10 @@ class ScServer:
             election_timeout_max_s=SOLO_ELECTION_TIMEOUT_S[1] if alone else config.election_timeout_max_s,
             snapshot_min_entries=config.snapshot_min_entries,
             on_sync=config.on_sync,
+            # Raft is mutual TLS whenever the cluster is (docs/security.md, "Raft").
+            tls=raft_tls(config.tls),
+            # No command is larger than the request that makes it.
+            command_bytes_max=FRAME_BODY_BYTES_MAX,
         )
         self.raft = RaftNode(raft_cfg, self.sm)
         self._admin_by_raft = {p.raft_address: p.admin_address for p in config.peers.values()}
@@ -171,16 +199,22 @@ class ScServer:
 
     def _audit(self, event: dict[str, Any]) -> None:
         if self.audit is None:
-            self.audit = AuditLog(f"sc-{self.config.node_id}", [self.admin_address], self.config.tls)
+            credential = NodeCredential(f"sc-{self.config.node_id}", self.config.secret) \
+                if self.config.tls is None else None  # plaintext: it proves the secret to the SPUs
+            self.audit = AuditLog(f"sc-{self.config.node_id}", [self.admin_address], self.config.tls, credential)
         self.audit.record(event)
 
     def authorize(self, peer: Peer, action: str, resource: str) -> None:
         """The policy check of every admin call; the policy in force is the state's."""
+        self.sync_policy()
+        self.authz.check(peer, action, resource)
+
+    def sync_policy(self) -> None:
+        """Make the authorizer enforce the state's policy (before a check that does not raise)."""
         obj = self.sm.state.get("policy", "active")
         version = int(obj.spec.get("version", 0)) if obj is not None else 0
         if version != self.authz.version or (obj is None) != (self.authz.policy is None):
             self.authz.on_policy(obj.to_json() if obj is not None else None)
-        self.authz.check(peer, action, resource)
 
     # ---------------------------------------------------------------- lifecycle
 

@@ -1,6 +1,6 @@
 """The SPU's side of the wire (``SpuRequest`` in core/protocol/kolk.capnp): one
 :class:`SpuHandler` per connection, whose method of a call's name the channel
-(core/protocol/channel.py) runs with the request's reader and the response to fill. This
+(core/protocol/channel_server.py) runs with the request's reader and the response to fill. This
 module has the data plane (produce, fetch, offsets, consumer streams); the calls between
 nodes are in core/spu/replication_api.py. The state they work on lives in core/spu/server.py and
 core/spu/replica.py. Every list and text of a request was bounded before a handler runs
@@ -26,13 +26,14 @@ import logging
 from typing import TYPE_CHECKING, Any, Coroutine, TypeVar
 
 from ..node.authz import Denied
-from ..protocol.channel import ServerStream
-from ..protocol.codes import Acks, Isolation
+from ..protocol.channel_server import ServerStream
+from ..protocol.codes import Acks, ErrorCode, Isolation
 from ..protocol.errors import KolkError
 from ..protocol.wire import set_error
-from ..security.masking import mask_batches
+from ..security.masking import UnmaskableBatchError, mask_batches
 from ..security.tls import Peer
-from ..segments.batch import HEADER_SIZE, NO_PRODUCER_ID, BatchHeader, parse_header, validate_batch
+from ..segments.batch import (CONTROL_FLAG, HEADER_SIZE, LENGTH_PREFIX_SIZE, NO_PRODUCER_ID, BatchHeader, parse_header,
+                              validate_batch)
 from ..segments.errors import InvalidBatchError, StorageError
 from ..segments.producer_state import ProducerStateError, sequence_count
 from ..smartmodule.chain import Chain, ChainError
@@ -70,6 +71,23 @@ def _log_failure(task: "asyncio.Task[Any]") -> None:
         log.info("acks=none append not committed: %s", task.exception())
 
 
+def control_batch_refusal(records: bytes) -> str | None:
+    """Why ``records`` may not be produced because it holds a control batch (attributes bit 5),
+    or None. Clients never write control batches (only the cluster may), and masking and
+    SmartModules must never meet one a client crafted (docs/security.md "Masking fails
+    closed"). Walks the headers only; the log validates the rest on append."""
+    pos, n = 0, len(records)
+    while n - pos >= HEADER_SIZE:
+        h = parse_header(records, pos)
+        if h.is_control:
+            return (f"batch at byte {pos} is a control batch (attributes {h.attributes:#06x} has the control bit "
+                    f"{CONTROL_FLAG:#04x}): clients may not produce control batches")
+        if h.batch_length < HEADER_SIZE - LENGTH_PREFIX_SIZE:
+            return None  # not a batch at all: the append names what is wrong with it
+        pos += h.size
+    return None
+
+
 def _is_idempotent(records: bytes) -> bool:
     """Whether ``records`` starts with a batch of an idempotent producer (producer id >= 0)."""
     return len(records) >= HEADER_SIZE and parse_header(records, 0).producer_id != NO_PRODUCER_ID
@@ -105,10 +123,16 @@ class SpuHandler(ReplicationCalls):
         result = out.result
         if not self._may(result, "produce", req.topic, req.smartmodules):
             return
+        if self._audit_write_refused(result, req):  # _audit: records only as the writer itself
+            return
         records = req.records
         if len(records) > self.s.config.produce_bytes_max:
             set_error(result, "tooLarge", f"produce request of {len(records)} bytes is more than "
                       f"{self.s.config.produce_bytes_max}")
+            return
+        refusal = control_batch_refusal(records)
+        if refusal is not None:
+            set_error(result, ErrorCode.INVALID_BATCH.value, refusal)
             return
         acks = enum_field(Acks, req.acks, result)
         if acks is None:
@@ -265,11 +289,18 @@ class SpuHandler(ReplicationCalls):
             self.s.disk.on_error(replica, e)
             storage_error(out.result, e)
             return
-        out.records = mask_batches(res.data, self.s.authz.masks(self.peer, req.topic))
+        next_offset = res.next_offset
+        try:
+            out.records = mask_batches(res.data, self.s.authz.masks(self.peer, req.topic))
+        except UnmaskableBatchError as e:  # withheld, never sent unmasked: the read ends before it
+            if not e.masked_before:
+                set_error(out.result, ErrorCode.CORRUPT_BATCH.value, f"{replica.name}: {e}")
+                return
+            out.records, next_offset = e.masked_before, e.offset
         out.highWatermark = res.high_watermark
         out.logStartOffset = res.log_start_offset
         out.logEndOffset = res.log_end_offset
-        out.nextOffset = res.next_offset
+        out.nextOffset = next_offset
         out.result.ok = True
 
     async def offsets(self, req: Any, out: Any) -> None:

@@ -21,7 +21,9 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING, Any
 
-from ..protocol.channel import CallRejected, ClientConnection, ConnectionLost
+from ..protocol.node_auth import NodeCredential
+from ..protocol.channel import CallRejected, ConnectionLost
+from ..protocol.channel_client import ClientConnection
 from ..protocol.errors import KolkError
 from ..security.tls import TlsConfig
 from ..segments.batch import iter_batches
@@ -59,8 +61,9 @@ class TruncationRefused(Exception):
 class PeerPool:
     """One connection per leader SPU, shared by every partition it leads here."""
 
-    def __init__(self, tls: TlsConfig | None = None) -> None:
+    def __init__(self, tls: TlsConfig | None = None, credential: NodeCredential | None = None) -> None:
         self.tls = tls
+        self.credential = credential  # plaintext cluster: proves the cluster secret on connect
         self._conns: dict[str, ClientConnection] = {}
         self._locks: dict[str, asyncio.Lock] = {}
 
@@ -75,7 +78,7 @@ class PeerPool:
             conn = self._conns.get(address)
             if conn is not None and not conn.is_closed:
                 return conn
-            conn = await connect(SPU, address, self.tls, CONNECT_TIMEOUT_S)
+            conn = await connect(SPU, address, self.tls, CONNECT_TIMEOUT_S, self.credential)
             self._conns[address] = conn
             return conn
 

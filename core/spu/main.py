@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import os
 
+from ..node.secret import SECRET_ENV, SecretError, cluster_secret
 from ..node.serve import add_tls_arguments, serve_until_signalled, tls_from_args
+from ..protocol.errors import KolkError
 from .server import SpuConfig, SpuServer
 
 
@@ -23,22 +25,35 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="how long a leader holds a follower's fetch when it has nothing new (default 500)")
     p.add_argument("--heartbeat-interval-ms", type=int, default=1000, help="heartbeats to the SC (default 1000)")
     p.add_argument("--ready-file", help="write {address, pid} here once serving")
+    p.add_argument("--secret-file", help=f"file holding the cluster secret, mode 0600 (else ${SECRET_ENV}): "
+                                         "needed without TLS, where nodes prove it to each other")
     add_tls_arguments(p, "the SPU")
     p.add_argument("--log-level", default="INFO")
 
 
 def run_spu(args: argparse.Namespace) -> int:
+    tls = tls_from_args(args, "kolk spu")
+    try:
+        secret = cluster_secret(args.secret_file)
+    except SecretError as e:
+        raise SystemExit(f"kolk spu: {e}") from None
+    if tls is None and secret is None:
+        raise SystemExit(f"kolk spu: without TLS this SPU needs the cluster secret (--secret-file or ${SECRET_ENV}) "
+                         "to prove it is a node; or turn TLS on (--tls-ca, --tls-cert, --tls-key)")
     try:
         config = SpuConfig(spu_id=args.id, data_dir=args.data_dir, sc_addresses=args.sc.split(","),
                            public_address=args.public, private_address=args.private, bind_address=args.bind,
                            rack=args.rack, ready_file=args.ready_file,
                            replica_lag_max_ms=args.replica_lag_max_ms,
                            replica_fetch_wait_ms=args.replica_fetch_wait_ms,
-                           heartbeat_interval_ms=args.heartbeat_interval_ms, tls=tls_from_args(args, "kolk spu"),
+                           heartbeat_interval_ms=args.heartbeat_interval_ms, tls=tls, secret=secret,
                            unsafe_acks_for_tests=os.environ.get("KOLK_TEST_UNSAFE_ACKS") == "1")
     except ValueError as e:
         raise SystemExit(f"kolk spu: {e}") from None
     # SpuServer.start() creates the data directory (and its parents) once it can serve; a
     # listener it cannot bind or a private address that is not its own stops it first, with
     # one line on stderr and nothing left behind.
-    return serve_until_signalled(lambda: SpuServer(config), args.log_level)
+    try:
+        return serve_until_signalled(lambda: SpuServer(config), args.log_level, data_dir=args.data_dir)
+    except KolkError as e:  # the SC refused it for good (another cluster secret, a TLS refusal)
+        raise SystemExit(f"kolk spu: cannot join the cluster: {e}") from None

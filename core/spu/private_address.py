@@ -29,7 +29,7 @@ async def private_address_problem(config: "SpuConfig", instance_id: str) -> str:
     """What answers at the SPU's private address when it is not this process (one line), or
     "" when it is."""
     private = config.private_address or config.public_address
-    pool = PeerPool(config.tls)
+    pool = PeerPool(config.tls, config.credential)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + PRIVATE_CHECK_S_MAX
     backoff = 0.05

@@ -1,6 +1,8 @@
 """The SPU's calls for other nodes and operators: replication (``replicaFetch``,
 ``epochEndOffset``, docs/replication.md), ``partitionStatus`` for ``kolk partition list``, and
-``identify`` for the private-address check (core/spu/private_address.py).
+``identify`` for the private-address check (core/spu/private_address.py); ``challenge`` and
+``authenticate``, by which a node proves the cluster secret on a plaintext cluster
+(core/node/identity.py), and the check of what a node writes to ``_audit``.
 
 :class:`ReplicationCalls` is a part of the SPU's per-connection handler (core/spu/api.py):
 the channel calls ``handler.replicaFetch(req, out)`` with the request's reader and the
@@ -14,7 +16,9 @@ import json
 import time
 from typing import TYPE_CHECKING, Any
 
-from ..node.authz import NODE_ONLY, Denied
+from ..node.audit import forged_audit_records
+from ..node.authz import AUDIT_TOPIC, NODE_ONLY, Denied
+from ..node.identity import NodeAuthCalls
 from ..protocol.wire import set_error
 from ..security.tls import Peer
 from ..segments.errors import StorageError
@@ -32,7 +36,7 @@ def now_ms() -> int:
     return time.monotonic_ns() // 1_000_000
 
 
-class ReplicationCalls:
+class ReplicationCalls(NodeAuthCalls):
     """The node-to-node calls of one connection (mixed into the SPU's handler)."""
 
     s: "SpuServer"
@@ -106,9 +110,12 @@ class ReplicationCalls:
 
     async def partitionStatus(self, req: Any, out: Any) -> None:  # noqa: N802 - the wire name
         """Offsets and follower progress of the asked partitions this SPU leads, as JSON."""
-        if not self.peer.node and not self.s.authz.allowed(self.peer, "describe", "cluster"):
-            set_error(out.result, "denied", f"{self.peer.identity} may not describe cluster")
-            return
+        if not self.peer.node:
+            try:
+                self.s.authz.check(self.peer, "describe", "cluster")  # audited when denied
+            except Denied as e:
+                set_error(out.result, "denied", str(e))
+                return
         now = now_ms()
         led = (self.s.replicas.get(name) for name in req.partitions)
         out.statusJson = json.dumps([rep.status_json(now) for rep in led if rep is not None and rep.is_leader])
@@ -121,6 +128,28 @@ class ReplicationCalls:
         out.spuId = self.s.config.spu_id
         out.instanceId = self.s.instance_id
         out.result.ok = True
+
+    # ---- node identity without TLS (core/node/identity.py)
+
+    def _node_auth(self) -> tuple[str, str | None, bool, Any]:
+        return "SPU", self.s.config.secret, self.s.config.tls is not None, self.s.authz
+
+    # ---- the audit log
+
+    def _audit_write_refused(self, result: Any, req: Any) -> bool:
+        """A produce to ``_audit`` (only node peers get here, core/node/authz.py) is refused
+        unless every record's ``node`` is the writer's own identity and no SmartModule would
+        rewrite them; the refusal is audited. True when refused (``result`` filled)."""
+        if req.topic != AUDIT_TOPIC:
+            return False
+        why = ("a SmartModule may not rewrite audit records" if len(req.smartmodules)
+               else forged_audit_records(req.records, self.peer.identity))
+        if why is None:
+            return False
+        self.s.authz.record(self.peer, "produce", f"topic:{AUDIT_TOPIC}", "deny", None, why)
+        set_error(result, "denied", f"{self.peer.identity} from {self.peer.address or '?'} may not produce "
+                                    f"topic:{AUDIT_TOPIC}: {why}")
+        return True
 
 
 async def _wait_for_more(replica: "Replica", offset: int, epoch: int, wait_ms: int) -> None:

@@ -28,7 +28,10 @@ from ..metadata.apply import min_in_sync
 from ..metadata.controllers import offline_reason
 from ..node.audit import AuditLog
 from ..node.authz import Authorizer
+from ..protocol.node_auth import NodeCredential
 from ..protocol.errors import KolkError, NotFoundError, StaleEpochError, VersionConflictError
+from ..protocol import limits as L
+from ..protocol.fair_use import FairUse, FairUseLimits
 from ..protocol.limits import FETCH_BYTES_MAX, PRODUCE_BYTES_MAX, STREAM_WINDOW_BYTES_MAX
 from ..protocol.wire import set_error
 from ..security.tls import TlsConfig
@@ -70,7 +73,13 @@ class SpuConfig:
     fetch_bytes_max: int = FETCH_BYTES_MAX
     stream_window_bytes_max: int = STREAM_WINDOW_BYTES_MAX
     stream_push_bytes_max: int = 1 << 20
-    streams_max: int = 1_000
+    # Fair use (core/protocol/fair_use.py, docs/security.md "Fair use"): streams and unread
+    # pushed bytes per identity (TLS identity, or client address without TLS) and in all.
+    streams_max: int = L.STREAMS_PER_SERVER_MAX
+    streams_per_identity_max: int = L.STREAMS_PER_IDENTITY_MAX
+    held_bytes_max: int = L.HELD_BYTES_PER_SERVER_MAX
+    held_bytes_per_identity_max: int = L.HELD_BYTES_PER_IDENTITY_MAX
+    connections_per_identity_max: int = L.CONNECTIONS_PER_IDENTITY_MAX
     produce_timeout_ms_max: int = 60_000
     stream_keepalive_ms: int = 5_000  # an idle stream sends an empty push this often (core/spu/stream.py)
     # Replication (docs/replication.md).
@@ -80,6 +89,9 @@ class SpuConfig:
     replica_call_timeout_s: float = 5.0
     isr_request_timeout_s: float = 10.0
     tls: TlsConfig | None = None  # TLS on the listener and on this SPU's own connections (node certificate)
+    # The cluster secret (core/node/secret.py): without TLS, node-only calls to and from this SPU
+    # prove it (core/node/identity.py); kolk spu refuses to start a plaintext SPU without one.
+    secret: str | None = field(default=None, repr=False)
     # TEST ONLY (KOLK_TEST_UNSAFE_ACKS=1): answer acks=all once the leader has fsynced, before the
     # high watermark passes: the deliberately broken build the fault harness must catch.
     unsafe_acks_for_tests: bool = False
@@ -93,6 +105,13 @@ class SpuConfig:
     disk_free_bytes_min: int = 4 << 20
     ready_file: str | None = None
 
+    @property
+    def credential(self) -> NodeCredential | None:
+        """What this SPU's own connections prove on a plaintext cluster (None with TLS)."""
+        if self.tls is not None or not self.secret:
+            return None
+        return NodeCredential(f"spu-{self.spu_id}", self.secret)
+
     def __post_init__(self) -> None:
         if self.heartbeat_interval_ms < 50:
             raise ValueError("heartbeat_interval_ms must be at least 50")
@@ -104,6 +123,11 @@ class SpuConfig:
             raise ValueError("replica_fetch_bytes must be from 64 KiB to fetch_bytes_max")
         if not 10 <= self.disk_check_interval_ms <= 60_000:
             raise ValueError("disk_check_interval_ms must be from 10 to 60000")
+        self.fair_use_limits()  # ValueError naming the bad limit
+
+    def fair_use_limits(self) -> FairUseLimits:
+        return FairUseLimits(self.streams_per_identity_max, self.streams_max, self.held_bytes_per_identity_max,
+                             self.held_bytes_max, self.connections_per_identity_max)
 
 
 class SpuServer:
@@ -114,16 +138,17 @@ class SpuServer:
         self.store: LogStore
         # Random per process (as uuid4().hex): tells this SPU from any other, even one with its id.
         self.instance_id = os.urandom(16).hex()
-        self.admin = AdminClient(config.sc_addresses, timeout_s=30, tls=config.tls)
+        self.admin = AdminClient(config.sc_addresses, timeout_s=30, tls=config.tls, credential=config.credential)
         self.replicas: dict[str, Replica] = {}
         self.partitions: dict[str, dict[str, Any]] = {}  # every partition of the cluster, by name
         self.topics: dict[str, dict[str, Any]] = {}
         self.spus: dict[int, dict[str, Any]] = {}
         self.metadata_version = 0
         self.streams = 0
-        self.peers = PeerPool(config.tls)
+        self.fair_use = FairUse(f"SPU {config.spu_id}", config.fair_use_limits())
+        self.peers = PeerPool(config.tls, config.credential)
         self.smartmodules = SmartModuleRegistry(self.admin)
-        self.audit = AuditLog(f"spu-{config.spu_id}", config.sc_addresses, config.tls)
+        self.audit = AuditLog(f"spu-{config.spu_id}", config.sc_addresses, config.tls, config.credential)
         self.authz = Authorizer(f"spu-{config.spu_id}", config.tls is not None, self.audit.record)
         self._server: Any = None
         self._tasks: list[asyncio.Task[Any]] = []
@@ -145,7 +170,8 @@ class SpuServer:
         listen = self.config.bind_address or self.config.public_address
         host, port = listen.rsplit(":", 1)
         try:
-            self._server = await serve(SPU, lambda peer: SpuHandler(self, peer), host, int(port), self.config.tls)
+            self._server = await serve(SPU, lambda peer: SpuHandler(self, peer), host, int(port), self.config.tls,
+                                       fair_use=self.fair_use)
         except OSError as e:
             reason = os.strerror(e.errno).lower() if e.errno else str(e)
             raise SystemExit(f"kolk spu: cannot listen for clients and SPUs on {listen}: {reason}") from None
@@ -247,7 +273,8 @@ class SpuServer:
         interval = self.config.heartbeat_interval_ms / 1000
         backoff = 0.05
         while True:
-            client = AdminClient(self.config.sc_addresses, timeout_s=10, tls=self.config.tls)
+            client = AdminClient(self.config.sc_addresses, timeout_s=10, tls=self.config.tls,
+                                 credential=self.config.credential)
             why: BaseException | str
             try:
                 handle = self._watch_handle = await watch(client, self.metadata_version, self._on_metadata)

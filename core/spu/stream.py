@@ -1,6 +1,6 @@
 """What feeds a consumer's stream on the SPU (``stream`` in core/protocol/kolk.capnp).
 
-After the SPU has answered a ``StreamRequest`` the channel (core/protocol/channel.py) runs
+After the SPU has answered a ``StreamRequest`` the channel (core/protocol/channel_server.py) runs
 :meth:`StreamFeed.run` until it returns, or until the consumer cancels or disconnects (then it
 is cancelled). The feed reads whole batches from the leader's log and pushes them while the
 consumer's credit lasts: credit is counted in pushed bytes, the channel takes each push's size
@@ -23,11 +23,11 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from ..node.authz import Denied
-from ..protocol.channel import ServerStream
-from ..protocol.codes import Isolation
+from ..protocol.channel_server import ServerStream
+from ..protocol.codes import ErrorCode, Isolation
 from ..protocol.limits import ACCUMULATOR_BYTES_MAX
 from ..protocol.wire import schema
-from ..security.masking import mask_batches
+from ..security.masking import UnmaskableBatchError, mask_batches
 from ..security.tls import Peer
 from ..segments.errors import StorageError
 from ..smartmodule.chain import Chain, ChainError
@@ -101,49 +101,63 @@ class StreamFeed:
             self.s.streams -= 1
 
     async def _step(self) -> None:
-        """Push the next batches, or wait for records or credit."""
+        """Push the next batches, or wait for records, credit or room."""
         stream, lg = self.stream, self.replica.log
         changed = self.replica.changed
         upto = lg.high_watermark if self.isolation == Isolation.COMMITTED else lg.log_end_offset
         if self.offset >= upto:
             await self._idle(changed)
             return
-        if stream.credit <= 0:
+        # Nothing is read while the connection's write buffer is full (a reader that does not
+        # read pins no batches here), nor past the credit or the held-bytes limits of the
+        # stream's owner and of this SPU (core/protocol/fair_use.py).
+        await stream.writable()
+        room = stream.room()
+        if room <= 0:
             await self._wait_for_credit()
             return
         # Checked again on every read: a newer policy that revokes access ends the stream.
         self.s.authz.check(self.peer, "consume", f"topic:{self.topic}")
-        res = lg.read(self.offset, min(stream.credit, self.s.config.stream_push_bytes_max), upto)
+        res = lg.read(self.offset, min(room, self.s.config.stream_push_bytes_max), upto)
         if not res.data:
             await self._idle(changed)
             return
-        if len(res.data) > stream.credit and stream.credit < self.window:
-            # The next batch does not fit what is left of the window: wait for grants.
+        shared = stream.shared_room()
+        if len(res.data) > stream.credit and stream.credit < self.window or \
+                shared is not None and len(res.data) > shared:
+            # The next batch does not fit what is left of the window (a batch larger than the
+            # whole window goes once the window is empty), or of the held-bytes limits: wait.
             await self._wait_for_credit()
             return
         # Masking before SmartModules: a module sees only what this reader may see. The masks
         # are read per push, so a new policy version applies to open streams too.
-        data = mask_batches(res.data, self.s.authz.masks(self.peer, self.topic))
+        next_offset = res.next_offset
+        try:
+            data = mask_batches(res.data, self.s.authz.masks(self.peer, self.topic))
+        except UnmaskableBatchError as e:  # withheld, never sent unmasked: push what precedes it, then end
+            if not e.masked_before:
+                raise _StreamStopped(ErrorCode.CORRUPT_BATCH.value, f"{self.replica.name}: {e}") from None
+            data, next_offset = e.masked_before, e.offset
         if self.chain is not None:
             data = self.chain.apply(data, lg.config.batch_bytes_max, verified=True)  # the reader checked CRCs
             self.accumulators = self._checked_accumulators()
-            if not data and res.next_offset < upto:
-                self.offset = res.next_offset  # all filtered out: read on before telling the consumer
+            if not data and next_offset < upto:
+                self.offset = next_offset  # all filtered out: read on before telling the consumer
                 return
-        await stream.push(self._push(data, res.high_watermark, res.next_offset))
-        self.offset = res.next_offset
+        await stream.push(self._push(data, res.high_watermark, next_offset))
+        self.offset = next_offset
         await asyncio.sleep(0)  # a push need not wait: let other streams and requests run between pushes
 
     async def _idle(self, changed: asyncio.Event) -> None:
         """Wait for new records (or a change of leadership); after ``keepalive_s`` without,
         send an empty push if the credit allows."""
-        if not await _wait(changed, self.keepalive_s) and self.stream.credit > 0:
+        if not await _wait(changed, self.keepalive_s) and self.stream.room() > 0:
             await self.stream.push(self._push(b"", self.replica.log.high_watermark, self.offset))
 
     async def _wait_for_credit(self) -> None:
-        """Wait for the consumer to grant credit (looking again now and then regardless)."""
-        self.stream.granted.clear()
-        await _wait(self.stream.granted, self.keepalive_s)
+        """Wait for the consumer to grant credit, or for its owner's readers to take bytes
+        (looking again now and then regardless)."""
+        await self.stream.wait_for_room(self.keepalive_s)
 
     def _checked_accumulators(self) -> list[bytes]:
         """The chain's accumulators, each within what a push may carry."""

@@ -1,0 +1,430 @@
+"""The server side of the transport (core/protocol/channel.py): :func:`serve` and the
+per-connection protocol that decodes, bounds and dispatches requests, feeds streams within
+their credit, and holds the per-connection and fair-use limits (core/protocol/fair_use.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import ssl
+from typing import Any, Callable, Coroutine
+
+from . import limits as L
+from .bounds import BoundsError, check
+from .channel import STREAM_CALLS, TLS_HANDSHAKE_TIMEOUT_S, ConnectionLost, Service
+from .errors import one_line
+from .fair_use import FairUse, owner_of
+from .framing import Frame, FrameDecoder, Kind, OversizedFrame, ProtocolError, encode_frame
+from .messages import MalformedMessage, decode, encode, schema, which
+from .messages import member as _member
+
+log = logging.getLogger("kolk.channel")
+
+
+def _rejected_body(service: Service, code: str, message: str, retriable: bool = False) -> bytes:
+    env = service.response.new_message()
+    err = env.init("rejected")
+    err.code = code
+    err.message = one_line(message)
+    err.retriable = retriable
+    return encode(env)
+
+
+def _internal(service: Service, what: str, e: BaseException) -> str:
+    """Log a handler's unexpected exception with its traceback under a reference; the one
+    line the client gets instead (never the traceback or the exception's text)."""
+    ref = os.urandom(4).hex()
+    log.error("%s: %s failed [ref %s]", service.name, what, ref, exc_info=e)
+    return f"internal error in {what}: {type(e).__name__} (ref {ref}; the {service.name}'s log has the details)"
+
+
+# ---------------------------------------------------------------- server side
+
+
+class ServerStream:
+    """The server's end of one stream: credit from the client, and pushes to it.
+
+    ``credit`` is in body bytes: the server sends a push only while its credit is positive and
+    each push uses up its body's length, so a client holds at most its window and one push.
+    With a :class:`~kolk.protocol.fair_use.FairUse` ledger the stream also counts against its
+    owner: pushed bytes are held until credit brings them back, and :meth:`room` is what the
+    owner's and the server's held-bytes limits still allow.
+    """
+
+    def __init__(self, conn: "_ServerConnection", request_id: int, credit: int) -> None:
+        self._conn = conn
+        self.id = request_id
+        self.credit = credit
+        self.granted = asyncio.Event()  # set when credit arrives, room frees, or the stream closes
+        self.closed = False
+        self._granted_total = credit
+        self.held = 0  # pushed bytes not granted back yet
+        self._counted = conn.fair_use is not None  # holds one of its owner's stream slots
+
+    @property
+    def owner(self) -> str:
+        return self._conn.owner
+
+    def grant(self, n: int) -> bool:
+        """Add credit; False when the client grants more than it could ever have been owed."""
+        self._granted_total += n
+        self.credit += n
+        self._give_back(min(n, self.held))
+        self.granted.set()
+        return self.credit <= L.STREAM_WINDOW_BYTES_MAX
+
+    def _give_back(self, n: int) -> None:
+        if n <= 0:
+            return
+        self.held -= n
+        fair = self._conn.fair_use
+        if fair is not None and self._counted:
+            fair.give_back(self.owner, n)
+
+    def release(self) -> None:
+        """Give back the stream's slot and the bytes it holds (once; the stream is over)."""
+        if not self._counted:
+            return
+        self._give_back(self.held)
+        fair = self._conn.fair_use
+        assert fair is not None
+        self._counted = False
+        fair.forget(self.owner, self.id)
+        fair.close(self.owner)
+
+    def close(self) -> None:
+        self.closed = True
+        self.release()
+        self.granted.set()
+
+    def room(self) -> int:
+        """Bytes this stream may push now: its credit, within what its owner's and the
+        server's held-bytes limits leave (may be <= 0)."""
+        fair = self._conn.fair_use
+        if fair is None or not self._counted:
+            return self.credit
+        return min(self.credit, fair.room(self.owner))
+
+    def shared_room(self) -> int | None:
+        """What the held-bytes limits leave this stream's owner; None without a ledger."""
+        fair = self._conn.fair_use
+        return fair.room(self.owner) if fair is not None and self._counted else None
+
+    async def wait_for_room(self, timeout_s: float) -> None:
+        """Wait until credit arrives, the owner's readers take bytes, or ``timeout_s`` passes."""
+        self.granted.clear()
+        fair = self._conn.fair_use
+        if fair is not None and self._counted:
+            fair.wait_for_room(self.owner, self.id, self.granted.set)
+        try:
+            async with asyncio.timeout(timeout_s):
+                await self.granted.wait()
+        except TimeoutError:
+            pass
+        finally:
+            if fair is not None and self._counted:
+                fair.forget(self.owner, self.id)
+
+    async def writable(self) -> None:
+        """Wait while the connection's write buffer is over its mark (read nothing before)."""
+        await self._conn.writable()
+        if self.closed:
+            raise ConnectionLost("the stream was closed")
+
+    async def push(self, message: Any) -> int:
+        """Send one Push message (waits while the connection's write buffer is full). Its size."""
+        body = encode(message)
+        await self._conn.writable()
+        if self.closed:
+            raise ConnectionLost("the stream was closed")
+        self.credit -= len(body)
+        self.held += len(body)
+        fair = self._conn.fair_use
+        if fair is not None and self._counted:
+            fair.take(self.owner, len(body))
+        self._conn.write(Kind.PUSH, self.id, body)
+        return len(body)
+
+
+class _ServerConnection(asyncio.Protocol):
+    def __init__(self, service: Service, make_handler: Callable[[Any], Any], peer_of: Callable[[Any], Any],
+                 fair_use: FairUse | None = None) -> None:
+        self.service = service
+        self._make_handler = make_handler
+        self._peer_of = peer_of
+        self.fair_use = fair_use
+        self.owner = ""  # whose streams these are (fair_use.owner_of the peer)
+        self._connected = False  # counted in fair_use's connections of the owner
+        self._refused: str | None = None  # why the connection was refused (fair use): no handler
+        self.handler: Any = None
+        self.transport: Any = None
+        self._decoder = FrameDecoder()
+        self._tasks: dict[int, asyncio.Task[None]] = {}
+        self._streams: dict[int, tuple[ServerStream, asyncio.Task[None] | None]] = {}
+        self._opening = 0  # stream requests counted against the limit whose handler has not answered yet
+        self._reading = True
+        self._backlog = False  # frames left in the decoder for the next turn of the loop (_pump)
+        self._writing_paused = False
+        self._drained = asyncio.Event()
+        self._drained.set()
+        self._lost = False
+
+    # ---- asyncio.Protocol
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+        transport.set_write_buffer_limits(high=L.WRITE_BUFFER_HIGH_BYTES)
+        try:
+            peer = self._peer_of(transport)
+            self.owner = owner_of(peer)
+            if self.fair_use is not None and not getattr(peer, "node", False):
+                self._refused = self.fair_use.connection_refusal(self.owner)
+                if self._refused is not None:
+                    # No handler: the first request is answered with why, then the connection
+                    # closes (or after a while, if none comes).
+                    log.info("refusing a connection: %s", self._refused)
+                    asyncio.get_running_loop().call_later(L.REFUSED_CONNECTION_LINGER_S, transport.abort)
+                    return
+                self.fair_use.connect(self.owner)
+                self._connected = True
+            self.handler = self._make_handler(peer)
+        except Exception:  # noqa: BLE001 - a handler that cannot start refuses only this connection
+            log.exception("refusing a connection: its handler could not be made")
+            transport.abort()
+
+    def data_received(self, data: bytes) -> None:
+        # At most FRAMES_PER_TURN_MAX frames per turn of the loop: a flood of tiny frames
+        # (16-byte CREDIT or CANCEL frames, 16k of them per read) must not hold the loop from
+        # every other connection. The rest wait in the decoder, reading paused, for _pump.
+        try:
+            frames = self._decoder.feed(data, 0 if self._backlog else L.FRAMES_PER_TURN_MAX)
+        except ProtocolError as e:
+            log.info("closing a connection that broke the framing: %s", e)
+            self.transport.abort()
+            return
+        for frame in frames:
+            self._on_frame(frame)
+            if self._lost:
+                return
+        if len(frames) == L.FRAMES_PER_TURN_MAX and not self._backlog:
+            self._backlog = True
+            self._update_reading()
+            asyncio.get_running_loop().call_soon(self._pump)
+
+    def _pump(self) -> None:
+        self._backlog = False
+        if self._lost or self.transport.is_closing():
+            return
+        self.data_received(b"")
+        if not self._backlog:
+            self._update_reading()
+
+    def eof_received(self) -> bool:
+        return False
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self._lost = True
+        self._drained.set()
+        if self._connected and self.fair_use is not None:
+            self._connected = False
+            self.fair_use.disconnect(self.owner)
+        for task in list(self._tasks.values()):
+            task.cancel()
+        for stream, task in list(self._streams.values()):
+            stream.close()
+            if task is not None:
+                task.cancel()
+        self._streams.clear()
+        close = getattr(self.handler, "connection_closed", None)
+        if close is not None:
+            close()
+
+    def pause_writing(self) -> None:
+        self._writing_paused = True
+        self._drained.clear()
+        self._update_reading()
+
+    def resume_writing(self) -> None:
+        self._writing_paused = False
+        self._drained.set()
+        self._update_reading()
+
+    # ---- frames
+    def _on_frame(self, frame: Frame | OversizedFrame) -> None:
+        if isinstance(frame, OversizedFrame):
+            if frame.kind == Kind.REQUEST:
+                self.write(Kind.RESPONSE, frame.id, _rejected_body(
+                    self.service, "tooLarge", f"a request of {frame.length} bytes is more than the limit of "
+                                              f"{L.FRAME_BODY_BYTES_MAX}"))
+            return
+        kind = frame.kind
+        if self._refused is not None:
+            if kind == Kind.REQUEST:
+                self.write(Kind.RESPONSE, frame.id, _rejected_body(self.service, "tooManyConnections", self._refused,
+                                                                  True))
+                self.transport.close()  # after the answer is written
+                self._lost = True  # nothing more is read from it
+            return
+        if kind == Kind.REQUEST:
+            if frame.id in self._tasks or frame.id in self._streams:
+                self._protocol_error(f"request id {frame.id} is already in use on this connection")
+                return
+            # A Task per request: handlers use asyncio.timeout, which on Python 3.11 needs one
+            # (an eager first step outside a Task, tried here, broke every produce with acks).
+            task = asyncio.get_running_loop().create_task(self._serve(frame.id, frame.body))
+            self._tasks[frame.id] = task
+            self._update_reading()
+        elif kind == Kind.CANCEL:
+            task = self._tasks.get(frame.id)
+            if task is not None:
+                task.cancel()
+            entry = self._streams.pop(frame.id, None)
+            if entry is not None:
+                entry[0].close()
+                if entry[1] is not None:
+                    entry[1].cancel()
+        elif kind == Kind.CREDIT:
+            entry = self._streams.get(frame.id)
+            if entry is not None and not entry[0].grant(frame.credit):
+                self._protocol_error(f"stream {frame.id} was granted more than {L.STREAM_WINDOW_BYTES_MAX} bytes "
+                                     "of credit")
+        else:
+            self._protocol_error(f"a client sent a {kind.name} frame")
+
+    def _protocol_error(self, why: str) -> None:
+        log.info("closing a connection: %s", why)
+        self.transport.abort()
+
+    def _update_reading(self) -> None:
+        if self._lost:
+            return
+        want = not self._writing_paused and len(self._tasks) < L.REQUESTS_IN_FLIGHT_MAX and not self._backlog
+        if want != self._reading:
+            self._reading = want
+            if want:
+                self.transport.resume_reading()
+            else:
+                self.transport.pause_reading()
+
+    def write(self, kind: Kind, request_id: int, body: bytes) -> None:
+        if not self._lost:
+            self.transport.write(encode_frame(kind, request_id, body))
+
+    async def writable(self) -> None:
+        # A loop: every waiter wakes when the buffer drains, and the first to write may fill it again.
+        while self._writing_paused and not self._lost:
+            await self._drained.wait()
+        if self._lost:
+            raise ConnectionLost("the connection closed")
+
+    async def _serve(self, request_id: int, body: bytes) -> None:
+        service = self.service
+        name = "a request"
+        try:
+            try:
+                env = decode(service.request, body)
+                name = which(env)
+                req = _member(env, name)
+                check(req, service.request_plan(name))
+            except (MalformedMessage, BoundsError) as e:
+                code = "tooLarge" if isinstance(e, BoundsError) else "malformed"
+                self.write(Kind.RESPONSE, request_id, _rejected_body(service, code, str(e)))
+                return
+            method = getattr(self.handler, name, None)
+            if method is None:
+                self.write(Kind.RESPONSE, request_id, _rejected_body(
+                    service, "unknownCall", f"the {service.name} does not serve {name}"))
+                return
+            resp = service.response.new_message()
+            out = resp.init(name)
+            if name not in STREAM_CALLS:
+                # A reader that does not read stops its own calls: no answer is computed while
+                # the connection's write buffer is over its mark.
+                await self.writable()
+                await method(req, out)
+                self.write(Kind.RESPONSE, request_id, encode(resp))
+                return
+            await self._open_stream(request_id, name, req, method, resp, out)
+        except (asyncio.CancelledError, ConnectionLost):
+            pass  # the client cancelled the request, or the connection closed
+        except Exception as e:  # noqa: BLE001 - one failing request answers internal, the rest go on
+            message = _internal(service, f"{name} (request {request_id})", e)
+            self.write(Kind.RESPONSE, request_id, _rejected_body(service, "internal", message))
+        finally:
+            self._tasks.pop(request_id, None)
+            self._update_reading()
+
+    def _stream_refusal(self) -> str | None:
+        """Why this connection's peer may not open another stream now (one line), or None."""
+        have = len(self._streams) + self._opening
+        if have >= L.STREAMS_PER_CONNECTION_MAX:
+            return (f"this connection already holds {have} of {L.STREAMS_PER_CONNECTION_MAX} streams; close one or "
+                    "open another connection")
+        return self.fair_use.refusal(self.owner) if self.fair_use is not None else None
+
+    async def _open_stream(self, request_id: int, name: str, req: Any, method: Any, resp: Any, out: Any) -> None:
+        """Admit a stream call (the connection's, the owner's and the server's stream limits,
+        counted before any await so streams opened at once count too), run its handler, and
+        start its feed."""
+        refusal = self._stream_refusal()
+        if refusal is not None:
+            self.write(Kind.RESPONSE, request_id, _rejected_body(self.service, "tooManyStreams", refusal, True))
+            return
+        if self.fair_use is not None:
+            self.fair_use.open(self.owner)  # the stream below gives it back (release)
+        stream = ServerStream(self, request_id, min(int(req.windowBytes), L.STREAM_WINDOW_BYTES_MAX))
+        self._opening += 1  # held across the handler's awaits
+        started = False
+        try:
+            feed = await method(req, out, stream)
+            self.write(Kind.RESPONSE, request_id, encode(resp))
+            if feed is None:
+                return
+            if not out.result.ok or self._lost:
+                feed.close()
+                return
+            task = asyncio.get_running_loop().create_task(self._run_stream(stream, feed))
+            self._streams[request_id] = (stream, task)
+            started = True
+        finally:
+            self._opening -= 1
+            if not started:
+                stream.release()
+
+    async def _run_stream(self, stream: ServerStream, feed: Coroutine[Any, Any, Any]) -> None:
+        error: tuple[str, str] | None = None
+        try:
+            error = await feed
+        except (asyncio.CancelledError, ConnectionLost):
+            return
+        except Exception as e:  # noqa: BLE001 - the stream ends with the error; the connection goes on
+            error = ("internal", _internal(self.service, f"stream {stream.id}", e))
+        finally:
+            stream.release()
+            if self._streams.get(stream.id, (None,))[0] is stream:
+                self._streams.pop(stream.id, None)
+        if stream.closed or self._lost:
+            return
+        end = schema.StreamEnd.new_message()
+        end.result.ok = error is None
+        if error is not None:
+            end.result.error.code = error[0]
+            end.result.error.message = one_line(error[1])
+        self.write(Kind.END, stream.id, encode(end))
+
+
+def _no_peer(transport: Any) -> Any:
+    return None
+
+
+async def serve(service: Service, make_handler: Callable[[Any], Any], host: str, port: int,
+                ssl_context: ssl.SSLContext | None = None,
+                peer_of: Callable[[Any], Any] = _no_peer,
+                fair_use: FairUse | None = None) -> asyncio.base_events.Server:
+    """Listen on ``host:port`` for ``service``; the asyncio server (close it to stop).
+    ``fair_use``: the server's ledger of streams and held bytes by owner (core/protocol/fair_use.py)."""
+    kwargs: dict[str, Any] = {}
+    if ssl_context is not None:
+        kwargs = {"ssl": ssl_context, "ssl_handshake_timeout": TLS_HANDSHAKE_TIMEOUT_S}
+    return await asyncio.get_running_loop().create_server(
+        lambda: _ServerConnection(service, make_handler, peer_of, fair_use), host, port, **kwargs)
