@@ -9,17 +9,19 @@ SOAK_ARGS ?=
 
 .PHONY: setup demo test bench bench-peers soak jepsen clean
 
+# Set-up is quiet: no command echo, pip -q, and setuptools' informational "Editable installation"
+# notice (printed for every editable install, whatever the layout) filtered out.
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Kolk needs Python >= 3.11, found " + sys.version' 
-	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip setuptools wheel
-	$(PY) -m pip install --quiet -e '.[dev]'
+	@$(PYTHON) -m venv $(VENV)
+	@$(PY) -m pip install --quiet --upgrade pip setuptools wheel
+	@PYTHONWARNINGS='ignore:Editable installation' $(PY) -m pip install --quiet -e '.[dev]'
 	@touch $(STAMP)
 
 setup: $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/kolk demo
+	@$(VENV)/bin/kolk demo
 
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
@@ -37,7 +39,7 @@ bench: $(STAMP)
 # Python clients into the venv (the optional extra "peers").
 bench-peers: $(STAMP)
 	bash bench/peers/install.sh
-	$(PY) -m pip install --quiet -e '.[dev,peers]'
+	@$(PY) -m pip install --quiet -e '.[dev,peers]'
 	$(PY) bench/peers_bench.py $(PEERS_ARGS)
 
 # A local cluster under connection churn, abandoned streams and failing SmartModules for 30

@@ -26,3 +26,4 @@ from .protocol.errors import (  # noqa: F401
     PermissionDeniedError as PermissionDeniedError,
     error_from_wire as error_from_wire,
 )
+from .client.profile import LocalClusterStoppedError as LocalClusterStoppedError  # noqa: F401

@@ -157,3 +157,45 @@ def test_nesting_up_to_the_limit_is_left_to_the_policy_checks(tmp_path: pathlib.
     ok.write_text("version = 1\ndescription = " + "[" * 32 + '"x"' + "]" * 32 + "\n")
     out = kolk("policy", "check", str(ok), expect=1)
     assert out.stderr == f"{ok}:2: description: must be a string\n", out.stderr
+
+
+def test_show_on_a_tls_cluster_says_when_the_caller_may_not_read_the_policy(tmp_path: pathlib.Path) -> None:
+    """kolk-admin (the CLI of `kolk cluster start --tls`) and bob on a real TLS cluster: with
+    no policy, show says none; once one is in force that bob may not read, bob is told that a
+    policy is in force and why he may not read it, exit 1, never "everything is allowed" or
+    the source (docs/policy.md "Who may read the policy")."""
+    from dataplane_cluster import DataPlaneCluster
+    from kolk.client.admin import AdminClient, run
+    from kolk.protocol.errors import PermissionDeniedError
+
+    c = DataPlaneCluster(str(tmp_path / "c"), spus=0, tls=True, clients=("kolk-admin", "bob"))
+    try:
+        c.start()
+
+        def as_(who: str, *args: str, expect: int = 0) -> subprocess.CompletedProcess:
+            p = c.pki[who]
+            return kolk(*args, "--sc", c.sc_addresses[0], "--tls-ca", p["ca"], "--tls-cert", p["cert"],
+                        "--tls-key", p["key"], expect=expect)
+
+        for who in ("kolk-admin", "bob"):
+            assert as_(who, "policy", "show").stdout == "no policy in force: everything is allowed for everyone\n"
+            assert json.loads(as_(who, "policy", "show", "--json").stdout) is None
+        source = tmp_path / "v1.toml"
+        source.write_text('# SECRET-MARKER: who may do what\nversion = 1\n[identities]\nkolk-admin = ["ops"]\n'
+                          'bob = ["reader"]\n[[rule]]\neffect = "allow"\nroles = ["ops"]\nactions = ["*"]\n'
+                          'resources = ["*"]\n[[rule]]\neffect = "allow"\nroles = ["reader"]\nactions = ["consume"]\n'
+                          'resources = ["topic:*"]\n')
+        as_("kolk-admin", "policy", "apply", str(source))
+        denied = ("a policy is in force but bob may not read it (denied: bob from 127.0.0.1 may not admin cluster: "
+                  "no rule allows admin on cluster for bob (roles reader) from 127.0.0.1 (in no region): denied by "
+                  "default (policy version 1))")
+        for json_flag in ((), ("--json",)):
+            out = as_("bob", "policy", "show", *json_flag, expect=1)
+            assert (out.stdout, out.stderr) == ("", f"kolk policy show: {denied}\n")
+        assert "SECRET-MARKER" in as_("kolk-admin", "policy", "show").stdout
+        # Listing the kind is no way around it: an empty list would also say "no policy".
+        with pytest.raises(PermissionDeniedError, match="^1 policy object\\(s\\) exist but bob may not read them "
+                                                        "\\(denied: bob from 127.0.0.1 may not admin cluster: "):
+            run(lambda: AdminClient(c.sc_addresses, timeout_s=10, tls=c.tls_for("bob")).list_objects("policy"))
+    finally:
+        c.close()

@@ -1249,3 +1249,23 @@ def test_cli_round_trip(tmp_path) -> None:
             assert json.load(f)["running"] is False
     finally:
         stop_leftovers(home)
+
+
+def test_the_sync_client_reads_undecoded_batches_and_the_async_client_is_a_context_manager(
+        cluster: DataPlaneCluster) -> None:
+    """What the README says of both clients: ``consumer.record_batches()`` on the synchronous
+    consumer too, and ``async with kolk.AsyncClient(...)``."""
+    from kolk import Client
+
+    topic = "record-batches-sync"
+    sc = ",".join(cluster.sc_addresses)
+
+    async def create() -> None:
+        async with AsyncClient(sc) as c:
+            await seed(c, topic)
+    run_async(create)
+    with Client(sc) as client:
+        consumer = client.consumer(topic, start=Offset.beginning(), stop_at_end=True)
+        values = [bytes(v) for batch in consumer.record_batches() for v in batch.values()]
+        consumer.close()
+    assert sorted(values) == sorted(v for _, v in SEED)

@@ -26,27 +26,40 @@ COMMANDS = ("topic", "partition", "cluster")
 
 def _sc_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sc", default=None,
-                   help=f"SC admin address(es), comma-separated (default: ${SC_ENV}, else the local cluster's "
-                        f"profile, else {DEFAULT_SC})")
+                   help=f"SC admin address(es), comma-separated (default: ${SC_ENV}, else the running local "
+                        f"cluster's; {DEFAULT_SC} only when there is no local cluster profile)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--tls-ca", default=None, help="CA certificate to trust: turns TLS on (default: $KOLK_TLS_CA, "
                                                   "else the local cluster's profile)")
-    p.add_argument("--tls-cert", default=None, help="client certificate (default: $KOLK_TLS_CERT)")
+    p.add_argument("--tls-cert", default=None, help="client certificate (default: $KOLK_TLS_CERT); given with "
+                                                    "--tls-key, it wins over the local cluster's, whose CA it "
+                                                    "trusts without --tls-ca")
     p.add_argument("--tls-key", default=None, help="client private key (default: $KOLK_TLS_KEY)")
 
 
 def client_tls(args: argparse.Namespace) -> TlsConfig | None:
-    """TLS for a CLI client: the options, else $KOLK_TLS_*, else a local cluster started --tls."""
-    from ..client.profile import profile_tls
+    """TLS for a CLI client: the options, else $KOLK_TLS_*, else a local cluster started --tls.
+
+    A certificate and key given always win: without --tls-ca they trust the local cluster's CA
+    (from its profile), and with neither a CA given nor a local TLS cluster they are refused,
+    never ignored. A certificate without its key, or a key without its certificate, is refused
+    in every case (docs/operations.md "Client TLS options")."""
+    from ..client.profile import profile_ca, profile_tls
 
     ca = getattr(args, "tls_ca", None) or os.environ.get("KOLK_TLS_CA")
     cert = getattr(args, "tls_cert", None) or os.environ.get("KOLK_TLS_CERT")
     key = getattr(args, "tls_key", None) or os.environ.get("KOLK_TLS_KEY")
-    if not ca:
-        if getattr(args, "sc", None) or os.environ.get(SC_ENV):
-            return None  # an explicit SC without TLS options: plaintext
-        return profile_tls()
     try:
+        check_tls_files(None, cert, key)  # first: a cert without its key (or the reverse), named
+        if not ca and cert:
+            ca = profile_ca()
+            if not ca:
+                raise KolkError("--tls-cert and --tls-key need --tls-ca as well (no local cluster started with "
+                                "--tls to take the CA from)")
+        if not ca:
+            if getattr(args, "sc", None) or os.environ.get(SC_ENV):
+                return None  # an explicit SC without TLS options: plaintext
+            return profile_tls()
         check_tls_files(ca, cert, key)
     except TlsFileError as e:
         raise KolkError(str(e)) from None
@@ -129,9 +142,17 @@ def _ids(ids: list[int]) -> str:
 
 
 def resolve_sc(explicit: str | None) -> str:
-    from ..client.profile import profile_sc
+    """--sc, else $KOLK_SC, else the running local cluster's SC, else (no profile at all)
+    127.0.0.1:9003. A local cluster whose profile says it is stopped is an error, never a
+    quiet fall back to an address another cluster may be listening on."""
+    from ..client.profile import LocalClusterStoppedError, profile_sc
 
-    return explicit or os.environ.get(SC_ENV) or profile_sc() or DEFAULT_SC
+    if explicit or os.environ.get(SC_ENV):
+        return explicit or os.environ[SC_ENV]
+    try:
+        return profile_sc() or DEFAULT_SC
+    except LocalClusterStoppedError:
+        raise LocalClusterStoppedError("pass --sc HOST:PORT") from None
 
 
 async def _run(args: argparse.Namespace) -> int:
@@ -215,6 +236,9 @@ def dispatch(args: argparse.Namespace) -> int:
         if args.command == "cluster" and args.action == "start":
             profile = local_cluster.start(args.spus, tls=args.tls,
                                           insecure_allow_plaintext_policy=args.insecure_allow_plaintext_policy)
+            if profile.get("tls") and not args.tls and not profile.get("restarted"):
+                print(f"kolk cluster start: the local cluster in {profile['data_dir']} was created with --tls: "
+                      "started with TLS again", file=sys.stderr)
             if profile.get("restarted"):
                 _print(args, profile, f"local cluster running: SC at {profile['sc']}; started again "
                                       f"{', '.join(profile['restarted'])} (it had exited; see {profile['logs']})")
@@ -236,7 +260,8 @@ def dispatch(args: argparse.Namespace) -> int:
         # Local files: cluster start's dev certificates (CertificateError, a ValueError: a
         # broken pki/ca.key) and directories (a $KOLK_HOME that cannot be created). Remote
         # errors are KolkErrors, above; elsewhere these are bugs and keep their traceback.
-        if args.command != "cluster" or args.action not in ("start", "stop"):
+        # A closed stdout is main's to handle (quietly).
+        if args.command != "cluster" or args.action not in ("start", "stop") or isinstance(e, BrokenPipeError):
             raise
         what = f"{e.filename}: {e.strerror or e}" if isinstance(e, OSError) and e.filename else str(e)
         print(f"kolk {args.command} {args.action}: {what.splitlines()[0] if what else type(e).__name__}",

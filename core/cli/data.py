@@ -16,7 +16,7 @@ from typing import Any, AsyncIterator, BinaryIO
 from ..client.admin import run
 from ..client.client import AsyncClient
 from ..client.consumer import Offset
-from ..protocol.errors import KolkError
+from ..protocol.errors import KolkError, NotFoundError
 from . import args as A
 
 COMMANDS = ("produce", "consume")
@@ -29,7 +29,7 @@ def add_commands(sub: Any) -> None:
 
     p = sub.add_parser("produce", help="produce records: one per line from stdin or --file")
     p.add_argument("topic")
-    p.add_argument("--file", help="read lines from this file (shows a progress bar)")
+    p.add_argument("--file", help="read lines from this file (shows a progress bar when stderr is a terminal)")
     p.add_argument("--key-separator", help="split each line into key and value at the first SEP")
     p.add_argument("--partition", type=A.PARTITION, help="send every record to this partition")
     p.add_argument("--acks", choices=["none", "leader", "all"], default="all")
@@ -100,8 +100,13 @@ async def _produce(args: argparse.Namespace, sc: str) -> int:
     # A produce-side chain changes the batches an idempotent producer's sequence numbers count.
     producer = client.producer(args.topic, acks=args.acks, compression=args.compression, linger_ms=args.linger_ms,
                                smartmodules=chain, idempotent=False if chain else None)
+    # The topic first, before any input is read: `kolk produce nosuch </dev/null` is the same
+    # error as with data, not "produced 0 record(s)".
+    if await client.admin.get_object("topic", args.topic) is None:
+        raise NotFoundError(f"topic {args.topic} does not exist")
     sep = args.key_separator.encode() if args.key_separator else None
-    total = os.path.getsize(args.file) if args.file else 0
+    # The progress bar is for a person: drawn only when stderr is a terminal.
+    total = os.path.getsize(args.file) if args.file and sys.stderr.isatty() else 0
     source = open(args.file, "rb") if args.file else sys.stdin.buffer
     sent = 0
     bad = 0
@@ -219,8 +224,8 @@ def _text(b: bytes | None) -> str | None:
 def dispatch(args: argparse.Namespace) -> int:
     from .admin import resolve_sc
 
-    sc = resolve_sc(args.sc)
     try:
+        sc = resolve_sc(args.sc)
         if args.command == "produce":
             return run(lambda: _produce(args, sc))
         return run(lambda: _consume(args, sc))

@@ -127,7 +127,7 @@ def run_cluster_demo(events: int = 5000, spus: int = 3) -> int:
             print(f"  produced {events:,} events (acks=all: fsynced on every in-sync replica, idempotent) in "
                   f"{time.perf_counter() - t1:.2f} s")
             for row in client.partition_list("events"):
-                print(f"  {row['partition']}: leader SPU {row['leader']}, in-sync {row['isr']}, "
+                print(f"  events-{row['partition']}: leader SPU {row['leader']}, in-sync {row['isr']}, "
                       f"high watermark {row['high_watermark']}, log end {row['log_end_offset']}")
             t1 = time.perf_counter()
             seen: dict[int, list[int]] = {}

@@ -124,7 +124,11 @@ def start(spus: int = 1, tls: bool = False, insecure_allow_plaintext_policy: boo
     every listener with mutual TLS; the profile names the admin client certificate the CLI
     then uses by itself. Every node gets the cluster secret file (mode 0600), which without
     TLS the SPUs prove to the SC and to each other. ``insecure_allow_plaintext_policy``: the
-    SC stores a policy without TLS (audited; docs/security.md)."""
+    SC stores a policy without TLS (audited; docs/security.md).
+
+    A local cluster created with --tls keeps TLS when started again without it: its SC may
+    hold a policy that needs TLS, and a plaintext start would have every call denied. The
+    caller sees it in the profile (``tls``) and says so (docs/operations.md)."""
     if not 1 <= spus <= SPUS_MAX:
         raise KolkError(f"--spus must be 1 to {SPUS_MAX}, got {spus}")
     profile = read_profile()
@@ -140,6 +144,8 @@ def start(spus: int = 1, tls: bool = False, insecure_allow_plaintext_policy: boo
             raise ClusterAlreadyRunningError(
                 f"a local cluster is already running (SC at {profile['sc']}, pids {sorted(running)}); "
                 "run 'kolk cluster stop' first")
+    if not tls and created_with_tls(profile):
+        tls = True
     # local/ and logs/ are 0700 whatever the umask (tightened if they exist more open), and so
     # is a $KOLK_HOME this creates (home_dir); the SC and SPUs make their data directories
     # private themselves.
@@ -190,6 +196,11 @@ def start(spus: int = 1, tls: bool = False, insecure_allow_plaintext_policy: boo
         profile["tls"] = {"ca": admin["ca"], "cert": admin["cert"], "key": admin["key"]}
     write_profile(profile)
     return profile
+
+
+def created_with_tls(profile: dict[str, Any] | None) -> bool:
+    """Whether the local cluster of ``profile`` (the last start's, running or stopped) runs TLS."""
+    return bool(profile and profile.get("tls"))
 
 
 def _spawn_spu(i: int, sc_admin: str, base: str, node_tls: list[str], env: dict[str, str]) -> int:

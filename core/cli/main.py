@@ -13,7 +13,26 @@ from .. import __version__
 PRIVATE_COMMANDS = frozenset({"sc", "spu", "cluster", "cert", "demo", "bench"})
 
 
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a command killed by a closed pipe
+
+
 def main(argv: list[str] | None = None) -> int:
+    """``kolk``. A reader that went away (``kolk topic list | head -2``) ends the command
+    quietly with status 141, as SIGPIPE would: no traceback, nothing more written."""
+    try:
+        status = _main(argv)
+        sys.stdout.flush()  # inside the try: a closed pipe shows on this flush as often as on a print
+        return status
+    except BrokenPipeError:
+        # Point stdout at /dev/null so the interpreter's own flush at exit finds nothing to
+        # complain about either (the recipe of the Python docs, "Note on SIGPIPE").
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return EXIT_BROKEN_PIPE
+
+
+def _main(argv: list[str] | None) -> int:
     from .args import OneLineParser
 
     parser = OneLineParser(prog="kolk", description="Kolk, a programmable streaming platform.")

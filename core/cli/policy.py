@@ -5,9 +5,11 @@ problem and prints it as ``FILE:LINE: FIELD: PROBLEM`` (and warnings for things 
 but probably wrong); ``explain`` answers one request the way every node would, naming the
 deciding rule. ``apply`` checks the file, then stores it as the metadata object
 ``policy/active`` on any SC, so every node enforces the same version; a new version must be
-higher than the one in force, so a revoked policy cannot be replayed. ``show`` prints the
-policy in force. Errors print one line and exit with status 1; ``--json`` prints machine
-output.
+higher than the one in force, so a revoked policy cannot be replayed, and the SC refuses a
+policy that would deny the applier ``admin`` on ``cluster`` unless ``--allow-lockout`` says
+so. ``show`` prints the policy in force; a caller who may not read it is told that one is in
+force (exit 1), never "no policy". Errors print one line and exit with status 1; ``--json``
+prints machine output.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import sys
 from typing import Any
 
 from ..metadata.specs import PolicySpec
-from ..protocol.errors import KolkError, VersionConflictError
+from ..protocol.errors import KolkError, PermissionDeniedError, VersionConflictError
 from ..security.policy import ACTIONS, Policy, PolicyError, parse_address, parse_policy, parse_resource
 from ..security.policy_parse import POLICY_BYTES_MAX
 from .admin import _print, _sc_option, resolve_sc
@@ -46,6 +48,8 @@ def add_commands(sub: Any) -> None:
     e.add_argument("--json", action="store_true", help="print JSON")
     a = psub.add_parser("apply", help="check a policy file and make it the policy every node enforces")
     a.add_argument("file", metavar="FILE")
+    a.add_argument("--allow-lockout", action="store_true",
+                   help="apply even if the policy denies you admin on cluster (you could not change it again)")
     _sc_option(a)
     _sc_option(psub.add_parser("show", help="the policy in force: its version and source"))
 
@@ -115,7 +119,7 @@ async def _apply(args: argparse.Namespace) -> int:
 
     policy = read_policy(args.file)
     client = AdminClient(resolve_sc(args.sc), tls=client_tls(args))
-    current = await client.get_object(KIND, NAME)
+    current = await _policy_in_force(client)
     in_force = PolicySpec.from_dict(current["spec"]).version if current else 0
     if policy.version <= in_force:
         line = next((n for n, text in enumerate(str(policy.source).splitlines(), 1)
@@ -125,7 +129,8 @@ async def _apply(args: argparse.Namespace) -> int:
     spec = policy.to_spec()
     try:
         # Compare-and-set on the object: two racing applies cannot both win.
-        await client.put_object(KIND, NAME, spec, expected_version=current["version"] if current else -1)
+        await client.put_object(KIND, NAME, spec, expected_version=current["version"] if current else -1,
+                                allow_lockout=args.allow_lockout)
     except VersionConflictError:
         raise KolkError("the policy in force changed while applying: run kolk policy show, then apply again") \
             from None
@@ -139,12 +144,22 @@ async def _apply(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _policy_in_force(client: Any) -> dict[str, Any] | None:
+    """``policy/active``, or None when there truly is none. A caller who may not read it gets
+    the SC's one line ("a policy is in force but ... may not read it (denied: ...)") as a
+    KolkError: never None, which would say everything is allowed."""
+    try:
+        return await client.get_object(KIND, NAME)
+    except PermissionDeniedError as e:
+        raise KolkError(str(e)) from None
+
+
 async def _show(args: argparse.Namespace) -> int:
     from ..client.admin import AdminClient
     from .admin import client_tls
 
     client = AdminClient(resolve_sc(args.sc), tls=client_tls(args))
-    current = await client.get_object(KIND, NAME)
+    current = await _policy_in_force(client)
     if current is None:
         _print(args, None, "no policy in force: everything is allowed for everyone")
         return 0

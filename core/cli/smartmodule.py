@@ -54,7 +54,9 @@ class _ParamAction(argparse.Action):
                  option_string: str | None = None) -> None:
         chain = getattr(namespace, self.dest, None)
         if not chain:
-            parser.error(f"{option_string} {values}: a parameter follows the --smartmodule it belongs to")
+            # `-p 5` is -p/--param, not a partition (kafka's -p habit): say which flag was meant.
+            hint = f" (did you mean --partition {values}?)" if str(values).isdigit() else ""
+            parser.error(f"{option_string} {values}: a parameter follows the --smartmodule it belongs to{hint}")
         key, value = _key_value(values, parser)
         chain[-1][1][key] = value
 

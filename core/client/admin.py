@@ -335,10 +335,13 @@ class AdminClient:
     # ---------------------------------------------------------------- objects and SPUs
 
     async def put_object(self, kind: str, name: str, spec: dict[str, Any],
-                         expected_version: int | None = None) -> int:
+                         expected_version: int | None = None, *, allow_lockout: bool = False) -> int:
+        """Store an object; ``allow_lockout``: store a policy under which this identity loses
+        admin on cluster (the SC refuses it otherwise; docs/policy.md)."""
         r = await self._request("putObject", write=True, kind=kind, name=name, specJson=json.dumps(spec),
                                 hasExpected=expected_version is not None,
-                                expectedVersion=expected_version if expected_version is not None else 0)
+                                expectedVersion=expected_version if expected_version is not None else 0,
+                                allowLockout=allow_lockout)
         return int(r.version)
 
     async def delete_object(self, kind: str, name: str, expected_version: int | None = None) -> None:

@@ -14,7 +14,7 @@ import random
 import threading
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, Iterable, Iterator, TypeVar
+from typing import Any, AsyncIterator, Awaitable, Callable, Iterable, Iterator, TypeVar
 
 from ..metadata.controllers import offline_reason
 from ..metadata.specs import PartitionSpec, PartitionStatus, SpecError, SpuSpec, SpuStatus
@@ -29,7 +29,7 @@ from ..protocol.wire import error_from_struct, transport_error
 from ..security.tls import TlsConfig
 from ..transport import SPU, connect
 from .admin import AdminClient
-from .consumer import AsyncConsumer, ConsumerRecord, Offset, normalize_chain
+from .consumer import AsyncConsumer, ConsumerRecord, Offset, RecordBatch, normalize_chain
 from .producer import AsyncProducer, RecordMetadata
 from .profile import profile_sc, profile_tls
 
@@ -73,7 +73,8 @@ def _spus(objs: list[dict[str, Any]]) -> tuple[dict[int, str], set[int]]:
 
 def _local_defaults(sc: str | list[str] | None, tls: TlsConfig | None) -> tuple[str | list[str], TlsConfig | None]:
     """No SC given: the local cluster's (``kolk cluster start`` writes its profile), with its
-    TLS settings when it was started with --tls; else 127.0.0.1:9003."""
+    TLS settings when it was started with --tls; with no profile, 127.0.0.1:9003. A profile
+    that says the local cluster is stopped raises LocalClusterStoppedError (profile.py)."""
     if sc is not None:
         return sc, tls
     return profile_sc() or DEFAULT_SC, tls if tls is not None else profile_tls()
@@ -317,6 +318,12 @@ class AsyncClient:
             self.drop_connection(address)
         await self.admin.close()
 
+    async def __aenter__(self) -> "AsyncClient":
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
 
 class _LoopThread:
     """An event loop on a daemon thread (the synchronous facade's)."""
@@ -401,7 +408,14 @@ class Consumer:
         return self._t.call(self._c.poll(timeout_s), timeout_s + self._c.client.timeout_s)
 
     def batches(self) -> Iterator[list[ConsumerRecord]]:
-        gen = self._c.batches()
+        """Records as lists, one per push (AsyncConsumer.batches)."""
+        return self._iterate(self._c.batches())
+
+    def record_batches(self) -> Iterator[RecordBatch]:
+        """Stored batches, undecoded (AsyncConsumer.record_batches): the fastest way to read."""
+        return self._iterate(self._c.record_batches())
+
+    def _iterate(self, gen: AsyncIterator[Any]) -> Iterator[Any]:
         while True:
             try:
                 yield self._t.call(gen.__anext__())
@@ -425,6 +439,7 @@ class Client:
 
     def __init__(self, sc: str | list[str] | None = None, *, timeout_s: float = 30.0,
                  tls: TlsConfig | None = None) -> None:
+        sc, tls = _local_defaults(sc, tls)  # before the loop thread: a stopped local cluster leaks no thread
         self._t = _LoopThread()
 
         async def make() -> AsyncClient:

@@ -3,7 +3,8 @@
 ``kolk cluster start`` (``kolk.cli.local_cluster``) writes ``$KOLK_HOME/profile.json``
 (default ``~/.kolk``): the SC address, the process ids and, with --tls, the admin client
 certificate. A client given no SC address reads it here; the client never starts or stops
-processes. The writers here (used by ``kolk cluster start``) keep what they write private:
+processes. A profile that says the cluster is stopped is an error for such a client
+(:class:`LocalClusterStoppedError`), never a quiet fall back to 127.0.0.1:9003. The writers here (used by ``kolk cluster start``) keep what they write private:
 files 0600, directories 0700 (docs/security.md "Files at rest").
 """
 
@@ -13,6 +14,8 @@ import json
 import os
 import stat
 from typing import Any
+
+from ..protocol.errors import ClusterUnavailableError
 
 PROFILE = "profile.json"
 
@@ -82,9 +85,32 @@ def read_profile() -> dict[str, Any] | None:
         return None
 
 
+class LocalClusterStoppedError(ClusterUnavailableError):
+    """No SC address was given and the local cluster's profile says it is stopped. Not
+    retriable: falling back to 127.0.0.1:9003 could reach another cluster (someone else's),
+    so the caller starts the local cluster or names an SC."""
+
+    retriable = False
+
+    def __init__(self, how_to_name_an_sc: str = "give the client an SC address (HOST:PORT)") -> None:
+        super().__init__(f"the local cluster is stopped: run kolk cluster start, or {how_to_name_an_sc}")
+
+
 def profile_sc() -> str | None:
+    """The SC of the running local cluster; None when there is no profile (the caller's
+    default applies). LocalClusterStoppedError when the profile says it is stopped."""
     p = read_profile()
-    return p.get("sc") if p and p.get("running") else None
+    if p and not p.get("running"):
+        raise LocalClusterStoppedError()
+    return p.get("sc") if p else None
+
+
+def profile_ca() -> str | None:
+    """The CA file of the local cluster when it was started with --tls, running or not: the CA
+    a client given only its own certificate and key trusts (docs/operations.md)."""
+    p = read_profile()
+    tls = p.get("tls") if p else None
+    return tls.get("ca") if isinstance(tls, dict) else None
 
 
 def profile_tls() -> Any:

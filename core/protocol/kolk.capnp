@@ -82,8 +82,10 @@ struct GetObjectRequest { kind @0 :Text; name @1 :Text; stale @2 :Bool; }
 struct GetObjectResponse { result @0 :Result; found @1 :Bool; object @2 :Object; }
 
 # expectedVersion: -1 = must not exist; otherwise compare-and-set. hasExpected=false: no check.
+# allowLockout: store a policy/active under which the caller would lose admin on cluster
+# (docs/policy.md "Lockout"); without it the SC refuses such a policy.
 struct PutObjectRequest { kind @0 :Text; name @1 :Text; specJson @2 :Text; hasExpected @3 :Bool;
-                          expectedVersion @4 :Int64; }
+                          expectedVersion @4 :Int64; allowLockout @5 :Bool; }
 struct PutObjectResponse { result @0 :Result; version @1 :UInt64; }
 struct DeleteObjectRequest { kind @0 :Text; name @1 :Text; hasExpected @2 :Bool; expectedVersion @3 :Int64; }
 struct DeleteObjectResponse { result @0 :Result; }

@@ -26,8 +26,9 @@ from ..node.identity import NodeAuthCalls
 from ..protocol.channel_server import ServerStream
 from ..protocol.limits import FRAME_BODY_BYTES_MAX
 from ..protocol.wire import WATCH_EVENTS_PER_PUSH_MAX, camel, config_map, schema, set_error
-from ..security.policy import PolicyError, policy_from_spec
+from ..security.policy import Policy, PolicyError, policy_from_spec
 from ..security.tls import Peer
+from .policy_access import hidden_policies, hidden_policy, lockout, lockout_accepted
 from .server import ScServer, WatcherSlot, now_ms
 
 log = logging.getLogger("kolk.sc")
@@ -153,15 +154,15 @@ def _blob_check(kind: str, name: str, action: str) -> tuple[str, str]:
     return "admin", "cluster"
 
 
-def _policy_problem(spec: Any) -> str | None:
-    """Why a policy spec cannot be stored (it must parse here, so every node can enforce it)."""
+def _parsed_policy(spec: Any) -> Policy | str:
+    """The policy a spec holds, or why it cannot be stored (it must parse here, so every node
+    can enforce it)."""
     if not isinstance(spec, dict):
         return "a policy spec is an object with version, source and sha256"
     try:
-        policy_from_spec(spec)  # parses, sha256 and version match (apply checks it goes forward)
+        return policy_from_spec(spec)  # parses, sha256 and version match (apply checks it goes forward)
     except PolicyError as e:
         return str(e)
-    return None
 
 
 def _fill_error(result: Any, outcome: dict[str, Any], server: ScServer) -> bool:
@@ -219,6 +220,16 @@ class ScApi(NodeAuthCalls):
                                     f"{spu_id}: {why}")
         return False
 
+    def _policy_denied(self, result: Any, line: Any) -> bool:
+        """Answer a read of policy objects the caller may not read with ``line(denial)`` (code
+        ``denied``, audited); False if the policy in force now allows it after all."""
+        try:
+            self.s.authorize(self.peer, "admin", "cluster")
+            return False
+        except Denied as e:
+            set_error(result, "denied", line(str(e)))
+            return True
+
     def _changed(self, action: str, resource: str) -> None:
         self.s.authz.record(self.peer, action, resource, "allow", None, "metadata change")
 
@@ -231,6 +242,7 @@ class ScApi(NodeAuthCalls):
         if kind == "smartmodule":
             return any(authz.allowed(self.peer, a, f"smartmodule:{name.split('@')[0]}") for a in ("describe", "use"))
         if kind == "policy":
+            self.s.sync_policy()  # the same policy version _policy_denied decides with
             return self.peer.node or authz.allowed(self.peer, "admin", "cluster")
         return True  # SPUs: their addresses are what every client needs
 
@@ -271,8 +283,12 @@ class ScApi(NodeAuthCalls):
         if isinstance(state, dict):
             _fill_error(out.result, state, self.s)
             return
-        objs = [_Encoded.of(o) for o in sorted(state.all(kind), key=lambda o: o.name)
-                if self.peer.node or self._may_see(kind, o.name)]
+        every = sorted(state.all(kind), key=lambda o: o.name)
+        objs = [_Encoded.of(o) for o in every if self.peer.node or self._may_see(kind, o.name)]
+        hidden = len(every) - len(objs) if kind == "policy" else 0
+        if hidden and self._policy_denied(out.result, lambda denied: hidden_policies(hidden, self.peer.identity,
+                                                                                     denied)):
+            return  # never an empty list: that would say no policy is in force
         size = sum(e.size for e in objs)
         if size > ANSWER_BYTES_MAX:
             set_error(out.result, "tooLarge", f"the {len(objs)} {kind} objects take {size} bytes, more than one "
@@ -294,7 +310,12 @@ class ScApi(NodeAuthCalls):
             return
         obj = state.get(kind, name)
         if obj is not None and not self.peer.node and not self._may_see(kind, name):
-            obj = None  # as if it did not exist: its existence is not this identity's to know
+            # A policy the caller may not read is not "no policy" (which would mean everything
+            # is allowed): say it exists, never its source. Other objects seem not to exist.
+            if kind != "policy":
+                obj = None  # as if it did not exist: its existence is not this identity's to know
+            elif self._policy_denied(out.result, lambda denied: hidden_policy(name, self.peer.identity, denied)):
+                return
         out.found = obj is not None
         if obj is not None:
             _Encoded.of(obj).fill(out.object)
@@ -325,11 +346,18 @@ class ScApi(NodeAuthCalls):
             log.warning("refused to store policy/%s from %s: the cluster runs without TLS", name, self.peer.identity)
             set_error(out.result, "denied", POLICY_NEEDS_TLS)
             return
+        lockout_accepted_by = None
         if kind == "policy" and name == "active":
-            problem = _policy_problem(spec)
-            if problem:
-                set_error(out.result, "invalidArgument", problem)
+            parsed = _parsed_policy(spec)
+            if isinstance(parsed, str):
+                set_error(out.result, "invalidArgument", parsed)
                 return
+            # The same engine every node enforces: would the applier keep admin on cluster?
+            locked_out = lockout(parsed, self.peer.identity, self.peer.address)
+            if locked_out and not req.allowLockout:
+                set_error(out.result, "invalidArgument", locked_out)
+                return
+            lockout_accepted_by = locked_out and self.peer.identity
         cmd = {"op": "put_object", "kind": kind, "name": name, "spec": spec, "ts": now_ms()}
         if req.hasExpected:
             cmd["expected_version"] = int(req.expectedVersion)
@@ -337,6 +365,11 @@ class ScApi(NodeAuthCalls):
         if _fill_error(out.result, outcome, self.s):
             out.version = outcome["value"]["version"]
             self._changed(action, resource if kind != "policy" else f"policy:{name} v{spec.get('version')}")
+            if lockout_accepted_by:
+                log.warning("policy/%s v%s applied by %s, which may no longer change it", name, spec.get("version"),
+                            lockout_accepted_by)
+                self.s.authz.record(self.peer, "admin", f"policy:{name} v{spec.get('version')}", "allow", None,
+                                    lockout_accepted(lockout_accepted_by), always=True)
             if plaintext_policy:
                 log.warning("policy/%s stored on a cluster without TLS (%s)", name, INSECURE_POLICY_FLAG)
                 self.s.authz.record(self.peer, "admin", f"policy:{name} v{spec.get('version')}", "allow", None,
