@@ -44,6 +44,10 @@ FRAME_HEADER_BYTES = 4              # pysyncobj's length prefix: struct 'i', nat
 
 HANDSHAKE_TIMEOUT_S = 2.0           # TLS and the secret's challenge-response, from accept or connect
 CONNECT_TIMEOUT_S = 2.0             # a TCP connect to a peer, or a connect to pysyncobj's private socket
+ACCEPT_RATE_PER_S = 64.0            # new inbound connections admitted a second (a peer needs a few)
+ACCEPT_BURST = 64                   # ... and at once; past that the listener is not read for a while
+ACCEPT_PAUSE_MIN_S = 0.02           # the shortest pause of the listener (so a flood cannot make it spin)
+ACCEPT_BACKOFF_S = 1.0              # the pause after accept() itself failed (out of file descriptors)
 INBOUND_CONNECTIONS_MAX = 64        # accepted on the Raft port at once, handshaking or not
 OUTBOUND_CONNECTIONS_MAX = 64       # forwarders to peers at once (pysyncobj opens one per peer)
 STREAM_BUFFER_BYTES = 1 << 16       # asyncio stream reader limit (it holds at most twice this)

@@ -114,6 +114,16 @@ def _forget(e: BaseException) -> None:
         cur, seen = cur.__context__, seen + 1
 
 
+def _abort(writer: asyncio.StreamWriter) -> None:
+    """Close a connection at once, whatever state asyncio left its transport in."""
+    transport = writer.transport
+    if transport is not None and not transport.is_closing():
+        try:
+            transport.abort()
+        except (AttributeError, RuntimeError, OSError):  # a transport torn down under it
+            return
+
+
 def _address(peername: Any) -> str:
     if not peername:
         return "?"
@@ -145,7 +155,9 @@ class RaftTunnel:
         self.carried = 0  # connections authenticated and connected to pysyncobj, in all
         self._loop = asyncio.new_event_loop()
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._server: asyncio.base_events.Server | None = None
+        self._accepting = False
+        self._tokens = 0.0
+        self._refilled = 0.0
         self._thread = threading.Thread(target=self._run, name="kolk-raft-tunnel", daemon=True)
         self._started = threading.Event()
         self._start_error: BaseException | None = None
@@ -211,11 +223,67 @@ class RaftTunnel:
             self._loop.close()
 
     async def _serve(self) -> None:
-        self._server = await asyncio.start_server(self._inbound, sock=self._listener, limit=L.STREAM_BUFFER_BYTES)
+        # Our own accept loop instead of asyncio.start_server: new connections are admitted at
+        # most ACCEPT_RATE_PER_S (burst ACCEPT_BURST). Past that the listener is not read until
+        # the bucket refills, so a connect flood waits in (and overflows) the kernel's backlog
+        # instead of costing this thread a TLS handshake each: that work, on the GIL pysyncobj
+        # needs for its heartbeats, cost a 3-SC TLS cluster its leader for as long as a flood
+        # lasted. Connections already authenticated are never touched.
+        self._listener.setblocking(False)
+        self._tokens = float(L.ACCEPT_BURST)
+        self._refilled = self._loop.time()
+        self._loop.add_reader(self._listener.fileno(), self._on_acceptable)
+        self._accepting = True
+
+    def _refill(self) -> None:
+        now = self._loop.time()
+        self._tokens = min(float(L.ACCEPT_BURST), self._tokens + (now - self._refilled) * L.ACCEPT_RATE_PER_S)
+        self._refilled = now
+
+    def _on_acceptable(self) -> None:
+        for _ in range(L.ACCEPT_BURST):
+            self._refill()
+            if self._tokens < 1:
+                self._pause_accepting((1 - self._tokens) / L.ACCEPT_RATE_PER_S)
+                return
+            try:
+                conn, _addr = self._listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as e:  # EMFILE and the like: back off rather than spin
+                self.refused("?", f"accept failed: {e.strerror or e}")
+                self._pause_accepting(L.ACCEPT_BACKOFF_S)
+                return
+            self._tokens -= 1
+            self._spawn(self._accepted(conn))
+
+    def _pause_accepting(self, delay_s: float) -> None:
+        if self._accepting:
+            self._loop.remove_reader(self._listener.fileno())
+            self._accepting = False
+            self._loop.call_later(max(delay_s, L.ACCEPT_PAUSE_MIN_S), self._resume_accepting)
+
+    def _resume_accepting(self) -> None:
+        if not self._accepting and not self._stopping and self._listener.fileno() >= 0:
+            self._loop.add_reader(self._listener.fileno(), self._on_acceptable)
+            self._accepting = True
+
+    async def _accepted(self, conn: socket.socket) -> None:
+        # As start_server wires a connection: a protocol with a "client connected" callback,
+        # which also tells StreamWriter.start_tls that this is the server's side.
+        def protocol() -> asyncio.StreamReaderProtocol:
+            return asyncio.StreamReaderProtocol(asyncio.StreamReader(limit=L.STREAM_BUFFER_BYTES), self._inbound)
+        try:
+            conn.setblocking(False)
+            await self._loop.connect_accepted_socket(protocol, sock=conn)
+        except (ConnectionError, OSError) as e:
+            conn.close()
+            log.debug("raft: an accepted connection closed at once: %s", e)
 
     async def _close(self) -> None:
-        if self._server is not None:
-            self._server.close()
+        if self._accepting:
+            self._loop.remove_reader(self._listener.fileno())
+            self._accepting = False
         for t in list(self._tasks):
             t.cancel()
         if self._tasks:
@@ -237,14 +305,14 @@ class RaftTunnel:
         if self.inbound >= L.INBOUND_CONNECTIONS_MAX:
             if not self._handshaking:
                 self.refused(peer, f"{L.INBOUND_CONNECTIONS_MAX} authenticated connections are open already")
-                writer.transport.abort()
+                _abort(writer)
                 return
             oldest = next(iter(self._handshaking))
             del self._handshaking[oldest]
             self._evicted.add(oldest)
             self.refused(_address(oldest.get_extra_info("peername")),
                          f"evicted before finishing its handshake: {L.INBOUND_CONNECTIONS_MAX} connections are open")
-            oldest.transport.abort()
+            _abort(oldest)
         self.inbound += 1
         self._handshaking[writer] = None
         try:
@@ -283,24 +351,36 @@ class RaftTunnel:
                 self.refused(peer, str(e))
         except (ConnectionError, OSError) as e:
             log.info("raft: connection from %s ended: %s", peer, e)
+        except Exception as e:  # noqa: BLE001 - e.g. asyncio on a transport aborted mid-handshake
+            # Never a traceback per connection (a flood would fill the disk): one counted line.
+            _forget(e)
+            self.refused(peer, f"dropped: {type(e).__name__} during the handshake")
         finally:
             self.inbound -= 1
             self._handshaking.pop(writer, None)
             self._evicted.discard(writer)
-            writer.transport.abort()
+            _abort(writer)
 
     async def _tls_handshake(self, writer: asyncio.StreamWriter, server_side: bool,
                              server_hostname: str | None = None) -> None:
         assert self._tls is not None
         ctx = self._tls.server if server_side else self._tls.client
+        plain = writer.transport
         try:
             await writer.start_tls(ctx, server_hostname=server_hostname, ssl_handshake_timeout=L.HANDSHAKE_TIMEOUT_S)
+            if writer.transport is None:
+                raise Refused("TLS handshake failed: the connection closed")
         except ssl.SSLError as e:
             _forget(e)
             raise Refused(f"TLS handshake failed: {e.reason or e}") from None
         except (ConnectionError, asyncio.IncompleteReadError) as e:
             _forget(e)
             raise Refused(f"TLS handshake failed: the connection closed ({e})") from None
+        finally:
+            if writer.transport is None:
+                # asyncio (3.11) leaves the writer without a transport when the peer vanished
+                # mid-handshake, and its __del__ then raises; give it back the plain one to abort.
+                writer._transport = plain  # noqa: SLF001
         ssl_object = writer.get_extra_info("ssl_object")
         der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
         if not der:
@@ -349,7 +429,7 @@ class RaftTunnel:
             self.outbound -= 1
             local.close()
             if writer is not None:
-                writer.transport.abort()
+                _abort(writer)
 
     # ------------------------------------------------------------ both
 

@@ -25,6 +25,7 @@ from .jsonmask import DEFAULT_REPLACEMENT, FieldPathError, parse_field_path
 
 # ---------------------------------------------------------------- limits (unit last)
 POLICY_BYTES_MAX = 4 << 20
+INTEGER_DIGITS_MAX = 4300  # Python's int() limit (sys.int_info.default_max_str_digits)
 RULES_MAX = 10_000
 MASKS_MAX = 10_000
 IDENTITIES_MAX = 10_000
@@ -280,6 +281,20 @@ def _check_nesting(text: str, filename: str) -> None:
             depth = max(0, depth - 1)
 
 
+# A decimal integer of more digits than Python converts (4,300 by default): tomllib raises
+# a bare ValueError for it, without a line.
+_LONG_INTEGER = re.compile(r"[0-9](?:_?[0-9]){%d,}" % (INTEGER_DIGITS_MAX,))
+
+
+def _long_integer(text: str, filename: str) -> PolicyError:
+    """PolicyError naming the line of the first integer longer than INTEGER_DIGITS_MAX digits."""
+    m = _LONG_INTEGER.search(text)
+    line = text.count("\n", 0, m.start()) + 1 if m else 1
+    digits = sum(c.isdigit() for c in m.group()) if m else 0
+    what = f"an integer of {digits:,} digits" if m else "an integer too long to read"
+    return PolicyError(filename, line, "", f"{what}: integers have at most {INTEGER_DIGITS_MAX:,} digits")
+
+
 def parse_spec(text: str | bytes, filename: str = "<policy>") -> PolicySpec:
     """Check a policy file and return it as plain values; raises :class:`PolicyError`."""
     text = _load(text, filename)
@@ -294,6 +309,8 @@ def parse_spec(text: str | bytes, filename: str = "<policy>") -> PolicySpec:
         line = int(m.group(1)) if m else max(1, len(text.splitlines()))
         problem = msg[: m.start()].strip() + f" (column {m.group(2)})" if m else msg
         raise PolicyError(filename, line, "", f"TOML syntax: {problem}") from None
+    except ValueError:  # an integer too long for int() (sys.get_int_max_str_digits()); the text is TOML
+        raise _long_integer(text, filename) from None
     r = _Reader(text, filename)
     top = r.where.section(None)
     r.unknown_keys(doc, TOP_LEVEL, top, "")

@@ -754,14 +754,27 @@ async def eventually(condition: Callable[[], bool], what: str) -> None:
         raise AssertionError(f"timed out waiting for {what}") from None
 
 
-def test_the_owner_of_a_peer_is_its_tls_identity_or_its_address() -> None:
+def test_the_owner_of_a_peer_is_its_tls_identity_or_its_network() -> None:
     from kolk.protocol.fair_use import owner_of
     from kolk.security.tls import Peer
 
     assert owner_of(Peer("alice", "10.0.0.7", tls=True)) == "alice"
-    assert owner_of(Peer("anonymous", "10.0.0.7")) == "anonymous@10.0.0.7"
-    assert owner_of(Peer("anonymous", "10.0.0.8", tls=True)) == "anonymous@10.0.0.8"  # TLS without a certificate
+    assert owner_of(Peer("anonymous", "10.0.0.7")) == "anonymous@10.0.0.0/24"
+    assert owner_of(Peer("anonymous", "10.0.0.8", tls=True)) == "anonymous@10.0.0.0/24"  # TLS without a certificate
+    assert owner_of(Peer("anonymous", "10.0.1.8")) == "anonymous@10.0.1.0/24"
+    assert owner_of(Peer("anonymous", "::ffff:10.0.0.9")) == "anonymous@10.0.0.0/24"  # IPv4-mapped
+    assert owner_of(Peer("anonymous", "2001:db8:1:2:aaaa::1")) == "anonymous@2001:db8:1:2::/64"
+    assert owner_of(Peer("anonymous", "fe80::1%lo")) == "anonymous@fe80::/64"
+    assert owner_of(Peer("anonymous", "/run/kolk.sock")) == "anonymous@/run/kolk.sock"
     assert owner_of(None) == "anonymous@unknown"
+
+
+def test_the_stream_limits_take_at_least_eight_identities_to_fill_an_spu() -> None:
+    from kolk.protocol import limits as L
+
+    assert L.STREAMS_PER_IDENTITY_MAX * L.IDENTITIES_TO_FILL_A_SERVER_MIN <= L.STREAMS_PER_SERVER_MAX
+    assert L.IDENTITIES_TO_FILL_A_SERVER_MIN >= 8
+    assert FairUseLimits().streams_per_identity == L.STREAMS_PER_IDENTITY_MAX
 
 
 @pytest.mark.parametrize("limits, message", [
@@ -821,7 +834,7 @@ def test_anonymous_peers_are_counted_by_address() -> None:
             await _open_parked(c2)
             with pytest.raises(CallRejected) as e:
                 await _open_parked(c2)
-            assert e.value.error.message == ("anonymous@127.0.0.1 already holds 2 of 2 streams on SPU 9; "
+            assert e.value.error.message == ("anonymous@127.0.0.0/24 already holds 2 of 2 streams on SPU 9; "
                                              "close one first")
             c1.close()
             c2.close()

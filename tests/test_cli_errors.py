@@ -425,3 +425,107 @@ def test_cluster_start_names_a_broken_dev_certificate(broken: str, tmp_path: pat
     assert line.startswith(f"kolk cluster start: {pki_dir / 'ca'}") and str(pki_dir / broken) in line, line
     assert not (tmp_path / "home" / "profile.json").exists()
     assert not list((tmp_path / "home" / "local" / "logs").iterdir())
+
+
+# ---------------------------------------------------------------- addresses (issue 17, F4)
+
+ADDRESS_DEADLINE_S = 5.0  # a bad address is refused before any connection or name lookup
+BAD_ADDRESSES = [
+    (["consume", "orders"], "127.0.0.1:99999",
+     "kolk consume: invalid address '127.0.0.1:99999': the port must be a number from 1 to 65535, not 99999"),
+    (["topic", "list"], "127.0.0.1:99999",
+     "kolk topic list: invalid address '127.0.0.1:99999': the port must be a number from 1 to 65535, not 99999"),
+    (["topic", "list"], "127.0.0.1:0",
+     "kolk topic list: invalid address '127.0.0.1:0': the port must be a number from 1 to 65535, not 0"),
+    (["topic", "list"], ":", "kolk topic list: invalid address ':': the port must be a number from 1 to 65535, not ''"),
+    (["topic", "list"], "127.0.0.1", "kolk topic list: invalid address '127.0.0.1': expected HOST:PORT, such as "
+                                     "127.0.0.1:9003 (no port)"),
+    (["topic", "list"], ":9003", "kolk topic list: invalid address ':9003': no host before the port"),
+    (["topic", "list"], "[::1", "kolk topic list: invalid address '[::1': unbalanced brackets around the IPv6 host"),
+    (["topic", "list"], "[::g]:1", "kolk topic list: invalid address '[::g]:1': '::g' is not an IPv6 address"),
+    (["topic", "list"], "::1:9003", "kolk topic list: invalid address '::1:9003': an IPv6 host must be in brackets, "
+                                    "as [::1]:9003"),
+    (["consume", "orders"], "256.1.1.1:1", "kolk consume: invalid address '256.1.1.1:1': '256.1.1.1' is not an "
+                                           "IPv4 address"),
+    (["topic", "list"], "bad host!:1", "kolk topic list: invalid address 'bad host!:1': 'bad host!' is not a host "
+                                       "name (letters, digits, hyphens, underscores and dots)"),
+    (["topic", "list"], ",", "kolk topic list: at least one SC address (HOST:PORT) is needed"),
+]
+
+
+@pytest.mark.parametrize("command,address,line", BAD_ADDRESSES,
+                         ids=[f"{' '.join(c)} {a}" for c, a, _ in BAD_ADDRESSES])
+def test_a_bad_sc_address_is_one_line_at_once(command: list[str], address: str, line: str) -> None:
+    started = time.monotonic()
+    out = kolk(*command, "--sc", address, timeout_s=30)
+    assert one_line(out, 1) == line
+    assert time.monotonic() - started < ADDRESS_DEADLINE_S
+
+
+def test_an_unresolvable_sc_host_is_one_line_at_once() -> None:
+    """``.invalid`` never resolves (RFC 6761): not retried until the admin client's deadline."""
+    started = time.monotonic()
+    out = kolk("topic", "list", "--sc", "nosuchhost.invalid:9003", timeout_s=30)
+    assert one_line(out, 1).startswith("kolk topic list: nosuchhost.invalid:9003: cannot resolve host "
+                                       "'nosuchhost.invalid': ")
+    assert time.monotonic() - started < ADDRESS_DEADLINE_S
+
+
+@pytest.mark.parametrize("address", ["127.0.0.1:99999", "[::1", "256.1.1.1:1"])
+def test_the_admin_client_refuses_a_bad_address_before_connecting(address: str) -> None:
+    from kolk.transport import InvalidAddressError
+
+    with pytest.raises(InvalidAddressError) as e:
+        AdminClient(address)
+    assert str(e.value).startswith(f"invalid address {address!r}: ") and "\n" not in str(e.value)
+
+
+# ---------------------------------------------------------------- files that are not files (issue 17, F4)
+
+FILE_DEADLINE_S = 10.0  # reading a FIFO or /dev/zero would never end
+
+
+def _special(kind: str, tmp_path: pathlib.Path) -> tuple[str, str]:
+    """A path that is not a regular file, and what the CLI must call it."""
+    if kind == "directory":
+        return str(tmp_path), "is a directory, not a file"
+    if kind == "fifo":
+        path = tmp_path / "fifo"
+        os.mkfifo(path)
+        return str(path), "is a FIFO, not a regular file"
+    return "/dev/zero", "is a character device, not a regular file"
+
+
+@pytest.mark.parametrize("kind", ["directory", "fifo", "/dev/zero"])
+def test_policy_check_of_a_file_that_is_not_a_regular_file_says_what_it_is(kind: str,
+                                                                          tmp_path: pathlib.Path) -> None:
+    path, what = _special(kind, tmp_path)
+    started = time.monotonic()
+    assert one_line(kolk("policy", "check", path, timeout_s=30), 1) == f"{path}:1: {what}"
+    assert time.monotonic() - started < FILE_DEADLINE_S
+
+
+@pytest.mark.parametrize("kind", ["directory", "fifo", "/dev/zero"])
+def test_cert_show_of_a_file_that_is_not_a_regular_file_says_what_it_is(kind: str, tmp_path: pathlib.Path) -> None:
+    path, what = _special(kind, tmp_path)
+    started = time.monotonic()
+    assert one_line(kolk("cert", "show", path, timeout_s=30), 1) == f"kolk cert show: {path}: {what}"
+    assert time.monotonic() - started < FILE_DEADLINE_S
+
+
+def test_cert_show_of_a_file_too_large_is_one_line(tmp_path: pathlib.Path) -> None:
+    from kolk.security.tls_files import TLS_FILE_BYTES_MAX
+
+    path = tmp_path / "big.pem"
+    path.write_bytes(b"A" * (TLS_FILE_BYTES_MAX + 1))
+    assert one_line(kolk("cert", "show", str(path)), 1) == (f"kolk cert show: {path}: more than "
+                                                            f"{TLS_FILE_BYTES_MAX:,} bytes, the largest certificate file")
+
+
+@pytest.mark.parametrize("line", [1, 3])
+def test_policy_check_of_an_integer_of_5000_digits_names_file_and_line(line: int, tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "policy.toml"
+    big = "9" * 5000
+    path.write_text(f"version = {big}\n" if line == 1 else f"version = 2\n# a comment\nx = {big}\n")
+    assert one_line(kolk("policy", "check", str(path)), 1) == (
+        f"{path}:{line}: an integer of 5,000 digits: integers have at most 4,300 digits")

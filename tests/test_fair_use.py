@@ -9,7 +9,7 @@ SPU over mutual TLS with client identities alice and bob (docs/security.md "Fair
   connection is told ``tooManyConnections`` on its first request (and by ``kolk consume``).
 * Streams that never read (raw TLS sockets that never read a byte): the SPU's RSS stays within
   the identity's held-bytes limit, the data the streams read and a fixed allowance, with 100
-  streams and with alice's maximum of 256; bob still streams meanwhile.
+  streams and with alice's maximum (``STREAMS_PER_IDENTITY_MAX``); bob still streams meanwhile.
 * Malformed requests on the real SPU are answered with one line, never a traceback.
 """
 
@@ -105,14 +105,15 @@ async def _consumer_error(c: DataPlaneCluster, who: str) -> BaseException:
 def test_an_identity_at_its_stream_limit_gets_too_many_streams_and_another_identity_still_streams(
         cluster: DataPlaneCluster) -> None:
     per_conn = L.STREAMS_PER_CONNECTION_MAX
-    conns_needed = L.STREAMS_PER_IDENTITY_MAX // per_conn
+    limit = L.STREAMS_PER_IDENTITY_MAX
+    conns_needed = -(-limit // per_conn)
 
     async def body() -> None:
         alice = await _connections(cluster, "alice", conns_needed + 1)
         try:
             started = time.monotonic()
-            for conn in alice[:conns_needed]:
-                await asyncio.gather(*(_open(conn) for _ in range(per_conn)))
+            for i, conn in enumerate(alice[:conns_needed]):
+                await asyncio.gather(*(_open(conn) for _ in range(min(per_conn, limit - i * per_conn))))
             # the next stream, on a fresh connection of the same identity, is refused at once
             with pytest.raises(CallRejected) as e:
                 await _open(alice[-1])
@@ -315,5 +316,81 @@ def test_bad_requests_to_a_real_spu_are_answered_in_one_line_without_a_traceback
                 assert ".py" not in err.message, (what, err.message)
         finally:
             writer.transport.abort()
+
+    run_async(body)
+
+
+# ---------------------------------------------------------------- anonymous peers (plaintext)
+
+
+@pytest.fixture(scope="module")
+def plain_cluster(tmp_path_factory: Any) -> Any:
+    c = DataPlaneCluster(str(tmp_path_factory.mktemp("fair-plain")), spus=1)
+    try:
+        c.start()
+
+        async def fill() -> None:
+            client = c.client()
+            await client.create_topic(TOPIC, 1, 1)
+            producer = client.producer(TOPIC)
+            for _ in range(10):
+                await producer.send(VALUE)
+            await producer.flush()
+            await wait_committed(client, TOPIC)
+            await client.close()
+        run_async(fill)
+        yield c
+    finally:
+        c.close()
+
+
+async def _connect_from(address: str, source_ip: str) -> ClientConnection:
+    """A plaintext connection to ``address`` whose source address is ``source_ip`` (all of
+    127.0.0.0/8 is this host's loopback)."""
+    host, port = address.rsplit(":", 1)
+    async with asyncio.timeout(WAIT_S):
+        _, conn = await asyncio.get_running_loop().create_connection(
+            lambda: ClientConnection(SPU, address), host, int(port), local_addr=(source_ip, 0))
+    return conn
+
+
+def test_anonymous_peers_of_one_network_count_as_one_owner_and_leave_room_for_others(
+        plain_cluster: DataPlaneCluster) -> None:
+    """Issue 17 probe: one host bound 127.0.0.2-.5 and took every stream slot of the SPU. The
+    four addresses are one owner (their /24): together they get one identity's share, which
+    leaves room for seven more such networks."""
+    limit = L.STREAMS_PER_IDENTITY_MAX
+    assert limit * 8 <= L.STREAMS_PER_SERVER_MAX
+    address = plain_cluster.spus[1].address
+    sources = [f"127.0.0.{i}" for i in range(2, 6)]
+    full = f"anonymous@127.0.0.0/24 already holds {limit} of {limit} streams on SPU 1; close one first"
+
+    async def body() -> None:
+        conns: list[ClientConnection] = []
+        try:
+            # spread the identity's share over the four source addresses, round robin
+            per_conn = L.STREAMS_PER_CONNECTION_MAX
+            per_source = -(-limit // len(sources))
+            for ip in sources:
+                for _ in range(-(-per_source // per_conn)):
+                    conns.append(await _connect_from(address, ip))
+            opened = 0
+            while opened < limit:
+                await _open(conns[opened % len(conns)])
+                opened += 1
+            for ip in sources:  # every one of the four addresses is now refused: they are one owner
+                fresh = await _connect_from(address, ip)
+                conns.append(fresh)
+                with pytest.raises(CallRejected) as e:
+                    await _open(fresh)
+                assert e.value.error.code == "tooManyStreams" and e.value.error.message == full
+            # another network (127.0.1.0/24) still streams, and the SPU has room for more
+            other = await _connect_from(address, "127.0.1.1")
+            conns.append(other)
+            streams = [await _open(other) for _ in range(8)]
+            assert len(streams) == 8
+        finally:
+            for conn in conns:
+                conn.close()
 
     run_async(body)

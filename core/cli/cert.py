@@ -52,10 +52,19 @@ def add_commands(sub: Any) -> None:
 
 
 def _read(path: str) -> bytes:
-    if os.path.isdir(path):
-        raise IsADirectoryError(21, "is a directory, not a file", path)
-    with open(path, "rb") as f:
-        return f.read()
+    """A certificate file: a regular file of at most TLS_FILE_BYTES_MAX bytes (never a
+    directory, FIFO or device, which would hang or fill memory); CertificateError if not."""
+    from kolk.security.certs import CertificateError
+    from kolk.security.tls_files import TLS_FILE_BYTES_MAX
+
+    from .files import FileProblem, read_regular_file
+
+    try:
+        return read_regular_file(path, TLS_FILE_BYTES_MAX, "certificate file")
+    except FileProblem as e:
+        if e.problem == "no such file":  # the wording `kolk cert` has always used
+            raise CertificateError(f"{path}: No such file or directory") from None
+        raise CertificateError(f"{path}: {e.problem}") from None
 
 
 def _ca(args: argparse.Namespace) -> int:

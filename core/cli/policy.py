@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import pathlib
 import re
 import sys
 from typing import Any
@@ -26,6 +25,7 @@ from ..protocol.errors import KolkError, PermissionDeniedError, VersionConflictE
 from ..security.policy import ACTIONS, Policy, PolicyError, parse_address, parse_policy, parse_resource
 from ..security.policy_parse import POLICY_BYTES_MAX
 from .admin import _print, _sc_option, resolve_sc
+from .files import FileProblem, read_regular_file
 
 COMMANDS = ("policy",)
 KIND, NAME = "policy", "active"  # the metadata object every node watches
@@ -56,13 +56,11 @@ def add_commands(sub: Any) -> None:
 
 def read_policy(path: str) -> Policy:
     """The checked policy in ``path``; PolicyError (naming the file) or OSError."""
-    p = pathlib.Path(path)
-    if not p.is_file():
-        raise PolicyError(path, 1, "", "no such file")
-    if p.stat().st_size > POLICY_BYTES_MAX:
-        raise PolicyError(path, 1, "", f"{p.stat().st_size} bytes is more than {POLICY_BYTES_MAX} "
-                                       f"({POLICY_BYTES_MAX >> 20} MiB), the largest policy file")
-    return parse_policy(p.read_bytes(), path)
+    try:
+        data = read_regular_file(path, POLICY_BYTES_MAX, "policy file")
+    except FileProblem as e:
+        raise PolicyError(path, 1, "", e.problem) from None
+    return parse_policy(data, path)
 
 
 def _check(args: argparse.Namespace) -> int:

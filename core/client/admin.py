@@ -28,7 +28,7 @@ from ..metadata.specs import SpecError, TopicSpec
 from ..protocol.errors import ClusterUnavailableError, InvalidRequestError, KolkError
 from ..protocol.wire import error_from_struct, object_dict, transport_error
 from ..security.tls import TlsConfig
-from ..transport import SC, connect
+from ..transport import SC, InvalidAddressError, connect, parse_address
 
 T = TypeVar("T")
 OnPush = Callable[[bool, int, list[dict[str, Any]]], Any]
@@ -124,9 +124,11 @@ class AdminClient:
     def __init__(self, addresses: list[str] | str, *, timeout_s: float = 15.0, tls: TlsConfig | None = None,
                  credential: NodeCredential | None = None) -> None:
         if isinstance(addresses, str):
-            addresses = [a for a in addresses.split(",") if a]
+            addresses = [a.strip() for a in addresses.split(",") if a.strip()]
         if not addresses:
-            raise ValueError("at least one SC address (host:port) is needed")
+            raise InvalidAddressError("at least one SC address (HOST:PORT) is needed")
+        for address in addresses:
+            parse_address(address)  # InvalidAddressError (one line) before any connection
         self.addresses = list(addresses)
         self.timeout_s = timeout_s
         self.tls = tls

@@ -3,8 +3,8 @@ its slow readers may hold. Pure bookkeeping, no I/O; the channel (core/protocol/
 asks it before a stream is opened and as pushes go out and credit comes back.
 
 Who a peer is (:func:`owner_of`): its TLS identity; a peer without one (a plaintext cluster,
-where everyone is ``anonymous``) is counted by its IP address, so one anonymous host cannot
-take the slots of another.
+where everyone is ``anonymous``) is counted by its network (IPv4 /24, IPv6 /64), so one
+anonymous host cannot take the slots of another by binding more addresses of its own network.
 
 * Connections: a client peer holds at most ``connections_per_identity`` connections to the
   server (a node certificate is not limited: nodes are the cluster). Past it the connection
@@ -24,6 +24,7 @@ docs/security.md ("Fair use") and docs/protocol.md (the limits table) have the n
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -32,14 +33,34 @@ from . import limits as L
 ANONYMOUS = "anonymous"
 
 
+# The network an anonymous peer is counted by: one host can bind many addresses of its
+# network (127.0.0.2, 127.0.0.3, ...; a /64 is one IPv6 customer), not of another's.
+ANONYMOUS_PREFIX_V4 = 24
+ANONYMOUS_PREFIX_V6 = 64
+
+
+def network_of(address: str) -> str:
+    """The network an anonymous peer at ``address`` is counted by: ``a.b.c.0/24`` for IPv4
+    (an IPv4-mapped IPv6 address counts as IPv4), ``x:x:x:x::/64`` for IPv6, and the address
+    itself when it is not an IP address (a Unix socket, "unknown")."""
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return address
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    prefix = ANONYMOUS_PREFIX_V4 if ip.version == 4 else ANONYMOUS_PREFIX_V6
+    return str(ipaddress.ip_network(f"{ip}/{prefix}", strict=False))
+
+
 def owner_of(peer: Any) -> str:
     """The key a peer's streams and held bytes count against: its TLS identity, or
-    ``anonymous@<ip>`` for a peer without one."""
+    ``anonymous@<network>`` (:func:`network_of`) for a peer without one."""
     identity = getattr(peer, "identity", None)
     if isinstance(identity, str) and identity and identity != ANONYMOUS:
         return identity
     address = getattr(peer, "address", None)
-    return f"{ANONYMOUS}@{address or 'unknown'}"
+    return f"{ANONYMOUS}@{network_of(str(address)) if address else 'unknown'}"
 
 
 def _whose(owner: str) -> str:

@@ -17,9 +17,10 @@ REQUESTS_IN_FLIGHT_MAX = 256      # per connection; past it the server stops rea
 FRAMES_PER_TURN_MAX = 16          # frames a server takes from one connection per turn of its event loop
 STREAMS_PER_CONNECTION_MAX = 64   # open streams (consume streams, watches) per connection
 # Fair use of a server's streams (core/protocol/fair_use.py, docs/security.md "Fair use"). An
-# identity is a TLS identity; peers without one are counted by IP address.
-STREAMS_PER_IDENTITY_MAX = 256    # open streams of one identity on one SPU
+# identity is a TLS identity; peers without one are counted by network (IPv4 /24, IPv6 /64).
 STREAMS_PER_SERVER_MAX = 1000     # open streams on one SPU, all identities together
+IDENTITIES_TO_FILL_A_SERVER_MIN = 8  # identities at their stream limit it takes to fill an SPU
+STREAMS_PER_IDENTITY_MAX = STREAMS_PER_SERVER_MAX // IDENTITIES_TO_FILL_A_SERVER_MIN  # 125, per SPU
 HELD_BYTES_PER_IDENTITY_MAX = 64 << 20  # pushed and not yet taken by one identity's readers, per SPU
 HELD_BYTES_PER_SERVER_MAX = 256 << 20   # the same, all identities of one SPU together
 CONNECTIONS_PER_IDENTITY_MAX = 256  # client connections of one identity to one SPU (node certificates: no limit)
@@ -38,11 +39,15 @@ CHAIN_STAGES_MAX = 16            # SmartModule invocations per request
 SMARTMODULE_PARAMS_MAX = 64       # params of one invocation
 ACCUMULATOR_BYTES_MAX = 1 << 20
 PARTITION_STATUS_MAX = 10_000     # partitions asked about in one partitionStatus
+# The limits of masked reads (docs/security.md "Masking fails closed") live beside masking, in
+# security/masking.py and security/jsonmask.py: the security room imports no other room.
 
 # ---- metadata
 NAME_CHARS_MAX = 255              # topic, partition, object and SmartModule names
 TEXT_CHARS_MAX = 4096             # free text: reasons, racks, addresses, keys, values
 SPEC_JSON_BYTES_MAX = 8 << 20     # an object's spec (a SmartModule's wasm travels in it)
+SPEC_JSON_DEPTH_MAX = 32          # arrays and objects inside one another in a spec (core/sc/spec_json.py)
+SPEC_JSON_DIGITS_MAX = 4300       # digits of an integer in a spec (Python's int() limit)
 TOPIC_CONFIG_ENTRIES_MAX = 64
 REPLICAS_MAX = 256                # entries of an in-sync set
 LOST_REPLICAS_MAX = 10_000        # entries of one registerSpu's lost list

@@ -21,6 +21,7 @@ from typing import Any, Coroutine, Iterator
 from ..metadata.controllers import choose_leader, place_replicas
 from ..metadata.objects import KINDS, TOPIC, MetaObject, State
 from ..metadata.specs import PARTITIONS_MAX, REASON_CHARS_MAX, PartitionStatus
+from .spec_json import SpecJsonError, parse_spec_json
 from ..node.authz import INSECURE_POLICY_FLAG, NODE_ONLY, POLICY_NEEDS_TLS, Denied
 from ..node.identity import NodeAuthCalls
 from ..protocol.channel_server import ServerStream
@@ -333,9 +334,12 @@ class ScApi(NodeAuthCalls):
     async def putObject(self, req: Any, out: Any) -> None:  # noqa: N802
         kind, name = req.kind, req.name
         try:
-            spec = json.loads(req.specJson)
-        except ValueError as e:
-            set_error(out.result, "invalidArgument", f"specJson is not JSON: {e}")
+            spec = parse_spec_json(req.specJson)
+        except SpecJsonError as e:
+            set_error(out.result, "invalidArgument", str(e))
+            return
+        if not isinstance(spec, dict):
+            set_error(out.result, "invalidArgument", f"specJson must be a JSON object, not {type(spec).__name__}")
             return
         action, resource = _blob_check(kind, name, "create")
         if not self._allowed(out.result, action, resource):

@@ -30,7 +30,8 @@ from ..protocol.channel_server import ServerStream
 from ..protocol.codes import Acks, ErrorCode, Isolation
 from ..protocol.errors import KolkError
 from ..protocol.wire import set_error
-from ..security.masking import UnmaskableBatchError, mask_batches
+from ..security.masking import MASK_BYTES_PER_RESPONSE_MAX
+from ..security.masking import UnmaskableBatchError, mask_read
 from ..security.tls import Peer
 from ..segments.batch import (CONTROL_FLAG, HEADER_SIZE, LENGTH_PREFIX_SIZE, NO_PRODUCER_ID, BatchHeader, parse_header,
                               validate_batch)
@@ -283,15 +284,24 @@ class SpuHandler(ReplicationCalls):
             return
         lg = replica.log
         upto = lg.high_watermark if isolation == Isolation.COMMITTED else None
+        # A masked reader's answer is bounded by the masking it costs (docs/security.md "Masking
+        # fails closed"): it reads on from nextOffset.
+        masks = self.s.authz.masks(self.peer, req.topic)
+        max_bytes = max(1, min(int(req.maxBytes), self.s.config.fetch_bytes_max))
+        if masks:
+            max_bytes = min(max_bytes, MASK_BYTES_PER_RESPONSE_MAX)
         try:
-            res = lg.read(int(req.offset), max(1, min(int(req.maxBytes), self.s.config.fetch_bytes_max)), upto)
+            res = lg.read(int(req.offset), max_bytes, upto)
         except StorageError as e:
             self.s.disk.on_error(replica, e)
             storage_error(out.result, e)
             return
         next_offset = res.next_offset
         try:
-            out.records = mask_batches(res.data, self.s.authz.masks(self.peer, req.topic))
+            masked = await mask_read(res.data, masks)  # hands the loop back while it masks
+            out.records = masked.data
+            if masked.stopped_at is not None:
+                next_offset = masked.stopped_at
         except UnmaskableBatchError as e:  # withheld, never sent unmasked: the read ends before it
             if not e.masked_before:
                 set_error(out.result, ErrorCode.CORRUPT_BATCH.value, f"{replica.name}: {e}")

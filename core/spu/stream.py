@@ -26,8 +26,9 @@ from ..node.authz import Denied
 from ..protocol.channel_server import ServerStream
 from ..protocol.codes import ErrorCode, Isolation
 from ..protocol.limits import ACCUMULATOR_BYTES_MAX
+from ..security.masking import MASK_BYTES_PER_RESPONSE_MAX
 from ..protocol.wire import schema
-from ..security.masking import UnmaskableBatchError, mask_batches
+from ..security.masking import UnmaskableBatchError, mask_read
 from ..security.tls import Peer
 from ..segments.errors import StorageError
 from ..smartmodule.chain import Chain, ChainError
@@ -118,7 +119,11 @@ class StreamFeed:
             return
         # Checked again on every read: a newer policy that revokes access ends the stream.
         self.s.authz.check(self.peer, "consume", f"topic:{self.topic}")
-        res = lg.read(self.offset, min(room, self.s.config.stream_push_bytes_max), upto)
+        # The masks are read per push, so a new policy version applies to open streams too; a
+        # masked push is bounded by the masking it costs (docs/security.md "Masking fails closed").
+        masks = self.s.authz.masks(self.peer, self.topic)
+        push_max = min(room, self.s.config.stream_push_bytes_max)
+        res = lg.read(self.offset, min(push_max, MASK_BYTES_PER_RESPONSE_MAX) if masks else push_max, upto)
         if not res.data:
             await self._idle(changed)
             return
@@ -129,11 +134,13 @@ class StreamFeed:
             # whole window goes once the window is empty), or of the held-bytes limits: wait.
             await self._wait_for_credit()
             return
-        # Masking before SmartModules: a module sees only what this reader may see. The masks
-        # are read per push, so a new policy version applies to open streams too.
+        # Masking before SmartModules: a module sees only what this reader may see.
         next_offset = res.next_offset
         try:
-            data = mask_batches(res.data, self.s.authz.masks(self.peer, self.topic))
+            masked = await mask_read(res.data, masks)  # hands the loop back while it masks
+            data = masked.data
+            if masked.stopped_at is not None:
+                next_offset = masked.stopped_at
         except UnmaskableBatchError as e:  # withheld, never sent unmasked: push what precedes it, then end
             if not e.masked_before:
                 raise _StreamStopped(ErrorCode.CORRUPT_BATCH.value, f"{self.replica.name}: {e}") from None
