@@ -8,6 +8,7 @@ becomes that node's for the rest of its life.
 
 from __future__ import annotations
 
+import abc
 import logging
 from dataclasses import replace
 from typing import Any
@@ -19,16 +20,17 @@ from ..security.tls import Peer
 log = logging.getLogger("kolk.identity")
 
 
-class NodeAuthCalls:
+class NodeAuthCalls(abc.ABC):
     """``challenge`` and ``authenticate`` of one connection, mixed into a server's handler,
     which has ``peer`` and says in :meth:`_node_auth` what it checks tokens against."""
 
     peer: Peer
     _challenge: Challenge | None = None  # made on the connection's first challenge
 
+    @abc.abstractmethod
     def _node_auth(self) -> tuple[str, str | None, bool, Any]:
-        """(service name, cluster secret or None, TLS on, the Authorizer)."""
-        raise NotImplementedError
+        """(service name, cluster secret or None, TLS on, the Authorizer): each server says
+        what it checks tokens against (core/sc/api.py, core/spu/replication_api.py)."""
 
     def _tls_cluster(self, result: Any, tls: bool) -> bool:
         if tls:
