@@ -31,6 +31,7 @@ bench: $(STAMP)
 	$(PY) bench/sc_bench.py
 	$(PY) bench/replication_bench.py
 	$(PY) bench/smartmodule_bench.py
+	$(PY) bench/isolation_bench.py
 	$(PY) bench/security_bench.py
 	$(VENV)/bin/kolk bench
 

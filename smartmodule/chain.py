@@ -9,8 +9,10 @@ offset, when the module said which record failed.
 
 from __future__ import annotations
 
+import threading
+import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Iterator, Sequence
+from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
 from ..segments.batch import CODEC_NONE, HEADER_SIZE, BatchHeader, check_header, iter_batches, parse_header
 from ..segments.errors import InvalidBatchError
@@ -45,10 +47,60 @@ class ChainError(Exception):
 
 
 class Chain:
-    def __init__(self, stages: Sequence[Stage]) -> None:
+    """The stages of one stream or one connection's produce chain.
+
+    Calls run on worker threads (core/spu/module_pool.py), one at a time per chain. ``close``
+    frees every instance at once, or, while a call runs, as soon as it returns: a stream that
+    ends never frees memory a worker is still using, and never leaves it for a collector.
+    """
+
+    def __init__(self, stages: Sequence[Stage], on_close: Callable[[], None] | None = None) -> None:
         self.stages = list(stages)
         self.records_in = 0
         self.records_out = 0
+        self._lock = threading.Lock()
+        self._busy = False
+        self._closing = False
+        self._on_close = on_close
+
+    @property
+    def memory_limit(self) -> int:
+        return sum(s.instance.memory_limit for s in self.stages)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closing:
+                return
+            self._closing = True
+            if self._busy:
+                return  # the running call closes it when it returns
+        self._free()
+
+    def _free(self) -> None:
+        for stage in self.stages:
+            stage.instance.close()
+        if self._on_close is not None:
+            self._on_close()
+            self._on_close = None
+
+    def run(self, data: bytes, batch_bytes_max: int, renumber: bool = False, verified: bool = False,
+            start: int = 0, time_budget_s: float | None = None) -> tuple[bytes, int | None]:
+        """:meth:`apply` from byte ``start`` of ``data``, stopping between batches once
+        ``time_budget_s`` has passed: ``(output, where it stopped or None when done)``.
+        Thread-safe against :meth:`close`; raises ChainError("closed") on a closed chain."""
+        with self._lock:
+            if self._closing:
+                raise ChainError(self.stages[0].label if self.stages else "?", "chain", "closed",
+                                 "the stream ended", None)
+            self._busy = True
+        try:
+            return self._run(data, batch_bytes_max, renumber, verified, start, time_budget_s)
+        finally:
+            with self._lock:
+                self._busy = False
+                free = self._closing
+            if free:
+                self._free()
 
     @property
     def accumulators(self) -> list[bytes]:
@@ -64,17 +116,26 @@ class Chain:
         produce request's batches are checked here, so a damaged one is never laundered into
         an output batch with a fresh CRC.
         """
+        return self._run(data, batch_bytes_max, renumber, verified, 0, None)[0]
+
+    def _run(self, data: bytes, batch_bytes_max: int, renumber: bool, verified: bool, start: int,
+             time_budget_s: float | None) -> tuple[bytes, int | None]:
         if not isinstance(data, bytes):
             data = bytes(data)
         out = []
-        for pos, h in (_headers(data, batch_bytes_max) if verified else iter_batches(data, batch_bytes_max)):
+        deadline = None if time_budget_s is None else time.monotonic() + time_budget_s
+        batches = _headers(data, batch_bytes_max, start) if verified else iter_batches(data, batch_bytes_max)
+        for pos, h in batches:
+            if pos < start:
+                continue
+            if deadline is not None and out and time.monotonic() >= deadline:
+                return b"".join(out), pos
             if h.is_control:
                 out.append(data[pos:pos + h.size])
                 continue
             batch = self._apply_batch(data, pos, h, renumber)
-            if batch is not None:
-                out.append(batch)
-        return b"".join(out)
+            out.append(batch if batch is not None else b"")
+        return b"".join(out), None
 
     def _apply_batch(self, data: bytes, pos: int, h: BatchHeader, renumber: bool) -> bytes | None:
         start, end = pos + HEADER_SIZE, pos + h.size
@@ -121,9 +182,8 @@ class Chain:
                             last_offset_delta=h.last_offset_delta)
 
 
-def _headers(data: bytes, batch_bytes_max: int) -> Iterator[tuple[int, BatchHeader]]:
-    """Headers of already verified batches: header fields and bounds only, no CRC."""
-    pos = 0
+def _headers(data: bytes, batch_bytes_max: int, pos: int = 0) -> Iterator[tuple[int, BatchHeader]]:
+    """Headers of already verified batches from byte ``pos``: header fields and bounds only, no CRC."""
     while pos < len(data):
         h = parse_header(data, pos)
         check_header(h, pos, batch_bytes_max)

@@ -26,7 +26,9 @@ from typing import Mapping
 
 import wasmtime
 
-from .limits import Limits, SmartModuleError
+from .sizes import size_text
+from .budget import BudgetExceeded, InstanceMemory
+from .limits import Limits, ModuleInfo, SmartModuleError
 from .abi import ABI_VERSION, KINDS, AbiError, Output, check_output, encode_call, encode_params, split_result
 
 TICK_S = 0.01
@@ -39,6 +41,10 @@ TABLE_ELEMENTS_MAX = 1 << 16
 _REQUIRED = {"kolk_abi_version": ([], ["i32"]), "kolk_alloc": (["i32"], ["i32"])}
 _KIND_SIG = (["i32", "i32"], ["i64"])
 _INIT_SIG = (["i32", "i32"], ["i32"])
+_ERROR_SIG = ([], ["i64"])
+PAGE = 64 << 10
+ERROR_MESSAGE_BYTES_MAX = 1024  # of a module's own error message (kolk_error)
+ERROR_CODE_MIN = -(1 << 31)  # results in [ERROR_CODE_MIN, -1] are error codes; below, a bad pointer
 
 
 def _sig(ft: wasmtime.FuncType) -> tuple[list[str], list[str]]:
@@ -65,46 +71,110 @@ class _Ticker:
             self.engine.increment_epoch()
 
 
-class ModuleCache:
-    """Compiled, ABI-checked modules by sha256; at most ``capacity``."""
+def engine_config() -> wasmtime.Config:
+    """The one engine configuration: the SPU, the SC's validator and the compile worker use it,
+    so a module compiled in the worker deserializes in the SPU (wasmtime checks that they match)."""
+    cfg = wasmtime.Config()
+    cfg.consume_fuel = True
+    cfg.epoch_interruption = True
+    cfg.wasm_gc = False  # a GC heap would sit beside the capped linear memory
+    return cfg
 
-    def __init__(self, limits: Limits | None = None, capacity: int = 64) -> None:
-        cfg = wasmtime.Config()
-        cfg.consume_fuel = True
-        cfg.epoch_interruption = True
-        cfg.wasm_gc = False  # a GC heap would sit beside the capped linear memory
-        self.engine = wasmtime.Engine(cfg)
+
+def new_engine() -> wasmtime.Engine:
+    return wasmtime.Engine(engine_config())
+
+
+def compile_module(engine: wasmtime.Engine, wasm: bytes, limits: Limits) -> wasmtime.Module:
+    """Compile ``wasm``: refused when too large or not WebAssembly (the bytes only; the ABI is
+    :func:`check_module`'s to say)."""
+    if len(wasm) > limits.module_bytes_max:
+        raise SmartModuleError("invalidModule", f"module of {len(wasm)} bytes is more than {limits.module_bytes_max}")
+    try:
+        return wasmtime.Module(engine, wasm)
+    except wasmtime.WasmtimeError as e:
+        raise SmartModuleError("invalidModule", f"not a valid WebAssembly module: {str(e).splitlines()[0]}") from None
+
+
+class ModuleCache:
+    """Compiled, ABI-checked modules by sha256, bounded in bytes of compiled code and in entries
+    (least recently used goes). Evicting a module does not touch instances made from it."""
+
+    def __init__(self, limits: Limits | None = None, capacity: int = 64, bytes_max: int = 128 << 20) -> None:
+        self.engine = new_engine()
         self.limits = limits or Limits()
         self.capacity = capacity
-        self._modules: OrderedDict[str, tuple[wasmtime.Module, str, bool]] = OrderedDict()
+        self.bytes_max = bytes_max
+        self._modules: OrderedDict[str, tuple[wasmtime.Module, ModuleInfo, int]] = OrderedDict()
+        self._lock = threading.Lock()  # loads come from worker threads
+        self.bytes = 0
         self.compiles = 0
         self.ticker = _Ticker(self.engine)
 
-    def load(self, wasm: bytes, sha256: str | None = None) -> "LoadedModule":
-        """Compile (or take from the cache) and check ``wasm``; raises SmartModuleError."""
-        digest = sha256 or hashlib.sha256(wasm).hexdigest()
-        hit = self._modules.get(digest)
-        if hit is None:
-            if len(wasm) > self.limits.module_bytes_max:
-                raise SmartModuleError("invalidModule", f"module of {len(wasm)} bytes is more than "
-                                                        f"{self.limits.module_bytes_max}")
-            if hashlib.sha256(wasm).hexdigest() != digest:
-                raise SmartModuleError("invalidModule", f"module bytes do not match sha256 {digest}")
-            try:
-                module = wasmtime.Module(self.engine, wasm)
-            except wasmtime.WasmtimeError as e:
-                raise SmartModuleError("invalidModule", f"not a valid WebAssembly module: "
-                                                        f"{str(e).splitlines()[0]}") from None
-            kind, has_init = check_module(module)
-            self.compiles += 1
-            hit = (module, kind, has_init)
-            self._modules[digest] = hit
-            while len(self._modules) > self.capacity:
-                self._modules.popitem(last=False)
-        else:
-            self._modules.move_to_end(digest)
+    def get(self, sha256: str) -> "LoadedModule | None":
+        with self._lock:
+            hit = self._modules.get(sha256)
+            if hit is None:
+                return None
+            self._modules.move_to_end(sha256)
         self.ticker.ensure()
-        return LoadedModule(self, hit[0], hit[1], hit[2], digest)
+        return LoadedModule(self, hit[0], hit[1].kind, hit[1].has_init, sha256, hit[1].memory_limit,
+                            hit[1].initial_memory)
+
+    def load(self, wasm: bytes, sha256: str | None = None) -> "LoadedModule":
+        """Compile here (or take from the cache) and check ``wasm``; raises SmartModuleError.
+        The CLI and tests use it; a server compiles in a worker process (compiler.py) and
+        :meth:`add_compiled` the result."""
+        digest = sha256 or hashlib.sha256(wasm).hexdigest()
+        hit = self.get(digest)
+        if hit is not None:
+            return hit
+        if hashlib.sha256(wasm).hexdigest() != digest:
+            raise SmartModuleError("invalidModule", f"module bytes do not match sha256 {digest}")
+        module = compile_module(self.engine, wasm, self.limits)
+        info = inspect_module(module, digest, self.limits)
+        return self._add(module, info, len(wasm) * 8)  # compiled code: several times the bytes
+
+    def add_compiled(self, artifact: bytes, info: ModuleInfo) -> "LoadedModule":
+        """Take a module compiled by this host's compile worker (``Module.serialize``: trusted,
+        since only our own worker made it)."""
+        try:
+            module = wasmtime.Module.deserialize(self.engine, artifact)
+        except wasmtime.WasmtimeError as e:
+            raise SmartModuleError("invalidModule", f"compiled module refused: {str(e).splitlines()[0]}") from None
+        return self._add(module, info, len(artifact))
+
+    def _add(self, module: wasmtime.Module, info: ModuleInfo, nbytes: int) -> "LoadedModule":
+        with self._lock:
+            if info.sha256 not in self._modules:
+                self.compiles += 1
+                self._modules[info.sha256] = (module, info, nbytes)
+                self.bytes += nbytes
+                while len(self._modules) > 1 and (len(self._modules) > self.capacity or self.bytes > self.bytes_max):
+                    _sha, (_m, _i, n) = self._modules.popitem(last=False)
+                    self.bytes -= n
+            module, info, _n = self._modules.get(info.sha256, (module, info, nbytes))
+        self.ticker.ensure()
+        return LoadedModule(self, module, info.kind, info.has_init, info.sha256, info.memory_limit,
+                            info.initial_memory)
+
+
+def inspect_module(module: wasmtime.Module, sha256: str, limits: Limits) -> ModuleInfo:
+    """The ABI check of a compiled module and the memory its instances may use."""
+    kind, has_init = check_module(module)
+    memory = next(e.type for e in module.exports if e.name == "memory")
+    assert isinstance(memory, wasmtime.MemoryType)  # check_module said so
+    if memory.is_64:
+        raise SmartModuleError("invalidModule", "the module's memory is 64-bit (memory64): a SmartModule's memory "
+                                                "is a wasm32 memory")
+    lim = memory.limits
+    if lim.min * PAGE > limits.memory_bytes:
+        raise SmartModuleError("invalidModule", f"the module's memory starts at {lim.min} pages "
+                                                f"({size_text(lim.min * PAGE)}), more than the cap of "
+                                                f"{size_text(limits.memory_bytes)}")
+    memory_limit = limits.memory_bytes if lim.max is None else max(lim.min * PAGE, min(lim.max * PAGE,
+                                                                                        limits.memory_bytes))
+    return ModuleInfo(kind, has_init, sha256, memory_limit, lim.min * PAGE)
 
 
 def check_module(module: wasmtime.Module) -> tuple[str, bool]:
@@ -134,6 +204,10 @@ def check_module(module: wasmtime.Module) -> tuple[str, bool]:
     if init is not None and (not isinstance(init, wasmtime.FuncType) or _sig(init) != _INIT_SIG):
         raise SmartModuleError("invalidModule", f"export init must be a function (i32, i32) -> i32, "
                                                 f"found {_describe(init)}")
+    err = exports.get("kolk_error")
+    if err is not None and (not isinstance(err, wasmtime.FuncType) or _sig(err) != _ERROR_SIG):
+        raise SmartModuleError("invalidModule", f"export kolk_error must be a function () -> i64, "
+                                                f"found {_describe(err)}")
     return kind, init is not None
 
 
@@ -153,40 +227,76 @@ class LoadedModule:
     kind: str
     has_init: bool
     sha256: str
+    memory_limit: int = 64 << 20
+    initial_memory: int = 0
 
-    def instantiate(self, params: Mapping[str, str] | None = None) -> "Instance":
-        return Instance(self, params or {})
+    def instantiate(self, params: Mapping[str, str] | None = None, run_init: bool = True,
+                    memory: "InstanceMemory | None" = None) -> "Instance":
+        return Instance(self, params or {}, run_init, memory)
 
 
 class Instance:
-    """One sandboxed instance: call :meth:`call` once per batch."""
+    """One sandboxed instance: call :meth:`call` once per batch, :meth:`close` when done.
 
-    def __init__(self, loaded: LoadedModule, params: Mapping[str, str]) -> None:
+    ``close`` frees the store (the instance's memory) at once, whoever still holds a reference
+    to this object: an SPU runs with the cycle collector off, so nothing may wait for it.
+    """
+
+    def __init__(self, loaded: LoadedModule, params: Mapping[str, str], run_init: bool = True,
+                 memory: "InstanceMemory | None" = None) -> None:
         self.loaded = loaded
         self.kind = loaded.kind
         self.limits = loaded.cache.limits
+        self.memory_limit = loaded.memory_limit
+        self.account = memory  # what a budget lends this instance (smartmodule/budget.py), if any
+        self.memory = self._alloc = self._fn = self._error_fn = None  # type: ignore[assignment]
+        self.accumulator: bytes | None = None
         engine = loaded.cache.engine
-        self.store = wasmtime.Store(engine)
-        self.store.set_limits(memory_size=self.limits.memory_bytes, memories=1, tables=TABLES_MAX,
-                              table_elements=TABLE_ELEMENTS_MAX)
+        self.store: wasmtime.Store | None = wasmtime.Store(engine)
+        limit = self.memory_limit
+        if memory is not None:
+            try:
+                limit = memory.start(loaded.initial_memory, f"a {self.kind} instance")
+            except BudgetExceeded as e:
+                self.close()
+                raise SmartModuleError(e.reason, str(e)) from None
+        self.store.set_limits(memory_size=limit, memories=1, tables=TABLES_MAX, table_elements=TABLE_ELEMENTS_MAX)
         # Ticks come at least TICK_S apart and the first may come at once: one more than the
         # limit's ticks so a call is never cut before its limit (integer math, no 2.9999 -> 2).
         self._deadline_ticks = -(-self.limits.wall_clock_ms // round(TICK_S * 1000)) + 1
+        try:
+            self._start(loaded, params, run_init)
+        except SmartModuleError as e:
+            self.close()
+            note = self._budget_note(e)
+            if not note:
+                raise
+            raise SmartModuleError(e.reason, str(e) + note, e.record_index) from None
+        except BaseException:
+            self.close()
+            raise
+        if memory is not None:
+            memory.settle(self.memory_size())
+
+    def _start(self, loaded: LoadedModule, params: Mapping[str, str], run_init: bool) -> None:
+        store = self._store()
         self._arm()
         try:
-            inst = wasmtime.Instance(self.store, loaded.module, [])
+            inst = wasmtime.Instance(store, loaded.module, [])
         except (wasmtime.Trap, wasmtime.WasmtimeError) as e:
+            e.__traceback__ = None  # see _guarded: no cycle may hold the store
             raise _trap_error(e, "instantiating") from None
-        ex = inst.exports(self.store)
+        ex = inst.exports(store)
         self.memory: wasmtime.Memory = ex["memory"]
         self._alloc = ex["kolk_alloc"]
         self._fn = ex[self.kind]
-        version = self._guarded(lambda: ex["kolk_abi_version"](self.store), "kolk_abi_version")
+        self._error_fn = ex.get("kolk_error")
+        version = self._guarded(lambda: ex["kolk_abi_version"](store), "kolk_abi_version")
         if version != ABI_VERSION:
             raise SmartModuleError("invalidModule", f"kolk_abi_version returned {version}; this host speaks "
                                                     f"ABI {ABI_VERSION}")
         self.accumulator = params.get("initial", "").encode() if self.kind == "aggregate" else None
-        if loaded.has_init:
+        if loaded.has_init and run_init:
             try:
                 data = encode_params(params)
             except ValueError as e:
@@ -194,33 +304,106 @@ class Instance:
             ptr = self._write(data)
             init = ex["init"]
             try:
-                rc = self._guarded(lambda: init(self.store, ptr, len(data)), "init")
+                rc = self._guarded(lambda: init(store, ptr, len(data)), "init")
             except SmartModuleError as e:  # the ABI: initFailed when init "returned non-zero or trapped"
                 if e.reason != "trap":
                     raise
                 raise SmartModuleError("initFailed", str(e)) from None
             if rc != 0:
-                raise SmartModuleError("initFailed", f"init returned {rc} for parameters {sorted(params)}")
+                raise SmartModuleError("initFailed", f"init returned {rc} for parameters {sorted(params)}"
+                                       + self._module_message())
+
+    def close(self) -> None:
+        """Free the store and everything in it, and give its memory back to the budget; the
+        instance cannot be called again."""
+        store, self.store = self.store, None
+        self.memory = self._alloc = self._fn = self._error_fn = None  # type: ignore[assignment]
+        if store is not None:
+            store.close()
+        if self.account is not None:
+            self.account.release()
+
+    def _budget_note(self, e: SmartModuleError) -> str:
+        """When a budget lent the call less room than the cap and the call failed in a way a
+        failed ``memory.grow`` shows up as (no memory for the output, an allocation that
+        failed, a trap, a failed init): say so, since the module cannot tell."""
+        acc = self.account
+        if acc is None or not acc.short:
+            return ""
+        if e.reason not in ("allocFailed", "trap", "initFailed") and not (
+                e.reason == "recordError" and e.record_index is None):
+            return ""
+        short = acc.budget  # the budget with the least room left is the one that ran short
+        while short.parent is not None and short.parent.free <= short.free:
+            short = short.parent
+        return f" (its memory could grow only to {size_text(acc.limit)}, not its cap of {size_text(acc.cap)}: " \
+               f"{short.describe()}; retry when streams end)"
+
+    @property
+    def closed(self) -> bool:
+        return self.store is None
+
+    def _store(self) -> wasmtime.Store:
+        if self.store is None:
+            raise SmartModuleError("closed", f"the {self.kind} instance was closed")
+        return self.store
 
     def _arm(self) -> None:
-        self.store.set_fuel(self.limits.fuel_per_call)
-        self.store.set_epoch_deadline(self._deadline_ticks)
+        store = self._store()
+        store.set_fuel(self.limits.fuel_per_call)
+        store.set_epoch_deadline(self._deadline_ticks)
 
     def _guarded(self, fn, what: str):  # noqa: ANN001, ANN202
         self._arm()
         try:
             return fn()
         except (wasmtime.Trap, wasmtime.WasmtimeError) as e:
-            raise _trap_error(e, what) from None
+            err = _trap_error(e, what)
+            # wasmtime's own frames keep the trap in a local: trap -> traceback -> frame -> trap,
+            # a cycle holding this instance (and its store) that only the cycle collector,
+            # which servers run without, would free. Cut it, and raise outside the handler.
+            e.__traceback__ = None
+        try:
+            raise err
+        finally:
+            del err  # the raising frame must not keep its own exception (another cycle)
 
     def _base(self) -> tuple[int, int]:
-        ptr = self.memory.data_ptr(self.store)
-        return ctypes.addressof(ptr.contents), self.memory.data_len(self.store)
+        store = self._store()
+        ptr = self.memory.data_ptr(store)
+        return ctypes.addressof(ptr.contents), self.memory.data_len(store)
+
+    def memory_size(self) -> int:
+        """Bytes of linear memory the instance has now."""
+        return 0 if self.store is None or self.memory is None else self.memory.data_len(self.store)
+
+    def _module_message(self) -> str:
+        """``": <message>"`` when the module explains its last error through ``kolk_error``
+        (docs/smartmodule-abi.md), else ``""``. Guarded and bounds-checked like every call."""
+        fn = self._error_fn
+        if fn is None:
+            return ""
+        store = self._store()
+        try:
+            result = self._guarded(lambda: fn(store), "kolk_error")
+        except SmartModuleError:
+            return ""
+        if not isinstance(result, int) or result <= 0:
+            return ""
+        ptr, n = split_result(result)
+        base, size = self._base()
+        n = min(n, ERROR_MESSAGE_BYTES_MAX)
+        if n == 0 or ptr + n > size:
+            return ""
+        text = ctypes.string_at(base + ptr, n).decode("utf-8", "replace")
+        text = " ".join(text.split())  # one line
+        return f": {text}" if text else ""
 
     def _write(self, *parts: bytes) -> int:
         """Copy ``parts`` back to back into memory the module allocates; their address."""
         n = sum(len(p) for p in parts)
-        ptr = self._guarded(lambda: self._alloc(self.store, n), "kolk_alloc")
+        store = self._store()
+        ptr = self._guarded(lambda: self._alloc(store, n), "kolk_alloc")
         base, size = self._base()
         if ptr == 0 or ptr < 0 or ptr + n > size:
             raise SmartModuleError("allocFailed", f"kolk_alloc({n}) returned {ptr}, memory is {size} bytes")
@@ -233,7 +416,8 @@ class Instance:
     def _write_slice(self, head: bytes, buf: bytes, start: int, end: int) -> int:
         """``head`` then ``buf[start:end]`` into the module, without slicing ``buf`` first."""
         n = len(head) + end - start
-        ptr = self._guarded(lambda: self._alloc(self.store, n), "kolk_alloc")
+        store = self._store()
+        ptr = self._guarded(lambda: self._alloc(store, n), "kolk_alloc")
         base, size = self._base()
         if ptr == 0 or ptr < 0 or ptr + n > size:
             raise SmartModuleError("allocFailed", f"kolk_alloc({n}) returned {ptr}, memory is {size} bytes")
@@ -249,15 +433,35 @@ class Instance:
         end = len(records) if end is None else end
         if not isinstance(records, bytes) or not 0 <= start <= end <= len(records):
             raise ValueError("records must be bytes, with 0 <= start <= end <= len(records)")
+        acc = self.account
+        if acc is None:
+            return self._call(head, record_count, records, last_offset_delta, start, end)
+        self._store().set_limits(memory_size=acc.lend())
+        try:
+            return self._call(head, record_count, records, last_offset_delta, start, end)
+        except SmartModuleError as e:
+            note = self._budget_note(e)
+            if not note:
+                raise
+            raise SmartModuleError(e.reason, str(e) + note, e.record_index) from None
+        finally:
+            acc.settle(self.memory_size())
+
+    def _call(self, head: bytes, record_count: int, records: bytes, last_offset_delta: int, start: int,
+              end: int) -> Output:
         ptr = self._write_slice(head, records, start, end)  # no joined or sliced copy of the records
         length = len(head) + end - start
-        result = self._guarded(lambda: self._fn(self.store, ptr, length), self.kind)
-        if result < 0:
+        store = self._store()
+        result = self._guarded(lambda: self._fn(store, ptr, length), self.kind)
+        if ERROR_CODE_MIN <= result < 0:
             index = -1 - result
             raise SmartModuleError("recordError", f"{self.kind} refused " + (
-                f"record {index}" if 0 <= index < record_count else f"the batch (code {result})"),
-                index if 0 <= index < record_count else None)
+                f"record {index}" if 0 <= index < record_count else f"the batch (code {result})")
+                + self._module_message(), index if 0 <= index < record_count else None)
         out_ptr, out_len = split_result(result)
+        if result < 0:
+            raise SmartModuleError("badOutput", f"output pointer {out_ptr:#x} is outside the module's memory "
+                                                f"({self.memory_size()} bytes)")
         limit = min(self.limits.output_bytes_max, max(4096, length * self.limits.output_ratio_max))
         base, size = self._base()
         if out_len > limit:

@@ -22,9 +22,31 @@ class Limits:
 
 class SmartModuleError(Exception):
     """A module failed. ``reason``: invalidModule, initFailed, trap, fuelExhausted, timeout,
-    recordError, badOutput, allocFailed. ``record_index``: the input record, when known."""
+    recordError, badOutput, allocFailed, memoryBudget / chainMemory (no memory left in the SPU's
+    budget / the chain's cap for a new instance). ``record_index``: the input record, when known."""
 
     def __init__(self, reason: str, message: str, record_index: int | None = None) -> None:
         super().__init__(message)
         self.reason = reason
         self.record_index = record_index
+
+
+@dataclass(frozen=True)
+class ModuleInfo:
+    """What checking a module found: its kind, whether it has ``init``, and the memory an
+    instance of it may use (the cap, or less when the module declares a smaller maximum)."""
+
+    kind: str
+    has_init: bool
+    sha256: str
+    memory_limit: int  # what an instance's memory may grow to
+    initial_memory: int = 0  # what it starts with (the memory's minimum)
+
+    def to_json(self) -> dict:
+        return {"kind": self.kind, "has_init": self.has_init, "sha256": self.sha256, "memory_limit": self.memory_limit,
+                "initial_memory": self.initial_memory}
+
+    @staticmethod
+    def from_json(d: dict) -> "ModuleInfo":
+        return ModuleInfo(str(d["kind"]), bool(d["has_init"]), str(d["sha256"]), int(d["memory_limit"]),
+                          int(d.get("initial_memory", 0)))

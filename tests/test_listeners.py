@@ -312,3 +312,20 @@ def test_spu_waits_for_a_proxy_on_its_private_address(tmp_path: Any, tls: bool) 
             alive_until(proc, data_dir.exists, "the SPU to pass the check and open its data directory", log_path)
     finally:
         proxy.stop()
+
+
+@pytest.mark.parametrize("flags,message", [
+    (("--smartmodule-workers", "0"), "kolk spu: --smartmodule-workers must be 1..256"),
+    (("--smartmodule-workers", "1000"), "kolk spu: --smartmodule-workers must be 1..256"),
+    (("--smartmodule-memory", "8"), "kolk spu: --smartmodule-memory must be at least 16 MiB"),
+    (("--smartmodule-memory", "99999999"), "kolk spu: --smartmodule-memory 99999999 MiB is more than 1 TiB"),
+    (("--smartmodule-fuel", "5"), "kolk spu: --smartmodule-fuel must be at least 1000 and "
+                                  "--smartmodule-wall-clock-ms at least 10 (given 5 and 2000)"),
+    (("--smartmodule-wall-clock-ms", "1"), "kolk spu: --smartmodule-fuel must be at least 1000 and "
+                                           "--smartmodule-wall-clock-ms at least 10 (given 100000000 and 1)"),
+], ids=["workers-0", "workers-1000", "memory-small", "memory-huge", "fuel", "wall-clock"])
+def test_spu_with_bad_smartmodule_limits_stops_with_one_line(tmp_path: Any, flags: tuple, message: str) -> None:
+    home = tmp_path / "home"
+    line = refused_start(*spu_args(1, str(home / "spu1"), f"127.0.0.1:{free_port()}", *flags))
+    assert line == message
+    assert not home.exists()

@@ -272,10 +272,10 @@ def test_memory_growth_refused_is_handled_by_the_module() -> None:
 def test_memory_declared_larger_than_the_cap_is_refused() -> None:
     cache = cache_for(SMALL_MEMORY)
     stream = good_stream(cache)
-    loaded = cache.load(wat(memory='(memory (export "memory") 17)'))  # 17 pages > 1 MiB
-    with pytest.raises(SmartModuleError) as info:
-        loaded.instantiate()
-    assert info.value.reason == "trap" and "memory" in str(info.value), str(info.value)
+    with pytest.raises(SmartModuleError) as info:  # refused when checked, before any instance exists
+        cache.load(wat(memory='(memory (export "memory") 17)'))  # 17 pages > 1 MiB
+    assert info.value.reason == "invalidModule" and "17 pages (1088 KiB)" in str(info.value) \
+        and "cap of 1 MiB" in str(info.value), str(info.value)
     assert_others_fine(cache, stream)
 
 
@@ -350,9 +350,29 @@ def test_output_longer_than_64_times_the_input(cache: ModuleCache) -> None:
 
 
 def test_output_pointer_wrapping_past_2_32(cache: ModuleCache) -> None:
-    # 0xfffffff0 + 0x20 wraps in u32; as an i64 result it is negative: a batch error, no read.
-    e = fails(cache, wat(ret(0xFFFFFFF0, 0x20)), "recordError", "the batch")
+    # 0xfffffff0 + 0x20 wraps in u32; as an i64 result it is negative, but below the error
+    # codes (-2^31 .. -1): a bad pointer, and no read.
+    e = fails(cache, wat(ret(0xFFFFFFF0, 0x20)), "badOutput", "output pointer 0xfffffff0 is outside")
     assert e.record_index is None
+
+
+@pytest.mark.parametrize("pointer", [0x80000000, 0xC0000000, 0xFFFFFFFD])
+def test_output_pointer_at_or_above_2_31_is_a_bad_pointer(cache: ModuleCache, pointer: int) -> None:
+    fails(cache, wat(ret(pointer, 8)), "badOutput", f"output pointer {pointer:#x} is outside the module's memory")
+
+
+@pytest.mark.parametrize("code", [-(1 << 31), -(1 << 31) + 1, -(1 << 31) + 2, -1 - 1000])
+def test_batch_error_codes_stay_error_codes(cache: ModuleCache, code: int) -> None:
+    # -2^31 .. -1 are error codes (the SDK's KOLK_ERR_* at the bottom of that range, and a
+    # record index past the batch): refused batches, not pointers.
+    high, low = (code >> 32) & 0xFFFFFFFF, code & 0xFFFFFFFF
+    fails(cache, wat(ret(high, low)), "recordError", "the batch")
+
+
+@pytest.mark.parametrize("code", [-(1 << 31) - 1, -(1 << 32) - 1])
+def test_results_below_the_error_codes_are_bad_pointers(cache: ModuleCache, code: int) -> None:
+    high, low = (code >> 32) & 0xFFFFFFFF, code & 0xFFFFFFFF
+    fails(cache, wat(ret(high, low)), "badOutput", f"output pointer {high:#x} is outside the module's memory")
 
 
 @pytest.mark.parametrize("address", [0, PAGE, PAGE - 8, 0x7FFFFFFF, -16], ids=["zero", "end", "straddling",

@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Any, AsyncIterator, NamedTuple
 from ..protocol.channel import CallRejected, ConnectionLost, StreamEnded
 
 from ..protocol.channel_client import ClientConnection, ClientStream
-from ..protocol.errors import (InvalidRequestError, KolkError, OffsetOutOfRangeError, PartitionOfflineError,
-                               TooManyStreamsError)
+from ..protocol.errors import (InvalidRequestError, KolkError, OffsetOutOfRangeError, OverloadedError,
+                               PartitionOfflineError, TooManyStreamsError)
 from ..protocol.values import SmartModuleInvocation
 import struct
 from typing import Iterator
@@ -209,9 +209,10 @@ class _PartitionStream:
                 self.offset = max(self.offset, next_offset)
                 return data, start
             except KolkError as e:
-                # A fair-use refusal (tooManyStreams) is retriable only once some of the
-                # identity's streams close, which a reopen cannot bring about: it surfaces at once.
-                if not e.retriable or isinstance(e, TooManyStreamsError):
+                # A fair-use refusal (tooManyStreams) or a busy SmartModule pool or budget
+                # (overloaded) is retriable only once other streams close or calm down, which a
+                # reopen cannot bring about: it surfaces at once.
+                if not e.retriable or isinstance(e, (TooManyStreamsError, OverloadedError)):
                     self.close()
                     raise
                 self.close()

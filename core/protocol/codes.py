@@ -24,6 +24,7 @@ class ErrorCode(str, enum.Enum):
     LIMIT_EXCEEDED = "limitExceeded"      # too many streams or watchers; retry when some close
     TOO_MANY_STREAMS = "tooManyStreams"   # a stream past a fair-use limit; the message names it (retry when some close)
     TOO_MANY_CONNECTIONS = "tooManyConnections"  # a connection past its identity's limit (retry when some close)
+    OVERLOADED = "overloaded"             # SmartModule workers, compiler or memory budget busy; the message says which
     OUT_OF_ORDER_SEQUENCE = "outOfOrderSequence"
     # The request: fix it before trying again.
     INVALID_ARGUMENT = "invalidArgument"
@@ -55,6 +56,7 @@ RETRIABLE = frozenset({
     ErrorCode.NOT_LEADER, ErrorCode.NO_LEADER, ErrorCode.TIMEOUT, ErrorCode.UNAVAILABLE, ErrorCode.OFFLINE,
     ErrorCode.NOT_ENOUGH_REPLICAS, ErrorCode.NOT_ENOUGH_REPLICAS_AFTER_APPEND, ErrorCode.STORAGE_FULL,
     ErrorCode.LIMIT_EXCEEDED, ErrorCode.TOO_MANY_STREAMS, ErrorCode.TOO_MANY_CONNECTIONS,
+    ErrorCode.OVERLOADED,
 })
 
 # A write answered with one of these may have happened although it was not acknowledged.

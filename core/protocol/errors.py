@@ -169,6 +169,15 @@ class TooManyConnectionsError(TooManyStreamsError):
     code = "tooManyConnections"
 
 
+class OverloadedError(KolkError):
+    """The SPU cannot run this SmartModule chain now: its worker pool's queue, its compiler or
+    its SmartModule memory budget is full (the message says which). Retriable later; like
+    tooManyStreams it surfaces at once rather than being retried by the client."""
+
+    code = "overloaded"
+    retriable = True
+
+
 class PermissionDeniedError(KolkError):
     """The policy in force does not allow this identity, from this address, to do this."""
 
@@ -209,6 +218,7 @@ _BY_CODE: dict[str, type[KolkError]] = {
     "limitExceeded": ClusterUnavailableError,
     "tooManyStreams": TooManyStreamsError,
     "tooManyConnections": TooManyConnectionsError,
+    "overloaded": OverloadedError,
     "internal": KolkError,
 }
 

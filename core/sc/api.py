@@ -29,6 +29,7 @@ from ..protocol.limits import FRAME_BODY_BYTES_MAX
 from ..protocol.wire import WATCH_EVENTS_PER_PUSH_MAX, camel, config_map, schema, set_error
 from ..security.policy import Policy, PolicyError, policy_from_spec
 from ..security.tls import Peer
+from .module_check import check_smartmodule
 from .policy_access import hidden_policies, hidden_policy, lockout, lockout_accepted
 from .server import ScServer, WatcherSlot, now_ms
 
@@ -344,6 +345,12 @@ class ScApi(NodeAuthCalls):
         action, resource = _blob_check(kind, name, "create")
         if not self._allowed(out.result, action, resource):
             return
+        if kind == "smartmodule":
+            refused = await check_smartmodule(name, spec)
+            if refused is not None:
+                code, message = refused
+                set_error(out.result, code, message, None, code == "overloaded")
+                return
         # The policy in force is policy/active (core/node/authz.py): without TLS it protects nothing.
         plaintext_policy = kind == "policy" and name == "active" and self.s.config.tls is None
         if plaintext_policy and not self.s.config.insecure_allow_plaintext_policy:

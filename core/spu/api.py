@@ -23,10 +23,12 @@ import asyncio
 import enum
 import json
 import logging
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Coroutine, TypeVar
 
 from ..node.authz import Denied
 from ..protocol.channel_server import ServerStream
+from ..protocol.fair_use import owner_of
 from ..protocol.codes import Acks, ErrorCode, Isolation
 from ..protocol.errors import KolkError
 from ..protocol.wire import set_error
@@ -40,7 +42,7 @@ from ..segments.producer_state import ProducerStateError, sequence_count
 from ..smartmodule.chain import Chain, ChainError
 from .errors import producer_error, storage_error
 from .replication_api import ReplicationCalls
-from .smartmodules import invocations_from_wire
+from .smartmodules import invocations_from_wire, run_chain
 from .stream import StreamFeed
 
 if TYPE_CHECKING:
@@ -94,6 +96,12 @@ def _is_idempotent(records: bytes) -> bool:
     return len(records) >= HEADER_SIZE and parse_header(records, 0).producer_id != NO_PRODUCER_ID
 
 
+@dataclass
+class _ProduceChain:
+    lock: asyncio.Lock
+    chain: Chain | None = None
+
+
 class SpuHandler(ReplicationCalls):
     """The calls of one client or node connection to this SPU."""
 
@@ -101,11 +109,27 @@ class SpuHandler(ReplicationCalls):
         self.s = server
         self.peer = peer
         # Produce-side chains of this connection: an aggregate carries on across its requests.
-        self._chains: dict[str, Chain] = {}
+        # A chain runs one request at a time (its lock), in the order the requests came.
+        self._chains: dict[str, _ProduceChain] = {}
 
     def connection_closed(self) -> None:
-        """The connection went away: its produce-side chains go with it."""
+        """The connection went away: its produce-side chains go with it, their memory at once."""
+        for entry in self._chains.values():
+            if entry.chain is not None:
+                entry.chain.close()
         self._chains.clear()
+
+    def _evict_produce_chains(self) -> None:
+        """At most PRODUCE_CHAINS_MAX chains a connection, the least recently made going first;
+        one in use now stays (its requests are bounded by the connection's in-flight limit)."""
+        for key in list(self._chains):
+            if len(self._chains) <= PRODUCE_CHAINS_MAX:
+                return
+            entry = self._chains[key]
+            if not entry.lock.locked():
+                del self._chains[key]
+                if entry.chain is not None:
+                    entry.chain.close()
 
     def _may(self, result: Any, action: str, topic: str, smartmodules: Any = ()) -> bool:
         """The policy check of a data call: the topic, then every SmartModule it would run."""
@@ -202,19 +226,29 @@ class SpuHandler(ReplicationCalls):
                       "idempotent (idempotent=False): the chain changes the batch the sequence numbers count")
             return None
         key = json.dumps([[i["name"], sorted(i["params"].items())] for i in invocations])
-        chain = self._chains.get(key)
+        sm = self.s.smartmodules
+        tenant = owner_of(self.peer)
+        # The entry and its lock exist before the first await, so this connection's requests
+        # with this chain take it in the order they came, and each appends (synchronously,
+        # right after) before the next runs: the log keeps the requests' order.
+        entry = self._chains.get(key)
+        if entry is None:
+            entry = self._chains[key] = _ProduceChain(asyncio.Lock())
+            self._evict_produce_chains()
         try:
-            if chain is None:
-                chain = await self.s.smartmodules.chain(invocations)
-                assert chain is not None  # the request has stages
-                self._chains[key] = chain
-                while len(self._chains) > PRODUCE_CHAINS_MAX:
-                    self._chains.pop(next(iter(self._chains)))
-            return chain.apply(records, replica.log.config.batch_bytes_max, renumber=True)
+            async with entry.lock:
+                if entry.chain is None:
+                    entry.chain = await sm.chain(invocations, tenant)
+                    assert entry.chain is not None  # the request has stages
+                return await run_chain(sm, tenant, entry.chain, records, replica.log.config.batch_bytes_max,
+                                       renumber=True)
         except KolkError as e:
             set_error(result, e.code, str(e), None, e.retriable)
         except ChainError as e:
-            self._chains.pop(key, None)
+            if self._chains.get(key) is entry:
+                del self._chains[key]
+            if entry.chain is not None:
+                entry.chain.close()
             set_error(result, "smartModule", str(e))
         except StorageError as e:
             storage_error(result, e)
@@ -361,7 +395,7 @@ class SpuHandler(ReplicationCalls):
                       None, True)
             return None
         try:
-            chain = await s.smartmodules.chain(invocations_from_wire(req.smartmodules))
+            chain = await s.smartmodules.chain(invocations_from_wire(req.smartmodules), owner_of(self.peer))
         except KolkError as e:
             set_error(out.result, e.code, str(e), None, e.retriable)
             return None

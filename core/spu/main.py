@@ -8,7 +8,9 @@ import os
 from ..node.secret import SECRET_ENV, SecretError, cluster_secret
 from ..node.serve import add_tls_arguments, serve_until_signalled, tls_from_args
 from ..protocol.errors import KolkError
+from ..smartmodule.limits import Limits
 from .server import SpuConfig, SpuServer
+from .smartmodules import SmartModuleConfig
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -27,8 +29,31 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ready-file", help="write {address, pid} here once serving")
     p.add_argument("--secret-file", help=f"file holding the cluster secret, mode 0600 (else ${SECRET_ENV}): "
                                          "needed without TLS, where nodes prove it to each other")
+    d = SmartModuleConfig()
+    p.add_argument("--smartmodule-workers", type=int, default=d.workers, metavar="N",
+                   help=f"threads that run SmartModule code, off the event loop (default {d.workers})")
+    p.add_argument("--smartmodule-memory", type=int, default=d.memory_bytes >> 20, metavar="MiB",
+                   help=f"memory all SmartModule instances and compiled modules may use together "
+                        f"(default {d.memory_bytes >> 20})")
+    p.add_argument("--smartmodule-fuel", type=int, default=d.limits.fuel_per_call, metavar="N",
+                   help=f"fuel (about one per wasm instruction) per SmartModule call (default {d.limits.fuel_per_call})")
+    p.add_argument("--smartmodule-wall-clock-ms", type=int, default=d.limits.wall_clock_ms, metavar="MS",
+                   help=f"wall-clock limit per SmartModule call (default {d.limits.wall_clock_ms})")
     add_tls_arguments(p, "the SPU")
     p.add_argument("--log-level", default="INFO")
+
+
+def smartmodule_config(args: argparse.Namespace) -> SmartModuleConfig:
+    """The --smartmodule-* flags; ValueError naming the flag when one is out of range."""
+    if args.smartmodule_memory > 1 << 20:
+        raise ValueError(f"--smartmodule-memory {args.smartmodule_memory} MiB is more than 1 TiB")
+    try:
+        limits = Limits(fuel_per_call=args.smartmodule_fuel, wall_clock_ms=args.smartmodule_wall_clock_ms)
+    except ValueError:
+        raise ValueError(f"--smartmodule-fuel must be at least 1000 and --smartmodule-wall-clock-ms at least 10 "
+                         f"(given {args.smartmodule_fuel} and {args.smartmodule_wall_clock_ms})") from None
+    return SmartModuleConfig(limits=limits, workers=args.smartmodule_workers,
+                             memory_bytes=args.smartmodule_memory << 20)
 
 
 def run_spu(args: argparse.Namespace) -> int:
@@ -47,6 +72,7 @@ def run_spu(args: argparse.Namespace) -> int:
                            replica_lag_max_ms=args.replica_lag_max_ms,
                            replica_fetch_wait_ms=args.replica_fetch_wait_ms,
                            heartbeat_interval_ms=args.heartbeat_interval_ms, tls=tls, secret=secret,
+                           smartmodules=smartmodule_config(args),
                            unsafe_acks_for_tests=os.environ.get("KOLK_TEST_UNSAFE_ACKS") == "1")
     except ValueError as e:
         raise SystemExit(f"kolk spu: {e}") from None

@@ -47,7 +47,7 @@ from .private_address import private_address_problem
 from .replica import Replica
 from .replica_state import (AdvanceHighWatermark, Durable, Effect, Event, Fence, IsrChangeAnswered, IsrOutcome,
                             MetadataChanged, RequestIsrChange, StartFollowing, StartLeading, StopFollowing, Tick)
-from .smartmodules import SmartModuleRegistry
+from .smartmodules import SmartModuleConfig, SmartModuleRegistry
 
 log = logging.getLogger("kolk.spu")
 
@@ -104,6 +104,8 @@ class SpuConfig:
     # Below this much free space the data directory counts as failing (replicas fenced, nothing rebuilt).
     disk_free_bytes_min: int = 4 << 20
     ready_file: str | None = None
+    # SmartModules: worker threads, memory budget, per-call limits (core/spu/smartmodules.py).
+    smartmodules: SmartModuleConfig = field(default_factory=SmartModuleConfig)
 
     @property
     def credential(self) -> NodeCredential | None:
@@ -147,7 +149,7 @@ class SpuServer:
         self.streams = 0
         self.fair_use = FairUse(f"SPU {config.spu_id}", config.fair_use_limits())
         self.peers = PeerPool(config.tls, config.credential)
-        self.smartmodules = SmartModuleRegistry(self.admin)
+        self.smartmodules = SmartModuleRegistry(self.admin, config.smartmodules)
         self.audit = AuditLog(f"spu-{config.spu_id}", config.sc_addresses, config.tls, config.credential)
         self.authz = Authorizer(f"spu-{config.spu_id}", config.tls is not None, self.audit.record)
         self._server: Any = None
@@ -247,6 +249,7 @@ class SpuServer:
             self.stop_following(replica)
         self.peers.close()
         self.audit.stop()
+        self.smartmodules.close()
         if self._server is not None:
             self._server.close()
         try:

@@ -25,14 +25,18 @@ from typing import TYPE_CHECKING, Any
 from ..node.authz import Denied
 from ..protocol.channel_server import ServerStream
 from ..protocol.codes import ErrorCode, Isolation
+from ..protocol.errors import KolkError
+from ..protocol.fair_use import owner_of
 from ..protocol.limits import ACCUMULATOR_BYTES_MAX
 from ..security.masking import MASK_BYTES_PER_RESPONSE_MAX
 from ..protocol.wire import schema
 from ..security.masking import UnmaskableBatchError, mask_read
 from ..security.tls import Peer
+from ..segments.batch import parse_header
 from ..segments.errors import StorageError
 from ..smartmodule.chain import Chain, ChainError
 from .errors import storage_failure
+from .module_pool import PoolOverloaded
 
 if TYPE_CHECKING:
     from .replica import Replica
@@ -98,8 +102,13 @@ class StreamFeed:
             log.warning("stream on %s ended: %s", self.replica.name, e)
             code, message, _retriable = storage_failure(e)
             return code, message
+        except KolkError as e:  # the SmartModule pool is overloaded
+            log.info("stream on %s ended: %s", self.replica.name, e)
+            return e.code, str(e)
         finally:
             self.s.streams -= 1
+            if self.chain is not None:
+                self.chain.close()  # its instances' memory goes now (or when a running call returns)
 
     async def _step(self) -> None:
         """Push the next batches, or wait for records, credit or room."""
@@ -146,14 +155,31 @@ class StreamFeed:
                 raise _StreamStopped(ErrorCode.CORRUPT_BATCH.value, f"{self.replica.name}: {e}") from None
             data, next_offset = e.masked_before, e.offset
         if self.chain is not None:
-            data = self.chain.apply(data, lg.config.batch_bytes_max, verified=True)  # the reader checked CRCs
-            self.accumulators = self._checked_accumulators()
+            data, next_offset = await self._run_chain(data, next_offset)
             if not data and next_offset < upto:
                 self.offset = next_offset  # all filtered out: read on before telling the consumer
+                await asyncio.sleep(0)  # without holding the loop: other streams and requests go first
                 return
         await stream.push(self._push(data, res.high_watermark, next_offset))
         self.offset = next_offset
         await asyncio.sleep(0)  # a push need not wait: let other streams and requests run between pushes
+
+    async def _run_chain(self, data: bytes, next_offset: int) -> tuple[bytes, int]:
+        """The chain's output for ``data``, run on the SmartModule pool for one time slice:
+        when the slice ends before the last batch, the output so far and the offset to read
+        on from (the first batch not run)."""
+        assert self.chain is not None
+        sm = self.s.smartmodules
+        try:
+            out, stopped = await sm.pool.run(owner_of(self.peer), self.chain.run, data,
+                                             self.replica.log.config.batch_bytes_max, False, True, 0,
+                                             sm.config.slice_s)  # verified: the reader checked CRCs
+        except PoolOverloaded as e:
+            raise KolkError(str(e), code=ErrorCode.OVERLOADED.value) from None
+        self.accumulators = self._checked_accumulators()
+        if stopped is not None:
+            next_offset = parse_header(data, stopped).base_offset
+        return out, next_offset
 
     async def _idle(self, changed: asyncio.Event) -> None:
         """Wait for new records (or a change of leadership); after ``keepalive_s`` without,

@@ -1,0 +1,139 @@
+"""Compiling and validating modules in a worker process, from asyncio (DESIGN.md §8, §11).
+
+:class:`Compiler` runs ``python -m kolk.smartmodule.compile_worker`` for a module and waits for
+its verdict without blocking the loop. Each compile is bounded: a wall-clock deadline, a limit
+on the worker's resident memory (sampled while it runs), a CPU-time rlimit as a backstop, and a
+cap on what it may write back. Few compiles run at once, few wait, and concurrent requests for
+the same module share one compile. A worker that breaks a limit is killed by its own pid.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import sys
+from dataclasses import dataclass
+
+from .limits import Limits, ModuleInfo, SmartModuleError
+
+RSS_POLL_S = 0.05
+STDERR_BYTES_MAX = 4096
+VERDICT_BYTES_MAX = 64 << 10
+
+
+@dataclass(frozen=True)
+class CompileLimits:
+    timeout_ms: int = 10_000
+    memory_bytes: int = 1 << 30  # resident memory of the compile worker
+    artifact_bytes_max: int = 128 << 20
+    concurrent: int = 1  # compiles at once
+    waiting_max: int = 16  # distinct modules waiting for a compile slot
+
+
+class CompilerBusy(Exception):
+    """Too many modules are waiting to be compiled; retry later."""
+
+
+def _rss_bytes(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
+class Compiler:
+    def __init__(self, limits: Limits, compile_limits: CompileLimits | None = None) -> None:
+        self.limits = limits
+        self.cl = compile_limits or CompileLimits()
+        self._slots = asyncio.Semaphore(self.cl.concurrent)
+        self._inflight: dict[tuple[str, bool], asyncio.Future] = {}
+        self.compiles = 0
+
+    async def compile(self, wasm: bytes, sha256: str, artifact: bool = True) -> tuple[ModuleInfo, bytes]:
+        """Validate (and compile, when ``artifact``) ``wasm``; raises SmartModuleError when the
+        module is refused or breaks a compile limit, CompilerBusy when too many wait."""
+        key = (sha256, artifact)
+        shared = self._inflight.get(key)
+        if shared is not None:
+            return await asyncio.shield(shared)
+        if len(self._inflight) >= self.cl.waiting_max + self.cl.concurrent:
+            raise CompilerBusy(f"{len(self._inflight)} modules are being compiled or wait for it; retry later")
+        fut: asyncio.Future = asyncio.get_running_loop().create_future()
+        self._inflight[key] = fut
+        try:
+            async with self._slots:
+                result = await self._run(wasm, artifact)
+            fut.set_result(result)
+            return result
+        except BaseException as e:
+            if isinstance(e, Exception):
+                fut.set_exception(e)
+            else:
+                fut.cancel()
+            fut.exception() if not fut.cancelled() else None  # mark retrieved: no "never retrieved" log
+            raise
+        finally:
+            self._inflight.pop(key, None)
+
+    async def _run(self, wasm: bytes, artifact: bool) -> tuple[ModuleInfo, bytes]:
+        self.compiles += 1
+        timeout_s = self.cl.timeout_ms / 1000
+        head = {"limits": dataclasses.asdict(self.limits), "artifact": artifact, "cpu_s": int(timeout_s * 2) + 2}
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "kolk.smartmodule.compile_worker", stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        try:
+            async with asyncio.timeout(timeout_s):
+                return await self._talk(proc, json.dumps(head).encode() + b"\n" + wasm)
+        except TimeoutError:
+            raise SmartModuleError("invalidModule", f"compiling the module took more than {timeout_s:g} s "
+                                                    "(the compile time limit)") from None
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+            await proc.wait()
+
+    async def _talk(self, proc: asyncio.subprocess.Process, data: bytes) -> tuple[ModuleInfo, bytes]:
+        assert proc.stdin and proc.stdout and proc.stderr
+        watch = asyncio.create_task(self._watch_memory(proc))
+        try:
+            try:
+                proc.stdin.write(data)
+                await proc.stdin.drain()
+                proc.stdin.close()
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # the worker is gone: its verdict (or its absence) says why
+            line = await proc.stdout.readline()
+            if watch.done():
+                raise watch.exception() or SmartModuleError("invalidModule", "the compile worker stopped")
+            if not line.endswith(b"\n") or len(line) > VERDICT_BYTES_MAX:
+                err = (await proc.stderr.read(STDERR_BYTES_MAX)).decode("utf-8", "replace").strip().splitlines()
+                raise SmartModuleError("invalidModule", "the compile worker stopped without a verdict"
+                                       + (f": {err[-1]}" if err else ""))
+            verdict = json.loads(line)
+            if not verdict.get("ok"):
+                raise SmartModuleError(str(verdict.get("reason", "invalidModule")), str(verdict.get("message")))
+            n = int(verdict.get("artifact_bytes", 0))
+            if n > self.cl.artifact_bytes_max:
+                raise SmartModuleError("invalidModule", f"the compiled module is {n} bytes, more than "
+                                                        f"{self.cl.artifact_bytes_max}")
+            artifact = await proc.stdout.readexactly(n) if n else b""
+            return ModuleInfo.from_json(verdict["info"]), artifact
+        except asyncio.IncompleteReadError:
+            raise SmartModuleError("invalidModule", "the compile worker stopped before sending the module") from None
+        finally:
+            watch.cancel()
+
+    async def _watch_memory(self, proc: asyncio.subprocess.Process) -> None:
+        """Kill the worker (by its pid) once its resident memory passes the limit."""
+        while proc.returncode is None:
+            await asyncio.sleep(RSS_POLL_S)  # sampling interval of the worker's memory
+            if _rss_bytes(proc.pid) > self.cl.memory_bytes:
+                proc.kill()
+                raise SmartModuleError("invalidModule", f"compiling the module used more than "
+                                                        f"{self.cl.memory_bytes >> 20} MiB (the compile memory limit)")
