@@ -1,7 +1,8 @@
 /* contains: a filter that keeps the records whose value contains the bytes of a needle.
  *
  * Parameters:
- *   needle  (required) the text to look for; init refuses the stream without it.
+ *   needle  (required) the text to look for; init refuses the stream without it, or with
+ *           any other parameter (a typo would otherwise go unnoticed), naming the parameter.
  * A record with a null value is dropped. Build: kolk smartmodule build contains.c
  */
 #include "kolk_smartmodule.h"
@@ -9,9 +10,12 @@
 static const char *needle;
 static kolk_i32 needle_len;
 
+static const char *const PARAMS[] = {"needle", NULL};
+
 static int check_params(void) {
-    needle = kolk_param("needle", &needle_len);
-    return needle ? 0 : 1;  /* non-zero: the parameters are refused */
+    if (kolk_params_known(PARAMS) != 0) return 1;  /* non-zero: the parameters are refused */
+    needle = kolk_param_required("needle", &needle_len);
+    return needle ? 0 : 1;  /* the message names what was wrong */
 }
 KOLK_INIT(check_params)
 

@@ -16,9 +16,10 @@ static int count(kolk_acc *acc, const kolk_record *in, kolk_output *out) {
     kolk_u32 klen = in->key_len < 0 ? NULL_KEY : (kolk_u32)in->key_len, pos = 0;
     kolk_u64 n = 0;
     while (pos < acc->len) {  /* look for the key */
-        if (acc->len - pos < 4) return -1;
+        if (acc->len - pos < 4) return kolk_fail("the accumulator is not a count table (see count_per_key.c)");
         kolk_u32 elen = kolk_get_u32(acc->data + pos), ebytes = elen == NULL_KEY ? 0 : elen;
-        if (ebytes > acc->len - pos - 4 || acc->len - pos - 4 - ebytes < 8) return -1;  /* not a table */
+        if (ebytes > acc->len - pos - 4 || acc->len - pos - 4 - ebytes < 8)
+            return kolk_fail("the accumulator is not a count table (see count_per_key.c)");
         if (elen == klen && kolk_memcmp(acc->data + pos + 4, in->key, ebytes) == 0) {
             kolk_u8 *c = acc->data + pos + 4 + ebytes;
             n = kolk_get_u64(c) + 1;
@@ -30,7 +31,7 @@ static int count(kolk_acc *acc, const kolk_record *in, kolk_output *out) {
     if (n == 0) {  /* a new key: append an entry */
         kolk_u32 kbytes = klen == NULL_KEY ? 0 : klen;
         kolk_u8 *entry = kolk_arena_alloc(12 + kbytes);
-        if (!entry) return -1;
+        if (!entry) return kolk_fail("out of memory for a new key");
         kolk_put_u32(entry, klen);
         kolk_memcpy(entry + 4, in->key, kbytes);
         kolk_put_u64(entry + 4 + kbytes, n = 1);
@@ -38,7 +39,7 @@ static int count(kolk_acc *acc, const kolk_record *in, kolk_output *out) {
     }
     kolk_u32 shown = klen == NULL_KEY ? 4 : klen;
     char *text = kolk_arena_alloc(shown + 21);
-    if (!text) return -1;
+    if (!text) return kolk_fail("out of memory for the output value");
     kolk_memcpy(text, klen == NULL_KEY ? (const void *)"null" : (const void *)in->key, shown);
     text[shown] = '=';
     kolk_set_value(out, text, (kolk_i32)(shown + 1) + kolk_format_u64(n, text + shown + 1));
