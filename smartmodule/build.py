@@ -1,5 +1,6 @@
 """Turning a SmartModule source into WebAssembly bytes: ``.wasm`` as is, ``.wat`` through
-wasmtime's assembler, ``.c`` through clang with the SDK header (smartmodule/sdk/).
+wasmtime's assembler, ``.c`` through clang with the SDK header (smartmodule/sdk/), ``.rs``
+through rustc with the Rust SDK crate (smartmodule/sdk/rust/, built by rust_build.py).
 
 Building is edge code: it runs a compiler in a subprocess, bounded by a timeout, and says in
 one sentence what went wrong (no compiler, no linker, the source does not compile). Whether
@@ -40,7 +41,7 @@ def clang_command(source: pathlib.Path, out: pathlib.Path) -> list[str]:
 def build_c(source_path: str | os.PathLike[str], out_path: str | os.PathLike[str] | None = None) -> bytes:
     """Compile a C SmartModule; the module's bytes (also written to ``out_path`` if given)."""
     source = pathlib.Path(source_path)
-    _check_file(source)
+    check_file(source)
     with tempfile.TemporaryDirectory(prefix="kolk-build-") as tmp:
         out = pathlib.Path(tmp) / (source.stem + ".wasm")
         cmd = clang_command(source, out)
@@ -73,7 +74,8 @@ def _first_problem(source: pathlib.Path, output: str) -> str:
     return f"{source} does not compile: {first}"
 
 
-def _check_file(path: pathlib.Path) -> None:
+def check_file(path: pathlib.Path) -> None:
+    """A source file that exists and is at most SOURCE_BYTES_MAX bytes."""
     if not path.is_file():
         raise BuildError(f"{path}: no such file")
     size = path.stat().st_size
@@ -81,22 +83,43 @@ def _check_file(path: pathlib.Path) -> None:
         raise BuildError(f"{path} is {size} bytes, more than {SOURCE_BYTES_MAX}")
 
 
-def load_source(path: str | os.PathLike[str]) -> bytes:
-    """The module bytes of a ``.wasm``, ``.wat`` or ``.c`` file (by its suffix)."""
+SOURCE_SUFFIXES = (".wasm", ".wat", ".c", ".rs")
+
+
+def build_rust(source_path: str | os.PathLike[str], out_path: str | os.PathLike[str] | None = None) -> bytes:
+    """Compile a Rust SmartModule (one attribute-free function per kind, see
+    docs/smartmodule-abi.md); the module's bytes (also written to ``out_path`` if given)."""
+    from .rust_build import build_rust_module
+
+    return build_rust_module(source_path, out_path)
+
+
+def build_source(path: str | os.PathLike[str], out_path: str | os.PathLike[str] | None = None) -> bytes:
+    """The module bytes of a ``.wasm``, ``.wat``, ``.c`` or ``.rs`` file (by its suffix), also
+    written to ``out_path`` if given."""
     p = pathlib.Path(path)
     suffix = p.suffix.lower()
-    if suffix not in (".wasm", ".wat", ".c"):
-        raise BuildError(f"{p}: a SmartModule source is a .wasm, .wat or .c file")
+    if suffix not in SOURCE_SUFFIXES:
+        raise BuildError(f"{p}: a SmartModule source is a .wasm, .wat, .c or .rs file")
     if suffix == ".c":
-        return build_c(p)
-    _check_file(p)
+        return build_c(p, out_path)
+    if suffix == ".rs":
+        return build_rust(p, out_path)
+    check_file(p)
     data = p.read_bytes()
-    if suffix == ".wasm":
-        return data
-    import wasmtime
+    if suffix == ".wat":
+        import wasmtime
 
-    try:
-        return bytes(wasmtime.wat2wasm(data.decode("utf-8")))
-    except (wasmtime.WasmtimeError, UnicodeDecodeError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise BuildError(f"{p} is not valid WebAssembly text: {first}") from None
+        try:
+            data = bytes(wasmtime.wat2wasm(data.decode("utf-8")))
+        except (wasmtime.WasmtimeError, UnicodeDecodeError) as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise BuildError(f"{p} is not valid WebAssembly text: {first}") from None
+    if out_path is not None:
+        pathlib.Path(out_path).write_bytes(data)
+    return data
+
+
+def load_source(path: str | os.PathLike[str]) -> bytes:
+    """The module bytes of a ``.wasm``, ``.wat``, ``.c`` or ``.rs`` file (by its suffix)."""
+    return build_source(path)

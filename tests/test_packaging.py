@@ -12,7 +12,7 @@ import tomllib
 import zipfile
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-DATA_SUFFIXES = (".capnp", ".h", ".wat", ".c")  # .c: the SmartModule examples
+DATA_SUFFIXES = (".capnp", ".h", ".wat", ".c", ".rs")  # .c, .rs: the SmartModule examples and SDKs
 
 
 def _package_dirs() -> dict[str, str]:
