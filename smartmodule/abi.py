@@ -59,7 +59,11 @@ def encode_params(params: Mapping[str, str]) -> bytes:
     for k, v in params.items():
         if not isinstance(k, str) or not isinstance(v, str):
             raise ValueError("parameter keys and values are text")
-        kb, vb = k.encode(), v.encode()
+        try:
+            kb, vb = k.encode(), v.encode()
+        except UnicodeEncodeError:  # e.g. bytes a shell passed through as surrogate escapes
+            name = k.encode("utf-8", "replace").decode()[:40]
+            raise ValueError(f"parameter {name!r} is not valid UTF-8 text") from None
         if len(kb) > PARAM_CHARS_MAX or len(vb) > PARAM_CHARS_MAX:
             raise ValueError(f"parameter {k[:40]!r} is longer than {PARAM_CHARS_MAX} bytes (UTF-8)")
         parts += [U32.pack(len(kb)), kb, U32.pack(len(vb)), vb]
@@ -71,8 +75,14 @@ def split_result(result: int) -> tuple[int, int]:
     return (result >> 32) & 0xFFFFFFFF, result & 0xFFFFFFFF
 
 
-def check_output(kind: str, out: bytes, last_offset_delta: int) -> Output:
-    """Parse and check a kind call's output; raise AbiError("badOutput") naming the problem."""
+def check_output(kind: str, out: bytes, last_offset_delta: int, input_count: int | None = None,
+                 shared_input: bool = False) -> Output:
+    """Parse and check a kind call's output; raise AbiError("badOutput") naming the problem.
+
+    ``shared_input``: the input's records may share offsets (an earlier stage of the chain was
+    an ``array_map`` or ``aggregate``), so a filter or map after it keeps them non-decreasing
+    rather than strictly increasing, and gives at most one output per input record
+    (``input_count``)."""
     pos = 0
     n = len(out)
     accumulator = None
@@ -89,7 +99,10 @@ def check_output(kind: str, out: bytes, last_offset_delta: int) -> Output:
     (count,) = U32.unpack_from(out, pos)
     pos += 4
     start = pos
-    strict = kind in STRICT_KINDS
+    strict = kind in STRICT_KINDS and not shared_input
+    if kind in STRICT_KINDS and input_count is not None and count > input_count:
+        raise AbiError("badOutput", f"{count} output records from {input_count} input records: a {kind} gives at "
+                                    "most one record per input record")
     prev = -1
     unpack_rec = _REC.unpack_from
     unpack_i32 = _I32.unpack_from

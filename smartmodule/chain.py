@@ -18,9 +18,11 @@ from ..segments.batch import CODEC_NONE, HEADER_SIZE, BatchHeader, check_header,
 from ..segments.errors import InvalidBatchError
 from ..segments.records import decompress, encode_batch
 from .abi import renumber as renumber_section
+from .budget import BudgetExceeded
 from .limits import SmartModuleError
 
 if TYPE_CHECKING:
+    from .budget import MemoryBudget
     from .engine import Instance
 
 SHARING_KINDS = ("array_map", "aggregate")  # kinds whose outputs may share an offset
@@ -37,8 +39,10 @@ class Stage:
 class ChainError(Exception):
     """A module of the chain failed on a batch; the message says which, where and why."""
 
-    def __init__(self, label: str, kind: str, reason: str, message: str, offset: int | None) -> None:
-        where = f" at offset {offset}" if offset is not None else ""
+    def __init__(self, label: str, kind: str, reason: str, message: str, offset: int | None,
+                 in_request: bool = False) -> None:
+        # On produce the records have no log offsets yet: the position is the record's in the request.
+        where = "" if offset is None else f" at record {offset} of the request" if in_request else f" at offset {offset}"
         super().__init__(f"SmartModule {label} ({kind}) failed{where}: {reason}: {message}")
         self.label = label
         self.kind = kind
@@ -54,7 +58,8 @@ class Chain:
     ends never frees memory a worker is still using, and never leaves it for a collector.
     """
 
-    def __init__(self, stages: Sequence[Stage], on_close: Callable[[], None] | None = None) -> None:
+    def __init__(self, stages: Sequence[Stage], on_close: Callable[[], None] | None = None,
+                 budget: "MemoryBudget | None" = None) -> None:
         self.stages = list(stages)
         self.records_in = 0
         self.records_out = 0
@@ -62,6 +67,8 @@ class Chain:
         self._busy = False
         self._closing = False
         self._on_close = on_close
+        self.budget = budget  # also holds the aggregates' accumulators (host memory) while they live
+        self._accumulators_held = 0
 
     @property
     def memory_limit(self) -> int:
@@ -79,6 +86,9 @@ class Chain:
     def _free(self) -> None:
         for stage in self.stages:
             stage.instance.close()
+        if self.budget is not None and self._accumulators_held:
+            self.budget.give_back(self._accumulators_held)
+            self._accumulators_held = 0
         if self._on_close is not None:
             self._on_close()
             self._on_close = None
@@ -94,7 +104,9 @@ class Chain:
                                  "the stream ended", None)
             self._busy = True
         try:
-            return self._run(data, batch_bytes_max, renumber, verified, start, time_budget_s)
+            result = self._run(data, batch_bytes_max, renumber, verified, start, time_budget_s)
+            self._hold_accumulators()
+            return result
         finally:
             with self._lock:
                 self._busy = False
@@ -117,6 +129,22 @@ class Chain:
         an output batch with a fresh CRC.
         """
         return self._run(data, batch_bytes_max, renumber, verified, 0, None)[0]
+
+    def _hold_accumulators(self) -> None:
+        """Hold the accumulators' bytes in the budget (they live in host memory between calls)."""
+        if self.budget is None:
+            return
+        n = sum(len(s.instance.accumulator or b"") for s in self.stages if s.instance.kind == "aggregate")
+        delta = n - self._accumulators_held
+        if delta > 0:
+            try:
+                self.budget.take(delta, "the chain's aggregate accumulators")
+            except BudgetExceeded as e:
+                last = next(s for s in reversed(self.stages) if s.instance.kind == "aggregate")
+                raise ChainError(last.label, "aggregate", e.reason, str(e), None) from None
+        elif delta < 0:
+            self.budget.give_back(-delta)
+        self._accumulators_held = n
 
     def _run(self, data: bytes, batch_bytes_max: int, renumber: bool, verified: bool, start: int,
              time_budget_s: float | None) -> tuple[bytes, int | None]:
@@ -146,17 +174,22 @@ class Chain:
             start, end = 0, len(section)
         count = h.record_count
         self.records_in += count
+        shared = False  # whether this stage's input may repeat offsets (an earlier stage could)
         for stage in self.stages:
             try:
                 result = stage.instance.call(count, h.base_offset, h.first_timestamp, section, h.last_offset_delta,
-                                             start, end)
+                                             start, end, shared)
             except SmartModuleError as e:
                 offset = None
+                message = str(e)
                 if e.record_index is not None:
                     offset = _offset_of(section[start:end], e.record_index, h.base_offset)
-                raise ChainError(stage.label, stage.instance.kind, e.reason, str(e), offset) from None
+                    if offset is not None:  # "at offset 7: map refused record 0" names one record twice
+                        message = message.replace(f"refused record {e.record_index}", "refused the record", 1)
+                raise ChainError(stage.label, stage.instance.kind, e.reason, message, offset, renumber) from None
             section, count = result.records, result.record_count
             start, end = 0, len(section)
+            shared = shared or stage.instance.kind in SHARING_KINDS
             if count == 0:
                 return None
         self.records_out += count

@@ -29,6 +29,7 @@ class CompileLimits:
     artifact_bytes_max: int = 128 << 20
     concurrent: int = 1  # compiles at once
     waiting_max: int = 16  # distinct modules waiting for a compile slot
+    per_tenant_waiting_max: int = 4  # of them, asked for by one identity
 
 
 class CompilerBusy(Exception):
@@ -46,39 +47,99 @@ def _rss_bytes(pid: int) -> int:
     return 0
 
 
+class _Compile:
+    """One compile, shared by everyone who asked for the same module meanwhile."""
+
+    def __init__(self, tenant: str) -> None:
+        self.tenant = tenant
+        self.task: asyncio.Task | None = None
+        self.waiters = 0
+
+
 class Compiler:
+    """Compiles modules in worker processes, ``concurrent`` at a time. Waiting compiles are
+    bounded (``waiting_max`` in all, ``per_tenant_waiting_max`` per tenant: the identity that
+    asked) and started round robin across tenants, so one client uploading slow modules cannot
+    hold the queue against another. A compile runs in its own task: a waiter that goes away
+    does not cancel it for the others; the last one to go does."""
+
     def __init__(self, limits: Limits, compile_limits: CompileLimits | None = None) -> None:
         self.limits = limits
         self.cl = compile_limits or CompileLimits()
-        self._slots = asyncio.Semaphore(self.cl.concurrent)
-        self._inflight: dict[tuple[str, bool], asyncio.Future] = {}
+        self._running = 0
+        self._waiting: dict[str, list[asyncio.Future]] = {}  # tenant -> futures granting a slot, in order
+        self._inflight: dict[tuple[str, bool], _Compile] = {}
         self.compiles = 0
 
-    async def compile(self, wasm: bytes, sha256: str, artifact: bool = True) -> tuple[ModuleInfo, bytes]:
+    async def compile(self, wasm: bytes, sha256: str, artifact: bool = True,
+                      tenant: str = "") -> tuple[ModuleInfo, bytes]:
         """Validate (and compile, when ``artifact``) ``wasm``; raises SmartModuleError when the
         module is refused or breaks a compile limit, CompilerBusy when too many wait."""
         key = (sha256, artifact)
-        shared = self._inflight.get(key)
-        if shared is not None:
-            return await asyncio.shield(shared)
-        if len(self._inflight) >= self.cl.waiting_max + self.cl.concurrent:
-            raise CompilerBusy(f"{len(self._inflight)} modules are being compiled or wait for it; retry later")
-        fut: asyncio.Future = asyncio.get_running_loop().create_future()
-        self._inflight[key] = fut
+        job = self._inflight.get(key)
+        if job is None:
+            total = len(self._inflight)
+            mine = sum(1 for j in self._inflight.values() if j.tenant == tenant)
+            if total >= self.cl.concurrent + self.cl.waiting_max:
+                raise CompilerBusy(f"{total} modules are being compiled or wait for it; retry later")
+            if mine >= self.cl.concurrent + self.cl.per_tenant_waiting_max:
+                raise CompilerBusy(f"{mine} modules of {tenant or 'this client'} are being compiled or wait for it "
+                                   f"(at most {self.cl.concurrent + self.cl.per_tenant_waiting_max} each); "
+                                   "retry later")
+            job = self._inflight[key] = _Compile(tenant)
+            job.task = asyncio.create_task(self._slotted(wasm, artifact, tenant))
+            job.task.add_done_callback(lambda t, key=key, job=job: self._done(key, job, t))
+        job.waiters += 1
         try:
-            async with self._slots:
-                result = await self._run(wasm, artifact)
-            fut.set_result(result)
-            return result
-        except BaseException as e:
-            if isinstance(e, Exception):
-                fut.set_exception(e)
-            else:
-                fut.cancel()
-            fut.exception() if not fut.cancelled() else None  # mark retrieved: no "never retrieved" log
-            raise
+            return await asyncio.shield(job.task)  # type: ignore[arg-type]
         finally:
-            self._inflight.pop(key, None)
+            job.waiters -= 1
+            if job.waiters == 0 and job.task is not None and not job.task.done():
+                job.task.cancel()  # nobody wants it any more
+
+    def _done(self, key: tuple[str, bool], job: _Compile, task: asyncio.Task) -> None:
+        if self._inflight.get(key) is job:
+            del self._inflight[key]
+        if not task.cancelled():
+            task.exception()  # retrieved: waiters that left are not told, and nothing is logged
+
+    async def _slotted(self, wasm: bytes, artifact: bool, tenant: str) -> tuple[ModuleInfo, bytes]:
+        await self._acquire(tenant)
+        try:
+            return await self._run(wasm, artifact)
+        finally:
+            self._release()
+
+    async def _acquire(self, tenant: str) -> None:
+        if self._running < self.cl.concurrent and not any(self._waiting.values()):
+            self._running += 1
+            return
+        grant: asyncio.Future = asyncio.get_running_loop().create_future()
+        self._waiting.setdefault(tenant, []).append(grant)
+        try:
+            await grant  # the slot is ours (counted) once granted
+        except asyncio.CancelledError:
+            queue = self._waiting.get(tenant, [])
+            if grant in queue:
+                queue.remove(grant)
+                if not queue:
+                    del self._waiting[tenant]
+            elif grant.done() and not grant.cancelled():
+                self._release()  # granted in the same turn as cancelled: give it on
+            raise
+
+    def _release(self) -> None:
+        self._running -= 1
+        while self._waiting and self._running < self.cl.concurrent:
+            tenant = next(iter(self._waiting))  # the tenant waiting longest since its last turn
+            queue = self._waiting.pop(tenant)
+            grant = queue.pop(0)
+            if queue:
+                self._waiting[tenant] = queue  # to the back of the round
+            if grant.done():
+                continue  # its compile was cancelled meanwhile
+            self._running += 1
+            grant.set_result(None)
 
     async def _run(self, wasm: bytes, artifact: bool) -> tuple[ModuleInfo, bytes]:
         self.compiles += 1

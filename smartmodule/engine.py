@@ -296,6 +296,11 @@ class Instance:
             raise SmartModuleError("invalidModule", f"kolk_abi_version returned {version}; this host speaks "
                                                     f"ABI {ABI_VERSION}")
         self.accumulator = params.get("initial", "").encode() if self.kind == "aggregate" else None
+        if not loaded.has_init and run_init:
+            extra = sorted(k for k in params if not (self.kind == "aggregate" and k == "initial"))
+            if extra:  # a typo'd or misplaced parameter would otherwise be silently ignored
+                raise SmartModuleError("initFailed", f"the module has no init, so it takes no parameters; given "
+                                                     f"{', '.join(extra[:10])}")
         if loaded.has_init and run_init:
             try:
                 data = encode_params(params)
@@ -427,7 +432,7 @@ class Instance:
         return ptr
 
     def call(self, record_count: int, base_offset: int, first_timestamp: int, records: bytes,
-             last_offset_delta: int, start: int = 0, end: int | None = None) -> Output:
+             last_offset_delta: int, start: int = 0, end: int | None = None, shared_input: bool = False) -> Output:
         """Run the kind on one batch's records section (``records[start:end]``); the checked output."""
         head = encode_call(self.kind, record_count, base_offset, first_timestamp, b"", self.accumulator)
         end = len(records) if end is None else end
@@ -435,10 +440,10 @@ class Instance:
             raise ValueError("records must be bytes, with 0 <= start <= end <= len(records)")
         acc = self.account
         if acc is None:
-            return self._call(head, record_count, records, last_offset_delta, start, end)
+            return self._call(head, record_count, records, last_offset_delta, start, end, shared_input)
         self._store().set_limits(memory_size=acc.lend())
         try:
-            return self._call(head, record_count, records, last_offset_delta, start, end)
+            return self._call(head, record_count, records, last_offset_delta, start, end, shared_input)
         except SmartModuleError as e:
             note = self._budget_note(e)
             if not note:
@@ -448,7 +453,7 @@ class Instance:
             acc.settle(self.memory_size())
 
     def _call(self, head: bytes, record_count: int, records: bytes, last_offset_delta: int, start: int,
-              end: int) -> Output:
+              end: int, shared_input: bool) -> Output:
         ptr = self._write_slice(head, records, start, end)  # no joined or sliced copy of the records
         length = len(head) + end - start
         store = self._store()
@@ -471,7 +476,7 @@ class Instance:
                                                 f"({size} bytes)")
         out = ctypes.string_at(base + out_ptr, out_len)
         try:
-            output = check_output(self.kind, out, last_offset_delta)
+            output = check_output(self.kind, out, last_offset_delta, record_count, shared_input)
         except AbiError as e:
             raise SmartModuleError(e.reason, str(e)) from None
         if output.accumulator is not None:

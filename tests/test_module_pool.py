@@ -178,3 +178,19 @@ def test_workers_run_at_a_lower_priority_than_the_loop() -> None:
 def test_bad_sizes_are_refused() -> None:
     with pytest.raises(ValueError, match="at least one worker"):
         ModulePool(workers=1, queue_max=0)
+
+
+def test_a_result_nobody_takes_is_handed_to_abandon() -> None:
+    async def main() -> None:
+        pool = ModulePool(workers=1)
+        gate = Gate()
+        freed: list[object] = []
+        job = asyncio.create_task(pool.run("a", gate, "instances", abandon=freed.append))
+        await wait_until(gate.started.is_set)
+        job.cancel()  # while it runs: its result must still be freed when it comes
+        with pytest.raises(asyncio.CancelledError):
+            await job
+        gate.release.set()
+        await wait_until(lambda: freed == ["instances"])
+        pool.shutdown()
+    asyncio.run(main())

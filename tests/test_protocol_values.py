@@ -72,3 +72,30 @@ def test_values_are_frozen() -> None:
     with pytest.raises(TypeError):
         inv.params["k"] = "w"  # type: ignore[index]
     assert inv.with_accumulator(b"acc") == SmartModuleInvocation("m", {"k": "v"}, b"acc")
+
+
+# ---------------------------------------------------------------- chains as applications give them
+
+def test_a_chain_takes_numbers_and_booleans_as_text() -> None:
+    from kolk.client.consumer import normalize_chain
+
+    (stage,) = normalize_chain([("limit", {"n": 10, "strict": True, "ratio": 0.5})])
+    assert dict(stage.params) == {"n": "10", "strict": "true", "ratio": "0.5"}
+    assert normalize_chain(None) == [] and normalize_chain(["a", ("b", None)])[1].params == {}
+
+
+@pytest.mark.parametrize("chain,message", [
+    ("upper", "smartmodules is a list of stages, e.g. ['upper'] or [('name', {'key': 'value'})], not str 'upper'"),
+    ([("contains", {"needle": b"disk"})], "SmartModule contains: parameter 'needle' must be text (or a number or "
+                                          "boolean), not bytes b'disk'"),
+    ([("contains", {"needle": None})], "SmartModule contains: parameter 'needle' must be text (or a number or "
+                                       "boolean), not NoneType None"),
+    ([("contains", {1: "x"})], "SmartModule contains: parameter keys must be text, not int 1"),
+    ([("a", "b", "c")], "a SmartModule chain stage is NAME[@VERSION] or (NAME, params), got ('a', 'b', 'c')"),
+], ids=["string-chain", "bytes-value", "none-value", "int-key", "triple"])
+def test_a_chain_the_client_would_have_to_guess_at_is_refused(chain: object, message: str) -> None:
+    from kolk.client.consumer import normalize_chain
+
+    with pytest.raises(InvalidRequestError) as info:
+        normalize_chain(chain)
+    assert str(info.value) == message

@@ -318,6 +318,17 @@ def test_check_output_duplicate_offsets(kind: str) -> None:
         assert check_output(kind, out, 3).record_count == 2
 
 
+@pytest.mark.parametrize("kind", STRICT_KINDS)
+def test_after_a_sharing_stage_a_strict_kind_may_repeat_offsets_but_not_add_records(kind: str) -> None:
+    out, _ = encode_output(kind, [(0, None, b"a", ()), (0, None, b"b", ())], [3, 3], None)
+    assert check_output(kind, out, 3, input_count=2, shared_input=True).record_count == 2
+    with pytest.raises(AbiError, match="2 output records from 1 input records: a .* gives at most one"):
+        check_output(kind, out, 3, input_count=1, shared_input=True)
+    with pytest.raises(AbiError, match="non-decreasing"):
+        bad, _ = encode_output(kind, [(0, None, b"a", ()), (0, None, b"b", ())], [3, 2], None)
+        check_output(kind, bad, 3, input_count=2, shared_input=True)
+
+
 def test_check_output_empty() -> None:
     assert check_output("filter", b"\0\0\0\0", 0) == (b"", 0, None, -1)
     assert check_output("aggregate", b"\2\0\0\0ab\0\0\0\0", 0) == (b"", 0, b"ab", -1)

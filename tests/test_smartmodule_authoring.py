@@ -266,7 +266,7 @@ def test_the_module_own_message_is_in_the_error(capsys: pytest.CaptureFixture[st
     records = write(tmp_path / "in.jsonl", ['{"f": 1}', '{"f": 1,}'])
     line = refused(capsys, "test", str(EXAMPLES / "json_field.c"), "-p", "field=f", "--input", records)
     assert line == ("kolk smartmodule test: SmartModule json_field.c (map) failed at offset 1: recordError: "
-                    "map refused record 1: JSON: expected a string key at byte 8")
+                    "map refused the record: JSON: expected a string key at byte 8")
 
 
 def test_a_stage_that_refuses_its_parameters_is_named(capsys: pytest.CaptureFixture[str],
@@ -384,7 +384,7 @@ def test_a_chain_mixes_stored_modules_and_files(capsys: pytest.CaptureFixture[st
 
 
 @pytest.mark.parametrize("lang, expected", [
-    ("c", "SmartModule counter.wasm (aggregate) failed at offset 0: recordError: aggregate refused record 0: "
+    ("c", "SmartModule counter.wasm (aggregate) failed at offset 0: recordError: aggregate refused the record: "
           "the accumulator is not a decimal count (see the parameter `initial`)"),
     ("wat", "SmartModule counter.wasm (aggregate) failed: recordError: aggregate refused the batch "
             "(code -2147483648): the accumulator is not a decimal count (see the parameter `initial`)"),
@@ -401,3 +401,43 @@ def test_a_generated_aggregate_explains_a_bad_initial_accumulator(capsys: pytest
     status, out, _ = cli(capsys, "test", str(tmp_path / "counter.wasm"), "-p", "initial=100", "--input",
                          str(tmp_path / "counter.jsonl"))
     assert status == 0 and out.splitlines()[-1] == f'accumulator of counter.wasm: "{100 + RECORDS_IN}"'
+
+
+# ---------------------------------------------------------------- build and test refuse what create refuses
+
+START = '''(module (memory (export "memory") 1)
+  (func (export "kolk_abi_version") (result i32) (i32.const 1))
+  (func (export "kolk_alloc") (param i32) (result i32) (i32.const 1024))
+  (func $s) (start $s)
+  (func (export "filter") (param i32 i32) (result i64) (i64.const 0)))'''
+
+
+def test_build_and_test_refuse_a_module_create_refuses_with_the_same_message(
+        capsys: pytest.CaptureFixture[str], tmp_path: pathlib.Path) -> None:
+    from kolk.smartmodule.limits import SmartModuleError
+    from kolk.smartmodule.validate import validate_module
+    import wasmtime
+
+    src = tmp_path / "start.wat"
+    src.write_text(START)
+    with pytest.raises(SmartModuleError) as info:
+        validate_module(wasmtime.wat2wasm(START))
+    line = refused(capsys, "build", str(src))
+    assert str(info.value) in line and not (tmp_path / "start.wasm").exists(), line
+    data = write(tmp_path / "in.jsonl", ["x"])
+    line = refused(capsys, "test", str(src), "--input", data)
+    assert str(info.value) in line, line
+
+
+def test_test_runs_the_input_in_batches_as_a_producer_would(capsys: pytest.CaptureFixture[str],
+                                                            tmp_path: pathlib.Path) -> None:
+    data = write(tmp_path / "in.jsonl", [{"key": "k", "value": str(i)} for i in range(25)])
+    status, out, err = cli(capsys, "test", str(EXAMPLES / "count_per_key.c"), "--input", data,
+                           "--batch-records", "10", "--json")
+    assert status == 0, err
+    result = json.loads(out)
+    offsets = [r["offset"] for r in result["records"]]
+    assert offsets == list(range(25))  # three batches, offsets carried on
+    assert refused(capsys, "test", str(EXAMPLES / "count_per_key.c"), "--input", data, "--batch-records", "0") == \
+        "kolk smartmodule test: argument --batch-records: '0' is not a number of records from 1 to 100000 " \
+        "(see kolk smartmodule test --help)"

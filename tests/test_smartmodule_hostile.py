@@ -698,3 +698,12 @@ def test_compile_cache_compiles_once() -> None:
     assert cache.compiles == 3
     cache.load(b)
     assert cache.compiles == 4
+
+
+def test_parameters_for_a_module_without_init_are_refused_not_ignored(cache: ModuleCache) -> None:
+    # A typo'd or misplaced -p would otherwise change nothing, silently.
+    with pytest.raises(SmartModuleError) as info:
+        cache.load(GOOD).instantiate({"needle": "x", "limit": "3"})
+    assert info.value.reason == "initFailed"
+    assert str(info.value) == "the module has no init, so it takes no parameters; given limit, needle"
+    cache.load(GOOD).instantiate({}).close()

@@ -184,7 +184,7 @@ def test_an_instance_holds_what_it_uses_and_borrows_room_to_grow_per_call() -> N
 
 
 def test_an_instance_cannot_grow_past_what_the_budget_lends_and_the_error_says_so() -> None:
-    grower = wat("(drop (memory.grow (i32.const 32))) (i64.const -4294967298)")  # 2 MiB more, else the SDK's no-memory code
+    grower = wat("(drop (memory.grow (i32.const 32))) (i64.const -2147483647)")  # 2 MiB more, then the SDK's no-memory code
     budget = MemoryBudget(2 << 20)
     inst = cache_for(FAST).load(grower).instantiate(memory=InstanceMemory(budget, FAST.memory_bytes))
     assert budget.used == 64 << 10  # one page: what it has, not its 1 MiB... cap

@@ -273,7 +273,7 @@ def test_error_messages_reach_the_host_as_the_c_twins_do(cache: ModuleCache, rus
         assert message.endswith(words) and message == init_error(c_wasm[name], params)
     batches = [[(None, b'{"f": 1}', []), (None, b'{"f": 1 "g": 2}', [])]]
     got, _ = twins(cache, rust_wasm, c_wasm, "json_field", batches, {"field": "f"})
-    assert is_error_at(got, 1001) and got[-1][3].endswith("map refused record 1: JSON: expected , or } at byte 8")
+    assert is_error_at(got, 1001) and got[-1][3].endswith("map refused the record: JSON: expected , or } at byte 8")
     got, _ = twins(cache, rust_wasm, c_wasm, "json_field", [[(b"k", None, [])]], {"field": "f"})
     assert got[-1][3].endswith(": the value is null, not a JSON object")
     got, _ = twins(cache, rust_wasm, c_wasm, "json_field", [[(None, b'{"f": 1, "f": 2}', [])]], {"field": "f"})
@@ -347,7 +347,7 @@ def test_sdk_headers_integers_params_and_filter_map(cache: ModuleCache, features
     assert [r.value for r in got] == [b"-21"]
     with pytest.raises(ChainError) as e:
         run(cache, features, [(None, b"1", keep), (None, b"12x\xff", keep)])
-    assert e.value.offset == 1001 and str(e.value).endswith("refused record 1: not a number: 12x\ufffd")
+    assert e.value.offset == 1001 and str(e.value).endswith("refused the record: not a number: 12x\ufffd")
 
 
 @pytest.mark.parametrize("params, words", [

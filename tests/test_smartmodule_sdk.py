@@ -106,6 +106,19 @@ def test_split_lines_gives_one_record_per_line_at_the_input_offset(cache: Module
         (1000, 5000, b"k", b"three", (("h", b"v"),)), (1003, 5003, None, b"last", ())]
 
 
+def test_a_filter_after_an_array_map_keeps_records_that_share_an_offset(cache: ModuleCache,
+                                                                        wasm: dict[str, bytes]) -> None:
+    # split_lines gives several records one offset; contains after it keeps two of them, which
+    # share it (before: "offset delta 0 after 0; a filter keeps offsets strictly increasing").
+    split = cache.load(wasm["split_lines"]).instantiate()
+    keep = cache.load(wasm["contains"]).instantiate({"needle": "error"})
+    chain = Chain([Stage("split@1", split), Stage("keep@1", keep)])
+    out = chain.apply(build_batch([(None, b"error a\nok\nerror b"), (None, b"error c")], base_offset=7), BATCH_MAX)
+    got = [r for pos, _h in iter_batches(out, BATCH_MAX, shared_offsets=True) for r in decode_records(out, pos)]
+    assert [(r.offset, r.value) for r in got] == [(7, b"error a"), (7, b"error b"), (8, b"error c")]
+    chain.close()
+
+
 def test_output_many_times_the_input_grows_the_arena(cache: ModuleCache, wasm: dict[str, bytes]) -> None:
     """One-byte lines: 30 output bytes per 2 input bytes, so the output buffer moves many times
     and memory grows well past its first pages."""

@@ -69,14 +69,14 @@ def test_kolk_fail_message_reaches_the_error_of_the_record(cache: ModuleCache, m
     """kolk_fail sets the message the host reads through the exported kolk_error."""
     with pytest.raises(ChainError) as e:
         run(cache, messages, [(None, b"ok"), (None, b"fail")])
-    assert e.value.offset == 1001 and str(e.value).endswith("refused record 1: record said no")
+    assert e.value.offset == 1001 and str(e.value).endswith("refused the record: record said no")
 
 
 def test_the_message_of_a_record_that_passed_is_not_blamed_on_the_next(cache: ModuleCache, messages: bytes) -> None:
     """The SDK clears the message before every record: a later silent failure has none."""
     with pytest.raises(ChainError) as e:
         run(cache, messages, [(None, b"say"), (None, b"quiet")])
-    assert str(e.value).endswith("refused record 1") and "said" not in str(e.value)
+    assert str(e.value).endswith("refused the record") and "said" not in str(e.value)
 
 
 def test_a_message_is_cleared_by_the_next_call(cache: ModuleCache, messages: bytes) -> None:
@@ -92,7 +92,7 @@ def test_a_message_is_cleared_by_the_next_call(cache: ModuleCache, messages: byt
 def test_a_long_message_is_cut_at_1024_bytes_on_a_character_boundary(cache: ModuleCache, messages: bytes) -> None:
     with pytest.raises(ChainError) as e:
         run(cache, messages, [(None, b"long")])
-    said = str(e.value).split("refused record 0: ", 1)[1]
+    said = str(e.value).split("refused the record: ", 1)[1]
     assert said == "x" + "é" * 511 and len(said.encode()) == 1023  # 1024 would split an é: it is left out
 
 
@@ -173,7 +173,7 @@ def test_json_field_errors_say_what_is_wrong_with_the_value(cache: ModuleCache, 
                                                             value: bytes | None, message: str | None) -> None:
     with pytest.raises(ChainError) as e:
         run(cache, wasm["json_field"], [(None, value)], {"field": "f"})
-    assert str(e.value).endswith(f"refused record 0: {message or 'the field' + chr(39) + 's string has a lone surrogate escape'}")
+    assert str(e.value).endswith(f"refused the record: {message or 'the field' + chr(39) + 's string has a lone surrogate escape'}")
 
 
 def test_redact_masks_a_field_whose_key_is_written_with_escapes(cache: ModuleCache, wasm: dict[str, bytes]) -> None:

@@ -135,3 +135,62 @@ def test_too_many_waiting_compiles_are_refused() -> None:
         busy = [r for r in results if isinstance(r, CompilerBusy)]
         assert len(busy) == 1 and "retry later" in str(busy[0])
     run(main())
+
+
+def test_a_shared_compile_goes_on_for_the_others_when_its_first_asker_leaves() -> None:
+    slow = _many_functions(20_000)  # about a second to compile here
+
+    async def main() -> None:
+        compiler = Compiler(Limits())
+        sha = hashlib.sha256(slow).hexdigest()
+        first = asyncio.create_task(compiler.compile(slow, sha, artifact=False, tenant="a"))
+        await asyncio.sleep(0.05)  # let it start (a polling interval, not synchronisation: either order passes)
+        second = asyncio.create_task(compiler.compile(slow, sha, artifact=False, tenant="b"))
+        await asyncio.sleep(0.05)
+        first.cancel()
+        with pytest.raises(SmartModuleError, match="does not export its memory"):  # the verdict, not a cancellation
+            await asyncio.wait_for(second, 60)
+        assert compiler.compiles == 1
+    run(main())
+
+
+def test_the_last_asker_leaving_stops_the_compile() -> None:
+    slow = _many_functions(60_000)
+
+    async def main() -> None:
+        compiler = Compiler(Limits(), CompileLimits(timeout_ms=60_000))
+        task = asyncio.create_task(compiler.compile(slow, "s", artifact=False))
+        await asyncio.sleep(0.2)  # the worker is running (polling interval)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        deadline = asyncio.get_running_loop().time() + 10
+        while compiler._inflight:  # the compile's own task ends (and its worker is killed)
+            assert asyncio.get_running_loop().time() < deadline
+            await asyncio.sleep(0.01)  # polling interval
+    run(main())
+
+
+def test_one_tenant_cannot_hold_the_compile_queue_against_another() -> None:
+    async def main() -> None:
+        compiler = Compiler(Limits(), CompileLimits(concurrent=1, waiting_max=16, per_tenant_waiting_max=2))
+        mods = [wat(extra=f"(func (result i32) (i32.const {i}))") for i in range(5)]
+        greedy = [asyncio.create_task(compiler.compile(m, hashlib.sha256(m).hexdigest(), tenant="greedy"))
+                  for m in mods]
+        await asyncio.sleep(0)
+        done = await asyncio.gather(*greedy, return_exceptions=True)
+        refused = [r for r in done if isinstance(r, CompilerBusy)]
+        assert len(refused) == 2 and "modules of greedy" in str(refused[0])  # 1 running + 2 waiting each
+
+        order: list[str] = []
+
+        async def ask(tenant: str, m: bytes) -> None:
+            await compiler.compile(m, hashlib.sha256(m).hexdigest() + tenant, tenant=tenant)
+            order.append(tenant)
+        more = [wat(extra=f"(func (result i32) (i32.const {100 + i}))") for i in range(4)]
+        tasks = [asyncio.create_task(ask("greedy", m)) for m in more[:3]]
+        await asyncio.sleep(0)
+        tasks.append(asyncio.create_task(ask("polite", more[3])))
+        await asyncio.gather(*tasks)
+        assert order.index("polite") <= 2, order  # its turn comes after at most the running and one more
+    run(main())

@@ -148,7 +148,12 @@ async def _produce(args: argparse.Namespace, sc: str) -> int:
         _bar(total, total, sent)
         print(file=sys.stderr)
     skipped = f"; {bad} bad line(s) skipped" if bad else ""
-    print(f"produced {sent} record(s) to {args.topic}{skipped}", file=sys.stderr)
+    if chain:  # the chain decides what is stored: a filter may have kept fewer, an array_map more
+        names = " -> ".join(stage[0] if isinstance(stage, (tuple, list)) else str(stage) for stage in chain)
+        print(f"sent {sent} record(s) to {args.topic} through {names}, which decided what was stored{skipped}",
+              file=sys.stderr)
+    else:
+        print(f"produced {sent} record(s) to {args.topic}{skipped}", file=sys.stderr)
     return 1 if bad and not args.skip_bad_lines else 0
 
 

@@ -249,13 +249,13 @@ def _when(ms: int) -> str:
 
 
 def _build(args: argparse.Namespace) -> int:
-    from ..smartmodule.engine import ModuleCache
+    from ..smartmodule.validate import validate_module
 
     src = pathlib.Path(args.file)
     if src.suffix.lower() == ".wasm":
         raise BuildError(f"{src}: a .wasm file needs no build (test it, or create it as it is)")
     wasm = load_source(src)  # by the suffix: clang for .c, the assembler for .wat
-    loaded = ModuleCache().load(wasm)  # a module the engine would refuse is not written
+    loaded, _ = validate_module(wasm)  # what create (and the SC) would refuse is not written
     out = pathlib.Path(args.output) if args.output else src.with_suffix(".wasm")
     out.write_bytes(wasm)
     _print(args, {"path": str(out), "kind": loaded.kind, "init": loaded.has_init, "size": len(wasm),

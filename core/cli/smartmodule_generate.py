@@ -100,7 +100,8 @@ def run_generate(args: argparse.Namespace) -> int:
     wasm = module.with_suffix(".wasm")
     commands = [f"kolk smartmodule build {shlex.quote(str(module))}",
                 f"kolk smartmodule test {shlex.quote(str(wasm))} --input {shlex.quote(str(records))}"]
+    article = "an" if args.kind[0] in "aeiou" else "a"
     _print(args, {"kind": args.kind, "lang": args.lang, "files": [str(module), str(records)], "next": commands},
-           f"wrote {module} (a {args.kind} in {args.lang}) and {records} (test records); next:\n"
+           f"wrote {module} ({article} {args.kind} in {args.lang}) and {records} (test records); next:\n"
            + "\n".join(f"  {c}" for c in commands))
     return 0

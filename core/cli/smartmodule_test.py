@@ -31,6 +31,17 @@ from .smartmodule import add_chain_options
 
 BATCH_BYTES_MAX = 64 << 20  # the test batch, and the chain's output
 BYTES_MODES = ("auto", "utf8", "hex")
+BATCH_RECORDS = 1000  # records per test batch: a producer's batch is about this size for small records
+
+
+def _batch_records(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if not 1 <= n <= 100_000:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of records from 1 to 100000")
+    return n
 SOURCE_SUFFIXES = (".wasm", ".wat", ".c", ".rs")
 _CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")  # shown as hex in --bytes auto
 
@@ -47,6 +58,9 @@ def add_test_command(ssub: Any) -> None:
                    help="jsonl or lines (default: jsonl for a .jsonl or .ndjson file, else lines)")
     t.add_argument("--key-separator", metavar="SEP",
                    help="lines format: split each line into key and value at the first SEP")
+    t.add_argument("--batch-records", type=_batch_records, default=BATCH_RECORDS, metavar="N",
+                   help=f"records per batch, as a producer would send them: each batch is one call of each "
+                        f"module, with its own fuel (default {BATCH_RECORDS})")
     t.add_argument("--bytes", choices=BYTES_MODES, default="auto",
                    help="how keys, values and headers are shown: utf8 (undecodable bytes replaced), hex, or "
                         "auto: text when the bytes are UTF-8 without control characters (tab and line ends "
@@ -102,6 +116,7 @@ def run_test(args: argparse.Namespace) -> int:
     from ..segments.records import build_batch, decode_records
     from ..smartmodule.chain import Chain, Stage
     from ..smartmodule.engine import ModuleCache, SmartModuleError
+    from ..smartmodule.validate import validate_module
 
     chain_spec = chain_of(args.module, args.stages)
     records = read_records(args.input, args.input_format, args.key_separator)
@@ -116,6 +131,10 @@ def run_test(args: argparse.Namespace) -> int:
             label, wasm = sources[name]
             if len(chain_spec) > 1:
                 label = f"{label} [stage {i}]"
+            try:
+                validate_module(wasm)  # refused here as create (and the SC) would refuse it
+            except SmartModuleError as e:
+                raise KolkError(f"{label}: the module is refused: {e.reason}: {e}") from None
             loaded = cache.load(wasm)
             try:
                 instance = loaded.instantiate(params)
@@ -123,9 +142,12 @@ def run_test(args: argparse.Namespace) -> int:
                 raise KolkError(f"{label} ({loaded.kind}) cannot start: {e.reason}: {e}") from None
             stages.append(Stage(label, instance))
             described.append({"module": label, "kind": loaded.kind, "params": params})
-        batch = build_batch([(r.key, r.value, list(r.headers)) for r in records], base_offset=0,
-                            timestamps=testinput.timestamps(records, int(time.time() * 1000)))
-        out = Chain(stages).apply(batch, BATCH_BYTES_MAX)
+        stamps = testinput.timestamps(records, int(time.time() * 1000))
+        step = args.batch_records
+        batches = b"".join(
+            build_batch([(r.key, r.value, list(r.headers)) for r in records[i:i + step]], base_offset=i,
+                        timestamps=stamps[i:i + step]) for i in range(0, len(records), step))
+        out = Chain(stages).apply(batches, BATCH_BYTES_MAX)
         accumulators = [s.instance.accumulator or b"" for s in stages]
     finally:
         for stage in stages:  # the instances' stores go now, not when a collector finds them

@@ -248,18 +248,43 @@ class _PartitionStream:
 
 
 def normalize_chain(chain: Any) -> list[SmartModuleInvocation]:
-    """A chain as an application gives it: each stage a SmartModuleInvocation, a NAME[@VERSION]
-    (no parameters) or a (NAME, params) pair, whose parameters are made text."""
+    """A chain as an application gives it: a list whose stages are each a SmartModuleInvocation,
+    a NAME[@VERSION] (no parameters) or a (NAME, params) pair. Parameter values are text;
+    numbers and booleans are written as text (``10``, ``true``); anything else is refused."""
+    if chain is None:
+        return []
+    if isinstance(chain, (str, bytes)) or not isinstance(chain, (list, tuple)):
+        raise InvalidRequestError(f"smartmodules is a list of stages, e.g. [{chain!r:.100}] or "
+                                  f"[('name', {{'key': 'value'}})], not {type(chain).__name__} {chain!r:.100}")
     out = []
-    for stage in chain or []:
+    for stage in chain:
         if isinstance(stage, SmartModuleInvocation):
             out.append(stage)
             continue
-        name, params = (stage, {}) if isinstance(stage, str) else (stage[0], dict(stage[1] or {}))
+        if isinstance(stage, str):
+            name, params = stage, {}
+        elif isinstance(stage, (list, tuple)) and len(stage) == 2 and isinstance(stage[1], (dict, type(None))):
+            name, params = stage[0], dict(stage[1] or {})
+        else:
+            raise InvalidRequestError(f"a SmartModule chain stage is NAME[@VERSION] or (NAME, params), got {stage!r:.200}")
         if not isinstance(name, str) or not name:
-            raise InvalidRequestError(f"a SmartModule chain stage is NAME[@VERSION] or (NAME, params), got {stage!r}")
-        out.append(SmartModuleInvocation(name, {str(k): str(v) for k, v in params.items()}))
+            raise InvalidRequestError(f"a SmartModule chain stage is NAME[@VERSION] or (NAME, params), got {stage!r:.200}")
+        out.append(SmartModuleInvocation(name, {_param_text(name, k, v, True): _param_text(name, k, v, False)
+                                                for k, v in params.items()}))
     return out
+
+
+def _param_text(module: str, key: Any, value: Any, is_key: bool) -> str:
+    """A parameter's key or value as text: str as is, numbers and booleans written out."""
+    x = key if is_key else value
+    if isinstance(x, str):
+        return x
+    if isinstance(x, bool):
+        return "true" if x else "false"
+    if isinstance(x, (int, float)) and not is_key:
+        return str(x)
+    what = "keys must be text" if is_key else f"{key!r:.100} must be text (or a number or boolean)"
+    raise InvalidRequestError(f"SmartModule {module}: parameter {what}, not {type(x).__name__} {x!r:.100}")
 
 
 class AsyncConsumer:

@@ -169,6 +169,14 @@ class TooManyConnectionsError(TooManyStreamsError):
     code = "tooManyConnections"
 
 
+class SmartModuleFailedError(KolkError):
+    """A SmartModule of the request's chain failed, or could not start; the message names the
+    module, its kind, the reason (docs/smartmodule-abi.md "Errors the host reports") and, when
+    the module refused a record, its offset. Not retriable: the same records fail again."""
+
+    code = "smartModule"
+
+
 class OverloadedError(KolkError):
     """The SPU cannot run this SmartModule chain now: its worker pool's queue, its compiler or
     its SmartModule memory budget is full (the message says which). Retriable later; like
@@ -212,7 +220,7 @@ _BY_CODE: dict[str, type[KolkError]] = {
     "outOfOrderSequence": OutOfOrderSequenceError,
     "duplicateSequence": DuplicateSequenceError,
     "denied": PermissionDeniedError,
-    "smartModule": KolkError,
+    "smartModule": SmartModuleFailedError,
     "malformed": InvalidRequestError,
     "unknownCall": InvalidRequestError,
     "limitExceeded": ClusterUnavailableError,

@@ -29,6 +29,7 @@ from ..protocol.limits import FRAME_BODY_BYTES_MAX
 from ..protocol.wire import WATCH_EVENTS_PER_PUSH_MAX, camel, config_map, schema, set_error
 from ..security.policy import Policy, PolicyError, policy_from_spec
 from ..security.tls import Peer
+from ..protocol.fair_use import owner_of
 from .module_check import check_smartmodule
 from .policy_access import hidden_policies, hidden_policy, lockout, lockout_accepted
 from .server import ScServer, WatcherSlot, now_ms
@@ -346,7 +347,7 @@ class ScApi(NodeAuthCalls):
         if not self._allowed(out.result, action, resource):
             return
         if kind == "smartmodule":
-            refused = await check_smartmodule(name, spec)
+            refused = await check_smartmodule(name, spec, owner_of(self.peer))
             if refused is not None:
                 code, message = refused
                 set_error(out.result, code, message, None, code == "overloaded")

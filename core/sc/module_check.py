@@ -27,15 +27,16 @@ def compiler() -> Compiler:
     return _compiler
 
 
-async def check_smartmodule(name: str, spec: dict[str, Any]) -> tuple[str, str] | None:
+async def check_smartmodule(name: str, spec: dict[str, Any], tenant: str) -> tuple[str, str] | None:
     """``(code, message)`` when ``spec`` may not be stored as smartmodule ``name``; else None,
-    with ``spec``'s kind and init set from what the module is."""
+    with ``spec``'s kind and init set from what the module is. ``tenant``: who asks (the
+    compile queue takes turns between them)."""
     try:
         parsed = SmartModuleSpec.from_dict(spec)
     except SpecError as e:
         return "invalidArgument", f"smartmodule {name}: {e}"
     try:
-        info, _ = await compiler().compile(parsed.wasm, parsed.sha256, artifact=False)
+        info, _ = await compiler().compile(parsed.wasm, parsed.sha256, artifact=False, tenant=tenant)
     except CompilerBusy as e:
         return "overloaded", f"smartmodule {name} cannot be checked now: {e}"
     except SmartModuleError as e:

@@ -181,6 +181,16 @@ class SpuHandler(ReplicationCalls):
                 result.ok = True
                 return
             records = chained
+            # The chain ran off the loop: leadership may have moved meanwhile. Appending now, as
+            # a follower or in an old epoch, would put a record where the new leader puts
+            # another (replicas diverging): re-check, as before the chain.
+            led = self.s.led_replica(replica.name, result, req.topic)
+            if led is None:
+                return  # the error says who leads now
+            if led is not replica or replica.epoch != epoch:
+                set_error(result, "notLeader", f"{replica.name}: leadership changed while the SmartModule chain ran "
+                          f"(epoch {epoch} is over); nothing was written, retry at the leader", None, True)
+                return
         await self._append(out, replica, records, acks, epoch, timeout)
 
     async def _append(self, out: Any, replica: "Replica", records: bytes, acks: Acks, epoch: int,
@@ -225,7 +235,9 @@ class SpuHandler(ReplicationCalls):
             set_error(result, "invalidArgument", "a produce-side SmartModule chain needs a producer that is not "
                       "idempotent (idempotent=False): the chain changes the batch the sequence numbers count")
             return None
-        key = json.dumps([[i["name"], sorted(i["params"].items())] for i in invocations])
+        # Per topic: an aggregate's state is about the records of one topic.
+        key = json.dumps([replica.name.rsplit("-", 1)[0], [[i["name"], sorted(i["params"].items())]
+                                                          for i in invocations]])
         sm = self.s.smartmodules
         tenant = owner_of(self.peer)
         # The entry and its lock exist before the first await, so this connection's requests

@@ -98,9 +98,15 @@ class ModulePool:
         try:
             return await asyncio.shield(job.future)
         except asyncio.CancelledError:
-            if abandon is not None and not job.future.done() and job not in self._waiting.get(tenant, ()):
-                job.future.add_done_callback(lambda f: f.cancelled() or f.exception() or abandon(f.result()))
-                raise
+            if abandon is not None:
+                fut = job.future
+                if fut.done():  # finished in the very turn the caller was cancelled: its result is ours to free
+                    if not fut.cancelled() and fut.exception() is None:
+                        abandon(fut.result())
+                    raise
+                if job not in self._waiting.get(tenant, ()):  # running: free its result when it comes
+                    fut.add_done_callback(lambda f: f.cancelled() or f.exception() or abandon(f.result()))
+                    raise
             self._drop(job)
             raise
 

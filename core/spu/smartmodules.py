@@ -20,9 +20,9 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 from ..client.admin import AdminClient
 from ..protocol.errors import KolkError
-from ..protocol.limits import CHAIN_STAGES_MAX
+from ..protocol.limits import ACCUMULATOR_BYTES_MAX, CHAIN_STAGES_MAX
 from ..smartmodule.budget import InstanceMemory, MemoryBudget
-from ..smartmodule.chain import Chain, Stage
+from ..smartmodule.chain import Chain, ChainError, Stage
 from ..smartmodule.compiler import CompileLimits, Compiler, CompilerBusy
 from ..smartmodule.limits import Limits, SmartModuleError
 from ..smartmodule.sizes import size_text
@@ -123,7 +123,7 @@ class SmartModuleRegistry:
                             code="notFound")
         return f"{base}@{version}", versions[version]
 
-    async def _loaded(self, label: str, sha: str) -> "LoadedModule":
+    async def _loaded(self, label: str, sha: str, tenant: str) -> "LoadedModule":
         """The compiled module of ``label``: from the cache, or fetched and compiled off the loop."""
         hit = self.cache.get(sha)
         if hit is not None:
@@ -133,7 +133,7 @@ class SmartModuleRegistry:
             raise KolkError(f"SmartModule {label} was deleted", code="notFound")
         wasm = base64.b64decode(obj["spec"]["wasm"])
         try:
-            info, artifact = await self.compiler.compile(wasm, sha)
+            info, artifact = await self.compiler.compile(wasm, sha, tenant=tenant)
         except CompilerBusy as e:
             raise KolkError(f"SmartModule {label} cannot start now: {e}", code="overloaded") from None
         except SmartModuleError as e:
@@ -153,7 +153,7 @@ class SmartModuleRegistry:
         staged = []
         for inv in invocations:
             label, sha = self.resolve(inv["name"])
-            staged.append((label, await self._loaded(label, sha), inv))
+            staged.append((label, await self._loaded(label, sha, tenant), inv))
         chain_budget = MemoryBudget(self.config.chain_memory_bytes, "the chain's memory cap", parent=self.budget,
                                     reason="chainMemory",
                                     hint=f" (all stages of one chain together; a stage may grow to "
@@ -164,7 +164,7 @@ class SmartModuleRegistry:
             raise KolkError(str(e), code="overloaded") from None
         if isinstance(instances, KolkError):
             raise instances
-        return Chain([Stage(label, inst) for (label, _l, _i), inst in zip(staged, instances)])
+        return Chain([Stage(label, inst) for (label, _l, _i), inst in zip(staged, instances)], budget=chain_budget)
 
 
 async def run_chain(sm: SmartModuleRegistry, tenant: str, chain: Chain, data: bytes, batch_bytes_max: int,
@@ -180,7 +180,19 @@ async def run_chain(sm: SmartModuleRegistry, tenant: str, chain: Chain, data: by
         except PoolOverloaded as e:
             raise KolkError(str(e), code="overloaded") from None
         out.append(part)
+    checked_accumulators(chain)
     return b"".join(out)
+
+
+def checked_accumulators(chain: Chain) -> list[bytes]:
+    """The chain's accumulators, each within what a push may carry (the same limit on produce,
+    where none is sent, so that no chain keeps more than a consumer's could); ChainError if not."""
+    accumulators = chain.accumulators
+    for stage, acc in zip(chain.stages, accumulators):
+        if len(acc) > ACCUMULATOR_BYTES_MAX:
+            raise ChainError(stage.label, "aggregate", "badOutput", f"keeps an accumulator of {len(acc)} bytes, more "
+                             f"than the limit of {ACCUMULATOR_BYTES_MAX}", None)
+    return accumulators
 
 
 def _close_all(instances: "list[Instance] | KolkError") -> None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import weakref
 from typing import TYPE_CHECKING, Any
 
 from ..node.authz import Denied
@@ -27,7 +28,6 @@ from ..protocol.channel_server import ServerStream
 from ..protocol.codes import ErrorCode, Isolation
 from ..protocol.errors import KolkError
 from ..protocol.fair_use import owner_of
-from ..protocol.limits import ACCUMULATOR_BYTES_MAX
 from ..security.masking import MASK_BYTES_PER_RESPONSE_MAX
 from ..protocol.wire import schema
 from ..security.masking import UnmaskableBatchError, mask_read
@@ -37,6 +37,7 @@ from ..segments.errors import StorageError
 from ..smartmodule.chain import Chain, ChainError
 from .errors import storage_failure
 from .module_pool import PoolOverloaded
+from .smartmodules import checked_accumulators
 
 if TYPE_CHECKING:
     from .replica import Replica
@@ -77,6 +78,10 @@ class StreamFeed:
         self.isolation = isolation
         self.chain = chain
         self.window = stream.credit
+        if chain is not None:
+            # run() closes the chain when it ends; a feed closed before it ever ran never enters
+            # run()'s finally, so its chain goes when the feed does (refcounting: at once).
+            weakref.finalize(self, chain.close)
         self.accumulators: list[bytes] = []
         self.keepalive_s = server.config.stream_keepalive_ms / 1000
 
@@ -176,7 +181,7 @@ class StreamFeed:
                                              sm.config.slice_s)  # verified: the reader checked CRCs
         except PoolOverloaded as e:
             raise KolkError(str(e), code=ErrorCode.OVERLOADED.value) from None
-        self.accumulators = self._checked_accumulators()
+        self.accumulators = checked_accumulators(self.chain)
         if stopped is not None:
             next_offset = parse_header(data, stopped).base_offset
         return out, next_offset
@@ -191,16 +196,6 @@ class StreamFeed:
         """Wait for the consumer to grant credit, or for its owner's readers to take bytes
         (looking again now and then regardless)."""
         await self.stream.wait_for_room(self.keepalive_s)
-
-    def _checked_accumulators(self) -> list[bytes]:
-        """The chain's accumulators, each within what a push may carry."""
-        assert self.chain is not None
-        accumulators = self.chain.accumulators
-        for stage, acc in zip(self.chain.stages, accumulators):
-            if len(acc) > ACCUMULATOR_BYTES_MAX:
-                raise _StreamStopped("smartModule", f"SmartModule {stage.label} (aggregate) keeps an accumulator "
-                                     f"of {len(acc)} bytes, more than the limit of {ACCUMULATOR_BYTES_MAX}")
-        return accumulators
 
     def _push(self, data: bytes, high_watermark: int, next_offset: int) -> Any:
         msg = schema.Push.new_message()
