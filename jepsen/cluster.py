@@ -22,10 +22,24 @@ SECRET = "test-cluster-secret-0123456789"
 FSYNC_LOG_ENV = "KOLK_TEST_FSYNC_LOG"
 
 
+_HANDED_OUT: set[int] = set()  # ports this process has handed out: never the same one twice
+_HANDED_OUT_MAX = 20_000  # of the ~28,000 ephemeral ports: past it, start over
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port nothing listens on now, and not one this process handed out before: a port is
+    picked before whatever uses it binds, and the OS may offer a just-closed port again (a
+    test's SPU once got the port its SC had taken for Raft)."""
+    if len(_HANDED_OUT) > _HANDED_OUT_MAX:
+        _HANDED_OUT.clear()
+    for _ in range(100):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
+    raise RuntimeError("no port that was not handed out before, in 100 tries")
 
 
 def wait_for(condition: Callable[[], Any], timeout_s: float, what: str | Callable[[], str],
