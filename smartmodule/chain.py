@@ -70,10 +70,6 @@ class Chain:
         self.budget = budget  # also holds the aggregates' accumulators (host memory) while they live
         self._accumulators_held = 0
 
-    @property
-    def memory_limit(self) -> int:
-        return sum(s.instance.memory_limit for s in self.stages)
-
     def close(self) -> None:
         with self._lock:
             if self._closing:

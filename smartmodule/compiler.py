@@ -69,6 +69,8 @@ class Compiler:
         self._running = 0
         self._waiting: dict[str, list[asyncio.Future]] = {}  # tenant -> futures granting a slot, in order
         self._inflight: dict[tuple[str, bool], _Compile] = {}
+        self._turns = 0
+        self._last_turn: dict[str, int] = {}  # tenant -> when it last got a slot (the least recent goes next)
         self.compiles = 0
 
     async def compile(self, wasm: bytes, sha256: str, artifact: bool = True,
@@ -113,6 +115,7 @@ class Compiler:
     async def _acquire(self, tenant: str) -> None:
         if self._running < self.cl.concurrent and not any(self._waiting.values()):
             self._running += 1
+            self._took_turn(tenant)
             return
         grant: asyncio.Future = asyncio.get_running_loop().create_future()
         self._waiting.setdefault(tenant, []).append(grant)
@@ -131,15 +134,24 @@ class Compiler:
     def _release(self) -> None:
         self._running -= 1
         while self._waiting and self._running < self.cl.concurrent:
-            tenant = next(iter(self._waiting))  # the tenant waiting longest since its last turn
-            queue = self._waiting.pop(tenant)
+            # The waiting tenant whose last turn is the oldest (never: first) goes next.
+            tenant = min(self._waiting, key=lambda t: self._last_turn.get(t, -1))
+            queue = self._waiting[tenant]
             grant = queue.pop(0)
-            if queue:
-                self._waiting[tenant] = queue  # to the back of the round
+            if not queue:
+                del self._waiting[tenant]
             if grant.done():
                 continue  # its compile was cancelled meanwhile
             self._running += 1
+            self._took_turn(tenant)
             grant.set_result(None)
+
+    def _took_turn(self, tenant: str) -> None:
+        self._turns += 1
+        self._last_turn[tenant] = self._turns
+        if len(self._last_turn) > 4 * (self.cl.waiting_max + self.cl.concurrent):  # bounded: forget the idle
+            for t in [t for t in self._last_turn if t not in self._waiting and t != tenant]:
+                del self._last_turn[t]
 
     async def _run(self, wasm: bytes, artifact: bool) -> tuple[ModuleInfo, bytes]:
         self.compiles += 1

@@ -230,7 +230,11 @@ def test_one_client_cannot_hold_the_sc_compile_queue_against_others(cluster: Dat
                                                                       expected_version=-1))
                        for i, w in enumerate(flood)]
             await worker_started(sc_pid)
-            await asyncio.sleep(JOIN_S)  # the flood's requests reach the SC (a head start, see the docstring)
+            # The SC refuses what is past the flooder's share at once: wait for those answers.
+            deadline = time.monotonic() + ANSWER_S
+            while sum(u.done() for u in uploads) < QUEUE_FLOOD - 5:
+                assert time.monotonic() < deadline, [u for u in uploads if u.done()]
+                await asyncio.sleep(0.05)  # polling interval
             refused = [u for u in uploads if u.done()]
             assert len(refused) == QUEUE_FLOOD - 5, refused
             for u in refused:

@@ -92,6 +92,14 @@ def test_the_worker_gives_the_same_refusal_as_validate_module() -> None:
     run(main())
 
 
+async def until(condition, timeout_s: float = 10.0) -> None:  # noqa: ANN001
+    """Wait for ``condition()`` with a deadline."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
+        await asyncio.sleep(0.005)  # polling interval
+
+
 def _many_functions(n: int) -> bytes:
     funcs = "".join(f"(func $f{i} (result i32) (i32.const {i}))" for i in range(n))
     return wasmtime.wat2wasm(f"(module {funcs})")
@@ -144,9 +152,9 @@ def test_a_shared_compile_goes_on_for_the_others_when_its_first_asker_leaves() -
         compiler = Compiler(Limits())
         sha = hashlib.sha256(slow).hexdigest()
         first = asyncio.create_task(compiler.compile(slow, sha, artifact=False, tenant="a"))
-        await asyncio.sleep(0.05)  # let it start (a polling interval, not synchronisation: either order passes)
+        await until(lambda: compiler.compiles == 1)  # its worker is starting
         second = asyncio.create_task(compiler.compile(slow, sha, artifact=False, tenant="b"))
-        await asyncio.sleep(0.05)
+        await until(lambda: compiler._inflight[(sha, False)].waiters == 2)  # the second shares it
         first.cancel()
         with pytest.raises(SmartModuleError, match="does not export its memory"):  # the verdict, not a cancellation
             await asyncio.wait_for(second, 60)
@@ -160,14 +168,11 @@ def test_the_last_asker_leaving_stops_the_compile() -> None:
     async def main() -> None:
         compiler = Compiler(Limits(), CompileLimits(timeout_ms=60_000))
         task = asyncio.create_task(compiler.compile(slow, "s", artifact=False))
-        await asyncio.sleep(0.2)  # the worker is running (polling interval)
+        await until(lambda: compiler.compiles == 1)  # its worker is starting
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
-        deadline = asyncio.get_running_loop().time() + 10
-        while compiler._inflight:  # the compile's own task ends (and its worker is killed)
-            assert asyncio.get_running_loop().time() < deadline
-            await asyncio.sleep(0.01)  # polling interval
+        await until(lambda: not compiler._inflight)  # the compile's own task ends (and its worker is killed)
     run(main())
 
 
