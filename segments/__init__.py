@@ -38,6 +38,9 @@ from .records import decode_records as decode_records
 _LAZY = {
     "GroupCommit": "group_commit", "AppendInfo": "log", "PartitionLog": "log", "FileRegion": "reader",
     "ReadResult": "reader", "LogStore": "store",
+    "CompactionPolicy": "compaction", "EraseSpec": "compaction", "CleanPlan": "clean_plan",
+    "CleanResult": "clean_plan", "CleanStats": "clean_plan", "StaleCleanError": "clean_plan",
+    "CleanError": "clean_plan", "execute_plan": "clean_exec", "run_plan_in_process": "cleaner",
 }
 
 

@@ -13,6 +13,7 @@ MIB = 1 << 20
 GIB = 1 << 30
 DAY_MS = 24 * 3600 * 1000
 BATCH_BYTES_MIN = 90  # a 61-byte header and one empty record of 29 bytes
+SEGMENT_BYTES_MIN = 1024
 
 
 @dataclass(frozen=True)
@@ -47,9 +48,11 @@ class LogConfig:
             self.append_bytes_max >= self.batch_bytes_max,
             f"append_bytes_max={self.append_bytes_max} is below batch_bytes_max={self.batch_bytes_max}",
         )
+        # A batch larger than segment_bytes simply fills a segment of its own (should_roll
+        # rolls only a non-empty segment), so segment_bytes is not tied to batch_bytes_max.
         need(
-            self.segment_bytes >= self.batch_bytes_max,
-            f"segment_bytes={self.segment_bytes} is below batch_bytes_max={self.batch_bytes_max}",
+            self.segment_bytes >= SEGMENT_BYTES_MIN,
+            f"segment_bytes={self.segment_bytes} is below {SEGMENT_BYTES_MIN}",
         )
         need(self.segment_ms > 0, f"segment_ms={self.segment_ms} must be positive")
         need(self.retention_bytes == -1 or self.retention_bytes > 0, "retention_bytes must be -1 or positive")

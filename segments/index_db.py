@@ -19,7 +19,8 @@ leader_epochs     pkey, epoch u32                          start_offset u64
 
 ``partition_state`` holds the high watermark (a checkpoint, capped by the log end on load),
 the log start offset (also implied by the first segment), the recovery point (how far the
-files are known to be fsynced) and the fenced batches. The leader-epoch history can be rebuilt
+files are known to be fsynced), the fenced batches and the cleaner's progress (cleaned offset,
+next tombstone due, a swap in progress). The leader-epoch history can be rebuilt
 from the batch headers, which carry the epoch.
 """
 
@@ -44,6 +45,12 @@ LOG_START = b"log_start_offset"
 HIGH_WATERMARK = b"high_watermark"
 RECOVERY_POINT = b"recovery_point"
 FENCE_PREFIX = b"fence/"
+# The cleaner's state (cleaner.py): how far the log is cleaned, when a kept tombstone may next
+# be removed, and a swap in progress (the bases of the segments being replaced, flushed
+# before the first rename; an open that finds it re-indexes those segments from their files).
+CLEANED_OFFSET = b"cleaned_offset"
+CLEAN_DUE = b"clean_due_ms"
+CLEAN_INTENT = b"clean_intent"
 
 U64 = struct.Struct(">Q")
 U32 = struct.Struct(">I")

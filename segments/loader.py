@@ -19,8 +19,11 @@ from typing import TYPE_CHECKING
 from .batch import HEADER_SIZE, parse_header, validate_batch
 from .errors import InvalidBatchError
 from .errors import NotALogDirectoryError
-from .file_names import parse_segment_file_name
+from .file_names import parse_cleaned_file_name, parse_segment_file_name
 from .index_db import (
+    CLEAN_DUE,
+    CLEAN_INTENT,
+    CLEANED_OFFSET,
     FENCE_PREFIX,
     HIGH_WATERMARK,
     LOG_START,
@@ -30,7 +33,6 @@ from .index_db import (
     PARTITION_STATE,
     TIME_INDEX,
     U64,
-    FencedBatch,
     IndexDb,
     IndexEntry,
     Q,
@@ -47,7 +49,7 @@ from .index_db import (
     time_key,
 )
 from .leader_epochs import EpochEntry, LeaderEpochHistory
-from .recovery import ScanResult, scan_segment
+from .recovery import GapCheck, ScanResult, scan_segment
 from .segment import Segment, fsync_directory
 
 if TYPE_CHECKING:
@@ -76,6 +78,8 @@ def finish_reset(directory: str, index: IndexDb, pkey: bytes, start: int) -> Non
     index.put(PARTITION_STATE, state_key(pkey, HIGH_WATERMARK), Q.pack(start))
     index.put(PARTITION_STATE, state_key(pkey, RECOVERY_POINT),
               encode_recovery_point(RecoveryPoint(start, 0, start)))
+    for name in (CLEANED_OFFSET, CLEAN_DUE, CLEAN_INTENT):
+        index.delete(PARTITION_STATE, state_key(pkey, name))
     # The index has no WAL: all of the above must be durable before the marker goes, and the
     # marker's removal before anything is appended (or a later open would reset again).
     index.flush()
@@ -90,12 +94,22 @@ def load_log(log: "PartitionLog") -> None:
     if not os.path.isdir(directory):
         raise NotALogDirectoryError(directory, "it does not exist or is not a directory")
     bases = []
+    leftovers = 0
     for entry in sorted(os.listdir(directory)):
         base = parse_segment_file_name(entry)
+        if base is None and parse_cleaned_file_name(entry) is not None:
+            # A rewritten segment the cleaner did not swap in (crash or refusal): the original
+            # is still in place, or was already replaced by a rename.
+            os.unlink(os.path.join(directory, entry))
+            leftovers += 1
+            continue
         if base is None:
             raise NotALogDirectoryError(
                 directory, f"it holds {entry!r}, which is not a segment file (NNNNNNNNNNNNNNNNNNNN.log)")
         bases.append(base)
+    if leftovers:
+        fsync_directory(directory)
+        log.recovery_report.append(f"deleted {leftovers} unfinished cleaned segment file(s)")
     get_state = lambda name: log._index.get(PARTITION_STATE, state_key(log._pkey, name))  # noqa: E731
     raw = get_state(RESET_TO)
     if raw is not None:
@@ -137,6 +151,15 @@ def load_log(log: "PartitionLog") -> None:
         else:
             log._index.delete(PARTITION_STATE, k)
 
+    # A cleaner's swap was interrupted: each named segment holds its old bytes or its new
+    # ones (a rename is atomic), and the index may describe either; rebuild theirs from the files.
+    raw = get_state(CLEAN_INTENT)
+    swapped = set(decode_bases(raw)) if raw else set()
+    for i, seg in enumerate(log._segments[:-1]):
+        if seg.base_offset in swapped:
+            seg.size = os.fstat(seg.fd).st_size
+            reindex_sealed(log, seg, log._segments[i + 1].base_offset)
+
     # Index entries and time entries below the first segment belong to deleted segments.
     first = log._segments[0].base_offset
     log._index.delete_range(OFFSET_INDEX, log._pkey, offset_key(log._pkey, first))
@@ -168,10 +191,8 @@ def load_log(log: "PartitionLog") -> None:
                 log._add_fence(fence)
             rebuilt_epochs.extend(result.epochs)
             seg.size = file_size
-            if result.next_offset < nxt and not any(f.position + f.size == file_size for f in result.fences):
-                # The file ends before its successor begins: those offsets are unreadable.
-                log._add_fence(FencedBatch(seg.base_offset, file_size, 0, result.next_offset,
-                                            f"segment ends at offset {result.next_offset}, the next begins at {nxt}"))
+            # A file that ends before its successor begins is a gap the cleaner left (offsets
+            # are never renumbered), not damage: a torn sealed segment fails its CRC instead.
             seg.next_offset = nxt
             continue
         # The last segment: trust up to the recovery point, scan the rest, cut what is bad.
@@ -190,10 +211,21 @@ def load_log(log: "PartitionLog") -> None:
         # batches that did reach the file.
         for removed in log.leader_epochs.truncate_from_end(expected):
             log._index.delete(LEADER_EPOCHS, epoch_key(log._pkey, removed.epoch))
+        # A gap in the tail is believed where the file is known to have been fsynced whole
+        # (the recovery point lies in a later segment: this one was sealed, and its successor
+        # is gone) or where the index wrote that very batch (base offset, position, size):
+        # base_offset lies outside the CRC, and garbage there must not pass for a gap. Else
+        # the tail is cut at the gap; a follower fetches those batches again.
+        sealed_before = stored_rp is not None and stored_rp.segment_base > seg.base_offset
+        indexed = {(e.position, e.base_offset, e.size) for e in
+                   (decode_entry(k, v) for k, v in log._index.items_from(
+                       OFFSET_INDEX, offset_key(log._pkey, expected), prefix_end(log._pkey)))
+                   if e.segment_base == seg.base_offset}
         _clear_index_from(log, seg, expected, None)
         result = _scan(log, seg, start_pos, expected, seg_max,
                             log.leader_epochs.latest_epoch if start_pos else -1,
-                            sealed=False, file_size=file_size)
+                            sealed=False, file_size=file_size,
+                            gap_ok=None if sealed_before else lambda h, pos: (pos, h.base_offset, h.size) in indexed)
         _store_scan(log, seg, result, seg_max)
         rebuilt_epochs.extend(result.epochs)
         if result.valid_end < file_size:
@@ -240,6 +272,34 @@ def load_log(log: "PartitionLog") -> None:
     log._index.put(PARTITION_STATE, state_key(log._pkey, HIGH_WATERMARK), Q.pack(log._high_watermark))
     last = log._segments[-1]
     log._set_recovery_point(RecoveryPoint(last.base_offset, last.size, last.next_offset))
+    if swapped:
+        # The rebuilt entries must be durable before the intent goes (finish_reset's reasoning).
+        log._index.flush()
+        log._index.delete(PARTITION_STATE, state_key(log._pkey, CLEAN_INTENT))
+        log._index.flush()
+        log.recovery_report.append(f"re-indexed {len(swapped)} segment(s) of an interrupted cleaner swap")
+
+
+def reindex_sealed(log: "PartitionLog", seg: Segment, next_base: int) -> None:
+    """Rebuild the offset and time index of sealed ``seg`` (size set) from its file: after
+    the cleaner replaced it. Fences in it are dropped first and whatever the scan finds bad
+    is fenced again."""
+    for fenced_pos in list(log._fences.get(seg.base_offset, {})):
+        log._remove_fence(seg.base_offset, fenced_pos)
+    _clear_index_from(log, seg, seg.base_offset, next_base)
+    result = _scan(log, seg, 0, seg.base_offset, -1, -1, sealed=True, file_size=seg.size)
+    _store_scan(log, seg, result, -1)
+    for fence in result.fences:
+        log._add_fence(fence)
+    seg.next_offset = next_base
+
+
+def encode_bases(bases: list[int]) -> bytes:
+    return b"".join(U64.pack(b) for b in bases)
+
+
+def decode_bases(raw: bytes) -> list[int]:
+    return [U64.unpack_from(raw, i)[0] for i in range(0, len(raw) - len(raw) % 8, 8)]
 
 
 def _entry_matches_file(seg: Segment, e: IndexEntry, file_size: int, batch_bytes_max: int,
@@ -267,9 +327,13 @@ def _sealed_index_agrees(log: "PartitionLog", seg: Segment, next_base: int, file
     fences = log._fences.get(seg.base_offset, {})
     fe = decode_entry(*first) if first is not None else None
     last = log._last_entry(seg, next_base)
-    # A fence stands for the batches it covers: at the start, at the end, or both.
-    starts_ok = fe is not None and fe.position == 0 and fe.base_offset == seg.base_offset or 0 in fences
-    ends_ok = (last is not None and last.end_position == file_size and last.next_offset == next_base) \
+    if file_size == 0:  # the cleaner emptied it: no batch, no entry
+        return fe is None and not fences
+    # A fence stands for the batches it covers: at the start, at the end, or both. After
+    # compaction the first batch may start past the segment's base and the last may end
+    # before the next segment's base (gaps).
+    starts_ok = fe is not None and fe.position == 0 or 0 in fences
+    ends_ok = (last is not None and last.end_position == file_size and last.next_offset <= next_base) \
         or any(f.position + f.size == file_size for f in fences.values())
     return starts_ok and ends_ok
 
@@ -287,10 +351,11 @@ def _clear_index_from(log: "PartitionLog", seg: Segment, from_offset: int, to_of
         log._index.delete_range(TIME_INDEX, prefix_end(seg_prefix), prefix_end(log._pkey))
 
 def _scan(log: "PartitionLog", seg: Segment, start: int, expected: int, seg_max: int, last_epoch: int, *,
-          sealed: bool, file_size: int) -> ScanResult:
+          sealed: bool, file_size: int, gap_ok: GapCheck | None = None) -> ScanResult:
     return scan_segment(seg, start, expected, seg_max, last_epoch,
                         batch_bytes_max=log.config.batch_bytes_max,
-                        window_bytes=log.config.scan_window_bytes, sealed=sealed, file_size=file_size)
+                        window_bytes=log.config.scan_window_bytes, sealed=sealed, file_size=file_size,
+                        gap_ok=gap_ok)
 
 def _store_scan(log: "PartitionLog", seg: Segment, result: ScanResult, start_max: int) -> None:
     """Write the index entries a scan found; ``start_max`` is the segment's running max

@@ -7,7 +7,8 @@ Invariants (checked by tests/test_log_model.py against a plain model):
 
 * ``log_start_offset <= high_watermark <= log_end_offset``; offsets in
   ``[log_start_offset, log_end_offset)`` are readable unless fenced as corrupt.
-* batches are contiguous: each batch's base offset is the previous batch's last offset + 1.
+* offsets increase: each batch's base offset is at least the previous batch's last offset + 1;
+  more is a gap the cleaner left (cleaner.py) or a follower was fed by a compacted leader.
 * ``durable_offset`` only grows except by truncation, and everything below it survived an
   fsync of its file; a sealed segment was fsynced whole before its successor was created.
 * reads verify every batch's CRC and never return a batch that fails.
@@ -63,6 +64,9 @@ from .index_db import (
     state_key,
     time_key,
 )
+from . import cleaner
+from .clean_plan import CleanPlan, CleanResult, CleanStats
+from .compaction import CompactionPolicy, EraseSpec
 from .fsync import FsyncGuard, SyncTicket
 from .leader_epochs import EpochEnd, LeaderEpochHistory
 from .loader import RESET_TO, finish_reset, load_log
@@ -182,6 +186,11 @@ class PartitionLog:
     def size_bytes(self) -> int:
         return sum(s.size for s in self._segments)
 
+    @property
+    def segment_count(self) -> int:
+        """How many segment files the log has (the active one included)."""
+        return len(self._segments)
+
     def segments(self) -> list[SegmentSummary]:
         return [SegmentSummary(s.base_offset, s.next_offset, s.size, s.max_timestamp) for s in self._segments]
 
@@ -227,7 +236,9 @@ class PartitionLog:
     def append_replicated(self, data: bytes | bytearray | memoryview) -> AppendInfo:
         """Append batches as a follower: offsets and epochs are kept as the leader wrote them.
 
-        The first batch must start at the log end offset and epochs must not go down.
+        Each batch must start at or past the end of the one before it (the first: at or past
+        the log end offset; past it is a gap left by the leader's cleaner, and the log end
+        jumps over it) and epochs must not go down.
         """
         self._check_open()
         if len(data) > self.config.append_bytes_max:
@@ -238,10 +249,10 @@ class PartitionLog:
         epoch = self.leader_epochs.latest_epoch
         headers = []
         for pos, h in iter_batches(data, self.config.batch_bytes_max):
-            if h.base_offset != expected:
+            if h.base_offset < expected:  # above: a gap the leader's cleaner left
                 raise InvalidBatchError(
                     f"replicated batch at byte {pos} starts at offset {h.base_offset}, "
-                    f"the log ends at {expected}", pos)
+                    f"below {expected} where the log ends", pos)
             if h.leader_epoch < epoch:
                 raise InvalidBatchError(
                     f"replicated batch at byte {pos} has leader epoch {h.leader_epoch}, "
@@ -308,6 +319,34 @@ class PartitionLog:
         self._index.flush()
         # Everything before the new segment is durable now: the sealed segments each were
         # fsynced when they were rolled.
+        self._set_recovery_point(RecoveryPoint(seg.base_offset, 0, seg.base_offset))
+
+    def skip_to(self, offset: int) -> None:
+        """Move the log end to ``offset`` with no record in between (a follower whose leader's
+        cleaner removed every record from this log's end to ``offset``): the active segment is
+        sealed (fsynced) and an empty one starts at ``offset``; an empty active segment is
+        replaced. No-op when ``offset`` is not past the log end."""
+        self._check_open()
+        active = self._segments[-1]
+        if offset <= active.next_offset:
+            return
+        if active.size > 0:
+            self._fsync_segment(active)
+            self._dirty.discard(active)
+        elif len(self._segments) == 1:
+            self.reset_to(offset)  # nothing is held: start again, empty, at ``offset``
+            return
+        try:
+            seg = Segment(self.directory, offset, self._clock(), create=True)
+            seg.next_offset = offset
+            if active.size == 0:
+                self._segments.pop()
+                self._drop_segment(active)
+            self._segments.append(seg)
+            fsync_directory(self.directory)
+        except OSError as e:
+            raise self._guard.fail(f"skip of {self.directory} to offset {offset}: {e}") from e
+        self._index.flush()
         self._set_recovery_point(RecoveryPoint(seg.base_offset, 0, seg.base_offset))
 
     # ----------------------------------------------------------------- durability
@@ -400,6 +439,7 @@ class PartitionLog:
 
         When ``offset`` falls inside a batch, the whole batch goes (batches are never split),
         so the log may end below ``offset``, as in Kafka. The cut is fsynced before returning.
+        Should that batch also hold the log start, the log is reset, empty, to its log start.
         """
         self._check_open()
         leo = self.log_end_offset
@@ -416,8 +456,27 @@ class PartitionLog:
             cut_seg, cut_pos, new_end = seg, entry.end_position, entry.next_offset
         elif entry is not None:
             cut_seg, cut_pos, new_end = self._segment(entry.segment_base), entry.position, entry.base_offset
+            if cut_pos > 0:
+                # The log ends where the batch before the cut ends: a gap between them goes too.
+                before = self._last_entry(cut_seg, entry.base_offset)
+                if before is not None:
+                    new_end = before.next_offset
         else:
             cut_seg, cut_pos, new_end = self._segments[0], 0, self._segments[0].base_offset
+        if cut_pos == 0 and cut_seg is not self._segments[0]:
+            # The whole cut segment goes: the log then ends after the previous segment's last
+            # batch (a gap the cleaner left at its end goes with the cut), as a reopen finds it.
+            prev = self._segments[self._segments.index(cut_seg) - 1]
+            last = self._last_entry(prev, cut_seg.base_offset)
+            new_end = last.next_offset if last is not None else prev.base_offset
+        elif cut_pos == 0:
+            new_end = cut_seg.base_offset  # the first segment is emptied (its first batch may lie past its base)
+        if new_end < self._log_start:
+            # The batch holding ``offset`` also holds the log start (moved inside it by
+            # advance_log_start): every readable offset goes, and the log starts again, empty,
+            # at its log start, which never moves back.
+            self.reset_to(self._log_start)
+            return self.log_end_offset
         if self._high_watermark > new_end:
             # Lowered and flushed before any file shrinks: a crash part way must not leave a
             # persisted high watermark above the log end, which the next open would take for
@@ -509,8 +568,18 @@ class PartitionLog:
 
     # ----------------------------------------------------------------- retention
 
+    def reconfigure(self, config: LogConfig) -> None:
+        """Use ``config`` from now on: the next roll sees the new segment size and age, the
+        next retention pass the new limits. Nothing on disk changes here."""
+        self._check_open()
+        self.config = config
+
     def enforce_retention(self, now_ms: int | None = None) -> list[int]:
-        """Delete the oldest segments that retention allows; returns their base offsets."""
+        """Delete the oldest segments that retention allows; returns their base offsets.
+
+        Works on a compacted log too (cleanup_policy compact,delete): emptied segments go as
+        soon as retention by age reaches them (retention.py); the caller decides whether a
+        topic's policy calls for retention at all."""
         self._check_open()
         now = self._clock() if now_ms is None else now_ms
         count = segments_to_delete(
@@ -518,8 +587,29 @@ class PartitionLog:
             retention_bytes=self.config.retention_bytes, high_watermark=self._high_watermark)
         if count == 0:
             return []
+        return self._delete_oldest(count, self._segments[count].base_offset)
+
+    def advance_log_start(self, offset: int) -> list[int]:
+        """Move the log start up to ``offset`` (capped at the log end): a follower whose
+        leader's log start moved. Returns the base offsets of the segments deleted, those
+        wholly below the new start (never the active one). A no-op unless the new start is
+        above the current one. Reads below it then raise :class:`OffsetOutOfRangeError`.
+
+        Crash-safe as retention is: the new start is recorded first and a crash part way
+        leaves segments below it, which the next open deletes."""
+        self._check_open()
+        new_start = min(offset, self.log_end_offset)
+        if new_start <= self._log_start:
+            return []
+        count = 0
+        while count < len(self._segments) - 1 and self._segments[count + 1].base_offset <= new_start:
+            count += 1
+        return self._delete_oldest(count, new_start)
+
+    def _delete_oldest(self, count: int, new_start: int) -> list[int]:
+        """Record ``new_start`` as the log start, then delete the ``count`` oldest segments
+        (all wholly below it) and the leader epochs that ended before it."""
         doomed = self._segments[:count]
-        new_start = self._segments[count].base_offset
         # The new log start is recorded first: a crash part way leaves segments below it, and
         # the next open deletes them.
         self._set_log_start(new_start)
@@ -529,7 +619,8 @@ class PartitionLog:
                 self._index.delete_range(OFFSET_INDEX, offset_key(self._pkey, seg.base_offset),
                                          offset_key(self._pkey, seg.next_offset))
                 self._drop_segment(seg)
-            fsync_directory(self.directory)
+            if doomed:
+                fsync_directory(self.directory)
         except OSError as e:
             raise self._guard.fail(f"retention in {self.directory}: {e}") from e
         removed, moved = self.leader_epochs.truncate_from_start(new_start)
@@ -539,6 +630,33 @@ class PartitionLog:
             self._index.put(LEADER_EPOCHS, epoch_key(self._pkey, moved.epoch), Q.pack(moved.start_offset))
         self._index.flush()
         return [s.base_offset for s in doomed]
+
+    # ----------------------------------------------------------------- compaction (cleaner.py)
+
+    @property
+    def cleaned_offset(self) -> int:
+        """Where the next clean pass's dirty range starts (persisted; the log start when the
+        log was never cleaned)."""
+        return cleaner.cleaned_offset(self)
+
+    def plan_clean(self, policy: CompactionPolicy, now_ms: int, erase: EraseSpec | None = None) -> CleanPlan | None:
+        """The next clean pass, as plain data for :func:`execute_plan` in a worker process;
+        None when there is nothing to do. Cheap: reads no segment file."""
+        return cleaner.plan_clean(self, policy, now_ms, erase)
+
+    def finish_clean(self, plan: CleanPlan, result: CleanResult) -> CleanStats:
+        """Swap the worker's cleaned segments in, crash-safely; raises StaleCleanError (and
+        removes the cleaned files) if the log changed since the plan."""
+        self._check_open()
+        return cleaner.finish_clean(self, plan, result)
+
+    def clean(self, policy: CompactionPolicy, now_ms: int, erase: EraseSpec | None = None) -> CleanStats:
+        """One whole clean pass in this process (tests and tools; a server uses the worker)."""
+        return cleaner.clean(self, policy, now_ms, erase)
+
+    def holds_key(self, key_sha256: bytes, upto_offset: int) -> bool:
+        """Does any record at or below ``upto_offset`` have a key with this SHA-256?"""
+        return cleaner.holds_key(self, key_sha256, upto_offset)
 
     def _set_log_start(self, offset: int) -> None:
         self._log_start = offset

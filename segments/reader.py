@@ -6,6 +6,11 @@ continuity and CRC-32C; a batch that fails is fenced (recorded with file and pos
 never returned. ``offset_for_timestamp`` uses the time index and decodes records only of the
 candidate batches. ``batch_headers`` walks the offset index and reads only each batch's
 61-byte header (producer state is rebuilt from them).
+
+Offsets may have gaps (compaction never renumbers, see cleaner.py): a batch may start past
+the end of the one before it, never before it, and a read at an offset in a gap returns
+the batches from the next one after it; when no batch starts below the read's upper bound,
+the read is empty and its ``next_offset`` is that bound.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ from contextlib import closing
 from typing import TYPE_CHECKING, Iterator, NamedTuple
 
 from .batch import HEADER_SIZE, BatchHeader, check_header, crc_of, iter_batches, parse_header
-from .errors import CorruptBatchError, InvalidBatchError, OffsetOutOfRangeError, StorageError
+from .errors import CorruptBatchError, InvalidBatchError, OffsetOutOfRangeError
 from .index_db import OFFSET_INDEX, TIME_INDEX, U64, FencedBatch, decode_entry, offset_key, prefix_end, time_key
 from .records import decode_records
 from .segment import Segment
@@ -80,10 +85,13 @@ def read_batches(log: "PartitionLog", offset: int, max_bytes: int, upto: int | N
         fence = log._fence_covering(offset)
         if fence is not None:
             raise log._corrupt(fence)
-        raise StorageError(
-            f"log {log.name}: the index has no batch for offset {offset}; reopen the log to "
-            "rebuild the index from the segments"
-        )
+        # A gap (the cleaner removed the records there, or a follower was fed a compacted
+        # log): the read starts at the next batch after it.
+        found = log._index.first_from(OFFSET_INDEX, offset_key(log._pkey, offset), prefix_end(log._pkey))
+        entry = decode_entry(*found) if found else None
+        if entry is None or entry.base_offset >= end:
+            # [offset, end) holds no record at all: the next read may start at ``end``.
+            return ReadResult(b"", (), end, log._high_watermark, log._log_start, leo)
     seg = log._segment(entry.segment_base)
     pos = entry.position
     expected = entry.base_offset
@@ -106,7 +114,7 @@ def read_batches(log: "PartitionLog", offset: int, max_bytes: int, upto: int | N
         fences = log._fences.get(seg.base_offset)
         while len(buf) - p >= HEADER_SIZE:
             h = parse_header(buf, p)
-            if h.base_offset >= end and h.base_offset == expected:
+            if h.base_offset >= end and h.base_offset >= expected:
                 stop = True
                 break
             if fences and pos + p in fences:
@@ -144,8 +152,8 @@ def _verify(log: "PartitionLog", buf: bytes, p: int, h, expected: int) -> str | 
         return str(e)
     if p + h.size > len(buf):
         return f"batch announces {h.size} bytes past the end of the segment"
-    if h.base_offset != expected:
-        return f"base offset {h.base_offset}, expected {expected}"
+    if h.base_offset < expected:  # above is a gap left by compaction
+        return f"base offset {h.base_offset}, expected at least {expected}"
     if crc_of(buf, p, p + h.size) != h.crc:
         return "CRC-32C mismatch"
     return None

@@ -11,13 +11,16 @@ On open (DESIGN.md §4) the partition log asks this module to scan what it canno
   served) and the scan goes on after it when the batch length can be trusted.
 
 Checks per batch: enough bytes for the header and for the length it announces, the header's
-fields (magic, counts, codec, timestamps), the CRC-32C, the base offset continuing from the
-batch before, and the leader epoch never going down.
+fields (magic, counts, codec, timestamps), the CRC-32C, the base offset at or past the end of
+the batch before (past it is a gap the cleaner left; in the unsynced tail only where the index
+recorded that batch, since base_offset lies outside the CRC), and the leader epoch never
+going down.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
 
 from .batch import HEADER_SIZE, BatchHeader, check_header, crc_of, parse_header
 from .errors import InvalidBatchError
@@ -42,8 +45,12 @@ class ScanResult:
 _MORE = "more bytes needed"
 
 
+GapCheck = Callable[[BatchHeader, int], bool]
+
+
 def _check(buf: bytes, p: int, pos: int, file_size: int, expected: int, resync: bool,
-           last_epoch: int, batch_bytes_max: int) -> tuple[BatchHeader | None, str | None]:
+           last_epoch: int, batch_bytes_max: int,
+           gap_ok: GapCheck | None) -> tuple[BatchHeader | None, str | None]:
     """Check the batch whose header starts at ``buf[p]`` (file position ``pos``).
 
     Returns ``(header, None)`` when valid, ``(header, _MORE)`` when ``buf`` holds too little of
@@ -62,7 +69,10 @@ def _check(buf: bytes, p: int, pos: int, file_size: int, expected: int, resync: 
         return header, _MORE
     if crc_of(buf, p, p + header.size) != header.crc:
         return header, "CRC-32C mismatch"
-    if header.base_offset != expected and not (resync and header.base_offset > expected):
+    # Above ``expected`` is a gap (compaction), where ``gap_ok`` allows it (None: anywhere);
+    # below it, offsets would go back.
+    if header.base_offset < expected or (header.base_offset > expected and gap_ok is not None
+                                         and not gap_ok(header, pos)):
         return header, f"base offset {header.base_offset}, expected {expected}"
     if header.leader_epoch < last_epoch:
         return header, f"leader epoch {header.leader_epoch} after epoch {last_epoch}"
@@ -80,6 +90,7 @@ def scan_segment(
     window_bytes: int,
     sealed: bool,
     file_size: int,
+    gap_ok: GapCheck | None = None,
 ) -> ScanResult:
     """Scan ``seg`` from ``start_position``; see the module doc for tail versus sealed mode."""
     out = ScanResult(valid_end=start_position, next_offset=expected_offset, max_timestamp=segment_max_timestamp)
@@ -92,12 +103,12 @@ def scan_segment(
         if len(buf) - p < HEADER_SIZE:
             buf = seg.read(pos, min(window_bytes, file_size - pos))
             buf_pos, p = pos, 0
-        header, problem = _check(buf, p, pos, file_size, out.next_offset, resync, last_epoch, batch_bytes_max)
+        header, problem = _check(buf, p, pos, file_size, out.next_offset, resync, last_epoch, batch_bytes_max, gap_ok)
         if problem is _MORE:
             assert header is not None
             buf = seg.read(pos, max(header.size, min(window_bytes, file_size - pos)))
             buf_pos, p = pos, 0
-            header, problem = _check(buf, p, pos, file_size, out.next_offset, resync, last_epoch, batch_bytes_max)
+            header, problem = _check(buf, p, pos, file_size, out.next_offset, resync, last_epoch, batch_bytes_max, gap_ok)
         if problem is not None:
             if out.failure is None:
                 out.failure = (pos, problem)

@@ -3,6 +3,10 @@
 Retention deletes whole segments from the oldest, never the active one and never one that
 holds offsets at or beyond the high watermark (a consumer may not have been allowed to read
 them yet, and a follower may still need them), as in Kafka.
+
+A sealed segment with no bytes (the cleaner removed every record of it, see cleaner.py) holds
+nothing to keep: retention by age deletes it whenever it reaches it, so an emptied segment
+never stops the segments after it from expiring on a topic that both compacts and deletes.
 """
 
 from __future__ import annotations
@@ -41,7 +45,8 @@ def segments_to_delete(
     for seg in segments[:-1]:
         if seg.next_offset > high_watermark:
             break
-        too_old = retention_ms >= 0 and seg.max_timestamp >= 0 and now_ms - seg.max_timestamp > retention_ms
+        too_old = retention_ms >= 0 and (seg.size == 0 or seg.max_timestamp >= 0
+                                         and now_ms - seg.max_timestamp > retention_ms)
         too_big = retention_bytes >= 0 and total - seg.size >= retention_bytes
         if not (too_old or too_big):
             break

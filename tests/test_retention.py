@@ -48,7 +48,15 @@ def test_segments_to_delete(now: int, retention_ms: int, retention_bytes: int, h
                               high_watermark=hw) == expected
 
 
-def test_empty_sealed_segment_is_not_deleted_by_age() -> None:
-    """A segment with no timestamp (max_timestamp -1) is not judged by age."""
-    segs = [S(0, 0, 0, -1), S(0, 5, 10, 100)]
-    assert segments_to_delete(segs, now_ms=10**12, retention_ms=1, retention_bytes=-1, high_watermark=5) == 0
+def test_empty_sealed_segment_goes_with_retention_by_age() -> None:
+    """A sealed segment with no bytes (the cleaner emptied it) holds nothing to keep: it goes
+    as soon as retention by age reaches it, and does not stop the old segments after it."""
+    segs = [S(0, 10, 0, -1), S(10, 20, 100, 1_000), S(20, 25, 10, 9_000)]
+    assert segments_to_delete(segs, now_ms=5_000, retention_ms=1_000, retention_bytes=-1, high_watermark=25) == 2
+    assert segments_to_delete(segs, now_ms=1_500, retention_ms=1_000, retention_bytes=-1, high_watermark=25) == 1
+
+
+def test_empty_sealed_segment_is_kept_without_time_retention() -> None:
+    """With no age limit, an empty segment is judged by size alone, like any other."""
+    segs = [S(0, 10, 0, -1), S(10, 15, 10, 100)]
+    assert segments_to_delete(segs, now_ms=10**12, retention_ms=-1, retention_bytes=-1, high_watermark=15) == 0
