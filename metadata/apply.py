@@ -21,7 +21,11 @@ fence_replica       partition, id (the SPU whose replica lost data), reason, ts,
 update_isr          partition, isr, epoch, leader (who asks), ts, [based_on]
 reassign_partition  partition, replicas, epoch (the current one), ts
 allocate_producer_ids  count, ts
-put_object          kind (smartmodule|policy), name, spec, ts, [expected_version]
+alter_topic         name, [set: {key: value}], [delete: [key]], ts, [expected_version]
+add_partitions      name, count, assignment, ts, [expected_version]
+erase_key           topic, partition, key_sha256, offset, requested_by, ts
+erasure_done        name, spu, ts
+put_object          kind (smartmodule|policy|config), name, spec, ts, [expected_version]
 delete_object       kind, name, ts, [expected_version]
 barrier             ts  (changes nothing; a linearizable read waits for it)
 =================== =====================================================================
@@ -37,9 +41,13 @@ import json
 from typing import Any, Callable, Mapping
 
 from .command import (ALREADY_EXISTS, IN_USE, INVALID_ARGUMENT, INVALID_COMMAND, NOT_FOUND,
-                      REPLICATION_FACTOR_TOO_HIGH, UNKNOWN_COMMAND, VERSION_CONFLICT, Applied, Edit, Event, Invalid,
+                      UNKNOWN_COMMAND, VERSION_CONFLICT, Applied, Edit, Event, Invalid,
                       Outcome, check_version, fail, get_field, get_name, get_spu_id, get_ts, invalid_spec)
-from .objects import PARTITION, POLICY, SMARTMODULE, SPU, TOPIC, MetaObject, State, partition_name, spu_name
+from .erasure_ops import end_erasures_of_topic, erase_key, erasure_done
+from .objects import CONFIG, PARTITION, POLICY, SMARTMODULE, SPU, TOPIC, MetaObject, State, partition_name, spu_name
+from .topic_config import DEFAULTS_NAME
+from .topic_ops import (add_partitions, alter_topic, check_new_defaults, check_placeable, check_topic_config,
+                        put_partitions)
 from .partition_ops import (elect_leader, fence_replica, get_lost, get_storage_id, reassign_partition,
                             register_effects, update_isr)
 # The limits of what a spec may hold live with the specs; named here too for those who look.
@@ -73,27 +81,14 @@ def _create_topic(state: State, cmd: Mapping[str, Any]) -> Applied:
         spec = TopicSpec(partitions, rf, config)
     except SpecError as e:
         raise invalid_spec(e, f"topic {name}") from None
-    spus = state.spu_ids()
-    if rf > len(spus):
-        raise fail(REPLICATION_FACTOR_TOO_HIGH,
-                    f"topic {name}: replication factor {rf} is more than the {len(spus)} registered SPUs")
+    check_placeable(state, name, rf)
     if state.get(TOPIC, name) is not None:
         raise fail(ALREADY_EXISTS, f"topic {name} already exists")
+    check_topic_config(state, name, spec)  # consistent with the cluster defaults in force
     if len(assignment) != partitions:
         raise fail(INVALID_COMMAND, f"topic {name}: assignment has {len(assignment)} entries for {partitions} partitions")
-    known = set(spus)
-    alive = {o.spec["id"] for o in state.all(SPU) if o.status.get("alive")}
     edit = Edit(state)
-    for i, replicas in enumerate(assignment):
-        # The types first: a list inside the list must not reach set().
-        if (not isinstance(replicas, list) or len(replicas) != rf
-                or not all(isinstance(r, int) and not isinstance(r, bool) and r in known for r in replicas)
-                or len(set(replicas)) != rf):
-            raise fail(INVALID_COMMAND,
-                        f"topic {name}: partition {i} needs {rf} distinct registered SPU ids, got {replicas!r}")
-        leader = next((r for r in replicas if r in alive), None)
-        edit.put(PARTITION, partition_name(name, i), PartitionSpec(name, i, tuple(replicas)).to_dict(),
-                 PartitionStatus(leader, 0, tuple(replicas)).to_dict())
+    put_partitions(edit, state, name, 0, assignment, rf)  # each partition's incarnation: this version
     edit.put(TOPIC, name, spec.to_dict(), {"state": "ready", "created_ms": ts})
     return edit.finish(ts, {"name": name})
 
@@ -109,7 +104,11 @@ def _delete_topic(state: State, cmd: Mapping[str, Any]) -> Applied:
     for i in range(topic.spec["partitions"]):
         edit.delete(PARTITION, partition_name(name, i))
     edit.delete(TOPIC, name)
-    return edit.finish(ts, {"name": name})
+    # Its erasures go too; the pending ones are named for the SC's audit ("topic deleted").
+    ended = end_erasures_of_topic(edit, state, name)
+    return edit.finish(ts, {"name": name, "erasures_ended": [
+        {"name": e.name, "key_sha256": e.spec.get("key_sha256"), "requested_by": e.spec.get("requested_by")}
+        for e in ended]})
 
 
 
@@ -194,7 +193,7 @@ def _allocate_producer_ids(state: State, cmd: Mapping[str, Any]) -> Applied:
 
 
 
-_BLOB_KINDS = (SMARTMODULE, POLICY)
+_BLOB_KINDS = (SMARTMODULE, POLICY, CONFIG)
 
 
 def _blob_kind(cmd: Mapping[str, Any]) -> str:
@@ -205,7 +204,13 @@ def _blob_kind(cmd: Mapping[str, Any]) -> str:
 
 
 def _blob_name(cmd: Mapping[str, Any], kind: str) -> str:
-    """SmartModules are stored as ``NAME@VERSION`` (each part a valid name); policies by name."""
+    """SmartModules are stored as ``NAME@VERSION`` (each part a valid name); policies by name;
+    the one config object is ``topic-defaults``."""
+    if kind == CONFIG:
+        name = get_name(cmd, kind)
+        if name != DEFAULTS_NAME:
+            raise fail(INVALID_ARGUMENT, f"config {name}: the only config object is {DEFAULTS_NAME}")
+        return name
     if kind != SMARTMODULE:
         return get_name(cmd, kind)
     full = get_field(cmd, "name", str)
@@ -244,6 +249,8 @@ def _put_object(state: State, cmd: Mapping[str, Any]) -> Applied:
     current = state.get(kind, name)
     if kind == POLICY and name == ACTIVE_POLICY:
         _check_policy_version(name, spec, current)
+    if kind == CONFIG:
+        check_new_defaults(state, spec)  # every value allowed; no existing topic made inconsistent
     check_version(current, cmd, f"{kind} {name}")
     edit = Edit(state)
     edit.put(kind, name, spec, current.status if current else {"created_ms": ts})
@@ -258,6 +265,8 @@ def _delete_object(state: State, cmd: Mapping[str, Any]) -> Applied:
     check_version(current, cmd, f"{kind} {name}")
     if current is None:
         raise fail(NOT_FOUND, f"{kind} {name} does not exist")
+    if kind == CONFIG:
+        check_new_defaults(state, None)  # back to the table's defaults: still consistent with every topic
     edit = Edit(state)
     edit.delete(kind, name)
     return edit.finish(ts, {"kind": kind, "name": name})
@@ -278,6 +287,10 @@ OPS: Mapping[str, Callable[[State, Mapping[str, Any]], Applied]] = {
     "reassign_partition": reassign_partition,
     "fence_replica": fence_replica,
     "allocate_producer_ids": _allocate_producer_ids,
+    "alter_topic": alter_topic,
+    "add_partitions": add_partitions,
+    "erase_key": erase_key,
+    "erasure_done": erasure_done,
     "put_object": _put_object,
     "delete_object": _delete_object,
     "barrier": _barrier,

@@ -23,6 +23,7 @@ VERSION_CONFLICT = "version_conflict"
 STALE_EPOCH = "stale_epoch"
 NOT_PARTITION_LEADER = "not_partition_leader"
 IN_USE = "in_use"
+LIMIT_EXCEEDED = "limit_exceeded"
 
 
 

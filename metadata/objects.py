@@ -20,6 +20,10 @@ values, with every field check):
 * ``smartmodule``: spec ``wasm`` (base64), its ``sha256`` and ``size``, what ``kolk smartmodule
   create`` says of it, and any other keys. ``policy``: the object ``active`` is the policy in
   force (``version``, ``source``, ``sha256``); other policy objects are opaque drafts.
+* ``config``: ``topic-defaults`` holds the cluster's topic config defaults ({key: text}).
+* ``erasure`` (named ``<topic>-<partition>@<offset>``): spec ``topic``, ``partition``,
+  ``key_sha256``, ``offset``, ``requested_by``; status ``state`` (pending|done), ``done`` (SPU
+  ids), ``created_ms``, [``completed_ms``], [``note``].
 """
 
 from __future__ import annotations
@@ -34,7 +38,9 @@ PARTITION = "partition"
 SPU = "spu"
 SMARTMODULE = "smartmodule"
 POLICY = "policy"
-KINDS = (TOPIC, PARTITION, SPU, SMARTMODULE, POLICY)
+CONFIG = "config"  # cluster-wide settings; ``topic-defaults``: the topic config defaults (topic_config.py)
+ERASURE = "erasure"  # one key's erasure from a partition (metadata/erasure_ops.py)
+KINDS = (TOPIC, PARTITION, SPU, SMARTMODULE, POLICY, CONFIG, ERASURE)
 
 
 @dataclass(frozen=True)

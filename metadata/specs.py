@@ -175,7 +175,8 @@ def _check_extra(extra: Any, known: Iterable[str]) -> None:
 @dataclass(frozen=True)
 class TopicSpec:
     """``topic``: how many partitions, how many replicas of each, and its config (a string
-    map; ``min_in_sync`` is the key the cluster reads, 1 to the replication factor)."""
+    map of the keys of metadata/topic_config.py, each value checked there; pairs that depend
+    on the cluster defaults are checked by ``topic_config.resolve`` in apply)."""
 
     partitions: int
     replication_factor: int
@@ -192,12 +193,9 @@ class TopicSpec:
                 isinstance(k, str) and isinstance(v, str) and len(k) <= NAME_CHARS_MAX
                 and len(v) <= CONFIG_VALUE_CHARS_MAX for k, v in config.items()):
             raise SpecError("config", f"config must be at most {CONFIG_ENTRIES_MAX} string pairs")
-        raw = config.get("min_in_sync")
-        if raw is not None:
-            number = whole_number(raw)
-            if number is None or not 1 <= number <= rf:
-                raise SpecError("config.min_in_sync", "min_in_sync must be a whole number from 1 to the replication "
-                                                      f"factor {rf}, got {raw!r}")
+        from .topic_config import check_entries  # the one table of keys (it imports SpecError from here)
+
+        check_entries(config, rf)  # every key known, every value allowed; min_in_sync at most rf
         object.__setattr__(self, "config", _frozen_map(config))
 
     @property
@@ -235,6 +233,10 @@ class PartitionSpec:
     topic: str
     partition: int
     replicas: tuple[int, ...]
+    # The state version of the command that created the partition (create_topic or
+    # add_partitions); 0 for partitions created before it was recorded. An SPU that finds a log
+    # of another incarnation on disk deletes it (the topic was deleted and recreated meanwhile).
+    incarnation: int = 0
 
     def __post_init__(self) -> None:
         check_name(self.topic, "topic", "topic")
@@ -242,6 +244,7 @@ class PartitionSpec:
             raise SpecError("partition", f"partition must be 0-{PARTITIONS_MAX - 1}, got {self.partition!r}")
         object.__setattr__(self, "replicas", _spu_ids(
             self.replicas, "replicas", f"must be 1-{REPLICATION_FACTOR_MAX} distinct SPU ids", lo=1))
+        _non_negative(self.incarnation, "incarnation")
 
     @property
     def name(self) -> str:
@@ -250,10 +253,15 @@ class PartitionSpec:
     @staticmethod
     def from_dict(d: Mapping[str, Any]) -> "PartitionSpec":
         d = _mapping(d, "partition spec")
-        return PartitionSpec(_required(d, "topic"), _required(d, "partition"), _required(d, "replicas"))
+        return PartitionSpec(_required(d, "topic"), _required(d, "partition"), _required(d, "replicas"),
+                             d.get("incarnation", 0))
 
     def to_dict(self) -> dict[str, Any]:
-        return {"topic": self.topic, "partition": self.partition, "replicas": list(self.replicas)}
+        """``incarnation`` only when recorded (older partitions keep the dict they had)."""
+        out: dict[str, Any] = {"topic": self.topic, "partition": self.partition, "replicas": list(self.replicas)}
+        if self.incarnation:
+            out["incarnation"] = self.incarnation
+        return out
 
 
 @dataclass(frozen=True)

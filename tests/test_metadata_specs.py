@@ -19,6 +19,8 @@ from kolk.metadata.specs import check_name, check_storage_id
 from kolk.metadata.specs import (LostReplica, PartitionSpec, PartitionStatus, PolicySpec, SmartModuleSpec, SpecError,
                                  SpuSpec, SpuStatus, TopicSpec)
 
+from kolk.metadata.topic_config import KEYS  # noqa: E402
+
 SPU_ID = st.integers(0, 2**31 - 1)
 NAME = st.text("abcXYZ019._-", min_size=1, max_size=200).filter(lambda n: n not in (".", ".."))
 EXTRA_VALUE = st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=10),
@@ -29,8 +31,13 @@ EXTRA_VALUE = st.recursive(st.none() | st.booleans() | st.integers() | st.text(m
 @st.composite
 def topics(draw: st.DrawFn) -> TopicSpec:
     rf = draw(st.integers(1, 7))
-    config = draw(st.dictionaries(st.text(max_size=200).filter(lambda k: k != "min_in_sync"), st.text(max_size=1024),
-                                  max_size=20))
+    # Keys of the config table (metadata/topic_config.py), each with a value it allows.
+    config = {}
+    for k in KEYS:
+        if k.name == "min_in_sync" or not draw(st.booleans()):
+            continue
+        config[k.name] = draw(st.sampled_from(k.choices) if k.type == "choice" else
+                              st.integers(k.lo, k.hi).map(str) | st.just("-1" if k.minus_one else str(k.lo)))
     if draw(st.booleans()):
         config["min_in_sync"] = str(draw(st.integers(1, rf)))
     return TopicSpec(draw(st.integers(1, 1000)), rf, config)

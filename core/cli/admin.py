@@ -14,7 +14,8 @@ from typing import Any
 
 from ..client.admin import AdminClient, run
 from . import args as A
-from ..metadata.specs import PartitionSpec, PartitionStatus, SpuSpec, SpuStatus, TopicSpec
+from . import topic_lifecycle
+from ..metadata.specs import PartitionSpec, PartitionStatus, SpuSpec, SpuStatus
 from ..protocol.errors import KolkError
 from ..security.tls import TlsConfig
 from ..security.tls_files import TlsFileError, check_tls_files
@@ -67,7 +68,7 @@ def client_tls(args: argparse.Namespace) -> TlsConfig | None:
 
 
 def add_commands(sub: Any) -> None:
-    topic = sub.add_parser("topic", help="create, list, describe and delete topics")
+    topic = sub.add_parser("topic", help="create, list, describe, alter, grow and delete topics; erase a key")
     tsub = topic.add_subparsers(dest="action", required=True)
     c = tsub.add_parser("create", help="create a topic")
     c.add_argument("name")
@@ -75,19 +76,25 @@ def add_commands(sub: Any) -> None:
                    help=f"partitions (default 1; at most {A.PARTITIONS_MAX})")
     c.add_argument("-r", "--replication", type=A.REPLICATION_FACTOR, default=1,
                    help=f"replication factor (default 1; at most {A.REPLICATION_FACTOR_MAX})")
-    c.add_argument("--config", action="append", default=[], metavar="KEY=VALUE")
+    c.add_argument("--config", action="append", default=[], metavar="KEY=VALUE",
+                   help="a topic config key (repeatable; docs/metadata.md lists the keys)")
     _sc_option(c)
-    for name, helptext in (("list", "list topics"), ("describe", "show a topic and its partitions"),
+    for name, helptext in (("list", "list topics"),
+                           ("describe", "show a topic, every effective config value and its source, and its "
+                                        "partitions"),
                            ("delete", "delete a topic")):
         a = tsub.add_parser(name, help=helptext)
         if name != "list":
             a.add_argument("name")
         _sc_option(a)
+    topic_lifecycle.add_commands(tsub, _sc_option)
 
     partition = sub.add_parser("partition", help="partitions: leader, replicas, in-sync set, offsets, lag")
     psub = partition.add_subparsers(dest="action", required=True)
     pl = psub.add_parser("list", help="every partition with its leader, replicas, in-sync set, high watermark, "
-                                      "log end offset and the lag of its slowest follower")
+                                      "log end offset and the lag of its slowest follower; then every replica "
+                                      "with its role, log start, log end, bytes on disk and segments (--json: "
+                                      "also its high watermark and the cleaner's cleaned_offset)")
     pl.add_argument("--topic", help="only this topic's partitions")
     _sc_option(pl)
     pe = psub.add_parser("elect", help="elect a leader now: a live in-sync replica, or with --unclean any live "
@@ -158,45 +165,55 @@ def resolve_sc(explicit: str | None) -> str:
 async def _run(args: argparse.Namespace) -> int:
     client = AdminClient(resolve_sc(args.sc), tls=client_tls(args))
     if args.command == "topic":
-        if args.action == "create":
-            config = {}
-            for kv in args.config:
-                if "=" not in kv:
-                    raise KolkError(f"--config {kv!r} must be KEY=VALUE")
-                k, v = kv.split("=", 1)
-                config[k] = v
+        if args.action in topic_lifecycle.ACTIONS:
+            await topic_lifecycle.run(args, client, lambda value, text: _print(args, value, text))
+        elif args.action == "create":
+            config = topic_lifecycle.config_flags(args.config, args.name)
             topic = await client.create_topic(args.name, args.partitions, args.replication, config)
             _print(args, topic, f"topic {args.name} created with {args.partitions} partition(s), "
                                 f"replication factor {args.replication}")
         elif args.action == "list":
             topics = await client.list_topics()
-            specs = [TopicSpec.from_dict(t["spec"]) for t in topics]
-            _print(args, topics, _table([[t["name"], spec.partitions, spec.replication_factor, t["status"].get("state")]
-                                         for t, spec in zip(topics, specs)],
+            # Counts only: a topic stored before the config table may hold keys it no longer knows.
+            _print(args, topics, _table([[t["name"], t["spec"].get("partitions"), t["spec"].get("replication_factor"),
+                                          t["status"].get("state")] for t in topics],
                                         ["TOPIC", "PARTITIONS", "REPLICATION", "STATE"]))
         elif args.action == "describe":
             t = await client.describe_topic(args.name)
-            spec = TopicSpec.from_dict(t["spec"])
+            spec = topic_lifecycle.typed_topic(t)
+            effective = await topic_lifecycle.effective_config(client, t)
+            t["effective_config"] = {k: {"value": v, "source": src} for k, v, src in effective}
             rows = []
             for p in t["partitions"]:
                 status = PartitionStatus.from_dict(p["status"])
                 rows.append([p["name"], status.leader, list(PartitionSpec.from_dict(p["spec"]).replicas),
                              list(status.isr), status.epoch])
             _print(args, t, f"topic {t['name']}: {spec.partitions} partition(s), replication factor "
-                            f"{spec.replication_factor}, config {dict(spec.config)}\n"
+                            f"{spec.replication_factor}, version {t['version']}\n"
+                            + _table([list(row) for row in effective], ["CONFIG", "VALUE", "SOURCE"]) + "\n"
                             + _table(rows, ["PARTITION", "LEADER", "REPLICAS", "IN-SYNC", "EPOCH"]))
         elif args.action == "delete":
             await client.delete_topic(args.name)
             _print(args, {"deleted": args.name}, f"topic {args.name} deleted")
     elif args.command == "partition" and args.action == "list":
         from ..client.client import AsyncClient
+        from ..client.partition_status import human_bytes
 
         c = AsyncClient(resolve_sc(args.sc), timeout_s=10, tls=client_tls(args))
-        rows = await c.partition_list(args.topic)
-        _print(args, rows, _table([[r["name"], r["leader"], _ids(r["replicas"]), _ids(r["isr"]), r["epoch"],
-                                    r["high_watermark"], r["log_end_offset"], r["lag"], r["error"]] for r in rows],
-                                  ["PARTITION", "LEADER", "REPLICAS", "IN-SYNC", "EPOCH", "HW", "LEO", "LAG",
-                                   "NOTE"]) if rows else "no partitions")
+        try:
+            rows = await c.partition_list(args.topic)
+        finally:
+            await c.close()
+        # Two tables: one row per partition (its leader's view), then one per replica (its own log).
+        parts = _table([[r["name"], r["leader"], _ids(r["replicas"]), _ids(r["isr"]), r["epoch"],
+                         r["high_watermark"], r["log_end_offset"], r["lag"], r["error"]] for r in rows],
+                       ["PARTITION", "LEADER", "REPLICAS", "IN-SYNC", "EPOCH", "HW", "LEO", "LAG", "NOTE"])
+        replicas = _table([[r["name"], g["spu"], g["role"], "yes" if g["in_sync"] else "no", g["log_start_offset"],
+                            g["log_end_offset"], human_bytes(g["size_bytes"]), g["segments"], g["error"]]
+                           for r in rows for g in r["replica_logs"]],
+                          ["PARTITION", "SPU", "ROLE", "IN-SYNC", "LOG-START", "LOG-END", "BYTES", "SEGMENTS",
+                           "NOTE"])
+        _print(args, rows, f"{parts}\n\n{replicas}" if rows else "no partitions")
     elif args.command == "partition" and args.action == "elect":
         leader, epoch = await client.elect_leader(args.name, args.leader, args.unclean)
         what = "unclean election: records only the in-sync replicas had are given up; " if args.unclean else ""

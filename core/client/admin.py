@@ -24,7 +24,10 @@ from typing import Any, Awaitable, Callable, Mapping, TypeVar
 from ..protocol.node_auth import NodeCredential
 from ..protocol.channel import CallRejected, ConnectionLost, StreamEnded
 from ..protocol.channel_client import ClientConnection, ClientStream
-from ..metadata.specs import SpecError, TopicSpec
+from ..metadata.specs import PARTITIONS_MAX, SpecError, TopicSpec
+from ..metadata.topic_config import check_value
+from . import erasure as _erasure
+from .erasure import Erasure
 from ..protocol.errors import ClusterUnavailableError, InvalidRequestError, KolkError
 from ..protocol.wire import error_from_struct, object_dict, transport_error
 from ..security.tls import TlsConfig
@@ -304,7 +307,7 @@ class AdminClient:
         try:
             TopicSpec(partitions, replication_factor, dict(config or {}))
         except SpecError as e:
-            raise InvalidRequestError(f"topic {name}: {e}") from None
+            raise InvalidRequestError(f"topic {name}: {e.message}") from None
         r = await self._request("createTopic", write=True, name=name, partitions=partitions,
                                 replicationFactor=replication_factor,
                                 config=[{"key": k, "value": v} for k, v in (config or {}).items()])
@@ -312,6 +315,48 @@ class AdminClient:
 
     async def delete_topic(self, name: str) -> None:
         await self._request("deleteTopic", write=True, name=name)
+
+    async def alter_topic(self, name: str, set: Mapping[str, str] | None = None,  # noqa: A002 - the API's word
+                          delete: list[str] | None = None, expected_version: int | None = None) -> dict[str, Any]:
+        """Change a topic's config: ``set`` adds or replaces keys, ``delete`` removes them (back
+        to the cluster default); compare-and-set on the topic's version when
+        ``expected_version`` is given (VersionConflictError). Each key and value to set is
+        checked here first, with the SC's message (InvalidRequestError, nothing sent); a key to
+        delete is the SC's to judge (a topic stored before the config table may hold keys the
+        table does not know, and deleting them repairs it). Returns the topic."""
+        changes, removed = dict(set or {}), list(delete or [])
+        try:
+            for key in sorted(changes):
+                check_value(key, changes[key])
+        except SpecError as e:
+            raise InvalidRequestError(f"topic {name}: {e.message}") from None
+        r = await self._request("alterTopic", write=True, name=name,
+                                set=[{"key": k, "value": v} for k, v in changes.items()], delete=removed,
+                                hasExpected=expected_version is not None,
+                                expectedVersion=expected_version if expected_version is not None else 0)
+        return object_dict(r.topic)
+
+    async def add_partitions(self, name: str, count: int, expected_version: int | None = None) -> dict[str, Any]:
+        """Grow a topic to ``count`` partitions (never shrinks); the new ones are placed as a
+        new topic's are. Keys hash to other partitions afterwards (docs/metadata.md)."""
+        if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= PARTITIONS_MAX:
+            raise InvalidRequestError(f"topic {name}: partitions must be 1-{PARTITIONS_MAX}, got {_short(count)}")
+        r = await self._request("addPartitions", write=True, name=name, count=count,
+                                hasExpected=expected_version is not None,
+                                expectedVersion=expected_version if expected_version is not None else 0)
+        return object_dict(r.topic)
+
+    async def erase_key(self, topic: str, key: bytes, *, wait: bool = True, timeout_s: float = 300.0,
+                        progress: Callable[[Erasure], Any] | None = None) -> Erasure:
+        """Erase every record of ``key`` from a compacted topic (docs/lifecycle.md): writes the
+        tombstone (acks=all) to the key's partition, asks the SC for the erasure (which sees
+        only the key's sha256) and, with ``wait``, polls until every replica is done, calling
+        ``progress(erasure)`` on each change. Returns the erasure (its ``name`` to poll)."""
+        return await _erasure.erase_key(self, topic, key, wait=wait, timeout_s=timeout_s, progress=progress)
+
+    async def erasure_status(self, name: str) -> Erasure:
+        """The erasure ``name`` (``TOPIC-PARTITION@OFFSET``); NotFoundError when unknown."""
+        return await _erasure.erasure_status(self, name)
 
     async def list_objects(self, kind: str, *, stale: bool = False) -> list[dict[str, Any]]:
         r = await self._request("listObjects", write=False, kind=kind, stale=stale)
@@ -378,6 +423,11 @@ class AdminClient:
 
     async def unregister_spu(self, spu_id: int) -> None:
         await self._request("unregisterSpu", write=True, id=spu_id)
+
+    async def erasure_done(self, name: str, spu_id: int, found: bool) -> None:
+        """Node only: SPU ``spu_id`` holds no record of erasure ``name``'s key any more;
+        ``found``: it held one besides the tombstone before."""
+        await self._request("erasureDone", write=True, name=name, spuId=spu_id, found=found)
 
     async def heartbeat(self, spu_id: int) -> None:
         """An SPU's liveness signal; follows the SC leader."""

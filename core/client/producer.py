@@ -40,6 +40,12 @@ SEQUENCE_WRAP = 2**31  # sequences are i32 and wrap to 0, as in Kafka
 ID_ATTEMPTS_MAX = 30  # producer-id requests, one a second, before waiting batches fail
 
 
+def partition_for_key(key: bytes, count: int) -> int:
+    """The partition of a keyed record among ``count`` (the ``key`` partitioner): crc32c of the
+    key modulo the count. Growing the topic moves keys (docs/metadata.md, "Adding partitions")."""
+    return int(_crc32c.crc32c(key)) % count
+
+
 @dataclass(frozen=True)
 class RecordMetadata:
     topic: str
@@ -198,7 +204,7 @@ class AsyncProducer:
         """The partition a record goes to: the one asked for, else by key, else round robin."""
         if partition is None:
             if key is not None and self.partitioner == "key":
-                return _crc32c.crc32c(key) % count
+                return partition_for_key(key, count)
             self._rr += 1
             return (self._rr - 1) % count
         if not 0 <= partition < count:

@@ -19,6 +19,8 @@ from .messages import MalformedMessage
 # (struct, field) -> the most elements a list field may have.
 LIST_LIMITS: dict[tuple[str, str], int] = {
     ("CreateTopicRequest", "config"): L.TOPIC_CONFIG_ENTRIES_MAX,
+    ("AlterTopicRequest", "set"): L.TOPIC_CONFIG_ENTRIES_MAX,
+    ("AlterTopicRequest", "delete"): L.TOPIC_CONFIG_ENTRIES_MAX,
     ("RegisterSpuRequest", "lost"): L.LOST_REPLICAS_MAX,
     ("UpdateIsrRequest", "isr"): L.REPLICAS_MAX,
     ("UpdateIsrRequest", "basedOn"): L.REPLICAS_MAX,
@@ -37,6 +39,12 @@ LIST_LIMITS: dict[tuple[str, str], int] = {
 SIZE_LIMITS: dict[tuple[str, str], int] = {
     ("CreateTopicRequest", "name"): L.NAME_CHARS_MAX,
     ("DeleteTopicRequest", "name"): L.NAME_CHARS_MAX,
+    ("AlterTopicRequest", "name"): L.NAME_CHARS_MAX,
+    ("AlterTopicRequest", "delete"): L.NAME_CHARS_MAX,  # each element
+    ("AddPartitionsRequest", "name"): L.NAME_CHARS_MAX,
+    ("EraseKeyRequest", "topic"): L.NAME_CHARS_MAX,
+    ("EraseKeyRequest", "keySha256"): 64,
+    ("ErasureDoneRequest", "name"): L.NAME_CHARS_MAX,
     ("GetObjectRequest", "name"): L.NAME_CHARS_MAX,
     ("PutObjectRequest", "name"): L.NAME_CHARS_MAX,
     ("PutObjectRequest", "specJson"): L.SPEC_JSON_BYTES_MAX,

@@ -74,6 +74,24 @@ struct CreateTopicRequest { name @0 :Text; partitions @1 :UInt32; replicationFac
 struct CreateTopicResponse { result @0 :Result; topic @1 :Object; }
 struct DeleteTopicRequest { name @0 :Text; }
 struct DeleteTopicResponse { result @0 :Result; }
+# Change a topic's config (docs/metadata.md, "Topic config"): `set` adds or replaces keys,
+# `delete` removes them (back to the cluster default); compare-and-set on the topic's version
+# when `hasExpected`.
+struct AlterTopicRequest { name @0 :Text; set @1 :List(KeyValue); delete @2 :List(Text);
+                           hasExpected @3 :Bool; expectedVersion @4 :Int64; }
+struct AlterTopicResponse { result @0 :Result; topic @1 :Object; }
+# Grow a topic to `count` partitions (never shrinks).
+struct AddPartitionsRequest { name @0 :Text; count @1 :UInt32; hasExpected @2 :Bool; expectedVersion @3 :Int64; }
+struct AddPartitionsResponse { result @0 :Result; topic @1 :Object; }
+# Erase one key's records from a compacted topic's partition (docs/lifecycle.md): the client
+# has written the tombstone at `offset`; every replica removes the key's records at or below
+# it. The key travels only as its sha256 (64 hex digits). Answers the `erasure` object.
+struct EraseKeyRequest { topic @0 :Text; partition @1 :UInt32; keySha256 @2 :Text; offset @3 :Int64; }
+struct EraseKeyResponse { result @0 :Result; erasure @1 :Object; }
+# Node only: SPU `spuId` no longer holds a record of the erasure's key in its replica; `found`:
+# its replica held a record of the key other than the tombstone before it erased them.
+struct ErasureDoneRequest { name @0 :Text; spuId @1 :Int32; found @2 :Bool; }
+struct ErasureDoneResponse { result @0 :Result; }
 
 # Reads are linearizable unless `stale` is true (then this SC answers from its own state).
 struct ListObjectsRequest { kind @0 :Text; stale @1 :Bool; }
@@ -169,6 +187,10 @@ struct ScRequest {
     electLeader @14 :ElectLeaderRequest;
     challenge @15 :ChallengeRequest;
     authenticate @16 :AuthenticateRequest;
+    alterTopic @17 :AlterTopicRequest;
+    addPartitions @18 :AddPartitionsRequest;
+    eraseKey @19 :EraseKeyRequest;
+    erasureDone @20 :ErasureDoneRequest;
   }
 }
 
@@ -192,6 +214,10 @@ struct ScResponse {
     electLeader @15 :ElectLeaderResponse;
     challenge @16 :ChallengeResponse;
     authenticate @17 :AuthenticateResponse;
+    alterTopic @18 :AlterTopicResponse;
+    addPartitions @19 :AddPartitionsResponse;
+    eraseKey @20 :EraseKeyResponse;
+    erasureDone @21 :ErasureDoneResponse;
   }
 }
 

@@ -19,20 +19,22 @@ from dataclasses import dataclass
 from typing import Any, Coroutine, Iterator
 
 from ..metadata.controllers import choose_leader, place_replicas
-from ..metadata.objects import KINDS, TOPIC, MetaObject, State
+from ..metadata.objects import KINDS, TOPIC, State
 from ..metadata.specs import PARTITIONS_MAX, REASON_CHARS_MAX, PartitionStatus
 from .spec_json import SpecJsonError, parse_spec_json
 from ..node.authz import INSECURE_POLICY_FLAG, NODE_ONLY, POLICY_NEEDS_TLS, Denied
 from ..node.identity import NodeAuthCalls
 from ..protocol.channel_server import ServerStream
 from ..protocol.limits import FRAME_BODY_BYTES_MAX
-from ..protocol.wire import WATCH_EVENTS_PER_PUSH_MAX, camel, config_map, schema, set_error
+from ..protocol.wire import WATCH_EVENTS_PER_PUSH_MAX, config_map, schema, set_error
 from ..security.policy import Policy, PolicyError, policy_from_spec
 from ..security.tls import Peer
 from ..protocol.fair_use import owner_of
 from .module_check import check_smartmodule
 from .policy_access import hidden_policies, hidden_policy, lockout, lockout_accepted
 from .server import ScServer, WatcherSlot, now_ms
+from .answers import OBJECT_WIRE_OVERHEAD, Encoded as _Encoded, fill_error as _fill_error
+from .topic_api import TopicLifecycleCalls
 
 log = logging.getLogger("kolk.sc")
 
@@ -43,37 +45,14 @@ ANSWER_BYTES_MAX = FRAME_BODY_BYTES_MAX - (64 << 10)
 # Deltas go out in pushes of about this size (an object larger than it goes alone), so one
 # large SmartModule does not hold back the changes behind it for long.
 WATCH_PUSH_BYTES = 1 << 20
-OBJECT_WIRE_OVERHEAD = 128  # bytes an Object or Event adds to its texts on the wire, rounded up
+# The topic defaults follow the SC leader's flags (core/sc/topic_defaults.py), not a client's put.
+CONFIG_FROM_FLAGS = ("config objects are set by the SC leader from its --topic-default KEY=VALUE flags "
+                     "(docs/metadata.md, \"Topic config\"); they cannot be put or deleted by a client")
 
 Feed = Coroutine[Any, Any, "tuple[str, str] | None"]
 
 
 # ---------------------------------------------------------------- objects on the wire
-
-
-@dataclass(frozen=True)
-class _Encoded:
-    """An object's JSON texts, made once: to size an answer, then to fill it."""
-
-    obj: MetaObject
-    spec: str
-    status: str
-
-    @staticmethod
-    def of(obj: MetaObject) -> "_Encoded":
-        return _Encoded(obj, json.dumps(dict(obj.spec), sort_keys=True), json.dumps(dict(obj.status), sort_keys=True))
-
-    @property
-    def size(self) -> int:
-        # json.dumps escapes everything outside ASCII, so characters are bytes.
-        return len(self.spec) + len(self.status) + len(self.obj.kind) + len(self.obj.name) + OBJECT_WIRE_OVERHEAD
-
-    def fill(self, target: Any) -> None:
-        target.kind = self.obj.kind
-        target.name = self.obj.name
-        target.specJson = self.spec
-        target.statusJson = self.status
-        target.version = self.obj.version
 
 
 @dataclass(frozen=True)
@@ -168,18 +147,6 @@ def _parsed_policy(spec: Any) -> Policy | str:
         return str(e)
 
 
-def _fill_error(result: Any, outcome: dict[str, Any], server: ScServer) -> bool:
-    """``result`` from a command's outcome; whether it succeeded."""
-    if outcome.get("ok"):
-        result.ok = True
-        return True
-    code = outcome.get("code", "internal")
-    wire_code = code if code in ("noLeader", "timeout") else camel(code)
-    set_error(result, wire_code, outcome.get("message", ""), server.leader_admin(),
-              bool(outcome.get("retriable", False)))
-    return False
-
-
 def _unknown_kind(result: Any, kind: str) -> bool:
     if kind in KINDS:
         return False
@@ -190,10 +157,12 @@ def _unknown_kind(result: Any, kind: str) -> bool:
 # ---------------------------------------------------------------- the handler
 
 
-class ScApi(NodeAuthCalls):
+class ScApi(TopicLifecycleCalls, NodeAuthCalls):
     """Serves one admin connection: ``await api.<call>(req, out)`` for every ``ScRequest``
     member (the transport dispatches by name), ``watch(req, out, stream)`` for the stream;
-    ``challenge`` and ``authenticate`` come from :class:`NodeAuthCalls`."""
+    ``challenge`` and ``authenticate`` come from :class:`NodeAuthCalls`, the calls of a
+    topic's lifecycle (alterTopic, addPartitions, eraseKey, erasureDone) from
+    :class:`TopicLifecycleCalls` (core/sc/topic_api.py)."""
 
     def __init__(self, server: ScServer, peer: Peer) -> None:
         self.s = server
@@ -239,8 +208,8 @@ class ScApi(NodeAuthCalls):
     def _may_see(self, kind: str, name: str) -> bool:
         """describe, or anything that implies it (produce, consume on a topic; use a module)."""
         authz = self.s.authz
-        if kind in ("topic", "partition"):
-            topic = name if kind == "topic" else name.rsplit("-", 1)[0]
+        if kind in ("topic", "partition", "erasure"):
+            topic = name if kind == "topic" else name.split("@")[0].rsplit("-", 1)[0]
             return any(authz.allowed(self.peer, a, f"topic:{topic}") for a in ("describe", "produce", "consume"))
         if kind == "smartmodule":
             return any(authz.allowed(self.peer, a, f"smartmodule:{name.split('@')[0]}") for a in ("describe", "use"))
@@ -273,8 +242,10 @@ class ScApi(NodeAuthCalls):
         name = req.name
         if not self._allowed(out.result, "delete", f"topic:{name}"):
             return
-        if _fill_error(out.result, await self.s.propose({"op": "delete_topic", "name": name, "ts": now_ms()}), self.s):
+        outcome = await self.s.propose({"op": "delete_topic", "name": name, "ts": now_ms()})
+        if _fill_error(out.result, outcome, self.s):
             self._changed("delete", f"topic:{name}")
+            self.audit_ended_erasures(name, outcome)
 
     # ---- reads
 
@@ -346,6 +317,9 @@ class ScApi(NodeAuthCalls):
         action, resource = _blob_check(kind, name, "create")
         if not self._allowed(out.result, action, resource):
             return
+        if kind == "config":
+            set_error(out.result, "invalidArgument", CONFIG_FROM_FLAGS)
+            return
         if kind == "smartmodule":
             refused = await check_smartmodule(name, spec, owner_of(self.peer))
             if refused is not None:
@@ -392,6 +366,9 @@ class ScApi(NodeAuthCalls):
         kind, name = req.kind, req.name
         action, resource = _blob_check(kind, name, "delete")
         if not self._allowed(out.result, action, resource):
+            return
+        if kind == "config":
+            set_error(out.result, "invalidArgument", CONFIG_FROM_FLAGS)
             return
         cmd = {"op": "delete_object", "kind": kind, "name": name, "ts": now_ms()}
         if req.hasExpected:

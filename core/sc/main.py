@@ -12,6 +12,7 @@ from ..node.serve import add_tls_arguments, serve_until_signalled, tls_from_args
 from ..raft.node import RaftListenError
 from .api import ScApi
 from .server import ScConfig, ScPeer, ScServer
+from .topic_defaults import parse_topic_defaults
 
 # Test hook: append "path size" after every fsync, so a test can simulate power loss by
 # cutting each file back to its last durable size. Off unless the variable is set.
@@ -44,6 +45,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--heartbeat-timeout-ms", type=int, default=3000, help="SPU liveness timeout (default 3000)")
     p.add_argument("--replica-move-after-ms", type=int, default=300_000,
                    help="move the replicas of an SPU dead this long to other SPUs (default 300000)")
+    p.add_argument("--topic-default", action="append", default=[], metavar="KEY=VALUE",
+                   help="a cluster-wide topic config default (repeat for each; keys as in `kolk topic create "
+                        "--config`); the SC leader's flags are the ones in force")
     p.add_argument("--ready-file", help="write {admin, pid} here once serving")
     p.add_argument("--changelog-events", type=int, default=10_000,
                    help="metadata changes kept for watchers; one further behind gets a full sync")
@@ -77,6 +81,10 @@ def config_from_args(args: argparse.Namespace) -> ScConfig:
             raise SystemExit(f"kolk sc: SC id {peer.node_id} appears twice")
         peers[peer.node_id] = peer
     try:
+        topic_defaults = parse_topic_defaults(args.topic_default)
+    except ValueError as e:
+        raise SystemExit(f"kolk sc: {e}") from None
+    try:
         on_sync = _fsync_reporter(os.environ[FSYNC_LOG_ENV]) if os.environ.get(FSYNC_LOG_ENV) else None
         return ScConfig(node_id=args.id, data_dir=args.data_dir, peers=peers, secret=secret,
                         bind_raft=args.bind_raft, bind_admin=args.bind_admin,
@@ -85,7 +93,7 @@ def config_from_args(args: argparse.Namespace) -> ScConfig:
                         changelog_events=args.changelog_events, watchers_max=args.watchers_max,
                         tls=tls_from_args(args, "kolk sc"),
                         insecure_allow_plaintext_policy=args.insecure_allow_plaintext_policy,
-                        on_sync=on_sync)
+                        topic_defaults=topic_defaults, on_sync=on_sync)
     except ValueError as e:
         raise SystemExit(f"kolk sc: {e}") from None
 

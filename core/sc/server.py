@@ -33,6 +33,7 @@ from ..raft.tunnel import TunnelTls
 from ..security.tls import Peer, TlsConfig
 from ..transport import SC, serve
 from .state import MetadataStateMachine
+from .topic_defaults import defaults_command
 
 log = logging.getLogger("kolk.sc")
 
@@ -74,6 +75,9 @@ class ScConfig:
     # An operator's decision (kolk sc --insecure-allow-plaintext-policy): store a policy on a
     # cluster without TLS anyway, audited (core/sc/api.py putObject; docs/security.md).
     insecure_allow_plaintext_policy: bool = False
+    # --topic-default KEY=VALUE: the cluster's topic config defaults, as the leader sets them
+    # (core/sc/topic_defaults.py).
+    topic_defaults: dict[str, str] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
     # TEST ONLY (KOLK_TEST_IGNORE_STORAGE_ID=1): forget SPUs' storage ids and lost replicas, the
     # data-losing behaviour before issue 15; the fault harness must catch it under disk-wipe.
@@ -196,6 +200,7 @@ class ScServer:
         self.admin_address = me.admin_address
         self.audit: AuditLog | None = None
         self.authz = Authorizer(f"sc-{config.node_id}", config.tls is not None, self._audit)
+        self._defaults_refused: str | None = None  # the last refusal of this SC's topic defaults, logged once
 
     def _audit(self, event: dict[str, Any]) -> None:
         if self.audit is None:
@@ -315,6 +320,20 @@ class ScServer:
             outcome = await self.propose(cmd)
             log.info("moving replicas of %s to %s: %s", cmd["partition"], cmd["replicas"],
                      "done" if outcome.get("ok") else outcome.get("message"))
+        await self._reconcile_topic_defaults()
+
+    async def _reconcile_topic_defaults(self) -> None:
+        """The leader's --topic-default flags become the cluster's topic defaults."""
+        cmd = defaults_command(self.sm.state, self.config.topic_defaults, now_ms())
+        if cmd is None:
+            return
+        outcome = await self.propose(cmd)
+        if outcome.get("ok"):
+            self._defaults_refused = None
+            log.info("topic defaults set from --topic-default: %s", self.config.topic_defaults or "none")
+        elif not outcome.get("retriable") and outcome.get("message") != self._defaults_refused:
+            self._defaults_refused = outcome.get("message")
+            log.error("the topic defaults of this SC's --topic-default flags are refused: %s", outcome.get("message"))
 
     async def _audit_topic_loop(self) -> None:
         """The leader creates the audit topic once SPUs exist (replicated on up to 3 of them)."""
