@@ -33,6 +33,9 @@ bench: $(STAMP)
 	$(PY) bench/smartmodule_bench.py
 	$(PY) bench/isolation_bench.py
 	$(PY) bench/security_bench.py
+	$(PY) bench/retention_bench.py
+	$(PY) bench/cleaner_bench.py
+	$(PY) bench/lifecycle_bench.py
 	$(VENV)/bin/kolk bench
 
 # Kolk beside NATS JetStream and Redis Streams (issue 9); not part of `make test`. Installs

@@ -69,10 +69,11 @@ from .clean_plan import CleanPlan, CleanResult, CleanStats
 from .compaction import CompactionPolicy, EraseSpec
 from .fsync import FsyncGuard, SyncTicket
 from .leader_epochs import EpochEnd, LeaderEpochHistory
-from .loader import RESET_TO, finish_reset, load_log
+from .loader import load_log
 from .reader import ReadResult, batch_headers, offset_for_timestamp, read_batches
 from .retention import SegmentSummary, segments_to_delete, should_roll
 from .segment import Segment, fsync_directory
+from .truncation import reset_log, skip_log, truncate_log
 
 Clock = Callable[[], int]
 
@@ -322,32 +323,8 @@ class PartitionLog:
         self._set_recovery_point(RecoveryPoint(seg.base_offset, 0, seg.base_offset))
 
     def skip_to(self, offset: int) -> None:
-        """Move the log end to ``offset`` with no record in between (a follower whose leader's
-        cleaner removed every record from this log's end to ``offset``): the active segment is
-        sealed (fsynced) and an empty one starts at ``offset``; an empty active segment is
-        replaced. No-op when ``offset`` is not past the log end."""
-        self._check_open()
-        active = self._segments[-1]
-        if offset <= active.next_offset:
-            return
-        if active.size > 0:
-            self._fsync_segment(active)
-            self._dirty.discard(active)
-        elif len(self._segments) == 1:
-            self.reset_to(offset)  # nothing is held: start again, empty, at ``offset``
-            return
-        try:
-            seg = Segment(self.directory, offset, self._clock(), create=True)
-            seg.next_offset = offset
-            if active.size == 0:
-                self._segments.pop()
-                self._drop_segment(active)
-            self._segments.append(seg)
-            fsync_directory(self.directory)
-        except OSError as e:
-            raise self._guard.fail(f"skip of {self.directory} to offset {offset}: {e}") from e
-        self._index.flush()
-        self._set_recovery_point(RecoveryPoint(seg.base_offset, 0, seg.base_offset))
+        """Move the log end to ``offset``, past a gap that ends the leader's log (truncation.py)."""
+        skip_log(self, offset)
 
     # ----------------------------------------------------------------- durability
 
@@ -435,118 +412,12 @@ class PartitionLog:
     # ----------------------------------------------------------------- truncation
 
     def truncate_to(self, offset: int) -> int:
-        """Remove every batch holding an offset >= ``offset``; returns the new log end.
-
-        When ``offset`` falls inside a batch, the whole batch goes (batches are never split),
-        so the log may end below ``offset``, as in Kafka. The cut is fsynced before returning.
-        Should that batch also hold the log start, the log is reset, empty, to its log start.
-        """
-        self._check_open()
-        leo = self.log_end_offset
-        if not self._log_start <= offset <= leo:
-            raise OffsetOutOfRangeError(offset, self._log_start, leo)
-        if offset == leo:
-            return leo
-        # Appends not yet fsynced below the cut must be durable before the recovery point moves.
-        self.sync()
-        found = self._index.last_before(OFFSET_INDEX, offset_key(self._pkey, offset), self._pkey)
-        entry = decode_entry(*found) if found else None
-        if entry is not None and entry.next_offset <= offset:
-            seg = self._segment(entry.segment_base)
-            cut_seg, cut_pos, new_end = seg, entry.end_position, entry.next_offset
-        elif entry is not None:
-            cut_seg, cut_pos, new_end = self._segment(entry.segment_base), entry.position, entry.base_offset
-            if cut_pos > 0:
-                # The log ends where the batch before the cut ends: a gap between them goes too.
-                before = self._last_entry(cut_seg, entry.base_offset)
-                if before is not None:
-                    new_end = before.next_offset
-        else:
-            cut_seg, cut_pos, new_end = self._segments[0], 0, self._segments[0].base_offset
-        if cut_pos == 0 and cut_seg is not self._segments[0]:
-            # The whole cut segment goes: the log then ends after the previous segment's last
-            # batch (a gap the cleaner left at its end goes with the cut), as a reopen finds it.
-            prev = self._segments[self._segments.index(cut_seg) - 1]
-            last = self._last_entry(prev, cut_seg.base_offset)
-            new_end = last.next_offset if last is not None else prev.base_offset
-        elif cut_pos == 0:
-            new_end = cut_seg.base_offset  # the first segment is emptied (its first batch may lie past its base)
-        if new_end < self._log_start:
-            # The batch holding ``offset`` also holds the log start (moved inside it by
-            # advance_log_start): every readable offset goes, and the log starts again, empty,
-            # at its log start, which never moves back.
-            self.reset_to(self._log_start)
-            return self.log_end_offset
-        if self._high_watermark > new_end:
-            # Lowered and flushed before any file shrinks: a crash part way must not leave a
-            # persisted high watermark above the log end, which the next open would take for
-            # lost acknowledged records (short_of_high_watermark).
-            self.set_high_watermark(max(new_end, self._log_start))
-            self._index.flush()
-        self._generation += 1
-        try:
-            # Segments after the cut go first (newest first), then the cut segment is shortened.
-            while self._segments[-1] is not cut_seg and len(self._segments) > 1:
-                self._drop_segment(self._segments.pop())
-            if cut_pos == 0 and cut_seg is not self._segments[0]:
-                self._drop_segment(self._segments.pop())
-                cut_seg = self._segments[-1]
-                cut_pos = cut_seg.size
-            else:
-                cut_seg.truncate(cut_pos)
-                self._fsync_segment(cut_seg)
-            cut_seg.next_offset = new_end if cut_pos > 0 else cut_seg.base_offset
-            fsync_directory(self.directory)
-        except OSError as e:
-            raise self._guard.fail(f"truncation of {self.directory} to offset {offset}: {e}") from e
-        self._index.delete_range(OFFSET_INDEX, offset_key(self._pkey, cut_seg.next_offset), prefix_end(self._pkey))
-        self._trim_time_index(cut_seg)
-        for fenced_pos in [p for p in self._fences.get(cut_seg.base_offset, {}) if p >= cut_pos]:
-            self._remove_fence(cut_seg.base_offset, fenced_pos)
-        for removed in self.leader_epochs.truncate_from_end(cut_seg.next_offset):
-            self._index.delete(LEADER_EPOCHS, epoch_key(self._pkey, removed.epoch))
-        if self._high_watermark > cut_seg.next_offset:
-            self.set_high_watermark(cut_seg.next_offset)
-        self._dirty.discard(cut_seg)
-        self._set_recovery_point(RecoveryPoint(cut_seg.base_offset, cut_seg.size, cut_seg.next_offset))
-        # The index has no WAL: persist the cut now, or after a crash a stale recovery point
-        # and stale entries would describe bytes that new appends have since replaced.
-        self._index.flush()
-        return self.log_end_offset
+        """Remove every batch holding an offset >= ``offset``; the new log end (truncation.py)."""
+        return truncate_log(self, offset)
 
     def reset_to(self, start_offset: int) -> None:
-        """Drop the whole log and start it again, empty, at ``start_offset`` (a follower whose
-        leader's log starts past this log's end, or a new replica). Any offset >= 0 may be given.
-
-        Crash-safe: the intent is flushed to the index before any file changes, and an open
-        that finds it finishes the reset (loader.finish_reset), so a crash leaves either the old
-        log or the empty one. If a step fails here the log is closed; reopening finishes it.
-        """
-        self._check_open()
-        if start_offset < 0:
-            raise ValueError(f"reset_to offset {start_offset} is negative")
-        self._generation += 1  # in-flight sync tickets must not claim the old data
-        try:
-            self._index.put(PARTITION_STATE, state_key(self._pkey, RESET_TO), Q.pack(start_offset))
-            self._index.flush()
-            for seg in reversed(self._segments):
-                seg.delete()  # newest first, as in finish_reset; regions handed out now refuse
-            self._segments = []
-            self._dirty.clear()
-            self._fences.clear()
-            finish_reset(self.directory, self._index, self._pkey, start_offset)
-            seg = Segment(self.directory, start_offset, self._clock(), create=False)
-        except OSError as e:
-            failure = self._guard.fail(f"reset of {self.directory} to offset {start_offset}: {e}")
-            self.close(sync=False)
-            raise failure from e
-        except BaseException:
-            self.close(sync=False)
-            raise
-        self._segments = [seg]
-        self._log_start = self._high_watermark = start_offset
-        self._recovery_point = RecoveryPoint(start_offset, 0, start_offset)
-        self.leader_epochs = LeaderEpochHistory()
+        """Drop the whole log and start it again, empty, at ``start_offset`` (truncation.py)."""
+        reset_log(self, start_offset)
 
     def _trim_time_index(self, seg: Segment) -> None:
         """Drop time-index entries of ``seg`` that point at or past its (new) end, and reset its

@@ -45,7 +45,9 @@ def add_commands(sub: Any) -> None:
     c = sub.add_parser("consume", help="consume records and print them")
     c.add_argument("topic")
     c.add_argument("-B", "--from-beginning", action="store_true", help="start at the beginning (default: the end)")
-    c.add_argument("--offset", type=A.OFFSET, help="start at this absolute offset")
+    c.add_argument("--offset", type=A.OFFSET,
+                   help="start at this absolute offset, from the log start to the log end (at the end: wait for "
+                        "new records); outside that range it is refused with the range the partition holds")
     c.add_argument("--tail", type=A.OFFSET, metavar="N", help="start N records before the end")
     c.add_argument("--from-timestamp", metavar="TIME",
                    help="start at the first record at or after TIME: milliseconds since the epoch, or an ISO 8601 "

@@ -23,13 +23,14 @@ from ..protocol.channel import CallRejected, ConnectionLost
 from ..protocol.channel_client import ClientConnection
 from ..protocol.errors import (ClusterUnavailableError, InvalidRequestError, KolkError, NotFoundError,
                                PartitionOfflineError)
-from ..protocol.limits import PRODUCE_BYTES_MAX
+from ..protocol.limits import PARTITION_STATUS_MAX, PRODUCE_BYTES_MAX
 from ..protocol.values import SmartModuleInvocation
 from ..protocol.wire import error_from_struct, transport_error
 from ..security.tls import TlsConfig
 from ..transport import SPU, connect
 from .admin import AdminClient
 from .consumer import AsyncConsumer, ConsumerRecord, Offset, RecordBatch, normalize_chain
+from .partition_status import PARTITION_STATUS_SPUS_IN_FLIGHT_MAX, PARTITION_STATUS_TIMEOUT_S, partition_row
 from .producer import AsyncProducer, RecordMetadata
 from .profile import profile_sc, profile_tls
 
@@ -253,43 +254,53 @@ class AsyncClient:
 
     async def partition_list(self, topic: str | None = None) -> list[dict[str, Any]]:
         """Every partition (of ``topic``): leader, replicas, in-sync set and epoch from the SC;
-        high watermark, log end offset and each follower's lag from its leader. A leader that
-        cannot be reached leaves those None and says why in ``error``."""
+        high watermark, log start and end offsets and each follower's lag from its leader; and
+        in ``replica_logs`` every replica's own log (start, end, bytes on disk, segments, how
+        far the cleaner got) from the SPU that holds it. Every live SPU holding a replica is
+        asked at once, each within :data:`PARTITION_STATUS_TIMEOUT_S`: one that does not answer
+        leaves its replicas unknown (None) with the reason in their ``error``, never hangs the
+        call. A leader that cannot be reached leaves the partition's offsets None and says why
+        in ``error``."""
         parts = _of_topic(await self.admin.list_objects("partition"), topic)
         spus, alive = _spus(await self.admin.list_objects("spu"))
-        by_leader: dict[int, list[str]] = {}
+        held: dict[int, list[str]] = {}
         for p in parts:
-            if p.status.leader is not None:
-                by_leader.setdefault(p.status.leader, []).append(p.spec.name)
-        live: dict[str, dict[str, Any]] = {}
-        errors: dict[int, str] = {}
-        for leader, names in by_leader.items():
-            address = spus.get(leader)
-            try:
-                if address is None:
-                    raise ClusterUnavailableError(f"SPU {leader} is not registered")
-                spu = await self._connect(address)
-                r = await spu.call("partitionStatus", self.timeout_s, partitions=names)
-                self.check(r.result)
-                live.update({d["partition"]: d for d in json.loads(r.statusJson)})
-            except (KolkError, *TRANSPORT_ERRORS) as e:
-                self.drop_connection(address)
-                errors[leader] = str(e).splitlines()[0] if str(e) else type(e).__name__
-        rows = []
-        for p in sorted(parts, key=lambda o: (o.spec.topic, o.spec.partition)):
-            spec, status = p.spec, p.status
-            d = live.get(spec.name, {})
-            followers = d.get("followers", {})
-            lags = [f["lag"] for f in followers.values() if f["lag"] is not None]
-            rows.append({
-                "name": spec.name, "topic": spec.topic, "partition": spec.partition, "leader": status.leader,
-                "epoch": status.epoch, "replicas": list(spec.replicas), "isr": list(status.isr),
-                "high_watermark": d.get("high_watermark"), "log_end_offset": d.get("log_end_offset"),
-                "lag": max(lags) if len(lags) == len(followers) and lags else (0 if d and not followers else None),
-                "followers": followers, "lost": [e.to_dict() for e in status.lost],
-                "error": offline_reason(status, list(spec.replicas), alive) if status.leader is None
-                else errors.get(status.leader) if spec.name not in live else _lost_note(status, alive)})
-        return rows
+            for r in p.spec.replicas:
+                # The live SPUs, and a leader the SC has not yet seen die.
+                if r in alive or r == p.status.leader:
+                    held.setdefault(r, []).append(p.spec.name)
+        gate = asyncio.Semaphore(PARTITION_STATUS_SPUS_IN_FLIGHT_MAX)
+        answers = await asyncio.gather(*(self._replica_status(gate, s, spus.get(s), n) for s, n in held.items()))
+        reports = dict(zip(held, answers))
+        return [partition_row(p.spec, p.status, reports, alive)
+                for p in sorted(parts, key=lambda o: (o.spec.topic, o.spec.partition))]
+
+    async def _replica_status(self, gate: asyncio.Semaphore, spu_id: int, address: str | None,
+                              names: list[str]) -> dict[str, dict[str, Any]] | str:
+        """SPU ``spu_id``'s ``partitionStatus`` of ``names`` (partition name -> its entry), or
+        why it could not be had, within PARTITION_STATUS_TIMEOUT_S once ``gate`` lets it ask."""
+        try:
+            if address is None:
+                raise ClusterUnavailableError(f"SPU {spu_id} is not registered")
+            out: dict[str, dict[str, Any]] = {}
+            async with gate, asyncio.timeout(min(PARTITION_STATUS_TIMEOUT_S, self.timeout_s)):
+                conn = await self._connect(address)
+                for i in range(0, len(names), PARTITION_STATUS_MAX):
+                    r = await conn.call("partitionStatus", self.timeout_s,
+                                        partitions=names[i:i + PARTITION_STATUS_MAX])
+                    self.check(r.result)
+                    entries = json.loads(r.statusJson)
+                    if not isinstance(entries, list):
+                        raise ValueError(f"partitionStatus answered {type(entries).__name__}, not a list")
+                    out.update({d["partition"]: d for d in entries if isinstance(d, dict) and "partition" in d})
+            return out
+        except TimeoutError:
+            self.drop_connection(address)
+            return f"SPU {spu_id} did not answer within {min(PARTITION_STATUS_TIMEOUT_S, self.timeout_s):g} s"
+        except (KolkError, *TRANSPORT_ERRORS, ValueError) as e:  # ValueError: an answer that is not JSON
+            self.drop_connection(address)
+            text = str(e).splitlines()[0] if str(e) else type(e).__name__
+            return f"SPU {spu_id}: {text}"
 
     def producer(self, topic: str, **options: Any) -> AsyncProducer:
         return AsyncProducer(self, topic, **options)
@@ -491,12 +502,3 @@ __all__ = ["AsyncClient", "Client", "Consumer", "ConsumerRecord", "Offset", "Pro
 def _of_topic(objs: list[dict[str, Any]], topic: str | None) -> list[_Partition]:
     """The partitions of ``topic`` (of every topic for None) among the SC's partition objects."""
     return [_Partition.of(o) for o in objs if topic is None or o.get("spec", {}).get("topic") == topic]
-
-
-def _lost_note(status: PartitionStatus, alive: set[int]) -> str | None:
-    """A partition that leads but has replicas that lost data: say who, and whether they are
-    catching up (alive) or down."""
-    if not status.lost:
-        return None
-    return "; ".join(f"SPU {e.spu} lost data ({e.reason}), " + ("catching up" if e.spu in alive else "down")
-                     for e in status.lost)

@@ -6,6 +6,13 @@ window of bytes, the SPU pushes whole batches while the window has room, and the
 grants again as it hands records out, so neither side buffers more than the window. When the
 stream breaks (the SPU died, or it no longer leads), the consumer asks the SC for the new
 leader and resumes at the next offset it has not handed out.
+
+An offset the partition does not hold (below its log start: deleted by retention; past its
+log end) is never clamped: the consumer raises :class:`OffsetOutOfRangeError` at once, naming
+the partition, the offset and the range it holds now (core/protocol/offset_range.py). Only a
+start that named no offset (``beginning``, ``end``, ``from_end``, ``timestamp``) moves on to the
+new log start, and only before it handed anything out: retention that ran between the
+consumer's look at the offsets and its stream's open.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ from ..protocol.channel import CallRejected, ConnectionLost, StreamEnded
 from ..protocol.channel_client import ClientConnection, ClientStream
 from ..protocol.errors import (InvalidRequestError, KolkError, OffsetOutOfRangeError, OverloadedError,
                                PartitionOfflineError, TooManyStreamsError)
+from ..protocol.offset_range import out_of_range, readable
 from ..protocol.values import SmartModuleInvocation
 import struct
 from typing import Iterator
@@ -37,6 +45,7 @@ TRANSPORT_ERRORS = (CallRejected, ConnectionLost, StreamEnded, TimeoutError)
 _RECORD_HEAD = struct.Struct("<IBqIi")  # length, attributes, timestamp delta, offset delta, key length
 _I32 = struct.Struct("<i")
 BATCH_BYTES_MAX = 64 << 20
+RESTARTS_AT_LOG_START_MAX = 3  # a start that named no offset follows a moving log start this often
 
 
 @dataclass(frozen=True)
@@ -150,6 +159,9 @@ class _PartitionStream:
         self.c = consumer
         self.partition = partition
         self.offset = offset  # next offset to hand out
+        # Before anything was handed out, a start that named no offset may follow the log start.
+        self.restarts_left = 0 if consumer.start.kind == "absolute" else RESTARTS_AT_LOG_START_MAX
+        self.rechecks_left = RESTARTS_AT_LOG_START_MAX  # reopens when the range looks fine again
         self.high_watermark = -1
         self.accumulators: list[bytes] | None = None  # the chain's aggregate state after the last push
         self.stream: ClientStream | None = None
@@ -199,6 +211,8 @@ class _PartitionStream:
                         raise error_from_struct(e.error) from None  # a SmartModule failed
                     raise transport_error(e, self.address or f"the leader of {self.c.topic}-{self.partition}") from e
                 self.high_watermark = push.highWatermark
+                if push.nextOffset > self.offset:
+                    self.restarts_left = 0  # handed out (or skipped by a SmartModule): no moving on now
                 if len(push.accumulators):
                     self.accumulators = [bytes(a) for a in push.accumulators]
                 data = push.records
@@ -208,6 +222,11 @@ class _PartitionStream:
                 # has read (and this consumer has handed out) everything before next_offset.
                 self.offset = max(self.offset, next_offset)
                 return data, start
+            except OffsetOutOfRangeError as e:
+                self.close()
+                raise_or_restart = await self._out_of_range(e)
+                if raise_or_restart is not None:
+                    raise raise_or_restart from None
             except KolkError as e:
                 # A fair-use refusal (tooManyStreams) or a busy SmartModule pool or budget
                 # (overloaded) is retriable only once other streams close or calm down, which a
@@ -220,6 +239,27 @@ class _PartitionStream:
                     self.c.client.drop_connection(self.address)
                 self.c.client.forget_leaders(self.c.topic)
                 await asyncio.sleep(RETRY_BACKOFF_S)  # backoff before asking for the new leader
+
+    async def _out_of_range(self, e: OffsetOutOfRangeError) -> OffsetOutOfRangeError | None:
+        """The SPU says ``self.offset`` is not in the partition (retention moved the log start
+        past it, or a truncation the end below it): the error naming the range it holds now,
+        or None when this stream may move on to the new log start (and did)."""
+        name = f"{self.c.topic}-{self.partition}"
+        try:
+            start, _hw, leo = await self.c.client.offsets(self.c.topic, self.partition)
+        except KolkError:
+            return e  # the SPU's own words, when the range cannot be learned now
+        step = after_out_of_range(self.offset, start, leo, self.restarts_left > 0)
+        if step == "reopen":
+            # The leader changed between the two answers: ask the one that leads now, a few times.
+            self.rechecks_left -= 1
+            self.c.client.forget_leaders(self.c.topic)
+            return e if self.rechecks_left < 0 else None
+        if step == "restart":
+            self.restarts_left -= 1
+            self.offset = start
+            return None
+        return out_of_range(name, self.offset, start, leo)
 
     async def next_chunk(self) -> list[ConsumerRecord]:
         """Records of the next push (possibly none)."""
@@ -245,6 +285,18 @@ class _PartitionStream:
                 records = [r for r in records if r.offset >= start]
             out.extend(records)
         return out
+
+
+def after_out_of_range(offset: int, log_start_offset: int, log_end_offset: int, may_restart: bool) -> str:
+    """What a partition stream does when the SPU refused ``offset`` as out of range and the
+    partition's range is now ``[log_start_offset, log_end_offset]``: ``"reopen"`` (it is in
+    range after all: the leader changed), ``"restart"`` at the log start (below it, and the
+    start named no offset and nothing was handed out yet), or ``"raise"``. Pure."""
+    if readable(offset, log_start_offset, log_end_offset):
+        return "reopen"
+    if offset < log_start_offset and may_restart:
+        return "restart"
+    return "raise"
 
 
 def normalize_chain(chain: Any) -> list[SmartModuleInvocation]:
@@ -325,10 +377,11 @@ class AsyncConsumer:
             elif s.kind == "end":
                 offset = hw
             elif s.kind == "absolute":
-                if s.value > leo:
-                    raise OffsetOutOfRangeError(f"offset {s.value} is past the end of {self.topic}-{p}, which holds "
-                                                f"offsets {start} to {leo - 1} (next offset {leo})")
-                offset = max(s.value, start)
+                # Never clamped: below the log start the records are gone, past the end they
+                # do not exist yet. At the log end the consumer waits for the next record.
+                if not readable(s.value, start, leo):
+                    raise out_of_range(f"{self.topic}-{p}", s.value, start, leo)
+                offset = s.value
             elif s.kind == "from_end":
                 offset = max(start, hw - s.value)
             else:

@@ -75,9 +75,16 @@ class InvalidBatchError(InvalidRequestError):
 
 
 class OffsetOutOfRangeError(InvalidRequestError):
-    """The offset is outside what the partition holds (deleted by retention, or not written yet)."""
+    """The offset is outside what the partition holds (deleted by retention, or not written yet).
+
+    Raised by the consumer (core/protocol/offset_range.py) it also says where the partition's
+    records are now: ``offset`` asked, ``log_start_offset`` and ``log_end_offset`` (None when
+    unknown, as in an SPU's own answer)."""
 
     code = "offsetOutOfRange"
+    offset: int | None = None
+    log_start_offset: int | None = None
+    log_end_offset: int | None = None
 
 
 class CorruptDataError(KolkError):

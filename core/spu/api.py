@@ -41,6 +41,8 @@ from ..segments.errors import InvalidBatchError, StorageError
 from ..segments.producer_state import ProducerStateError, sequence_count
 from ..smartmodule.chain import Chain, ChainError
 from .errors import producer_error, storage_error
+from ..protocol.offset_range import out_of_range_message
+from .produce_rules import needs_work, prepare, size_refusal
 from .replication_api import ReplicationCalls
 from .smartmodules import invocations_from_wire, run_chain
 from .stream import StreamFeed
@@ -52,6 +54,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("kolk.spu")
 
 PRODUCE_CHAINS_MAX = 16  # produce-side chains kept per connection
+PREPARE_INLINE_BYTES_MAX = 64 << 10  # topic rules on a request up to this size run on the loop, larger in a thread
 
 E = TypeVar("E", bound=enum.IntEnum)
 
@@ -111,6 +114,9 @@ class SpuHandler(ReplicationCalls):
         # Produce-side chains of this connection: an aggregate carries on across its requests.
         # A chain runs one request at a time (its lock), in the order the requests came.
         self._chains: dict[str, _ProduceChain] = {}
+        # Per partition, the last produce of this connection whose topic rules run off the loop:
+        # done once it has appended, so the next one appends after it (the log keeps their order).
+        self._in_order: dict[str, asyncio.Future[None]] = {}
 
     def connection_closed(self) -> None:
         """The connection went away: its produce-side chains go with it, their memory at once."""
@@ -191,11 +197,56 @@ class SpuHandler(ReplicationCalls):
                 set_error(result, "notLeader", f"{replica.name}: leadership changed while the SmartModule chain ran "
                           f"(epoch {epoch} is over); nothing was written, retry at the leader", None, True)
                 return
-        await self._append(out, replica, records, acks, epoch, timeout)
+        tc = self.s.lifecycle.topic_config(replica)
+        refusal = size_refusal(records, tc, req.topic)
+        if refusal is not None:
+            set_error(result, "tooLarge", refusal)
+            return
+        if not needs_work(records, tc):
+            await self._append(out, replica, records, acks, epoch, timeout)
+            return
+        # The topic's rules (keys in a compacted topic, its codec) may decode or recompress.
+        loop = asyncio.get_running_loop()
+        before = self._in_order.get(replica.name)
+        mine: asyncio.Future[None] = loop.create_future()
+        self._in_order[replica.name] = mine
+        try:
+            try:
+                if len(records) <= PREPARE_INLINE_BYTES_MAX:
+                    records = prepare(records, tc, req.topic)
+                else:
+                    records = await asyncio.to_thread(prepare, records, tc, req.topic)
+            except InvalidBatchError as e:
+                set_error(result, ErrorCode.INVALID_BATCH.value, str(e))
+                return
+            if before is not None:
+                await asyncio.shield(before)  # the previous request of this connection appends first
+            led = self.s.led_replica(replica.name, result, req.topic)
+            if led is None:
+                return
+            if led is not replica or replica.epoch != epoch:
+                set_error(result, "notLeader", f"{replica.name}: leadership changed while the records were "
+                          f"prepared (epoch {epoch} is over); nothing was written, retry at the leader", None, True)
+                return
+            await self._append(out, replica, records, acks, epoch, timeout, appended=mine)
+        finally:
+            if not mine.done():
+                mine.set_result(None)
+            if self._in_order.get(replica.name) is mine:
+                del self._in_order[replica.name]
 
     async def _append(self, out: Any, replica: "Replica", records: bytes, acks: Acks, epoch: int,
-                      timeout: float) -> None:
-        """Append (or recognise a duplicate idempotent batch) and answer as ``acks`` asks."""
+                      timeout: float, appended: "asyncio.Future[None] | None" = None) -> None:
+        """Append (or recognise a duplicate idempotent batch) and answer as ``acks`` asks;
+        ``appended`` is resolved once the append (or its refusal) is done, before the wait."""
+        try:
+            await self._append_and_wait(out, replica, records, acks, epoch, timeout, appended)
+        finally:
+            if appended is not None and not appended.done():
+                appended.set_result(None)
+
+    async def _append_and_wait(self, out: Any, replica: "Replica", records: bytes, acks: Acks, epoch: int,
+                               timeout: float, appended: "asyncio.Future[None] | None") -> None:
         idempotent: BatchHeader | None = None
         try:
             if _is_idempotent(records):
@@ -205,6 +256,8 @@ class SpuHandler(ReplicationCalls):
                                             f"this one has {len(records)} bytes for a batch of {h.size}")
                 verdict = replica.producers.check(h.producer_id, h.producer_epoch, h.base_sequence, sequence_count(h))
                 if verdict.kind == "duplicate":
+                    if appended is not None:
+                        appended.set_result(None)
                     if await self._await_acks(out.result, replica, acks, verdict.last_offset + 1, epoch, timeout):
                         out.baseOffset, out.lastOffset = verdict.base_offset, verdict.last_offset
                         out.duplicate = True
@@ -219,6 +272,9 @@ class SpuHandler(ReplicationCalls):
         except ProducerStateError as e:
             producer_error(out.result, e)
             return
+        if appended is not None:
+            appended.set_result(None)
+        self.s.lifecycle.after_append(replica)
         if idempotent is not None:
             replica.producers.record(idempotent.producer_id, idempotent.producer_epoch, idempotent.base_sequence,
                                      sequence_count(idempotent), info.base_offset, info.last_offset)
@@ -340,7 +396,7 @@ class SpuHandler(ReplicationCalls):
             res = lg.read(int(req.offset), max_bytes, upto)
         except StorageError as e:
             self.s.disk.on_error(replica, e)
-            storage_error(out.result, e)
+            storage_error(out.result, e, partition=replica.name)
             return
         next_offset = res.next_offset
         try:
@@ -400,7 +456,7 @@ class SpuHandler(ReplicationCalls):
         offset = int(req.offset)
         if not lg.log_start_offset <= offset <= lg.log_end_offset:
             set_error(out.result, "offsetOutOfRange",
-                      f"offset {offset} is outside [{lg.log_start_offset}, {lg.log_end_offset}] of {replica.name}")
+                      out_of_range_message(replica.name, offset, lg.log_start_offset, lg.log_end_offset))
             return None
         if s.streams >= s.config.streams_max:
             set_error(out.result, "limitExceeded", f"SPU {s.config.spu_id} already serves {s.streams} streams",

@@ -26,11 +26,13 @@ from ..segments.producer_state import (
     ProducerFencedError,
     ProducerStateError,
 )
+from ..protocol.offset_range import out_of_range_message
 from ..protocol.wire import set_error
 
 
-def storage_failure(e: StorageError) -> tuple[str, str, bool]:
-    """``(code, message, retriable)`` for a storage error."""
+def storage_failure(e: StorageError, partition: str | None = None) -> tuple[str, str, bool]:
+    """``(code, message, retriable)`` for a storage error (of ``partition``, when given: an
+    offset out of range is then worded as clients word it, core/protocol/offset_range.py)."""
     if isinstance(e, LogFailedError):
         # The disk failed under the replica: it is fenced and leadership moves (core/spu/disk_faults.py).
         return "notLeader", f"{e}; leadership is moving to an intact in-sync replica", True
@@ -42,6 +44,9 @@ def storage_failure(e: StorageError) -> tuple[str, str, bool]:
     if isinstance(e, InvalidBatchError):
         return "invalidBatch", str(e), False
     if isinstance(e, OffsetOutOfRangeError):
+        if partition is not None:
+            return "offsetOutOfRange", out_of_range_message(partition, e.offset, e.log_start_offset,
+                                                            e.log_end_offset), False
         return "offsetOutOfRange", str(e), False
     if isinstance(e, CorruptBatchError):
         return "corruptBatch", str(e), False
@@ -50,11 +55,11 @@ def storage_failure(e: StorageError) -> tuple[str, str, bool]:
     return "storage", str(e), False
 
 
-def storage_error(result: Any, e: StorageError, write: bool = False) -> None:
+def storage_error(result: Any, e: StorageError, write: bool = False, partition: str | None = None) -> None:
     """Fill ``result`` with a storage error. For a write (``write``) that met a failed or
     closed log the append may or may not have reached the disk and the other replicas: the
     outcome is unknown, and an idempotent retry at the new leader settles it."""
-    code, message, retriable = storage_failure(e)
+    code, message, retriable = storage_failure(e, partition)
     unknown = write and isinstance(e, (LogFailedError, TruncatedBeforeDurableError, LogClosedError))
     set_error(result, code, message, None, retriable, outcome_unknown=unknown)
 

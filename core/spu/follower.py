@@ -237,6 +237,11 @@ async def _fetch_once(conn: ClientConnection, server: "SpuServer", replica: "Rep
             return
         raise FetchFailed(code, r.result.error.message)
     data = r.records
+    if not data and offset < int(r.logEndOffset) and lg.log_end_offset == offset:
+        # The leader holds no record in [offset, its log end): its cleaner removed them (a
+        # read there returns the next batch, and there is none). Our log end jumps there.
+        lg.skip_to(int(r.logEndOffset))
+        server.lifecycle.after_append(replica)
     if data:
         if lg.log_end_offset != offset:
             return  # truncated while the fetch was in flight; fetch again from the new end
@@ -246,6 +251,13 @@ async def _fetch_once(conn: ClientConnection, server: "SpuServer", replica: "Rep
             raise FetchFailed("diverged", str(e)) from None  # find the divergence again
         for _, h in iter_batches(data, lg.config.batch_bytes_max):
             replica.producers.record_header(h)
+        server.lifecycle.after_append(replica)
         await replica.group.wait_durable(info.next_offset)
+    leader_start = int(r.logStartOffset)
+    if leader_start > lg.log_start_offset:
+        # The leader's retention moved its log start: ours follows, so no replica serves
+        # below what consumers see, and one that leads later starts there too.
+        if lg.advance_log_start(leader_start):
+            log.info("%s: the leader's log starts at %d; ours does too now", replica.name, lg.log_start_offset)
     server.step(replica, LeaderHighWatermark(int(r.highWatermark), lg.log_end_offset))  # capped by our end
     replica.wake()

@@ -9,6 +9,7 @@ from ..node.secret import SECRET_ENV, SecretError, cluster_secret
 from ..node.serve import add_tls_arguments, serve_until_signalled, tls_from_args
 from ..protocol.errors import KolkError
 from ..smartmodule.limits import Limits
+from .lifecycle import LifecycleConfig
 from .server import SpuConfig, SpuServer
 from .smartmodules import SmartModuleConfig
 
@@ -39,8 +40,30 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"fuel (about one per wasm instruction) per SmartModule call (default {d.limits.fuel_per_call})")
     p.add_argument("--smartmodule-wall-clock-ms", type=int, default=d.limits.wall_clock_ms, metavar="MS",
                    help=f"wall-clock limit per SmartModule call (default {d.limits.wall_clock_ms})")
+    lc = LifecycleConfig()
+    p.add_argument("--retention-interval-ms", type=int, default=lc.retention_interval_ms, metavar="MS",
+                   help=f"how often retention checks every replica (also soon after a segment rolls; "
+                        f"default {lc.retention_interval_ms})")
+    p.add_argument("--cleaner-interval-ms", type=int, default=lc.cleaner_interval_ms, metavar="MS",
+                   help=f"how often the cleaner looks for compacted topics' replicas to clean and erasures to "
+                        f"carry out (default {lc.cleaner_interval_ms})")
+    p.add_argument("--cleaner-bytes-per-s", type=int, default=lc.cleaner_bytes_per_s, metavar="N",
+                   help=f"the most segment bytes the cleaner reads a second (default {lc.cleaner_bytes_per_s})")
+    p.add_argument("--cleaner-key-map-mib", type=int, default=lc.cleaner_key_map_bytes >> 20, metavar="MiB",
+                   help=f"memory for the cleaner's key map; more keys are cleaned in several passes "
+                        f"(default {lc.cleaner_key_map_bytes >> 20})")
     add_tls_arguments(p, "the SPU")
     p.add_argument("--log-level", default="INFO")
+
+
+def lifecycle_config(args: argparse.Namespace) -> LifecycleConfig:
+    """The retention and cleaner flags; ValueError naming the flag when one is out of range."""
+    if not 1 <= args.cleaner_key_map_mib <= 16384:
+        raise ValueError(f"--cleaner-key-map-mib must be from 1 to 16384, got {args.cleaner_key_map_mib}")
+    return LifecycleConfig(retention_interval_ms=args.retention_interval_ms,
+                           cleaner_interval_ms=args.cleaner_interval_ms,
+                           cleaner_bytes_per_s=args.cleaner_bytes_per_s,
+                           cleaner_key_map_bytes=args.cleaner_key_map_mib << 20)
 
 
 def smartmodule_config(args: argparse.Namespace) -> SmartModuleConfig:
@@ -72,7 +95,7 @@ def run_spu(args: argparse.Namespace) -> int:
                            replica_lag_max_ms=args.replica_lag_max_ms,
                            replica_fetch_wait_ms=args.replica_fetch_wait_ms,
                            heartbeat_interval_ms=args.heartbeat_interval_ms, tls=tls, secret=secret,
-                           smartmodules=smartmodule_config(args),
+                           smartmodules=smartmodule_config(args), lifecycle=lifecycle_config(args),
                            unsafe_acks_for_tests=os.environ.get("KOLK_TEST_UNSAFE_ACKS") == "1")
     except ValueError as e:
         raise SystemExit(f"kolk spu: {e}") from None

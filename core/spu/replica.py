@@ -36,6 +36,7 @@ class Replica:
                                   truncate_acknowledged_for_tests=truncate_acknowledged_for_tests)
         self.isr_request: asyncio.Task[Any] | None = None  # the in-sync request the state has in flight
         self.follower_task: asyncio.Task[Any] | None = None
+        self.incarnation = 0  # the partition's spec.incarnation this log was made for
 
     def wake(self) -> None:
         self.changed.set()
@@ -89,13 +90,18 @@ class Replica:
         return self.state.effective_isr()
 
     def status_json(self, now_ms: int) -> dict[str, Any]:
+        """What ``partitionStatus`` says of this replica (docs/protocol.md)."""
         lg = self.log
         followers = {}
         for r, p in sorted(self.progress.items()):
             followers[str(r)] = {
                 "leo": p.leo, "lag": None if p.leo is None else lg.log_end_offset - p.leo,
                 "last_fetch_ms_ago": None if p.last_fetch_ms is None else now_ms - p.last_fetch_ms}
-        return {"partition": self.name, "leader": self.leader, "epoch": self.epoch, "isr": self.isr,
-                "high_watermark": lg.high_watermark, "log_end_offset": lg.log_end_offset,
-                "log_start_offset": lg.log_start_offset, "fenced": self.fenced, "failure": self.failure,
-                "followers": followers}
+        role = "leader" if self.is_leader else "follower" if self.leader is not None else "none"
+        closed = lg.closed or lg.failure is not None
+        return {"partition": self.name, "spu": self.spu_id, "role": role, "leader": self.leader,
+                "epoch": self.epoch, "isr": self.isr,
+                "high_watermark": lg.high_watermark, "log_end_offset": None if closed else lg.log_end_offset,
+                "log_start_offset": lg.log_start_offset, "size_bytes": None if closed else lg.size_bytes,
+                "segments": None if closed else lg.segment_count, "cleaned_offset": lg.cleaned_offset,
+                "fenced": self.fenced, "failure": self.failure, "followers": followers if self.is_leader else {}}

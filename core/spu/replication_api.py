@@ -109,7 +109,8 @@ class ReplicationCalls(NodeAuthCalls):
         out.result.ok = True
 
     async def partitionStatus(self, req: Any, out: Any) -> None:  # noqa: N802 - the wire name
-        """Offsets and follower progress of the asked partitions this SPU leads, as JSON."""
+        """Offsets, bytes on disk and (as leader) follower progress of every asked partition
+        this SPU holds a replica of, as JSON."""
         if not self.peer.node:
             try:
                 self.s.authz.check(self.peer, "describe", "cluster")  # audited when denied
@@ -118,7 +119,7 @@ class ReplicationCalls(NodeAuthCalls):
                 return
         now = now_ms()
         led = (self.s.replicas.get(name) for name in req.partitions)
-        out.statusJson = json.dumps([rep.status_json(now) for rep in led if rep is not None and rep.is_leader])
+        out.statusJson = json.dumps([rep.status_json(now) for rep in led if rep is not None])
         out.result.ok = True
 
     async def identify(self, req: Any, out: Any) -> None:

@@ -24,7 +24,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..client.admin import AdminClient, watch
-from ..metadata.apply import min_in_sync
 from ..metadata.controllers import offline_reason
 from ..node.audit import AuditLog
 from ..node.authz import Authorizer
@@ -43,6 +42,7 @@ from ..transport import SPU, serve
 from .api import SpuHandler
 from .disk_faults import DiskFaults
 from .follower import PeerPool, follow
+from .lifecycle import Lifecycle, LifecycleConfig, open_replica_log
 from .private_address import private_address_problem
 from .replica import Replica
 from .replica_state import (AdvanceHighWatermark, Durable, Effect, Event, Fence, IsrChangeAnswered, IsrOutcome,
@@ -106,6 +106,8 @@ class SpuConfig:
     ready_file: str | None = None
     # SmartModules: worker threads, memory budget, per-call limits (core/spu/smartmodules.py).
     smartmodules: SmartModuleConfig = field(default_factory=SmartModuleConfig)
+    # Retention and the cleaner (core/spu/lifecycle.py).
+    lifecycle: LifecycleConfig = field(default_factory=LifecycleConfig)
 
     @property
     def credential(self) -> NodeCredential | None:
@@ -158,6 +160,7 @@ class SpuServer:
         self.address = config.public_address
         self.metadata_ready = asyncio.Event()
         self.disk = DiskFaults(self)
+        self.lifecycle = Lifecycle(self, config.lifecycle)
         # The metadata version that holds this SPU's registration: roles from an older version
         # (a lagging SC's) are not acted on, since they may predate a lost storage's fencing.
         self.registered_version: int | None = None
@@ -195,6 +198,7 @@ class SpuServer:
         self._tasks.append(asyncio.ensure_future(self._watch_loop()))
         self._tasks.append(asyncio.ensure_future(self._heartbeat_loop()))
         self._tasks.append(asyncio.ensure_future(self._isr_loop()))
+        self._tasks.extend(self.lifecycle.start())
         await asyncio.wait_for(self.metadata_ready.wait(), 30)
         if self.config.ready_file:
             tmp = self.config.ready_file + ".tmp"
@@ -245,6 +249,7 @@ class SpuServer:
         for t in self._tasks:
             t.cancel()
         self.disk.stop()
+        self.lifecycle.stop()
         for replica in self.replicas.values():
             self.stop_following(replica)
         self.peers.close()
@@ -337,6 +342,10 @@ class SpuServer:
                     self.topics.pop(e["name"], None)
                 else:
                     self.topics[e["name"]] = e["object"]
+            elif e["kind"] == "config" and e["name"] == "topic-defaults":
+                self.lifecycle.on_defaults(None if e["deleted"] else e["object"])
+            elif e["kind"] == "erasure":
+                self.lifecycle.on_erasure(e["name"], None if e["deleted"] else e["object"])
         changed = []
         for e in events:
             if e["kind"] == "partition":
@@ -364,6 +373,8 @@ class SpuServer:
                     self._update_replica(name, obj)
             except Exception:  # noqa: BLE001 - one partition's failure must not stop the metadata
                 log.exception("%s: applying the metadata failed; the replica is left as it was", name)
+        for topic in {e["name"] for e in events if e["kind"] == "topic" and not e["deleted"]}:
+            self.lifecycle.on_topic_changed(topic)
         self.metadata_version = version
         self.metadata_ready.set()
 
@@ -373,10 +384,16 @@ class SpuServer:
             self._drop_replica(name)
             return
         replica = self.replicas.get(name)
+        incarnation = int(obj["spec"].get("incarnation", 0))
+        if replica is not None and replica.incarnation != incarnation:
+            # Deleted and created again in one metadata push: the old log goes.
+            self._drop_replica(name)
+            replica = None
         if replica is None:
-            replica = self._new_replica(name)
+            replica = self._new_replica(name, incarnation)
             self.replicas[name] = replica
         replica.meta = obj
+        self.lifecycle.apply(replica)
         status, lg = obj.get("status", {}), replica.log
         # Leading starts, following starts or stops, the mark moves if the set shrank (a
         # replica fenced by its disk takes no role until rebuilt, core/spu/disk_faults.py).
@@ -386,9 +403,11 @@ class SpuServer:
             status.get("last_unclean_epoch")))
         replica.wake()
 
-    def _new_replica(self, name: str) -> Replica:
-        return Replica(name, self.store.open_log(name, LogConfig()), self.config.spu_id, self.config.replica_lag_max_ms,
-                       self.config.ignore_storage_id_for_tests)
+    def _new_replica(self, name: str, incarnation: int) -> Replica:
+        replica = Replica(name, open_replica_log(self.store, name, incarnation, LogConfig()), self.config.spu_id,
+                          self.config.replica_lag_max_ms, self.config.ignore_storage_id_for_tests)
+        replica.incarnation = incarnation
+        return replica
 
     def step(self, replica: Replica, event: Event) -> list[Effect]:
         """Feed ``event`` to the replica's state machine and carry out what it decides here:
@@ -424,6 +443,7 @@ class SpuServer:
         """This SPU holds no replica of ``name`` (any more): stop it and delete its log, also
         one left on disk from before a restart."""
         replica = self.replicas.pop(name, None)
+        self.lifecycle.forget(name)
         if replica is not None:
             self.stop_following(replica)
             replica.wake()
@@ -494,7 +514,7 @@ class SpuServer:
             self.store.close_log(name)
         else:
             self.store.delete_log(name)
-        replica = self._new_replica(name)
+        replica = self._new_replica(name, failed.incarnation)
         self.replicas[name] = replica
         failed.wake()
         meta = self.partitions.get(name)
@@ -558,7 +578,6 @@ class SpuServer:
             log.exception("%s: applying the in-sync answer failed", replica.name)
 
     def min_in_sync(self, replica: Replica) -> int:
-        """The topic's min_in_sync, read when needed (topic and partition events may arrive in
-        separate pushes)."""
-        topic = self.topics.get(replica.meta.get("spec", {}).get("topic", ""))
-        return min_in_sync(topic["spec"].get("config", {}) if topic else {}, len(replica.replicas))
+        """The topic's effective min_in_sync (its own, the cluster default, else a majority),
+        read when needed (topic and partition events may arrive in separate pushes)."""
+        return self.lifecycle.topic_config(replica).min_in_sync

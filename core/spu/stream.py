@@ -105,7 +105,7 @@ class StreamFeed:
         except StorageError as e:
             self.s.disk.on_error(self.replica, e)
             log.warning("stream on %s ended: %s", self.replica.name, e)
-            code, message, _retriable = storage_failure(e)
+            code, message, _retriable = storage_failure(e, self.replica.name)
             return code, message
         except KolkError as e:  # the SmartModule pool is overloaded
             log.info("stream on %s ended: %s", self.replica.name, e)
@@ -139,6 +139,12 @@ class StreamFeed:
         push_max = min(room, self.s.config.stream_push_bytes_max)
         res = lg.read(self.offset, min(push_max, MASK_BYTES_PER_RESPONSE_MAX) if masks else push_max, upto)
         if not res.data:
+            if res.next_offset > self.offset:
+                # [offset, next_offset) holds no record (the cleaner removed them): the consumer
+                # learns where to go on, as from a push of records.
+                await stream.push(self._push(b"", res.high_watermark, res.next_offset))
+                self.offset = res.next_offset
+                return
             await self._idle(changed)
             return
         shared = stream.shared_room()
