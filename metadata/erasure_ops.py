@@ -87,6 +87,7 @@ def erasure_done(state: State, cmd: Mapping[str, Any]) -> Applied:
     name = get_field(cmd, "name", str)
     spu = get_field(cmd, "spu", int)
     found = get_field(cmd, "found", bool, optional=True) or False
+    note = get_field(cmd, "note", str, optional=True)
     try:
         check_spu_id(spu, "spu")
     except SpecError as e:
@@ -105,6 +106,10 @@ def erasure_done(state: State, cmd: Mapping[str, Any]) -> Applied:
     status: dict[str, Any] = {**erasure.status, "done": done,
                               "found": bool(erasure.status.get("found")) or found}
     completed = set(replicas) <= set(done)
+    if note:
+        # The leader found no tombstone of the key at the offset: nothing can be erased as asked.
+        status["note"] = note[:500]
+        completed = True
     if completed:
         status.update(state="done", completed_ms=ts)
     edit = Edit(state)
@@ -133,3 +138,19 @@ def end_erasures_of_topic(edit: Edit, state: State, topic: str) -> list[MetaObje
             if e.status.get("state") == "pending":
                 ended.append(e)
     return sorted(ended, key=lambda o: o.name)
+
+
+def reopen_erasures(edit: Edit, state: State, lost: Mapping[str, set[int]]) -> None:
+    """Replicas that lost their data (``lost``: partition name -> SPU ids) start again from a
+    copy, which may predate an erasure: each pending erasure of their partition counts them as
+    not done any more, so they erase their new copy too before it can complete."""
+    if not lost:
+        return
+    for e in state.all(ERASURE):
+        if e.status.get("state") == "done":
+            continue
+        gone = lost.get(partition_name(e.spec["topic"], e.spec["partition"]))
+        done = list(e.status.get("done", []))
+        if gone and any(s in gone for s in done):
+            current = edit.get(ERASURE, e.name) or e
+            edit.put(ERASURE, e.name, current.spec, {**current.status, "done": [s for s in done if s not in gone]})

@@ -106,6 +106,9 @@ def register_effects(edit: Edit, state: State, spu_id: int, storage_lost: str | 
     leads moves to a new epoch: it restarted and may have lost what it had not fsynced, so its
     followers truncate against what it really has (as a Kafka broker epoch would).
     """
+    from .erasure_ops import reopen_erasures  # erasures build on partitions, not the other way
+
+    gone: dict[str, set[int]] = {}
     for p in sorted(state.all(PARTITION), key=lambda o: o.name):
         if spu_id not in p.spec["replicas"]:
             continue
@@ -113,8 +116,10 @@ def register_effects(edit: Edit, state: State, spu_id: int, storage_lost: str | 
         reason = storage_lost or lost.get(p.name)
         if reason is not None:
             lose_replica(edit, p, spu_id, reason, ts)
+            gone[p.name] = {spu_id}
         elif status.leader == spu_id:
             edit.put(PARTITION, p.name, p.spec, dataclasses.replace(status, epoch=status.epoch + 1).to_dict())
+    reopen_erasures(edit, state, gone)
 
 
 def fence_replica(state: State, cmd: Mapping[str, Any]) -> Applied:
@@ -132,8 +137,11 @@ def fence_replica(state: State, cmd: Mapping[str, Any]) -> Applied:
                                      f"(replicas {list(spec.replicas)})")
     if epoch is not None and epoch != status.epoch:
         raise fail(STALE_EPOCH, f"partition {p.name} is at epoch {status.epoch}, the report is about {epoch}")
+    from .erasure_ops import reopen_erasures
+
     edit = Edit(state)
     lose_replica(edit, p, spu_id, reason, ts, bool(get_field(cmd, "keep_last", bool, optional=True)))
+    reopen_erasures(edit, state, {p.name: {spu_id}})
     return edit.finish(ts, {"partition": p.name, "spu": spu_id})
 
 

@@ -120,6 +120,8 @@ def index_error(path: str, what: str, e: Exception) -> OSError:
     return OSError(errno.EIO, f"index {path}: {what} failed: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
 
 
+INDEX_OPEN_FILES_MAX = 256  # SST files RocksDB keeps open at once (its table cache)
+
 class IndexDb:
     """One RocksDB per data directory, with a column family per purpose."""
 
@@ -127,6 +129,9 @@ class IndexDb:
         opts = Options(raw_mode=True)
         opts.create_if_missing(True)
         opts.create_missing_column_families(True)
+        # Every roll flushes (below), leaving SST files; RocksDB would keep each one open.
+        # Its table cache is bounded instead, so the index's open files do not grow with them.
+        opts.set_max_open_files(INDEX_OPEN_FILES_MAX)
         self.path = path
         self._db = Rdict(path, opts, column_families={cf: Options(raw_mode=True) for cf in COLUMN_FAMILIES})
         # No write-ahead log: the index is a view of the segment files. A crash loses the

@@ -22,10 +22,11 @@ SMALL_SEGMENTS = {"segment_bytes": "4096", "max_message_bytes": "4096"}
 CLI_TIMEOUT_S = 60
 
 
-def kolk(c: DataPlaneCluster, *args: str) -> subprocess.CompletedProcess:
+def kolk(c: DataPlaneCluster, *args: str, input: str | None = None) -> subprocess.CompletedProcess:
     """Run the CLI against the cluster's SC (stdout and stderr captured as text)."""
     return subprocess.run([sys.executable, "-m", "kolk", *args, "--sc", ",".join(c.sc_addresses)],
-                          capture_output=True, text=True, timeout=CLI_TIMEOUT_S)
+                          capture_output=True, text=True, timeout=CLI_TIMEOUT_S, input=input,
+                          stdin=None if input is not None else subprocess.DEVNULL)
 
 
 def lifecycle_cluster(tmp_path: Any, spus: int = 3, **kw: Any) -> DataPlaneCluster:

@@ -196,3 +196,32 @@ def test_an_erasure_says_whether_any_replica_found_a_record_of_the_key() -> None
     assert s.get("erasure", "users-1@41").status["found"] is True
     bad = apply(s, {"op": "erasure_done", "name": "users-1@41", "spu": 2, "found": "yes", "ts": 24})
     assert not bad.outcome.ok and "found" in bad.outcome.message
+
+
+def test_a_replica_that_loses_its_data_must_erase_its_new_copy_again() -> None:
+    """SPU 3 did its part, then came back with another storage id (an empty disk it fills from
+    the leader, which may not have erased yet): it is not done any more. A disk fault reported
+    for SPU 2 does the same. Done erasures and other partitions' are left alone."""
+    s = _erase(_cluster()).state
+    for spu in (2, 3):
+        s = _done(s, spu).state
+    s = apply(s, {"op": "register_spu", "id": 3, "rack": None, "public_address": "h:3", "private_address": "h:3",
+                  "storage_id": "f" * 32, "ts": 30}).state
+    s = apply(s, {"op": "register_spu", "id": 3, "rack": None, "public_address": "h:3", "private_address": "h:3",
+                  "storage_id": "e" * 32, "ts": 31}).state
+    assert s.get("erasure", "users-1@41").status["done"] == [2]
+    s = apply(s, {"op": "fence_replica", "partition": "users-1", "id": 2, "reason": "disk", "ts": 32}).state
+    assert s.get("erasure", "users-1@41").status["done"] == []
+    for spu in (2, 3, 4):
+        s = _done(s, spu, ts=40 + spu).state
+    assert s.get("erasure", "users-1@41").status["state"] == "done"
+    s = apply(s, {"op": "fence_replica", "partition": "users-1", "id": 4, "reason": "disk", "ts": 50}).state
+    assert s.get("erasure", "users-1@41").status["done"] == [2, 3, 4]  # a done erasure stays done
+
+
+def test_the_leader_ends_an_erasure_whose_offset_holds_no_tombstone_of_the_key() -> None:
+    s = _erase(_cluster()).state
+    a = apply(s, {"op": "erasure_done", "name": "users-1@41", "spu": 2, "found": False,
+                  "note": "offset 41 is past the log end 5 of users-1: no tombstone there, nothing erased", "ts": 21})
+    status = a.state.get("erasure", "users-1@41").status
+    assert a.outcome.ok and status["state"] == "done" and "past the log end" in status["note"]

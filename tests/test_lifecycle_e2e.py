@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import os
 import signal
 import time
@@ -21,7 +20,8 @@ from dataplane_cluster import DataPlaneCluster, read_all, wait_until
 from kolk.client.client import AsyncClient
 from kolk.client.consumer import Offset
 from kolk.protocol.errors import KolkError, OffsetOutOfRangeError
-from lifecycle_cluster import (SMALL_SEGMENTS, bytes_on_disk, lifecycle_cluster, newest_per_key, replica_dir,
+from kolk.segments import build_batch
+from lifecycle_cluster import (SMALL_SEGMENTS, bytes_on_disk, kolk, lifecycle_cluster, newest_per_key, replica_dir,
                                replica_records, segment_files)
 from test_replication import run_on, wait_in_sync
 
@@ -111,6 +111,15 @@ def test_retention_by_time_deletes_old_segments_on_every_replica(tmp_path: Any) 
                     v for _k, v in values(30, prefix=b"new")}
             start, _hw, leo = await client.offsets(TOPIC, 0)
             assert 150 < start <= now[0] and leo == 230
+            # An idle topic whose records are all past retention_ms: the active segment is sealed
+            # and deleted too (no new record needed), on every replica.
+            await client.create_topic("idle", 1, 3, config={**SMALL_SEGMENTS, "retention_ms": "60000"})
+            await wait_in_sync(client, "idle-0")
+            await produce(client, "idle", values(50, prefix=b"old"), timestamp=hour_ago)
+            for i in c.spus:
+                await wait_until(lambda i=i: not replica_records(c, i, "idle-0"), 30,
+                                 lambda i=i: f"SPU {i} to delete every hour-old record of idle-0")
+            assert (await client.offsets("idle", 0))[0] == 50
 
     run_on(c, body)
 
@@ -273,10 +282,10 @@ def test_erase_removes_every_record_of_the_key_from_every_replica_and_is_audited
                        for i in range(120)]
             await produce(client, TOPIC, records)
             assert any(k == subject for i in c.spus for _o, k, _v in replica_records(c, i, P0))
-            erasure = await asyncio.wait_for(client.admin.erase_key(TOPIC, subject, timeout_s=60), 90)
+            [erasure] = await asyncio.wait_for(client.admin.erase_key(TOPIC, subject, timeout_s=60), 90)
             assert erasure.state == "done" and sorted(erasure.done) == [1, 2, 3]
             assert erasure.found  # the replicas held records of the key besides the tombstone
-            nobody = await asyncio.wait_for(client.admin.erase_key(TOPIC, b"never-written", timeout_s=60), 90)
+            [nobody] = await asyncio.wait_for(client.admin.erase_key(TOPIC, b"never-written", timeout_s=60), 90)
             assert nobody.state == "done" and not nobody.found  # completes, and says there was nothing
             for i in c.spus:
                 for path in segment_files(c, i, P0):
@@ -341,7 +350,7 @@ def test_an_erasure_waits_for_a_replica_that_was_down_which_then_catches_up_past
             c.kill_spu(3, signal.SIGTERM)
             await wait_until(lambda: wait_isr_without(client, 3), 30, "SPU 3 to leave the in-sync set")
             await produce(client, TOPIC, [(subject, b"secret %d" % i + b"." * 50) for i in range(30)])
-            erasure = await client.admin.erase_key(TOPIC, subject, wait=False)
+            [erasure] = await client.admin.erase_key(TOPIC, subject, wait=False)
             await wait_until(lambda: status_done(client, erasure.name, {1, 2}), 60,
                              "SPUs 1 and 2 to finish their part")
             assert (await client.admin.erasure_status(erasure.name)).state == "pending"
@@ -365,3 +374,29 @@ async def wait_isr_without(client: AsyncClient, spu: int) -> bool:
 
 async def status_done(client: AsyncClient, name: str, spus: set[int]) -> bool:
     return set((await client.admin.erasure_status(name)).done) >= spus
+
+
+def test_kolk_produce_writes_tombstones_and_kolk_topic_erase_reaches_every_partition(tmp_path: Any) -> None:
+    c = lifecycle_cluster(tmp_path, spus=1)
+
+    async def body() -> None:
+        async with c.client() as client:
+            await client.create_topic(TOPIC, 3, 1, config={"cleanup_policy": "compact"})
+            # The producer chose partitions itself: the key is in 0 and 2, whatever it hashes to.
+            for p in (0, 2):
+                await client.produce(TOPIC, p, build_batch([(b"carol", b"secret in %d" % p)]))
+        out = await asyncio.to_thread(kolk, c, "produce", TOPIC, "--tombstones", "--partition", "1",
+                                      input="gone-key\n")
+        assert out.returncode == 0, out.stderr
+        async with c.client() as client:
+            got = await read_all(client, TOPIC, partition=1)
+            assert [(r.key, r.value) for r in got] == [(b"gone-key", None)]
+        out = await asyncio.to_thread(kolk, c, "topic", "erase", TOPIC, "--key", "carol", "--timeout", "60")
+        assert out.returncode == 0, out.stderr
+        lines = out.stdout.splitlines()
+        assert len(lines) == 3 and all(line.startswith(f"erasure {TOPIC}-") for line in lines), lines
+        assert sum("every record of the key" in line for line in lines) == 2  # partitions 0 and 2 held it
+        for p in range(3):
+            assert not [r for r in replica_records(c, 1, f"{TOPIC}-{p}") if r[1] == b"carol"]
+
+    run_on(c, body)

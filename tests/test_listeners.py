@@ -329,3 +329,17 @@ def test_spu_with_bad_smartmodule_limits_stops_with_one_line(tmp_path: Any, flag
     line = refused_start(*spu_args(1, str(home / "spu1"), f"127.0.0.1:{free_port()}", *flags))
     assert line == message
     assert not home.exists()
+
+
+@pytest.mark.parametrize("flags,message", [
+    (("--retention-interval-ms", "5"), "kolk spu: --retention-interval-ms must be from 100 to 86400000, got 5"),
+    (("--cleaner-interval-ms", "99999999999"),
+     "kolk spu: --cleaner-interval-ms must be from 100 to 86400000, got 99999999999"),
+    (("--cleaner-bytes-per-s", "10"), "kolk spu: --cleaner-bytes-per-s must be from 65536 to 2^40, got 10"),
+    (("--cleaner-key-map-mib", "0"), "kolk spu: --cleaner-key-map-mib must be from 1 to 16384, got 0"),
+], ids=["retention-interval", "cleaner-interval", "cleaner-rate", "key-map"])
+def test_spu_with_bad_lifecycle_flags_stops_with_one_line(tmp_path: Any, flags: tuple, message: str) -> None:
+    home = tmp_path / "home"
+    line = refused_start(*spu_args(1, str(home / "spu1"), f"127.0.0.1:{free_port()}", *flags))
+    assert line == message
+    assert not home.exists()

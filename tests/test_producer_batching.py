@@ -21,6 +21,8 @@ class Gated:
     def __init__(self) -> None:
         self.admin = self
         self.sent: list[int] = []  # record count per request, in order
+        self.sizes: list[int] = []  # bytes per request
+        self.cap: int | None = None  # the topic's max_message_bytes, as the SC would say
         self.gates: list[asyncio.Event] = []
         self.arrived = asyncio.Event()
 
@@ -30,9 +32,13 @@ class Gated:
     async def allocate_producer_ids(self, count: int) -> int:
         return 7
 
+    async def max_message_bytes(self, topic: str) -> int | None:
+        return self.cap
+
     async def produce(self, topic: str, partition: int, data: bytes, *args: Any) -> int:
         base = sum(self.sent)  # the SPU appends in arrival order
         self.sent.append(parse_header(data).record_count)
+        self.sizes.append(len(data))
         gate = asyncio.Event()
         self.gates.append(gate)
         self.arrived.set()
@@ -154,4 +160,21 @@ def test_send_all_refuses_a_record_too_large_before_queueing_anything() -> None:
             await p.send_all([b"ok"], partition=3)
         await asyncio.wait_for(p.flush(), 5)
         assert calls.sent == []
+    asyncio.run(body())
+
+
+def test_batches_stay_within_the_topic_max_message_bytes() -> None:
+    """The producer learns the topic's max_message_bytes and never fills a batch past it,
+    with send and with send_all, whatever its own batch_bytes says."""
+    async def body() -> None:
+        fake = Gated()
+        fake.cap = 2048
+        producer = AsyncProducer(fake, "t", batch_bytes=256 << 10, linger_ms=0)  # type: ignore[arg-type]
+        futures = [await producer.send(b"v" * 150, b"key-%d" % i) for i in range(40)]
+        sent = await producer.send_all([b"w" * 90] * 60, key=b"k")
+        await fake.answer_all(producer)
+        await asyncio.gather(*futures)
+        await sent
+        assert sum(fake.sent) == 100 and len(fake.sent) > 4
+        assert max(fake.sizes) <= 2048, fake.sizes
     asyncio.run(body())

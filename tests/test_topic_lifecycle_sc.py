@@ -214,7 +214,10 @@ def test_erasure_is_done_when_every_replica_is_and_is_audited_without_the_key(cl
             await (await producer.send(b"v1", key=KEY))
             await producer.close()
             seen: list[Any] = []
-            erasure = await admin.erase_key("users", KEY, wait=False, progress=seen.append)
+            from kolk.client.producer import partition_for_key
+
+            [erasure] = await admin.erase_key("users", KEY, partitions=[partition_for_key(KEY, 3)], wait=False,
+                                              progress=seen.append)
             assert erasure.key_sha256 == sha and erasure.state in ("pending", "done") and seen == [erasure]
             assert erasure.name == f"users-{erasure.partition}@{erasure.offset}" and len(erasure.replicas) == 3
             assert erasure.requested_by and erasure.offset >= 1
@@ -258,7 +261,7 @@ def test_deleting_a_topic_ends_its_erasures(cluster: DataPlaneCluster) -> None:
         client = cluster.client(as_="admin")
         try:
             await admin.create_topic("gone", 1, 3, {"cleanup_policy": "compact,delete"})
-            erasure = await admin.erase_key("gone", KEY, wait=False)
+            [erasure] = await admin.erase_key("gone", KEY, wait=False)
             assert (await admin.erasure_status(erasure.name)).name == erasure.name
             pending = erasure.state == "pending"
             await admin.delete_topic("gone")
@@ -384,12 +387,15 @@ def test_cli_alter_describe_and_erase(cli_topics: DataPlaneCluster) -> None:
     assert out.returncode == 0 and "now has 4 partitions" in out.stdout, out.stderr
     out = _kolk(c, "topic", "erase", "cli-users", "--key", "alice", "--no-wait")
     assert out.returncode == 0, out.stderr
-    name = out.stdout.strip()
-    assert name.startswith("cli-users-") and "@" in name
+    names = out.stdout.split()  # one erasure per partition, by default every one
+    assert sorted(n.split("@")[0] for n in names) == [f"cli-users-{p}" for p in range(4)], names
+    name = names[0]
+    one = _kolk(c, "topic", "erase", "cli-users", "--key", "alice", "--partition", "2", "--no-wait")
+    assert one.returncode == 0 and one.stdout.strip().startswith("cli-users-2@"), one.stderr
     status = _kolk(c, "topic", "erase-status", name, "--json")
     assert json.loads(status.stdout)["key_sha256"] == hashlib.sha256(b"alice").hexdigest()
     # Waiting: the progress line on stderr, then the timeout in one line while no SPU reports.
-    out = _kolk(c, "topic", "erase", "cli-users", "--key", "bob", "--timeout", "1")
+    out = _kolk(c, "topic", "erase", "cli-users", "--key", "bob", "--partition", "0", "--timeout", "1")
     if out.returncode == 0:  # the SPUs erase by themselves (the SPU side of issue 19)
         assert "done" in out.stdout
     else:

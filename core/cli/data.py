@@ -36,6 +36,9 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--compression", choices=["none", "gzip", "zstd"], default="none")
     p.add_argument("--linger-ms", type=A.LINGER_MS, default=5.0,
                    help=f"wait this long to fill a batch (default 5; at most {A.LINGER_MS_MAX:g})")
+    p.add_argument("--tombstones", action="store_true",
+                   help="each line is a key; its record has no value (a tombstone: in a compacted topic it deletes "
+                        "the key)")
     p.add_argument("--skip-bad-lines", action="store_true",
                    help="skip lines without the key separator quietly (default: name each on stderr and exit 1 "
                         "after sending the good ones)")
@@ -124,7 +127,9 @@ async def _produce(args: argparse.Namespace, sc: str) -> int:
             if not line:
                 continue
             key, value = None, line
-            if sep is not None:
+            if args.tombstones:
+                key, value = line, None
+            elif sep is not None:
                 if sep not in line:
                     bad += 1
                     if not args.skip_bad_lines:

@@ -46,6 +46,8 @@ def add_commands(tsub: Any, sc_option: Callable[[argparse.ArgumentParser], None]
                                       "(docs/lifecycle.md)")
     e.add_argument("name")
     e.add_argument("--key", required=True, help="the record key (UTF-8 text)")
+    e.add_argument("--partition", type=A.PARTITION, action="append",
+                   help="erase only in this partition (repeatable; default: every partition of the topic)")
     e.add_argument("--no-wait", action="store_true", help="print the erasure's id and return; poll it with "
                                                           "`kolk topic erase-status ID`")
     e.add_argument("--timeout", type=ERASE_TIMEOUT, default=300.0,
@@ -101,12 +103,15 @@ def _progress(erasure: Erasure) -> None:
 
 def _erasure_line(e: Erasure) -> str:
     where = f"{e.topic}-{e.partition}"
-    if e.finished:
-        note = f" ({e.note})" if e.note else ""
-        found = "" if e.found else "; the key had no record before the tombstone, so only that was erased"
-        return (f"erasure {e.name} done{note}: no replica of {where} holds the key (sha256 {e.key_sha256[:4]}…) "
-                f"any more{found}")
-    return f"erasure {e.name} pending: {e.progress_line()}"
+    if not e.finished:
+        return f"erasure {e.name} pending: {e.progress_line()}"
+    if e.note:
+        return f"erasure {e.name} done ({e.note})"
+    if e.found:
+        return (f"erasure {e.name} done: every record of the key (sha256 {e.key_sha256[:4]}…) is erased from every "
+                f"replica of {where}")
+    return (f"erasure {e.name} done: {where} held no record of the key (sha256 {e.key_sha256[:4]}…) besides the "
+            "erasure's own tombstone, which is gone too")
 
 
 async def run(args: argparse.Namespace, client: AdminClient, show: Callable[[Any, str], None]) -> None:
@@ -124,9 +129,10 @@ async def run(args: argparse.Namespace, client: AdminClient, show: Callable[[Any
                     "partitions from now on")
     elif args.action == "erase":
         progress = None if args.no_wait or args.json else _progress
-        erasure = await client.erase_key(args.name, args.key.encode(), wait=not args.no_wait,
-                                         timeout_s=args.timeout, progress=progress)
-        show(erasure.to_dict(), erasure.name if args.no_wait else _erasure_line(erasure))
+        erasures = await client.erase_key(args.name, args.key.encode(), partitions=args.partition,
+                                          wait=not args.no_wait, timeout_s=args.timeout, progress=progress)
+        text = " ".join(e.name for e in erasures) if args.no_wait else "\n".join(_erasure_line(e) for e in erasures)
+        show([e.to_dict() for e in erasures], text)
     elif args.action == "erase-status":
         erasure = await client.erasure_status(args.id)
         show(erasure.to_dict(), _erasure_line(erasure))

@@ -19,7 +19,7 @@ import logging
 import random
 import ssl
 import weakref
-from typing import Any, Awaitable, Callable, Mapping, TypeVar
+from typing import Any, Awaitable, Callable, Mapping, Sequence, TypeVar
 
 from ..protocol.node_auth import NodeCredential
 from ..protocol.channel import CallRejected, ConnectionLost, StreamEnded
@@ -346,13 +346,16 @@ class AdminClient:
                                 expectedVersion=expected_version if expected_version is not None else 0)
         return object_dict(r.topic)
 
-    async def erase_key(self, topic: str, key: bytes, *, wait: bool = True, timeout_s: float = 300.0,
-                        progress: Callable[[Erasure], Any] | None = None) -> Erasure:
-        """Erase every record of ``key`` from a compacted topic (docs/lifecycle.md): writes the
-        tombstone (acks=all) to the key's partition, asks the SC for the erasure (which sees
-        only the key's sha256) and, with ``wait``, polls until every replica is done, calling
-        ``progress(erasure)`` on each change. Returns the erasure (its ``name`` to poll)."""
-        return await _erasure.erase_key(self, topic, key, wait=wait, timeout_s=timeout_s, progress=progress)
+    async def erase_key(self, topic: str, key: bytes, *, partitions: Sequence[int] | None = None, wait: bool = True,
+                        timeout_s: float = 300.0, progress: Callable[[Erasure], Any] | None = None) -> list[Erasure]:
+        """Erase every record of ``key`` from a compacted topic (docs/lifecycle.md), in each of
+        ``partitions`` (default: every partition: keys move when partitions are added, and a
+        producer may have chosen the partition itself). Per partition it writes the tombstone
+        (acks=all) and asks the SC for an erasure (which sees only the key's sha256); with
+        ``wait`` it polls until every replica of every one is done, calling ``progress`` on each
+        change. Returns the erasures (their ``name`` to poll)."""
+        return await _erasure.erase_key(self, topic, key, partitions=partitions, wait=wait, timeout_s=timeout_s,
+                                        progress=progress)
 
     async def erasure_status(self, name: str) -> Erasure:
         """The erasure ``name`` (``TOPIC-PARTITION@OFFSET``); NotFoundError when unknown."""
@@ -424,10 +427,11 @@ class AdminClient:
     async def unregister_spu(self, spu_id: int) -> None:
         await self._request("unregisterSpu", write=True, id=spu_id)
 
-    async def erasure_done(self, name: str, spu_id: int, found: bool) -> None:
+    async def erasure_done(self, name: str, spu_id: int, found: bool, note: str = "") -> None:
         """Node only: SPU ``spu_id`` holds no record of erasure ``name``'s key any more;
-        ``found``: it held one besides the tombstone before."""
-        await self._request("erasureDone", write=True, name=name, spuId=spu_id, found=found)
+        ``found``: it held one besides the tombstone before; ``note`` (the leader): the
+        erasure cannot be carried out as asked (it ends at once, nothing erased)."""
+        await self._request("erasureDone", write=True, name=name, spuId=spu_id, found=found, note=note)
 
     async def heartbeat(self, spu_id: int) -> None:
         """An SPU's liveness signal; follows the SC leader."""

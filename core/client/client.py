@@ -119,6 +119,21 @@ class AsyncClient:
     async def _placed(self, topic: str) -> list[_Partition]:
         return self._partitions.get(topic) or await self._refresh(topic)
 
+    async def max_message_bytes(self, topic: str) -> int | None:
+        """The topic's effective max_message_bytes (its own, the cluster default, else the
+        built-in), or None when it cannot be read now (the SPU still enforces it)."""
+        from ..metadata.topic_config import DEFAULTS_NAME, resolve
+
+        try:
+            t = await self.admin.get_object("topic", topic, stale=True)
+            if t is None:
+                return None
+            defaults = await self.admin.get_object("config", DEFAULTS_NAME, stale=True)
+            return resolve(t["spec"].get("config", {}), defaults["spec"] if defaults else {},
+                           int(t["spec"]["replication_factor"])).max_message_bytes
+        except (KolkError, ValueError, KeyError, TypeError):
+            return None
+
     async def partitions(self, topic: str) -> list[dict[str, Any]]:
         return [p.obj for p in await self._placed(topic)]
 

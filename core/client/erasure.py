@@ -2,10 +2,11 @@
 ``AdminClient.erase_key`` and ``erasure_status``.
 
 The key never leaves this process except inside the tombstone written to the topic: the SC
-sees only its sha256. Steps: check the topic is compacted (the same message the SC gives),
-pick the key's partition exactly as the producer does (:func:`partition_for_key`), write the
-tombstone (the key with a null value) with ``acks=all``, ask the SC for the erasure with the
-tombstone's offset, then (``wait``) poll the ``erasure`` object until every replica is done.
+sees only its sha256. Steps: check the topic is compacted (the same message the SC gives);
+in each partition asked (by default every one: keys move when partitions are added, and a
+producer may pick partitions itself) write the tombstone (the key with a null value) with
+``acks=all`` and ask the SC for an erasure with the tombstone's offset; then (``wait``) poll
+the ``erasure`` objects until every replica of each is done.
 """
 
 from __future__ import annotations
@@ -13,14 +14,13 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from ..metadata.objects import partition_name
 from ..metadata.specs import SpecError
 from ..metadata.topic_config import DEFAULTS_NAME, resolve
 from ..protocol.errors import InvalidRequestError, KolkError, NotFoundError
 from ..protocol.wire import object_dict
-from .producer import partition_for_key
 
 if TYPE_CHECKING:
     from .admin import AdminClient
@@ -103,50 +103,76 @@ async def check_erasable(admin: "AdminClient", topic: str) -> int:
     return int(t["spec"]["partitions"])
 
 
-async def erase_key(admin: "AdminClient", topic: str, key: bytes, *, wait: bool, timeout_s: float,
-                    progress: Callable[[Erasure], Any] | None) -> Erasure:
+def _check_request(key: Any, timeout_s: float) -> None:
     if not isinstance(key, (bytes, bytearray)) or not key:
-        raise InvalidRequestError("erase: the key must be non-empty bytes")
+        raise InvalidRequestError("the key to erase must be non-empty")
     if len(key) > KEY_BYTES_MAX:
-        raise InvalidRequestError(f"erase: a key of {len(key)} bytes is more than {KEY_BYTES_MAX}")
+        raise InvalidRequestError(f"the key to erase has {len(key)} bytes, more than {KEY_BYTES_MAX}")
     if not timeout_s > 0:
-        raise InvalidRequestError(f"erase: timeout_s must be positive, got {timeout_s}")
-    count = await check_erasable(admin, topic)
-    partition = partition_for_key(bytes(key), count)
-    from .client import AsyncClient  # the data client imports this module's package
+        raise InvalidRequestError(f"the erase timeout must be positive, got {timeout_s}")
 
-    data = AsyncClient(admin.addresses, timeout_s=admin.timeout_s, tls=admin.tls, credential=admin.credential)
+
+async def _start(admin: "AdminClient", data: Any, topic: str, key: bytes, partition: int) -> Erasure:
+    """Write the tombstone to ``partition`` (acks=all) and ask the SC for the erasure."""
+    producer = data.producer(topic, acks="all", linger_ms=0)
     try:
-        producer = data.producer(topic, acks="all", linger_ms=0)
-        try:
-            offset = (await (await producer.send(None, key=bytes(key), partition=partition))).offset
-        finally:
-            await producer.close()
+        offset = (await (await producer.send(None, key=key, partition=partition))).offset
     finally:
-        await data.close()
+        await producer.close()
     r = await admin._request("eraseKey", write=True, topic=topic, partition=partition,
-                             keySha256=hashlib.sha256(bytes(key)).hexdigest(), offset=offset)
-    erasure = Erasure.from_object(object_dict(r.erasure), await _replicas(admin, topic, partition))
-    if progress is not None:
-        progress(erasure)
-    if not wait:
-        return erasure
+                             keySha256=hashlib.sha256(key).hexdigest(), offset=offset)
+    return Erasure.from_object(object_dict(r.erasure), await _replicas(admin, topic, partition))
+
+
+async def _wait(admin: "AdminClient", erasure: Erasure, deadline: float, timeout_s: float,
+                progress: Callable[[Erasure], Any] | None) -> Erasure:
+    """Poll ``erasure`` until it is done (or the deadline: a timeout error naming how far it got)."""
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
     while not erasure.finished:
         if loop.time() >= deadline:
             raise KolkError(f"erasure {erasure.name} is not done after {timeout_s:g} s: "
-                                      f"{erasure.progress_line()}; follow it with `kolk topic erase-status "
-                                      f"{erasure.name}`", code="timeout")
+                            f"{erasure.progress_line()}; follow it with `kolk topic erase-status "
+                            f"{erasure.name}`", code="timeout")
         await asyncio.sleep(min(POLL_INTERVAL_S, max(0.0, deadline - loop.time())))  # polling period
         try:
             latest = await erasure_status(admin, erasure.name)
         except NotFoundError:
-            raise NotFoundError(f"erasure {erasure.name} ended: topic {topic} was deleted, with every record of "
-                                "the key") from None
+            raise NotFoundError(f"erasure {erasure.name} ended: topic {erasure.topic} was deleted, with every "
+                                "record of the key") from None
         if (latest.done, latest.state, latest.replicas) != (erasure.done, erasure.state, erasure.replicas):
-            erasure = latest
             if progress is not None:
-                progress(erasure)
+                progress(latest)
         erasure = latest
     return erasure
+
+
+async def erase_key(admin: "AdminClient", topic: str, key: bytes, *, partitions: Sequence[int] | None, wait: bool,
+                    timeout_s: float, progress: Callable[[Erasure], Any] | None) -> list[Erasure]:
+    """Erase ``key`` from each of ``partitions`` (None: every partition of the topic), one
+    erasure per partition; with ``wait``, until every one is done."""
+    _check_request(key, timeout_s)
+    key = bytes(key)
+    count = await check_erasable(admin, topic)
+    wanted = list(range(count)) if partitions is None else list(dict.fromkeys(partitions))
+    for p in wanted:
+        if isinstance(p, bool) or not isinstance(p, int) or not 0 <= p < count:
+            raise InvalidRequestError(f"topic {topic} has partitions 0-{count - 1}, not {p!r}")
+    if not wanted:
+        raise InvalidRequestError("no partition to erase the key from was given")
+    from .client import AsyncClient  # the data client imports this module's package
+
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    data = AsyncClient(admin.addresses, timeout_s=admin.timeout_s, tls=admin.tls, credential=admin.credential)
+    erasures = []
+    try:
+        for p in wanted:
+            erasure = await _start(admin, data, topic, key, p)
+            if progress is not None:
+                progress(erasure)
+            erasures.append(erasure)
+    finally:
+        await data.close()
+    if not wait:
+        return erasures
+    return [await _wait(admin, e, deadline, timeout_s, progress) for e in erasures]

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 CODECS = {"none": CODEC_NONE, "gzip": CODEC_GZIP, "zstd": CODEC_ZSTD}
 ACKS = {"none": 0, "leader": 1, "all": 2}
 RECORD_OVERHEAD_BYTES = 29
+BATCH_HEADER_BYTES = 61
 RECORD_BYTES_MAX = (4 << 20) - 61  # one record alone in a batch of the SPU's batch_bytes_max
 SEQUENCE_WRAP = 2**31  # sequences are i32 and wrap to 0, as in Kafka
 ID_ATTEMPTS_MAX = 30  # producer-id requests, one a second, before waiting batches fail
@@ -193,11 +194,17 @@ class AsyncProducer:
         self._room.set()
         self._rr = 0
         self._partitions: int | None = None
+        self._cap: int | None = None  # the most record bytes one batch may hold (the topic's max_message_bytes)
         self._closed = False
 
     async def _partition_count(self) -> int:
         if self._partitions is None:
             self._partitions = len(await self.client.partitions(self.topic))
+            limit = await self.client.max_message_bytes(self.topic)
+            if limit is not None:
+                # The topic's max_message_bytes bounds each batch: fill batches to it, never past.
+                self._cap = max(RECORD_OVERHEAD_BYTES, limit - BATCH_HEADER_BYTES)
+                self.batch_bytes = min(self.batch_bytes, self._cap)
         return self._partitions
 
     def _pick(self, key: bytes | None, partition: int | None, count: int) -> int:
@@ -233,6 +240,9 @@ class AsyncProducer:
                 self._open.pop(partition, None)
             raise InvalidRequestError(f"a record of {size} bytes is more than the largest batch an SPU accepts "
                                       f"({RECORD_BYTES_MAX} bytes with its header)")
+        if batch.records and self._cap is not None and batch.nbytes + size > self._cap:
+            self._seal(partition)  # this record would take the batch past the topic's max_message_bytes
+            batch = self._new_batch(partition)
         index = len(batch.records)
         batch.records.append((key, value, headers))
         batch.timestamps.append(timestamp if timestamp is not None else time.time_ns() // 1_000_000)
@@ -275,11 +285,17 @@ class AsyncProducer:
                 while self._buffered >= self.buffer_bytes_max:
                     self._room.clear()
                     await self._room.wait()
+            size = overhead + (len(value) if value else 0)
+            if batch is not None and batch.records and self._cap is not None and batch.nbytes + size > self._cap:
+                self._seal(partition)  # the next record would take the batch past max_message_bytes
+                batch = None
             if batch is None:
                 batch = self._open.get(partition) or self._new_batch(partition)
+                if batch.records and self._cap is not None and batch.nbytes + size > self._cap:
+                    self._seal(partition)
+                    batch = self._new_batch(partition)
                 records, timestamps = batch.records, batch.timestamps
                 out.parts.append([batch.future, len(records), 0])
-            size = overhead + (len(value) if value else 0)
             records.append((key, value, ()))
             timestamps.append(now)
             out.parts[-1][2] += 1

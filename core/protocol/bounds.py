@@ -16,6 +16,8 @@ import capnp
 from . import limits as L
 from .messages import MalformedMessage
 
+ERASURE_NOTE_CHARS_MAX = 500  # why an erasure could not be carried out (ErasureDoneRequest.note)
+
 # (struct, field) -> the most elements a list field may have.
 LIST_LIMITS: dict[tuple[str, str], int] = {
     ("CreateTopicRequest", "config"): L.TOPIC_CONFIG_ENTRIES_MAX,
@@ -45,6 +47,7 @@ SIZE_LIMITS: dict[tuple[str, str], int] = {
     ("EraseKeyRequest", "topic"): L.NAME_CHARS_MAX,
     ("EraseKeyRequest", "keySha256"): 64,
     ("ErasureDoneRequest", "name"): L.NAME_CHARS_MAX,
+    ("ErasureDoneRequest", "note"): ERASURE_NOTE_CHARS_MAX,
     ("GetObjectRequest", "name"): L.NAME_CHARS_MAX,
     ("PutObjectRequest", "name"): L.NAME_CHARS_MAX,
     ("PutObjectRequest", "specJson"): L.SPEC_JSON_BYTES_MAX,

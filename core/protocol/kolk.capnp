@@ -88,9 +88,11 @@ struct AddPartitionsResponse { result @0 :Result; topic @1 :Object; }
 # it. The key travels only as its sha256 (64 hex digits). Answers the `erasure` object.
 struct EraseKeyRequest { topic @0 :Text; partition @1 :UInt32; keySha256 @2 :Text; offset @3 :Int64; }
 struct EraseKeyResponse { result @0 :Result; erasure @1 :Object; }
-# Node only: SPU `spuId` no longer holds a record of the erasure's key in its replica; `found`:
-# its replica held a record of the key other than the tombstone before it erased them.
-struct ErasureDoneRequest { name @0 :Text; spuId @1 :Int32; found @2 :Bool; }
+# Node only, from SPU `spuId` itself: it no longer holds a record of the erasure's key in its
+# replica; `found`: it held a record of the key other than the tombstone before. `note` (the
+# partition's leader only): the erasure cannot be carried out as asked (the record at `offset`
+# is not a tombstone of the key): it ends at once, with the note, and nothing is erased.
+struct ErasureDoneRequest { name @0 :Text; spuId @1 :Int32; found @2 :Bool; note @3 :Text; }
 struct ErasureDoneResponse { result @0 :Result; }
 
 # Reads are linearizable unless `stale` is true (then this SC answers from its own state).

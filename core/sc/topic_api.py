@@ -12,6 +12,7 @@ SC), the topic and partition, and when.
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 from ..metadata.controllers import place_replicas
@@ -115,9 +116,17 @@ class TopicLifecycleCalls:
         if not self._allowed(out.result, NODE_ONLY, "erasureDone"):
             return
         name, spu_id = req.name, int(req.spuId)
+        caller = re.fullmatch(r"spu-(\d+)", self.peer.identity or "")
+        if caller is not None and int(caller.group(1)) != spu_id:
+            # A node that proved it is SPU N (the cluster secret names it) speaks only for itself.
+            set_error(out.result, "denied", f"{self.peer.identity} may report only its own part of erasure "
+                                            f"{name[:200]}, not SPU {spu_id}'s")
+            return
         ts = now_ms()
-        outcome = await self.s.propose({"op": "erasure_done", "name": name, "spu": spu_id, "found": bool(req.found),
-                                        "ts": ts})
+        cmd = {"op": "erasure_done", "name": name, "spu": spu_id, "found": bool(req.found), "ts": ts}
+        if req.note:
+            cmd["note"] = req.note
+        outcome = await self.s.propose(cmd)
         if fill_error(out.result, outcome, self.s) and outcome["value"].get("completed"):
             obj = self.s.sm.state.get(ERASURE, name)
             spec = dict(obj.spec) if obj is not None else {}

@@ -42,7 +42,7 @@ from ..segments.producer_state import ProducerStateError, sequence_count
 from ..smartmodule.chain import Chain, ChainError
 from .errors import producer_error, storage_error
 from ..protocol.offset_range import out_of_range_message
-from .produce_rules import needs_work, prepare, size_refusal
+from .produce_rules import inline, needs_work, prepare, size_refusal
 from .replication_api import ReplicationCalls
 from .smartmodules import invocations_from_wire, run_chain
 from .stream import StreamFeed
@@ -54,7 +54,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("kolk.spu")
 
 PRODUCE_CHAINS_MAX = 16  # produce-side chains kept per connection
-PREPARE_INLINE_BYTES_MAX = 64 << 10  # topic rules on a request up to this size run on the loop, larger in a thread
+PREPARE_INLINE_BYTES_MAX = 64 << 10  # topic rules on a small uncompressed request run on the loop, others in a thread
 
 E = TypeVar("E", bound=enum.IntEnum)
 
@@ -212,12 +212,16 @@ class SpuHandler(ReplicationCalls):
         self._in_order[replica.name] = mine
         try:
             try:
-                if len(records) <= PREPARE_INLINE_BYTES_MAX:
+                if inline(records, tc, PREPARE_INLINE_BYTES_MAX):
                     records = prepare(records, tc, req.topic)
                 else:
                     records = await asyncio.to_thread(prepare, records, tc, req.topic)
             except InvalidBatchError as e:
                 set_error(result, ErrorCode.INVALID_BATCH.value, str(e))
+                return
+            refusal = size_refusal(records, tc, req.topic)  # recompressed batches may have grown
+            if refusal is not None:
+                set_error(result, "tooLarge", refusal)
                 return
             if before is not None:
                 await asyncio.shield(before)  # the previous request of this connection appends first

@@ -32,6 +32,7 @@ from ..segments.leader_epochs import UNDEFINED_EPOCH
 from ..segments.producer_state import ProducerStateTable
 from ..transport import SPU, connect
 from .disk_faults import is_disk_fault
+from .lifecycle import restore_producers
 from .replica_state import (Diverged, LeaderHighWatermark, LeaderStartsPast, LogCut, RefuseTruncation, ResetLog,
                             Truncate)
 
@@ -208,6 +209,7 @@ def _truncate(server: "SpuServer", replica: "Replica", target: int, leader: int,
                         replica.name, effect.log_end, effect.offset, effect.high_watermark, leader, epoch)
             lg.truncate_to(effect.offset)
             replica.producers = ProducerStateTable.rebuild(lg.batch_headers())
+            restore_producers(server.store, replica)
             server.step(replica, LogCut(lg.high_watermark, lg.durable_offset))
             replica.wake()
 

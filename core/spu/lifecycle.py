@@ -23,6 +23,8 @@ cleaner (compaction) and erasures (docs/lifecycle.md).
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import logging
 import os
 import sys
@@ -32,9 +34,10 @@ from typing import TYPE_CHECKING, Any
 
 from ..metadata.topic_config import TopicConfig, resolve
 from ..protocol.errors import KolkError
-from ..segments import LogConfig
+from ..segments import LogConfig, decode_records
 from ..segments.errors import StorageError
 from ..segments.index_db import PARTITION_STATE, Q, partition_key, state_key
+from ..segments.producer_state import SEQUENCE_MODULUS, ProducerStateTable
 
 if TYPE_CHECKING:
     from .replica import Replica
@@ -43,6 +46,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("kolk.spu.lifecycle")
 
 INCARNATION_KEY = b"incarnation"  # the partition's incarnation, in the index's partition state
+PRODUCERS_KEY = b"producers"  # the idempotent-producer table saved after a clean (save_producers)
+PRODUCERS_SAVED_MAX = 10_000
 # The clean worker runs at nice 10 and dies with the SPU (PR_SET_PDEATHSIG: an SPU killed
 # mid-clean leaves no worker behind); both set inside it, as preexec_fn is unsafe in a
 # process with threads.
@@ -151,6 +156,14 @@ class Lifecycle:
         for replica in list(self.s.replicas.values()):
             self._safely(replica, self.apply)
 
+    def on_full_sync(self) -> None:
+        """A full sync brings every object again: what it lacks is gone (the events that
+        follow set the defaults and pending erasures anew; every topic's replicas are then
+        given their config again)."""
+        self.defaults = {}
+        self.erasures.clear()
+        self._configs.clear()
+
     def on_erasure(self, name: str, obj: dict[str, Any] | None) -> None:
         if obj is None or obj.get("status", {}).get("state") == "done":
             self.erasures.pop(name, None)
@@ -158,6 +171,8 @@ class Lifecycle:
             self._erased_counts.pop(name, None)
             return
         self.erasures[name] = obj
+        if self.s.config.spu_id not in obj.get("status", {}).get("done", []):
+            self._erased_here.discard(name)  # our replica lost its data since: erase the new copy too
         self._cleaner_kick.set()
 
     def after_append(self, replica: "Replica") -> None:
@@ -224,8 +239,14 @@ class Lifecycle:
         """One retention pass over one replica; the base offsets of the segments deleted."""
         if replica.failure is not None or replica.log.closed:
             return []
+        lg = replica.log
         try:
-            removed = replica.log.enforce_retention()
+            if _expired_active(lg, int(time.time() * 1000)):
+                # Every record of the active segment is past retention_ms and committed: seal it
+                # so that retention can delete it (as Kafka does), else an idle topic keeps its
+                # last segment until the next append.
+                lg.roll()
+            removed = lg.enforce_retention()
         except StorageError as e:
             self.s.disk.on_error(replica, e)
             return []
@@ -296,6 +317,7 @@ class Lifecycle:
             self.s.disk.on_error(replica, e)
             return None
         self.cleaner_runs += 1
+        save_producers(self.s.store, replica)
         log.info("%s: cleaned: %s", replica.name, stats)
         replica.wake()
         return stats
@@ -327,6 +349,13 @@ class Lifecycle:
 
     # ---------------------------------------------------------------- erasure
 
+    async def _not_a_tombstone(self, replica: "Replica", offset: int, key_sha: bytes) -> str | None:
+        try:
+            return await _not_a_tombstone_at(replica.log, replica.name, offset, key_sha)
+        except StorageError as e:
+            self.s.disk.on_error(replica, e)
+            return None
+
     async def _erase(self, name: str) -> None:
         from ..segments.cleaner import EraseSpec
 
@@ -342,9 +371,20 @@ class Lifecycle:
             return
         offset = int(spec["offset"])
         lg = replica.log
+        key_sha = bytes.fromhex(spec["key_sha256"])
+        if replica.is_leader:
+            why = await self._not_a_tombstone(replica, offset, key_sha)
+            if why is not None:
+                log.warning("erasure %s: %s", name, why)
+                try:
+                    await self.s.admin.erasure_done(name, me, found=False, note=why)
+                except KolkError as e:
+                    log.warning("erasure %s: telling the SC failed (%s); trying again", name, e)
+                    return
+                self._erased_here.add(name)
+                return
         if lg.high_watermark <= offset:
             return  # the tombstone is not committed here yet; the next round looks again
-        key_sha = bytes.fromhex(spec["key_sha256"])
         if lg.segments()[-1].base_offset <= offset:
             lg.roll()  # the key's records must all be in sealed segments to be rewritten
         erase = EraseSpec(key_sha256=key_sha, upto_offset=offset)
@@ -376,11 +416,82 @@ class Lifecycle:
         log.info("erasure %s: no record of the key is left in %s here", name, replica.name)
 
 
+async def _not_a_tombstone_at(lg: Any, name: str, offset: int, key_sha: bytes) -> str | None:
+    """Why ``offset`` of the log is not a tombstone of the key (the erasure then erases
+    nothing), or None: it is one, or the offset holds no record any more (erased already, or
+    compacted: the erasure goes on)."""
+    if offset >= lg.log_end_offset:
+        return f"offset {offset} is past the log end {lg.log_end_offset} of {name}: no tombstone there, nothing erased"
+    if offset < lg.log_start_offset:
+        return None
+    res = lg.read(offset, 1)  # the batch holding the offset, whole
+    if not res.data:
+        return None
+    records = await asyncio.to_thread(_records_of_first_batch, res.data)
+    for r in records:
+        if r.offset == offset:
+            if r.value is not None or r.key is None or hashlib.sha256(r.key).digest() != key_sha:
+                return (f"the record at offset {offset} of {name} is not a tombstone of the key: "
+                        "nothing erased")
+            return None
+    return None
+
+
+def _records_of_first_batch(data: bytes) -> list[Any]:
+    return decode_records(data, 0)
+
+
+def _expired_active(lg: Any, now_ms: int) -> bool:
+    """Whether the log's active segment holds records, all committed and older than retention_ms."""
+    retention_ms = lg.config.retention_ms
+    if retention_ms < 0 or lg.high_watermark != lg.log_end_offset:
+        return False
+    active = lg.segments()[-1]
+    return active.size > 0 and active.max_timestamp >= 0 and now_ms - active.max_timestamp > retention_ms
+
+
 def _with_settings(current: LogConfig, wanted: LogConfig) -> LogConfig:
     from dataclasses import replace
 
     return replace(current, segment_bytes=wanted.segment_bytes, segment_ms=wanted.segment_ms,
                    retention_bytes=wanted.retention_bytes, retention_ms=wanted.retention_ms)
+
+
+def save_producers(store: Any, replica: "Replica") -> None:
+    """Keep the replica's idempotent-producer table in the index after a clean: the cleaner may
+    have removed every batch of a producer, and the table is otherwise rebuilt from the batch
+    headers left (Kafka keeps such a producer's last batch instead; KIP-360)."""
+    if len(replica.producers) > PRODUCERS_SAVED_MAX:
+        log.warning("%s: %d idempotent producers, more than %d: their state is not kept across cleaning",
+                    replica.name, len(replica.producers), PRODUCERS_SAVED_MAX)
+        return
+    key = state_key(partition_key(replica.name), PRODUCERS_KEY)
+    store.index.put(PARTITION_STATE, key, json.dumps(replica.producers.snapshot(), separators=(",", ":")).encode())
+    store.index.flush()
+
+
+def restore_producers(store: Any, replica: "Replica") -> None:
+    """Add to the replica's table (rebuilt from its batch headers) the producers saved by
+    :func:`save_producers` whose batches all lie below the cleaned offset (committed, never
+    truncated: the cleaner may have removed them) and that the headers no longer name."""
+    raw = store.index.get(PARTITION_STATE, state_key(partition_key(replica.name), PRODUCERS_KEY))
+    if raw is None:
+        return
+    try:
+        saved = json.loads(raw)
+        ProducerStateTable.from_snapshot(saved)  # checks it whole before anything is taken
+    except (ValueError, TypeError, KeyError) as e:
+        log.error("%s: the saved producer state is unreadable (%s); rebuilt from the log only", replica.name, e)
+        return
+    cleaned = replica.log.cleaned_offset
+    table = replica.producers
+    for p in saved["producers"]:
+        pid, batches = int(p["producer_id"]), p["batches"]
+        if pid in table or not all(int(b[3]) < cleaned for b in batches):
+            continue
+        for first, last, base_offset, last_offset in batches:
+            count = (int(last) - int(first)) % SEQUENCE_MODULUS + 1
+            table.record(pid, int(p["epoch"]), int(first), count, int(base_offset), int(last_offset))
 
 
 def open_replica_log(store: Any, name: str, incarnation: int, config: LogConfig) -> Any:

@@ -20,7 +20,7 @@ from ..segments.errors import InvalidBatchError
 from ..segments.records import decode_records, decompress, encode_batch
 
 CODEC_BY_NAME = {name: codec for codec, name in KNOWN_CODECS.items()}
-SECTION_BYTES_MAX = 64 << 20  # a recompressed batch's records section, decompressed
+SECTION_BYTES_MAX = 4 << 20  # a batch's records section, decompressed, as the storage's batch limit
 
 
 def _headers(records: bytes) -> list[tuple[int, BatchHeader]]:
@@ -39,8 +39,8 @@ def size_refusal(records: bytes, tc: TopicConfig, topic: str) -> str | None:
     """Why a batch of ``records`` is over the topic's ``max_message_bytes``, or None."""
     for pos, h in _headers(records):
         if h.size > tc.max_message_bytes:
-            return (f"batch at byte {pos} is {h.size} bytes, more than topic {topic}'s max_message_bytes "
-                    f"{tc.max_message_bytes}")
+            return (f"a batch of {h.size} bytes (at byte {pos} of the request) is more than the max_message_bytes "
+                    f"of topic {topic} ({tc.max_message_bytes}); send smaller batches or raise it with kolk topic alter")
     return None
 
 
@@ -54,15 +54,23 @@ def needs_work(records: bytes, tc: TopicConfig) -> bool:
     return any(h.codec != target for _, h in _headers(records))
 
 
+def inline(records: bytes, tc: TopicConfig, inline_bytes_max: int) -> bool:
+    """Whether :func:`prepare` is cheap enough for the event loop: a small request with no
+    compressed batch (one that decompresses can claim up to SECTION_BYTES_MAX of work)."""
+    return len(records) <= inline_bytes_max and all(h.codec == 0 for _, h in _headers(records))
+
+
 def prepare(records: bytes, tc: TopicConfig, topic: str) -> bytes:
     """The batches to append under ``tc``: refuses keyless records in a compacted topic
-    (InvalidBatchError naming the record) and recompresses to the topic's codec."""
+    (InvalidBatchError naming the record) and recompresses to the topic's codec. A batch that
+    decompresses past SECTION_BYTES_MAX is refused; :func:`size_refusal` must be asked again of
+    what this returns (recompression may make a batch larger)."""
     headers = _headers(records)
     if tc.compacted:
         for pos, h in headers:
             if h.is_control:
                 continue
-            for i, rec in enumerate(decode_records(records, pos)):
+            for i, rec in enumerate(decode_records(records, pos, records_bytes_max=SECTION_BYTES_MAX)):
                 if rec[2] is None:
                     raise InvalidBatchError(
                         f"record {i} of the batch at byte {pos} has no key: topic {topic} is compacted "

@@ -42,7 +42,7 @@ from ..transport import SPU, serve
 from .api import SpuHandler
 from .disk_faults import DiskFaults
 from .follower import PeerPool, follow
-from .lifecycle import Lifecycle, LifecycleConfig, open_replica_log
+from .lifecycle import Lifecycle, LifecycleConfig, open_replica_log, restore_producers
 from .private_address import private_address_problem
 from .replica import Replica
 from .replica_state import (AdvanceHighWatermark, Durable, Effect, Event, Fence, IsrChangeAnswered, IsrOutcome,
@@ -327,6 +327,7 @@ class SpuServer:
             self.partitions.clear()
             self.topics.clear()
             self.smartmodules.clear()
+            self.lifecycle.on_full_sync()
         for e in events:
             if e["kind"] == "spu":
                 if e["deleted"]:
@@ -407,6 +408,7 @@ class SpuServer:
         replica = Replica(name, open_replica_log(self.store, name, incarnation, LogConfig()), self.config.spu_id,
                           self.config.replica_lag_max_ms, self.config.ignore_storage_id_for_tests)
         replica.incarnation = incarnation
+        restore_producers(self.store, replica)  # producers whose batches the cleaner removed
         return replica
 
     def step(self, replica: Replica, event: Event) -> list[Effect]:
