@@ -32,7 +32,7 @@ from ..segments.leader_epochs import UNDEFINED_EPOCH
 from ..segments.producer_state import ProducerStateTable
 from ..transport import SPU, connect
 from .disk_faults import is_disk_fault
-from .lifecycle import restore_producers
+from .replica_store import restore_producers
 from .replica_state import (Diverged, LeaderHighWatermark, LeaderStartsPast, LogCut, RefuseTruncation, ResetLog,
                             Truncate)
 

@@ -42,7 +42,8 @@ from ..transport import SPU, serve
 from .api import SpuHandler
 from .disk_faults import DiskFaults
 from .follower import PeerPool, follow
-from .lifecycle import Lifecycle, LifecycleConfig, open_replica_log, restore_producers
+from .lifecycle import Lifecycle, LifecycleConfig
+from .replica_store import open_replica_log, restore_producers
 from .private_address import private_address_problem
 from .replica import Replica
 from .replica_state import (AdvanceHighWatermark, Durable, Effect, Event, Fence, IsrChangeAnswered, IsrOutcome,
