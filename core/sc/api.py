@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Coroutine, Iterator
 
 from ..metadata.controllers import choose_leader, place_replicas
-from ..metadata.objects import KINDS, TOPIC, State
+from ..metadata.objects import KINDS, State
 from ..metadata.specs import PARTITIONS_MAX, REASON_CHARS_MAX, PartitionStatus
 from .spec_json import SpecJsonError, parse_spec_json
 from ..node.authz import INSECURE_POLICY_FLAG, NODE_ONLY, POLICY_NEEDS_TLS, Denied
@@ -234,9 +234,7 @@ class ScApi(TopicLifecycleCalls, NodeAuthCalls):
                "config": dict(config_map(req.config)), "assignment": assignment, "ts": now_ms()}
         if _fill_error(out.result, await self.s.propose(cmd), self.s):
             self._changed("create", f"topic:{name}")
-            topic = self.s.sm.state.get(TOPIC, name)
-            if topic is not None:
-                _Encoded.of(topic).fill(out.topic)
+            self._fill_topic(out, name)
 
     async def deleteTopic(self, req: Any, out: Any) -> None:  # noqa: N802
         name = req.name
