@@ -121,6 +121,8 @@ def index_error(path: str, what: str, e: Exception) -> OSError:
 
 
 INDEX_OPEN_FILES_MAX = 256  # SST files RocksDB keeps open at once (its table cache)
+INDEX_INFO_LOG_BYTES_MAX = 4 << 20  # one RocksDB info log file, before it rolls
+INDEX_INFO_LOGS_KEPT = 4
 
 class IndexDb:
     """One RocksDB per data directory, with a column family per purpose."""
@@ -132,6 +134,9 @@ class IndexDb:
         # Every roll flushes (below), leaving SST files; RocksDB would keep each one open.
         # Its table cache is bounded instead, so the index's open files do not grow with them.
         opts.set_max_open_files(INDEX_OPEN_FILES_MAX)
+        # RocksDB's own info log (index/LOG) grows with every flush: a few files of bounded size.
+        opts.set_max_log_file_size(INDEX_INFO_LOG_BYTES_MAX)
+        opts.set_keep_log_file_num(INDEX_INFO_LOGS_KEPT)
         self.path = path
         self._db = Rdict(path, opts, column_families={cf: Options(raw_mode=True) for cf in COLUMN_FAMILIES})
         # No write-ahead log: the index is a view of the segment files. A crash loses the

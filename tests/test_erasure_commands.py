@@ -225,3 +225,13 @@ def test_the_leader_ends_an_erasure_whose_offset_holds_no_tombstone_of_the_key()
                   "note": "offset 41 is past the log end 5 of users-1: no tombstone there, nothing erased", "ts": 21})
     status = a.state.get("erasure", "users-1@41").status
     assert a.outcome.ok and status["state"] == "done" and "past the log end" in status["note"]
+
+
+def test_erasure_status_names_the_id_format_for_a_malformed_id() -> None:
+    import asyncio
+
+    from kolk.client.erasure import erasure_status
+    from kolk.protocol.errors import InvalidRequestError
+
+    with pytest.raises(InvalidRequestError, match=r"^'a b' is not an erasure id: ids look like TOPIC-PARTITION@OFFSET"):
+        asyncio.run(erasure_status(None, "a b"))  # type: ignore[arg-type]  # refused before any call

@@ -188,6 +188,8 @@ def test_partition_list_shows_every_replica_log(cluster: DataPlaneCluster) -> No
     for g in logs:
         assert by_spu[g["spu"]] == ["listed-0", str(g["spu"]), g["role"], "yes", "0", "300",
                                     human_bytes(g["size_bytes"]), str(g["segments"]), "-"]
+    missing = kolk(cluster, "partition", "list", "--topic", "nosuch")
+    assert missing.returncode == 1 and missing.stderr.strip() == "kolk partition list: topic nosuch does not exist"
 
 
 def test_partition_list_does_not_wait_for_a_frozen_spu(cluster: DataPlaneCluster) -> None:

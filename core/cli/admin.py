@@ -16,7 +16,7 @@ from ..client.admin import AdminClient, run
 from . import args as A
 from . import topic_lifecycle
 from ..metadata.specs import PartitionSpec, PartitionStatus, SpuSpec, SpuStatus
-from ..protocol.errors import KolkError
+from ..protocol.errors import KolkError, NotFoundError
 from ..security.tls import TlsConfig
 from ..security.tls_files import TlsFileError, check_tls_files
 
@@ -202,6 +202,8 @@ async def _run(args: argparse.Namespace) -> int:
         c = AsyncClient(resolve_sc(args.sc), timeout_s=10, tls=client_tls(args))
         try:
             rows = await c.partition_list(args.topic)
+            if not rows and args.topic and await c.admin.get_object("topic", args.topic) is None:
+                raise NotFoundError(f"topic {args.topic} does not exist")
         finally:
             await c.close()
         # Two tables: one row per partition (its leader's view), then one per replica (its own log).

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
@@ -80,6 +81,9 @@ async def _replicas(admin: "AdminClient", topic: str, partition: int) -> tuple[i
 
 
 async def erasure_status(admin: "AdminClient", name: str) -> Erasure:
+    if not re.fullmatch(r"[A-Za-z0-9._-]{1,200}-\d{1,4}@\d{1,19}", name or ""):
+        raise InvalidRequestError(f"{name[:100]!r} is not an erasure id: ids look like TOPIC-PARTITION@OFFSET "
+                                  "(kolk topic erase prints them)")
     obj = await admin.get_object("erasure", name)
     if obj is None:
         raise NotFoundError(f"erasure {name} does not exist (a deleted topic's erasures go with it)")
