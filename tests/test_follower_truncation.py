@@ -57,8 +57,10 @@ def run_truncation(tmp_path: Any, leader_epochs: list, follower_epochs: list, fo
             replica = SimpleNamespace(name="t-0", log=follower, producers=None, wake=lambda: None,
                                       meta={"status": status}, state=state)
             replica.follower_task = asyncio.current_task()
+            # No producer state saved by a cleaner (core/spu/replica_store.py): the index has none.
             server = SimpleNamespace(config=SimpleNamespace(spu_id=3, ignore_storage_id_for_tests=False),
-                                     step=lambda r, event: r.state.step(event))
+                                     step=lambda r, event: r.state.step(event),
+                                     store=SimpleNamespace(index=SimpleNamespace(get=lambda cf, key: None)))
             await _truncate_divergent(stub, server, replica, 1, 9, 5.0, asyncio.current_task())
         asyncio.run(body())
         return follower.log_end_offset, stub.asked

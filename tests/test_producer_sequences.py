@@ -25,6 +25,9 @@ class Calls:
     async def partitions(self, topic: str) -> list[dict[str, Any]]:
         return [{"spec": {"partition": 0}}]
 
+    async def max_message_bytes(self, topic: str) -> int | None:
+        return None  # the SPU's limit is unknown here: the producer's own batch size stands
+
     async def allocate_producer_ids(self, count: int) -> int:
         self.id_requests += 1
         await asyncio.sleep(0)  # the round trip to the SC: other sends run meanwhile

@@ -199,12 +199,14 @@ class AsyncProducer:
 
     async def _partition_count(self) -> int:
         if self._partitions is None:
-            self._partitions = len(await self.client.partitions(self.topic))
+            count = len(await self.client.partitions(self.topic))
             limit = await self.client.max_message_bytes(self.topic)
             if limit is not None:
-                # The topic's max_message_bytes bounds each batch: fill batches to it, never past.
+                # The topic's max_message_bytes bounds each batch: fill batches to it, never past
+                # (known before the first record is placed: the count is set last).
                 self._cap = max(RECORD_OVERHEAD_BYTES, limit - BATCH_HEADER_BYTES)
                 self.batch_bytes = min(self.batch_bytes, self._cap)
+            self._partitions = count
         return self._partitions
 
     def _pick(self, key: bytes | None, partition: int | None, count: int) -> int:
