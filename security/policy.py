@@ -29,11 +29,13 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping
 
 from .jsonmask import mask_json
+from .policy_kinds import GROUP_ACTIONS, NAMED_KINDS, actions_on, applies
 from .policy_parse import (ACTIONS, ANONYMOUS, ANYONE, MaskSpec, PolicyError, PolicySpec, RuleSpec, glob_regex,
                            has_wildcard, parse_spec)
 
-__all__ = ["ACTIONS", "ANONYMOUS", "Decision", "Policy", "PolicyError", "PolicyStatistics", "decide", "mask_json",
-           "parse_address", "parse_policy", "parse_resource", "policy_from_spec"]
+__all__ = ["ACTIONS", "ANONYMOUS", "GROUP_ACTIONS", "Decision", "Policy", "PolicyError", "PolicyStatistics",
+           "check_request", "decide", "mask_json", "parse_address", "parse_policy", "parse_resource",
+           "policy_from_spec"]
 
 DECISIONS_CACHED_MAX = 65_536
 MASKS_CACHED_MAX = 16_384
@@ -214,12 +216,26 @@ def parse_address(address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
 def parse_resource(resource: str) -> tuple[str, str]:
-    """``(kind, name)`` of ``topic:NAME``, ``smartmodule:NAME`` or ``cluster``; ValueError else."""
+    """``(kind, name)`` of ``topic:NAME``, ``smartmodule:NAME``, ``group:NAME`` or ``cluster``;
+    ValueError else."""
     if resource == "cluster":
         return "cluster", ""
     kind, sep, name = resource.partition(":")
-    if not sep or not name or kind not in ("topic", "smartmodule"):
-        raise ValueError(f"{resource!r} is not a resource (topic:NAME, smartmodule:NAME or cluster)")
+    if not sep or not name or kind not in NAMED_KINDS:
+        raise ValueError(f"{resource!r} is not a resource (topic:NAME, smartmodule:NAME, group:NAME or cluster)")
+    return kind, name
+
+
+def check_request(action: str, resource: str) -> tuple[str, str]:
+    """``(kind, name)`` of a request that can be decided; ValueError naming what is wrong for an
+    unknown action or resource, or an action that does not apply to the resource's kind
+    (``read`` on a topic, ``consume`` on a group)."""
+    if action not in ACTIONS:
+        raise ValueError(f"{action!r} is not an action (one of {', '.join(ACTIONS)})")
+    kind, name = parse_resource(resource)
+    if not applies(action, kind):
+        there = ", ".join(actions_on(kind))
+        raise ValueError(f"{action!r} does not apply to {resource!r} (on a {kind}: {there})")
     return kind, name
 
 
@@ -335,19 +351,16 @@ class Policy:
 
     def decide(self, identity: str, address: str, action: str, resource: str) -> Decision:
         """Whether ``identity`` at ``address`` may do ``action`` on ``resource`` (``topic:NAME``,
-        ``smartmodule:NAME`` or ``cluster``). ValueError for an unknown action or resource:
-        the caller's mistake, never the client's."""
+        ``smartmodule:NAME``, ``group:NAME`` or ``cluster``). ValueError for an unknown action or
+        resource, or an action that does not apply to it (``read`` is for groups only; on a group
+        only ``read``, ``describe``, ``admin``): the caller's mistake, never the client's."""
         if self.spec is None:
-            if action not in ACTIONS:
-                raise ValueError(f"{action!r} is not an action (one of {', '.join(ACTIONS)})")
-            parse_resource(resource)
+            check_request(action, resource)
             return _ALLOWED_WITHOUT_POLICY
         return self._decide_cached(identity, address, action, resource)
 
     def _decide(self, identity: str, address: str, action: str, resource: str) -> Decision:
-        if action not in ACTIONS:
-            raise ValueError(f"{action!r} is not an action (one of {', '.join(ACTIONS)})")
-        kind, name = parse_resource(resource)
+        kind, name = check_request(action, resource)
         roles = self._roles(identity)
         regions = self._regions(address)
         denies, allows = self._candidates(action, identity)

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from .jsonmask import DEFAULT_REPLACEMENT, FieldPathError, parse_field_path
+from .policy_kinds import ACTIONS, ANYONE, NAMED_KINDS, misfit
 
 # ---------------------------------------------------------------- limits (unit last)
 POLICY_BYTES_MAX = 4 << 20
@@ -38,10 +39,7 @@ VERSION_MAX = 2**63 - 1
 # traceback); no policy needs more than a list of strings in a table.
 NESTING_MAX = 32
 
-ACTIONS = ("produce", "consume", "create", "delete", "describe", "alter", "use", "admin")
-RESOURCE_KINDS = ("topic", "smartmodule", "cluster")
 EFFECTS = ("allow", "deny")
-ANYONE = "*"
 ANONYMOUS = "anonymous"
 TOP_LEVEL = ("version", "description", "regions", "identities", "rule", "mask")
 RULE_KEYS = ("effect", "roles", "identities", "actions", "resources", "regions", "not_regions", "description")
@@ -457,9 +455,9 @@ def _check_resource(pattern: str) -> str | None:
     if pattern in (ANYONE, "cluster"):
         return None
     kind, sep, name = pattern.partition(":")
-    if sep and name and kind in ("topic", "smartmodule"):
+    if sep and name and kind in NAMED_KINDS:
         return None
-    return "is not a resource (topic:PATTERN, smartmodule:PATTERN, cluster, or * for every resource)"
+    return "is not a resource (topic:PATTERN, smartmodule:PATTERN, group:PATTERN, cluster, or * for every resource)"
 
 
 def _check_action(action: str) -> str | None:
@@ -482,8 +480,12 @@ def _rule(r: _Reader, i: int, t: dict, regions: dict, assigned: set[str], used_r
     roles, identities = _who(r, t, section, label, assigned, used_roles)
     actions = r.strings(t, "actions", section, label, required=True, check=_check_action)
     resources = r.strings(t, "resources", section, label, required=True, check=_check_resource)
-    inside, outside = _where(r, t, section, label, regions, used_regions)
     assert actions is not None and resources is not None
+    wrong = misfit(actions, resources)  # e.g. read on topic:*, consume on group:*
+    if wrong is not None:
+        key, literal, problem = wrong
+        raise r.fail(section, f"{label}: {key}", problem, key, literal)
+    inside, outside = _where(r, t, section, label, regions, used_regions)
     return RuleSpec(i + 1, section[0], effect, roles, identities, actions, resources, inside, outside,
                     r.text(t, "description", section, label))
 

@@ -146,7 +146,7 @@ def test_the_wire_protocol_imports_nothing_else_of_kolk() -> None:
 
 
 # The rooms of core/ (docs/architecture.md) and the rooms each may never import, lazily or not.
-ROOMS = ("kolk.protocol", "kolk.client", "kolk.sc", "kolk.spu", "kolk.node", "kolk.cli")
+ROOMS = ("kolk.protocol", "kolk.groups", "kolk.client", "kolk.sc", "kolk.spu", "kolk.node", "kolk.cli")
 SERVERS_AND_CLI = {"kolk.sc", "kolk.spu", "kolk.node", "kolk.cli"}
 
 
@@ -169,7 +169,8 @@ def test_every_room_is_seen() -> None:
     ("kolk.sc", {"kolk.spu", "kolk.cli"}),
     ("kolk.spu", {"kolk.sc", "kolk.cli"}),
     ("kolk.node", {"kolk.sc", "kolk.spu", "kolk.cli"}),
-    ("kolk.protocol", SERVERS_AND_CLI | {"kolk.client"}),
+    ("kolk.protocol", SERVERS_AND_CLI | {"kolk.client", "kolk.groups"}),
+    ("kolk.groups", SERVERS_AND_CLI | {"kolk.client"}),  # pure: the client and the coordinator share it
 ])
 def test_room_boundaries(room: str, forbidden: set[str]) -> None:
     bad = sorted(f"{n} imports {d}" for n, deps in ALL_IMPORTS.items() if _room(n) == room

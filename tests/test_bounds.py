@@ -427,6 +427,8 @@ def _fill(draw: st.DrawFn, b: Any, struct_schema: Any, depth: int = 0) -> None:
                     lst[i] = draw(_text(each))
                 elif element == "data":
                     lst[i] = draw(_data(each))
+                elif element.startswith("uint"):  # TopicPartitions.partitions
+                    lst[i] = draw(st.integers(0, (1 << 31) - 1))
                 else:
                     lst[i] = draw(st.integers(-(1 << 31), (1 << 31) - 1))
 

@@ -38,7 +38,7 @@ def test_check_prints_the_error_line_and_exits_1(tmp_path: pathlib.Path) -> None
     out = kolk("policy", "check", str(bad), expect=1)
     assert out.stdout == ""
     assert out.stderr == (f'{bad}:30: rule 2: actions: "prodcue" is not an action (one of produce, consume, '
-                          'create, delete, describe, alter, use, admin, or * for all)\n')
+                          'create, delete, describe, alter, use, admin, read, or * for all)\n')
 
 
 def test_check_syntax_error_and_missing_file(tmp_path: pathlib.Path) -> None:

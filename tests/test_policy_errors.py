@@ -58,7 +58,7 @@ def test_unknown_key_in_a_rule() -> None:
 def test_unknown_action() -> None:
     e = refused(changed('actions = ["produce", "describe"]', 'actions = ["prodcue", "describe"]'))
     assert str(e) == (f'policy.toml:{RULE2 + 4}: rule 2: actions: "prodcue" is not an action (one of produce, '
-                      'consume, create, delete, describe, alter, use, admin, or * for all)')
+                      'consume, create, delete, describe, alter, use, admin, read, or * for all)')
     assert (e.filename, e.line, e.field) == ("policy.toml", RULE2 + 4, "rule 2: actions")
 
 
@@ -142,8 +142,8 @@ def test_not_utf8_names_the_line() -> None:
 
 @pytest.mark.parametrize("old,new,message", [
     ('resources = ["topic:orders", "topic:clicks-*"]', 'resources = ["topics:orders"]',
-     'rule 2: resources: "topics:orders" is not a resource (topic:PATTERN, smartmodule:PATTERN, cluster, or * '
-     'for every resource)'),
+     'rule 2: resources: "topics:orders" is not a resource (topic:PATTERN, smartmodule:PATTERN, group:PATTERN, '
+     'cluster, or * for every resource)'),
     ('actions = ["produce", "describe"]', 'actions = "produce"', 'rule 2: actions: must be a list: write ["produce"]'),
     ('actions = ["produce", "describe"]', 'actions = []', "rule 2: actions: is empty"),
     ('roles = ["producer"]\n', "", 'rule 2: give roles or identities: who this is for ("*" for anyone)'),

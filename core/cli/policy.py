@@ -22,7 +22,8 @@ from typing import Any
 
 from ..metadata.specs import PolicySpec
 from ..protocol.errors import KolkError, PermissionDeniedError, VersionConflictError
-from ..security.policy import ACTIONS, Policy, PolicyError, parse_address, parse_policy, parse_resource
+from ..security.policy import (ACTIONS, Policy, PolicyError, check_request, parse_address, parse_policy,
+                               parse_resource)
 from ..security.policy_parse import POLICY_BYTES_MAX
 from .admin import _print, _sc_option, resolve_sc
 from .files import FileProblem, read_regular_file
@@ -86,6 +87,10 @@ def _explain(args: argparse.Namespace) -> int:
         kind, name = parse_resource(args.resource)
     except ValueError as e:
         raise KolkError(f"--resource {e}") from None
+    try:
+        check_request(args.request, args.resource)  # read is for groups; on a group read/describe/admin
+    except ValueError as e:
+        raise KolkError(f"--action {e}") from None
     policy = read_policy(args.file)
     d = policy.decide(args.identity, args.address, args.request, args.resource)
     roles, regions = policy.roles_of(args.identity), policy.regions_of(args.address)

@@ -14,10 +14,16 @@ Node-only calls (``NODE_ONLY``) need a node peer: with TLS a node certificate, w
 connection that proved the cluster secret (core/node/identity.py). Produce to ``_audit`` is
 for node peers only, whatever the policy says; the SPU leading ``_audit`` also checks that
 every record's ``node`` is the writer's own identity (core/node/audit.py ``forged_audit_records``).
+
+Consumer groups (docs/policy.md, "Consumer groups") are the resource ``group:NAME`` with the
+actions ``read``, ``describe`` and ``admin``; their denials are audited by :meth:`Authorizer.check`
+like any other, and the coordinator records the changes an operator makes to a group (a reset,
+a delete) with :meth:`Authorizer.audited_change`.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any, Callable
 
@@ -29,6 +35,8 @@ log = logging.getLogger("kolk.authz")
 AUDIT_TOPIC = "_audit"
 NODE_ONLY = "node"  # pseudo-action: calls only nodes make (registration, heartbeats, replication)
 INSECURE_POLICY_FLAG = "--insecure-allow-plaintext-policy"
+GROUP_CHANGE = "group change"  # the reason of an audited change to a consumer group
+AUDIT_DETAIL_CHARS_MAX = 8_192  # an audited change's detail, as JSON; longer is cut (detail_truncated)
 POLICY_NEEDS_TLS = ("a policy needs TLS: this cluster runs without TLS, where every client is anonymous and a "
                     "policy protects nothing; start it with TLS (`kolk cluster start --tls`, or `kolk sc` and "
                     f"`kolk spu` with --tls-ca/--tls-cert/--tls-key), or start the SC with {INSECURE_POLICY_FLAG} "
@@ -136,3 +144,23 @@ class Authorizer:
             self.audit({"node": self.node, "identity": peer.identity, "address": peer.address, "action": action,
                         "resource": resource, "decision": decision, "rule": rule, "reason": reason,
                         "policy_version": self.version})
+
+    def audited_change(self, peer: Peer, action: str, resource: str, detail: dict[str, Any]) -> None:
+        """Record a change ``peer`` made (already allowed and done), in the shape of the SC's
+        metadata-change records with ``reason`` "group change", the allowing rule, and ``detail``
+        (JSON; cut to AUDIT_DETAIL_CHARS_MAX characters). For consumer groups: a reset (a commit
+        with memberId "") and deleteGroup, as ``("admin", "group:NAME", {...})``."""
+        if self.audit is None or not self.auditing:
+            return
+        rule = None
+        if self.policy is not None:
+            try:
+                rule = self.policy.decide(peer.identity, peer.address, action, resource).rule
+            except ValueError:
+                rule = None  # not a request the policy decides (e.g. a node's own change)
+        text = json.dumps(detail, sort_keys=True, default=str)  # plain JSON values (tuples, names: str)
+        shown: Any = json.loads(text) if len(text) <= AUDIT_DETAIL_CHARS_MAX else {
+            "detail_truncated": True, "chars": len(text), "head": text[:AUDIT_DETAIL_CHARS_MAX]}
+        self.audit({"node": self.node, "identity": peer.identity, "address": peer.address, "action": action,
+                    "resource": resource, "decision": "allow", "rule": rule, "reason": GROUP_CHANGE,
+                    "detail": shown, "policy_version": self.version})

@@ -26,6 +26,8 @@ class ErrorCode(str, enum.Enum):
     TOO_MANY_CONNECTIONS = "tooManyConnections"  # a connection past its identity's limit (retry when some close)
     OVERLOADED = "overloaded"             # SmartModule workers, compiler or memory budget busy; the message says which
     OUT_OF_ORDER_SEQUENCE = "outOfOrderSequence"
+    NOT_COORDINATOR = "notCoordinator"    # this SPU does not coordinate the group; `leader` says which does, if known
+    COORDINATOR_LOADING = "coordinatorLoading"  # the coordinator is reading the group's offsets after a failover
     # The request: fix it before trying again.
     INVALID_ARGUMENT = "invalidArgument"
     INVALID_COMMAND = "invalidCommand"
@@ -43,6 +45,7 @@ class ErrorCode(str, enum.Enum):
     INVALID_BATCH = "invalidBatch"
     OFFSET_OUT_OF_RANGE = "offsetOutOfRange"
     PRODUCER_FENCED = "producerFenced"
+    STALE_MEMBER = "staleMember"          # the member left the group (or was removed), or its view of its partitions is old
     DUPLICATE_SEQUENCE = "duplicateSequence"
     DENIED = "denied"                     # the policy does not allow it
     SMART_MODULE = "smartModule"          # a SmartModule failed; the message names it and the offset
@@ -56,7 +59,7 @@ RETRIABLE = frozenset({
     ErrorCode.NOT_LEADER, ErrorCode.NO_LEADER, ErrorCode.TIMEOUT, ErrorCode.UNAVAILABLE, ErrorCode.OFFLINE,
     ErrorCode.NOT_ENOUGH_REPLICAS, ErrorCode.NOT_ENOUGH_REPLICAS_AFTER_APPEND, ErrorCode.STORAGE_FULL,
     ErrorCode.LIMIT_EXCEEDED, ErrorCode.TOO_MANY_STREAMS, ErrorCode.TOO_MANY_CONNECTIONS,
-    ErrorCode.OVERLOADED,
+    ErrorCode.OVERLOADED, ErrorCode.NOT_COORDINATOR, ErrorCode.COORDINATOR_LOADING,
 })
 
 # A write answered with one of these may have happened although it was not acknowledged.

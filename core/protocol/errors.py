@@ -199,6 +199,32 @@ class PermissionDeniedError(KolkError):
     code = "denied"
 
 
+class NotCoordinatorError(KolkError):
+    """This SPU does not coordinate the group (it no longer leads the group's partition of
+    ``_consumer_offsets``); ``leader`` names the coordinator when the SPU knows it. The client
+    looks the coordinator up again and retries."""
+
+    code = "notCoordinator"
+    retriable = True
+
+
+class CoordinatorLoadingError(KolkError):
+    """The group's coordinator is still reading the group's committed offsets after it took
+    over; retried by the client."""
+
+    code = "coordinatorLoading"
+    retriable = True
+
+
+class StaleMemberError(KolkError):
+    """A group call from a member that is no longer in the group (it left, or missed heartbeats
+    for its session timeout and was removed), from an older epoch of the member, or a commit for
+    a partition the member does not own. Its commit is refused: a zombie cannot move the
+    group's position. The consumer rejoins and is given partitions again."""
+
+    code = "staleMember"
+
+
 _BY_CODE: dict[str, type[KolkError]] = {
     "unavailable": ClusterUnavailableError,
     "noLeader": ClusterUnavailableError,
@@ -234,6 +260,9 @@ _BY_CODE: dict[str, type[KolkError]] = {
     "tooManyStreams": TooManyStreamsError,
     "tooManyConnections": TooManyConnectionsError,
     "overloaded": OverloadedError,
+    "notCoordinator": NotCoordinatorError,
+    "coordinatorLoading": CoordinatorLoadingError,
+    "staleMember": StaleMemberError,
     "internal": KolkError,
 }
 

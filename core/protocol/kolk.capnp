@@ -298,6 +298,48 @@ struct PartitionStatusResponse { result @0 :Result; statusJson @1 :Text; }
 struct IdentifyRequest {}
 struct IdentifyResponse { result @0 :Result; spuId @1 :Int32; instanceId @2 :Text; }
 
+
+# ---------------------------------------------------------------- consumer groups
+#
+# To the SPU leading the group's partition of `_consumer_offsets` (crc32c(group) % partitions):
+# the group's coordinator. Another SPU answers notCoordinator (retriable, with the
+# coordinator's address when it knows it). docs/consumers.md has the protocol.
+
+struct TopicPartitions { topic @0 :Text; partitions @1 :List(UInt32); }
+
+struct GroupHeartbeatRequest {
+  group @0 :Text;
+  memberId @1 :Text;            # "" to join: the coordinator names the member
+  instanceId @2 :Text;          # static membership (group_instance_id); "" for none
+  memberEpoch @3 :Int32;        # 0 to join; else the last memberEpoch answered; -1 leave; -2 leave for now (static)
+  topics @4 :List(Text);        # the topics the member subscribes to
+  owned @5 :List(TopicPartitions);  # the partitions the member holds now, after its revocations
+  sessionTimeoutMs @6 :UInt32;  # 0: the default
+  rebalanceTimeoutMs @7 :UInt32; # 0: the default; how long a member may take to hand back a partition
+  assignor @8 :Text;            # "sticky" (default, ""), "range", "roundrobin"
+  waitMs @9 :UInt32;            # hold the answer up to this long unless the member's assignment changes
+}
+struct GroupHeartbeatResponse { result @0 :Result; memberId @1 :Text; memberEpoch @2 :Int32; groupEpoch @3 :Int32;
+                                assignment @4 :List(TopicPartitions); heartbeatIntervalMs @5 :UInt32; }
+
+struct CommittedOffset { topic @0 :Text; partition @1 :UInt32; offset @2 :Int64; metadata @3 :Text; }
+
+# memberId "" commits for a group with no members (a reset, or a consumer without membership).
+struct OffsetCommitRequest { group @0 :Text; memberId @1 :Text; memberEpoch @2 :Int32;
+                             offsets @3 :List(CommittedOffset); }
+struct OffsetCommitResponse { result @0 :Result; }
+# topics empty: every committed offset of the group.
+struct OffsetFetchRequest { group @0 :Text; topics @1 :List(TopicPartitions); }
+struct OffsetFetchResponse { result @0 :Result; offsets @1 :List(CommittedOffset); }
+struct DescribeGroupRequest { group @0 :Text; }
+struct DescribeGroupResponse { result @0 :Result; groupJson @1 :Text; }
+# The groups this SPU coordinates.
+struct ListGroupsRequest {}
+struct ListGroupsResponse { result @0 :Result; groupsJson @1 :Text; }
+# Only a group without members; its committed offsets go with it.
+struct DeleteGroupRequest { group @0 :Text; }
+struct DeleteGroupResponse { result @0 :Result; }
+
 struct SpuRequest {
   union {
     produce @0 :ProduceRequest;
@@ -311,6 +353,12 @@ struct SpuRequest {
     identify @8 :IdentifyRequest;
     challenge @9 :ChallengeRequest;
     authenticate @10 :AuthenticateRequest;
+    groupHeartbeat @11 :GroupHeartbeatRequest;
+    offsetCommit @12 :OffsetCommitRequest;
+    offsetFetch @13 :OffsetFetchRequest;
+    describeGroup @14 :DescribeGroupRequest;
+    listGroups @15 :ListGroupsRequest;
+    deleteGroup @16 :DeleteGroupRequest;
   }
 }
 
@@ -328,6 +376,12 @@ struct SpuResponse {
     identify @9 :IdentifyResponse;
     challenge @10 :ChallengeResponse;
     authenticate @11 :AuthenticateResponse;
+    groupHeartbeat @12 :GroupHeartbeatResponse;
+    offsetCommit @13 :OffsetCommitResponse;
+    offsetFetch @14 :OffsetFetchResponse;
+    describeGroup @15 :DescribeGroupResponse;
+    listGroups @16 :ListGroupsResponse;
+    deleteGroup @17 :DeleteGroupResponse;
   }
 }
 

@@ -58,3 +58,22 @@ OBJECTS_PER_ANSWER_MAX = 1_000_000  # objects in one listObjects answer or watch
 AUTH_NONCE_BYTES = 32             # a connection's challenge nonce
 AUTH_TOKEN_BYTES = 32             # HMAC-SHA256 of the cluster secret over the challenge
 NODE_NAME_CHARS_MAX = 64          # "spu-<id>" or "sc-<id>"
+
+# ---- consumer groups (docs/consumers.md)
+GROUP_NAME_CHARS_MAX = 255        # group names: like topic names, 1-255 of A-Z a-z 0-9 . _ -
+GROUP_TOPICS_MAX = 64             # topics one member subscribes to
+GROUP_PARTITIONS_MAX = 10_000     # partitions named in one heartbeat's owned or assignment, in all
+GROUP_MEMBERS_MAX = 1_000         # members of one group; the next join is refused
+GROUPS_PER_COORDINATOR_MAX = 100_000  # groups one SPU coordinates (with members or committed offsets)
+COMMIT_OFFSETS_MAX = 10_000       # offsets in one commit or offsetFetch answer
+COMMIT_METADATA_CHARS_MAX = 1024  # the text a commit may carry beside each offset
+COMMITS_PENDING_MAX = 100_000     # offsets waiting for the coordinator's next write, per SPU
+HEARTBEAT_WAIT_MS_MAX = 5_000     # the longest a coordinator holds a heartbeat's answer
+SESSION_TIMEOUT_MS_MIN = 1_000
+SESSION_TIMEOUT_MS_MAX = 600_000
+SESSION_TIMEOUT_MS_DEFAULT = 10_000
+REBALANCE_TIMEOUT_MS_MIN = 1_000
+REBALANCE_TIMEOUT_MS_MAX = 1_800_000
+REBALANCE_TIMEOUT_MS_DEFAULT = 60_000
+INSTANCE_ID_CHARS_MAX = 255
+MEMBER_ID_CHARS_MAX = 64

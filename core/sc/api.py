@@ -18,6 +18,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Coroutine, Iterator
 
+from ..groups.names import OFFSETS_TOPIC
 from ..metadata.controllers import choose_leader, place_replicas
 from ..metadata.objects import KINDS, State
 from ..metadata.specs import PARTITIONS_MAX, REASON_CHARS_MAX, PartitionStatus
@@ -210,6 +211,8 @@ class ScApi(TopicLifecycleCalls, NodeAuthCalls):
         authz = self.s.authz
         if kind in ("topic", "partition", "erasure"):
             topic = name if kind == "topic" else name.split("@")[0].rsplit("-", 1)[0]
+            if topic == OFFSETS_TOPIC and kind != "erasure":
+                return True  # where the group coordinators are: every group client needs it (docs/policy.md)
             return any(authz.allowed(self.peer, a, f"topic:{topic}") for a in ("describe", "produce", "consume"))
         if kind == "smartmodule":
             return any(authz.allowed(self.peer, a, f"smartmodule:{name.split('@')[0]}") for a in ("describe", "use"))
@@ -222,6 +225,10 @@ class ScApi(TopicLifecycleCalls, NodeAuthCalls):
 
     async def createTopic(self, req: Any, out: Any) -> None:  # noqa: N802
         name, partitions, rf = req.name, int(req.partitions), int(req.replicationFactor)
+        if name == OFFSETS_TOPIC:
+            set_error(out.result, "invalidArgument", f"{OFFSETS_TOPIC} is internal: the SC creates it (its partition "
+                      "count is the SC's --offsets-partitions)")
+            return
         if not self._allowed(out.result, "create", f"topic:{name}"):
             return
         try:
@@ -238,6 +245,10 @@ class ScApi(TopicLifecycleCalls, NodeAuthCalls):
 
     async def deleteTopic(self, req: Any, out: Any) -> None:  # noqa: N802
         name = req.name
+        if name == OFFSETS_TOPIC:
+            set_error(out.result, "invalidArgument", f"{OFFSETS_TOPIC} is internal: deleting it would lose every "
+                      "consumer group's committed offsets (delete groups with `kolk consumer delete`)")
+            return
         if not self._allowed(out.result, "delete", f"topic:{name}"):
             return
         outcome = await self.s.propose({"op": "delete_topic", "name": name, "ts": now_ms()})

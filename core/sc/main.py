@@ -48,6 +48,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--topic-default", action="append", default=[], metavar="KEY=VALUE",
                    help="a cluster-wide topic config default (repeat for each; keys as in `kolk topic create "
                         "--config`); the SC leader's flags are the ones in force")
+    p.add_argument("--offsets-partitions", type=int, default=8,
+                   help="partitions of _consumer_offsets, where consumer groups commit (default 8; fixed once created)")
+    p.add_argument("--offsets-replication-factor", type=int, default=3,
+                   help="replicas of each _consumer_offsets partition (default 3, or as many SPUs as there are "
+                        "5 s after the first registered)")
     p.add_argument("--ready-file", help="write {admin, pid} here once serving")
     p.add_argument("--changelog-events", type=int, default=10_000,
                    help="metadata changes kept for watchers; one further behind gets a full sync")
@@ -93,7 +98,9 @@ def config_from_args(args: argparse.Namespace) -> ScConfig:
                         changelog_events=args.changelog_events, watchers_max=args.watchers_max,
                         tls=tls_from_args(args, "kolk sc"),
                         insecure_allow_plaintext_policy=args.insecure_allow_plaintext_policy,
-                        topic_defaults=topic_defaults, on_sync=on_sync)
+                        topic_defaults=topic_defaults, on_sync=on_sync,
+                        offsets_partitions=args.offsets_partitions,
+                        offsets_replication_factor=args.offsets_replication_factor)
     except ValueError as e:
         raise SystemExit(f"kolk sc: {e}") from None
 

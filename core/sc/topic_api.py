@@ -15,6 +15,7 @@ import logging
 import re
 from typing import Any
 
+from ..groups.names import OFFSETS_TOPIC
 from ..metadata.controllers import place_replicas
 from ..metadata.objects import ERASURE, TOPIC
 from ..metadata.specs import PARTITIONS_MAX
@@ -71,6 +72,10 @@ class TopicLifecycleCalls:
 
     async def addPartitions(self, req: Any, out: Any) -> None:  # noqa: N802
         name, count = req.name, int(req.count)
+        if name == OFFSETS_TOPIC:
+            set_error(out.result, "invalidArgument", f"{OFFSETS_TOPIC} keeps its partition count: a group's "
+                      "coordinator is chosen by its name modulo that count")
+            return
         if not self._allowed(out.result, "alter", f"topic:{name}"):
             return
         state = self.s.sm.state

@@ -26,6 +26,7 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Coroutine, TypeVar
 
+from ..groups.names import OFFSETS_TOPIC
 from ..node.authz import Denied
 from ..protocol.channel_server import ServerStream
 from ..protocol.fair_use import owner_of
@@ -43,6 +44,7 @@ from ..smartmodule.chain import Chain, ChainError
 from .errors import producer_error, storage_error
 from ..protocol.offset_range import out_of_range_message
 from .produce_rules import inline, needs_work, prepare, size_refusal
+from .group_api import GroupCalls
 from .replication_api import ReplicationCalls
 from .smartmodules import invocations_from_wire, run_chain
 from .stream import StreamFeed
@@ -105,7 +107,7 @@ class _ProduceChain:
     chain: Chain | None = None
 
 
-class SpuHandler(ReplicationCalls):
+class SpuHandler(ReplicationCalls, GroupCalls):
     """The calls of one client or node connection to this SPU."""
 
     def __init__(self, server: "SpuServer", peer: Peer) -> None:
@@ -155,6 +157,12 @@ class SpuHandler(ReplicationCalls):
         if not self._may(result, "produce", req.topic, req.smartmodules):
             return
         if self._audit_write_refused(result, req):  # _audit: records only as the writer itself
+            return
+        if req.topic == OFFSETS_TOPIC:
+            why = (f"{OFFSETS_TOPIC} is internal: only the group coordinators write to it (commit offsets through a "
+                   "consumer group)")
+            self.s.authz.record(self.peer, "produce", f"topic:{OFFSETS_TOPIC}", "deny", None, why)
+            set_error(result, "denied", why)
             return
         records = req.records
         if len(records) > self.s.config.produce_bytes_max:

@@ -40,6 +40,7 @@ from ..segments.faults import install_fsync_fault_file
 from ..segments.store import MARKER
 from ..transport import SPU, serve
 from .api import SpuHandler
+from .coordinator import Coordinator
 from .disk_faults import DiskFaults
 from .follower import PeerPool, follow
 from .lifecycle import Lifecycle, LifecycleConfig
@@ -162,6 +163,7 @@ class SpuServer:
         self.metadata_ready = asyncio.Event()
         self.disk = DiskFaults(self)
         self.lifecycle = Lifecycle(self, config.lifecycle)
+        self.coordinator = Coordinator(self)
         # The metadata version that holds this SPU's registration: roles from an older version
         # (a lagging SC's) are not acted on, since they may predate a lost storage's fencing.
         self.registered_version: int | None = None
@@ -200,6 +202,7 @@ class SpuServer:
         self._tasks.append(asyncio.ensure_future(self._heartbeat_loop()))
         self._tasks.append(asyncio.ensure_future(self._isr_loop()))
         self._tasks.extend(self.lifecycle.start())
+        self._tasks.append(self.coordinator.start())
         await asyncio.wait_for(self.metadata_ready.wait(), 30)
         if self.config.ready_file:
             tmp = self.config.ready_file + ".tmp"
@@ -251,6 +254,7 @@ class SpuServer:
             t.cancel()
         self.disk.stop()
         self.lifecycle.stop()
+        self.coordinator.stop()
         for replica in self.replicas.values():
             self.stop_following(replica)
         self.peers.close()
