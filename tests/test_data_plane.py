@@ -942,16 +942,16 @@ def test_message_that_does_not_fit_the_schema(cluster: DataPlaneCluster) -> None
             assert r.result.ok and r.highWatermark == r.logEndOffset == stored
 
         members = len(schema.SpuRequest.schema.union_fields)
-        assert members == 11, "authenticate @10 is the last SpuRequest member"
+        assert members == 17, "deleteGroup @16 is the last SpuRequest member"
         known = schema.SpuRequest.new_message()
         known.init("offsets").topic = topic
         known_body = known.to_bytes()
         beyond_last = with_discriminant(known_body, schema.SpuRequest, members)
         far_beyond = with_discriminant(known_body, schema.SpuRequest, 0xFFFF)
         for_an_sc = schema.ScRequest.new_message()
-        for_an_sc.init("electLeader").partition = f"{topic}-0"
+        for_an_sc.init("alterTopic").name = topic  # @17: past the SPU's last member (deleteGroup @16)
         status = schema.ScRequest.new_message()
-        status.init("challenge")  # an empty struct, as clusterStatus, at @15: past the SPU's last member
+        status.init("erasureDone")  # @20: past the SPU's last member
         for bad in (beyond_last, far_beyond, for_an_sc.to_bytes(), status.to_bytes()):
             member, error = await sock.request(bad)
             assert member == "rejected", f"an unknown call was answered with {member}: {error}"
