@@ -13,6 +13,10 @@ from .client.consumer import AsyncConsumer as AsyncConsumer
 from .client.consumer import ConsumerRecord as ConsumerRecord
 from .client.consumer import Offset as Offset
 from .client.consumer import RecordBatch as RecordBatch
+from .client.group_consumer import AsyncGroupConsumer as AsyncGroupConsumer
+from .client.group_consumer_sync import GroupConsumer as GroupConsumer
+from .client.group_core import AssignmentChange as AssignmentChange
+from .groups.names import TopicPartition as TopicPartition
 from .protocol.errors import ClusterUnavailableError as ClusterUnavailableError
 from .protocol.errors import InvalidRequestError as InvalidRequestError
 from .protocol.errors import KolkError as KolkError
@@ -22,6 +26,8 @@ from .protocol.errors import NotLeaderError as NotLeaderError
 from .protocol.errors import OffsetOutOfRangeError as OffsetOutOfRangeError
 from .protocol.errors import PartitionOfflineError as PartitionOfflineError
 from .protocol.errors import RequestTimeoutError as RequestTimeoutError
+from .protocol.errors import StaleMemberError as StaleMemberError
+from .protocol.errors import FencedInstanceError as FencedInstanceError
 from .client.producer import AsyncProducer as AsyncProducer
 from .client.producer import RecordFuture as RecordFuture
 from .client.producer import RecordMetadata as RecordMetadata

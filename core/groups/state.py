@@ -153,6 +153,10 @@ def heartbeat(g: Group, req: HeartbeatIn, now_ms: int, new_member_id: str) -> He
         m, changed = _join(g, req, now_ms, new_member_id)
     else:
         m = g.members.get(req.member_id)
+        if m is None and req.instance_id is not None and any(o.instance_id == req.instance_id
+                                                             for o in g.members.values()):
+            raise GroupError("fencedInstance", f"member {req.member_id} of group {g.name} was replaced by a newer "
+                             f"process with group_instance_id {req.instance_id}; this one stops")
         if m is None:
             raise GroupError("staleMember", f"member {req.member_id} is not in group {g.name}: it left, or was "
                              "removed after missing heartbeats for its session timeout or holding revoked "

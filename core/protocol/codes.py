@@ -46,6 +46,7 @@ class ErrorCode(str, enum.Enum):
     OFFSET_OUT_OF_RANGE = "offsetOutOfRange"
     PRODUCER_FENCED = "producerFenced"
     STALE_MEMBER = "staleMember"          # the member left the group (or was removed), or its view of its partitions is old
+    FENCED_INSTANCE = "fencedInstance"    # a newer process took over this static member's group_instance_id
     DUPLICATE_SEQUENCE = "duplicateSequence"
     DENIED = "denied"                     # the policy does not allow it
     SMART_MODULE = "smartModule"          # a SmartModule failed; the message names it and the offset

@@ -225,6 +225,14 @@ class StaleMemberError(KolkError):
     code = "staleMember"
 
 
+class FencedInstanceError(KolkError):
+    """Another process joined the group with this consumer's ``group_instance_id`` and took over
+    its partitions (Kafka's FENCED_INSTANCE_ID). The consumer does not rejoin: two processes
+    with one instance id would take the partitions from each other forever."""
+
+    code = "fencedInstance"
+
+
 _BY_CODE: dict[str, type[KolkError]] = {
     "unavailable": ClusterUnavailableError,
     "noLeader": ClusterUnavailableError,
@@ -263,6 +271,7 @@ _BY_CODE: dict[str, type[KolkError]] = {
     "notCoordinator": NotCoordinatorError,
     "coordinatorLoading": CoordinatorLoadingError,
     "staleMember": StaleMemberError,
+    "fencedInstance": FencedInstanceError,
     "internal": KolkError,
 }
 

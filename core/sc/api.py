@@ -211,7 +211,7 @@ class ScApi(TopicLifecycleCalls, NodeAuthCalls):
         authz = self.s.authz
         if kind in ("topic", "partition", "erasure"):
             topic = name if kind == "topic" else name.split("@")[0].rsplit("-", 1)[0]
-            if topic == OFFSETS_TOPIC and kind != "erasure":
+            if topic == OFFSETS_TOPIC and kind == "partition":
                 return True  # where the group coordinators are: every group client needs it (docs/policy.md)
             return any(authz.allowed(self.peer, a, f"topic:{topic}") for a in ("describe", "produce", "consume"))
         if kind == "smartmodule":

@@ -68,6 +68,12 @@ class GroupEntry:
     persisted: int = 0    # changes written
     persisting: "asyncio.Future[None] | None" = None
     loaded_snapshot: dict[str, Any] | None = None  # while loading: the newest membership record read
+    writing: int = 0      # commits and deletes of this group waiting for their write
+
+    @property
+    def idle(self) -> bool:
+        """Nothing to remember and nothing on the way: the entry may go."""
+        return self.empty and not self.writing and self.persisting is None and self.persisted >= self.dirty
 
     def notify(self) -> None:
         self.wakeup.set()
@@ -300,7 +306,7 @@ class OffsetsPartition:
         for name, entry in list(self.groups.items()):
             g = entry.group
             if not g.members:
-                if entry.empty and entry.persisting is None and entry.persisted >= entry.dirty:
+                if entry.idle:
                     del self.groups[name]  # nothing left to remember (its tombstone is written)
                 continue
             changed = set_partitions(g, self.c.partition_counts(g.subscribed_topics()))

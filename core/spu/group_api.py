@@ -215,16 +215,19 @@ class GroupCalls:
         if entry is None:
             raise GroupError("staleMember", f"member {member_id} is not in group {name} (the group has no members): "
                              "its commit is refused")
+        entry.writing += 1  # the coordinator's tick keeps an entry with a write on the way
         try:
             check_commit(entry.group, member_id, int(req.memberEpoch), commits)
             await part.write([(R.offset_key(name, tp), R.offset_value(c)) for tp, c in commits.items()])
-        except BaseException:
-            if created and entry.empty and part.groups.get(name) is entry:
+            entry.offsets.update(commits)
+        finally:
+            entry.writing -= 1
+            if created and entry.idle and part.groups.get(name) is entry:
                 del part.groups[name]
-            raise
-        entry.offsets.update(commits)
         if not member_id:
-            log.info("group %s: offsets of %d partition(s) set by %s", name, len(commits), self.peer)
+            # DEBUG: a reset commits in chunks and each is audited; an INFO line per commit cost
+            # 2-10% of the coordinator's CPU under load (docs/benchmarks.md, issue 20).
+            log.debug("group %s: offsets of %d partition(s) set by %s", name, len(commits), self.peer)
             self._audit_change("admin", name, {"call": "offsetCommit", "offsets":
                                                {str(tp): c.offset for tp, c in sorted(commits.items())[:100]}})
         out.result.ok = True
@@ -310,7 +313,11 @@ class GroupCalls:
                                "(or wait for their session timeout) before deleting it")
             tombstones: list[tuple[bytes, bytes | None]] = [(R.offset_key(name, tp), None) for tp in entry.offsets]
             tombstones.append((R.group_key(name), None))
-            await part.write(tombstones)
+            entry.writing += 1
+            try:
+                await part.write(tombstones)
+            finally:
+                entry.writing -= 1
             if part.groups.get(name) is entry and not entry.group.members:
                 del part.groups[name]
             log.info("group %s deleted by %s (%d committed offsets)", name, self.peer, len(entry.offsets))
