@@ -8,6 +8,7 @@ import base64
 import json
 import os
 import datetime
+import signal
 import stat
 import sys
 import time
@@ -59,6 +60,11 @@ def add_commands(sub: Any) -> None:
     c.add_argument("-d", "--disconnect", action="store_true", help="exit once the end is reached")
     c.add_argument("--output", choices=["text", "json", "raw"], default="text")
     c.add_argument("--max", type=A.COUNT, help="exit after this many records")
+    c.add_argument("--group", metavar="GROUP",
+                   help="consume as a member of this consumer group: the group assigns the partitions, positions "
+                        "are committed every 5 s and on exit, and a rerun resumes after the last commit (-B: where a "
+                        "partition without a commit starts; -d: exit once every assigned partition is read to its "
+                        "end as of its assignment)")
     add_chain_options(c)
     _sc_option(c)
 
@@ -181,6 +187,8 @@ def _bar(done: int, total: int, records: int) -> None:
 
 async def _consume(args: argparse.Namespace, sc: str) -> int:
     client = AsyncClient(sc, tls=client_tls(args))
+    if args.group is not None:
+        return await _consume_group(args, client)
     if args.offset is not None:
         start = Offset.absolute(args.offset)
     elif args.from_timestamp is not None:
@@ -208,13 +216,7 @@ async def _print_records(args: argparse.Namespace, consumer: Any, out: BinaryIO)
     count = 0
     async for batch in consumer.batches():
         for rec in batch:
-            if args.output == "raw":
-                out.write((rec.value or b"") + b"\n")
-            elif args.output == "json":
-                out.write(json.dumps({"partition": rec.partition, "offset": rec.offset, "timestamp": rec.timestamp,
-                                      "key": _text(rec.key), "value": _text(rec.value)}).encode() + b"\n")
-            else:
-                out.write(((rec.key + b" => ") if rec.key is not None else b"") + (rec.value or b"") + b"\n")
+            _write(args, rec, out)
             count += 1
             if args.max is not None and count >= args.max:
                 out.flush()
@@ -222,6 +224,60 @@ async def _print_records(args: argparse.Namespace, consumer: Any, out: BinaryIO)
                 return 0
         out.flush()
     return 0
+
+
+EXIT_TERMINATED = 143  # 128 + SIGTERM, what a shell reports for a command ended by SIGTERM
+# Where a group consumer cannot be told to start: the group's committed offsets decide.
+_NOT_WITH_GROUP = (("offset", "--offset"), ("tail", "--tail"), ("from_timestamp", "--from-timestamp"),
+                   ("partition", "--partition"))
+
+
+async def _consume_group(args: argparse.Namespace, client: AsyncClient) -> int:
+    """``kolk consume TOPIC --group G``: a group member that commits what it printed, also on
+    Ctrl-C, --max and -d (close commits the positions of the records handed out). With --max the
+    records are taken one at a time, so the commit covers exactly the records printed."""
+    for attr, flag in _NOT_WITH_GROUP:
+        if getattr(args, attr) is not None:
+            raise KolkError(f"--group cannot be combined with {flag}: the group assigns the partitions and its "
+                            "committed offsets say where each starts (move them with `kolk consumer reset`)")
+    start = Offset.beginning() if args.from_beginning else Offset.end()
+    consumer = client.consumer(args.topic, group=args.group, start=start, stop_at_end=args.disconnect,
+                               smartmodules=args.smartmodules or None)
+    out = sys.stdout.buffer
+    # SIGTERM (a service manager stopping it) ends the run as Ctrl-C does: commit, leave, exit.
+    loop, task, terminated = asyncio.get_running_loop(), asyncio.current_task(), []
+    loop.add_signal_handler(signal.SIGTERM, lambda: (terminated.append(True), task and task.cancel()))
+    try:
+        if args.max is None:
+            return await _print_records(args, consumer, out)
+        count = 0
+        async for rec in consumer:
+            _write(args, rec, out)
+            count += 1
+            if count >= args.max:
+                break
+        out.flush()
+        return 0
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except asyncio.CancelledError:
+        if not terminated:
+            raise
+        return EXIT_TERMINATED
+    finally:
+        loop.remove_signal_handler(signal.SIGTERM)
+        await consumer.close()  # commits (the records handed out) and leaves the group
+
+
+def _write(args: argparse.Namespace, rec: Any, out: BinaryIO) -> None:
+    if args.output == "raw":
+        out.write((rec.value or b"") + b"\n")
+    elif args.output == "json":
+        out.write(json.dumps({"partition": rec.partition, "offset": rec.offset, "timestamp": rec.timestamp,
+                              "key": _text(rec.key), "value": _text(rec.value)}).encode() + b"\n")
+    else:
+        out.write(((rec.key + b" => ") if rec.key is not None else b"") + (rec.value or b"") + b"\n")
 
 
 def _text(b: bytes | None) -> str | None:

@@ -50,6 +50,7 @@ def _main(argv: list[str] | None) -> int:
     from ..spu import main as spu_main
     from . import admin as cli_admin
     from . import cert as cli_cert
+    from . import consumer_groups as cli_consumer_groups
     from . import data as cli_data
     from . import policy as cli_policy
     from . import smartmodule as cli_smartmodule
@@ -63,6 +64,7 @@ def _main(argv: list[str] | None) -> int:
     cli_smartmodule.add_commands(sub)
     cli_cert.add_commands(sub)
     cli_policy.add_commands(sub)
+    cli_consumer_groups.add_commands(sub)
 
     bench = sub.add_parser("bench", help="produce/consume throughput and latency on a local cluster")
     bench.add_argument("--records", type=int, default=1_000_000, help="100 B records to produce (default 1,000,000)")
@@ -94,6 +96,8 @@ def _main(argv: list[str] | None) -> int:
         return cli_cert.dispatch(args)
     if args.command in cli_policy.COMMANDS:
         return cli_policy.dispatch(args)
+    if args.command in cli_consumer_groups.COMMANDS:
+        return cli_consumer_groups.dispatch(args)
     if args.command == "demo":
         from .demo import run_cluster_demo, run_storage_demo
 

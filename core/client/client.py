@@ -30,6 +30,9 @@ from ..security.tls import TlsConfig
 from ..transport import SPU, connect
 from .admin import AdminClient
 from .consumer import AsyncConsumer, ConsumerRecord, Offset, RecordBatch, normalize_chain
+from .group_consumer import AsyncGroupConsumer
+from .group_consumer_sync import GroupConsumer
+from . import groups_admin
 from .partition_status import PARTITION_STATUS_SPUS_IN_FLIGHT_MAX, PARTITION_STATUS_TIMEOUT_S, partition_row
 from .producer import AsyncProducer, RecordMetadata
 from .profile import profile_sc, profile_tls
@@ -320,7 +323,10 @@ class AsyncClient:
     def producer(self, topic: str, **options: Any) -> AsyncProducer:
         return AsyncProducer(self, topic, **options)
 
-    def consumer(self, topic: str, **options: Any) -> AsyncConsumer:
+    def consumer(self, topic: str, group: str | None = None, **options: Any) -> "AsyncConsumer | AsyncGroupConsumer":
+        """A plain consumer; with ``group``, a member of that consumer group (group_consumer.py)."""
+        if group is not None:
+            return AsyncGroupConsumer(self, topic, group=group, **options)
         return AsyncConsumer(self, topic, **options)
 
     # ---------------------------------------------------------------- admin
@@ -338,6 +344,20 @@ class AsyncClient:
 
     async def cluster_status(self) -> dict[str, Any]:
         return await self.admin.cluster_status()
+
+    # Consumer groups for operators (core/client/groups_admin.py; docs/consumers.md "Operations").
+    async def group_list(self) -> list[dict[str, Any]]:
+        return await groups_admin.list_groups(self)
+
+    async def group_describe(self, group: str) -> "groups_admin.GroupDescription":
+        return await groups_admin.describe_group(self, group)
+
+    async def group_reset(self, group: str, topic: str, target: "groups_admin.ResetTarget", partition: int | None = None,
+                          *, dry_run: bool = False) -> "groups_admin.ResetPlan":
+        return await groups_admin.reset_offsets(self, group, topic, target, partition, dry_run=dry_run)
+
+    async def group_delete(self, group: str) -> None:
+        await groups_admin.delete_group(self, group)
 
     async def close(self) -> None:
         for address in list(self._conns):
@@ -477,10 +497,11 @@ class Client:
             return AsyncProducer(self._c, topic, **options)
         return Producer(self._t, self._t.call(make()))
 
-    def consumer(self, topic: str, **options: Any) -> Consumer:
-        async def make() -> AsyncConsumer:
-            return AsyncConsumer(self._c, topic, **options)
-        return Consumer(self._t, self._t.call(make()))
+    def consumer(self, topic: str, group: str | None = None, **options: Any) -> "Consumer | GroupConsumer":
+        async def make() -> Any:
+            return self._c.consumer(topic, group, **options)
+        inner = self._t.call(make())
+        return GroupConsumer(self._t, inner) if group is not None else Consumer(self._t, inner)
 
     def create_topic(self, name: str, partitions: int = 1, replication_factor: int = 1,
                      config: dict[str, str] | None = None) -> dict[str, Any]:
@@ -497,6 +518,19 @@ class Client:
 
     def partition_list(self, topic: str | None = None) -> list[dict[str, Any]]:
         return self._t.call(self._c.partition_list(topic))
+
+    def group_list(self) -> list[dict[str, Any]]:
+        return self._t.call(self._c.group_list())
+
+    def group_describe(self, group: str) -> "groups_admin.GroupDescription":
+        return self._t.call(self._c.group_describe(group))
+
+    def group_reset(self, group: str, topic: str, target: "groups_admin.ResetTarget", partition: int | None = None,
+                    *, dry_run: bool = False) -> "groups_admin.ResetPlan":
+        return self._t.call(self._c.group_reset(group, topic, target, partition, dry_run=dry_run))
+
+    def group_delete(self, group: str) -> None:
+        self._t.call(self._c.group_delete(group))
 
     def close(self) -> None:
         try:
