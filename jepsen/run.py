@@ -11,6 +11,9 @@ Workloads:
   reader reads each partition from offset 0 to its end.
 * **register**: processes write and read keys of the metadata store (SC objects); checked for
   linearizability per key.
+* **group** (``--workload group``, instead of the two above): consumer-group members as OS
+  processes read a 6-partition topic under member kills and pauses and node faults;
+  jepsen/group_workload.py, checked by jepsen/checkers/groups.py.
 
 Everything the clients see is recorded as invoke/ok/fail/info events (jepsen/queue_history.py)
 and checked (jepsen/checkers/queue.py, jepsen/checkers/linearizability.py).
@@ -52,6 +55,8 @@ UNSAFE_ACKS_ENV = "KOLK_TEST_UNSAFE_ACKS"
 # the in-sync set and its leadership, and followers truncate below their high watermark to
 # follow it (SCs and SPUs; issue 15).
 IGNORE_STORAGE_ID_ENV = "KOLK_TEST_IGNORE_STORAGE_ID"
+# ... and a coordinator that grants a partition before its old owner revoked it (SPUs; issue 20).
+UNSAFE_ASSIGN_ENV = "KOLK_TEST_UNSAFE_ASSIGN"
 DEFINITE = (InvalidRequestError, NotFoundError)  # errors that mean the request certainly did not happen
 OP_TIMEOUT_S = 30.0
 START_ATTEMPTS = 3
@@ -86,10 +91,10 @@ class Run:
 
     # ---------------------------------------------------------------- queue workload
 
-    async def producer(self) -> None:
+    async def producer(self, topic: str = TOPIC) -> None:
         process = self.new_process()
         client = AsyncClient(self.system.client_sc_addresses, timeout_s=OP_TIMEOUT_S)
-        producer = client.producer(TOPIC, acks="all", linger_ms=0, retries=30, request_timeout_ms=5000)
+        producer = client.producer(topic, acks="all", linger_ms=0, retries=30, request_timeout_ms=5000)
         while not self.stop.is_set():
             self.next_value += 1
             value = self.next_value
@@ -106,7 +111,7 @@ class Run:
                 process = self.new_process()  # a process that saw "unknown" is retired
                 await _retire(client)
                 client = AsyncClient(self.system.client_sc_addresses, timeout_s=OP_TIMEOUT_S)
-                producer = client.producer(TOPIC, acks="all", linger_ms=0, retries=30, request_timeout_ms=5000)
+                producer = client.producer(topic, acks="all", linger_ms=0, retries=30, request_timeout_ms=5000)
                 await asyncio.sleep(0.05)  # a breath before the fresh process starts
 
     async def consumer(self, key: int) -> None:
@@ -310,6 +315,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ignore-storage-id", action="store_true",
                     help="run the deliberately broken build that loses data with a disk (storage ids "
                          "ignored, followers truncate below their high watermark; try --nemesis disk-wipe)")
+    ap.add_argument("--workload", choices=["queue", "group"], default="queue",
+                    help="queue (with the register workload) or group: consumer-group members as processes "
+                         "(jepsen/group_workload.py; extra nemesis kinds member-kill, member-pause, "
+                         "kill-coordinator, pause-coordinator, partition-coordinator)")
+    ap.add_argument("--members", type=int, default=3, help="group members (--workload group)")
+    ap.add_argument("--unsafe-assign", action="store_true",
+                    help="run the deliberately broken coordinator that grants a partition before its old "
+                         "owner revoked it (--workload group)")
     args = ap.parse_args(argv)
     args.nemesis = [k for k in args.nemesis.split(",") if k]
     out = args.out or tempfile.mkdtemp(prefix=f"run-seed{args.seed}-", dir=_runs_dir())
@@ -317,10 +330,18 @@ def main(argv: list[str] | None = None) -> int:
     broken = {IGNORE_STORAGE_ID_ENV: "1"} if args.ignore_storage_id else {}
     system = _started_system(out, args, broken)
     try:
-        results = run(lambda: _run(system, args, out))
+        if args.workload == "group":
+            from .group_workload import run_group
+            results = run(lambda: run_group(system, args, out))
+        else:
+            results = run(lambda: _run(system, args, out))
     finally:
         system.close()
     write_results(out, results)
+    if args.workload == "group":
+        print(f"{'VALID' if results['valid'] else 'INVALID'}: {json.dumps(results['groups']['counts'])}; "
+              f"report in {out}")
+        return 0 if results["valid"] else 1
     q = results["queue"]["counts"]
     print(f"{'VALID' if results['valid'] else 'INVALID'}: {json.dumps(q)}; register linearizable: "
           f"{results['register']['valid']}; report in {out}")
@@ -335,7 +356,8 @@ def _started_system(out: str, args: argparse.Namespace, broken: dict[str, str]) 
     for attempt in range(1, START_ATTEMPTS + 1):
         root = os.path.join(out, "cluster" if attempt == 1 else f"cluster-{attempt}")
         system = System(root, spus=args.spus, sc_env=broken,
-                        spu_env={**broken, **({UNSAFE_ACKS_ENV: "1"} if args.unsafe_acks else {})})
+                        spu_env={**broken, **({UNSAFE_ACKS_ENV: "1"} if args.unsafe_acks else {}),
+                                 **({UNSAFE_ASSIGN_ENV: "1"} if args.unsafe_assign else {})})
         try:
             system.start_all()
             return system
