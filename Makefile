@@ -7,7 +7,7 @@ PYTEST_ARGS ?=
 PEERS_ARGS ?=
 SOAK_ARGS ?=
 
-.PHONY: setup demo test bench bench-peers soak jepsen clean
+.PHONY: setup demo test bench bench-peers soak jepsen jepsen-groups clean
 
 # Set-up is quiet: no command echo, pip -q, and setuptools' informational "Editable installation"
 # notice (printed for every editable install, whatever the layout) filtered out.
@@ -36,6 +36,7 @@ bench: $(STAMP)
 	$(PY) bench/retention_bench.py
 	$(PY) bench/cleaner_bench.py
 	$(PY) bench/lifecycle_bench.py
+	$(PY) bench/group_bench.py
 	$(VENV)/bin/kolk bench
 
 # Kolk beside NATS JetStream and Redis Streams (issue 9); not part of `make test`. Installs
@@ -54,6 +55,11 @@ soak: $(STAMP)
 
 jepsen: $(STAMP)
 	$(PY) -m jepsen run --nemesis kill,pause,partition-one,partition-half,partition-oneway,bridge,slow,lossy,torn-tail,power-loss,clock-jump,disk-wipe,disk-fail,restart-all --time 600 --seed 7
+
+# The consumer-group workload (docs/reliability.md, "Consumer groups"): members killed and frozen,
+# the coordinator's SPU killed, paused and cut off, nodes killed, paused and partitioned.
+jepsen-groups: $(STAMP)
+	$(PY) -m jepsen run --workload group --nemesis member-kill,member-pause,kill-coordinator,pause-coordinator,partition-coordinator,kill,pause,partition-one --time 300 --seed 7
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .hypothesis
