@@ -9,6 +9,7 @@ synchronous facade: it runs an AsyncClient on a background thread with its own e
 from __future__ import annotations
 
 import asyncio
+import weakref
 import json
 import random
 import threading
@@ -96,6 +97,8 @@ class AsyncClient:
         self.admin = AdminClient(sc, timeout_s=timeout_s, tls=tls, credential=credential)
         self.timeout_s = timeout_s
         self._partitions: dict[str, list[_Partition]] = {}  # topic -> its partitions, by index
+        # Group consumers made here and not closed: close() closes them first (commit, leave).
+        self._members: "weakref.WeakSet[AsyncGroupConsumer]" = weakref.WeakSet()
         self._spus: dict[int, str] = {}
         self._alive_spus: set[int] = set()
         self._conns: dict[str, ClientConnection] = {}  # one connection per SPU address
@@ -326,7 +329,9 @@ class AsyncClient:
     def consumer(self, topic: str, group: str | None = None, **options: Any) -> "AsyncConsumer | AsyncGroupConsumer":
         """A plain consumer; with ``group``, a member of that consumer group (group_consumer.py)."""
         if group is not None:
-            return AsyncGroupConsumer(self, topic, group=group, **options)
+            member = AsyncGroupConsumer(self, topic, group=group, **options)
+            self._members.add(member)
+            return member
         return AsyncConsumer(self, topic, **options)
 
     # ---------------------------------------------------------------- admin
@@ -360,6 +365,11 @@ class AsyncClient:
         await groups_admin.delete_group(self, group)
 
     async def close(self) -> None:
+        """Close the group consumers still open (each commits and leaves the group, within its
+        own deadline), then every connection."""
+        members = list(self._members)
+        if members:
+            await asyncio.gather(*(m.close() for m in members), return_exceptions=True)
         for address in list(self._conns):
             self.drop_connection(address)
         await self.admin.close()

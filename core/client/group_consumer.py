@@ -56,7 +56,8 @@ class AsyncGroupConsumer:
     asked for more), so the application has finished what it was handed; a change that arrives
     while ``poll`` waits wakes it. The record iterator reaches a boundary between pushes (at
     most ``window_bytes`` of records). On revocation the consumer stops the partitions' streams,
-    commits their positions, calls ``on_revoked`` and only then tells the coordinator, which gives
+    commits their positions (with ``auto_commit``; without it the application commits, in
+    ``on_revoked`` at the latest), calls ``on_revoked`` and only then tells the coordinator, which gives
     them to another member after that. On assignment it reads the partitions' committed offsets,
     starts there, then calls ``on_assigned``. When the coordinator has removed the member (its
     session timed out), its partitions are dropped without a commit, ``on_lost`` is called and
@@ -74,7 +75,7 @@ class AsyncGroupConsumer:
                  isolation: str = "committed", window_bytes: int = 4 << 20, smartmodules: Any = None,
                  stop_at_end: bool = False, partition: int | None = None) -> None:
         self.group = check_options(group, start, assignor, session_timeout_ms, rebalance_timeout_ms,
-                                   auto_commit_interval_ms, group_instance_id, partition)
+                                   auto_commit_interval_ms, group_instance_id, partition, topic)
         if isolation not in ("committed", "uncommitted"):
             raise InvalidRequestError("isolation must be 'committed' or 'uncommitted'")
         if not 64 << 10 <= window_bytes <= 64 << 20:
@@ -194,6 +195,12 @@ class AsyncGroupConsumer:
             self._changed.clear()
             await self._changed.wait()
 
+    async def __aenter__(self) -> "AsyncGroupConsumer":
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
     async def close(self) -> None:
         """Commit (auto_commit), hand the partitions back (on_revoked), leave the group, stop the
         streams: within CLOSE_DEADLINE_S whatever state the cluster is in."""
@@ -304,12 +311,12 @@ class AsyncGroupConsumer:
         m = self._m
         if self._closed:
             return
+        if m.lost:  # first: a fenced member (fencedInstance) drops its partitions before it raises
+            await self._drop_lost()
         if m.error is not None:
             raise m.error
         if self._errors:
             raise self._errors.pop(0)
-        if m.lost:
-            await self._drop_lost()
         loop = asyncio.get_running_loop()
         if m.target is None:
             self._retry_at = 0.0
@@ -355,10 +362,11 @@ class AsyncGroupConsumer:
                     s.close()
             if self._auto_task is not None and not self._auto_task.done():
                 await asyncio.wait([self._auto_task])  # an older commit must not land after this one
-            positions = self.positions()
-            await self._commit_quietly(to_commit({tp.partition: positions[tp.partition] for tp in revoked
-                                                  if tp.partition in positions}, self._committed),
-                                       COMMIT_DEADLINE_S)
+            if self.auto_commit:  # without it the application commits, in on_revoked at the latest
+                positions = self.positions()
+                await self._commit_quietly(to_commit({tp.partition: positions[tp.partition] for tp in revoked
+                                                      if tp.partition in positions}, self._committed),
+                                           COMMIT_DEADLINE_S)
             for tp in revoked:
                 self._drop(tp.partition)
             await self._report("revoked", revoked, epoch)

@@ -3,9 +3,11 @@
 
 from __future__ import annotations
 
-from typing import Any, AsyncIterator, Iterator, Mapping
+import asyncio
+from typing import Any, AsyncIterator, Coroutine, Iterator, Mapping
 
 from ..groups.names import TopicPartition
+from ..protocol.errors import InvalidRequestError
 from .consumer import ConsumerRecord
 from .group_consumer import CLOSE_DEADLINE_S, COMMIT_DEADLINE_S, AsyncGroupConsumer
 
@@ -20,6 +22,26 @@ class GroupConsumer:
         self._t = thread  # client.py's _LoopThread
         self._c = inner
 
+    def _call(self, coro: Coroutine[Any, Any, Any], timeout: float | None = None) -> Any:
+        """Run ``coro`` on the client's loop and wait for it; refused from that loop itself (a
+        callback of this consumer), where waiting would wait on itself forever."""
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is not None and running is self._t.loop:
+            coro.close()
+            raise InvalidRequestError("a callback of the synchronous group consumer runs on the client's thread and "
+                                      "cannot call the consumer (it would wait on itself): commit before the next "
+                                      "poll, or use kolk.AsyncClient, whose callbacks may await consumer.commit()")
+        return self._t.call(coro, timeout)
+
+    def __enter__(self) -> "GroupConsumer":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     @property
     def member_id(self) -> str:
         return self._c.member_id
@@ -31,14 +53,14 @@ class GroupConsumer:
     def assignment(self) -> frozenset[TopicPartition]:
         async def get() -> frozenset[TopicPartition]:
             return self._c.assignment()
-        return self._t.call(get())
+        return self._call(get())
 
     def poll(self, timeout_s: float) -> list[ConsumerRecord]:
         # A poll may reconcile (commits, offset look-ups) past its timeout: allow for that.
-        return self._t.call(self._c.poll(timeout_s), timeout_s + COMMIT_DEADLINE_S + self._c.client.timeout_s)
+        return self._call(self._c.poll(timeout_s), timeout_s + COMMIT_DEADLINE_S + self._c.client.timeout_s)
 
     def commit(self, offsets: Mapping[int | TopicPartition, int] | None = None) -> None:
-        self._t.call(self._c.commit(offsets))
+        self._call(self._c.commit(offsets))
 
     def batches(self) -> Iterator[list[ConsumerRecord]]:
         return self._iterate(self._c.batches())
@@ -46,7 +68,7 @@ class GroupConsumer:
     def _iterate(self, gen: AsyncIterator[Any]) -> Iterator[Any]:
         while True:
             try:
-                yield self._t.call(gen.__anext__())
+                yield self._call(gen.__anext__())
             except StopAsyncIteration:
                 return
 
@@ -61,4 +83,4 @@ class GroupConsumer:
                 handout.finish(p, end)
 
     def close(self) -> None:
-        self._t.call(self._c.close(), CLOSE_DEADLINE_S + 5)
+        self._call(self._c.close(), CLOSE_DEADLINE_S + 5)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from ..groups.names import ASSIGNORS, GroupNameError, TopicPartition, check_group
+from ..groups.names import ASSIGNORS, OFFSETS_TOPIC, GroupNameError, TopicPartition, check_group
 from ..protocol import limits as L
 from ..protocol.errors import InvalidRequestError
 from ..protocol.offset_range import readable
@@ -84,12 +84,15 @@ def to_commit(positions: Mapping[int, int], committed: Mapping[int, int]) -> dic
 
 def check_options(group: Any, start: Offset | None, assignor: str, session_timeout_ms: int,
                   rebalance_timeout_ms: int, auto_commit_interval_ms: int, group_instance_id: str | None,
-                  partition: int | None) -> str:
+                  partition: int | None, topic: str = "") -> str:
     """The group name after the construction checks; InvalidRequestError naming the first
     problem."""
     if partition is not None:
         raise InvalidRequestError("partition= and group= exclude each other: the group's coordinator assigns the "
                                   "partitions")
+    if topic == OFFSETS_TOPIC:
+        raise InvalidRequestError(f"{OFFSETS_TOPIC} is internal: a group cannot subscribe to it (read it with a plain "
+                                  "consumer)")
     try:
         check_group(group)
     except GroupNameError as e:

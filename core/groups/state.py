@@ -153,14 +153,8 @@ def heartbeat(g: Group, req: HeartbeatIn, now_ms: int, new_member_id: str) -> He
         m, changed = _join(g, req, now_ms, new_member_id)
     else:
         m = g.members.get(req.member_id)
-        if m is None and req.instance_id is not None and any(o.instance_id == req.instance_id
-                                                             for o in g.members.values()):
-            raise GroupError("fencedInstance", f"member {req.member_id} of group {g.name} was replaced by a newer "
-                             f"process with group_instance_id {req.instance_id}; this one stops")
         if m is None:
-            raise GroupError("staleMember", f"member {req.member_id} is not in group {g.name}: it left, or was "
-                             "removed after missing heartbeats for its session timeout or holding revoked "
-                             "partitions past its rebalance timeout; rejoin")
+            raise gone(g, req.member_id, req.instance_id)
         if req.member_epoch > m.epoch:
             raise GroupError("staleMember", f"member {req.member_id} of group {g.name} sent epoch "
                              f"{req.member_epoch}, newer than its epoch {m.epoch}; rejoin")
@@ -175,6 +169,18 @@ def heartbeat(g: Group, req: HeartbeatIn, now_ms: int, new_member_id: str) -> He
     changed |= _answered(g, m)
     return HeartbeatOut(m.member_id, m.epoch, g.epoch, m.owned & g.target.get(m.member_id, frozenset()),
                         heartbeat_interval_ms(m.session_timeout_ms), changed)
+
+
+def gone(g: Group, member_id: str, instance_id: str | None) -> GroupError:
+    """The error for a member no longer in the group: ``fencedInstance`` when a newer process
+    took over its ``group_instance_id`` (it must stop, not rejoin and take it back), else
+    ``staleMember`` (rejoin)."""
+    if instance_id is not None and any(o.instance_id == instance_id for o in g.members.values()):
+        return GroupError("fencedInstance", f"member {member_id} of group {g.name} was replaced by a newer process "
+                          f"with group_instance_id {instance_id}; this one stops")
+    return GroupError("staleMember", f"member {member_id} is not in group {g.name}: it left, or was removed after "
+                      "missing heartbeats for its session timeout or holding revoked partitions past its rebalance "
+                      "timeout; rejoin")
 
 
 def answer(g: Group, member_id: str) -> frozenset[TopicPartition] | None:
