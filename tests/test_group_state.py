@@ -165,6 +165,9 @@ def test_commits_are_fenced_by_member_and_ownership() -> None:
     with pytest.raises(GroupError) as e:
         check_commit(g, "", 0, [mine])
     assert e.value.code == "inUse"
+    with pytest.raises(GroupError) as e:
+        check_commit(g, "a", -1, [mine])
+    assert e.value.code == "invalidArgument" and "epoch -1" in str(e.value)
     check_commit(Group("empty"), "", 0, [mine])  # a reset of a group without members
 
 

@@ -264,6 +264,9 @@ def check_commit(g: Group, member_id: str, member_epoch: int, tps: Iterable[Topi
     if m is None:
         raise GroupError("staleMember", f"member {member_id} is not in group {g.name} (removed or left): its "
                          "commit is refused")
+    if member_epoch < 1:
+        raise GroupError("invalidArgument", f"member {member_id} of group {g.name} committed with epoch "
+                         f"{member_epoch}: a member commits with the epoch its last heartbeat answered (1 or more)")
     if member_epoch > m.epoch:
         raise GroupError("staleMember", f"member {member_id} of group {g.name} committed with epoch "
                          f"{member_epoch}, newer than its epoch {m.epoch}")

@@ -31,7 +31,7 @@ from ..groups.records import Committed
 from ..groups.state import Group, expire, set_partitions, snapshot, restore
 from ..protocol import limits as L
 from ..segments import build_batch, decode_records
-from ..segments.batch import iter_batches
+from ..segments.batch import HEADER_SIZE, iter_batches
 from ..segments.errors import StorageError
 
 if TYPE_CHECKING:
@@ -42,8 +42,10 @@ log = logging.getLogger("kolk.groups")
 
 UNSAFE_ASSIGN_ENV = "KOLK_TEST_UNSAFE_ASSIGN"  # jepsen's broken build: assign before revoke
 TICK_S = 0.1                   # how often members' deadlines and the led partitions are checked
+STALL_GRACE_AFTER_MS = 1_000   # a tick this late means the SPU stalled: members get that time back
 LOAD_CHUNK_BYTES = 1 << 20     # read per turn of the loop while loading
 WRITE_RECORDS_MAX = 2_000      # records in one appended batch
+RECORD_OVERHEAD_BYTES = 32     # a record's framing beside its key and value (varints, attributes), at most
 WRITE_TIMEOUT_S = 10.0
 
 
@@ -88,6 +90,12 @@ class GroupEntry:
 class _Write:
     records: list[tuple[bytes, bytes | None]]
     done: "asyncio.Future[None]"
+    size: int = 0  # bytes in a batch, at most (_records_bytes)
+
+
+def _records_bytes(records: list[tuple[bytes, bytes | None]]) -> int:
+    """The most bytes ``records`` take in a batch (uncompressed)."""
+    return sum(len(k) + len(v or b"") + RECORD_OVERHEAD_BYTES for k, v in records)
 
 
 class OffsetsPartition:
@@ -193,7 +201,8 @@ class OffsetsPartition:
         if entry is None and create:
             if self.c.group_count() >= L.GROUPS_PER_COORDINATOR_MAX:
                 raise CoordinatorError("limitExceeded", f"SPU {self.c.s.config.spu_id} coordinates "
-                                       f"{L.GROUPS_PER_COORDINATOR_MAX} groups, the most it may", retriable=True)
+                                       f"{L.GROUPS_PER_COORDINATOR_MAX} groups, the most it may (delete unused "
+                                       "groups with `kolk consumer delete`)", retriable=False)
             entry = self.groups[name] = GroupEntry(Group(name, unsafe_assign=self.c.unsafe_assign))
         return entry
 
@@ -212,7 +221,8 @@ class OffsetsPartition:
                 continue
             target = entry.dirty
             value = R.group_value(snapshot(entry.group)) if entry.group.members or entry.offsets else None
-            fut = asyncio.ensure_future(self.write([(R.group_key(name), value)]))
+            fut = asyncio.ensure_future(self.write([(R.group_key(name), value)], f": the membership record of group "
+                                                   f"{name}; fewer members, or fewer and shorter topics"))
             entry.persisting = fut
             try:
                 await asyncio.shield(fut)
@@ -226,13 +236,23 @@ class OffsetsPartition:
 
     # ---------------------------------------------------------------- writing
 
-    async def write(self, records: list[tuple[bytes, bytes | None]]) -> None:
-        """Append ``records`` and return once the high watermark passed them (acks=all)."""
+    def batch_budget(self) -> int:
+        """The most record bytes one appended batch of this partition may carry."""
+        return self.replica.log.config.batch_bytes_max - HEADER_SIZE
+
+    async def write(self, records: list[tuple[bytes, bytes | None]], hint: str = "") -> None:
+        """Append ``records`` and return once the high watermark passed them (acks=all). Records
+        that one batch cannot hold are refused (tooLarge, ``hint`` says what to do), never
+        retried: they would fail again, and with them every write sharing their batch."""
         self.check_serving()
+        size = _records_bytes(records)
+        if size > self.batch_budget():
+            raise CoordinatorError("tooLarge", f"{len(records)} record(s) of {size} bytes are more than one batch of "
+                                   f"{self.replica.name} holds ({self.batch_budget()} bytes)" + hint)
         if self._pending_records + len(records) > L.COMMITS_PENDING_MAX:
             raise CoordinatorError("limitExceeded", f"{self.replica.name}: {self._pending_records} records wait "
                                    "for the coordinator's next write; retry shortly", retriable=True)
-        w = _Write(records, asyncio.get_running_loop().create_future())
+        w = _Write(records, asyncio.get_running_loop().create_future(), size)
         self._pending.append(w)
         self._pending_records += len(records)
         if self._writer is None or self._writer.done():
@@ -243,11 +263,14 @@ class OffsetsPartition:
         while self._pending and not self.closed:
             await asyncio.sleep(0)  # let the writes of this turn of the loop join the batch
             take: list[_Write] = []
-            n = 0
-            while self._pending and (not take or n + len(self._pending[0].records) <= WRITE_RECORDS_MAX):
+            n = size = 0
+            budget = self.batch_budget()
+            while self._pending and (not take or (n + len(self._pending[0].records) <= WRITE_RECORDS_MAX
+                                                  and size + self._pending[0].size <= budget)):
                 w = self._pending.pop(0)
                 take.append(w)
                 n += len(w.records)
+                size += w.size
             self._pending_records -= n
             try:
                 if not self.leading:
@@ -300,6 +323,17 @@ class OffsetsPartition:
 
     # ---------------------------------------------------------------- time
 
+    def forgive(self, stalled_ms: int) -> None:
+        """This SPU did not run for ``stalled_ms`` (frozen, swapped out, a long pause): the
+        members' heartbeats of that time wait unread in the sockets. Their deadlines move on by
+        the stall, so they are not removed for this SPU's silence."""
+        for entry in self.groups.values():
+            for m in entry.group.members.values():
+                m.deadline_ms += stalled_ms
+                if m.revoke_deadline_ms is not None:
+                    m.revoke_deadline_ms += stalled_ms
+        log.info("%s: this SPU stalled for %d ms; members' deadlines moved on as much", self.replica.name, stalled_ms)
+
     def tick(self, now: int) -> None:
         if not self.ready:
             return
@@ -344,12 +378,17 @@ class Coordinator:
         self.parts.clear()
 
     async def _loop(self) -> None:
+        last = now_ms()
         while True:
             await asyncio.sleep(TICK_S)  # a period: deadlines and leadership are checked this often
             try:
                 self._follow_leadership()
                 now = now_ms()
+                stalled = now - last - int(TICK_S * 1000)
+                last = now
                 for part in list(self.parts.values()):
+                    if stalled > STALL_GRACE_AFTER_MS:
+                        part.forgive(stalled)
                     part.tick(now)
             except Exception:  # noqa: BLE001 - a bug here must not stop the coordinator for good
                 log.exception("group coordinator tick failed")

@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Any
 from ..groups import records as R
 from ..groups.names import DEFAULT_ASSIGNOR, OFFSETS_TOPIC, TopicPartition, group_problem
 from ..groups.records import Committed
-from ..groups.state import (JOIN, LEAVE, LEAVE_FOR_NOW, GroupError, HeartbeatIn, answer, check_commit, heartbeat,
-                            leave, regrant, set_partitions)
+from ..groups.state import (JOIN, LEAVE, LEAVE_FOR_NOW, GroupError, HeartbeatIn, answer, check_commit, gone,
+                            heartbeat, leave, regrant, set_partitions, snapshot)
 from ..node.authz import Denied
 from ..protocol import limits as L
 from ..protocol.codes import RETRIABLE, ErrorCode
@@ -53,6 +53,20 @@ def _fill_error(result: Any, e: Exception) -> None:
         set_error(result, "denied", str(e))
     else:
         raise e
+
+
+ANSWER_JSON_BYTES_MAX = 16 << 20  # a describe or list answer's JSON; the rest of the frame is headroom
+
+
+def _answer_json(value: Any, what: str) -> str:
+    """``value`` as the JSON of an answer, or tooLarge (one line) when no frame could carry it:
+    sent anyway, the client would drop the connection at the frame limit."""
+    text = json.dumps(value)
+    size = len(text.encode())
+    if size > ANSWER_JSON_BYTES_MAX:
+        raise _Refused("tooLarge", f"{what} is {size} bytes of JSON, more than one answer holds "
+                       f"({ANSWER_JSON_BYTES_MAX})")
+    return text
 
 
 def _partitions(lists: Any, what: str) -> frozenset[TopicPartition]:
@@ -114,7 +128,9 @@ class GroupCalls:
         self.s.authz.check(self.peer, "read", f"group:{name}")
         epoch = int(req.memberEpoch)
         topics = frozenset(req.topics)
-        for t in sorted(topics):
+        # A leave names no subscription to check: a member whose topic was deleted (or whose
+        # consume right was taken away) still leaves at once instead of holding its partitions.
+        for t in sorted(topics) if epoch not in (LEAVE, LEAVE_FOR_NOW) else ():
             if t == OFFSETS_TOPIC:
                 raise _Refused("invalidArgument", f"{OFFSETS_TOPIC} is internal: groups cannot subscribe to it")
             self.s.authz.check(self.peer, "consume", f"topic:{t}")
@@ -147,6 +163,16 @@ class GroupCalls:
         g.partitions.update(counts)
         hb = heartbeat(g, hin, now, uuid.uuid4().hex)
         member_id = hb.member_id
+        if epoch == JOIN and hin.instance_id is None:
+            # The whole membership is one record: a join that would make it larger than one batch
+            # of the offsets topic is undone at once (it could never be written, and every other
+            # member's heartbeat would fail with it).
+            size = len(R.group_value(snapshot(g)))
+            if size > part.batch_budget():
+                leave(g, member_id, LEAVE, now)
+                raise _Refused("tooLarge", f"group {name}: with this member its membership would be {size} bytes, "
+                               f"more than one record of {part.replica.name} holds ({part.batch_budget()}): "
+                               "subscribe to fewer or shorter-named topics, or use another group")
         if epoch == JOIN:
             log.info("group %s: member %s joined (instance %s, topics %s)", name, member_id, hin.instance_id,
                      ",".join(sorted(topics)))
@@ -156,7 +182,11 @@ class GroupCalls:
             await part.persist(name, entry)
         assignment = answer(g, member_id)
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + min(int(req.waitMs), L.HEARTBEAT_WAIT_MS_MAX) / 1000
+        # Held at most half the member's session: a member is removed when its session passes
+        # without a heartbeat, so a longer hold would remove it while its heartbeat waits here.
+        member = g.members.get(member_id)  # gone when removed while its change was persisted
+        wait_ms = min(int(req.waitMs), L.HEARTBEAT_WAIT_MS_MAX, member.session_timeout_ms // 2 if member else 0)
+        deadline = loop.time() + wait_ms / 1000
         while assignment is not None and assignment == owned and epoch != JOIN:
             left = deadline - loop.time()
             if left <= 0:
@@ -171,9 +201,9 @@ class GroupCalls:
                 part.changed(entry)
                 await part.persist(name, entry)
             assignment = answer(g, member_id)
+        assignment = answer(g, member_id)  # the member may have been removed while the answer waited
         if assignment is None or part.groups.get(name) is not entry:
-            raise GroupError("staleMember", f"member {member_id} was removed from group {name} while its "
-                             "heartbeat waited; rejoin")
+            raise gone(g, member_id, hin.instance_id)  # removed, or replaced, while its heartbeat waited
         m = g.members[member_id]
         m.deadline_ms = max(m.deadline_ms, now_ms() + m.session_timeout_ms)
         out.memberId = member_id
@@ -199,6 +229,9 @@ class GroupCalls:
         commits: dict[TopicPartition, Committed] = {}
         for o in req.offsets:
             tp = TopicPartition(o.topic, int(o.partition))
+            if tp.topic == OFFSETS_TOPIC:
+                raise _Refused("invalidArgument", f"{OFFSETS_TOPIC} is internal: groups do not read it, so commit no "
+                               "offsets of it")
             if int(o.offset) < 0:
                 raise _Refused("invalidArgument", f"offset {o.offset} for {tp} is negative: commit the next offset "
                                "to read, 0 or more")
@@ -218,7 +251,8 @@ class GroupCalls:
         entry.writing += 1  # the coordinator's tick keeps an entry with a write on the way
         try:
             check_commit(entry.group, member_id, int(req.memberEpoch), commits)
-            await part.write([(R.offset_key(name, tp), R.offset_value(c)) for tp, c in commits.items()])
+            await part.write([(R.offset_key(name, tp), R.offset_value(c)) for tp, c in commits.items()],
+                             ": commit fewer partitions or shorter metadata at once")
             entry.offsets.update(commits)
         finally:
             entry.writing -= 1
@@ -285,7 +319,7 @@ class GroupCalls:
             entry = part.entry(name, create=False)
             if entry is None or entry.empty:
                 raise _Refused("notFound", f"group {name} does not exist (no members and no committed offsets)")
-            out.groupJson = json.dumps(self._describe(part, name, entry))
+            out.groupJson = _answer_json(self._describe(part, name, entry), f"the description of group {name}")
             out.result.ok = True
         except (CoordinatorError, GroupError, _Refused, Denied) as e:
             _fill_error(out.result, e)
@@ -297,7 +331,13 @@ class GroupCalls:
                 continue
             groups.append({"group": name, "state": entry.group.state, "members": len(entry.group.members),
                            "coordinator": self.s.config.spu_id, "offsets_partition": part.replica.name})
-        out.groupsJson = json.dumps(sorted(groups, key=lambda g: g["group"]))
+        try:
+            out.groupsJson = _answer_json(sorted(groups, key=lambda g: g["group"]),
+                                          f"the list of the {len(groups)} groups SPU {self.s.config.spu_id} "
+                                          "coordinates")
+        except _Refused as e:
+            _fill_error(out.result, e)
+            return
         out.result.ok = True
 
     async def deleteGroup(self, req: Any, out: Any) -> None:  # noqa: N802 - the wire name
