@@ -50,7 +50,7 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 sys.path.insert(0, os.path.join(ROOT, "bench"))
 
-from dataplane_cluster import DataPlaneCluster, wait_committed, wait_until  # noqa: E402
+from dataplane_cluster import DataPlaneCluster, wait_committed, wait_until, offsets_topic  # noqa: E402
 from group_rebalance import bench_rebalance  # noqa: E402
 from kolk.client.admin import run  # noqa: E402
 from kolk.client.client import AsyncClient  # noqa: E402
@@ -356,6 +356,7 @@ def bench_consume(c: DataPlaneCluster, args: argparse.Namespace) -> None:
 async def wait_offsets_topic(c: DataPlaneCluster) -> None:
     async with c.client(timeout_s=10) as client:
         async def ready() -> bool:
+            await offsets_topic(client)  # the first group call would create it; the bench asks first
             parts = await client.refresh(OFFSETS_TOPIC)
             return len(parts) == 8 and all(p["status"]["leader"] is not None for p in parts)
         await wait_until(ready, 60, f"{OFFSETS_TOPIC} to have 8 partitions with leaders")

@@ -318,3 +318,12 @@ def disk_log(data_dir: str, name: str) -> tuple[list[tuple[int, bytes | None]], 
                 out.extend((r.offset, r.value) for r in decode_records(res.data, pos))
             offset = res.next_offset
         return out, lg.high_watermark, lg.log_end_offset
+
+
+async def offsets_topic(client: AsyncClient) -> list[dict[str, Any]]:
+    """The partitions of ``_consumer_offsets``, asking the SC to create it first when it does not
+    exist yet, as a client's first group call does (raises, to be retried, while it is created)."""
+    from kolk.client.coordinator import offsets_partitions
+    from kolk.groups.names import OFFSETS_TOPIC
+    await offsets_partitions(client)
+    return await client.partitions(OFFSETS_TOPIC)

@@ -23,7 +23,7 @@ import pytest
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from dataplane_cluster import DataPlaneCluster, run_async, wait_committed, wait_until  # noqa: E402
+from dataplane_cluster import DataPlaneCluster, run_async, wait_committed, wait_until, offsets_topic  # noqa: E402
 from jepsen.cluster import wait_for  # noqa: E402
 from lifecycle_cluster import FAST_LIFECYCLE, SMALL_SEGMENTS, kolk  # noqa: E402
 from kolk.client.client import AsyncClient, Client  # noqa: E402
@@ -50,7 +50,7 @@ async def _offsets_topic_ready(c: DataPlaneCluster) -> None:
     async with c.client() as client:
         async def led() -> bool:
             client.forget_leaders(OFFSETS_TOPIC)
-            parts = await client.partitions(OFFSETS_TOPIC)
+            parts = await offsets_topic(client)
             return bool(parts) and all(p["status"].get("leader") is not None for p in parts)
         await wait_until(led, 30, f"{OFFSETS_TOPIC} to exist with a leader for every partition")
 

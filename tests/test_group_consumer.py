@@ -26,7 +26,7 @@ import pytest
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from dataplane_cluster import DataPlaneCluster, run_async, wait_committed, wait_until  # noqa: E402
+from dataplane_cluster import DataPlaneCluster, run_async, wait_committed, wait_until, offsets_topic  # noqa: E402
 from kolk.client.client import AsyncClient, Client  # noqa: E402
 from kolk.client.consumer import ConsumerRecord, Offset  # noqa: E402
 from kolk.client.coordinator import group_call  # noqa: E402
@@ -47,7 +47,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory):
             async with c.client() as client:
                 async def led() -> bool:
                     client.forget_leaders(OFFSETS_TOPIC)
-                    parts = await client.partitions(OFFSETS_TOPIC)
+                    parts = await offsets_topic(client)
                     return bool(parts) and all(p["status"].get("leader") is not None for p in parts)
                 await wait_until(led, WAIT_S, f"{OFFSETS_TOPIC} to have a leader for every partition")
         run_async(offsets_topic_led)

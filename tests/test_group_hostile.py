@@ -26,7 +26,7 @@ import pytest
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from dataplane_cluster import DataPlaneCluster, run_async, wait_until  # noqa: E402
+from dataplane_cluster import DataPlaneCluster, run_async, wait_until, offsets_topic  # noqa: E402
 from kolk.client.client import AsyncClient  # noqa: E402
 from kolk.client.coordinator import coordinator_of, group_call, list_groups, offsets_partitions  # noqa: E402
 from kolk.groups.names import OFFSETS_TOPIC, group_partition  # noqa: E402
@@ -52,7 +52,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory):
             async with c.client() as client:
                 async def led(topic: str) -> bool:
                     client.forget_leaders(topic)
-                    parts = await client.partitions(topic)
+                    parts = await (offsets_topic(client) if topic == OFFSETS_TOPIC else client.partitions(topic))
                     return bool(parts) and all(p["status"].get("leader") is not None for p in parts)
                 await wait_until(lambda: led(OFFSETS_TOPIC), WAIT_S, f"{OFFSETS_TOPIC} to be led")
                 await client.create_topic("t", 4, 1)

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from dataplane_cluster import DataPlaneCluster, read_all, run_async, wait_committed, wait_until
+from dataplane_cluster import DataPlaneCluster, read_all, run_async, wait_committed, wait_until, offsets_topic
 from kolk.client.client import AsyncClient
 from kolk.client.coordinator import group_call
 from kolk.client.consumer import ConsumerRecord
@@ -64,7 +64,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Any:
 
             async def offsets_led() -> bool:
                 admin.forget_leaders(OFFSETS_TOPIC)
-                parts = await admin.partitions(OFFSETS_TOPIC)
+                parts = await offsets_topic(admin)
                 return bool(parts) and all(p["status"].get("leader") is not None for p in parts)
             await wait_until(offsets_led, WAIT_S, f"{OFFSETS_TOPIC} to have a leader for every partition")
             await admin.create_topic("payments", 2, 1)

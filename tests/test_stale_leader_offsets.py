@@ -27,7 +27,7 @@ from typing import Any
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from dataplane_cluster import DataPlaneCluster, raw_spu, run_async, wait_until  # noqa: E402
+from dataplane_cluster import DataPlaneCluster, raw_spu, run_async, wait_until, offsets_topic  # noqa: E402
 from kolk.client.client import AsyncClient  # noqa: E402
 from kolk.client.consumer import ConsumerRecord, Offset  # noqa: E402
 from kolk.client.coordinator import group_call  # noqa: E402
@@ -50,7 +50,7 @@ async def settled(c: DataPlaneCluster) -> int:
     async with c.client() as client:
         async def offsets_led() -> bool:
             client.forget_leaders(OFFSETS_TOPIC)
-            parts = await client.partitions(OFFSETS_TOPIC)
+            parts = await offsets_topic(client)
             return bool(parts) and all(p["status"].get("leader") is not None for p in parts)
         await wait_until(offsets_led, WAIT_S, f"{OFFSETS_TOPIC} to have a leader for every partition")
         await client.create_topic("t", 1, 3)

@@ -6,8 +6,8 @@ topic ``_consumer_offsets`` (``kolk.groups.names.group_partition``). :func:`grou
 it up through the client's partition metadata, sends one group request and returns the checked
 response struct. It retries, with a jittered backoff of 50-200 ms, until ``deadline_s``:
 
-- while ``_consumer_offsets`` does not exist or has no leader yet (the SC creates it once SPUs
-  have registered),
+- while ``_consumer_offsets`` does not exist or has no leader yet (the client asks the SC to
+  create it, with the SC's settings, the first time; Kafka's first FindCoordinator does the same),
 - when the SPU answers ``notCoordinator`` or ``coordinatorLoading`` (leadership moved, or the new
   leader is still reading the group's offsets), or any other retriable error,
 - when the connection fails or the SPU does not answer in time.
@@ -47,7 +47,8 @@ from typing import TYPE_CHECKING, Any
 
 from ..groups.names import OFFSETS_TOPIC, GroupNameError, check_group, group_partition
 from ..protocol.channel import CallRejected, ConnectionLost
-from ..protocol.errors import ClusterUnavailableError, InvalidRequestError, KolkError, NotFoundError
+from ..protocol.errors import (AlreadyExistsError, ClusterUnavailableError, InvalidRequestError, KolkError,
+                               NotFoundError)
 from ..protocol.wire import error_from_struct, transport_error
 
 if TYPE_CHECKING:
@@ -70,10 +71,21 @@ def backoff_s(attempt: int) -> float:
     return max(BACKOFF_MIN_S, top * (0.5 + random.random() / 2))
 
 
-async def offsets_partitions(client: "AsyncClient") -> int:
-    """How many partitions ``_consumer_offsets`` has; NotFoundError or ClusterUnavailableError
-    (both retried by :func:`group_call`) while the SC has not created it yet."""
-    parts = await client.partitions(OFFSETS_TOPIC)
+async def offsets_partitions(client: "AsyncClient", create: bool = True) -> int:
+    """How many partitions ``_consumer_offsets`` has. The SC creates the topic when a client first
+    needs a coordinator (``create``: ask it to, as Kafka's first FindCoordinator does); meanwhile
+    NotFoundError or ClusterUnavailableError, both retried by :func:`group_call`."""
+    try:
+        parts = await client.partitions(OFFSETS_TOPIC)
+    except NotFoundError:
+        if not create:
+            raise
+        try:
+            await client.admin.create_topic(OFFSETS_TOPIC)  # the SC applies its own settings
+        except AlreadyExistsError:
+            pass
+        client.forget_leaders(OFFSETS_TOPIC)
+        raise ClusterUnavailableError(f"{OFFSETS_TOPIC} is being created for the first consumer group") from None
     if not parts:
         raise ClusterUnavailableError(f"{OFFSETS_TOPIC} has no partitions yet")
     return len(parts)
@@ -117,6 +129,12 @@ async def list_groups(client: "AsyncClient", *, deadline_s: float = GROUP_CALL_D
     asked once (``listGroups`` answers the groups that SPU coordinates), all at once."""
     loop = asyncio.get_running_loop()
     end = loop.time() + deadline_s
+    try:
+        await client.partitions(OFFSETS_TOPIC)
+    except NotFoundError:
+        return []  # no group was ever used: the SC creates the offsets topic for the first one
+    except KolkError:
+        pass  # retried below
     n = await _until(loop, end, lambda: offsets_partitions(client), f"{OFFSETS_TOPIC}")
     # One partition per distinct leader is enough: the SPU answers for every group it coordinates.
     by_leader: dict[Any, int] = {}

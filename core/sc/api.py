@@ -33,7 +33,7 @@ from ..security.tls import Peer
 from ..protocol.fair_use import owner_of
 from .module_check import check_smartmodule
 from .policy_access import hidden_policies, hidden_policy, lockout, lockout_accepted
-from .server import ScServer, WatcherSlot, now_ms
+from .server import OFFSETS_TOPIC_CONFIG, ScServer, WatcherSlot, now_ms
 from .answers import OBJECT_WIRE_OVERHEAD, Encoded as _Encoded, fill_error as _fill_error
 from .topic_api import TopicLifecycleCalls
 
@@ -226,8 +226,7 @@ class ScApi(TopicLifecycleCalls, NodeAuthCalls):
     async def createTopic(self, req: Any, out: Any) -> None:  # noqa: N802
         name, partitions, rf = req.name, int(req.partitions), int(req.replicationFactor)
         if name == OFFSETS_TOPIC:
-            set_error(out.result, "invalidArgument", f"{OFFSETS_TOPIC} is internal: the SC creates it (its partition "
-                      "count is the SC's --offsets-partitions)")
+            await self._create_offsets_topic(out)
             return
         if not self._allowed(out.result, "create", f"topic:{name}"):
             return
@@ -242,6 +241,36 @@ class ScApi(TopicLifecycleCalls, NodeAuthCalls):
         if _fill_error(out.result, await self.s.propose(cmd), self.s):
             self._changed("create", f"topic:{name}")
             self._fill_topic(out, name)
+
+    async def _create_offsets_topic(self, out: Any) -> None:
+        """A client that needs a group's coordinator asks for ``_consumer_offsets`` (as Kafka
+        creates __consumer_offsets on the first FindCoordinator): the SC creates it with its own
+        settings whatever the request says, for any caller (it only makes groups possible), on
+        ``--offsets-replication-factor`` SPUs or as many as are alive. docs/consumers.md "Storage"."""
+        state = self.s.sm.state
+        if state.get("topic", OFFSETS_TOPIC) is not None:
+            set_error(out.result, "alreadyExists", f"topic {OFFSETS_TOPIC} already exists")
+            return
+        alive = [o.spec["id"] for o in state.all("spu") if o.status.get("alive")]
+        if not alive:
+            set_error(out.result, "unavailable", f"{OFFSETS_TOPIC} needs an SPU alive to be placed on; none is",
+                      None, True)
+            return
+        cfg = self.s.config
+        rf = min(cfg.offsets_replication_factor, len(alive))
+        try:
+            assignment = place_replicas(state, cfg.offsets_partitions, rf)
+        except ValueError as e:
+            set_error(out.result, "unavailable", f"{OFFSETS_TOPIC}: {e}", None, True)
+            return
+        cmd = {"op": "create_topic", "name": OFFSETS_TOPIC, "partitions": cfg.offsets_partitions,
+               "replication_factor": rf, "config": dict(OFFSETS_TOPIC_CONFIG), "assignment": assignment,
+               "ts": now_ms()}
+        if _fill_error(out.result, await self.s.propose(cmd), self.s):
+            log.info("created the internal topic %s for consumer groups: %d partition(s), replication factor %d",
+                     OFFSETS_TOPIC, cfg.offsets_partitions, rf)
+            self._changed("create", f"topic:{OFFSETS_TOPIC}")
+            self._fill_topic(out, OFFSETS_TOPIC)
 
     async def deleteTopic(self, req: Any, out: Any) -> None:  # noqa: N802
         name = req.name

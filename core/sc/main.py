@@ -51,8 +51,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--offsets-partitions", type=int, default=8,
                    help="partitions of _consumer_offsets, where consumer groups commit (default 8; fixed once created)")
     p.add_argument("--offsets-replication-factor", type=int, default=3,
-                   help="replicas of each _consumer_offsets partition (default 3, or as many SPUs as there are "
-                        "5 s after the first registered)")
+                   help="replicas of each _consumer_offsets partition (default 3, or as many SPUs as are alive when "
+                        "the first consumer group needs it)")
     p.add_argument("--ready-file", help="write {admin, pid} here once serving")
     p.add_argument("--changelog-events", type=int, default=10_000,
                    help="metadata changes kept for watchers; one further behind gets a full sync")

@@ -24,7 +24,7 @@ from ..metadata.apply import encode_command
 from ..metadata.controllers import place_replicas, reconcile_leaders, reconcile_liveness, reconcile_replicas
 from ..metadata.objects import TOPIC, State
 from ..metadata.specs import SpuSpec, SpuStatus
-from ..groups.names import OFFSETS_PARTITIONS_DEFAULT, OFFSETS_TOPIC
+from ..groups.names import OFFSETS_PARTITIONS_DEFAULT
 from ..node.audit import AUDIT_TOPIC, AuditLog
 from ..node.authz import Authorizer
 from ..protocol.node_auth import NodeCredential
@@ -52,7 +52,6 @@ class ScPeer:
     admin_address: str
 
 
-OFFSETS_TOPIC_GRACE_MS = 5_000
 # Compacted: the newest commit per group and partition survives (docs/consumers.md "Storage").
 OFFSETS_TOPIC_CONFIG = {"cleanup_policy": "compact", "segment_bytes": str(16 << 20), "min_compaction_lag_ms": "0"}
 
@@ -84,8 +83,8 @@ class ScConfig:
     # --topic-default KEY=VALUE: the cluster's topic config defaults, as the leader sets them
     # (core/sc/topic_defaults.py).
     topic_defaults: dict[str, str] = field(default_factory=dict)
-    # _consumer_offsets (docs/consumers.md "Storage"): created by the leader once this many SPUs
-    # are alive, or OFFSETS_TOPIC_GRACE_MS after the first one registered with as many as there are.
+    # _consumer_offsets (docs/consumers.md "Storage"): created when a client first needs a group's
+    # coordinator, on this many SPUs or as many as are alive then.
     offsets_partitions: int = OFFSETS_PARTITIONS_DEFAULT
     offsets_replication_factor: int = 3
     extra: dict[str, Any] = field(default_factory=dict)
@@ -350,30 +349,19 @@ class ScServer:
             log.error("the topic defaults of this SC's --topic-default flags are refused: %s", outcome.get("message"))
 
     async def _audit_topic_loop(self) -> None:
-        """The leader creates the internal topics once SPUs exist: ``_audit`` (replicated on up to
-        3 of them) and ``_consumer_offsets`` (compacted, ``offsets_partitions`` partitions,
-        replicated on ``offsets_replication_factor`` SPUs once that many are alive, or on as
-        many as there are OFFSETS_TOPIC_GRACE_MS after the first SPU appeared)."""
-        first_spu_ms: int | None = None
+        """The leader creates the audit topic once SPUs exist (replicated on up to 3 of them).
+        (``_consumer_offsets`` is created when a client first needs a group's coordinator:
+        core/sc/api.py ``_create_offsets_topic``.)"""
         while True:
             await asyncio.sleep(1.0)  # a period, not synchronisation
             state = self.sm.state
-            if not self.raft.is_leader():
-                continue
-            spus = state.spu_ids()
-            if not spus:
-                continue
-            if first_spu_ms is None:
-                first_spu_ms = now_ms()
-            if state.get(TOPIC, OFFSETS_TOPIC) is None:
-                wanted = self.config.offsets_replication_factor
-                if len(spus) >= wanted or now_ms() - first_spu_ms >= OFFSETS_TOPIC_GRACE_MS:
-                    await self._create_internal(OFFSETS_TOPIC, self.config.offsets_partitions,
-                                                min(wanted, len(spus)), dict(OFFSETS_TOPIC_CONFIG))
-            if state.get(TOPIC, AUDIT_TOPIC) is not None:
+            if not self.raft.is_leader() or state.get(TOPIC, AUDIT_TOPIC) is not None:
                 continue
             if self.config.tls is None and state.get("policy", "active") is None:
                 continue  # no audit log on a plaintext cluster without a policy (core/node/authz.py)
+            spus = state.spu_ids()
+            if not spus:
+                continue
             await self._create_internal(AUDIT_TOPIC, 1, min(3, len(spus)), {})
 
     async def _create_internal(self, name: str, partitions: int, rf: int, config: dict[str, str]) -> None:

@@ -415,8 +415,8 @@ class Coordinator:
         """The led offsets partition coordinating ``group``, or CoordinatorError."""
         count = self.offsets_partitions()
         if not count:
-            raise CoordinatorError("notCoordinator", f"{OFFSETS_TOPIC} does not exist yet (the SC creates it once "
-                                   "SPUs have registered); retry shortly", retriable=True)
+            raise CoordinatorError("notCoordinator", f"{OFFSETS_TOPIC} does not exist yet (the SC creates it when a "
+                                   "client first needs a coordinator); retry shortly", retriable=True)
         name = f"{OFFSETS_TOPIC}-{group_partition(group, count)}"
         part = self.parts.get(name)
         if part is None:
