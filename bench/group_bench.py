@@ -371,10 +371,10 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--records", type=int, default=1_000_000, help="records consumed in part 3")
     ap.add_argument("--profile", action="store_true", help="cProfile the SPUs during the first commit round")
-    ap.add_argument("--commit-as", choices=("reset", "member"), default="reset",
-                    help="commit with memberId \"\" (reset, the default) or as each group's only member")
-    ap.add_argument("--spu-log-level", default="INFO", help="the SPUs' --log-level (INFO, as deployed: an INFO "
-                    "line per commit with memberId \"\"; WARNING to measure without it)")
+    ap.add_argument("--commit-as", choices=("reset", "member"), default="member",
+                    help="commit as each group's only member (the default, as consumers do) or with memberId \"\" "
+                         "(a reset)")
+    ap.add_argument("--spu-log-level", default="INFO", help="the SPUs' --log-level (INFO, as deployed)")
     args = ap.parse_args()
     parts = set(args.only.split(","))
     unknown = parts - {"commits", "rebalance", "consume"}

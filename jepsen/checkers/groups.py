@@ -44,9 +44,10 @@ from typing import Any, Iterable
 
 from jepsen.group_history import Change, Delivery, GroupHistory
 
+from .queue import Tally
+
 ANOMALIES: tuple[str, ...] = ("lost", "commit_backwards", "start_after_commit", "overlap",
                               "unowned_delivery", "nonmonotonic_delivery", "delivery_skip")
-EXAMPLES_MAX = 10
 INF = float("inf")
 
 
@@ -65,18 +66,6 @@ class Interval:
     @property
     def last_generation(self) -> int | None:
         return self.end_generation if self.end_generation is not None else self.grant_generation
-
-
-class _Tally:
-    def __init__(self, names: Iterable[str]) -> None:
-        self.counts: dict[str, int] = dict.fromkeys(names, 0)
-        self.examples: dict[str, list[dict[str, Any]]] = {}
-
-    def add(self, name: str, example: dict[str, Any]) -> None:
-        self.counts[name] += 1
-        shown = self.examples.setdefault(name, [])
-        if len(shown) < EXAMPLES_MAX:
-            shown.append(example)
 
 
 def intervals(changes: Iterable[Change], end_time: float = INF) -> tuple[list[Interval], int]:
@@ -111,7 +100,7 @@ def intervals(changes: Iterable[Change], end_time: float = INF) -> tuple[list[In
 
 def check_groups(h: GroupHistory) -> dict[str, Any]:
     """Judge a consumer-group history. Returns ``{"valid", "counts", "examples", "stats"}``."""
-    tally = _Tally(ANOMALIES)
+    tally = Tally(ANOMALIES)
     deliveries = sorted(h.deliveries, key=lambda d: d.time)
     ivs, odd_changes = intervals(h.changes, h.end_time)
     by_part: dict[int, list[Interval]] = {}
@@ -180,7 +169,7 @@ def check_groups(h: GroupHistory) -> dict[str, Any]:
             "stats": stats}
 
 
-def _commit_order(p: int, cs: list[tuple[float, float | None, int, str, str]], tally: _Tally) -> None:
+def _commit_order(p: int, cs: list[tuple[float, float | None, int, str, str]], tally: Tally) -> None:
     """commit_backwards: an ok commit completed before an ok commit's invoke, at a higher offset."""
     done = sorted((c for c in cs if c[3] == "ok"), key=lambda c: c[1])  # type: ignore[arg-type, return-value]
     completes = [c[1] for c in done]
@@ -206,7 +195,7 @@ def _could_be_committed(cs: list[tuple[float, float | None, int, str, str]], t: 
 
 
 def _deliveries(key: tuple[str, int], ds: list[Delivery], owned: list[Interval], offs: list[int],
-                cs: list[tuple[float, float | None, int, str, str]], tally: _Tally) -> None:
+                cs: list[tuple[float, float | None, int, str, str]], tally: Tally) -> None:
     member, p = key
     starts = [iv.start for iv in owned]
     prev: dict[int, int] = {}  # interval index -> last offset handed out in it
@@ -235,7 +224,7 @@ def _deliveries(key: tuple[str, int], ds: list[Delivery], owned: list[Interval],
         prev[i] = d.offset if last is None else max(last, d.offset)
 
 
-def _overlaps(p: int, lst: list[Interval], tally: _Tally) -> int:
+def _overlaps(p: int, lst: list[Interval], tally: Tally) -> int:
     """Pairs of intervals of one partition that overlap; returns the fenced ones excused."""
     fenced = 0
     active: list[Interval] = []

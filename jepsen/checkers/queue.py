@@ -66,7 +66,9 @@ Pos = tuple[int, int]  # (key, offset)
 _NONE: Any = object()
 
 
-class _Tally:
+class Tally:
+    """Anomaly counts and up to EXAMPLES_MAX examples of each (shared by the group checker)."""
+
     def __init__(self, names: Iterable[str]) -> None:
         self.counts: dict[str, int] = dict.fromkeys(names, 0)
         self.examples: dict[str, list[dict[str, Any]]] = {}
@@ -84,8 +86,8 @@ def check_queue(events_or_ops: Iterable[Event] | Iterable[Op]) -> dict[str, Any]
     items = list(events_or_ops)
     ops: list[Op] = pair(items) if items and isinstance(items[0], Event) else items  # type: ignore[assignment]
     ops = sorted(ops, key=attrgetter("index"))
-    tally = _Tally(ANOMALIES)
-    split = _Tally(LOST_SPLIT)
+    tally = Tally(ANOMALIES)
+    split = Tally(LOST_SPLIT)
     outcomes = {f: dict.fromkeys(("ok", "fail", "info"), 0) for f in ("send", "poll", "final")}
 
     sent: dict[Any, Op] = {}  # value -> its send
