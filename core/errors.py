@@ -24,6 +24,10 @@ from .protocol.errors import (  # noqa: F401
     OutOfOrderSequenceError as OutOfOrderSequenceError,
     DuplicateSequenceError as DuplicateSequenceError,
     PermissionDeniedError as PermissionDeniedError,
+    StaleMemberError as StaleMemberError,
+    FencedInstanceError as FencedInstanceError,
+    NotCoordinatorError as NotCoordinatorError,
+    CoordinatorLoadingError as CoordinatorLoadingError,
     error_from_wire as error_from_wire,
 )
 from .client.profile import LocalClusterStoppedError as LocalClusterStoppedError  # noqa: F401
