@@ -37,6 +37,7 @@ bench: $(STAMP)
 	$(PY) bench/cleaner_bench.py
 	$(PY) bench/lifecycle_bench.py
 	$(PY) bench/group_bench.py
+	$(PY) bench/metrics_bench.py
 	$(VENV)/bin/kolk bench
 
 # Kolk beside NATS JetStream and Redis Streams (issue 9); not part of `make test`. Installs

@@ -138,6 +138,19 @@ def _create_journal(path: str | None):  # noqa: ANN202 - pysyncobj's factory
 
 _pso.createJournal = _create_journal
 
+@dataclass(frozen=True)
+class RaftProgress:
+    """Where this node's Raft stands (RaftNode.progress): what metrics and health read."""
+
+    term: int
+    commit_index: int
+    last_applied: int
+    is_leader: bool
+    leader: str | None  # the leader's Raft address, None when none is known
+    has_quorum: bool  # connected to a majority, as this node sees it
+    ready: bool  # has applied what the leader had committed when this node joined
+
+
 class _Replica(SyncObj):
     def __init__(self, node: "RaftNode", conf: RaftConfig, journal: DurableJournal, listener: socket.socket,
                  tunnel: RaftTunnel) -> None:
@@ -335,6 +348,13 @@ class RaftNode:
 
     def is_ready(self) -> bool:
         return self._replica.isReady()
+
+    def progress(self) -> RaftProgress:
+        """Term, indexes, leadership and readiness: plain attribute reads, safe from any thread
+        (the SC's metrics collector runs in a worker thread while pysyncobj's thread writes)."""
+        r = self._replica
+        return RaftProgress(r.raftCurrentTerm, r.raftCommitIndex, r.raftLastApplied, r._isLeader(), self.leader(),
+                            r.hasQuorum, r.isReady())
 
     def status(self) -> dict[str, Any]:
         s = self._replica.getStatus()

@@ -423,8 +423,16 @@ class RaftTunnel:
         except Refused as e:
             self._unreachable(peer, str(e))
         except (ConnectionError, OSError) as e:
-            # A peer that is down: pysyncobj retries every connectionRetryTime; not news.
-            log.debug("raft: connection to %s ended: %s", peer, e)
+            # A peer that is down: pysyncobj retries every connectionRetryTime. Said once per
+            # peer and reason, then at most once per 30 s with a count: the record's
+            # ``repeat_key`` is what the SC's log set-up rate-limits (core/observe/log_limits.py;
+            # raft/ imports nothing of kolk, so it marks the line instead of limiting it).
+            if isinstance(e, ConnectionRefusedError):
+                reason = "connection refused: nothing listens there (the SC is down or starting)"
+            else:
+                reason = e.strerror if isinstance(e, OSError) and e.strerror else (str(e) or type(e).__name__)
+            log.warning("raft: cannot reach peer %s: %s (retrying)", peer, reason,
+                        extra={"repeat_key": ("raft", peer, reason), "peer": peer})
         finally:
             self.outbound -= 1
             local.close()

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from typing import Callable
 
 INLINE_FSYNC_MAX_S = 0.0005  # fsyncs faster than this on average run on the event loop
 FSYNC_EWMA_WEIGHT = 0.2  # weight of the newest fsync in the moving average
@@ -49,6 +50,9 @@ class GroupCommit:
         self._flusher: asyncio.Task[None] | None = None
         self.fsyncs = 0  # statistics: how many fsync rounds ran
         self.inline_fsyncs = 0  # statistics: how many of them ran on the event loop
+        # Told of every round that succeeded: its fsync's seconds and the records it made
+        # durable (the SPU's metrics); called on the loop, so it must be quick.
+        self.on_fsync: Callable[[float, int], None] | None = None
 
     async def append(self, data: bytes | bytearray | memoryview, leader_epoch: int = 0) -> AppendInfo:
         """Append as leader and return once the batches are durable."""
@@ -73,6 +77,7 @@ class GroupCommit:
         loop = asyncio.get_running_loop()
         while self._waiters:
             try:
+                before = self.log.durable_offset
                 ticket = self.log.begin_sync()
                 if self.fsync_avg_s < self.inline_fsync_max_s:
                     self.inline_fsyncs += 1
@@ -91,6 +96,8 @@ class GroupCommit:
             if self.log.closed:
                 self._fail_all(LogClosedError(f"log {self.log.name} was closed before the append became durable"))
                 return
+            if self.on_fsync is not None:
+                self.on_fsync(ticket.elapsed_s, max(0, durable - before))
             generation = self.log.generation
             still: deque[tuple[int, int, asyncio.Future[int]]] = deque()
             for offset, gen, fut in self._waiters:

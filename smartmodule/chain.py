@@ -29,6 +29,9 @@ SHARING_KINDS = ("array_map", "aggregate")  # kinds whose outputs may share an o
 
 RECORDS_BYTES_MAX = 64 << 20  # a decompressed records section
 
+# Told of one stage's call on one batch: (NAME@VERSION, seconds, fuel used, the error's reason or None).
+Observe = Callable[[str, float, int, "str | None"], None]
+
 
 @dataclass
 class Stage:
@@ -59,8 +62,9 @@ class Chain:
     """
 
     def __init__(self, stages: Sequence[Stage], on_close: Callable[[], None] | None = None,
-                 budget: "MemoryBudget | None" = None) -> None:
+                 budget: "MemoryBudget | None" = None, observe: "Observe | None" = None) -> None:
         self.stages = list(stages)
+        self.observe = observe  # told of every stage call (the SPU's metrics); runs on the calling thread
         self.records_in = 0
         self.records_out = 0
         self._lock = threading.Lock()
@@ -172,10 +176,13 @@ class Chain:
         self.records_in += count
         shared = False  # whether this stage's input may repeat offsets (an earlier stage could)
         for stage in self.stages:
+            began = time.perf_counter()
             try:
                 result = stage.instance.call(count, h.base_offset, h.first_timestamp, section, h.last_offset_delta,
                                              start, end, shared)
             except SmartModuleError as e:
+                if self.observe is not None:
+                    self.observe(stage.label, time.perf_counter() - began, stage.instance.fuel_used(), e.reason)
                 offset = None
                 message = str(e)
                 if e.record_index is not None:
@@ -183,6 +190,8 @@ class Chain:
                     if offset is not None:  # "at offset 7: map refused record 0" names one record twice
                         message = message.replace(f"refused record {e.record_index}", "refused the record", 1)
                 raise ChainError(stage.label, stage.instance.kind, e.reason, message, offset, renumber) from None
+            if self.observe is not None:
+                self.observe(stage.label, time.perf_counter() - began, stage.instance.fuel_used(), None)
             section, count = result.records, result.record_count
             start, end = 0, len(section)
             shared = shared or stage.instance.kind in SHARING_KINDS

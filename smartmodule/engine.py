@@ -348,6 +348,15 @@ class Instance:
     def closed(self) -> bool:
         return self.store is None
 
+    def fuel_used(self) -> int:
+        """Fuel the last call burned (each call starts with ``fuel_per_call``); 0 once closed."""
+        if self.store is None:
+            return 0
+        try:
+            return max(0, self.limits.fuel_per_call - self.store.get_fuel())
+        except wasmtime.WasmtimeError:
+            return 0
+
     def _store(self) -> wasmtime.Store:
         if self.store is None:
             raise SmartModuleError("closed", f"the {self.kind} instance was closed")

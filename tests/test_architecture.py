@@ -146,7 +146,8 @@ def test_the_wire_protocol_imports_nothing_else_of_kolk() -> None:
 
 
 # The rooms of core/ (docs/architecture.md) and the rooms each may never import, lazily or not.
-ROOMS = ("kolk.protocol", "kolk.groups", "kolk.client", "kolk.sc", "kolk.spu", "kolk.node", "kolk.cli")
+ROOMS = ("kolk.protocol", "kolk.groups", "kolk.client", "kolk.sc", "kolk.spu", "kolk.node", "kolk.cli",
+         "kolk.observe", "kolk.console")
 SERVERS_AND_CLI = {"kolk.sc", "kolk.spu", "kolk.node", "kolk.cli"}
 
 
@@ -165,12 +166,16 @@ def test_every_room_is_seen() -> None:
 
 
 @pytest.mark.parametrize("room,forbidden", [
-    ("kolk.client", SERVERS_AND_CLI),
+    ("kolk.client", SERVERS_AND_CLI | {"kolk.observe", "kolk.console"}),
     ("kolk.sc", {"kolk.spu", "kolk.cli"}),
     ("kolk.spu", {"kolk.sc", "kolk.cli"}),
     ("kolk.node", {"kolk.sc", "kolk.spu", "kolk.cli"}),
     ("kolk.protocol", SERVERS_AND_CLI | {"kolk.client", "kolk.groups"}),
     ("kolk.groups", SERVERS_AND_CLI | {"kolk.client"}),  # pure: the client and the coordinator share it
+    # What the SC and the SPU share to be seen (metrics, health, logs): below the servers, beside the wire.
+    ("kolk.observe", SERVERS_AND_CLI | {"kolk.client", "kolk.groups", "kolk.console"}),
+    # The SC's web console renders the client's cluster view; the SC starts it, never the reverse.
+    ("kolk.console", {"kolk.sc", "kolk.spu", "kolk.cli", "kolk.node", "kolk.groups"}),
 ])
 def test_room_boundaries(room: str, forbidden: set[str]) -> None:
     bad = sorted(f"{n} imports {d}" for n, deps in ALL_IMPORTS.items() if _room(n) == room

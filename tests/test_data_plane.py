@@ -942,14 +942,14 @@ def test_message_that_does_not_fit_the_schema(cluster: DataPlaneCluster) -> None
             assert r.result.ok and r.highWatermark == r.logEndOffset == stored
 
         members = len(schema.SpuRequest.schema.union_fields)
-        assert members == 17, "deleteGroup @16 is the last SpuRequest member"
+        assert members == 18, "nodeDiagnostics @17 is the last SpuRequest member"
         known = schema.SpuRequest.new_message()
         known.init("offsets").topic = topic
         known_body = known.to_bytes()
         beyond_last = with_discriminant(known_body, schema.SpuRequest, members)
         far_beyond = with_discriminant(known_body, schema.SpuRequest, 0xFFFF)
         for_an_sc = schema.ScRequest.new_message()
-        for_an_sc.init("alterTopic").name = topic  # @17: past the SPU's last member (deleteGroup @16)
+        for_an_sc.init("addPartitions").name = topic  # @18: past the SPU's last member (nodeDiagnostics @17)
         status = schema.ScRequest.new_message()
         status.init("erasureDone")  # @20: past the SPU's last member
         for bad in (beyond_last, far_beyond, for_an_sc.to_bytes(), status.to_bytes()):

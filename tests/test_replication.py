@@ -221,7 +221,7 @@ def test_isolated_leader_is_replaced_and_its_divergent_tail_truncated(tmp_path: 
         c.proxies["private"][old].heal()
         c.proxies["sc"][old].heal()
         await wait_in_sync(client, "t-0")
-        assert "truncating" in c.spu_log(old)
+        assert ": truncated " in c.spu_log(old)
         logs = stopped_logs(c, "t-0", [1, 2, 3])
         check_same_and_complete(logs, acked)
         stored = {v for _, v in logs[old][0]}

@@ -1,4 +1,5 @@
-"""Admin commands of the ``kolk`` CLI: ``topic``, ``partition list``, ``cluster status``, ``cluster spu``.
+"""Admin commands of the ``kolk`` CLI: ``topic``, ``partition list``, ``cluster status``, ``cluster spu``,
+``cluster diagnostics`` (core/cli/diagnostics.py).
 
 Each talks to any SC (``--sc`` or ``$KOLK_SC``, comma-separated for several). Errors print
 one line naming what was wrong and exit with status 1; ``--json`` prints machine output.
@@ -108,6 +109,12 @@ def add_commands(sub: Any) -> None:
     cluster = sub.add_parser("cluster", help="cluster status and SPU registration")
     csub = cluster.add_subparsers(dest="action", required=True)
     _sc_option(csub.add_parser("status", help="SCs, which one leads, SPUs and their liveness"))
+    dg = csub.add_parser("diagnostics", help="write one archive (tar.gz, 0600) of every node's logs, metrics, "
+                                             "versions and settings and the metadata, secrets and keys redacted")
+    from .diagnostics import add_arguments as diagnostics_arguments
+
+    diagnostics_arguments(dg)
+    _sc_option(dg)
     st = csub.add_parser("start", help="start a local cluster (1 SC, N SPUs) in the background")
     st.add_argument("--spus", type=A.LOCAL_SPUS, default=1,
                     help=f"SPUs to start (default 1; at most {A.LOCAL_SPUS_MAX})")
@@ -116,6 +123,8 @@ def add_commands(sub: Any) -> None:
     st.add_argument("--insecure-allow-plaintext-policy", action="store_true",
                     help="without --tls: let the SC store a policy anyway (audited); every client is anonymous, "
                          "so such a policy protects nothing")
+    st.add_argument("--log-format", choices=("text", "json"), default="text",
+                    help="the nodes' log lines (in the logs directory): text (default) or json, one object a line")
     st.add_argument("--json", action="store_true")
     sp = csub.add_parser("stop", help="stop the local cluster started by 'kolk cluster start'")
     sp.add_argument("--json", action="store_true")
@@ -235,6 +244,10 @@ async def _run(args: argparse.Namespace) -> int:
         elif args.spu_action == "unregister":
             await client.unregister_spu(args.id)
             _print(args, {"unregistered": args.id}, f"SPU {args.id} unregistered")
+    elif args.command == "cluster" and args.action == "diagnostics":
+        from .diagnostics import run as diagnostics
+
+        return await diagnostics(args, resolve_sc(args.sc), client_tls(args), lambda v, text: _print(args, v, text))
     elif args.command == "cluster" and args.action == "status":
         s = await client.cluster_status()
         text = (f"SC leader: {s['leader'] or 'none (no quorum?)'}  metadata version {s['metadata_version']}\n"
@@ -244,8 +257,37 @@ async def _run(args: argparse.Namespace) -> int:
                 + "\n" + (_table([[u["id"], u["public_address"], u["rack"], "alive" if u["alive"] else "DOWN"]
                                   for u in s["spus"]], ["SPU", "ADDRESS", "RACK", "STATUS"]) if s["spus"]
                           else "no SPUs registered"))
+        console = _local_console(s)
+        if console:
+            s, text = {**s, "console": console}, text + f"\nweb console: {console}"
+        metrics = _local_metrics(s)
+        if metrics:
+            s, text = {**s, "metrics": metrics}, text + "\nmetrics: " + "  ".join(f"{n} {u}" for n, u in metrics.items())
         _print(args, s, text)
     return 0
+
+
+def _local_console(status: dict[str, Any]) -> str | None:
+    """The web console's URL when ``status`` is the running local cluster's (its profile has it)."""
+    from ..client.profile import read_profile
+
+    profile = read_profile()
+    if not profile or not profile.get("running") or not profile.get("console"):
+        return None
+    return profile["console"] if any(sc.get("admin") == profile.get("sc") for sc in status.get("scs", ())) else None
+
+
+def _local_metrics(status: dict[str, Any]) -> dict[str, str]:
+    """Each node's /metrics URL when ``status`` is the running local cluster's (docs/metrics.md)."""
+    from ..client.profile import read_profile
+
+    profile = read_profile()
+    if not profile or not profile.get("running") or not profile.get("metrics"):
+        return {}
+    if not any(sc.get("admin") == profile.get("sc") for sc in status.get("scs", ())):
+        return {}
+    scheme = "https" if profile.get("tls") else "http"
+    return {node: f"{scheme}://{address}/metrics" for node, address in profile["metrics"].items()}
 
 
 def dispatch(args: argparse.Namespace) -> int:
@@ -254,7 +296,8 @@ def dispatch(args: argparse.Namespace) -> int:
     try:
         if args.command == "cluster" and args.action == "start":
             profile = local_cluster.start(args.spus, tls=args.tls,
-                                          insecure_allow_plaintext_policy=args.insecure_allow_plaintext_policy)
+                                          insecure_allow_plaintext_policy=args.insecure_allow_plaintext_policy,
+                                          log_format=args.log_format)
             if profile.get("tls") and not args.tls and not profile.get("restarted"):
                 print(f"kolk cluster start: the local cluster in {profile['data_dir']} was created with --tls: "
                       "started with TLS again", file=sys.stderr)
@@ -264,6 +307,7 @@ def dispatch(args: argparse.Namespace) -> int:
                 return 0
             _print(args, profile, f"local cluster started: SC at {profile['sc']}, {profile['spus']} SPU(s)\n"
                                   f"data in {profile['data_dir']}, logs in {profile['logs']}\n"
+                                  + (f"web console at {profile['console']}\n" if profile.get("console") else "") +
                                   "stop it with: kolk cluster stop")
             return 0
         if args.command == "cluster" and args.action == "stop":

@@ -8,6 +8,8 @@ process ids, so that later commands find the cluster (``kolk.client.profile`` re
 Ports stay the same across restarts, as Fluvio's local cluster keeps 9003: the first start
 takes the SC at 9003 (its Raft port 9004) and SPU N at 9010+N when they are free, else ports
 from the OS, and records them in ``local/ports.json``; later starts reuse them while free.
+Every node serves metrics (``--metrics``, docs/metrics.md) on such a port too: the SC's at
+9005, SPU N's at 9030+N; the profile's ``metrics`` names each node's bound address.
 """
 
 from __future__ import annotations
@@ -62,9 +64,17 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-PREFERRED_PORTS = {"sc": 9003, "raft": 9004}
+# console: the SC's web console; sc-metrics: the SC's /metrics and /health (docs/metrics.md)
+PREFERRED_PORTS = {"sc": 9003, "raft": 9004, "console": 9080, "sc-metrics": 9005}
 SPU_PORT_BASE = 9010
+SC_METRICS = "sc-metrics"
+SPU_METRICS_PORT_BASE = 9030  # SPU N's metrics at 9030+N
 PORTS_FILE = "ports.json"
+
+
+def _spu_metrics(i: int) -> str:
+    """The ports.json name of SPU ``i``'s metrics port."""
+    return f"spu-{i}-metrics"
 
 
 def _port_free(port: int) -> bool:
@@ -78,8 +88,9 @@ def _port_free(port: int) -> bool:
 
 
 def stable_port(base: str, name: str) -> int:
-    """The port ``name`` (sc, raft, spu-N) had last time if it is free, else its preferred
-    port if free, else one from the OS; recorded for the next start."""
+    """The port ``name`` (sc, raft, console, sc-metrics, spu-N, spu-N-metrics) had last time
+    if it is free, else its preferred port if free, else one from the OS; recorded for the
+    next start."""
     path = os.path.join(base, PORTS_FILE)
     try:
         with open(path, encoding="utf-8") as f:
@@ -87,7 +98,8 @@ def stable_port(base: str, name: str) -> int:
     except (OSError, ValueError, AttributeError):
         ports = {}
     taken = {p for k, p in ports.items() if k != name}
-    preferred = PREFERRED_PORTS.get(name) or SPU_PORT_BASE + int(name.split("-", 1)[1])
+    spu, _, what = name.removeprefix("spu-").partition("-")  # "spu-N" or "spu-N-metrics"
+    preferred = PREFERRED_PORTS.get(name) or (SPU_METRICS_PORT_BASE if what else SPU_PORT_BASE) + int(spu)
     for candidate in (ports.get(name), preferred):
         if candidate and candidate not in taken and _port_free(candidate):
             port = candidate
@@ -117,7 +129,8 @@ def _wait_ready(path: str, pid: int, what: str, log_path: str, deadline: float) 
     raise KolkError(f"{what} did not become ready within {START_TIMEOUT_S:.0f} s; see {log_path}")
 
 
-def start(spus: int = 1, tls: bool = False, insecure_allow_plaintext_policy: bool = False) -> dict[str, Any]:
+def start(spus: int = 1, tls: bool = False, insecure_allow_plaintext_policy: bool = False,
+          log_format: str = "text") -> dict[str, Any]:
     """Start 1 SC and ``spus`` SPUs; return the profile once every process serves.
 
     ``tls``: make a dev CA and certificates under the local directory (once; reused) and run
@@ -128,7 +141,10 @@ def start(spus: int = 1, tls: bool = False, insecure_allow_plaintext_policy: boo
 
     A local cluster created with --tls keeps TLS when started again without it: its SC may
     hold a policy that needs TLS, and a plaintext start would have every call denied. The
-    caller sees it in the profile (``tls``) and says so (docs/operations.md)."""
+    caller sees it in the profile (``tls``) and says so (docs/operations.md).
+
+    ``log_format``: "text" or "json" for every node's log (``--log-format``); recorded in the
+    profile, so SPUs started again into the running cluster use it too."""
     if not 1 <= spus <= SPUS_MAX:
         raise KolkError(f"--spus must be 1 to {SPUS_MAX}, got {spus}")
     profile = read_profile()
@@ -146,6 +162,9 @@ def start(spus: int = 1, tls: bool = False, insecure_allow_plaintext_policy: boo
                 "run 'kolk cluster stop' first")
     if not tls and created_with_tls(profile):
         tls = True
+    if log_format not in ("text", "json"):
+        raise KolkError(f"--log-format must be text or json, got {log_format!r}")
+    log_args = ["--log-format", log_format]
     # local/ and logs/ are 0700 whatever the umask (tightened if they exist more open), and so
     # is a $KOLK_HOME this creates (home_dir); the SC and SPUs make their data directories
     # private themselves.
@@ -175,22 +194,31 @@ def start(spus: int = 1, tls: bool = False, insecure_allow_plaintext_policy: boo
     sc_log = os.path.join(logs, "sc.log")
     pids["sc"] = _spawn(py + ["sc", "--id", "1", "--data-dir", os.path.join(base, "sc"),
                               "--raft", f"127.0.0.1:{stable_port(base, 'raft')}", "--admin", sc_admin,
-                              "--secret-file", secret_file, "--ready-file", ready, *node_tls,
+                              "--secret-file", secret_file, "--ready-file", ready, *node_tls, *log_args,
+                              "--console", f"127.0.0.1:{stable_port(base, 'console')}",
+                              "--metrics", f"127.0.0.1:{stable_port(base, SC_METRICS)}",
                               *(["--insecure-allow-plaintext-policy"] if insecure_allow_plaintext_policy else [])],
                              sc_log, env)
     try:
         # The SPUs start beside the SC, not after it: their interpreters and imports overlap the
         # SC's start, and each registers as soon as the SC answers (it retries until then).
         for i in range(1, spus + 1):
-            pids[f"spu-{i}"] = _spawn_spu(i, sc_admin, base, node_tls, env)
-        _wait_ready(ready, pids["sc"], "the SC", sc_log, deadline)
+            pids[f"spu-{i}"] = _spawn_spu(i, sc_admin, base, node_tls + log_args, env)
+        sc_ready = _wait_ready(ready, pids["sc"], "the SC", sc_log, deadline)
+        metrics = {"sc": sc_ready.get("metrics")}
         for i in range(1, spus + 1):
-            _wait_ready(os.path.join(base, f"spu-{i}.ready"), pids[f"spu-{i}"], f"SPU {i}",
-                        os.path.join(logs, f"spu-{i}.log"), deadline)
+            spu_ready = _wait_ready(os.path.join(base, f"spu-{i}.ready"), pids[f"spu-{i}"], f"SPU {i}",
+                                    os.path.join(logs, f"spu-{i}.log"), deadline)
+            metrics[f"spu-{i}"] = spu_ready.get("metrics")
     except BaseException:
         _stop_pids(pids)
         raise
-    profile = {"running": True, "sc": sc_admin, "pids": pids, "data_dir": base, "logs": logs, "spus": spus}
+    profile = {"running": True, "sc": sc_admin, "pids": pids, "data_dir": base, "logs": logs, "spus": spus,
+               "log_format": log_format,
+               # Every node's metrics listener, as "host:port" by node (kolk top, diagnostics, tests).
+               "metrics": {node: address for node, address in metrics.items() if address}}
+    if sc_ready.get("console"):  # the web console's URL (docs/console.md)
+        profile["console"] = f"{'https' if tls else 'http'}://{sc_ready['console']}/"
     if tls:
         admin = pki["kolk-admin"]
         profile["tls"] = {"ca": admin["ca"], "cert": admin["cert"], "key": admin["key"]}
@@ -210,6 +238,7 @@ def _spawn_spu(i: int, sc_admin: str, base: str, node_tls: list[str], env: dict[
     return _spawn([sys.executable, "-m", "kolk", "spu", "--id", str(i), "--sc", sc_admin, "--data-dir",
                    os.path.join(base, f"spu-{i}"), "--public", f"127.0.0.1:{stable_port(base, f'spu-{i}')}",
                    "--ready-file", ready, "--secret-file", os.path.join(base, "secret"),
+                   "--metrics", f"127.0.0.1:{stable_port(base, _spu_metrics(i))}",
                    *node_tls], os.path.join(base, "logs", f"spu-{i}.log"), env)
 
 
@@ -225,11 +254,16 @@ def _restart_spus(profile: dict[str, Any], names: list[str]) -> dict[str, Any]:
     deadline = time.monotonic() + START_TIMEOUT_S
     pids = dict(profile["pids"])
     for name in names:
-        pids[name] = _spawn_spu(int(name.split("-", 1)[1]), profile["sc"], base, node_tls, dict(os.environ))
+        log_args = ["--log-format", profile.get("log_format") or "text"]
+        pids[name] = _spawn_spu(int(name.split("-", 1)[1]), profile["sc"], base, node_tls + log_args,
+                                dict(os.environ))
+    metrics = dict(profile.get("metrics") or {})
     for name in names:
-        _wait_ready(os.path.join(base, f"{name}.ready"), pids[name], name.replace("spu-", "SPU "),
-                    os.path.join(base, "logs", f"{name}.log"), deadline)
-    profile = dict(profile, pids=pids, restarted=names)
+        spu_ready = _wait_ready(os.path.join(base, f"{name}.ready"), pids[name], name.replace("spu-", "SPU "),
+                                os.path.join(base, "logs", f"{name}.log"), deadline)
+        if spu_ready.get("metrics"):
+            metrics[name] = spu_ready["metrics"]
+    profile = dict(profile, pids=pids, restarted=names, metrics=metrics)
     write_profile(profile)
     return profile
 

@@ -51,6 +51,7 @@ def _main(argv: list[str] | None) -> int:
     from . import admin as cli_admin
     from . import cert as cli_cert
     from . import consumer_groups as cli_consumer_groups
+    from . import top as cli_top
     from . import data as cli_data
     from . import policy as cli_policy
     from . import smartmodule as cli_smartmodule
@@ -65,6 +66,7 @@ def _main(argv: list[str] | None) -> int:
     cli_cert.add_commands(sub)
     cli_policy.add_commands(sub)
     cli_consumer_groups.add_commands(sub)
+    cli_top.add_commands(sub)
 
     bench = sub.add_parser("bench", help="produce/consume throughput and latency on a local cluster")
     bench.add_argument("--records", type=int, default=1_000_000, help="100 B records to produce (default 1,000,000)")
@@ -98,6 +100,8 @@ def _main(argv: list[str] | None) -> int:
         return cli_policy.dispatch(args)
     if args.command in cli_consumer_groups.COMMANDS:
         return cli_consumer_groups.dispatch(args)
+    if args.command in cli_top.COMMANDS:
+        return cli_top.dispatch(args)
     if args.command == "demo":
         from .demo import run_cluster_demo, run_storage_demo
 

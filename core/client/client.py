@@ -15,7 +15,7 @@ import random
 import threading
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Awaitable, Callable, Iterable, Iterator, TypeVar
+from typing import Any, AsyncIterator, Awaitable, Callable, Collection, Iterable, Iterator, TypeVar
 
 from ..metadata.controllers import offline_reason
 from ..metadata.specs import PartitionSpec, PartitionStatus, SpecError, SpuSpec, SpuStatus
@@ -273,7 +273,8 @@ class AsyncClient:
             return r
         return await self._with_leader(topic, partition, call, 5)
 
-    async def partition_list(self, topic: str | None = None) -> list[dict[str, Any]]:
+    async def partition_list(self, topic: str | None = None, *, limit: int | None = None,
+                             topics: Collection[str] | None = None) -> list[dict[str, Any]]:
         """Every partition (of ``topic``): leader, replicas, in-sync set and epoch from the SC;
         high watermark, log start and end offsets and each follower's lag from its leader; and
         in ``replica_logs`` every replica's own log (start, end, bytes on disk, segments, how
@@ -281,8 +282,13 @@ class AsyncClient:
         asked at once, each within :data:`PARTITION_STATUS_TIMEOUT_S`: one that does not answer
         leaves its replicas unknown (None) with the reason in their ``error``, never hangs the
         call. A leader that cannot be reached leaves the partition's offsets None and says why
-        in ``error``."""
+        in ``error``. ``topics``: only partitions of these topics; ``limit``: only the first that
+        many, in (topic, partition) order."""
         parts = _of_topic(await self.admin.list_objects("partition"), topic)
+        if topics is not None:
+            parts = [p for p in parts if p.spec.topic in topics]
+        if limit is not None:
+            parts = sorted(parts, key=lambda o: (o.spec.topic, o.spec.partition))[:limit]
         spus, alive = _spus(await self.admin.list_objects("spu"))
         held: dict[int, list[str]] = {}
         for p in parts:

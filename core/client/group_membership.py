@@ -151,8 +151,11 @@ class Membership:
                     self._wake()
                     return
                 if e.retriable:
+                    # Rate-limited per group and reason where the process installed the node's log
+                    # setup (core/observe/log_limits.py); an application's own logging sees each.
                     log.warning("group %s: heartbeat of member %s failed (%s); still trying", self.group,
-                                self.member_id or "(joining)", e)
+                                self.member_id or "(joining)", e,
+                                extra={"repeat_key": ("group heartbeat", self.group, str(e))})
                     await asyncio.sleep(max(MIN_HEARTBEAT_GAP_S, backoff_s(failures)))
                     failures += 1
                     continue

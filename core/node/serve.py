@@ -11,11 +11,9 @@ import signal
 import sys
 from typing import Any, Callable
 
+from ..observe.logs import LOG_FORMATS, setup_logging
 from ..security.tls import TlsConfig
 from ..security.tls_files import TlsFileError, check_tls_files
-
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-
 
 M_MMAP_THRESHOLD = -3  # glibc mallopt parameters (malloc.h)
 M_ARENA_MAX = -8
@@ -71,15 +69,20 @@ def tighten_data_dir(path: str) -> str | None:
     return f"data directory {path} was {mode:04o}, open to other users; now {DATA_DIR_MODE:04o}"
 
 
-def serve_until_signalled(make_server: Callable[[], Any], log_level: str, data_dir: str | None = None) -> int:
+def serve_until_signalled(make_server: Callable[[], Any], log_level: str, data_dir: str | None = None,
+                          node: str = "-", log_format: str = "text") -> int:
     """Build the server inside the event loop, start it, and stop it on SIGTERM or SIGINT.
 
     Plain asyncio: the transport is Kolk's own (core/protocol/), so the cycle collector stays
     on and nothing needs pycapnp's event loop. Everything the server writes is private to its
     user (:func:`keep_files_private`), and ``data_dir``, when it exists, is tightened to 0700.
+    Log lines go to stderr in ``log_format``, each naming ``node`` (core/observe/logs.py).
     """
     keep_files_private()
-    logging.basicConfig(level=log_level.upper(), stream=sys.stderr, format=LOG_FORMAT)
+    try:
+        setup_logging(node, log_level, log_format, sys.stderr)
+    except ValueError as e:
+        raise SystemExit(f"kolk {node.split('-')[0]}: {e}") from None
     if data_dir is not None:
         try:
             changed = tighten_data_dir(data_dir)
@@ -110,6 +113,13 @@ def add_tls_arguments(p: argparse.ArgumentParser, who: str) -> None:
                                     "certificate signed by it")
     p.add_argument("--tls-cert", help="this node's certificate (PEM), from 'kolk cert issue --kind node'")
     p.add_argument("--tls-key", help="this node's private key (PEM)")
+
+
+def add_log_arguments(p: argparse.ArgumentParser) -> None:
+    """--log-level and --log-format for a server process (docs/operations.md, Logs)."""
+    p.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR (default INFO)")
+    p.add_argument("--log-format", choices=LOG_FORMATS, default="text",
+                   help="text (default) or json: one JSON object per line (ts, level, logger, node, msg, ...)")
 
 
 def tls_from_args(args: argparse.Namespace, prog: str) -> TlsConfig | None:

@@ -5,6 +5,7 @@ their credit, and holds the per-connection and fair-use limits (core/protocol/fa
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import os
 import ssl
@@ -23,6 +24,17 @@ log = logging.getLogger("kolk.channel")
 
 COALESCE_BYTES_MAX = 64 << 10  # frames up to this size wait for the end of the loop's turn (write())
 
+# Request lines (docs/operations.md, Logs): a request refused unread, answered with an error
+# the client cannot retry, or slower than SLOW_REQUEST_S is logged at WARNING (a retriable
+# error at INFO) with its id ``req`` = "<connection>-<request id>" and ``peer`` =
+# "identity@host:port", at most one line per (peer, call, code) per 30 s (the node's
+# RepeatFilter, core/observe/log_limits.py, keyed by the record's ``repeat_key``); a served
+# request only at DEBUG. 10 s: twice the longest wait any call holds by design (a group
+# heartbeat or a follower's fetch, 5 s).
+SLOW_REQUEST_S = 10.0
+REQUEST_LINE_CHARS_MAX = 300  # an error message as a request line quotes it
+_connection_ids = itertools.count(1)  # this process's connections, numbered as they open
+
 
 def _rejected_body(service: Service, code: str, message: str, retriable: bool = False) -> bytes:
     env = service.response.new_message()
@@ -33,11 +45,12 @@ def _rejected_body(service: Service, code: str, message: str, retriable: bool = 
     return encode(env)
 
 
-def _internal(service: Service, what: str, e: BaseException) -> str:
-    """Log a handler's unexpected exception with its traceback under a reference; the one
-    line the client gets instead (never the traceback or the exception's text)."""
+def _internal(service: Service, what: str, e: BaseException, extra: dict[str, Any] | None = None) -> str:
+    """Log a handler's unexpected exception with its traceback under a reference (and the
+    request's ``req`` and ``peer`` in ``extra``); the one line the client gets instead (never
+    the traceback or the exception's text)."""
     ref = os.urandom(4).hex()
-    log.error("%s: %s failed [ref %s]", service.name, what, ref, exc_info=e)
+    log.error("%s: %s failed [ref %s]", service.name, what, ref, exc_info=e, extra=extra)
     return f"internal error in {what}: {type(e).__name__} (ref {ref}; the {service.name}'s log has the details)"
 
 
@@ -67,6 +80,13 @@ class ServerStream:
     @property
     def owner(self) -> str:
         return self._conn.owner
+
+    def log_extra(self, code: str) -> dict[str, Any]:
+        """``extra=`` for a line about this stream: its request id and peer, rate-limited per
+        (peer, code) like the request lines (SLOW_REQUEST_S)."""
+        conn = self._conn
+        return {"req": f"{conn.cid}-{self.id}", "peer": conn.peer_text, "call": "stream", "code": code,
+                "repeat_key": ("stream", conn.peer_key, code)}
 
     def grant(self, n: int) -> bool:
         """Add credit; False when the client grants more than it could ever have been owed."""
@@ -159,6 +179,9 @@ class _ServerConnection(asyncio.Protocol):
         self.owner = ""  # whose streams these are (fair_use.owner_of the peer)
         self._connected = False  # counted in fair_use's connections of the owner
         self._refused: str | None = None  # why the connection was refused (fair use): no handler
+        self.cid = next(_connection_ids)  # the first half of a request line's ``req``
+        self.peer_text = "?"  # identity@host:port, for request lines
+        self.peer_key = "?"  # identity@host: the rate limit's key (a reconnection keeps it)
         self.handler: Any = None
         self.transport: Any = None
         self._decoder = FrameDecoder()
@@ -181,6 +204,7 @@ class _ServerConnection(asyncio.Protocol):
         transport.set_write_buffer_limits(high=L.WRITE_BUFFER_HIGH_BYTES)
         try:
             peer = self._peer_of(transport)
+            self._name_peer(peer)
             self.owner = owner_of(peer)
             if self.fair_use is not None and not getattr(peer, "node", False):
                 self._refused = self.fair_use.connection_refusal(self.owner)
@@ -196,6 +220,19 @@ class _ServerConnection(asyncio.Protocol):
         except Exception:  # noqa: BLE001 - a handler that cannot start refuses only this connection
             log.exception("refusing a connection: its handler could not be made")
             transport.abort()
+
+    def _name_peer(self, peer: Any) -> None:
+        name = self.transport.get_extra_info("peername")
+        host, port = (str(name[0]), name[1]) if isinstance(name, tuple) and len(name) >= 2 else ("?", "?")
+        identity = getattr(peer, "identity", None)
+        self.peer_key = f"{identity}@{host}" if identity else host
+        self.peer_text = f"{self.peer_key}:{port}"
+
+    def request_line(self, level: int, request_id: int, call: str, code: str, text: str, *args: Any) -> None:
+        """Log one request line (see SLOW_REQUEST_S), rate-limited per (peer, call, code)."""
+        log.log(level, "%s " + text, call, *args, extra={
+            "req": f"{self.cid}-{request_id}", "peer": self.peer_text, "call": call, "code": code,
+            "repeat_key": ("request", self.peer_key, call, code)})
 
     def data_received(self, data: bytes) -> None:
         # At most FRAMES_PER_TURN_MAX frames per turn of the loop: a flood of tiny frames
@@ -351,11 +388,15 @@ class _ServerConnection(asyncio.Protocol):
             except (MalformedMessage, BoundsError) as e:
                 code = "tooLarge" if isinstance(e, BoundsError) else "malformed"
                 self.write(Kind.RESPONSE, request_id, _rejected_body(service, code, str(e)))
+                self.request_line(logging.WARNING, request_id, name, code, "refused unread (%s): %s", code,
+                                  one_line(str(e), REQUEST_LINE_CHARS_MAX))
                 return
             method = getattr(self.handler, name, None)
             if method is None:
                 self.write(Kind.RESPONSE, request_id, _rejected_body(
                     service, "unknownCall", f"the {service.name} does not serve {name}"))
+                self.request_line(logging.WARNING, request_id, name, "unknownCall", "refused: the %s does not serve it",
+                                  service.name)
                 return
             resp = service.response.new_message()
             out = resp.init(name)
@@ -363,18 +404,46 @@ class _ServerConnection(asyncio.Protocol):
                 # A reader that does not read stops its own calls: no answer is computed while
                 # the connection's write buffer is over its mark.
                 await self.writable()
+                started = asyncio.get_running_loop().time()
                 await method(req, out)
                 self.write(Kind.RESPONSE, request_id, encode(resp))
+                self._log_answer(request_id, name, out.result, asyncio.get_running_loop().time() - started)
+                self._answered(name, "ok" if out.result.ok else out.result.error.code)
                 return
             await self._open_stream(request_id, name, req, method, resp, out)
         except (asyncio.CancelledError, ConnectionLost):
             pass  # the client cancelled the request, or the connection closed
         except Exception as e:  # noqa: BLE001 - one failing request answers internal, the rest go on
-            message = _internal(service, f"{name} (request {request_id})", e)
+            message = _internal(service, f"{name} (request {request_id})", e,
+                                {"req": f"{self.cid}-{request_id}", "peer": self.peer_text, "call": name})
             self.write(Kind.RESPONSE, request_id, _rejected_body(service, "internal", message))
+            self._answered(name, "internal")
         finally:
             self._tasks.pop(request_id, None)
             self._update_reading()
+
+    def _answered(self, call: str, result: str) -> None:
+        """Tell the handler how a call it served ended (``answered(call, result)``, if it has
+        one: "ok", the error code, or "internal"); the SC counts them (core/sc/metrics.py)."""
+        answered = getattr(self.handler, "answered", None)
+        if answered is not None:
+            answered(call, result)
+
+    def _log_answer(self, request_id: int, call: str, result: Any, seconds: float) -> None:
+        """The request line for an answered call: an error the client cannot retry (its own
+        fault: bad input, denied) or a slow answer at WARNING; a retriable one (not the
+        leader, a rebalance under way, a topic the SPU's metadata lacks yet: the protocol at
+        work) at INFO; else DEBUG."""
+        if not result.ok:
+            err = result.error
+            self.request_line(logging.INFO if err.retriable else logging.WARNING, request_id, call, err.code,
+                              "answered %s: %s", err.code, one_line(err.message, REQUEST_LINE_CHARS_MAX))
+        elif seconds >= SLOW_REQUEST_S:
+            self.request_line(logging.WARNING, request_id, call, "slow", "answered in %.1f s (slow: %.0f s or more)",
+                              seconds, SLOW_REQUEST_S)
+        elif log.isEnabledFor(logging.DEBUG):
+            log.debug("%s answered in %.1f ms", call, seconds * 1000,
+                      extra={"req": f"{self.cid}-{request_id}", "peer": self.peer_text, "call": call})
 
     def _stream_refusal(self) -> str | None:
         """Why this connection's peer may not open another stream now (one line), or None."""
@@ -400,6 +469,9 @@ class _ServerConnection(asyncio.Protocol):
         try:
             feed = await method(req, out, stream)
             self.write(Kind.RESPONSE, request_id, encode(resp))
+            if not out.result.ok:
+                self._log_answer(request_id, name, out.result, 0.0)
+            self._answered(name, "ok" if out.result.ok else out.result.error.code)
             if feed is None:
                 return
             if not out.result.ok or self._lost:

@@ -155,6 +155,14 @@ struct ReportReplicaLossResponse { result @0 :Result; }
 struct ElectLeaderRequest { partition @0 :Text; leader @1 :Int32; unclean @2 :Bool; }
 struct ElectLeaderResponse { result @0 :Result; leader @1 :Int32; epoch @2 :UInt32; }
 
+# Operator: what a bug report needs from this node (`kolk cluster diagnostics`,
+# docs/operations.md "Diagnostics"): its versions, uptime, effective settings (secrets, keys and
+# file contents left out), at most `logLines` of its most recent log lines (0: as many as it
+# keeps) and its metrics text, as one JSON object (docs/protocol.md). Needs admin on cluster;
+# asked of the SC in ScRequest and of an SPU in SpuRequest alike.
+struct NodeDiagnosticsRequest { logLines @0 :UInt32; }
+struct NodeDiagnosticsResponse { result @0 :Result; diagnosticsJson @1 :Text; }
+
 # ---------------------------------------------------------------- node identity without TLS
 #
 # On a plaintext cluster a node proves it holds the cluster secret before any node-only call
@@ -193,6 +201,7 @@ struct ScRequest {
     addPartitions @18 :AddPartitionsRequest;
     eraseKey @19 :EraseKeyRequest;
     erasureDone @20 :ErasureDoneRequest;
+    nodeDiagnostics @21 :NodeDiagnosticsRequest;
   }
 }
 
@@ -220,6 +229,7 @@ struct ScResponse {
     addPartitions @19 :AddPartitionsResponse;
     eraseKey @20 :EraseKeyResponse;
     erasureDone @21 :ErasureDoneResponse;
+    nodeDiagnostics @22 :NodeDiagnosticsResponse;
   }
 }
 
@@ -359,6 +369,7 @@ struct SpuRequest {
     describeGroup @14 :DescribeGroupRequest;
     listGroups @15 :ListGroupsRequest;
     deleteGroup @16 :DeleteGroupRequest;
+    nodeDiagnostics @17 :NodeDiagnosticsRequest;
   }
 }
 
@@ -382,6 +393,7 @@ struct SpuResponse {
     describeGroup @15 :DescribeGroupResponse;
     listGroups @16 :ListGroupsResponse;
     deleteGroup @17 :DeleteGroupResponse;
+    nodeDiagnostics @18 :NodeDiagnosticsResponse;
   }
 }
 

@@ -54,6 +54,10 @@ LOST_REPLICAS_MAX = 10_000        # entries of one registerSpu's lost list
 PRODUCER_IDS_PER_REQUEST_MAX = 1000
 OBJECTS_PER_ANSWER_MAX = 1_000_000  # objects in one listObjects answer or watch push
 
+# ---- diagnostics (nodeDiagnostics, docs/operations.md "Diagnostics")
+DIAGNOSTICS_BYTES_MAX = 8 << 20   # one node's answer: versions, settings, log lines, metrics text
+DIAGNOSTICS_LOG_LINES_MAX = 5_000  # log lines one answer carries (the node keeps no more)
+
 # ---- node identity without TLS (challenge / authenticate, docs/security.md)
 AUTH_NONCE_BYTES = 32             # a connection's challenge nonce
 AUTH_TOKEN_BYTES = 32             # HMAC-SHA256 of the cluster secret over the challenge

@@ -25,6 +25,7 @@ from ..metadata.specs import PARTITIONS_MAX, REASON_CHARS_MAX, PartitionStatus
 from .spec_json import SpecJsonError, parse_spec_json
 from ..node.authz import INSECURE_POLICY_FLAG, NODE_ONLY, POLICY_NEEDS_TLS, Denied
 from ..node.identity import NodeAuthCalls
+from ..observe.node_diagnostics import answer_node_diagnostics
 from ..protocol.channel_server import ServerStream
 from ..protocol.limits import FRAME_BODY_BYTES_MAX
 from ..protocol.wire import WATCH_EVENTS_PER_PUSH_MAX, config_map, schema, set_error
@@ -34,6 +35,7 @@ from ..protocol.fair_use import owner_of
 from .module_check import check_smartmodule
 from .policy_access import hidden_policies, hidden_policy, lockout, lockout_accepted
 from .server import OFFSETS_TOPIC_CONFIG, ScServer, WatcherSlot, now_ms
+from .change_log import admin_change_line
 from .answers import OBJECT_WIRE_OVERHEAD, Encoded as _Encoded, fill_error as _fill_error
 from .topic_api import TopicLifecycleCalls
 
@@ -169,6 +171,11 @@ class ScApi(TopicLifecycleCalls, NodeAuthCalls):
         self.s = server
         self.peer = peer
 
+    def answered(self, call: str, result: str) -> None:
+        """The transport's word on how a call ended ("ok" or the error code): counted in
+        kolk_sc_admin_requests_total (core/sc/metrics.py)."""
+        self.s.counters.answered(call, result)
+
     def _allowed(self, result: Any, action: str, resource: str) -> bool:
         try:
             self.s.authorize(self.peer, action, resource)
@@ -203,8 +210,14 @@ class ScApi(TopicLifecycleCalls, NodeAuthCalls):
             set_error(result, "denied", line(str(e)))
             return True
 
-    def _changed(self, action: str, resource: str) -> None:
+    def _changed(self, action: str, resource: str, logged_as: tuple[str, str] | None = None) -> None:
+        """Audit a committed change and log its INFO line (core/sc/change_log.py);
+        ``logged_as``: (action, object) for the line when the audited resource does not name
+        the object (a policy's delete is audited as admin on cluster)."""
         self.s.authz.record(self.peer, action, resource, "allow", None, "metadata change")
+        shown_action, shown = logged_as or (action, resource)
+        log.info("%s", admin_change_line(shown_action, shown, self.peer.identity, self.peer.address,
+                                         self.s.sm.state.version))
 
     def _may_see(self, kind: str, name: str) -> bool:
         """describe, or anything that implies it (produce, consume on a topic; use a module)."""
@@ -340,6 +353,14 @@ class ScApi(TopicLifecycleCalls, NodeAuthCalls):
         out.statusJson = json.dumps(self.s.status())
         out.result.ok = True
 
+    async def nodeDiagnostics(self, req: Any, out: Any) -> None:  # noqa: N802
+        """What a bug report needs from this SC (docs/operations.md "Diagnostics"): admin on
+        cluster, and audited like the other operator calls."""
+        if not self._allowed(out.result, "admin", "cluster"):
+            return
+        await answer_node_diagnostics(f"sc-{self.s.config.node_id}", self.s.config, self.s.registry, req.logLines,
+                                      out, lambda *a: self.s.authz.record(self.peer, *a))
+
     # ---- stored objects
 
     async def putObject(self, req: Any, out: Any) -> None:  # noqa: N802
@@ -388,7 +409,8 @@ class ScApi(TopicLifecycleCalls, NodeAuthCalls):
         outcome = await self.s.propose(cmd)
         if _fill_error(out.result, outcome, self.s):
             out.version = outcome["value"]["version"]
-            self._changed(action, resource if kind != "policy" else f"policy:{name} v{spec.get('version')}")
+            self._changed(action, resource if kind != "policy" else f"policy:{name} v{spec.get('version')}",
+                          ("put", f"{kind}:{name}" + (f" v{spec.get('version')}" if kind == "policy" else "")))
             if lockout_accepted_by:
                 log.warning("policy/%s v%s applied by %s, which may no longer change it", name, spec.get("version"),
                             lockout_accepted_by)
@@ -412,7 +434,7 @@ class ScApi(TopicLifecycleCalls, NodeAuthCalls):
         if req.hasExpected:
             cmd["expected_version"] = int(req.expectedVersion)
         if _fill_error(out.result, await self.s.propose(cmd), self.s):
-            self._changed(action, resource)
+            self._changed(action, resource, ("delete", f"{kind}:{name}"))
 
     # ---- SPUs
 
@@ -437,7 +459,8 @@ class ScApi(TopicLifecycleCalls, NodeAuthCalls):
         if outcome.get("ok"):
             self.s.heartbeat(spu_id)
             out.version = int(outcome["value"]["version"])
-            log.info("SPU %s registered (storage %s)", spu_id, storage_id[:8] or "unknown")
+            log.info("SPU %s registered at %s (storage %s) by %s (metadata version %s)", spu_id, req.publicAddress,
+                     storage_id[:8] or "unknown", self.peer.identity, out.version)
             for name, why in _newly_lost(before, self.s.sm.state, spu_id)[:LOST_LOGGED_MAX]:
                 log.warning("%s: the replica on SPU %s lost data and left the in-sync set: %s", name, spu_id, why)
         self._membership_audited("registerSpu", spu_id, outcome,
@@ -450,6 +473,9 @@ class ScApi(TopicLifecycleCalls, NodeAuthCalls):
         if not self._node_or_admin(out.result, "unregisterSpu", spu_id):
             return
         outcome = await self.s.propose({"op": "unregister_spu", "id": spu_id, "ts": now_ms()})
+        if outcome.get("ok"):
+            log.info("SPU %s unregistered by %s (metadata version %s)", spu_id, self.peer.identity,
+                     self.s.sm.state.version)
         self._membership_audited("unregisterSpu", spu_id, outcome, "")
         _fill_error(out.result, outcome, self.s)
 

@@ -8,7 +8,7 @@ import socket
 
 from ..node.authz import INSECURE_POLICY_FLAG
 from ..node.secret import SECRET_ENV, SecretError, cluster_secret
-from ..node.serve import add_tls_arguments, serve_until_signalled, tls_from_args
+from ..node.serve import add_log_arguments, add_tls_arguments, serve_until_signalled, tls_from_args
 from ..raft.node import RaftListenError
 from .api import ScApi
 from .server import ScConfig, ScPeer, ScServer
@@ -54,12 +54,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="replicas of each _consumer_offsets partition (default 3, or as many SPUs as are alive when "
                         "the first consumer group needs it)")
     p.add_argument("--ready-file", help="write {admin, pid} here once serving")
+    p.add_argument("--metrics", metavar="HOST:PORT", help="serve /metrics (Prometheus) and /health over HTTP here "
+                   "(port 0: any free one); with TLS, clients need a certificate of the cluster CA. Off when absent")
+    p.add_argument("--console", metavar="HOST:PORT", help="serve the read-only web console over HTTP here (port 0: "
+                   "any free one); with TLS, visitors need a certificate of the cluster CA and see what the policy "
+                   "lets them describe. Off when absent")
     p.add_argument("--changelog-events", type=int, default=10_000,
                    help="metadata changes kept for watchers; one further behind gets a full sync")
     p.add_argument("--watchers-max", type=int, default=1_000,
                    help="metadata watches this SC serves at once (default 1000; every SPU holds one)")
     add_tls_arguments(p, "the admin listener")
-    p.add_argument("--log-level", default="INFO")
+    add_log_arguments(p)
 
 
 def _parse_peer(text: str) -> ScPeer:
@@ -95,6 +100,7 @@ def config_from_args(args: argparse.Namespace) -> ScConfig:
                         bind_raft=args.bind_raft, bind_admin=args.bind_admin,
                         heartbeat_timeout_ms=args.heartbeat_timeout_ms,
                         replica_move_after_ms=args.replica_move_after_ms, ready_file=args.ready_file,
+                        metrics_address=args.metrics, console_address=args.console,
                         changelog_events=args.changelog_events, watchers_max=args.watchers_max,
                         tls=tls_from_args(args, "kolk sc"),
                         insecure_allow_plaintext_policy=args.insecure_allow_plaintext_policy,
@@ -129,7 +135,12 @@ def run_sc(args: argparse.Namespace) -> int:
     # Every listener is checked (admin) or bound (Raft, in RaftNode) before the data directory
     # is created: a process that cannot serve stops at once, with one line, leaving nothing.
     _check_can_listen(config.bind_admin or config.me.admin_address, "admin")
+    if config.metrics_address is not None:
+        _check_can_listen(config.metrics_address, "metrics")
+    if config.console_address is not None:
+        _check_can_listen(config.console_address, "console")
     try:
-        return serve_until_signalled(lambda: ScServer(config, ScApi), args.log_level, data_dir=args.data_dir)
+        return serve_until_signalled(lambda: ScServer(config, ScApi), args.log_level, data_dir=args.data_dir,
+                                     node=f"sc-{args.id}", log_format=args.log_format)
     except RaftListenError as e:
         raise SystemExit(f"kolk sc: {e}") from None

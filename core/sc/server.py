@@ -20,6 +20,9 @@ import weakref
 from dataclasses import dataclass, field
 from typing import Any, Callable, TypeVar
 
+from prometheus_client import CollectorRegistry
+
+from .. import __version__
 from ..metadata.apply import encode_command
 from ..metadata.controllers import place_replicas, reconcile_leaders, reconcile_liveness, reconcile_replicas
 from ..metadata.objects import TOPIC, State
@@ -27,12 +30,16 @@ from ..metadata.specs import SpuSpec, SpuStatus
 from ..groups.names import OFFSETS_PARTITIONS_DEFAULT
 from ..node.audit import AUDIT_TOPIC, AuditLog
 from ..node.authz import Authorizer
+from ..observe.metrics_server import NodeMetrics
+from ..observe.http import parse_listen_address
 from ..protocol.node_auth import NodeCredential
 from ..protocol.limits import FRAME_BODY_BYTES_MAX
 from ..raft.node import RaftConfig, RaftError, RaftNode
 from ..raft.tunnel import TunnelTls
 from ..security.tls import Peer, TlsConfig
 from ..transport import SC, serve
+from .change_log import controller_line
+from .metrics import INTERNAL_TOPICS, LEADERS, LIVENESS, REPLICAS, TOPIC_DEFAULTS, ScCollector, ScCounters
 from .state import MetadataStateMachine
 from .topic_defaults import defaults_command
 
@@ -75,6 +82,8 @@ class ScConfig:
     snapshot_min_entries: int = 5_000
     on_sync: Any = None  # test hook passed to the Raft journal
     ready_file: str | None = None  # written with the bound admin address once serving
+    metrics_address: str | None = None  # --metrics: serve /metrics and /health here (off when None)
+    console_address: str | None = None  # --console: serve the web console here (off when None; docs/console.md)
     tls: TlsConfig | None = None  # TLS on the admin listener (mutual: clients need certificates)
     changelog_events: int = 10_000  # changes kept for watchers
     # An operator's decision (kolk sc --insecure-allow-plaintext-policy): store a policy on a
@@ -108,6 +117,13 @@ class ScConfig:
             raise ValueError(f"--offsets-replication-factor must be 1-7, got {self.offsets_replication_factor}")
         if self.replica_move_after_ms < self.heartbeat_timeout_ms:
             raise ValueError("replica_move_after_ms must be at least heartbeat_timeout_ms")
+        if self.metrics_address is not None:
+            parse_listen_address(self.metrics_address)  # InvalidAddressError (a ValueError) names it
+        if self.console_address is not None:
+            try:
+                parse_listen_address(self.console_address)
+            except ValueError as e:
+                raise ValueError(f"--console: {e}") from None
 
     @property
     def me(self) -> ScPeer:
@@ -182,6 +198,11 @@ class ScServer:
     def __init__(self, config: ScConfig, make_handler: HandlerFactory) -> None:
         self.config = config
         self._make_handler = make_handler
+        # What /metrics serves (docs/metrics.md): every SC collector registers here.
+        self.registry = CollectorRegistry()
+        self.node_metrics = NodeMetrics(self.registry, __version__)
+        self.counters = ScCounters(self.registry)
+        self.registry.register(ScCollector(self))
         self.loop = asyncio.get_running_loop()
         self.sm = MetadataStateMachine(self.loop, config.changelog_events)
         me = config.me
@@ -205,12 +226,14 @@ class ScServer:
         )
         self.raft = RaftNode(raft_cfg, self.sm)
         self._admin_by_raft = {p.raft_address: p.admin_address for p in config.peers.values()}
+        self._id_by_raft = {p.raft_address: p.node_id for p in config.peers.values()}
         self._heartbeats: dict[int, int] = {}
         self._leader_since_ms: int | None = None
         self.watchers = WatcherSlots(config.watchers_max)
         self._server: Any = None
         self._tasks: list[asyncio.Task[Any]] = []
         self.admin_address = me.admin_address
+        self.console: Any = None  # the web console (core/sc/console.py), when --console is given
         self.audit: AuditLog | None = None
         self.authz = Authorizer(f"sc-{config.node_id}", config.tls is not None, self._audit)
         self._defaults_refused: str | None = None  # the last refusal of this SC's topic defaults, logged once
@@ -252,10 +275,31 @@ class ScServer:
         self.admin_address = f"{bound[0]}:{bound[1]}"
         self._tasks.append(asyncio.ensure_future(self._controller_loop()))
         self._tasks.append(asyncio.ensure_future(self._audit_topic_loop()))
+        try:
+            await self.node_metrics.start(self.config.metrics_address, self.config.tls, self.health,
+                                     f"sc-{self.config.node_id}")
+        except OSError as e:
+            await self.stop()
+            reason = os.strerror(e.errno).lower() if e.errno else str(e)
+            raise SystemExit(f"kolk sc: cannot listen for metrics on {self.config.metrics_address}: {reason}") from None
+        if self.config.console_address is not None:
+            from .console import start_sc_console  # the console's modules load only when it is on
+            try:
+                self.console = await start_sc_console(self, self.config.console_address)
+            except OSError as e:
+                await self.stop()
+                reason = os.strerror(e.errno).lower() if e.errno else str(e)
+                raise SystemExit(f"kolk sc: cannot listen for console on {self.config.console_address}: "
+                                 f"{reason}") from None
         if self.config.ready_file:
             tmp = self.config.ready_file + ".tmp"
+            ready = {"admin": self.admin_address, "pid": os.getpid()}
+            if self.node_metrics.address is not None:
+                ready["metrics"] = self.node_metrics.address
+            if self.console is not None:
+                ready["console"] = self.console.address
             with open(tmp, "w") as f:
-                json.dump({"admin": self.admin_address, "pid": os.getpid()}, f)
+                json.dump(ready, f)
             os.replace(tmp, self.config.ready_file)
         log.info("SC %d serving admin on %s, raft on %s (listening on %s)", self.config.node_id, self.admin_address,
                  self.config.me.raft_address, self.raft.listen_address)
@@ -263,6 +307,9 @@ class ScServer:
     async def stop(self) -> None:
         for t in self._tasks:
             t.cancel()
+        await self.node_metrics.stop()
+        if self.console is not None:
+            await self.console.close()
         if self.audit is not None:
             self.audit.stop()
         if self._server is not None:
@@ -270,6 +317,22 @@ class ScServer:
         await asyncio.get_running_loop().run_in_executor(None, self.raft.stop)
 
     # ---------------------------------------------------------------- raft edge
+
+    def leader_id(self, raft_address: str | None) -> int | None:
+        """The id of the SC at ``raft_address`` (the Raft leader's, say); None if unknown."""
+        return self._id_by_raft.get(raft_address) if raft_address else None
+
+    def health(self) -> tuple[bool, str]:
+        """/health: part of a Raft quorum that has a leader, and caught up with its log."""
+        p = self.raft.progress()
+        if p.leader is None:
+            return False, f"SC {self.config.node_id} knows no Raft leader (term {p.term})"
+        if not p.has_quorum:
+            return False, f"SC {self.config.node_id} is not connected to a majority of the SCs"
+        if not p.ready:
+            return False, (f"SC {self.config.node_id} has not caught up with the Raft log yet (applied "
+                           f"{p.last_applied}, committed {p.commit_index})")
+        return True, "ok"
 
     def leader_admin(self) -> str | None:
         raft_leader = self.raft.leader()
@@ -282,6 +345,7 @@ class ScServer:
         def done(result: Any, err: RaftError | None) -> None:
             self.loop.call_soon_threadsafe(lambda: fut.done() or fut.set_result((result, err)))
 
+        leading, started = self.raft.is_leader(), time.monotonic()
         self.raft.propose(encode_command(cmd), done)
         try:
             result, err = await asyncio.wait_for(fut, self.config.request_timeout_s)
@@ -292,6 +356,8 @@ class ScServer:
         if err is not None:
             code = "noLeader" if self.raft.leader() is None else "timeout"
             return {"ok": False, "code": code, "retriable": err.retriable, "message": err.reason}
+        if leading:
+            self.counters.commit_seconds.observe(time.monotonic() - started)
         return result
 
     async def read_state(self, stale: bool) -> State | dict[str, Any]:
@@ -326,20 +392,33 @@ class ScServer:
         seen = {spu.spec["id"]: self._heartbeats.get(spu.spec["id"], self._leader_since_ms)
                 for spu in state.all("spu")}
         for cmd in reconcile_liveness(state, seen, now, self.config.heartbeat_timeout_ms):
-            await self.propose(cmd)
+            self.counters.acted(LIVENESS)
+            await self._propose_logged(cmd)
         for cmd in reconcile_leaders(self.sm.state, now_ms()):
-            await self.propose(cmd)
+            self.counters.acted(LEADERS)
+            await self._propose_logged(cmd)
         for cmd in reconcile_replicas(self.sm.state, now_ms(), self.config.replica_move_after_ms):
+            self.counters.acted(REPLICAS)
             outcome = await self.propose(cmd)
             log.info("moving replicas of %s to %s: %s", cmd["partition"], cmd["replicas"],
                      "done" if outcome.get("ok") else outcome.get("message"))
         await self._reconcile_topic_defaults()
+
+    async def _propose_logged(self, cmd: dict[str, Any]) -> dict[str, Any]:
+        """Propose a controller's command and log the change it made (core/sc/change_log.py)."""
+        before = self.sm.state
+        outcome = await self.propose(cmd)
+        line = controller_line(before, cmd, outcome, self.sm.state.version)
+        if line is not None:
+            (log.info if outcome.get("ok") else log.warning)("%s", line)
+        return outcome
 
     async def _reconcile_topic_defaults(self) -> None:
         """The leader's --topic-default flags become the cluster's topic defaults."""
         cmd = defaults_command(self.sm.state, self.config.topic_defaults, now_ms())
         if cmd is None:
             return
+        self.counters.acted(TOPIC_DEFAULTS)
         outcome = await self.propose(cmd)
         if outcome.get("ok"):
             self._defaults_refused = None
@@ -369,6 +448,7 @@ class ScServer:
             assignment = place_replicas(self.sm.state, partitions, rf)
         except ValueError:
             return
+        self.counters.acted(INTERNAL_TOPICS)
         outcome = await self.propose({"op": "create_topic", "name": name, "partitions": partitions,
                                       "replication_factor": rf, "config": config, "assignment": assignment,
                                       "ts": now_ms()})

@@ -23,6 +23,7 @@ import asyncio
 import enum
 import json
 import logging
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Coroutine, TypeVar
 
@@ -64,7 +65,7 @@ E = TypeVar("E", bound=enum.IntEnum)
 def enum_field(kind: type[E], value: Any, result: Any) -> E | None:
     """An enum field as ``kind`` (the reader hands enums over as ``_DynamicEnum``). None, with
     ``result`` filled, for a number the schema does not have (a client from a newer schema)."""
-    raw = value if isinstance(value, int) else int(value.raw)
+    raw = _raw(value)
     try:
         return kind(raw)
     except ValueError:
@@ -76,7 +77,11 @@ def enum_field(kind: type[E], value: Any, result: Any) -> E | None:
 def _log_failure(task: "asyncio.Task[Any]") -> None:
     """Retrieve (and log) the failure of a task nobody awaits (an acks=none commit)."""
     if not task.cancelled() and task.exception() is not None:
-        log.info("acks=none append not committed: %s", task.exception())
+        e = task.exception()
+        # The producer is never told (acks=none): the log is where it shows. Rate-limited per
+        # kind of error (core/observe/log_limits.py): a failing disk fails every one of them.
+        log.warning("an acks=none append was not committed: %s", e,
+                    extra={"repeat_key": ("acks=none", type(e).__name__)})
 
 
 def control_batch_refusal(records: bytes) -> str | None:
@@ -94,6 +99,11 @@ def control_batch_refusal(records: bytes) -> str | None:
             return None  # not a batch at all: the append names what is wrong with it
         pos += h.size
     return None
+
+
+def _raw(value: Any) -> int:
+    """An enum field's number (the reader hands enums over as ``_DynamicEnum``)."""
+    return value if isinstance(value, int) else int(value.raw)
 
 
 def _is_idempotent(records: bytes) -> bool:
@@ -119,9 +129,11 @@ class SpuHandler(ReplicationCalls, GroupCalls):
         # Per partition, the last produce of this connection whose topic rules run off the loop:
         # done once it has appended, so the next one appends after it (the log keeps their order).
         self._in_order: dict[str, asyncio.Future[None]] = {}
+        server.connections += 1  # the channel calls connection_closed once it goes
 
     def connection_closed(self) -> None:
         """The connection went away: its produce-side chains go with it, their memory at once."""
+        self.s.connections -= 1
         for entry in self._chains.values():
             if entry.chain is not None:
                 entry.chain.close()
@@ -153,6 +165,13 @@ class SpuHandler(ReplicationCalls, GroupCalls):
     # ---------------------------------------------------------------- produce
 
     async def produce(self, req: Any, out: Any) -> None:
+        started = time.perf_counter()
+        try:
+            await self._produce(req, out)
+        finally:  # answered, refused or failed: every produce request is timed, by the acks it asked for
+            self.s.metrics.observe_produce(_raw(req.acks), time.perf_counter() - started)
+
+    async def _produce(self, req: Any, out: Any) -> None:
         result = out.result
         if not self._may(result, "produce", req.topic, req.smartmodules):
             return
@@ -284,6 +303,9 @@ class SpuHandler(ReplicationCalls, GroupCalls):
         except ProducerStateError as e:
             producer_error(out.result, e)
             return
+        traffic = replica.traffic
+        traffic.records_in += info.last_offset - info.base_offset + 1
+        traffic.bytes_in += len(records)
         if appended is not None:
             appended.set_result(None)
         self.s.lifecycle.after_append(replica)
@@ -388,6 +410,13 @@ class SpuHandler(ReplicationCalls, GroupCalls):
     # ---------------------------------------------------------------- consumers
 
     async def fetch(self, req: Any, out: Any) -> None:
+        started = time.perf_counter()
+        try:
+            await self._fetch(req, out)
+        finally:
+            self.s.metrics.fetch_seconds.observe(time.perf_counter() - started)
+
+    async def _fetch(self, req: Any, out: Any) -> None:
         if not self._may(out.result, "consume", req.topic):
             return
         isolation = enum_field(Isolation, req.isolation, out.result)
@@ -426,6 +455,9 @@ class SpuHandler(ReplicationCalls, GroupCalls):
         out.logEndOffset = res.log_end_offset
         out.nextOffset = next_offset
         out.result.ok = True
+        traffic = replica.traffic
+        traffic.records_out += max(0, next_offset - int(req.offset))
+        traffic.bytes_out += len(out.records)
 
     async def offsets(self, req: Any, out: Any) -> None:
         if not self._may(out.result, "consume", req.topic):

@@ -123,7 +123,12 @@ async def follow(server: "SpuServer", replica: "Replica", leader: int, epoch: in
                 truncated = False  # the leader's log moved under us: find the divergence again
             log.debug("%s: fetch from SPU %s failed: %s", replica.name, leader, e)
         except (ConnectionLost, OSError, TimeoutError, KolkError) as e:
-            log.info("%s: connection to leader SPU %s (%s) failed: %s", replica.name, leader, address, e)
+            # One line per leader address and reason for all the replicas that follow it, at
+            # most one per 30 s (core/observe/log_limits.py): after a restart every follower
+            # of a leader not back yet retried its old address, each retry a line (issue 21).
+            log.warning("connection to leader SPU %s at %s failed: %s (following it for %s; retrying)", leader,
+                        address, e, replica.name, extra={"repeat_key": ("follow", leader, address, str(e)),
+                                                         "peer": address})
             if address:
                 server.peers.drop(address, conn)
         except TruncationRefused as e:
@@ -205,9 +210,14 @@ def _truncate(server: "SpuServer", replica: "Replica", target: int, leader: int,
         if isinstance(effect, RefuseTruncation):
             raise TruncationRefused(effect.message)
         if isinstance(effect, Truncate):
-            log.warning("%s: truncating from %d to %d (high watermark %d) before following SPU %d at epoch %d",
-                        replica.name, effect.log_end, effect.offset, effect.high_watermark, leader, epoch)
+            size_before, our_epoch = lg.size_bytes, lg.leader_epochs.latest_epoch
             lg.truncate_to(effect.offset)
+            # After the cut, so the line says what was removed (offsets: records, give or take
+            # the gaps compaction leaves; bytes: on disk).
+            log.warning("%s: truncated %d offset(s), %d bytes, from offset %d (log end was %d, high watermark %d): "
+                        "leader SPU %d at epoch %d holds nothing there of our latest epoch %d",
+                        replica.name, effect.log_end - effect.offset, max(0, size_before - lg.size_bytes),
+                        effect.offset, effect.log_end, effect.high_watermark, leader, epoch, our_epoch)
             replica.producers = ProducerStateTable.rebuild(lg.batch_headers())
             restore_producers(server.store, replica)
             server.step(replica, LogCut(lg.high_watermark, lg.durable_offset))

@@ -6,7 +6,7 @@ import argparse
 import os
 
 from ..node.secret import SECRET_ENV, SecretError, cluster_secret
-from ..node.serve import add_tls_arguments, serve_until_signalled, tls_from_args
+from ..node.serve import add_log_arguments, add_tls_arguments, serve_until_signalled, tls_from_args
 from ..protocol.errors import KolkError
 from ..smartmodule.limits import Limits
 from .lifecycle import LifecycleConfig
@@ -28,6 +28,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="how long a leader holds a follower's fetch when it has nothing new (default 500)")
     p.add_argument("--heartbeat-interval-ms", type=int, default=1000, help="heartbeats to the SC (default 1000)")
     p.add_argument("--ready-file", help="write {address, pid} here once serving")
+    p.add_argument("--metrics", metavar="HOST:PORT", help="serve /metrics (Prometheus) and /health over HTTP here "
+                   "(port 0: any free one); with TLS, clients need a certificate of the cluster CA. Off when absent")
     p.add_argument("--secret-file", help=f"file holding the cluster secret, mode 0600 (else ${SECRET_ENV}): "
                                          "needed without TLS, where nodes prove it to each other")
     d = SmartModuleConfig()
@@ -53,7 +55,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"memory for the cleaner's key map; more keys are cleaned in several passes "
                         f"(default {lc.cleaner_key_map_bytes >> 20})")
     add_tls_arguments(p, "the SPU")
-    p.add_argument("--log-level", default="INFO")
+    add_log_arguments(p)
 
 
 def lifecycle_config(args: argparse.Namespace) -> LifecycleConfig:
@@ -91,7 +93,7 @@ def run_spu(args: argparse.Namespace) -> int:
     try:
         config = SpuConfig(spu_id=args.id, data_dir=args.data_dir, sc_addresses=args.sc.split(","),
                            public_address=args.public, private_address=args.private, bind_address=args.bind,
-                           rack=args.rack, ready_file=args.ready_file,
+                           rack=args.rack, ready_file=args.ready_file, metrics_address=args.metrics,
                            replica_lag_max_ms=args.replica_lag_max_ms,
                            replica_fetch_wait_ms=args.replica_fetch_wait_ms,
                            heartbeat_interval_ms=args.heartbeat_interval_ms, tls=tls, secret=secret,
@@ -103,6 +105,7 @@ def run_spu(args: argparse.Namespace) -> int:
     # listener it cannot bind or a private address that is not its own stops it first, with
     # one line on stderr and nothing left behind.
     try:
-        return serve_until_signalled(lambda: SpuServer(config), args.log_level, data_dir=args.data_dir)
+        return serve_until_signalled(lambda: SpuServer(config), args.log_level, data_dir=args.data_dir,
+                                     node=f"spu-{args.id}", log_format=args.log_format)
     except KolkError as e:  # the SC refused it for good (another cluster secret, a TLS refusal)
         raise SystemExit(f"kolk spu: cannot join the cluster: {e}") from None

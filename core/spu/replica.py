@@ -18,6 +18,7 @@ from typing import Any
 from ..segments import GroupCommit, PartitionLog
 from ..segments.producer_state import ProducerStateTable
 from .isr import FollowerProgress
+from .metrics import Traffic
 from .replica_state import ReplicaState
 
 
@@ -37,6 +38,7 @@ class Replica:
         self.isr_request: asyncio.Task[Any] | None = None  # the in-sync request the state has in flight
         self.follower_task: asyncio.Task[Any] | None = None
         self.incarnation = 0  # the partition's spec.incarnation this log was made for
+        self.traffic = Traffic()  # client records and bytes in and out, for /metrics (core/spu/metrics.py)
 
     def wake(self) -> None:
         self.changed.set()

@@ -1,6 +1,7 @@
 """The SPU's calls for other nodes and operators: replication (``replicaFetch``,
-``epochEndOffset``, docs/replication.md), ``partitionStatus`` for ``kolk partition list``, and
-``identify`` for the private-address check (core/spu/private_address.py); ``challenge`` and
+``epochEndOffset``, docs/replication.md), ``partitionStatus`` for ``kolk partition list``,
+``identify`` for the private-address check (core/spu/private_address.py), ``nodeDiagnostics``
+for ``kolk cluster diagnostics`` (core/observe/node_diagnostics.py); ``challenge`` and
 ``authenticate``, by which a node proves the cluster secret on a plaintext cluster
 (core/node/identity.py), and the check of what a node writes to ``_audit``.
 
@@ -19,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from ..node.audit import forged_audit_records
 from ..node.authz import AUDIT_TOPIC, NODE_ONLY, Denied
 from ..node.identity import NodeAuthCalls
+from ..observe.node_diagnostics import answer_node_diagnostics
 from ..protocol.wire import set_error
 from ..security.tls import Peer
 from ..segments.errors import StorageError
@@ -121,6 +123,17 @@ class ReplicationCalls(NodeAuthCalls):
         led = (self.s.replicas.get(name) for name in req.partitions)
         out.statusJson = json.dumps([rep.status_json(now) for rep in led if rep is not None])
         out.result.ok = True
+
+    async def nodeDiagnostics(self, req: Any, out: Any) -> None:  # noqa: N802 - the wire name
+        """What a bug report needs from this SPU (docs/operations.md "Diagnostics"): admin on
+        cluster, and audited like the other operator calls."""
+        try:
+            self.s.authz.check(self.peer, "admin", "cluster")  # audited when denied
+        except Denied as e:
+            set_error(out.result, "denied", str(e))
+            return
+        await answer_node_diagnostics(f"spu-{self.s.config.spu_id}", self.s.config, self.s.registry, req.logLines,
+                                      out, lambda *a: self.s.authz.record(self.peer, *a))
 
     async def identify(self, req: Any, out: Any) -> None:
         """Which SPU process answers here (an SPU checks its own private address at start)."""

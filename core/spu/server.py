@@ -23,10 +23,15 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from prometheus_client import CollectorRegistry
+
+from .. import __version__
 from ..client.admin import AdminClient, watch
 from ..metadata.controllers import offline_reason
 from ..node.audit import AuditLog
 from ..node.authz import Authorizer
+from ..observe.http import parse_listen_address
+from ..observe.metrics_server import NodeMetrics
 from ..protocol.node_auth import NodeCredential
 from ..protocol.errors import KolkError, NotFoundError, StaleEpochError, VersionConflictError
 from ..protocol import limits as L
@@ -44,6 +49,8 @@ from .coordinator import Coordinator
 from .disk_faults import DiskFaults
 from .follower import PeerPool, follow
 from .lifecycle import Lifecycle, LifecycleConfig
+from .metrics import SpuMetrics
+from .metrics_collector import SpuCollector
 from .replica_store import open_replica_log, restore_producers
 from .private_address import private_address_problem
 from .replica import Replica
@@ -106,6 +113,7 @@ class SpuConfig:
     # Below this much free space the data directory counts as failing (replicas fenced, nothing rebuilt).
     disk_free_bytes_min: int = 4 << 20
     ready_file: str | None = None
+    metrics_address: str | None = None  # --metrics: serve /metrics and /health here (off when None)
     # SmartModules: worker threads, memory budget, per-call limits (core/spu/smartmodules.py).
     smartmodules: SmartModuleConfig = field(default_factory=SmartModuleConfig)
     # Retention and the cleaner (core/spu/lifecycle.py).
@@ -127,6 +135,8 @@ class SpuConfig:
             raise ValueError("replica_lag_max_ms must be at least 4 x replica_fetch_wait_ms")
         if not 1 << 16 <= self.replica_fetch_bytes <= self.fetch_bytes_max:
             raise ValueError("replica_fetch_bytes must be from 64 KiB to fetch_bytes_max")
+        if self.metrics_address is not None:
+            parse_listen_address(self.metrics_address)  # InvalidAddressError (a ValueError) names it
         if not 10 <= self.disk_check_interval_ms <= 60_000:
             raise ValueError("disk_check_interval_ms must be from 10 to 60000")
         self.fair_use_limits()  # ValueError naming the bad limit
@@ -139,6 +149,9 @@ class SpuConfig:
 class SpuServer:
     def __init__(self, config: SpuConfig) -> None:
         self.config = config
+        # What /metrics serves (docs/metrics.md): every SPU collector registers here.
+        self.registry = CollectorRegistry()
+        self.node_metrics = NodeMetrics(self.registry, __version__)  # process metrics, loop lag, the listener
         # The data directory is opened in start(), once the listener is bound and the private
         # address checked: an SPU that cannot serve leaves no directory behind.
         self.store: LogStore
@@ -151,9 +164,12 @@ class SpuServer:
         self.spus: dict[int, dict[str, Any]] = {}
         self.metadata_version = 0
         self.streams = 0
+        self.connections = 0  # open connections (SpuHandler counts them), for /metrics
+        self.metrics = SpuMetrics(self.registry)  # histograms and in-sync counts (core/spu/metrics.py)
         self.fair_use = FairUse(f"SPU {config.spu_id}", config.fair_use_limits())
         self.peers = PeerPool(config.tls, config.credential)
         self.smartmodules = SmartModuleRegistry(self.admin, config.smartmodules)
+        self.smartmodules.observe = self.metrics.smartmodules.observe
         self.audit = AuditLog(f"spu-{config.spu_id}", config.sc_addresses, config.tls, config.credential)
         self.authz = Authorizer(f"spu-{config.spu_id}", config.tls is not None, self.audit.record)
         self._server: Any = None
@@ -164,6 +180,7 @@ class SpuServer:
         self.disk = DiskFaults(self)
         self.lifecycle = Lifecycle(self, config.lifecycle)
         self.coordinator = Coordinator(self)
+        self.registry.register(SpuCollector(self))  # read at scrape time (core/spu/metrics_collector.py)
         # The metadata version that holds this SPU's registration: roles from an older version
         # (a lagging SC's) are not acted on, since they may predate a lost storage's fencing.
         self.registered_version: int | None = None
@@ -185,10 +202,19 @@ class SpuServer:
             raise SystemExit(f"kolk spu: cannot listen for clients and SPUs on {listen}: {reason}") from None
         bound = self._server.sockets[0].getsockname()
         self.address = f"{bound[0]}:{bound[1]}"
+        try:  # metrics from the start: /health says how far the start has come (docs/metrics.md)
+            await self.node_metrics.start(self.config.metrics_address, self.config.tls, self.health,
+                                          f"spu-{self.config.spu_id}")
+        except OSError as e:
+            self._server.close()
+            reason = os.strerror(e.errno).lower() if e.errno else str(e)
+            raise SystemExit(f"kolk spu: cannot listen for metrics on {self.config.metrics_address}: "
+                             f"{reason}") from None
 
         found = await private_address_problem(self.config, self.instance_id)
         if found:
             self._server.close()
+            await self.node_metrics.stop()
             private = self.config.private_address or self.config.public_address
             flag = "--private" if self.config.private_address else "--public"
             also = "" if self.config.private_address else ", the private address too (no --private),"
@@ -206,8 +232,11 @@ class SpuServer:
         await asyncio.wait_for(self.metadata_ready.wait(), 30)
         if self.config.ready_file:
             tmp = self.config.ready_file + ".tmp"
+            ready = {"address": self.address, "pid": os.getpid()}
+            if self.node_metrics.address is not None:
+                ready["metrics"] = self.node_metrics.address
             with open(tmp, "w") as f:
-                json.dump({"address": self.address, "pid": os.getpid()}, f)
+                json.dump(ready, f)
             os.replace(tmp, self.config.ready_file)
         log.info("SPU %d serving on %s", self.config.spu_id, self.address)
 
@@ -228,7 +257,8 @@ class SpuServer:
             except KolkError as e:
                 if not e.retriable or loop.time() + backoff > deadline:
                     raise
-                log.info("registering with the SC failed, trying again: %s", e)
+                log.warning("registering with the SC at %s failed, trying again: %s",
+                            ",".join(self.config.sc_addresses), e, extra={"repeat_key": ("sc", "register", str(e))})
             await asyncio.sleep(backoff)  # retry backoff, bounded
             backoff = min(backoff * 2, 1.0)
 
@@ -249,9 +279,22 @@ class SpuServer:
                 log.error("%s: %s; it rejoins the in-sync set only by catching up", name, short[name])
         return short
 
+    def health(self) -> tuple[bool, str]:
+        """/health: registered with the SC, its replicas opened from the metadata, and its
+        data directory healthy (core/spu/disk_faults.py)."""
+        me = f"SPU {self.config.spu_id}"
+        if self.registered_version is None:
+            return False, f"{me} is not registered with the SC yet"
+        if not self.metadata_ready.is_set():
+            return False, f"{me} has not received the metadata (its replicas are not opened yet)"
+        if not self.disk.healthy:
+            return False, f"{me}'s data directory {self.config.data_dir} is failing"
+        return True, "ok"
+
     async def stop(self) -> None:
         for t in self._tasks:
             t.cancel()
+        await self.node_metrics.stop()
         self.disk.stop()
         self.lifecycle.stop()
         self.coordinator.stop()
@@ -273,7 +316,8 @@ class SpuServer:
             try:
                 await self.admin.heartbeat(self.config.spu_id)
             except KolkError as e:
-                log.warning("heartbeat failed: %s", e)
+                log.warning("heartbeat to the SC at %s failed: %s", ",".join(self.config.sc_addresses), e,
+                            extra={"repeat_key": ("sc", "heartbeat", str(e))})
             await asyncio.sleep(interval)  # heartbeat period
 
     # ---------------------------------------------------------------- metadata
@@ -302,7 +346,9 @@ class SpuServer:
                 why = e
             finally:
                 await client.close()
-            log.warning("metadata watch lost (%s); watching again from version %d", why, self.metadata_version)
+            log.warning("metadata watch on the SC at %s lost (%s); watching again from version %d",
+                        ",".join(self.config.sc_addresses), why, self.metadata_version,
+                        extra={"repeat_key": ("sc", "watch", str(why))})
             await asyncio.sleep(backoff)  # retry backoff, bounded
             backoff = min(backoff * 2, 1.0)
 
@@ -413,6 +459,7 @@ class SpuServer:
         replica = Replica(name, open_replica_log(self.store, name, incarnation, LogConfig()), self.config.spu_id,
                           self.config.replica_lag_max_ms, self.config.ignore_storage_id_for_tests)
         replica.incarnation = incarnation
+        replica.group.on_fsync = self.metrics.observe_fsync
         restore_producers(self.store, replica)  # producers whose batches the cleaner removed
         return replica
 
@@ -563,6 +610,7 @@ class SpuServer:
             async with asyncio.timeout(self.config.isr_request_timeout_s):
                 await self.admin.update_isr(replica.name, isr, epoch, self.config.spu_id, list(request.based_on))
             outcome = "committed"
+            self.metrics.on_isr_committed(request.based_on, request.isr)
         except (StaleEpochError, NotFoundError) as e:
             # The SC has moved on (a new leader or epoch): the state stops acknowledging until
             # the metadata tells us our new role.

@@ -22,7 +22,7 @@ from ..client.admin import AdminClient
 from ..protocol.errors import KolkError
 from ..protocol.limits import ACCUMULATOR_BYTES_MAX, CHAIN_STAGES_MAX
 from ..smartmodule.budget import InstanceMemory, MemoryBudget
-from ..smartmodule.chain import Chain, ChainError, Stage
+from ..smartmodule.chain import Chain, ChainError, Observe, Stage
 from ..smartmodule.compiler import CompileLimits, Compiler, CompilerBusy
 from ..smartmodule.limits import Limits, SmartModuleError
 from ..smartmodule.sizes import size_text
@@ -73,6 +73,7 @@ class SmartModuleRegistry:
                                    hint=" (retry when streams end, or raise kolk spu --smartmodule-memory)")
         self.budget.take(self.config.cache_bytes, "the compile cache")  # its share, held for good
         self.modules: dict[str, dict[str, str]] = {}  # name -> version -> sha256
+        self.observe: Observe | None = None  # every chain tells it of each call (core/spu/metrics.py)
 
     @property
     def cache(self) -> "ModuleCache":
@@ -164,7 +165,8 @@ class SmartModuleRegistry:
             raise KolkError(str(e), code="overloaded") from None
         if isinstance(instances, KolkError):
             raise instances
-        return Chain([Stage(label, inst) for (label, _l, _i), inst in zip(staged, instances)], budget=chain_budget)
+        return Chain([Stage(label, inst) for (label, _l, _i), inst in zip(staged, instances)], budget=chain_budget,
+                     observe=self.observe)
 
 
 async def run_chain(sm: SmartModuleRegistry, tenant: str, chain: Chain, data: bytes, batch_bytes_max: int,

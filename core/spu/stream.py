@@ -99,16 +99,16 @@ class StreamFeed:
                 await self._step()
             return None
         except (ChainError, Denied, _StreamStopped) as e:
-            log.info("stream on %s ended: %s", self.replica.name, e)
             code = e.code if isinstance(e, _StreamStopped) else "denied" if isinstance(e, Denied) else "smartModule"
+            log.info("stream on %s ended: %s", self.replica.name, e, extra=self.stream.log_extra(code))
             return code, str(e)
         except StorageError as e:
             self.s.disk.on_error(self.replica, e)
-            log.warning("stream on %s ended: %s", self.replica.name, e)
             code, message, _retriable = storage_failure(e, self.replica.name)
+            log.warning("stream on %s ended: %s", self.replica.name, e, extra=self.stream.log_extra(code))
             return code, message
         except KolkError as e:  # the SmartModule pool is overloaded
-            log.info("stream on %s ended: %s", self.replica.name, e)
+            log.info("stream on %s ended: %s", self.replica.name, e, extra=self.stream.log_extra(e.code))
             return e.code, str(e)
         finally:
             self.s.streams -= 1
@@ -143,7 +143,7 @@ class StreamFeed:
                 # [offset, next_offset) holds no record (the cleaner removed them): the consumer
                 # learns where to go on, as from a push of records.
                 await stream.push(self._push(b"", res.high_watermark, res.next_offset))
-                self.offset = res.next_offset
+                self._moved(res.next_offset, 0)
                 return
             await self._idle(changed)
             return
@@ -168,12 +168,20 @@ class StreamFeed:
         if self.chain is not None:
             data, next_offset = await self._run_chain(data, next_offset)
             if not data and next_offset < upto:
-                self.offset = next_offset  # all filtered out: read on before telling the consumer
+                self._moved(next_offset, 0)  # all filtered out: read on before telling the consumer
                 await asyncio.sleep(0)  # without holding the loop: other streams and requests go first
                 return
         await stream.push(self._push(data, res.high_watermark, next_offset))
-        self.offset = next_offset
+        self._moved(next_offset, len(data))
         await asyncio.sleep(0)  # a push need not wait: let other streams and requests run between pushes
+
+    def _moved(self, next_offset: int, sent_bytes: int) -> None:
+        """The consumer is past ``next_offset``, having been sent ``sent_bytes`` of records
+        (counted once per push: core/spu/metrics.py ``Traffic``)."""
+        traffic = self.replica.traffic
+        traffic.records_out += max(0, next_offset - self.offset)
+        traffic.bytes_out += sent_bytes
+        self.offset = next_offset
 
     async def _run_chain(self, data: bytes, next_offset: int) -> tuple[bytes, int]:
         """The chain's output for ``data``, run on the SmartModule pool for one time slice:
