@@ -10,7 +10,8 @@ from ..node.serve import add_log_arguments, add_tls_arguments, serve_until_signa
 from ..protocol.errors import KolkError
 from ..smartmodule.limits import Limits
 from .lifecycle import LifecycleConfig
-from .server import SpuConfig, SpuServer
+from .config import SpuConfig
+from .server import SpuServer
 from .smartmodules import SmartModuleConfig
 
 

@@ -20,7 +20,7 @@ from ..protocol.errors import KolkError
 from .follower import PeerPool
 
 if TYPE_CHECKING:
-    from .server import SpuConfig
+    from .config import SpuConfig
 
 PRIVATE_CHECK_S_MAX = 10.0
 

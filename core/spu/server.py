@@ -20,7 +20,6 @@ import json
 import logging
 import os
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
 from prometheus_client import CollectorRegistry
@@ -30,120 +29,38 @@ from ..client.admin import AdminClient, watch
 from ..metadata.controllers import offline_reason
 from ..node.audit import AuditLog
 from ..node.authz import Authorizer
-from ..observe.http import parse_listen_address
 from ..observe.metrics_server import NodeMetrics
-from ..protocol.node_auth import NodeCredential
 from ..protocol.errors import KolkError, NotFoundError, StaleEpochError, VersionConflictError
-from ..protocol import limits as L
-from ..protocol.fair_use import FairUse, FairUseLimits
-from ..protocol.limits import FETCH_BYTES_MAX, PRODUCE_BYTES_MAX, STREAM_WINDOW_BYTES_MAX
+from ..protocol.fair_use import FairUse
 from ..protocol.wire import set_error
-from ..security.tls import TlsConfig
 from ..segments import LogConfig, LogStore
 from ..segments.errors import StorageError
 from ..segments.faults import install_fsync_fault_file
 from ..segments.store import MARKER
 from ..transport import SPU, serve
 from .api import SpuHandler
+from .config import SpuConfig
 from .coordinator import Coordinator
 from .disk_faults import DiskFaults
 from .follower import PeerPool, follow
-from .lifecycle import Lifecycle, LifecycleConfig
+from .lifecycle import Lifecycle
 from .metrics import SpuMetrics
 from .metrics_collector import SpuCollector
 from .replica_store import open_replica_log, restore_producers
 from .private_address import private_address_problem
 from .replica import Replica
+from .replica_open import ReplicaOpener
 from .replica_state import (AdvanceHighWatermark, Durable, Effect, Event, Fence, IsrChangeAnswered, IsrOutcome,
                             MetadataChanged, RequestIsrChange, StartFollowing, StartLeading, StopFollowing, Tick)
-from .smartmodules import SmartModuleConfig, SmartModuleRegistry
+from .smartmodules import SmartModuleRegistry
 
 log = logging.getLogger("kolk.spu")
 
-IGNORE_STORAGE_ID_ENV = "KOLK_TEST_IGNORE_STORAGE_ID"
 FAIL_FSYNC_ENV = "KOLK_TEST_FAIL_FSYNC_FILE"
 
 
 def now_ms() -> int:
     return time.monotonic_ns() // 1_000_000
-
-
-@dataclass
-class SpuConfig:
-    spu_id: int
-    data_dir: str
-    sc_addresses: list[str]
-    public_address: str
-    private_address: str | None = None
-    bind_address: str | None = None  # default: the public address
-    rack: str | None = None
-    heartbeat_interval_ms: int = 1_000
-    produce_bytes_max: int = PRODUCE_BYTES_MAX
-    fetch_bytes_max: int = FETCH_BYTES_MAX
-    stream_window_bytes_max: int = STREAM_WINDOW_BYTES_MAX
-    stream_push_bytes_max: int = 1 << 20
-    # Fair use (core/protocol/fair_use.py, docs/security.md "Fair use"): streams and unread
-    # pushed bytes per identity (TLS identity, or client address without TLS) and in all.
-    streams_max: int = L.STREAMS_PER_SERVER_MAX
-    streams_per_identity_max: int = L.STREAMS_PER_IDENTITY_MAX
-    held_bytes_max: int = L.HELD_BYTES_PER_SERVER_MAX
-    held_bytes_per_identity_max: int = L.HELD_BYTES_PER_IDENTITY_MAX
-    connections_per_identity_max: int = L.CONNECTIONS_PER_IDENTITY_MAX
-    produce_timeout_ms_max: int = 60_000
-    stream_keepalive_ms: int = 5_000  # an idle stream sends an empty push this often (core/spu/stream.py)
-    # Replication (docs/replication.md).
-    replica_lag_max_ms: int = 10_000  # a follower not caught up for this long leaves the in-sync set
-    replica_fetch_wait_ms: int = 500  # how long a leader holds a follower's fetch when it has nothing
-    replica_fetch_bytes: int = 4 << 20
-    replica_call_timeout_s: float = 5.0
-    isr_request_timeout_s: float = 10.0
-    tls: TlsConfig | None = None  # TLS on the listener and on this SPU's own connections (node certificate)
-    # The cluster secret (core/node/secret.py): without TLS, node-only calls to and from this SPU
-    # prove it (core/node/identity.py); kolk spu refuses to start a plaintext SPU without one.
-    secret: str | None = field(default=None, repr=False)
-    # TEST ONLY (KOLK_TEST_UNSAFE_ACKS=1): answer acks=all once the leader has fsynced, before the
-    # high watermark passes: the deliberately broken build the fault harness must catch.
-    unsafe_acks_for_tests: bool = False
-    # TEST ONLY (KOLK_TEST_IGNORE_STORAGE_ID=1): followers truncate below their high watermark
-    # when a leader says so, the data-losing behaviour before issue 15 (the SC ignores storage
-    # ids under the same switch); the fault harness must catch it under disk-wipe.
-    ignore_storage_id_for_tests: bool = field(
-        default_factory=lambda: os.environ.get(IGNORE_STORAGE_ID_ENV) == "1")
-    disk_check_interval_ms: int = 1_000  # how often the watchdog probes the data directory
-    # Below this much free space the data directory counts as failing (replicas fenced, nothing rebuilt).
-    disk_free_bytes_min: int = 4 << 20
-    ready_file: str | None = None
-    metrics_address: str | None = None  # --metrics: serve /metrics and /health here (off when None)
-    # SmartModules: worker threads, memory budget, per-call limits (core/spu/smartmodules.py).
-    smartmodules: SmartModuleConfig = field(default_factory=SmartModuleConfig)
-    # Retention and the cleaner (core/spu/lifecycle.py).
-    lifecycle: LifecycleConfig = field(default_factory=LifecycleConfig)
-
-    @property
-    def credential(self) -> NodeCredential | None:
-        """What this SPU's own connections prove on a plaintext cluster (None with TLS)."""
-        if self.tls is not None or not self.secret:
-            return None
-        return NodeCredential(f"spu-{self.spu_id}", self.secret)
-
-    def __post_init__(self) -> None:
-        if self.heartbeat_interval_ms < 50:
-            raise ValueError("heartbeat_interval_ms must be at least 50")
-        if self.stream_push_bytes_max > self.stream_window_bytes_max:
-            raise ValueError("stream_push_bytes_max must not exceed stream_window_bytes_max")
-        if self.replica_lag_max_ms < 4 * self.replica_fetch_wait_ms:
-            raise ValueError("replica_lag_max_ms must be at least 4 x replica_fetch_wait_ms")
-        if not 1 << 16 <= self.replica_fetch_bytes <= self.fetch_bytes_max:
-            raise ValueError("replica_fetch_bytes must be from 64 KiB to fetch_bytes_max")
-        if self.metrics_address is not None:
-            parse_listen_address(self.metrics_address)  # InvalidAddressError (a ValueError) names it
-        if not 10 <= self.disk_check_interval_ms <= 60_000:
-            raise ValueError("disk_check_interval_ms must be from 10 to 60000")
-        self.fair_use_limits()  # ValueError naming the bad limit
-
-    def fair_use_limits(self) -> FairUseLimits:
-        return FairUseLimits(self.streams_per_identity_max, self.streams_max, self.held_bytes_per_identity_max,
-                             self.held_bytes_max, self.connections_per_identity_max)
 
 
 class SpuServer:
@@ -180,6 +97,11 @@ class SpuServer:
         self.disk = DiskFaults(self)
         self.lifecycle = Lifecycle(self, config.lifecycle)
         self.coordinator = Coordinator(self)
+        # Replicas are opened on worker threads, never in the metadata callback (core/spu/replica_open.py).
+        self.opener: ReplicaOpener[Replica] = ReplicaOpener(self._new_replica, self._replica_opened,
+                                                            self._delete_log, self._log_deleted)
+        self._metadata_held = False  # the last push was older than our registration: not acted on
+        self._parked: set[str] = set()  # opened or deleted while the metadata was held; applied with the next push
         self.registry.register(SpuCollector(self))  # read at scrape time (core/spu/metrics_collector.py)
         # The metadata version that holds this SPU's registration: roles from an older version
         # (a lagging SC's) are not acted on, since they may predate a lost storage's fencing.
@@ -246,7 +168,7 @@ class SpuServer:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
         backoff = 0.02  # an SC still starting usually answers within a few tries
-        lost = self._short_logs()
+        lost = await asyncio.to_thread(self._short_logs)  # opens every log on disk: off the loop
         while True:
             try:
                 self.registered_version = await self.admin.register_spu(
@@ -305,6 +227,7 @@ class SpuServer:
         self.smartmodules.close()
         if self._server is not None:
             self._server.close()
+        await self.opener.close()  # no open may run on a thread while the store closes
         try:
             self.store.close(sync=self.disk.healthy)
         except (StorageError, OSError) as e:  # a failed disk: nothing more can be saved
@@ -410,7 +333,12 @@ class SpuServer:
             # An SC behind our registration: its roles may predate the fencing of a lost storage.
             log.info("metadata version %d is older than our registration at %d; waiting for newer", version,
                      self.registered_version)
+            self._metadata_held = True
             return
+        self._metadata_held = False
+        if self._parked:  # opened or deleted while the metadata was held: their latest metadata applies now
+            changed += list(self._parked - set(changed))
+            self._parked.clear()
         if self.metadata_version < (self.registered_version or 0):
             # The first version we may act on: every partition, and every log on disk (those of
             # partitions deleted, or moved away, while this SPU was down are removed).
@@ -428,22 +356,27 @@ class SpuServer:
         for topic in {e["name"] for e in events if e["kind"] == "topic" and not e["deleted"]}:
             self.lifecycle.on_topic_changed(topic)
         self.metadata_version = version
-        self.metadata_ready.set()
+        if not self.metadata_ready.is_set():
+            self.opener.when_idle(self.metadata_ready.set)  # ready once the first opens and deletes are done
 
     def _update_replica(self, name: str, obj: dict[str, Any]) -> None:
         me = self.config.spu_id
         if me not in obj["spec"]["replicas"]:
             self._drop_replica(name)
             return
+        if self.opener.busy(name):
+            return  # its latest metadata is applied when the open or delete ends (_replica_opened, _log_deleted)
         replica = self.replicas.get(name)
         incarnation = int(obj["spec"].get("incarnation", 0))
         if replica is not None and replica.incarnation != incarnation:
             # Deleted and created again in one metadata push: the old log goes.
             self._drop_replica(name)
             replica = None
+            if self.opener.busy(name):
+                return  # the new incarnation opens once the old log is deleted (_log_deleted)
         if replica is None:
-            replica = self._new_replica(name, incarnation)
-            self.replicas[name] = replica
+            self.opener.start(name, incarnation)  # on a worker thread; then _replica_opened
+            return
         replica.meta = obj
         self.lifecycle.apply(replica)
         status, lg = obj.get("status", {}), replica.log
@@ -454,6 +387,41 @@ class SpuServer:
             tuple(status.get("isr", [])), lg.log_end_offset, lg.durable_offset, now_ms(),
             status.get("last_unclean_epoch")))
         replica.wake()
+
+    def _replica_opened(self, name: str, replica: Replica | None, error: BaseException | None) -> None:
+        """On the loop, after a worker opened ``name``: the replica is served from now on, with
+        the partition's latest metadata applied (which drops it if, meanwhile, the partition
+        was deleted, moved away or created again)."""
+        if replica is None:
+            log.error("%s: opening the log failed; no replica here until its metadata changes: %s", name, error)
+            return
+        self.replicas[name] = replica
+        if self._metadata_held:
+            self._parked.add(name)
+            return
+        obj = self.partitions.get(name)
+        if obj is None:
+            self._drop_replica(name)
+        else:
+            self._update_replica(name, obj)
+
+    def _delete_log(self, name: str) -> None:
+        """On a worker thread: remove a closed log's files and index entries."""
+        self.store.delete_log(name)
+
+    def _log_deleted(self, name: str, error: BaseException | None) -> None:
+        """On the loop, after a worker deleted ``name``'s log: apply what the metadata says of
+        the partition now (a new incarnation created meanwhile is opened)."""
+        if error is not None:
+            log.error("%s: deleting the log failed; it is left until the partition's metadata changes: %s",
+                      name, error)
+            return
+        if self._metadata_held:
+            self._parked.add(name)
+            return
+        obj = self.partitions.get(name)
+        if obj is not None:
+            self._update_replica(name, obj)
 
     def _new_replica(self, name: str, incarnation: int) -> Replica:
         replica = Replica(name, open_replica_log(self.store, name, incarnation, LogConfig()), self.config.spu_id,
@@ -496,6 +464,8 @@ class SpuServer:
     def _drop_replica(self, name: str) -> None:
         """This SPU holds no replica of ``name`` (any more): stop it and delete its log, also
         one left on disk from before a restart."""
+        if self.opener.busy(name):
+            return  # its latest metadata is applied when the open or delete ends (_replica_opened, _log_deleted)
         replica = self.replicas.pop(name, None)
         self.lifecycle.forget(name)
         if replica is not None:
@@ -503,7 +473,12 @@ class SpuServer:
             replica.wake()
         if replica is not None or os.path.isdir(os.path.join(self.store.logs_dir, name)):
             log.info("%s: no replica here any more; deleting its log", name)
-            self.store.delete_log(name)
+            # Closed here, on the loop, so no read meets a file closed under it; the files and
+            # index entries go on a worker (core/spu/replica_open.py), then _log_deleted.
+            self.store.close_log(name)
+            if replica is not None:
+                replica.log.mark_deleted()
+            self.opener.delete(name)
 
     def spu_address(self, spu_id: int | None) -> str:
         if spu_id is None:
@@ -521,6 +496,10 @@ class SpuServer:
 
     def led_replica(self, name: str, result: Any, topic: str | None = None) -> Replica | None:
         replica = self.replicas.get(name)
+        if replica is None and self.opener.busy(name):
+            set_error(result, "offline", f"partition {name}'s log is being opened (or an older one deleted) on SPU "
+                      f"{self.config.spu_id}; try again", None, True)
+            return None
         if replica is None:
             meta = self.partitions.get(name)
             if meta is not None:
