@@ -20,6 +20,7 @@ import asyncio
 import logging
 import time
 from collections import deque
+from dataclasses import replace
 from typing import Any, Awaitable, Callable, Sequence
 
 from ..client.cluster_view import ClusterView, collect_view
@@ -124,7 +125,9 @@ class ViewCollector:
                 async with asyncio.timeout(COLLECT_TIMEOUT_S):
                     view = await self._collect(previous)
                 self.latest, self._latest_at, self.error = view, self._clock(), None
-                self._history.append((self._latest_at, view))
+                # Rates need only each topic's high watermarks and the time: the rest of a view
+                # (10,000 partitions are ~5 MB of PartitionViews) is not kept HISTORY_MAX times over.
+                self._history.append((self._latest_at, replace(view, partitions=(), groups=(), denials=())))
             except (KolkError, OSError, TimeoutError) as e:
                 line = f"{type(e).__name__}: {e}" if isinstance(e, TimeoutError) or not str(e) else str(e)
                 if line != self.error:
