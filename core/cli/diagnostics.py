@@ -209,7 +209,7 @@ async def collect(addresses: str, tls: TlsConfig | None, lines: int, archive: Ar
 async def run(args: argparse.Namespace, addresses: str, tls: TlsConfig | None,
               show: Callable[[Any, str], None]) -> int:
     """The command: check --out, collect, write, print the path and a one-line summary."""
-    path = checked_out_path(args.out or default_name(datetime.now(timezone.utc)))
+    path = checked_out_path(args.out if args.out is not None else default_name(datetime.now(timezone.utc)))
     secrets = known_secrets(tls)
     archive = Archive(path)
     try:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import os
+import stat
 import tarfile
 import threading
 import time
@@ -30,10 +31,21 @@ def default_name(now: datetime) -> str:
 def checked_out_path(path: str) -> str:
     """``path`` made absolute once its directory is known to exist; KolkError (one line) if not,
     or if ``path`` is itself a directory. Checked before anything is asked of the cluster."""
+    if not path:
+        raise KolkError("--out is empty; name the archive file to write")
     full = os.path.abspath(path)
     parent = os.path.dirname(full)
     if os.path.isdir(full):
         raise KolkError(f"--out {path} is a directory; name the archive file to write")
+    try:
+        mode = os.lstat(full).st_mode
+    except FileNotFoundError:
+        mode = None
+    # The archive is renamed into place: that would replace a symlink (not what it points to)
+    # or a device such as /dev/null (as root), so only a new name or a regular file is taken.
+    if mode is not None and not stat.S_ISREG(mode):
+        kind = "a symlink" if stat.S_ISLNK(mode) else "not a regular file"
+        raise KolkError(f"--out {path} is {kind}; name a new file or a regular file to replace")
     if not os.path.isdir(parent):
         raise KolkError(f"--out {path}: the directory {parent} does not exist")
     if not os.access(parent, os.W_OK | os.X_OK):

@@ -72,7 +72,9 @@ def topics(shown: Shown) -> str:
     v = shown.view
     body = L.table("topics", [("name", "Topic"), ("partitions", "Partitions"), ("rf", "Replication factor"),
                               ("size", "Size"), ("records", "Records"), ("rate", "In (records/s)")],
-                   (_topic_row(t) for t in v.topics), "No topics yet (or none this identity may describe).")
+                   # users' topics first, internal ones last, as `kolk top` lists them
+                   (_topic_row(t) for t in sorted(v.topics, key=lambda t: (t.internal, t.name))),
+                   "No topics yet (or none this identity may describe).")
     return L.page("Topics", "topics", shown.viewer, body + _errors(shown), v.taken_at_ms)
 
 
