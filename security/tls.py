@@ -29,7 +29,10 @@ class TlsConfig:
     cert: str | None = None  # this side's certificate (required for servers)
     key: str | None = None
 
-    def server_context(self) -> ssl.SSLContext:
+    def server_context(self, log_refusals: bool = True) -> ssl.SSLContext:
+        """The listener's context: mutual TLS. ``log_refusals``: log a refused handshake here
+        (without the peer, which this layer does not know); False for a listener that logs it
+        itself with the peer."""
         if not self.cert or not self.key:
             raise ValueError("a TLS listener needs a certificate and a key")
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -41,7 +44,8 @@ class TlsConfig:
         ctx.load_cert_chain(self.cert, self.key)
         ctx.load_verify_locations(self.ca)
         ctx.verify_mode = ssl.CERT_REQUIRED  # mutual TLS: no certificate, no connection
-        ctx.sslobject_class = _LoggedHandshake
+        if log_refusals:
+            ctx.sslobject_class = _LoggedHandshake
         return ctx
 
     def client_context(self) -> ssl.SSLContext:
@@ -60,7 +64,12 @@ class _LoggedHandshake(ssl.SSLObject):
         except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
             raise
         except ssl.SSLError as e:
-            log.warning("TLS handshake refused: %s", explain_ssl_error(e))
+            # asyncio does not tell the SSL object who the client is; a listener that accepts
+            # its own sockets (core/observe/http.py) logs the refusal with the peer instead. The
+            # same refusal repeated (a scraper with a bad certificate, every 15 s) is one line per
+            # reason and 30 s where the node rate-limits ``repeat_key`` (core/observe/log_limits.py).
+            why = explain_ssl_error(e)
+            log.warning("TLS handshake refused: %s", why, extra={"repeat_key": ("tls refused", why)})
             raise
 
 

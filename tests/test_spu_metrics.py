@@ -192,6 +192,8 @@ def test_consuming_counts_records_and_bytes_out(cluster: DataPlaneCluster) -> No
         assert value(after, "kolk_spu_records_out_total", **p) - value(before, "kolk_spu_records_out_total", **p) == 20
         assert value(after, "kolk_spu_bytes_out_total", **p) - value(before, "kolk_spu_bytes_out_total", **p) == \
             sum(len(b) for b in batches)
+        # The stream's pushes are timed (a streaming consumer sends no fetch requests).
+        assert value(after, "kolk_spu_stream_push_seconds_count") > value(before, "kolk_spu_stream_push_seconds_count")
 
         spu = await admin._connect(cluster.spus[leader].address)
         r = await spu.call("fetch", 10, topic="m-out", partition=0, offset=10, maxBytes=1 << 20,

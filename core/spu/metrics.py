@@ -95,6 +95,12 @@ class SpuMetrics:
         self.fetch_seconds = Histogram(
             "kolk_spu_fetch_seconds", "Time to answer a fetch request", buckets=REQUEST_SECONDS_BUCKETS,
             registry=registry)
+        # Streaming consumers (kolk consume, the Python consumers, group members) never send a
+        # fetch: what they wait on is a push, timed from reading the log to handing the push to
+        # the transport (masking and SmartModules included; waiting for records or credit not).
+        self.stream_push_seconds = Histogram(
+            "kolk_spu_stream_push_seconds", "Time to prepare one stream push: read, mask, SmartModules, send",
+            buckets=REQUEST_SECONDS_BUCKETS, registry=registry)
         self.fsync_seconds = Histogram(
             "kolk_spu_fsync_seconds", "Time of one group-commit fsync of a partition log (leader or follower)",
             buckets=FSYNC_SECONDS_BUCKETS, registry=registry)

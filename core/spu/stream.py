@@ -19,6 +19,7 @@ read, or the log fails.
 from __future__ import annotations
 
 import asyncio
+import time
 import logging
 import weakref
 from typing import TYPE_CHECKING, Any
@@ -137,6 +138,7 @@ class StreamFeed:
         # masked push is bounded by the masking it costs (docs/security.md "Masking fails closed").
         masks = self.s.authz.masks(self.peer, self.topic)
         push_max = min(room, self.s.config.stream_push_bytes_max)
+        started = time.perf_counter()
         res = lg.read(self.offset, min(push_max, MASK_BYTES_PER_RESPONSE_MAX) if masks else push_max, upto)
         if not res.data:
             if res.next_offset > self.offset:
@@ -172,6 +174,7 @@ class StreamFeed:
                 await asyncio.sleep(0)  # without holding the loop: other streams and requests go first
                 return
         await stream.push(self._push(data, res.high_watermark, next_offset))
+        self.s.metrics.stream_push_seconds.observe(time.perf_counter() - started)
         self._moved(next_offset, len(data))
         await asyncio.sleep(0)  # a push need not wait: let other streams and requests run between pushes
 
