@@ -19,6 +19,7 @@ from typing import Any, Callable
 from .protocol.node_auth import AuthenticationRefused, NodeCredential, authenticate
 from .protocol.channel import SC, SPU, CallRejected, ConnectionLost, Service
 from .protocol.channel_client import ClientConnection
+from .protocol.accept import Listener
 from .protocol.channel_server import serve as serve_channel
 from .protocol.errors import ClusterUnavailableError, InvalidRequestError
 from .security.tls import Peer, TlsConfig, explain_ssl_error, peer_of, server_hostname
@@ -81,8 +82,10 @@ def parse_address(address: str) -> tuple[str, int]:
 
 
 async def serve(service: Service, make_handler: Callable[[Peer], Any], host: str, port: int,
-                tls: TlsConfig | None, fair_use: Any = None) -> asyncio.base_events.Server:
-    """Listen on ``host:port``; each connection is served by ``make_handler(peer)``.
+                tls: TlsConfig | None, fair_use: Any = None) -> asyncio.base_events.Server | Listener:
+    """Listen on ``host:port``; each connection is served by ``make_handler(peer)``. With TLS at
+    most limits.TLS_HANDSHAKES_MAX connections are in their handshake at once, counted from
+    accept (core/protocol/accept.py).
     ``fair_use``: the server's stream ledger (core/protocol/fair_use.py), if it limits streams."""
     return await serve_channel(service, make_handler, host, port,
                                tls.server_context() if tls is not None else None, peer_of, fair_use=fair_use)
@@ -112,7 +115,8 @@ async def connect(service: Service, address: str, tls: TlsConfig | None, timeout
         if tls is None:
             raise ClusterUnavailableError(f"{address} closed the connection: {e or 'reset'}") from e
         why = ("this client sent no certificate, and the server requires one" if not tls.cert else
-               "the server refused this client's certificate (another CA, expired, or revoked?)")
+               "the server refused this client's certificate (another CA, expired, or revoked?), "
+               "or it is at its limit of connections in their TLS handshake (a flood?)")
         raise ClusterUnavailableError(f"TLS to {address} failed: the server closed the connection during the "
                                       f"handshake: {why}", retriable=False) from e
     except ConnectionRefusedError as e:

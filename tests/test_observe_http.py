@@ -302,7 +302,7 @@ def test_tls_needs_a_client_certificate_of_the_cluster_ca(pki: dict[str, dict[st
         handler = Recorder()
         listener = await listening(handler, tls=TlsConfig(node["ca"], node["cert"], node["key"]))
         try:
-            with caplog.at_level(logging.WARNING, logger="kolk.tls"):
+            with caplog.at_level(logging.WARNING, logger="kolk.http"):
                 # No client certificate: refused at the handshake.
                 with pytest.raises((ssl.SSLError, ConnectionResetError)):
                     await exchange(listener.address, get("/echo"), client_context(node["ca"]))
@@ -310,8 +310,10 @@ def test_tls_needs_a_client_certificate_of_the_cluster_ca(pki: dict[str, dict[st
                 with pytest.raises((ssl.SSLError, ConnectionResetError)):
                     await exchange(listener.address, get("/echo"),
                                    client_context(node["ca"], mallory["cert"], mallory["key"]))
-            refusals = [r.getMessage() for r in caplog.records if "TLS handshake refused" in r.getMessage()]
+            refusals = [r.getMessage() for r in caplog.records if "TLS handshake with" in r.getMessage()]
             assert len(refusals) == 2, refusals
+            # Each names the listener and the client (the TLS layer alone knows neither).
+            assert all("127.0.0.1:" in line and " HTTP: TLS handshake with " in line for line in refusals), refusals
             assert "PEER_DID_NOT_RETURN_A_CERTIFICATE" in refusals[0]
             assert "CERTIFICATE_VERIFY_FAILED" in refusals[1]
             # Plaintext against the TLS listener: no HTTP answer.

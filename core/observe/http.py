@@ -22,12 +22,15 @@ import http
 import logging
 import os
 import re
+import socket
+import ssl
 from dataclasses import dataclass, field
 from typing import Awaitable, Callable
 from urllib.parse import parse_qs, unquote
 
+from ..protocol.accept import ACCEPT_BACKLOG, accept_connections
 from ..protocol.channel import TLS_HANDSHAKE_TIMEOUT_S
-from ..security.tls import TlsConfig, peer_of
+from ..security.tls import TlsConfig, explain_ssl_error, peer_of
 from ..transport import parse_address
 
 log = logging.getLogger("kolk.http")
@@ -36,6 +39,7 @@ METHODS = ("GET", "HEAD")
 LINGER_BYTES_MAX = 1 << 20  # dropped while lingering (HttpLimits.linger_s) before closing anyway
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 9110 token (method, header name)
 _VERSION = re.compile(rb"HTTP/1\.[01]")
+TLS_HANDSHAKE_RECORD = b"\x16"  # the first byte a TLS client sends (a handshake record: ClientHello)
 
 
 @dataclass(frozen=True)
@@ -158,31 +162,98 @@ def response_head(response: HttpResponse) -> bytes:
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
 
+def _peer_text(conn: socket.socket) -> str:
+    try:
+        host, port = conn.getpeername()[:2]
+        return f"{host}:{port}"
+    except OSError:
+        return "?"
+
+
 class HttpListener:
     """A running listener: :attr:`address` is the ``host:port`` actually bound."""
 
-    def __init__(self, server: asyncio.base_events.Server, handler: Handler, tls: bool, name: str,
+    def __init__(self, sock: socket.socket, handler: Handler, context: ssl.SSLContext | None, name: str,
                  limits: HttpLimits) -> None:
-        self._server = server
+        self._sock = sock
         self._handler = handler
-        self._tls = tls
+        self._context = context
+        self._tls = context is not None
         self.name = name
         self.limits = limits
         self._connections: set[asyncio.StreamWriter] = set()
-        host, port = server.sockets[0].getsockname()[:2]
+        self._handshaking = 0  # TLS connections accepted and still in their handshake
+        self._tasks: set[asyncio.Task[None]] = set()
+        host, port = sock.getsockname()[:2]
         self.address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        self._accepting = asyncio.get_running_loop().create_task(self._accept())
 
     @property
     def connections(self) -> int:
-        """Connections open now."""
-        return len(self._connections)
+        """Connections open now (with TLS, those still in their handshake too)."""
+        return len(self._connections) + self._handshaking
 
     async def close(self) -> None:
         """Stop listening and cut the connections still open."""
-        self._server.close()
+        self._accepting.cancel()
+        await asyncio.gather(self._accepting, return_exceptions=True)
+        self._sock.close()
         for writer in list(self._connections):
             writer.transport.abort()
-        await self._server.wait_closed()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _accept(self) -> None:
+        """Accept connections. With TLS the cap is applied here, BEFORE the handshake: asyncio
+        gives each TLS connection a 256 KiB buffer and keeps an idle one for the whole handshake
+        timeout, so 3,000 silent connections held ~440 MiB and 1,400 files of a node when the cap
+        was applied after it. Over the cap a TLS connection is closed at once (no answer can be
+        sent before a handshake); a plain one is answered 503 in :meth:`_serve`. The accept loop
+        is the one the Cap'n Proto listener uses (core/protocol/accept.py)."""
+        await accept_connections(self._sock, f"{self.name} HTTP", self._refusal, self._start)
+
+    def _refusal(self) -> str | None:
+        if self._tls and self.connections >= self.limits.connections_max:
+            return f"over {self.limits.connections_max} connections"
+        return None
+
+    def _start(self, conn: socket.socket) -> None:
+        if self._tls:  # counted now: a burst of accepts runs before any of their tasks does
+            self._handshaking += 1
+        task = asyncio.get_running_loop().create_task(self._connection(conn))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _connection(self, conn: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader(limit=self.limits.head_bytes_max + 4, loop=loop)
+        protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
+        kwargs: dict[str, object] = {}
+        if self._context is not None:  # counted in _handshaking by _accept
+            kwargs = {"ssl": self._context, "ssl_handshake_timeout": self.limits.tls_handshake_timeout_s}
+        peer = _peer_text(conn)  # before asyncio takes the socket (and closes it on a failed handshake)
+        try:
+            transport, _ = await loop.connect_accepted_socket(lambda: protocol, conn, **kwargs)  # type: ignore[arg-type]
+        except ssl.SSLError as e:  # a refused certificate, plaintext on a TLS port
+            # One line naming the listener, the client and why; the same again from the same
+            # host (a scraper with a bad certificate) once per 30 s (core/observe/log_limits.py).
+            why = explain_ssl_error(e)
+            log.warning("%s HTTP: TLS handshake with %s refused: %s", self.name, peer, why,
+                        extra={"repeat_key": ("http tls refused", self.name, peer.rsplit(":", 1)[0], why)})
+            conn.close()
+            return
+        except (OSError, TimeoutError) as e:  # a silent client, a reset
+            log.debug("%s HTTP: connection from %s not established: %s", self.name, peer, e)
+            conn.close()
+            return
+        except asyncio.CancelledError:  # the listener is closing
+            conn.close()
+            raise
+        finally:
+            if self._context is not None:
+                self._handshaking -= 1
+        await self._serve(reader, asyncio.StreamWriter(transport, protocol, reader, loop))
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peername = writer.get_extra_info("peername")
@@ -240,6 +311,10 @@ class HttpListener:
                     if not chunk:
                         raise asyncio.IncompleteReadError(bytes(data), None)
                     data += chunk
+                    if data[:1] == TLS_HANDSHAKE_RECORD and not self._tls:  # answered at once, not after 10 s
+                        return text(400, "this port speaks plain HTTP (http://), not TLS: a TLS handshake was sent")
+                    if b"\n\n" in data.split(b"\r\n\r\n", 1)[0]:
+                        return text(400, "the request head's lines must end with CR LF, not a bare LF")
         except TimeoutError:
             log.info("%s HTTP: %s sent no complete request head within %g s: cut", self.name, peer,
                      self.limits.head_read_timeout_s)
@@ -294,16 +369,13 @@ async def serve_http(address: str, handler: Handler, *, tls: TlsConfig | None, n
     """Listen on ``address`` (``host:port``, port 0 for any free one) and answer each request
     with ``handler``. ``name`` (e.g. "sc-1 metrics") is what the logs and errors call it."""
     host, port = parse_listen_address(address)
-    context = tls.server_context() if tls is not None else None
-    listener: HttpListener | None = None
-
-    async def on_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        assert listener is not None
-        await listener._serve(reader, writer)
-
-    kwargs = {"ssl": context, "ssl_handshake_timeout": limits.tls_handshake_timeout_s} if context else {}
-    server = await asyncio.start_server(on_connection, host, port, limit=limits.head_bytes_max + 4, **kwargs)
-    listener = HttpListener(server, handler, context is not None, name, limits)
+    context = tls.server_context(log_refusals=False) if tls is not None else None
+    loop = asyncio.get_running_loop()
+    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    family, _, _, _, sockaddr = infos[0]
+    sock = socket.create_server(sockaddr[:2], family=family, backlog=ACCEPT_BACKLOG)
+    sock.setblocking(False)
+    listener = HttpListener(sock, handler, context, name, limits)
     log.info("%s: serving HTTP%s on %s", name, "S (client certificates required)" if context else "",
              listener.address)
     return listener

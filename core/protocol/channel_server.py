@@ -12,6 +12,7 @@ import ssl
 from typing import Any, Callable, Coroutine
 
 from . import limits as L
+from .accept import Listener, listen
 from .bounds import BoundsError, check
 from .channel import STREAM_CALLS, TLS_HANDSHAKE_TIMEOUT_S, ConnectionLost, Service
 from .errors import one_line
@@ -514,11 +515,16 @@ def _no_peer(transport: Any) -> Any:
 async def serve(service: Service, make_handler: Callable[[Any], Any], host: str, port: int,
                 ssl_context: ssl.SSLContext | None = None,
                 peer_of: Callable[[Any], Any] = _no_peer,
-                fair_use: FairUse | None = None) -> asyncio.base_events.Server:
-    """Listen on ``host:port`` for ``service``; the asyncio server (close it to stop).
-    ``fair_use``: the server's ledger of streams and held bytes by owner (core/protocol/fair_use.py)."""
-    kwargs: dict[str, Any] = {}
-    if ssl_context is not None:
-        kwargs = {"ssl": ssl_context, "ssl_handshake_timeout": TLS_HANDSHAKE_TIMEOUT_S}
-    return await asyncio.get_running_loop().create_server(
-        lambda: _ServerConnection(service, make_handler, peer_of, fair_use), host, port, **kwargs)
+                fair_use: FairUse | None = None) -> asyncio.base_events.Server | Listener:
+    """Listen on ``host:port`` for ``service``; the server (close it to stop). With
+    ``ssl_context`` it accepts its own sockets and closes at once a connection that arrives while
+    L.TLS_HANDSHAKES_MAX are in their handshake (core/protocol/accept.py); plaintext, it is
+    asyncio's. ``fair_use``: the server's ledger of streams and held bytes by owner
+    (core/protocol/fair_use.py)."""
+    def factory() -> _ServerConnection:
+        return _ServerConnection(service, make_handler, peer_of, fair_use)
+
+    if ssl_context is None:
+        return await asyncio.get_running_loop().create_server(factory, host, port)
+    return await listen(host, port, factory, ssl_context, f"{service.name} listener", L.TLS_HANDSHAKES_MAX,
+                        TLS_HANDSHAKE_TIMEOUT_S)

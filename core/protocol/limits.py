@@ -25,6 +25,11 @@ HELD_BYTES_PER_IDENTITY_MAX = 64 << 20  # pushed and not yet taken by one identi
 HELD_BYTES_PER_SERVER_MAX = 256 << 20   # the same, all identities of one SPU together
 CONNECTIONS_PER_IDENTITY_MAX = 256  # client connections of one identity to one SPU (node certificates: no limit)
 REFUSED_CONNECTION_LINGER_S = 10.0  # a refused connection is closed after its first request, or after this
+# Connections in their TLS handshake at once, per listener (the SC's admin port, an SPU's client
+# port), counted from accept; one more is closed at once, before asyncio gives it a 256 KiB TLS
+# buffer (core/protocol/accept.py, docs/security.md "Fair use"). 128 silent ones hold ~40 MiB for
+# at most the handshake timeout (channel.TLS_HANDSHAKE_TIMEOUT_S, 10 s); a handshake takes ms.
+TLS_HANDSHAKES_MAX = 128
 WRITE_BUFFER_HIGH_BYTES = 4 << 20  # past it a connection stops taking requests until drained
 STREAM_WINDOW_BYTES_MAX = 64 << 20  # credit a client may grant one stream in total
 # Cap'n Proto reader limits: words a message may make the reader visit, and pointer depth.
