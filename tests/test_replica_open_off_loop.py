@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 
 from dataplane_cluster import DataPlaneCluster, raw_spu, run_async, wait_until
+from kolk.segments.records import build_batch
 from kolk.spu.replica_open import ReplicaOpener
 
 PARTITIONS = 1000
@@ -197,6 +198,19 @@ class _Recorder:
 
     def opener(self) -> ReplicaOpener[str]:
         return ReplicaOpener(self.open, self.opened, self.delete, self.deleted)
+
+
+def test_a_produce_right_after_create_waits_for_the_log_to_open(cluster: DataPlaneCluster) -> None:
+    """A producer without retries that writes to every partition the moment create_topic
+    returns is served, not answered "being opened": the SPU holds a request for a partition
+    whose log is opening (up to OPEN_WAIT_S) instead of refusing it."""
+    async def body() -> None:
+        async with cluster.client() as client:
+            await client.create_topic("eager", partitions=64)
+            for p in range(64):
+                await client.produce("eager", p, build_batch([(None, b"x")]), retries=0)
+            assert [(await client.offsets("eager", p))[2] for p in range(64)] == [1] * 64
+    run_async(body)
 
 
 def test_opener_reports_each_open_and_delete_and_says_what_is_busy() -> None:

@@ -195,7 +195,7 @@ class SpuHandler(ReplicationCalls, GroupCalls):
         acks = enum_field(Acks, req.acks, result)
         if acks is None:
             return
-        replica = self.s.leader_replica(req.topic, req.partition, result)
+        replica = await self.s.opened_replica(req.topic, req.partition, result)
         if replica is None:
             return
         minimum = self.s.min_in_sync(replica)
@@ -422,7 +422,7 @@ class SpuHandler(ReplicationCalls, GroupCalls):
         isolation = enum_field(Isolation, req.isolation, out.result)
         if isolation is None:
             return
-        replica = self.s.leader_replica(req.topic, req.partition, out.result)
+        replica = await self.s.opened_replica(req.topic, req.partition, out.result)
         if replica is None:
             return
         lg = replica.log
@@ -462,7 +462,7 @@ class SpuHandler(ReplicationCalls, GroupCalls):
     async def offsets(self, req: Any, out: Any) -> None:
         if not self._may(out.result, "consume", req.topic):
             return
-        replica = self.s.leader_replica(req.topic, req.partition, out.result)
+        replica = await self.s.opened_replica(req.topic, req.partition, out.result)
         if replica is None:
             return
         out.logStartOffset = replica.log.log_start_offset
@@ -473,7 +473,7 @@ class SpuHandler(ReplicationCalls, GroupCalls):
     async def offsetForTimestamp(self, req: Any, out: Any) -> None:  # noqa: N802 - the wire name
         if not self._may(out.result, "consume", req.topic):
             return
-        replica = self.s.leader_replica(req.topic, req.partition, out.result)
+        replica = await self.s.opened_replica(req.topic, req.partition, out.result)
         if replica is None:
             return
         try:
@@ -493,7 +493,7 @@ class SpuHandler(ReplicationCalls, GroupCalls):
         isolation = enum_field(Isolation, req.isolation, out.result)
         if isolation is None:
             return None
-        replica = s.leader_replica(req.topic, req.partition, out.result)
+        replica = await s.opened_replica(req.topic, req.partition, out.result)
         if replica is None:
             return None
         lg = replica.log

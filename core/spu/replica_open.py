@@ -66,6 +66,13 @@ class ReplicaOpener(Generic[R]):
         """Whether ``name``'s log is being opened or deleted."""
         return name in self._tasks
 
+    async def wait(self, name: str, timeout_s: float) -> None:
+        """Until ``name``'s open or delete (if any) has finished and its metadata was applied,
+        or ``timeout_s`` passed; the work itself is never cancelled by a waiter."""
+        task = self._tasks.get(name)
+        if task is not None:
+            await asyncio.wait({task}, timeout=timeout_s)
+
     def __len__(self) -> int:
         return len(self._tasks)
 

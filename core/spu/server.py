@@ -57,6 +57,9 @@ from .smartmodules import SmartModuleRegistry
 log = logging.getLogger("kolk.spu")
 
 FAIL_FSYNC_ENV = "KOLK_TEST_FAIL_FSYNC_FILE"
+# How long a client's request waits for its partition's log to open (core/spu/replica_open.py)
+# before it is answered a retriable offline; opening one log takes milliseconds when idle.
+OPEN_WAIT_S = 5.0
 
 
 def now_ms() -> int:
@@ -489,6 +492,15 @@ class SpuServer:
     def spu_private_address(self, spu_id: int) -> str:
         spu = self.spus.get(spu_id)
         return spu["spec"]["private_address"] if spu else ""
+
+    async def opened_replica(self, topic: str, partition: int, result: Any) -> Replica | None:
+        """:meth:`leader_replica`, after waiting up to :data:`OPEN_WAIT_S` for the partition's
+        log if it is being opened now: a produce or a read right after a topic is created finds
+        the log open rather than a retriable offline (which a client without retries would see)."""
+        name = f"{topic}-{partition}"
+        if self.opener.busy(name):
+            await self.opener.wait(name, OPEN_WAIT_S)
+        return self.led_replica(name, result, topic)
 
     def leader_replica(self, topic: str, partition: int, result: Any) -> Replica | None:
         """The replica if this SPU leads it; else fill ``result`` with the error and return None."""
