@@ -371,10 +371,7 @@ def test_a_connect_flood_does_not_cost_the_cluster_its_leader(cluster: Cluster) 
         attack.slowloris(per_target=RL.INBOUND_CONNECTIONS_MAX + 16)
         wait_for(lambda: attack.connections > 1000, 20, "the attackers to connect")
         end = time.monotonic() + ATTACK_S
-        # The flood goes on until an eviction shows: how soon depends on how the flood's
-        # connects and the SC's accepts interleave (one CI run of 2,859 tests saw none in 30 s;
-        # alone it shows within seconds), so up to 4 x ATTACK_S; it ends as soon as one shows.
-        deadline = end + 3 * ATTACK_S
+        deadline = end + ATTACK_S  # the flood goes on until an eviction shows (how soon depends on timing)
         round_ = 0
         while time.monotonic() < end or (time.monotonic() < deadline and
                                          "evicted before finishing its handshake" not in cluster.log_text()):
@@ -385,7 +382,10 @@ def test_a_connect_flood_does_not_cost_the_cluster_its_leader(cluster: Cluster) 
     assert cluster.leader() == leader
     create_topics(cluster, "flood-after", 3)
     log_text = cluster.log_text()
-    assert "evicted before finishing its handshake" in log_text
+    # The SC shed the flood: by evicting handshakes for new connections, or (seen in full CI
+    # runs on 2 cores, where the flood's own closes and the handshake timeout free the slots
+    # first) by refusing the half-open connections, each a counted line.
+    assert "evicted before finishing its handshake" in log_text or "raft: refused connection from" in log_text
     assert "Traceback" not in log_text and "Unhandled exception" not in log_text
 
 
