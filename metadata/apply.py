@@ -28,6 +28,7 @@ erasure_done        name, spu, ts
 put_object          kind (smartmodule|policy|config), name, spec, ts, [expected_version]
 delete_object       kind, name, ts, [expected_version]
 barrier             ts  (changes nothing; a linearizable read waits for it)
+set_sc_members      members: [{id, raft, admin}], ts  (metadata/sc_ops.py)
 =================== =====================================================================
 
 ``expected_version`` makes an update compare-and-set: ``-1`` means "must not exist", any
@@ -48,6 +49,8 @@ from .objects import CONFIG, PARTITION, POLICY, SMARTMODULE, SPU, TOPIC, MetaObj
 from .topic_config import DEFAULTS_NAME
 from .topic_ops import (add_partitions, alter_topic, check_new_defaults, check_placeable, check_topic_config,
                         put_partitions)
+from .move_ops import MOVE_OPS
+from .sc_ops import SC_OPS
 from .partition_ops import (elect_leader, fence_replica, get_lost, get_storage_id, reassign_partition,
                             register_effects, update_isr)
 # The limits of what a spec may hold live with the specs; named here too for those who look.
@@ -127,7 +130,8 @@ def _register_spu(state: State, cmd: Mapping[str, Any]) -> Applied:
     try:
         # A registration without a storage id never erases the one recorded.
         spec = SpuSpec(spu_id, rack, public_address, private_address,
-                       storage_id if storage_id is not None else was).to_dict()
+                       storage_id if storage_id is not None else was,
+                       bool(current.spec.get("draining")) if current is not None else False).to_dict()
     except SpecError as e:
         raise invalid_spec(e) from None
     edit = Edit(state)
@@ -285,6 +289,8 @@ OPS: Mapping[str, Callable[[State, Mapping[str, Any]], Applied]] = {
     "elect_leader": elect_leader,
     "update_isr": update_isr,
     "reassign_partition": reassign_partition,
+    **SC_OPS,  # set_sc_members (metadata/sc_ops.py)
+    **MOVE_OPS,  # move_partition, finish_move, cancel_move, set_draining (metadata/move_ops.py)
     "fence_replica": fence_replica,
     "allocate_producer_ids": _allocate_producer_ids,
     "alter_topic": alter_topic,

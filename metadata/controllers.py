@@ -14,7 +14,8 @@ starts from the new state). Time comes in as ``now_ms``.
   live replica of its in-sync set as leader, with the epoch bumped and the dead replicas
   dropped from the in-sync set; with no live in-sync replica it goes offline (leader None,
   epoch bumped, so the old leader is fenced, in-sync set kept so that one of them can lead
-  when it returns). Unclean election (a replica outside the set) never happens.
+  when it returns). Unclean election (a replica outside the set) never happens. An SPU that
+  is stopping (controlled shutdown) loses its leaderships the same way, at once.
 * :func:`reconcile_replicas`: self-healing. A replica on an SPU dead for ``move_after_ms``
   moves to a live SPU that holds no replica of the partition (other racks first, then the
   least loaded); the new replica copies the log from the leader and joins the in-sync set
@@ -35,7 +36,8 @@ def place_replicas(state: State, partitions: int, replication_factor: int) -> li
     spus = sorted(state.all(SPU), key=lambda o: o.spec["id"])
     if replication_factor > len(spus):
         raise ValueError(f"replication factor {replication_factor} is more than the {len(spus)} registered SPUs")
-    alive = {o.spec["id"] for o in spus if o.status.get("alive")}
+    # A draining SPU (docs/rebalance.md) counts as not alive: the last choice.
+    alive = {o.spec["id"] for o in spus if o.status.get("alive") and not o.spec.get("draining")}
     rack_of = {o.spec["id"]: o.spec.get("rack") for o in spus}
     load: Counter[int] = Counter({o.spec["id"]: 0 for o in spus})
     leaders: Counter[int] = Counter({o.spec["id"]: 0 for o in spus})
@@ -86,9 +88,14 @@ def reconcile_liveness(state: State, last_heartbeat_ms: Mapping[int, int], now_m
     return commands
 
 
-def reconcile_leaders(state: State, now_ms: int) -> list[dict[str, Any]]:
-    """``elect_leader`` commands for partitions whose leader is gone or missing."""
-    alive = {o.spec["id"] for o in state.all(SPU) if o.status.get("alive")}
+def reconcile_leaders(state: State, now_ms: int, leaving: frozenset[int] = frozenset()) -> list[dict[str, Any]]:
+    """``elect_leader`` commands for partitions whose leader is gone or missing.
+
+    ``leaving``: SPUs stopping (controlled shutdown, core/sc/leaving.py), never candidates. A
+    partition led by one of them with no other live in-sync replica keeps it as leader (it
+    still serves) rather than go offline before it has to.
+    """
+    alive = {o.spec["id"] for o in state.all(SPU) if o.status.get("alive")} - leaving
     commands = []
     for p in sorted(state.all(PARTITION), key=lambda o: o.name):
         leader = p.status["leader"]
@@ -100,6 +107,8 @@ def reconcile_leaders(state: State, now_ms: int) -> list[dict[str, Any]]:
         new_leader = candidates[0] if candidates else None
         if new_leader is None and leader is None:
             continue  # already offline; nothing new to say
+        if new_leader is None and leader in leaving:
+            continue  # nobody else can lead: the stopping SPU serves until it is gone
         cmd: dict[str, Any] = {"op": "elect_leader", "partition": p.name, "leader": new_leader,
                                "epoch": p.status["epoch"], "ts": now_ms}
         if new_leader is not None:
@@ -125,8 +134,8 @@ def reconcile_replicas(state: State, now_ms: int, move_after_ms: int) -> list[di
     for p in sorted(state.all(PARTITION), key=lambda o: o.name):
         leader = p.status["leader"]
         replicas = list(p.spec["replicas"])
-        if leader is None or leader not in alive or not gone & set(replicas):
-            continue
+        if leader is None or leader not in alive or not gone & set(replicas) or p.spec.get("target") is not None:
+            continue  # a moving partition waits for its move (metadata/move_ops.py)
         new = list(replicas)
         for i, r in enumerate(replicas):
             if r not in gone:

@@ -237,6 +237,12 @@ class PartitionSpec:
     # add_partitions); 0 for partitions created before it was recorded. An SPU that finds a log
     # of another incarnation on disk deletes it (the topic was deleted and recreated meanwhile).
     incarnation: int = 0
+    # A move in progress (metadata/move_ops.py, docs/rebalance.md): the replica list it ends
+    # with, the list it started from, and the copy throttle of the replicas being added
+    # (bytes/s). During a move ``replicas`` is ``moving_from`` followed by the new replicas.
+    target: tuple[int, ...] | None = None
+    moving_from: tuple[int, ...] | None = None
+    throttle: int = 0
 
     def __post_init__(self) -> None:
         check_name(self.topic, "topic", "topic")
@@ -245,6 +251,17 @@ class PartitionSpec:
         object.__setattr__(self, "replicas", _spu_ids(
             self.replicas, "replicas", f"must be 1-{REPLICATION_FACTOR_MAX} distinct SPU ids", lo=1))
         _non_negative(self.incarnation, "incarnation")
+        if (self.target is None) != (self.moving_from is None):
+            raise SpecError("target", "target and moving_from come together")
+        if self.target is not None:
+            for name in ("target", "moving_from"):
+                object.__setattr__(self, name, _spu_ids(
+                    getattr(self, name), name, f"must be 1-{REPLICATION_FACTOR_MAX} distinct SPU ids", lo=1))
+            assert self.moving_from is not None
+            if set(self.replicas) != set(self.target) | set(self.moving_from):
+                raise SpecError("replicas", f"replicas {list(self.replicas)} must be moving_from "
+                                            f"{list(self.moving_from)} and target {list(self.target)} together")
+        _non_negative(self.throttle, "throttle")
 
     @property
     def name(self) -> str:
@@ -254,13 +271,17 @@ class PartitionSpec:
     def from_dict(d: Mapping[str, Any]) -> "PartitionSpec":
         d = _mapping(d, "partition spec")
         return PartitionSpec(_required(d, "topic"), _required(d, "partition"), _required(d, "replicas"),
-                             d.get("incarnation", 0))
+                             d.get("incarnation", 0), d.get("target"), d.get("moving_from"), d.get("throttle", 0))
 
     def to_dict(self) -> dict[str, Any]:
         """``incarnation`` only when recorded (older partitions keep the dict they had)."""
         out: dict[str, Any] = {"topic": self.topic, "partition": self.partition, "replicas": list(self.replicas)}
         if self.incarnation:
             out["incarnation"] = self.incarnation
+        if self.target is not None and self.moving_from is not None:
+            out["target"], out["moving_from"] = list(self.target), list(self.moving_from)
+        if self.throttle:
+            out["throttle"] = self.throttle
         return out
 
 
@@ -359,9 +380,13 @@ class SpuSpec:
     public_address: str
     private_address: str
     storage_id: str | None = None
+    # Marked by an operator (`kolk cluster spu drain`): no new replicas go to it and the
+    # rebalance plan moves every replica off it (docs/rebalance.md).
+    draining: bool = False
 
     def __post_init__(self) -> None:
         check_spu_id(self.id)
+        _check_type(self.draining, "draining", bool, "true or false", optional=False)
         _check_type(self.rack, "rack", str, "text or null")
         check_address(self.public_address, "public_address")
         check_address(self.private_address, "private_address")
@@ -372,13 +397,15 @@ class SpuSpec:
     def from_dict(d: Mapping[str, Any]) -> "SpuSpec":
         d = _mapping(d, "SPU spec")
         return SpuSpec(_required(d, "id"), d.get("rack"), _required(d, "public_address"),
-                       _required(d, "private_address"), d.get("storage_id"))
+                       _required(d, "private_address"), d.get("storage_id"), d.get("draining", False))
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"id": self.id, "rack": self.rack, "public_address": self.public_address,
                                "private_address": self.private_address}
         if self.storage_id is not None:
             out["storage_id"] = self.storage_id
+        if self.draining:
+            out["draining"] = True
         return out
 
 

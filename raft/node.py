@@ -176,6 +176,11 @@ class _Replica(SyncObj):
             autoTickPeriod=0.01,
             connectionRetryTime=0.5,
             connectionTimeout=2.0,
+            # A peer named by DNS (Kubernetes: kolk-sc-1.kolk-sc.<ns>.svc...) may not resolve
+            # until its pod exists; pysyncobj would then not dial it for 30 s (its default).
+            # The tunnel resolves the name itself on every connection (raft/sockets.py), so
+            # pysyncobj's lookup only decides whether to try: try again soon.
+            dnsFailCacheTime=1.0,
             leaderFallbackTimeout=max(2.0, conf.election_timeout_max_s * 2),
             logCompactionMinEntries=conf.snapshot_min_entries,
             logCompactionMinTime=3600,
@@ -215,6 +220,13 @@ class _Replica(SyncObj):
                 super().__init__(conf.self_address, list(conf.peers), so_conf, transportClass=DurableTransport)
             finally:
                 _pending_journals.pop(journal.path, None)
+
+    def _onTick(self, timeToWait: float = 0.0) -> None:  # noqa: N802 - pysyncobj's tick
+        if not self._node._campaigning:
+            # Not a voting member yet (joining) or no longer one (removed): this node answers
+            # votes and appends but never starts an election (RaftNode.set_campaigning).
+            self._SyncObj__raftElectionDeadline = _pso.monotonicTime() + self.conf.raftMaxTimeout
+        super()._onTick(timeToWait)
 
     def _checkCommandsToApply(self) -> None:  # noqa: N802 - pysyncobj's hook
         super()._checkCommandsToApply()
@@ -297,6 +309,7 @@ class RaftNode:
             listener.close()
             raise RuntimeError(f"cannot make pysyncobj's private socket under {LOCAL_DIR_PARENT}: {e}") from None
         self._local_path = local_path
+        self._campaigning = True  # False: never start an election (set_campaigning)
         self._tunnel = RaftTunnel(listener, local_path, config.secret, config.tls,
                                   frame_bytes_max(config.command_bytes_max))
         try:
@@ -421,6 +434,24 @@ class RaftNode:
         def done(result, err):  # noqa: ANN001, ANN202
             callback(None if err == FAIL_REASON.SUCCESS else RaftError(f"removing {address} failed ({err})", True))
         self._replica.removeNodeFromCluster(address, callback=done)
+
+    def set_campaigning(self, on: bool) -> None:
+        """Whether this node may start elections. Off for an SC that is joining (not yet a
+        member: its votes would only disturb the cluster) or was removed (core/sc/sc_membership.py)."""
+        self._campaigning = on
+
+    def transfer_leadership(self, callback: Callable[[RaftError | None], None]) -> None:
+        """Hand leadership to the most caught-up connected follower (Raft's TimeoutNow)."""
+        def done(result, err):  # noqa: ANN001, ANN202
+            callback(None if err == FAIL_REASON.SUCCESS else RaftError(f"no follower can take over ({err})", True))
+        self._replica.transferLeadership(None, callback=done)
+
+    def match_index(self, address: str) -> int:
+        """On the leader: the last log index known replicated on ``address`` (0: none or unknown)."""
+        for node, index in list(self._replica._SyncObj__raftMatchIndex.items()):
+            if str(node.id if hasattr(node, "id") else node) == address:
+                return int(index)
+        return 0
 
     def force_snapshot(self) -> None:
         """Compact the journal at the next tick (tests and operators)."""

@@ -89,10 +89,10 @@ def explain_ssl_error(e: BaseException) -> str:
         "SSLV3_ALERT_HANDSHAKE_FAILURE": "the server refused the handshake: it requires a client certificate "
                                          "signed by its CA",
     }
+    verify = getattr(e, "verify_message", None)  # e.g. "IP address mismatch, certificate is not valid for ..."
     for key, hint in hints.items():
         if key in reason or key.lower().replace("_", " ") in text.lower() or key in text:
-            return f"{hint} ({reason or text})"
-    verify = getattr(e, "verify_message", None)
+            return f"{hint} ({reason or text}{': ' + verify if verify else ''})"
     return f"{verify or reason or text}"
 
 

@@ -195,7 +195,7 @@ def test_sc_with_its_raft_port_taken_stops_with_one_line(tmp_path: Any) -> None:
     data_dir = tmp_path / "sc"
     with taken_port() as port:
         line = refused_start(*sc_args(str(data_dir), f"127.0.0.1:{port}", f"127.0.0.1:{free_port()}"))
-    assert line == f"kolk sc: cannot listen for raft on 127.0.0.1:{port}: address already in use"
+    assert line == f"kolk sc: cannot listen for raft on 127.0.0.1:{port} (--raft): address already in use"
     assert not data_dir.exists()
 
 
@@ -205,7 +205,7 @@ def test_sc_with_its_bind_raft_port_taken_names_the_bind_address(tmp_path: Any) 
     with taken_port() as port:
         line = refused_start(*sc_args(str(data_dir), f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}",
                                       "--bind-raft", f"127.0.0.1:{port}"))
-    assert line == f"kolk sc: cannot listen for raft on 127.0.0.1:{port}: address already in use"
+    assert line == f"kolk sc: cannot listen for raft on 127.0.0.1:{port} (--bind-raft): address already in use"
     assert not data_dir.exists()
 
 
@@ -214,7 +214,7 @@ def test_sc_with_a_raft_address_not_of_this_host_stops_with_one_line(tmp_path: A
     data_dir = tmp_path / "sc"
     port = free_port()
     line = refused_start(*sc_args(str(data_dir), f"192.0.2.1:{port}", f"127.0.0.1:{free_port()}"))
-    assert line == f"kolk sc: cannot listen for raft on 192.0.2.1:{port}: cannot assign requested address"
+    assert line == f"kolk sc: cannot listen for raft on 192.0.2.1:{port} (--raft): cannot assign requested address"
     assert not data_dir.exists()
 
 
@@ -223,7 +223,7 @@ def test_sc_with_its_admin_port_taken_stops_with_one_line(tmp_path: Any) -> None
     data_dir = tmp_path / "sc"
     with taken_port() as port:
         line = refused_start(*sc_args(str(data_dir), f"127.0.0.1:{free_port()}", f"127.0.0.1:{port}"))
-    assert line == f"kolk sc: cannot listen for admin on 127.0.0.1:{port}: address already in use"
+    assert line == f"kolk sc: cannot listen for admin on 127.0.0.1:{port} (--admin): address already in use"
     assert not data_dir.exists()
 
 
@@ -240,7 +240,7 @@ def test_spu_with_its_port_taken_stops_with_one_line(tmp_path: Any, flag: str) -
         extra = ["--bind", taken] if flag == "--bind" else []
         public = f"127.0.0.1:{free_port()}" if flag == "--bind" else taken
         line = refused_start(*spu_args(1, str(home / "spu1"), public, *extra))
-    assert line == f"kolk spu: cannot listen for clients and SPUs on {taken}: address already in use"
+    assert line == f"kolk spu: cannot listen for clients and SPUs on {taken} ({flag}): address already in use"
     assert not home.exists()
 
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from ..client.admin import AdminClient, run
 from . import args as A
-from . import topic_lifecycle
+from . import cluster_sc, rebalance, topic_lifecycle
 from ..metadata.specs import PartitionSpec, PartitionStatus, SpuSpec, SpuStatus
 from ..protocol.errors import KolkError, NotFoundError
 from ..security.tls import TlsConfig
@@ -105,6 +105,7 @@ def add_commands(sub: Any) -> None:
     pe.add_argument("--unclean", action="store_true",
                     help="accept data loss: let a replica outside the in-sync set lead (audited)")
     _sc_option(pe)
+    rebalance.add_partition_commands(psub, _sc_option)  # core/cli/rebalance.py
 
     cluster = sub.add_parser("cluster", help="cluster status and SPU registration")
     csub = cluster.add_subparsers(dest="action", required=True)
@@ -141,6 +142,8 @@ def add_commands(sub: Any) -> None:
     u = ssub.add_parser("unregister", help="unregister an SPU that holds no replicas")
     u.add_argument("--id", type=A.SPU_ID, required=True)
     _sc_option(u)
+    rebalance.add_spu_commands(ssub, _sc_option)  # drain (core/cli/rebalance.py)
+    cluster_sc.add_commands(csub, _sc_option)  # sc add|remove (core/cli/cluster_sc.py)
 
 
 def _print(args: argparse.Namespace, value: Any, text: str) -> None:
@@ -224,7 +227,14 @@ async def _run(args: argparse.Namespace) -> int:
                            for r in rows for g in r["replica_logs"]],
                           ["PARTITION", "SPU", "ROLE", "IN-SYNC", "LOG-START", "LOG-END", "BYTES", "SEGMENTS",
                            "NOTE"])
+        moving = [m for m in (await client.cluster_status()).get("moving", [])
+                  if not args.topic or m["partition"].rsplit("-", 1)[0] == args.topic]
+        if moving:
+            replicas += "\n\nmoves in progress:\n" + rebalance.moving_lines(moving)
         _print(args, rows, f"{parts}\n\n{replicas}" if rows else "no partitions")
+    elif (args.command == "partition" and args.action == "rebalance") or (
+            args.command == "cluster" and args.action == "spu" and args.spu_action == "drain"):
+        await rebalance.run(args, client, lambda value, text: _print(args, value, text))
     elif args.command == "partition" and args.action == "elect":
         leader, epoch = await client.elect_leader(args.name, args.leader, args.unclean)
         what = "unclean election: records only the in-sync replicas had are given up; " if args.unclean else ""
@@ -244,6 +254,8 @@ async def _run(args: argparse.Namespace) -> int:
         elif args.spu_action == "unregister":
             await client.unregister_spu(args.id)
             _print(args, {"unregistered": args.id}, f"SPU {args.id} unregistered")
+    elif args.command == "cluster" and args.action == "sc":
+        await cluster_sc.run(args, client, lambda value, text: _print(args, value, text))
     elif args.command == "cluster" and args.action == "diagnostics":
         from .diagnostics import run as diagnostics
 
@@ -254,9 +266,13 @@ async def _run(args: argparse.Namespace) -> int:
                 + _table([[sc["id"], sc["admin"], sc["raft"], "leader" if sc["leader"] else "follower",
                            "yes" if sc["reachable"] else "NO"] for sc in s["scs"]],
                          ["SC", "ADMIN", "RAFT", "ROLE", "REACHABLE"])
-                + "\n" + (_table([[u["id"], u["public_address"], u["rack"], "alive" if u["alive"] else "DOWN"]
+                + "\n" + (_table([[u["id"], u["public_address"], u["rack"], ("alive" if u["alive"] else "DOWN")
+                                   + (", draining" if u.get("draining") else "")]
                                   for u in s["spus"]], ["SPU", "ADDRESS", "RACK", "STATUS"]) if s["spus"]
-                          else "no SPUs registered"))
+                          else "no SPUs registered")
+                + ("\nmoves in progress:\n" + rebalance.moving_lines(s["moving"]) if s.get("moving") else "")
+                + (f"\nSC {s['self']} is not a member of the SC group (joining, or removed: docs/operations.md)"
+                   if s.get("member") is False else ""))
         console = _local_console(s)
         if console:
             s, text = {**s, "console": console}, text + f"\nweb console: {console}"

@@ -74,7 +74,10 @@ def _main(argv: list[str] | None) -> int:
     bench.add_argument("--rate", type=int, default=2000, help="records/s for the latency run (default 2,000)")
     bench.add_argument("--seconds", type=float, default=5.0, help="length of the latency run (default 5)")
 
-    args = parser.parse_args(argv)
+    from ..node.config_file import expand_argv
+
+    # kolk sc/spu --config FILE: the file's flags go first, so the command line overrides them.
+    args = parser.parse_args(expand_argv(sys.argv[1:] if argv is None else argv, {"sc": sc, "spu": spu_parser}))
     if args.command in PRIVATE_COMMANDS:
         # What these write (the profile, keys and certificates, a local cluster's data and
         # logs, and the processes they start) is private to the user whatever the umask;

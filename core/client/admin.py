@@ -123,6 +123,15 @@ class _Retry:
         self.error = error
 
 
+LEARNED_ADDRESSES_MAX = 16  # SC addresses a client adds to its list from notLeader answers
+
+
+def _sc_id(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value < 2**31:
+        raise InvalidRequestError(f"SC id must be a positive whole number, got {value!r}")
+    return value
+
+
 class AdminClient:
     def __init__(self, addresses: list[str] | str, *, timeout_s: float = 15.0, tls: TlsConfig | None = None,
                  credential: NodeCredential | None = None) -> None:
@@ -182,6 +191,8 @@ class AdminClient:
             return
         self._conn = None
         self._retire(conn)
+        if prefer and prefer not in self.addresses and len(self.addresses) < LEARNED_ADDRESSES_MAX:
+            self.addresses.append(prefer)  # a leader the bootstrap list lacks (an SC added since: docs/operations.md)
         if prefer and prefer in self.addresses:
             self._index = self.addresses.index(prefer)
         else:
@@ -424,6 +435,36 @@ class AdminClient:
                                 leader=-1 if leader is None else leader, unclean=unclean)
         return int(r.leader), int(r.epoch)
 
+    async def rebalance(self, execute: bool = False, throttle: int | None = None,
+                        cancel: bool = False) -> dict[str, Any]:
+        """The rebalance plan (docs/rebalance.md): {"moves": [{partition, from, to}], "started",
+        "refused", "moving"}; ``execute`` starts its moves, each copying at ``throttle`` bytes/s
+        (None: the SC's default, 10 MiB/s). ``cancel``: cancel every move in progress instead
+        ("started" lists the cancelled partitions)."""
+        if throttle is not None and (isinstance(throttle, bool) or not isinstance(throttle, int) or throttle <= 0):
+            raise InvalidRequestError(f"rebalance: throttle must be a positive number of bytes/s, got {throttle!r}")
+        r = await self._request("rebalance", write=True, execute=execute, throttleBytesPerSec=throttle or 0,
+                                cancel=cancel)
+        return json.loads(r.planJson)  # type: ignore[no-any-return]
+
+    async def drain_spu(self, spu_id: int, undo: bool = False) -> dict[str, Any]:
+        """Mark SPU ``spu_id`` draining (``undo``: no longer); returns the plan that empties
+        it, as :meth:`rebalance` (not started: run ``rebalance(execute=True)``)."""
+        r = await self._request("drainSpu", write=True, spu=spu_id, undo=undo)
+        return json.loads(r.planJson)  # type: ignore[no-any-return]
+
+    async def add_sc(self, sc_id: int, raft: str, admin: str) -> list[dict[str, Any]]:
+        """Make SC ``sc_id`` (started with ``kolk sc --join``) a member of the SC group, at Raft
+        address ``raft`` and admin address ``admin``; returns the members after it, [{id, raft,
+        admin}] (docs/operations.md "Adding and removing SCs")."""
+        r = await self._request("addSc", write=True, id=_sc_id(sc_id), raft=raft, admin=admin)
+        return json.loads(r.membersJson)  # type: ignore[no-any-return]
+
+    async def remove_sc(self, sc_id: int) -> list[dict[str, Any]]:
+        """Remove SC ``sc_id`` from the SC group; returns the members after it."""
+        r = await self._request("removeSc", write=True, id=_sc_id(sc_id))
+        return json.loads(r.membersJson)  # type: ignore[no-any-return]
+
     async def unregister_spu(self, spu_id: int) -> None:
         await self._request("unregisterSpu", write=True, id=spu_id)
 
@@ -433,9 +474,10 @@ class AdminClient:
         erasure cannot be carried out as asked (it ends at once, nothing erased)."""
         await self._request("erasureDone", write=True, name=name, spuId=spu_id, found=found, note=note)
 
-    async def heartbeat(self, spu_id: int) -> None:
-        """An SPU's liveness signal; follows the SC leader."""
-        await self._request("heartbeat", write=True, spuId=spu_id)
+    async def heartbeat(self, spu_id: int, leaving: bool = False) -> None:
+        """An SPU's liveness signal; follows the SC leader. ``leaving``: the SPU is stopping
+        (controlled shutdown): the SC moves its leaderships away (docs/operations.md)."""
+        await self._request("heartbeat", write=True, spuId=spu_id, leaving=leaving)
 
     async def update_isr(self, partition: str, isr: list[int], epoch: int, leader: int,
                          based_on: list[int] | None = None) -> None:

@@ -73,6 +73,9 @@ def serve_until_signalled(make_server: Callable[[], Any], log_level: str, data_d
                           node: str = "-", log_format: str = "text") -> int:
     """Build the server inside the event loop, start it, and stop it on SIGTERM or SIGINT.
 
+    A server with a ``drain()`` (the SPU: controlled shutdown) runs it first, until it returns
+    or a second SIGTERM or SIGINT arrives.
+
     Plain asyncio: the transport is Kolk's own (core/protocol/), so the cycle collector stays
     on and nothing needs pycapnp's event loop. Everything the server writes is private to its
     user (:func:`keep_files_private`), and ``data_dir``, when it exists, is tightened to 0700.
@@ -101,6 +104,19 @@ def serve_until_signalled(make_server: Callable[[], Any], log_level: str, data_d
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         await stop.wait()
+        drain = getattr(server, "drain", None)  # an SPU hands its leaderships over first (core/spu/shutdown.py)
+        if drain is not None:
+            stop.clear()  # a second signal stops at once
+            handing_over = asyncio.ensure_future(drain())
+            again = asyncio.ensure_future(stop.wait())
+            await asyncio.wait({handing_over, again}, return_when=asyncio.FIRST_COMPLETED)
+            for task in (handing_over, again):
+                task.cancel()
+            if again.done() and not again.cancelled():
+                log.warning("a second signal: stopping at once")
+            elif handing_over.done() and not handing_over.cancelled() and handing_over.exception() is not None:
+                log.error("the hand-over before stopping failed; stopping anyway",
+                          exc_info=handing_over.exception())
         await server.stop()
 
     asyncio.run(main())

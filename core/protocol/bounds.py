@@ -99,6 +99,8 @@ SIZE_LIMITS: dict[tuple[str, str], int] = {
     ("ClusterStatusResponse", "statusJson"): L.SPEC_JSON_BYTES_MAX,
     ("PartitionStatusResponse", "statusJson"): L.SPEC_JSON_BYTES_MAX,
     ("NodeDiagnosticsResponse", "diagnosticsJson"): L.DIAGNOSTICS_BYTES_MAX,
+    ("RebalanceResponse", "planJson"): L.SPEC_JSON_BYTES_MAX,
+    ("DrainSpuResponse", "planJson"): L.SPEC_JSON_BYTES_MAX,
     ("FetchResponse", "records"): L.FRAME_BODY_BYTES_MAX,
     ("ReplicaFetchResponse", "records"): L.FRAME_BODY_BYTES_MAX,
     ("StreamPush", "records"): L.FRAME_BODY_BYTES_MAX,

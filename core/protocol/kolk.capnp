@@ -119,7 +119,10 @@ struct RegisterSpuRequest { id @0 :Int32; rack @1 :Text; publicAddress @2 :Text;
 struct RegisterSpuResponse { result @0 :Result; version @1 :UInt64; }
 struct UnregisterSpuRequest { id @0 :Int32; }
 struct UnregisterSpuResponse { result @0 :Result; }
-struct HeartbeatRequest { spuId @0 :Int32; }   # to the leader; others answer notLeader
+# To the leader; others answer notLeader. leaving: the SPU is stopping (controlled shutdown,
+# SIGTERM): the SC marks it not alive at once and moves every leadership it holds to another
+# live in-sync replica (docs/operations.md "Stopping a node").
+struct HeartbeatRequest { spuId @0 :Int32; leaving @1 :Bool; }
 struct HeartbeatResponse { result @0 :Result; }
 
 # basedOn: the in-sync set the leader computed the change from; refused (versionConflict) if
@@ -163,6 +166,21 @@ struct ElectLeaderResponse { result @0 :Result; leader @1 :Int32; epoch @2 :UInt
 struct NodeDiagnosticsRequest { logLines @0 :UInt32; }
 struct NodeDiagnosticsResponse { result @0 :Result; diagnosticsJson @1 :Text; }
 
+# Operator (admin on cluster; docs/rebalance.md): plan a rebalance that evens replicas and
+# preferred leaders per SPU and rack and empties draining SPUs; with execute, start its moves
+# (each copying at throttleBytesPerSec; 0: the default, 10 MiB/s). planJson:
+# {"moves": [{partition, from, to}], "started": [partition], "refused": [{partition, message}],
+#  "moving": [{partition, from, to, waiting}]}. Audited when it executes. cancel: instead, cancel
+# every move in progress (each partition back to the replicas it started from; "started" lists
+# the cancelled ones, "refused" those whose leader is already a new replica).
+struct RebalanceRequest { execute @0 :Bool; throttleBytesPerSec @1 :UInt64; cancel @2 :Bool; }
+struct RebalanceResponse { result @0 :Result; planJson @1 :Text; }
+# Operator (admin on cluster): mark SPU `spu` draining (undo: no longer), so no new replica goes
+# to it and a rebalance moves every replica off it. Refused when the others cannot hold its
+# replicas. planJson as in RebalanceResponse, the plan that empties it (not started). Audited.
+struct DrainSpuRequest { spu @0 :Int32; undo @1 :Bool; }
+struct DrainSpuResponse { result @0 :Result; planJson @1 :Text; }
+
 # ---------------------------------------------------------------- node identity without TLS
 #
 # On a plaintext cluster a node proves it holds the cluster secret before any node-only call
@@ -177,6 +195,21 @@ struct ChallengeRequest {}
 struct ChallengeResponse { result @0 :Result; nonce @1 :Data; }
 struct AuthenticateRequest { node @0 :Text; token @1 :Data; }
 struct AuthenticateResponse { result @0 :Result; }
+
+# Operator (admin on cluster; docs/operations.md "Adding and removing SCs"): make SC `id`, at
+# Raft address `raft` and admin address `admin` (host:port each), a member of the SC group, one
+# change at a time (a second while one is in flight: inUse, retriable). Refused unless the new SC
+# answers on both addresses and, counting it, the SCs the leader reaches are a majority of the
+# new group (notEnoughReplicas). The leader answers once the SC has caught up with the log and
+# the replicated member list holds it. membersJson: [{id, raft, admin}], the list after it. Audited.
+struct AddScRequest { id @0 :Int32; raft @1 :Text; admin @2 :Text; }
+struct AddScResponse { result @0 :Result; membersJson @1 :Text; }
+# Operator (admin on cluster): remove SC `id` from the SC group. Refused (notEnoughReplicas) when
+# the members left that the leader reaches would not be a majority of the new group, and for the
+# last member. Removing the leader: it hands leadership over and answers notLeader (retriable);
+# the new leader carries it out. membersJson as in AddScResponse. Audited.
+struct RemoveScRequest { id @0 :Int32; }
+struct RemoveScResponse { result @0 :Result; membersJson @1 :Text; }
 
 struct ScRequest {
   union {
@@ -202,6 +235,10 @@ struct ScRequest {
     eraseKey @19 :EraseKeyRequest;
     erasureDone @20 :ErasureDoneRequest;
     nodeDiagnostics @21 :NodeDiagnosticsRequest;
+    rebalance @22 :RebalanceRequest;
+    drainSpu @23 :DrainSpuRequest;
+    addSc @24 :AddScRequest;
+    removeSc @25 :RemoveScRequest;
   }
 }
 
@@ -230,6 +267,10 @@ struct ScResponse {
     eraseKey @20 :EraseKeyResponse;
     erasureDone @21 :ErasureDoneResponse;
     nodeDiagnostics @22 :NodeDiagnosticsResponse;
+    rebalance @23 :RebalanceResponse;
+    drainSpu @24 :DrainSpuResponse;
+    addSc @25 :AddScResponse;
+    removeSc @26 :RemoveScResponse;
   }
 }
 

@@ -38,6 +38,8 @@ from .server import OFFSETS_TOPIC_CONFIG, ScServer, WatcherSlot, now_ms
 from .change_log import admin_change_line
 from .answers import OBJECT_WIRE_OVERHEAD, Encoded as _Encoded, fill_error as _fill_error
 from .topic_api import TopicLifecycleCalls
+from .sc_member_api import ScMemberCalls
+from .move_api import MoveCalls
 
 log = logging.getLogger("kolk.sc")
 
@@ -160,7 +162,7 @@ def _unknown_kind(result: Any, kind: str) -> bool:
 # ---------------------------------------------------------------- the handler
 
 
-class ScApi(TopicLifecycleCalls, NodeAuthCalls):
+class ScApi(TopicLifecycleCalls, MoveCalls, ScMemberCalls, NodeAuthCalls):
     """Serves one admin connection: ``await api.<call>(req, out)`` for every ``ScRequest``
     member (the transport dispatches by name), ``watch(req, out, stream)`` for the stream;
     ``challenge`` and ``authenticate`` come from :class:`NodeAuthCalls`, the calls of a
@@ -496,7 +498,7 @@ class ScApi(TopicLifecycleCalls, NodeAuthCalls):
         if not self.s.raft.is_leader():
             set_error(out.result, "notLeader", "heartbeats go to the SC leader", self.s.leader_admin(), True)
             return
-        self.s.heartbeat(int(req.spuId))
+        self.s.heartbeat(int(req.spuId), leaving=bool(req.leaving))
         out.result.ok = True
 
     # ---- partitions

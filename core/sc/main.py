@@ -7,6 +7,8 @@ import os
 import socket
 
 from ..node.authz import INSECURE_POLICY_FLAG
+from ..node.addresses import check_sc_addresses
+from ..node.config_file import add_config_argument
 from ..node.secret import SECRET_ENV, SecretError, cluster_secret
 from ..node.serve import add_log_arguments, add_tls_arguments, serve_until_signalled, tls_from_args
 from ..raft.node import RaftListenError
@@ -35,6 +37,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--admin", required=True, help="this SC's admin API address host:port, as clients reach it")
     p.add_argument("--peer", action="append", default=[], metavar="ID=RAFT/ADMIN",
                    help="another SC, e.g. 2=10.0.0.2:7000/10.0.0.2:9003 (repeat for each)")
+    p.add_argument("--join", action="store_true",
+                   help="a new SC joining a running cluster: list every current member with --peer; it starts no "
+                        "election until `kolk cluster sc add` makes it a member (docs/operations.md)")
     p.add_argument("--bind-raft", help="bind Raft here instead of --raft (for proxies and NAT)")
     p.add_argument("--bind-admin", help="bind the admin API here instead of --admin (port 0: any free port)")
     p.add_argument("--secret-file", help=f"file holding the cluster secret, mode 0600 (else ${SECRET_ENV}); "
@@ -45,6 +50,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--heartbeat-timeout-ms", type=int, default=3000, help="SPU liveness timeout (default 3000)")
     p.add_argument("--replica-move-after-ms", type=int, default=300_000,
                    help="move the replicas of an SPU dead this long to other SPUs (default 300000)")
+    p.add_argument("--auto-rebalance", action="store_true",
+                   help="the SC leader plans a rebalance every 30 s and executes it when no move is in progress "
+                        "(docs/rebalance.md; off by default)")
+    p.add_argument("--leader-rebalance-interval-ms", type=int, default=30_000,
+                   help="elect each partition's preferred (first) replica as leader when it is alive and in sync, "
+                        "this often (default 30000; 0: never)")
     p.add_argument("--topic-default", action="append", default=[], metavar="KEY=VALUE",
                    help="a cluster-wide topic config default (repeat for each; keys as in `kolk topic create "
                         "--config`); the SC leader's flags are the ones in force")
@@ -65,6 +76,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="metadata watches this SC serves at once (default 1000; every SPU holds one)")
     add_tls_arguments(p, "the admin listener")
     add_log_arguments(p)
+    add_config_argument(p)  # read before the rest (core/node/config_file.py)
 
 
 def _parse_peer(text: str) -> ScPeer:
@@ -100,10 +112,12 @@ def config_from_args(args: argparse.Namespace) -> ScConfig:
                         bind_raft=args.bind_raft, bind_admin=args.bind_admin,
                         heartbeat_timeout_ms=args.heartbeat_timeout_ms,
                         replica_move_after_ms=args.replica_move_after_ms, ready_file=args.ready_file,
+                        auto_rebalance=args.auto_rebalance,
+                        leader_rebalance_interval_ms=args.leader_rebalance_interval_ms,
                         metrics_address=args.metrics, console_address=args.console,
                         changelog_events=args.changelog_events, watchers_max=args.watchers_max,
                         tls=tls_from_args(args, "kolk sc"),
-                        insecure_allow_plaintext_policy=args.insecure_allow_plaintext_policy,
+                        insecure_allow_plaintext_policy=args.insecure_allow_plaintext_policy, join=args.join,
                         topic_defaults=topic_defaults, on_sync=on_sync,
                         offsets_partitions=args.offsets_partitions,
                         offsets_replication_factor=args.offsets_replication_factor)
@@ -111,7 +125,7 @@ def config_from_args(args: argparse.Namespace) -> ScConfig:
         raise SystemExit(f"kolk sc: {e}") from None
 
 
-def _check_can_listen(address: str, what: str) -> None:
+def _check_can_listen(address: str, what: str, flag: str | None = None) -> None:
     """Exit with one line unless ``address`` can be listened on now: bind, listen, close.
 
     The admin listener is bound in ScServer.start(), after Raft has started and created the
@@ -127,14 +141,21 @@ def _check_can_listen(address: str, what: str) -> None:
             s.listen(1)
     except (OSError, ValueError, OverflowError) as e:
         reason = (e.strerror if isinstance(e, OSError) and e.strerror else str(e)).lower()
-        raise SystemExit(f"kolk sc: cannot listen for {what} on {address}: {reason}") from None
+        named = f" ({flag})" if flag else ""  # the flag that gave it, as the config file may have
+        raise SystemExit(f"kolk sc: cannot listen for {what} on {address}{named}: {reason}") from None
 
 
 def run_sc(args: argparse.Namespace) -> int:
     config = config_from_args(args)
+    try:  # advertised addresses others can reach, listen addresses this host has (core/node/addresses.py)
+        check_sc_addresses(args.raft, args.admin, args.bind_raft, args.bind_admin,
+                           [(p.raft_address, p.admin_address) for p in config.peers.values() if p.node_id != args.id])
+    except ValueError as e:
+        raise SystemExit(f"kolk sc: {e}") from None
     # Every listener is checked (admin) or bound (Raft, in RaftNode) before the data directory
     # is created: a process that cannot serve stops at once, with one line, leaving nothing.
-    _check_can_listen(config.bind_admin or config.me.admin_address, "admin")
+    _check_can_listen(config.bind_admin or config.me.admin_address, "admin",
+                      "--bind-admin" if config.bind_admin else "--admin")
     if config.metrics_address is not None:
         _check_can_listen(config.metrics_address, "metrics")
     if config.console_address is not None:
@@ -143,4 +164,5 @@ def run_sc(args: argparse.Namespace) -> int:
         return serve_until_signalled(lambda: ScServer(config, ScApi), args.log_level, data_dir=args.data_dir,
                                      node=f"sc-{args.id}", log_format=args.log_format)
     except RaftListenError as e:
-        raise SystemExit(f"kolk sc: {e}") from None
+        flag = "--bind-raft" if config.bind_raft else "--raft"
+        raise SystemExit(f"kolk sc: cannot listen for raft on {e.address} ({flag}): {e.reason}") from None

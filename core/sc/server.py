@@ -24,6 +24,7 @@ from prometheus_client import CollectorRegistry
 
 from .. import __version__
 from ..metadata.apply import encode_command
+from .move_control import MoveControl, moving
 from ..metadata.controllers import place_replicas, reconcile_leaders, reconcile_liveness, reconcile_replicas
 from ..metadata.objects import TOPIC, State
 from ..metadata.specs import SpuSpec, SpuStatus
@@ -41,6 +42,8 @@ from ..transport import SC, serve
 from .change_log import controller_line
 from .metrics import INTERNAL_TOPICS, LEADERS, LIVENESS, REPLICAS, TOPIC_DEFAULTS, ScCollector, ScCounters
 from .state import MetadataStateMachine
+from .sc_membership import ScMembership
+from .leaving import heard_from, leaving_spus, note_heartbeat
 from .topic_defaults import defaults_command
 
 log = logging.getLogger("kolk.sc")
@@ -74,6 +77,10 @@ class ScConfig:
     heartbeat_timeout_ms: int = 3_000
     # An SPU dead this long has its replicas moved to other SPUs (self-healing).
     replica_move_after_ms: int = 300_000
+    # Rebalance (docs/rebalance.md, core/sc/move_control.py): plan and execute moves on the
+    # leader by itself (--auto-rebalance); elect preferred leaders this often (0: never).
+    auto_rebalance: bool = False
+    leader_rebalance_interval_ms: int = 30_000
     controller_interval_ms: int = 200
     request_timeout_s: float = 5.0
     watchers_max: int = 1_000
@@ -96,6 +103,9 @@ class ScConfig:
     # coordinator, on this many SPUs or as many as are alive then.
     offsets_partitions: int = OFFSETS_PARTITIONS_DEFAULT
     offsets_replication_factor: int = 3
+    # --join: a new SC that waits, without starting elections, until `kolk cluster sc add` lists it
+    # (core/sc/sc_membership.py).
+    join: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
     # TEST ONLY (KOLK_TEST_IGNORE_STORAGE_ID=1): forget SPUs' storage ids and lost replicas, the
     # data-losing behaviour before issue 15; the fault harness must catch it under disk-wipe.
@@ -115,6 +125,9 @@ class ScConfig:
             raise ValueError(f"--offsets-partitions must be 1-1000, got {self.offsets_partitions}")
         if not 1 <= self.offsets_replication_factor <= 7:
             raise ValueError(f"--offsets-replication-factor must be 1-7, got {self.offsets_replication_factor}")
+        if self.leader_rebalance_interval_ms < 0:
+            raise ValueError(f"--leader-rebalance-interval-ms must be 0 (off) or more, got "
+                             f"{self.leader_rebalance_interval_ms}")
         if self.replica_move_after_ms < self.heartbeat_timeout_ms:
             raise ValueError("replica_move_after_ms must be at least heartbeat_timeout_ms")
         if self.metrics_address is not None:
@@ -227,8 +240,14 @@ class ScServer:
         self.raft = RaftNode(raft_cfg, self.sm)
         self._admin_by_raft = {p.raft_address: p.admin_address for p in config.peers.values()}
         self._id_by_raft = {p.raft_address: p.node_id for p in config.peers.values()}
+        self.sc_members = ScMembership(self)  # the replicated SC member list; sc add|remove
         self._heartbeats: dict[int, int] = {}
+        # SPUs stopping (a heartbeat with leaving set: controlled shutdown), by the time of their
+        # last such heartbeat; a regular heartbeat or a registration ends it (core/sc/leaving.py).
+        self._leaving: dict[int, int] = {}
+        self._wake_controllers = asyncio.Event()  # set: run a controller round now, not at the next tick
         self._leader_since_ms: int | None = None
+        self.moves = MoveControl(self)  # moves, preferred leaders, auto rebalance (core/sc/move_control.py)
         self.watchers = WatcherSlots(config.watchers_max)
         self._server: Any = None
         self._tasks: list[asyncio.Task[Any]] = []
@@ -325,6 +344,8 @@ class ScServer:
     def health(self) -> tuple[bool, str]:
         """/health: part of a Raft quorum that has a leader, and caught up with its log."""
         p = self.raft.progress()
+        if self.sc_members.removed:
+            return False, f"SC {self.config.node_id} was removed from the SC group"
         if p.leader is None:
             return False, f"SC {self.config.node_id} knows no Raft leader (term {p.term})"
         if not p.has_quorum:
@@ -345,6 +366,8 @@ class ScServer:
         def done(result: Any, err: RaftError | None) -> None:
             self.loop.call_soon_threadsafe(lambda: fut.done() or fut.set_result((result, err)))
 
+        if (refused := self.sc_members.refusal()) is not None:
+            return refused  # removed from the SC group: no longer a member that may write
         leading, started = self.raft.is_leader(), time.monotonic()
         self.raft.propose(encode_command(cmd), done)
         try:
@@ -374,7 +397,11 @@ class ScServer:
     async def _controller_loop(self) -> None:
         interval = self.config.controller_interval_ms / 1000
         while True:
-            await asyncio.sleep(interval)  # a period, not synchronisation
+            try:  # a period, or at once when woken (an SPU leaving: core/sc/leaving.py)
+                await asyncio.wait_for(self._wake_controllers.wait(), interval)
+            except asyncio.TimeoutError:
+                pass
+            self._wake_controllers.clear()
             try:
                 await self._reconcile_once()
             except Exception:  # noqa: BLE001 - a failed round must not stop the controllers
@@ -389,12 +416,15 @@ class ScServer:
             self._leader_since_ms = now
             self._heartbeats.clear()
         state = self.sm.state
-        seen = {spu.spec["id"]: self._heartbeats.get(spu.spec["id"], self._leader_since_ms)
-                for spu in state.all("spu")}
+        leaving = leaving_spus(self._leaving, now, self.config.heartbeat_timeout_ms)
+        for gone in set(self._leaving) - leaving:  # stopped heart-beating: an SPU down like any other
+            del self._leaving[gone]
+        seen = heard_from(((spu.spec["id"], bool(spu.status.get("alive"))) for spu in state.all("spu")),
+                          self._heartbeats, self._leader_since_ms, leaving)
         for cmd in reconcile_liveness(state, seen, now, self.config.heartbeat_timeout_ms):
             self.counters.acted(LIVENESS)
             await self._propose_logged(cmd)
-        for cmd in reconcile_leaders(self.sm.state, now_ms()):
+        for cmd in reconcile_leaders(self.sm.state, now_ms(), leaving):
             self.counters.acted(LEADERS)
             await self._propose_logged(cmd)
         for cmd in reconcile_replicas(self.sm.state, now_ms(), self.config.replica_move_after_ms):
@@ -403,6 +433,8 @@ class ScServer:
             log.info("moving replicas of %s to %s: %s", cmd["partition"], cmd["replicas"],
                      "done" if outcome.get("ok") else outcome.get("message"))
         await self._reconcile_topic_defaults()
+        await self.sc_members.reconcile()
+        await self.moves.round(now_ms())
 
     async def _propose_logged(self, cmd: dict[str, Any]) -> dict[str, Any]:
         """Propose a controller's command and log the change it made (core/sc/change_log.py)."""
@@ -455,8 +487,12 @@ class ScServer:
         if outcome.get("ok"):
             log.info("created the internal topic %s: %d partition(s), replication factor %d", name, partitions, rf)
 
-    def heartbeat(self, spu_id: int) -> None:
+    def heartbeat(self, spu_id: int, leaving: bool = False) -> None:
         self._heartbeats[spu_id] = now_ms()
+        if note_heartbeat(self._leaving, spu_id, leaving, self._heartbeats[spu_id]):
+            log.info("SPU %s is stopping (controlled shutdown): moving its leaderships", spu_id)
+        if leaving:
+            self._wake_controllers.set()
 
     # ---------------------------------------------------------------- status
 
@@ -464,20 +500,19 @@ class ScServer:
         raft = self.raft.status()
         leader_raft = raft["leader"]
         scs = []
-        for p in sorted(self.config.peers.values(), key=lambda p: p.node_id):
-            if p.node_id == self.config.node_id:
-                reachable = True
-            else:
-                reachable = raft["peers"].get(p.raft_address, False)
-            scs.append({"id": p.node_id, "raft": p.raft_address, "admin": p.admin_address,
-                        "leader": p.raft_address == leader_raft, "reachable": reachable})
+        for m in self.sc_members.members():  # the replicated list (core/sc/sc_membership.py)
+            reachable = m.id == self.config.node_id or raft["peers"].get(m.raft, False)
+            scs.append({"id": m.id, "raft": m.raft, "admin": m.admin, "leader": m.raft == leader_raft,
+                        "reachable": reachable})
         state = self.sm.state
         spus = []
         for o in sorted(state.all("spu"), key=lambda o: o.spec["id"]):
             spec, status = SpuSpec.from_dict(o.spec), SpuStatus.from_dict(o.status)
             spus.append({"id": spec.id, "rack": spec.rack, "public_address": spec.public_address,
-                         "alive": status.alive})
+                         "alive": status.alive, "draining": spec.draining})
         return {"self": self.config.node_id, "leader": self.leader_admin(), "scs": scs, "spus": spus,
+                "member": not self.sc_members.removed and (self.sc_members.listed or not self.config.join),
+                "moving": moving(self),  # replica moves in progress (docs/rebalance.md)
                 "metadata_version": state.version, "raft": {k: raft[k] for k in
                                                             ("term", "commit_index", "last_applied", "state",
                                                              "journal_entries", "has_quorum")}}

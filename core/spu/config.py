@@ -14,6 +14,7 @@ from ..protocol.limits import FETCH_BYTES_MAX, PRODUCE_BYTES_MAX, STREAM_WINDOW_
 from ..protocol.node_auth import NodeCredential
 from ..security.tls import TlsConfig
 from .lifecycle import LifecycleConfig
+from .shutdown import SHUTDOWN_TIMEOUT_MS_MAX
 from .smartmodules import SmartModuleConfig
 
 IGNORE_STORAGE_ID_ENV = "KOLK_TEST_IGNORE_STORAGE_ID"
@@ -29,6 +30,9 @@ class SpuConfig:
     bind_address: str | None = None  # default: the public address
     rack: str | None = None
     heartbeat_interval_ms: int = 1_000
+    # SIGTERM: hand leaderships over for at most this long before stopping; 0: stop at once
+    # (controlled shutdown, core/spu/shutdown.py).
+    shutdown_timeout_ms: int = 10_000
     produce_bytes_max: int = PRODUCE_BYTES_MAX
     fetch_bytes_max: int = FETCH_BYTES_MAX
     stream_window_bytes_max: int = STREAM_WINDOW_BYTES_MAX
@@ -80,6 +84,9 @@ class SpuConfig:
     def __post_init__(self) -> None:
         if self.heartbeat_interval_ms < 50:
             raise ValueError("heartbeat_interval_ms must be at least 50")
+        if not 0 <= self.shutdown_timeout_ms <= SHUTDOWN_TIMEOUT_MS_MAX:
+            raise ValueError(f"--shutdown-timeout-ms must be from 0 to {SHUTDOWN_TIMEOUT_MS_MAX}, "
+                             f"got {self.shutdown_timeout_ms}")
         if self.stream_push_bytes_max > self.stream_window_bytes_max:
             raise ValueError("stream_push_bytes_max must not exceed stream_window_bytes_max")
         if self.replica_lag_max_ms < 4 * self.replica_fetch_wait_ms:

@@ -32,6 +32,7 @@ from ..segments.leader_epochs import UNDEFINED_EPOCH
 from ..segments.producer_state import ProducerStateTable
 from ..transport import SPU, connect
 from .disk_faults import is_disk_fault
+from .move_throttle import move_throttle
 from .replica_store import restore_producers
 from .replica_state import (Diverged, LeaderHighWatermark, LeaderStartsPast, LogCut, RefuseTruncation, ResetLog,
                             Truncate)
@@ -229,10 +230,12 @@ async def _fetch_once(conn: ClientConnection, server: "SpuServer", replica: "Rep
     cfg = server.config
     lg = replica.log
     offset = lg.log_end_offset
+    throttle = move_throttle(replica.meta, cfg.spu_id)  # a replica a move adds copies at this rate
     await replica.group.wait_durable(offset)  # the fetch offset must be durable here: it is our ack
     r = await _call(conn, "replicaFetch", cfg.replica_fetch_wait_ms / 1000 + cfg.replica_call_timeout_s,
                     partition=replica.name, replicaId=cfg.spu_id, epoch=epoch, offset=offset,
-                    maxBytes=cfg.replica_fetch_bytes, maxWaitMs=cfg.replica_fetch_wait_ms)
+                    maxBytes=min(cfg.replica_fetch_bytes, throttle) if throttle else cfg.replica_fetch_bytes,
+                    maxWaitMs=cfg.replica_fetch_wait_ms)
     _still_mine(replica, me)
     if not r.result.ok:
         code = r.result.error.code
@@ -265,6 +268,9 @@ async def _fetch_once(conn: ClientConnection, server: "SpuServer", replica: "Rep
             replica.producers.record_header(h)
         server.lifecycle.after_append(replica)
         await replica.group.wait_durable(info.next_offset)
+        wait_s = server.move_throttle.delay(len(data), throttle) if throttle else 0.0
+        if wait_s:
+            await asyncio.sleep(wait_s)  # the move's copy rate (core/spu/move_throttle.py), not synchronisation
     leader_start = int(r.logStartOffset)
     if leader_start > lg.log_start_offset:
         # The leader's retention moved its log start: ours follows, so no replica serves

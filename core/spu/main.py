@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import os
 
+from ..node.addresses import check_spu_addresses
+from ..node.config_file import add_config_argument
 from ..node.secret import SECRET_ENV, SecretError, cluster_secret
 from ..node.serve import add_log_arguments, add_tls_arguments, serve_until_signalled, tls_from_args
 from ..protocol.errors import KolkError
@@ -28,6 +30,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--replica-fetch-wait-ms", type=int, default=500,
                    help="how long a leader holds a follower's fetch when it has nothing new (default 500)")
     p.add_argument("--heartbeat-interval-ms", type=int, default=1000, help="heartbeats to the SC (default 1000)")
+    p.add_argument("--shutdown-timeout-ms", type=int, default=10_000, metavar="MS",
+                   help="on SIGTERM, hand this SPU's leaderships to other in-sync replicas for at most this long "
+                        "before stopping (controlled shutdown; 0: stop at once; a second SIGTERM stops at once; "
+                        "default 10000)")
     p.add_argument("--ready-file", help="write {address, pid} here once serving")
     p.add_argument("--metrics", metavar="HOST:PORT", help="serve /metrics (Prometheus) and /health over HTTP here "
                    "(port 0: any free one); with TLS, clients need a certificate of the cluster CA. Off when absent")
@@ -57,6 +63,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         f"(default {lc.cleaner_key_map_bytes >> 20})")
     add_tls_arguments(p, "the SPU")
     add_log_arguments(p)
+    add_config_argument(p)  # read before the rest (core/node/config_file.py)
 
 
 def lifecycle_config(args: argparse.Namespace) -> LifecycleConfig:
@@ -91,6 +98,10 @@ def run_spu(args: argparse.Namespace) -> int:
     if tls is None and secret is None:
         raise SystemExit(f"kolk spu: without TLS this SPU needs the cluster secret (--secret-file or ${SECRET_ENV}) "
                          "to prove it is a node; or turn TLS on (--tls-ca, --tls-cert, --tls-key)")
+    try:  # advertised addresses others can reach, listen addresses this host has (core/node/addresses.py)
+        check_spu_addresses(args.public, args.private, args.bind, args.sc.split(","))
+    except ValueError as e:
+        raise SystemExit(f"kolk spu: {e}") from None
     try:
         config = SpuConfig(spu_id=args.id, data_dir=args.data_dir, sc_addresses=args.sc.split(","),
                            public_address=args.public, private_address=args.private, bind_address=args.bind,
@@ -98,6 +109,7 @@ def run_spu(args: argparse.Namespace) -> int:
                            replica_lag_max_ms=args.replica_lag_max_ms,
                            replica_fetch_wait_ms=args.replica_fetch_wait_ms,
                            heartbeat_interval_ms=args.heartbeat_interval_ms, tls=tls, secret=secret,
+                           shutdown_timeout_ms=args.shutdown_timeout_ms,
                            smartmodules=smartmodule_config(args), lifecycle=lifecycle_config(args),
                            unsafe_acks_for_tests=os.environ.get("KOLK_TEST_UNSAFE_ACKS") == "1")
     except ValueError as e:

@@ -48,10 +48,12 @@ from .metrics import SpuMetrics
 from .metrics_collector import SpuCollector
 from .replica_store import open_replica_log, restore_producers
 from .private_address import private_address_problem
+from .move_throttle import MoveThrottle
 from .replica import Replica
 from .replica_open import ReplicaOpener
 from .replica_state import (AdvanceHighWatermark, Durable, Effect, Event, Fence, IsrChangeAnswered, IsrOutcome,
                             MetadataChanged, RequestIsrChange, StartFollowing, StartLeading, StopFollowing, Tick)
+from .shutdown import controlled_shutdown
 from .smartmodules import SmartModuleRegistry
 
 log = logging.getLogger("kolk.spu")
@@ -79,6 +81,7 @@ class SpuServer:
         self.instance_id = os.urandom(16).hex()
         self.admin = AdminClient(config.sc_addresses, timeout_s=30, tls=config.tls, credential=config.credential)
         self.replicas: dict[str, Replica] = {}
+        self.move_throttle = MoveThrottle()  # the copy rate of replicas moves add (core/spu/move_throttle.py)
         self.partitions: dict[str, dict[str, Any]] = {}  # every partition of the cluster, by name
         self.topics: dict[str, dict[str, Any]] = {}
         self.spus: dict[int, dict[str, Any]] = {}
@@ -109,6 +112,7 @@ class SpuServer:
         # The metadata version that holds this SPU's registration: roles from an older version
         # (a lagging SC's) are not acted on, since they may predate a lost storage's fencing.
         self.registered_version: int | None = None
+        self.leaving = False  # stopping: heartbeats say so (controlled shutdown, core/spu/shutdown.py)
         # TEST ONLY: fail the next segment fsync when this file exists (tests, the fault harness).
         install_fsync_fault_file(os.environ.get(FAIL_FSYNC_ENV) or None)
 
@@ -124,7 +128,8 @@ class SpuServer:
                                        fair_use=self.fair_use)
         except OSError as e:
             reason = os.strerror(e.errno).lower() if e.errno else str(e)
-            raise SystemExit(f"kolk spu: cannot listen for clients and SPUs on {listen}: {reason}") from None
+            flag = "--bind" if self.config.bind_address else "--public"
+            raise SystemExit(f"kolk spu: cannot listen for clients and SPUs on {listen} ({flag}): {reason}") from None
         bound = self._server.sockets[0].getsockname()
         self.address = f"{bound[0]}:{bound[1]}"
         try:  # metrics from the start: /health says how far the start has come (docs/metrics.md)
@@ -216,6 +221,11 @@ class SpuServer:
             return False, f"{me}'s data directory {self.config.data_dir} is failing"
         return True, "ok"
 
+    async def drain(self) -> None:
+        """Before stop() on SIGTERM: hand this SPU's leaderships over (core/spu/shutdown.py)."""
+        if self.config.shutdown_timeout_ms > 0 and self.registered_version is not None:
+            await controlled_shutdown(self, self.config.shutdown_timeout_ms)
+
     async def stop(self) -> None:
         for t in self._tasks:
             t.cancel()
@@ -240,7 +250,7 @@ class SpuServer:
         interval = self.config.heartbeat_interval_ms / 1000
         while True:
             try:
-                await self.admin.heartbeat(self.config.spu_id)
+                await self.admin.heartbeat(self.config.spu_id, leaving=self.leaving)
             except KolkError as e:
                 log.warning("heartbeat to the SC at %s failed: %s", ",".join(self.config.sc_addresses), e,
                             extra={"repeat_key": ("sc", "heartbeat", str(e))})
