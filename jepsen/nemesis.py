@@ -57,6 +57,20 @@ Kinds, as :class:`Nemesis` starts / stops them (cut mode ``reset``/``blackhole``
   from the seed, none waiting for another to be ready / restart any that has exited since.
   Its target is ``all``, so it overlaps no other fault.
 
+Netns mode (``System.net_mode == "netns"``: a host per node, jepsen/netns_system.py). The link
+kinds above become per-pair packet filters or netem on hosts (jepsen/net_faults.py:
+partition-half cuts only the links between the two sides, bridge is Jepsen's bridge, slow is a
+netem delay, lossy a netem loss; clients in the root namespace are never cut), and three kinds
+exist only there (a system in proxy mode refuses them in ``start``, and the runner before it
+starts the cluster):
+
+* ``partition-pair``: target ``pair:<a>,<b>`` (two named nodes of any family, e.g.
+  ``pair:sc:1,sc:3``): only the links between those two are cut; a third node reaches both.
+* ``netem``: delay + jitter, loss, duplication and reordering (``params``) on one node.
+* ``rolling-restart``: every node in turn, in an order drawn from the seed: SIGTERM, restart,
+  wait until it serves again (its /health or ready file) before the next. Target ``all``: it
+  overlaps nothing; its window is at least ``ROLLING_RESTART_NODE_S`` per node.
+
 Proxy names in :meth:`System.proxies` are ``"in:<kind>"`` (connections *to* the node pass
 through it) or ``"out:<kind>"`` (connections the node opens); kind ``public`` is a client link,
 any other kind a node-to-node link. E.g. an SPU of ``tests/dataplane_cluster.py``:
@@ -72,16 +86,27 @@ import tempfile
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
+from .net_faults import NetPlan, netem_params, plan as net_plan
+
 if TYPE_CHECKING:
     from jepsen.proxy import FaultProxy
 
 # New kinds go at the end: the schedule of a set of older kinds stays what it was for a seed.
 KINDS = ("kill", "pause", "partition-one", "partition-half", "partition-oneway", "bridge", "slow",
-         "lossy", "torn-tail", "power-loss", "clock-jump", "disk-wipe", "disk-fail", "restart-all")
+         "lossy", "torn-tail", "power-loss", "clock-jump", "disk-wipe", "disk-fail", "restart-all",
+         "partition-pair", "netem", "rolling-restart")
 DESTRUCTIVE = frozenset({"torn-tail", "power-loss", "disk-wipe", "disk-fail"})
 # Faults that kill nodes and restart them in ``start``; ``stop`` restarts only what has exited.
-RESTARTED_AT_START = frozenset({"disk-wipe", "restart-all"})
+RESTARTED_AT_START = frozenset({"disk-wipe", "restart-all", "rolling-restart"})
 LINK_KINDS = frozenset({"partition-one", "partition-half", "partition-oneway", "bridge", "slow", "lossy"})
+# Kinds only a system in netns mode (a host per node, jepsen/netns_system.py) can apply.
+NETNS_KINDS = frozenset({"partition-pair", "netem", "rolling-restart"})
+# Link faults that netns mode applies as per-pair packet filters or netem (jepsen/net_faults.py).
+NET_KINDS = LINK_KINDS | {"partition-pair", "netem"}
+# Faults that overlap nothing.
+ALONE = frozenset({"restart-all", "rolling-restart"})
+# A rolling restart's window is at least this long per node, so the schedule leaves it room.
+ROLLING_RESTART_NODE_S = 4.0
 GROUP_TARGETS = frozenset({"minority", "all"})
 CLIENT_LINKS = frozenset({"public"})
 MAX_CONCURRENT = 2
@@ -116,8 +141,11 @@ def _targets(kind: str, spus: int, scs: int) -> list[str]:
     spu, sc = _node_targets("spu", spus), _node_targets("sc", scs)
     if kind == "partition-half":
         return ["minority"] if spus + scs >= 2 else []
-    if kind == "restart-all":
+    if kind in ALONE:
         return ["all"] if spus + scs else []
+    if kind == "partition-pair":
+        named = [t for t in spu + sc if not t.endswith(":leader")]
+        return [f"pair:{a},{b}" for i, a in enumerate(named) for b in named[i + 1:]]
     if kind in ("torn-tail", "disk-wipe", "disk-fail"):
         return spu
     if kind == "bridge":
@@ -131,13 +159,25 @@ def _effect(kind: str) -> str:
     return kind if kind in ("slow", "lossy") else "cut"
 
 
+def pair_members(target: str) -> list[str]:
+    """The node targets of a target: the two of ``pair:<a>,<b>``, else the target itself."""
+    return target[len("pair:"):].split(",") if target.startswith("pair:") else [target]
+
+
 def conflicts(a: Fault | tuple[str, str], b: Fault | tuple[str, str]) -> bool:
-    """Whether two faults (or (kind, target) pairs) must not be active at the same time."""
+    """Whether two faults (or (kind, target) pairs) must not be active at the same time. A pair
+    target conflicts with what either of its nodes conflicts with."""
     ka, ta = (a.kind, a.target) if isinstance(a, Fault) else a
     kb, tb = (b.kind, b.target) if isinstance(b, Fault) else b
-    if ta == tb or ta in GROUP_TARGETS or tb in GROUP_TARGETS or "restart-all" in (ka, kb):
+    if ALONE & {ka, kb}:
         return True
     if ka in DESTRUCTIVE and kb in DESTRUCTIVE:
+        return True
+    return any(_targets_conflict(ka, x, kb, y) for x in pair_members(ta) for y in pair_members(tb))
+
+
+def _targets_conflict(ka: str, ta: str, kb: str, tb: str) -> bool:
+    if ta == tb or ta in GROUP_TARGETS or tb in GROUP_TARGETS:
         return True
     fa, _, wa = ta.partition(":")
     fb, _, wb = tb.partition(":")
@@ -168,6 +208,8 @@ def _params(kind: str, target: str, rng: random.Random, partitions: int) -> dict
         p.update(offset_ms=rng.choice((-1, 1)) * rng.randint(1_000, 600_000))
     elif kind == "disk-fail":
         p.update(mode=rng.choice(DISK_FAIL_MODES))
+    elif kind == "netem":
+        p.update(netem_params(rng))
     return p
 
 
@@ -218,6 +260,8 @@ def schedule(seed: int, duration_s: float, faults: list[str], interval_s: tuple[
         length = rng.uniform(*fault_duration_s)
         if kind == "lossy":
             length = min(length, LOSSY_MAX_S)
+        elif kind == "rolling-restart":
+            length = max(length, ROLLING_RESTART_NODE_S * (spus + scs))
         end = round(min(t + length, horizon), 3)
         if end - t < MIN_FAULT_S:
             break
@@ -313,6 +357,9 @@ class System(Protocol):
     def cut_sc_to_fsynced(self, node: str) -> dict[str, int]: ...  # power loss of one SC's files
     def exit_code(self, node: str) -> int | None: ...  # None while the process runs
     def fail_fsync_file(self, node: str) -> str: ...  # the SPU's KOLK_TEST_FAIL_FSYNC_FILE
+    # netns mode only (``net_mode = "netns"``; proxies() is then empty):
+    # apply_net(plan: NetPlan) / revert_net(plan) -- the system counts who holds each edge;
+    # rolling_restart(order: list[str]) -> dict -- what happened, per node.
 
 
 def _remove_if_present(path: str) -> None:
@@ -353,6 +400,8 @@ class Nemesis:
             return [f"spu-{i}" for i in self._ids("spu")] + [f"sc-{i}" for i in self._ids("sc")]
         if target == "minority":
             return self._minority(fault.params, rng)
+        if target.startswith("pair:"):
+            return [n for t in pair_members(target) for n in self._resolve(Fault(0, 0, fault.kind, t), rng, note)]
         family, _, which = target.partition(":")
         if which != "leader":
             return [f"{family}-{int(which)}"]
@@ -428,9 +477,15 @@ class Nemesis:
         if fault.kind not in KINDS:
             raise ValueError(f"unknown fault kind {fault.kind!r}")
         kind, p, s = fault.kind, fault.params, self.system
+        net = getattr(s, "net_mode", "proxy") == "netns"
+        if kind in NETNS_KINDS and not net:
+            raise ValueError(f"fault kind {kind!r} needs netns mode (a host per node); this system runs in "
+                             f"{getattr(s, 'net_mode', 'proxy')} mode")
         rng = random.Random(p["seed"] if "seed" in p else self.rng.getrandbits(32))
         rec: dict[str, Any] = {"kind": kind, "target": fault.target}
         nodes = rec["nodes"] = self._resolve(fault, rng, rec)
+        if net and kind in NET_KINDS:
+            return self._start_net(fault, nodes, rng, rec)
         touched = self._plan_links(fault, nodes, rec) if kind in LINK_KINDS else []
         self._active[fault] = {"nodes": nodes, "proxies": [proxy for _, proxy in touched]}
         if kind in LINK_KINDS:
@@ -475,6 +530,11 @@ class Nemesis:
                     with open(trigger, "w") as f:
                         f.write(f"{fault.start_s}\n")
                     rec["damage"].append({"node": node, "trigger": trigger})
+        elif kind == "rolling-restart":
+            order = list(nodes)
+            rng.shuffle(order)
+            rec.update(action="SIGTERM each node in turn, restart it, wait until it serves again", order=order)
+            rec.update(s.rolling_restart(order))
         elif kind == "restart-all":
             order = list(nodes)
             rng.shuffle(order)
@@ -501,7 +561,9 @@ class Nemesis:
             return dict(rec, action="none (not active)")
         nodes, proxies, s, kind = state["nodes"], state["proxies"], self.system, fault.kind
         steps: list[tuple[Any, tuple[Any, ...]]]
-        if kind in LINK_KINDS:
+        if state.get("plan") is not None:  # netns mode: the system counts who holds each edge
+            action, steps = "heal (packet filters, netem)", [(s.revert_net, (state["plan"],))]
+        elif kind in LINK_KINDS:
             undo = {"slow": ("delay 0", "set_delay", (0.0,)),
                     "lossy": ("forward replies", "set_drop_replies", (False,))}
             action, method, args = undo.get(kind, ("heal", "heal", ()))
@@ -535,6 +597,16 @@ class Nemesis:
         rec.update(nodes=nodes, action=action)
         if errors:
             rec["errors"] = errors
+        return rec
+
+    def _start_net(self, fault: Fault, nodes: list[str], rng: random.Random, rec: dict[str, Any]) -> dict[str, Any]:
+        """A link fault in netns mode: packet filters between pairs of hosts, or netem on hosts
+        (jepsen/net_faults.py); remembered before it is applied, as every start is."""
+        every = [f"spu-{i}" for i in self._ids("spu")] + [f"sc-{i}" for i in self._ids("sc")]
+        plan: NetPlan = net_plan(fault.kind, nodes, every, fault.params, rng)
+        self._active[fault] = {"nodes": nodes, "proxies": [], "plan": plan}
+        rec.update(plan.describe(), action="netem" if plan.netem else "drop packets (nftables)")
+        self.system.apply_net(plan)  # type: ignore[attr-defined]
         return rec
 
     def heal_all(self) -> list[dict[str, Any]]:

@@ -42,7 +42,7 @@ from kolk.protocol.errors import ClusterUnavailableError, InvalidRequestError, K
 from .checkers.linearizability import check as check_linearizable  # noqa: E402
 from .checkers.queue import check_queue  # noqa: E402
 from .history import Operation, save_history  # noqa: E402
-from .nemesis import Nemesis, schedule  # noqa: E402
+from .nemesis import NETNS_KINDS, Nemesis, schedule  # noqa: E402
 from .queue_history import Recorder, write_events  # noqa: E402
 from .report import latency_svg, write_results  # noqa: E402
 from .system import NemesisView, System  # noqa: E402
@@ -61,6 +61,8 @@ DEFINITE = (InvalidRequestError, NotFoundError)  # errors that mean the request 
 OP_TIMEOUT_S = 30.0
 START_ATTEMPTS = 3
 CLOSE_TIMEOUT_S = 5.0
+LONG_STARTS = frozenset({"rolling-restart"})  # faults whose start runs in a worker thread
+NET_MODES = ("netns", "proxy")
 
 
 async def _retire(client: Any) -> None:
@@ -140,7 +142,7 @@ class Run:
                 client = AsyncClient(self.system.client_sc_addresses, timeout_s=OP_TIMEOUT_S)
                 await asyncio.sleep(0.1)  # backoff before the fresh process polls
 
-    async def final_reads(self) -> None:
+    async def final_reads(self, topic: str = TOPIC) -> None:
         process = self.new_process()
         client = AsyncClient(self.system.client_sc_addresses, timeout_s=30)
         for key in range(self.partitions):
@@ -149,12 +151,12 @@ class Run:
                 op = self.rec.invoke(process, "final", key, None, None)
                 try:
                     pairs: list[list[Any]] = []
-                    _start, hw, leo = await client.offsets(TOPIC, key)
+                    _start, hw, leo = await client.offsets(topic, key)
                     if hw != leo:
                         raise ClusterUnavailableError(f"partition {key} not settled: hw {hw}, leo {leo}")
                     offset = 0
                     while offset < hw:
-                        r = await client.fetch(TOPIC, key, offset, 1 << 20)
+                        r = await client.fetch(topic, key, offset, 1 << 20)
                         got = _pairs(r.records)
                         if not got:  # a final read is the whole log: the checker takes it as such
                             raise ClusterUnavailableError(f"partition {key}: nothing at offset {offset}, "
@@ -212,8 +214,7 @@ async def _watch_leaders(system: System, partitions: int, stop: asyncio.Event) -
                 if p["spec"]["topic"] == TOPIC:
                     system.spu_leaders[p["spec"]["partition"]] = p["status"]["leader"]
             leader = (await admin.cluster_status())["leader"]
-            system.sc_leader = next((int(name.split("-")[1]) for (kind, name, _), px in system.proxies.items()
-                                     if kind == "client" and px.target == leader), None) if leader else None
+            system.sc_leader = system.sc_by_admin(leader) if leader else None
         except KolkError:
             pass  # the SCs may be faulted right now; try again next tick
         await asyncio.sleep(0.5)  # polling period
@@ -240,7 +241,8 @@ async def _run(system: System, args: argparse.Namespace, out_dir: str) -> dict[s
     # clients still reach it: the classic way a leader that acknowledges too early loses writes).
     aliases = {"kill-leader": "kill", "partition-leader": "partition-one"}
     kinds = sorted({aliases.get(k, k) for k in args.nemesis})
-    faults = schedule(args.seed, args.time, kinds, spus=args.spus, scs=3, partitions=args.partitions) if kinds else []
+    faults = schedule(args.seed, args.time, kinds, args.fault_interval_s, args.fault_duration_s, spus=args.spus, scs=3,
+                      partitions=args.partitions) if kinds else []
     for alias, kind in aliases.items():
         if alias in args.nemesis and kind not in args.nemesis:
             extra = {"clients": False, "mode": "blackhole"} if alias == "partition-leader" else {}
@@ -264,7 +266,9 @@ async def _run(system: System, args: argparse.Namespace, out_dir: str) -> dict[s
             active.remove(f)
         while pending and pending[0].start_s <= now:
             f = pending.pop(0)
-            applied.append({"fault": f.kind, "start": nemesis.start(f), "t": now})
+            # A rolling restart takes many seconds: off this loop, so the workload runs through it.
+            started = await asyncio.to_thread(nemesis.start, f) if f.kind in LONG_STARTS else nemesis.start(f)
+            applied.append({"fault": f.kind, "start": started, "t": now})
             active.append(f)
         await asyncio.sleep(0.2)  # the schedule's clock tick
     for f in active:
@@ -282,7 +286,7 @@ async def _run(system: System, args: argparse.Namespace, out_dir: str) -> dict[s
     save_history(os.path.join(out_dir, "register.jsonl"), r.register_ops)
     latency_svg(_latencies(events), [(f.start_s, f.end_s, f.kind) for f in faults],
                 os.path.join(out_dir, "latency.svg"))
-    return {"valid": bool(queue["valid"] and register.ok), "seed": args.seed, "time_s": args.time,
+    return {"valid": bool(queue["valid"] and register.ok), "net": args.net, "seed": args.seed, "time_s": args.time,
             "nemesis": args.nemesis, "broken": [f for f in ("unsafe_acks", "ignore_storage_id") if getattr(args, f)],
             "queue": queue,
             "register": {"valid": register.ok, "verdict": str(register.verdict), "operations": len(r.register_ops),
@@ -320,11 +324,23 @@ def main(argv: list[str] | None = None) -> int:
                          "(jepsen/group_workload.py; extra nemesis kinds member-kill, member-pause, "
                          "kill-coordinator, pause-coordinator, partition-coordinator)")
     ap.add_argument("--members", type=int, default=3, help="group members (--workload group)")
+    ap.add_argument("--fault-interval-s", type=seconds_range, default=(5.0, 15.0), metavar="LOW,HIGH",
+                    help="seconds between two fault starts, drawn from this range (default 5,15)")
+    ap.add_argument("--fault-duration-s", type=seconds_range, default=(3.0, 10.0), metavar="LOW,HIGH",
+                    help="seconds a fault lasts, drawn from this range (default 3,10)")
+    ap.add_argument("--net", choices=NET_MODES,
+                    help="netns: every node a host (network namespace) of its own, faults as per-pair packet "
+                         "filters and netem; proxy: every link through a TCP proxy on loopback (default: netns "
+                         "where namespaces can be made, else proxy)")
     ap.add_argument("--unsafe-assign", action="store_true",
                     help="run the deliberately broken coordinator that grants a partition before its old "
                          "owner revoked it (--workload group)")
     args = ap.parse_args(argv)
     args.nemesis = [k for k in args.nemesis.split(",") if k]
+    refused = choose_net(args)
+    if refused:
+        print(refused, file=sys.stderr)
+        return 2
     out = args.out or tempfile.mkdtemp(prefix=f"run-seed{args.seed}-", dir=_runs_dir())
     os.makedirs(out, exist_ok=True)
     broken = {IGNORE_STORAGE_ID_ENV: "1"} if args.ignore_storage_id else {}
@@ -337,13 +353,15 @@ def main(argv: list[str] | None = None) -> int:
             results = run(lambda: _run(system, args, out))
     finally:
         system.close()
+    results.setdefault("net", args.net)
     write_results(out, results)
     if args.workload == "group":
-        print(f"{'VALID' if results['valid'] else 'INVALID'}: {json.dumps(results['groups']['counts'])}; "
+        print(f"{'VALID' if results['valid'] else 'INVALID'} ({args.net} mode): "
+              f"{json.dumps(results['groups']['counts'])}; "
               f"report in {out}")
         return 0 if results["valid"] else 1
     q = results["queue"]["counts"]
-    print(f"{'VALID' if results['valid'] else 'INVALID'}: {json.dumps(q)}; register linearizable: "
+    print(f"{'VALID' if results['valid'] else 'INVALID'} ({args.net} mode): {json.dumps(q)}; register linearizable: "
           f"{results['register']['valid']}; report in {out}")
     return 0 if results["valid"] else 1
 
@@ -355,9 +373,12 @@ def _started_system(out: str, args: argparse.Namespace, broken: dict[str, str]) 
     ``START_ATTEMPTS`` times."""
     for attempt in range(1, START_ATTEMPTS + 1):
         root = os.path.join(out, "cluster" if attempt == 1 else f"cluster-{attempt}")
-        system = System(root, spus=args.spus, sc_env=broken,
-                        spu_env={**broken, **({UNSAFE_ACKS_ENV: "1"} if args.unsafe_acks else {}),
-                                 **({UNSAFE_ASSIGN_ENV: "1"} if args.unsafe_assign else {})})
+        system_class = System
+        if args.net == "netns":
+            from .netns_system import NetnsSystem as system_class  # type: ignore[assignment]
+        system = system_class(root, spus=args.spus, sc_env=broken,
+                              spu_env={**broken, **({UNSAFE_ACKS_ENV: "1"} if args.unsafe_acks else {}),
+                                       **({UNSAFE_ASSIGN_ENV: "1"} if args.unsafe_assign else {})})
         try:
             system.start_all()
             return system
@@ -369,6 +390,36 @@ def _started_system(out: str, args: argparse.Namespace, broken: dict[str, str]) 
             print("a port chosen for the cluster was taken before its node bound it; starting again on new ports",
                   file=sys.stderr)
     raise AssertionError("unreachable")
+
+
+def seconds_range(text: str) -> tuple[float, float]:
+    """``LOW,HIGH`` seconds, 0 < LOW <= HIGH <= 3600."""
+    try:
+        lo, hi = (float(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected LOW,HIGH in seconds, got {text!r}") from None
+    if not 0 < lo <= hi <= 3600:
+        raise argparse.ArgumentTypeError(f"need 0 < LOW <= HIGH <= 3600, got {text!r}")
+    return lo, hi
+
+
+def choose_net(args: argparse.Namespace) -> str | None:
+    """Settle ``args.net``: netns when asked, or by default where namespaces can be made (else
+    proxy, saying why in one line). Returns the one-line refusal when the run cannot go on: netns
+    asked where it cannot be had, or a fault kind that needs netns mode in proxy mode."""
+    from .netns import netns_unavailable
+
+    why = netns_unavailable()
+    if args.net is None:
+        args.net = "netns" if why is None else "proxy"
+        if why is not None:
+            print(f"proxy mode: network namespaces are unavailable ({why})", file=sys.stderr)
+    elif args.net == "netns" and why is not None:
+        return f"--net netns: network namespaces are unavailable ({why})"
+    needs = sorted(set(args.nemesis) & NETNS_KINDS)
+    if args.net == "proxy" and needs:
+        return f"fault kinds {needs} need --net netns (a host per node); this run is in proxy mode"
+    return None
 
 
 def _runs_dir() -> str:

@@ -110,6 +110,11 @@ class System:
     def sc_names(self) -> list[str]:
         return [n for n in self.nodes if n.startswith("sc-")]
 
+    def sc_by_admin(self, address: str) -> int | None:
+        """The SC whose own admin address (as ``cluster_status`` names the leader) is ``address``."""
+        return next((int(name.split("-")[1]) for (kind, name, _), px in self.proxies.items()
+                     if kind == "client" and px.target == address), None)
+
     def spu_names(self) -> list[str]:
         return [n for n in self.nodes if n.startswith("spu-")]
 
