@@ -28,7 +28,7 @@ erasure_done        name, spu, ts
 put_object          kind (smartmodule|policy|config), name, spec, ts, [expected_version]
 delete_object       kind, name, ts, [expected_version]
 barrier             ts  (changes nothing; a linearizable read waits for it)
-set_sc_members      members: [{id, raft, admin}], ts  (metadata/sc_ops.py)
+set_sc_members      members: [{id, raft, admin}], ts, [based_on]  (metadata/sc_ops.py)
 =================== =====================================================================
 
 ``expected_version`` makes an update compare-and-set: ``-1`` means "must not exist", any

@@ -113,11 +113,14 @@ def cancel_move(state: State, cmd: Mapping[str, Any]) -> Applied:
     if status.leader is not None and status.leader not in origin:
         raise fail(INVALID_ARGUMENT, f"partition {p.name}: its leader {status.leader} is a new replica; the move "
                                      "cannot be cancelled without moving leadership back first")
-    if status.leader is not None and not isr:
-        raise fail(INVALID_ARGUMENT, f"partition {p.name}: no replica it started from is in sync")
+    if status.isr and not isr:
+        # Offline or not: the in-sync replicas alone hold every acknowledged record, and they are
+        # all new ones; dropping them would delete those records (found in review, issue 22).
+        raise fail(INVALID_ARGUMENT, f"partition {p.name}: no replica it started from is in sync (in-sync "
+                                     f"{list(status.isr)}, all added by the move); the move cannot be cancelled")
     back = dataclasses.replace(spec, replicas=origin, target=None, moving_from=None, throttle=0)
     new = dataclasses.replace(status.without_lost(set(spec.replicas) - set(origin)),
-                              isr=isr if status.leader is not None else tuple(r for r in origin if r in status.isr),
+                              isr=isr,
                               epoch=status.epoch + 1)
     edit = Edit(state)
     edit.put(PARTITION, p.name, back.to_dict(), new.to_dict())
@@ -150,11 +153,12 @@ def _alive(state: State) -> set[int]:
     return {o.spec["id"] for o in state.all(SPU) if o.status.get("alive")}
 
 
-def reconcile_moves(state: State, now_ms: int) -> list[dict[str, Any]]:
+def reconcile_moves(state: State, now_ms: int, leaving: frozenset[int] = frozenset()) -> list[dict[str, Any]]:
     """The next step of every move whose target replicas are all in sync: elect a leader from
     the target when the leader is not in it, else finish. A move with a target replica not in
-    sync (copying, or its SPU dead) waits."""
-    alive = _alive(state)
+    sync (copying, or its SPU dead) waits. ``leaving``: SPUs stopping (core/sc/leaving.py), never
+    elected (still alive in the metadata until the controller marks them)."""
+    alive = _alive(state) - leaving
     out: list[dict[str, Any]] = []
     for p in sorted(state.all(PARTITION), key=lambda o: o.name):
         target = p.spec.get("target")
@@ -171,11 +175,12 @@ def reconcile_moves(state: State, now_ms: int) -> list[dict[str, Any]]:
     return out
 
 
-def reconcile_preferred_leaders(state: State, now_ms: int) -> list[dict[str, Any]]:
+def reconcile_preferred_leaders(state: State, now_ms: int,
+                                leaving: frozenset[int] = frozenset()) -> list[dict[str, Any]]:
     """Kafka's auto.leader.rebalance: a partition led by another replica than its preferred one
-    (the first) gets it back when that one is alive and in sync. Moving partitions are left to
-    :func:`reconcile_moves`."""
-    alive = _alive(state)
+    (the first) gets it back when that one is alive, in sync and not stopping (``leaving``).
+    Moving partitions are left to :func:`reconcile_moves`."""
+    alive = _alive(state) - leaving
     out: list[dict[str, Any]] = []
     for p in sorted(state.all(PARTITION), key=lambda o: o.name):
         if p.spec.get("target") is not None:

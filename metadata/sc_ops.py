@@ -6,7 +6,10 @@ each member's id and admin address, to forward writes to the leader and to list 
 ``kolk cluster status``. That list is the ``config`` object ``sc-members``, written only by this
 command, so an SC restarted with stale ``--peer`` flags still learns the current members. The
 SC leader seeds it from its flags once and then rewrites it on every ``kolk cluster sc add`` /
-``remove`` (core/sc/sc_membership.py); apply only checks the list is well-formed.
+``remove`` (core/sc/sc_membership.py); apply checks the list is well-formed and, when the
+command carries ``based_on`` (the list it was planned from; null: none yet), that the committed
+list is still that one: two changes planned on two leaders around a leader change must not
+silently undo each other (each writes a whole list).
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
-from .command import INVALID_ARGUMENT, Applied, Edit, fail, get_field, get_ts
+from .command import INVALID_ARGUMENT, VERSION_CONFLICT, Applied, Edit, fail, get_field, get_ts
 from .objects import CONFIG, State
 from .specs import SpecError, check_address
 
@@ -71,6 +74,14 @@ def _set_sc_members(state: State, cmd: Mapping[str, Any]) -> Applied:
         members = check_members(get_field(cmd, "members", list))
     except ValueError as e:
         raise fail(INVALID_ARGUMENT, f"set_sc_members: {e}") from None
+    if "based_on" in cmd:  # compare-and-set: the list the change was planned from
+        try:
+            based_on = None if cmd["based_on"] is None else check_members(cmd["based_on"])
+        except ValueError as e:
+            raise fail(INVALID_ARGUMENT, f"set_sc_members: based_on: {e}") from None
+        if based_on != members_of(state):
+            raise fail(VERSION_CONFLICT, "set_sc_members: the SC member list changed since this change was planned; "
+                                         "retry it")
     current = state.get(CONFIG, SC_MEMBERS_NAME)
     spec = {"members": [m.to_dict() for m in members]}
     edit = Edit(state)

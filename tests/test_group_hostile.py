@@ -283,6 +283,7 @@ def test_commit_refusals(cluster: DataPlaneCluster) -> None:
 # ---------------------------------------------------------------- answers larger than a frame
 
 
+@pytest.mark.long  # 50,000 commits: ~1-2 minutes on 2 cores; `make test-long`
 def test_list_of_groups_larger_than_a_frame_is_refused_in_one_line(cluster: DataPlaneCluster) -> None:
     """50,000 groups with 255-character names on one coordinator: their list is ~18 MB of JSON.
     Sent as it was, the client dropped the connection at the frame limit; now a one-line tooLarge,

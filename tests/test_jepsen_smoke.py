@@ -12,6 +12,8 @@ import subprocess
 import sys
 from typing import Any
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
@@ -38,6 +40,8 @@ def test_short_run_with_kills_and_pauses_is_valid(tmp_path: Any) -> None:
     assert (tmp_path / "run" / "history.jsonl").exists() and (tmp_path / "run" / "latency.svg").exists()
 
 
+# `make test-long`: tests/test_jepsen_netns.py catches the same build under netns faults in `make test`.
+@pytest.mark.long
 def test_the_harness_catches_a_build_that_acknowledges_too_early(tmp_path: Any) -> None:
     """KOLK_TEST_UNSAFE_ACKS=1 answers acks=all once the leader has fsynced; cutting leaders off
     from their followers and the SC (clients still reach them) then loses acknowledged writes,
@@ -48,6 +52,7 @@ def test_the_harness_catches_a_build_that_acknowledges_too_early(tmp_path: Any) 
     assert results["queue"]["counts"]["lost"] > 0, results["queue"]["counts"]
 
 
+@pytest.mark.long  # `make test-long` (a 30 s fault run); the broken-disk build below stays in `make test`
 def test_short_run_with_wiped_disks_and_whole_cluster_restarts_is_valid(tmp_path: Any) -> None:
     """Seed 28: the leaders of two partitions lose their whole data directory (6 s and 13 s in)
     and come back at once, then every SC and SPU is killed and restarted in random order (20 s).

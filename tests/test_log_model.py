@@ -1086,14 +1086,25 @@ class LogMachine(RuleBasedStateMachine):
 
 def test_log_agrees_with_model(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
     """Random programs of appends, reads, rolls, truncations, retention, syncs, reopens and
-    crashes with power loss leave the partition log equal to the in-memory model (module doc)."""
+    crashes with power loss leave the partition log equal to the in-memory model (module doc).
+    40 programs in `make test`; `make test-long` runs 100 more (the deep run below)."""
+    _run_log_model(tmp_path_factory, monkeypatch, examples=40)
+
+
+@pytest.mark.long
+def test_log_agrees_with_model_deep(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same machine, 100 programs (about 1.5 minutes on 2 cores): `make test-long`."""
+    _run_log_model(tmp_path_factory, monkeypatch, examples=100)
+
+
+def _run_log_model(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch, examples: int) -> None:
     base = str(tmp_path_factory.mktemp("log-model"))
     fsyncs = FsyncTracker(monkeypatch)
     try:
         run_state_machine_as_test(
             lambda: LogMachine(base, fsyncs),
             settings=settings(
-                max_examples=100,
+                max_examples=examples,
                 stateful_step_count=50,
                 deadline=None,
                 # The explain phase traces every line of a failing program again and again:

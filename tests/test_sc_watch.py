@@ -67,7 +67,9 @@ def test_watch_deltas_full_sync_and_resume(tmp_path) -> None:
         assert names[:1] == ["1"] and {"alpha", "alpha-0", "alpha-1"} <= set(names)
         full, version, events = out["late"][0]
         assert full, "a watcher further behind than the change log gets a full sync"
-        assert {e["name"] for e in events} == {"1", "t0", "t0-0", "t1", "t1-0", "t2", "t2-0", "t3", "t3-0"}
+        # Every object: the SPU, the topics and partitions, and the SC member list (issue 22).
+        assert {e["name"] for e in events} == {"1", "t0", "t0-0", "t1", "t1-0", "t2", "t2-0", "t3", "t3-0",
+                                               "sc-members"}
         assert not any(e["name"].startswith("alpha") for e in events)
         r_full, r_version, r_events = out["resumed"][0]
         assert not r_full and r_version == out["version"]

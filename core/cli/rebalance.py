@@ -64,6 +64,10 @@ def moving_lines(moving: list[dict[str, Any]]) -> str:
                      for m in moving)
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
 def _ids(ids: list[int] | None) -> str:
     return ",".join(str(i) for i in ids or [])
 
@@ -82,22 +86,37 @@ def _describe(plan: dict[str, Any], executed: bool) -> str:
     return "\n".join(lines)
 
 
-async def _wait(client: AdminClient, timeout_s: float, spu: int | None) -> None:
+async def _wait(client: AdminClient, timeout_s: float, spu: int | None, throttle: int | None = None) -> None:
+    """For a drain (``spu``), a move started before it (another drain's, a rebalance's) may still
+    be adding the SPU to a partition the drain's plan had to leave out (the planner skips moving
+    partitions): once no move is left and the SPU still holds replicas, plan and execute again."""
     deadline = time.monotonic() + timeout_s
     shown = None
+    refused: set[tuple[str, str]] = set()
     while True:
         status = await client.cluster_status()
         moving = status.get("moving", [])
         holding = []
         if spu is not None:
             holding = [p["name"] for p in await client.list_objects("partition") if spu in p["spec"]["replicas"]]
-        line = (f"{len(moving)} moves in progress" + (f"; SPU {spu} holds {len(holding)} replicas" if spu is not None
-                                                      else ""))
+        line = (_count(len(moving), "move") + " in progress"
+                + (f"; SPU {spu} holds {_count(len(holding), 'replica')}" if spu is not None else ""))
         if line != shown:
             print(line + ("\n" + moving_lines(moving) if moving else ""), flush=True)
             shown = line
         if not moving and not holding:
             return
+        if spu is not None and not moving:
+            plan = await client.rebalance(execute=True, throttle=throttle)
+            for r in plan["refused"]:
+                if (r["partition"], r["message"]) not in refused:
+                    refused.add((r["partition"], r["message"]))
+                    print(f"  {r['partition']}: refused: {r['message']}", flush=True)
+            if plan["started"]:
+                print(f"SPU {spu} still holds {', '.join(holding)}: moves started:\n" + moves_table(
+                    [m for m in plan["moves"] if m["partition"] in plan["started"]]), flush=True)
+                shown = None
+                continue
         if time.monotonic() > deadline:
             raise KolkError(f"the moves did not finish within {timeout_s:g} s: {line}")
         await asyncio.sleep(POLL_S)
@@ -122,4 +141,4 @@ async def run(args: argparse.Namespace, client: AdminClient, show: Callable[[Any
     plan = await client.rebalance(execute=True, throttle=args.throttle)
     show(plan, f"SPU {args.id} is draining\n" + _describe(plan, True))
     if args.wait:
-        await _wait(client, args.timeout, args.id)
+        await _wait(client, args.timeout, args.id, args.throttle)

@@ -27,7 +27,7 @@ import re
 import stat
 import tomllib
 from dataclasses import dataclass
-from typing import Any, Literal, NoReturn
+from typing import Any, Callable, Literal, NoReturn
 
 CONFIG_FLAG = "--config"
 CONFIG_BYTES_MAX = 1 << 20  # a config file is a few hundred bytes; 1 MiB is far past any real one
@@ -113,17 +113,26 @@ def file_argv(text: str, path: str, parser: argparse.ArgumentParser,
         table = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ConfigFileError(f"{path}: {e}") from None
+    except RecursionError:  # tomllib recurses per level of nested arrays and inline tables
+        raise ConfigFileError(f"{path}: arrays or tables nested too deeply; a config file is one flat table of "
+                              f"flags") from None
+    except ValueError as e:  # an integer of more digits than Python converts (sys.get_int_max_str_digits)
+        raise ConfigFileError(f"{path}: {e}") from None
     keys = keys_of(parser)
     argv: list[str] = []
     for name, value in table.items():
-        line = key_line(text, name)
-        where = f"{path}:{line}" if line else path
+        def where(name: str = name) -> str:
+            """path:line, found only for an error (a scan of the text per key made a 1 MiB file of
+            blank lines take seconds)."""
+            line = key_line(text, name)
+            return f"{path}:{line}" if line else path
+
         if isinstance(value, dict) or (isinstance(value, list) and any(isinstance(v, dict) for v in value)):
-            raise ConfigFileError(f"{where}: {_shown(name)} is a table; a config file is one flat table of flags "
+            raise ConfigFileError(f"{where()}: {_shown(name)} is a table; a config file is one flat table of flags "
                                   f"(write each flag as key = value at the top, such as tls-ca = \"ca.pem\")")
         key = keys.get(name)
         if key is None:
-            raise ConfigFileError(f"{where}: {_unknown(name, keys)}")
+            raise ConfigFileError(f"{where()}: {_unknown(name, keys)}")
         argv.extend(_flags(key, value, where, given))
     return argv
 
@@ -138,9 +147,9 @@ def _unknown(name: str, keys: dict[str, Key]) -> str:
     return f"unknown key {_shown(name)} ({hint}known keys: {', '.join(known)}{more})"
 
 
-def _flags(key: Key, value: Any, where: str, given: frozenset[str]) -> list[str]:
+def _flags(key: Key, value: Any, where: Callable[[], str], given: frozenset[str]) -> list[str]:
     def bad(why: str) -> NoReturn:
-        raise ConfigFileError(f"{where}: {key.name}: {why}")
+        raise ConfigFileError(f"{where()}: {key.name}: {why}")
 
     if key.kind == "switch":
         if not isinstance(value, bool):

@@ -199,8 +199,8 @@ struct AuthenticateResponse { result @0 :Result; }
 # Operator (admin on cluster; docs/operations.md "Adding and removing SCs"): make SC `id`, at
 # Raft address `raft` and admin address `admin` (host:port each), a member of the SC group, one
 # change at a time (a second while one is in flight: inUse, retriable). Refused unless the new SC
-# answers on both addresses and, counting it, the SCs the leader reaches are a majority of the
-# new group (notEnoughReplicas). The leader answers once the SC has caught up with the log and
+# answers on both addresses (the admin one as SC `id` with Raft at `raft`) and, counting it, the
+# SCs the leader reaches are a majority of the new group (notEnoughReplicas). The leader answers once the SC has caught up with the log and
 # the replicated member list holds it. membersJson: [{id, raft, admin}], the list after it. Audited.
 struct AddScRequest { id @0 :Int32; raft @1 :Text; admin @2 :Text; }
 struct AddScResponse { result @0 :Result; membersJson @1 :Text; }

@@ -11,8 +11,8 @@ import logging
 from typing import Any
 
 from ..metadata.move_ops import THROTTLE_MAX
-from ..metadata.objects import PARTITION, SPU
-from ..metadata.rebalance import PlanError, PlannedPartition, PlannedSpu, plan, plan_for_state
+from ..metadata.objects import SPU
+from ..metadata.rebalance import PlanError
 from ..protocol.wire import set_error
 from .answers import fill_error
 from .change_log import admin_change_line
@@ -45,7 +45,7 @@ class MoveCalls:
             await self._cancel_moves(out)
             return
         try:
-            moves = plan_for_state(self.s.sm.state)
+            moves = await self.s.moves.plan(self.s.sm.state)
         except PlanError as e:
             set_error(out.result, "invalidArgument", str(e))
             return
@@ -79,27 +79,27 @@ class MoveCalls:
         if not self._allowed(out.result, "admin", "cluster"):
             return
         spu_id, draining = int(req.spu), not req.undo
-        state = self.s.sm.state
-        if state.get(SPU, str(spu_id)) is None:
-            set_error(out.result, "notFound", f"SPU {spu_id} is not registered")
-            return
-        if draining:
-            # Refuse before marking: the others must be able to hold its replicas.
-            spus = [PlannedSpu(o.spec["id"], o.spec.get("rack"), bool(o.status.get("alive")),
-                               bool(o.spec.get("draining")) or o.spec["id"] == spu_id) for o in state.all(SPU)]
-            parts = [PlannedPartition(p.name, tuple(p.spec["replicas"]), p.spec.get("target") is not None)
-                     for p in state.all(PARTITION)]
-            try:
-                plan(spus, parts)
-            except PlanError as e:
-                set_error(out.result, "invalidArgument", f"SPU {spu_id} cannot be drained: {e}")
+        # One drain at a time, check to commit: concurrent drains each checked a state without
+        # the others and together drained every SPU.
+        async with self.s.moves.draining:
+            state = self.s.sm.state
+            if state.get(SPU, str(spu_id)) is None:
+                set_error(out.result, "notFound", f"SPU {spu_id} is not registered")
                 return
-        outcome = await self.s.propose({"op": "set_draining", "id": spu_id, "draining": draining, "ts": now_ms()})
+            if draining:
+                # Refuse before marking: the others must be able to hold its replicas.
+                try:
+                    await self.s.moves.plan(state, draining=spu_id)
+                except PlanError as e:
+                    set_error(out.result, "invalidArgument", f"SPU {spu_id} cannot be drained: {e}")
+                    return
+            outcome = await self.s.propose({"op": "set_draining", "id": spu_id, "draining": draining,
+                                            "ts": now_ms()})
         if not fill_error(out.result, outcome, self.s):
             return
         self._moves_changed(f"SPU {spu_id} {'draining' if draining else 'no longer draining'}")
         try:
-            moves = plan_for_state(self.s.sm.state)
+            moves = await self.s.moves.plan(self.s.sm.state)
         except PlanError:
             moves = []
         out.planJson = json.dumps({"moves": [m.to_json() for m in moves], "started": [], "refused": [],

@@ -6,13 +6,14 @@ them through Raft and logs what happened.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..metadata.move_ops import reconcile_moves, reconcile_preferred_leaders
-from ..metadata.objects import PARTITION
-from ..metadata.rebalance import Move, PlanError, plan_for_state
+from ..metadata.objects import PARTITION, State
+from ..metadata.rebalance import Move, PlanError, plan, plan_inputs
 
 if TYPE_CHECKING:
     from .server import ScServer
@@ -66,9 +67,27 @@ class MoveControl:
         self.s = server
         self._preferred_at = 0
         self._auto_at = 0
+        self._planning = asyncio.Lock()
+        self.draining = asyncio.Lock()  # drainSpu's check and its commit (core/sc/move_api.py)
+
+    async def plan(self, state: State, draining: int | None = None) -> list[Move]:
+        """The rebalance plan for ``state`` (``draining``: as if that SPU were draining too), or
+        PlanError. The planner runs in a worker thread, one plan at a time: a plan for a large
+        cluster takes far longer than the event loop may be held (1,000 partitions on 100 SPUs:
+        seconds), and an operator's request must not stop heartbeats and Raft meanwhile."""
+        spus, parts = plan_inputs(state, draining)  # plain values, read on the loop
+        async with self._planning:
+            return await asyncio.to_thread(plan, spus, parts)
+
+    def _leaving(self) -> frozenset[int]:
+        """SPUs stopping now, as the server last heard (a leaving heartbeat may arrive during a
+        round, after liveness was reconciled: core/sc/leaving.py)."""
+        return frozenset(self.s._leaving)
 
     async def round(self, now_ms: int) -> None:
-        for cmd in reconcile_moves(self.s.sm.state, now_ms):
+        for cmd in reconcile_moves(self.s.sm.state, now_ms, self._leaving()):
+            if cmd.get("leader") in self._leaving():
+                continue  # it started stopping while this round proposed
             outcome = await self.s.propose(cmd)
             what = "finished" if cmd["op"] == "finish_move" else f"leader SPU {cmd.get('leader')} from its target"
             log.info("%s: move %s: %s", cmd["partition"], what, "done" if outcome.get("ok") else outcome.get("message"))
@@ -76,7 +95,9 @@ class MoveControl:
         interval = config.leader_rebalance_interval_ms
         if interval and now_ms - self._preferred_at >= interval:
             self._preferred_at = now_ms
-            for cmd in reconcile_preferred_leaders(self.s.sm.state, now_ms):
+            for cmd in reconcile_preferred_leaders(self.s.sm.state, now_ms, self._leaving()):
+                if cmd["leader"] in self._leaving():
+                    continue  # it started stopping while this round proposed
                 p = self.s.sm.state.get(PARTITION, cmd["partition"])
                 was = p.status["leader"] if p is not None else None
                 outcome = await self.s.propose(cmd)
@@ -87,7 +108,7 @@ class MoveControl:
             if moving(self.s):
                 return
             try:
-                moves = plan_for_state(self.s.sm.state)
+                moves = await self.plan(self.s.sm.state)
             except PlanError as e:
                 log.warning("automatic rebalance: %s", e)
                 return

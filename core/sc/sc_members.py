@@ -9,7 +9,8 @@ without a majority it can actually reach:
   removing the leader is done by the leader handing its leadership over first.
 * **add**: pysyncobj has no non-voting learners, so the new SC counts toward the new group's
   majority as soon as the change is appended. It is added only when it is reachable now (both
-  its addresses answer a TCP connect, checked at the edge), and the members connected to the
+  its Raft address answers a TCP connect and its admin address answers as that SC, checked at
+  the edge), and the members connected to the
   leader plus the new SC must be a majority of the new group. Until the new SC has caught up,
   a group whose old members alone are not a majority of the new size (1 -> 2, or 3 -> 4 with
   one old member down) commits only once the new SC has the log; the leader waits for that
@@ -75,9 +76,22 @@ def plan_add(members: tuple[ScMember, ...], new: ScMember, connected: frozenset[
     return tuple(sorted(members + (new,)))
 
 
-def plan_remove(members: tuple[ScMember, ...], ident: int, connected: frozenset[int]) -> tuple[ScMember, ...]:
-    """The member list after removing SC ``ident``, or a Refusal (``connected`` as in plan_add)."""
+def plan_remove(members: tuple[ScMember, ...], ident: int, connected: frozenset[int],
+                voters: frozenset[int] = frozenset()) -> tuple[ScMember, ...]:
+    """The member list after removing SC ``ident``, or a Refusal (``connected`` as in plan_add).
+
+    ``voters``: the ids of the SCs in Raft's own configuration. One of them that the list no
+    longer names is what a removal cut short between its two steps (the list committed, then
+    the leader died or Raft's step timed out) leaves behind: removing it again finishes the Raft
+    step (the list stays as it is), under the same majority rule."""
     if not any(m.id == ident for m in members):
+        if ident in voters:
+            live = len(connected & {m.id for m in members})
+            if live < majority(len(members)):
+                raise Refusal("notEnoughReplicas", f"removing SC {ident} (left out of the list, still a Raft voter) "
+                                                   f"needs {majority(len(members))} of SCs {_ids(members)} connected, "
+                                                   f"but only {live} are")
+            return members
         raise Refusal("notFound", f"SC {ident} is not a member (members: {_ids(members)})")
     if len(members) == 1:
         raise Refusal("invalidArgument", f"SC {ident} is the last member; a cluster needs at least one SC")

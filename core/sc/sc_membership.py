@@ -92,7 +92,7 @@ class ScMembership:
         the list existed, or a new one)."""
         if members_of(self.s.sm.state) is None and self.change is None:
             try:
-                await self._commit(self.members())
+                await self._commit(self.members(), None)
             except Refusal as e:  # the next round tries again; the other controllers go on
                 log.warning("the SC member list could not be written yet: %s", e)
 
@@ -112,15 +112,15 @@ class ScMembership:
         new = new_member(ident, raft, admin)
         self._begin(f"adding SC {ident}")
         try:
-            members = self.members()
+            based_on, members = members_of(self.s.sm.state), self.members()
             plan_add(members, new, self._connected(members))  # duplicates and the majority, before probing
-            for address, what in ((new.raft, "Raft"), (new.admin, "admin")):
-                await _probe(ident, address, what)
+            await _probe(ident, new.raft, "Raft")
+            await _probe_sc(new, self.s.config.tls)  # an SC, that one: not any port that accepts (an SPU's)
             after = plan_add(members, new, self._connected(members))
             if new.raft not in self.s.raft.status()["peers"]:  # a retried add whose Raft step went through
                 await self._raft_change(self.s.raft.add_node, new.raft)
             await self._catch_up(new)
-            await self._commit(after)
+            await self._commit(after, based_on)
             return after
         finally:
             self.change = None
@@ -128,15 +128,21 @@ class ScMembership:
     async def remove(self, ident: int) -> tuple[ScMember, ...]:
         self._begin(f"removing SC {ident}")
         try:
-            members = self.members()
-            after = plan_remove(members, ident, self._connected(members))
+            based_on, members = members_of(self.s.sm.state), self.members()
+            peers = self.s.raft.status()["peers"]
+            voters = {r: self.s._id_by_raft[r] for r in peers if r in self.s._id_by_raft}
+            after = plan_remove(members, ident, self._connected(members), frozenset(voters.values()))
             if ident == self.s.config.node_id:
                 await self._raft_change(self.s.raft.transfer_leadership, None)
                 raise Refusal("notLeader", f"SC {ident} is the leader: it has handed leadership over; the new "
                                            "leader carries out the removal", True)
-            gone = next(m for m in members if m.id == ident)
+            gone = next((m for m in members if m.id == ident), None)
+            if gone is None:  # left out of the list by a removal cut short: Raft's step only
+                await self._raft_change(self.s.raft.remove_node,
+                                        next(r for r, i in voters.items() if i == ident))
+                return after
             # The list first, so the SC being removed still receives it and stops campaigning.
-            await self._commit(after)
+            await self._commit(after, based_on)
             await self._drain(gone)
             if gone.raft in self.s.raft.status()["peers"]:
                 await self._raft_change(self.s.raft.remove_node, gone.raft)
@@ -165,10 +171,15 @@ class ScMembership:
             raise Refusal(str(outcome.get("code", "internal")), str(outcome.get("message")),
                           bool(outcome.get("retriable")))
 
-    async def _commit(self, members: tuple[ScMember, ...]) -> None:
+    async def _commit(self, members: tuple[ScMember, ...], based_on: tuple[ScMember, ...] | None) -> None:
+        """Commit ``members`` if the committed list is still ``based_on`` (None: no list yet):
+        a change planned before a leader change never undoes one made after it."""
         outcome = await self.s.propose({"op": "set_sc_members", "members": [m.to_dict() for m in members],
+                                        "based_on": None if based_on is None else [m.to_dict() for m in based_on],
                                         "ts": now_ms()})
         if not outcome.get("ok"):
+            if outcome.get("code") == "version_conflict":
+                raise Refusal("versionConflict", str(outcome.get("message")), True)
             raise Refusal(str(outcome.get("code", "internal")), str(outcome.get("message")),
                           bool(outcome.get("retriable")))
 
@@ -214,3 +225,26 @@ async def _probe(ident: int, address: str, what: str) -> None:
         raise Refusal("notEnoughReplicas", f"SC {ident} is not reachable on its {what} address {address}: {reason}; "
                                            f"start it (`kolk sc --id {ident} --join ...`) first") from None
     writer.close()
+
+
+async def _probe_sc(new: ScMember, tls: Any) -> None:
+    """Refuse unless ``new.admin`` is the admin API of SC ``new.id`` advertising Raft at ``new.raft``.
+    A TCP connect alone was not enough: adding an SC at an SPU's (or any other) listening port
+    made Raft count a voter that never answers, and a 1-SC cluster lost its quorum for good."""
+    from ..client.admin import AdminClient
+    from ..protocol.errors import KolkError
+
+    client = AdminClient([new.admin], timeout_s=PROBE_TIMEOUT_S, tls=tls)
+    try:
+        status = await client.cluster_status()
+        me = next((m for m in status.get("scs", []) if m.get("id") == status.get("self")), None)
+        found = (status.get("self"), me.get("raft") if me else None)
+    except (KolkError, OSError, asyncio.TimeoutError, ValueError, KeyError, AttributeError, TypeError) as e:
+        raise Refusal("notEnoughReplicas", f"SC {new.id}: {new.admin} does not answer as a Kolk SC ({e}); start it "
+                                           f"(`kolk sc --id {new.id} --join ...`) first") from None
+    finally:
+        await client.close()
+    # Its own entry may be missing: on a retried add it may hold a committed list without it yet.
+    if found[0] != new.id or found[1] not in (None, new.raft):
+        raise Refusal("invalidArgument", f"{new.admin} is SC {found[0]} with Raft at {found[1]}, not SC {new.id} "
+                                         f"with Raft at {new.raft}")

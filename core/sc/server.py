@@ -55,6 +55,9 @@ F = TypeVar("F")
 SOLO_ELECTION_TIMEOUT_S = (0.02, 0.05)
 
 
+CHANGELOG_EVENTS_MAX = 10_000_000  # --changelog-events: changes kept for watchers, at most
+
+
 @dataclass(frozen=True)
 class ScPeer:
     node_id: int
@@ -115,8 +118,8 @@ class ScConfig:
     def __post_init__(self) -> None:
         if self.node_id not in self.peers:
             raise ValueError(f"--id {self.node_id} is not among the peers {sorted(self.peers)}")
-        if self.changelog_events < 1:
-            raise ValueError("changelog_events must be at least 1")
+        if not 1 <= self.changelog_events <= CHANGELOG_EVENTS_MAX:  # a huge one was a traceback (deque's maxlen)
+            raise ValueError(f"--changelog-events must be 1-{CHANGELOG_EVENTS_MAX}, got {self.changelog_events}")
         if self.watchers_max < 1:
             raise ValueError("watchers_max must be at least 1")
         if self.heartbeat_timeout_ms <= self.controller_interval_ms:
@@ -415,6 +418,8 @@ class ScServer:
         if self._leader_since_ms is None:
             self._leader_since_ms = now
             self._heartbeats.clear()
+            # What a past term heard of stopping SPUs is stale: one may have restarted since.
+            self._leaving.clear()
         state = self.sm.state
         leaving = leaving_spus(self._leaving, now, self.config.heartbeat_timeout_ms)
         for gone in set(self._leaving) - leaving:  # stopped heart-beating: an SPU down like any other

@@ -13,9 +13,13 @@ from typing import Any, Callable, Mapping
 
 def move_throttle(meta: Mapping[str, Any], spu_id: int) -> int:
     """The bytes/s this SPU's replica of a partition copies at: the move's throttle when the
-    replica is one the move adds, else 0 (unthrottled)."""
+    replica is one the move adds and not yet in the in-sync set, else 0 (unthrottled). Once in
+    the set, the high watermark (every acks=all produce) waits for it, so it copies at full
+    speed, as Kafka throttles only replicas outside the in-sync set."""
     spec = meta.get("spec", {})
     if spec.get("target") is None or spu_id in spec.get("moving_from", ()):
+        return 0
+    if spu_id in meta.get("status", {}).get("isr", ()):
         return 0
     return int(spec.get("throttle", 0))
 
