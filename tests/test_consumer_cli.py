@@ -446,17 +446,28 @@ def test_consume_with_a_group_commits_what_it_printed_on_ctrl_c_or_sigterm(clust
                                                                           status: int) -> None:
     topic, group = f"interrupted-{sig}", f"cg5-{sig}"
     topic_with(cluster, topic, [7])
-    proc = subprocess.Popen([sys.executable, "-m", "kolk", "consume", topic, "--group", group, "-B", "--sc",
-                             ",".join(cluster.sc_addresses)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            stdin=subprocess.DEVNULL, text=True)
+    # -X faulthandler: a run that does not exit is aborted below and prints every thread's stack.
+    proc = subprocess.Popen([sys.executable, "-X", "faulthandler", "-m", "kolk", "consume", topic, "--group", group,
+                             "-B", "--sc", ",".join(cluster.sc_addresses)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
     lines: list[str] = []
+    errors: list[str] = []  # stderr is drained too: a full pipe would block the consumer's writes
     reader = threading.Thread(target=lambda: lines.extend(proc.stdout or []), daemon=True)
+    err_reader = threading.Thread(target=lambda: errors.extend(proc.stderr or []), daemon=True)
     try:
         reader.start()
+        err_reader.start()
         # Printed lines arrive only as the reader thread reads them; wait for all 7, then interrupt.
         wait_for(lambda: _printed(proc, lines) >= 7, 30, lambda: f"7 records printed, got {lines}")
         proc.send_signal(sig)
-        exited = proc.wait(timeout=30)
+        try:
+            exited = proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGABRT)  # faulthandler writes the stacks to stderr
+            proc.wait(timeout=30)
+            err_reader.join(timeout=10)
+            raise AssertionError(f"kolk consume did not exit within 30 s of signal {sig}; its stderr:\n"
+                                 + "".join(errors)) from None
     finally:
         if proc.poll() is None:
             proc.kill()
