@@ -220,7 +220,9 @@ def test_every_request_list_claiming_millions_is_refused_at_once_naming_it() -> 
                 start = time.perf_counter()
                 with pytest.raises(BoundsError) as e:
                     check(member(env, which(env)), plan_for(member_schema))
-                assert time.perf_counter() - start < 0.05
+                # Refused without walking the claimed entries (that would take seconds); the bound
+                # is loose because the machine may be busy: one full CI run saw 50 ms exceeded.
+                assert time.perf_counter() - start < 0.5
                 assert str(e.value).startswith(where(member_schema, path) + " claims more than"), str(e.value)
                 assert str(e.value).endswith(f"the limit is {limit} entries"), str(e.value)
 
