@@ -3,7 +3,8 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
-PYTEST_ARGS ?=
+# The 30 slowest tests are listed at the end of every run: the suite must stay under 30 minutes.
+PYTEST_ARGS ?= --durations=30
 PEERS_ARGS ?=
 SOAK_ARGS ?=
 

@@ -55,6 +55,7 @@ def test_group_run_with_member_kills_pauses_and_coordinator_kills_is_valid(tmp_p
         assert (tmp_path / "run" / name).exists(), name
 
 
+@pytest.mark.long  # a broken-build fault run; `make test-long`
 def test_the_harness_catches_a_coordinator_that_assigns_before_revoking(tmp_path: Any) -> None:
     """KOLK_TEST_UNSAFE_ASSIGN=1 gives a moving partition to its new owner at once; the old owner
     still reads it until it has committed and handed it back. Members join one after another

@@ -69,6 +69,7 @@ def test_short_run_with_wiped_disks_and_whole_cluster_restarts_is_valid(tmp_path
     assert results["queue"]["stats"]["acknowledged"] > 1000, results["queue"]["stats"]
 
 
+@pytest.mark.long  # a broken-build fault run (tests/test_disk_loss.py covers the product in `make test`); `make test-long`
 def test_the_harness_catches_a_build_that_follows_a_leader_with_an_empty_disk(tmp_path: Any) -> None:
     """KOLK_TEST_IGNORE_STORAGE_ID=1 (SCs and SPUs) is the build before issue 15's fix: a leader
     that comes back with an empty data directory before the SC has noticed it was gone is still

@@ -237,6 +237,7 @@ def open_file_kinds(pid: int) -> dict[str, int]:
     return dict(sorted(kinds.items(), key=lambda kv: -kv[1])[:6])
 
 
+@pytest.mark.long  # rolls thousands of segments: ~45 s; `make test-long`
 def test_the_index_keeps_a_bounded_number_of_files_open_however_many_segments_roll(tmp_path: Any) -> None:
     """segment_bytes=1024 (the table's minimum) with 1 KiB batches: one segment per batch, and
     every roll flushes the index. RocksDB kept each flushed SST file open (3,000 after 1,500

@@ -230,11 +230,12 @@ class _Crash(BaseException):
     pass
 
 
-# The three slowest cases run in `make test-long` (each crashes at every one of hundreds of steps).
+# `make test-long`: each case crashes at every one of hundreds of steps (10-40 s each);
+# the other tests of this file and the log model (tests/test_log_model.py) cover reset_to in `make test`.
+@pytest.mark.long
 @pytest.mark.parametrize("start_kind,index_state", [
-    pytest.param("past the end", "as killed", marks=pytest.mark.long),
-    pytest.param("past the end", "complete", marks=pytest.mark.long),
-    pytest.param("inside the log", "as killed", marks=pytest.mark.long), ("zero", "as killed"), ("zero", "complete")])
+    ("past the end", "as killed"), ("past the end", "complete"),
+    ("inside the log", "as killed"), ("zero", "as killed"), ("zero", "complete")])
 def test_crash_at_every_step_of_reset_leaves_old_or_empty_log(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, start_kind: str, index_state: str) -> None:
     """A crash before each file or index operation of reset_to in turn (and right after it
