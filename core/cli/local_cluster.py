@@ -269,19 +269,21 @@ def _restart_spus(profile: dict[str, Any], names: list[str]) -> dict[str, Any]:
 
 
 def _stop_pids(pids: dict[str, int]) -> list[str]:
-    # SPUs first, then the SC, so SPUs do not spin on a missing SC while they stop.
-    order = sorted(pids, key=lambda name: name == "sc")
-    for name in order:
-        if process_alive(pids[name]):
-            os.kill(pids[name], signal.SIGTERM)
+    """SIGTERM every SPU and wait for them, then the SC: an SPU stopping hands its leaderships
+    over through the SC (controlled shutdown, docs/operations.md), which it cannot do with the
+    SC gone (it would wait for an SC that no longer answers before giving up)."""
     deadline = time.monotonic() + STOP_TIMEOUT_S
-    killed = []
-    for name in order:
-        while process_alive(pids[name]) and time.monotonic() < deadline:
-            time.sleep(0.05)  # polling process exit with a deadline
-        if process_alive(pids[name]):
-            os.kill(pids[name], signal.SIGKILL)
-            killed.append(name)
+    killed: list[str] = []
+    for group in ([n for n in pids if n != "sc"], [n for n in pids if n == "sc"]):
+        for name in group:
+            if process_alive(pids[name]):
+                os.kill(pids[name], signal.SIGTERM)
+        for name in group:
+            while process_alive(pids[name]) and time.monotonic() < deadline:
+                time.sleep(0.05)  # polling process exit with a deadline
+            if process_alive(pids[name]):
+                os.kill(pids[name], signal.SIGKILL)
+                killed.append(name)
     return killed
 
 
