@@ -217,7 +217,13 @@ class OffsetsPartition:
         """Write the group's membership (once every change so far is in what is written)."""
         while entry.persisted < entry.dirty:
             if entry.persisting is not None:
-                await asyncio.shield(entry.persisting)
+                if entry.persisting.done():
+                    # Its writer has not resumed yet to record it; awaiting a done future does
+                    # not yield, so without this the loop spun forever, the writer never ran
+                    # again, and the SPU stopped serving (two members joining at once).
+                    await asyncio.sleep(0)
+                else:
+                    await asyncio.shield(entry.persisting)
                 continue
             target = entry.dirty
             value = R.group_value(snapshot(entry.group)) if entry.group.members or entry.offsets else None
