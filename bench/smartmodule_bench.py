@@ -4,6 +4,8 @@ filter, side by side in one run.
 * Engine alone: the `contains` example (C, clang wasm32) filtering batches of 10,000 records
   of 100 B (1 in 10 matches), one call per batch, through ``Chain.apply`` (header checks,
   copy in, call, output checks, output batch) -- what the SPU does per batch on consume.
+  Beside it, its AssemblyScript twin (contains.ts, asc): same records, same needle, the two
+  interleaved round by round; the goal is AS >= 50% of C's throughput (medians).
 * Consume path: a local cluster (1 SC, 1 SPU); COUNT records of 100 B in one partition; a
   consumer reads them all from the beginning, once plainly and once with the filter on the
   SPU; records *in* per second = records the SPU read / elapsed. Rounds alternate.
@@ -31,12 +33,14 @@ from kolk.client.admin import run  # noqa: E402
 from kolk.client.client import AsyncClient  # noqa: E402
 from kolk.client.consumer import Offset  # noqa: E402
 from kolk.segments import build_batch  # noqa: E402
-from kolk.smartmodule.build import build_c  # noqa: E402
+from kolk.smartmodule.build import build_c, build_source  # noqa: E402
 from kolk.smartmodule.chain import Chain, Stage  # noqa: E402
 from kolk.smartmodule.engine import ModuleCache  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONTAINS = os.path.join(ROOT, "smartmodule", "examples", "contains.c")
+CONTAINS_AS = os.path.join(ROOT, "smartmodule", "examples", "contains.ts")
+AS_GOAL = 0.5  # AssemblyScript contains: at least half of C's throughput, engine alone
 
 
 def value(i: int) -> bytes:
@@ -79,7 +83,12 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args()
     wasm = build_c(CONTAINS)
-    engine_rps = [engine_alone(wasm) for _ in range(args.rounds)]
+    as_wasm = build_source(CONTAINS_AS)
+    engine_rps: list[float] = []
+    as_rps: list[float] = []
+    for _ in range(args.rounds):  # interleaved, so load on the machine hits both alike
+        engine_rps.append(engine_alone(wasm))
+        as_rps.append(engine_alone(as_wasm))
     home = tempfile.mkdtemp(prefix="kolk-sm-bench-", dir=os.getcwd())
     os.environ["KOLK_HOME"] = home
     try:
@@ -114,6 +123,10 @@ def main() -> int:
     print("| --- | ---: | --- | --- |")
     print(f"| engine alone (Chain.apply, 10k-record batches) | {statistics.median(engine_rps):,.0f} | "
           + ", ".join(f"{x:,.0f}" for x in engine_rps) + " | >= 5,000,000 |")
+    ratio = statistics.median(as_rps) / statistics.median(engine_rps)
+    print(f"| engine alone, AssemblyScript contains.ts (asc, stub runtime, -O3) | {statistics.median(as_rps):,.0f} | "
+          + ", ".join(f"{x:,.0f}" for x in as_rps) + f" | >= {AS_GOAL:.0%} of C: {ratio:.0%} "
+          + ("pass" if ratio >= AS_GOAL else "FAIL") + " |")
     for key, label, goal in (("plain", "consume, no module", ""), ("filter", "consume with the filter on the SPU",
                                                                      ">= 1,000,000")):
         print(f"| {label} | {statistics.median(res[key]):,.0f} | " + ", ".join(f"{x:,.0f}" for x in res[key])

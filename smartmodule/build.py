@@ -83,7 +83,7 @@ def check_file(path: pathlib.Path) -> None:
         raise BuildError(f"{path} is {size} bytes, more than {SOURCE_BYTES_MAX}")
 
 
-SOURCE_SUFFIXES = (".wasm", ".wat", ".c", ".rs")
+SOURCE_SUFFIXES = (".wasm", ".wat", ".c", ".rs", ".ts")
 
 
 def build_rust(source_path: str | os.PathLike[str], out_path: str | os.PathLike[str] | None = None) -> bytes:
@@ -94,17 +94,27 @@ def build_rust(source_path: str | os.PathLike[str], out_path: str | os.PathLike[
     return build_rust_module(source_path, out_path)
 
 
+def build_assemblyscript(source_path: str | os.PathLike[str], out_path: str | os.PathLike[str] | None = None) -> bytes:
+    """Compile an AssemblyScript SmartModule (one exported function per kind, see
+    docs/smartmodule-abi.md); the module's bytes (also written to ``out_path`` if given)."""
+    from .as_build import build_as_module
+
+    return build_as_module(source_path, out_path)
+
+
 def build_source(path: str | os.PathLike[str], out_path: str | os.PathLike[str] | None = None) -> bytes:
     """The module bytes of a ``.wasm``, ``.wat``, ``.c`` or ``.rs`` file (by its suffix), also
     written to ``out_path`` if given."""
     p = pathlib.Path(path)
     suffix = p.suffix.lower()
     if suffix not in SOURCE_SUFFIXES:
-        raise BuildError(f"{p}: a SmartModule source is a .wasm, .wat, .c or .rs file")
+        raise BuildError(f"{p}: a SmartModule source is a .wasm, .wat, .c, .rs or .ts file")
     if suffix == ".c":
         return build_c(p, out_path)
     if suffix == ".rs":
         return build_rust(p, out_path)
+    if suffix == ".ts":
+        return build_assemblyscript(p, out_path)
     check_file(p)
     data = p.read_bytes()
     if suffix == ".wat":

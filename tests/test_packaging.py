@@ -12,7 +12,8 @@ import tomllib
 import zipfile
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-DATA_SUFFIXES = (".capnp", ".h", ".wat", ".c", ".rs")  # .c, .rs: the SmartModule examples and SDKs
+DATA_SUFFIXES = (".capnp", ".h", ".wat", ".c", ".rs", ".ts")  # .c, .rs, .ts: the SmartModule examples and SDKs
+NOT_SOURCE = ("__pycache__", "node_modules")  # npm installs the AssemblyScript compiler in the tree: not ours
 
 
 def _package_dirs() -> dict[str, str]:
@@ -25,7 +26,7 @@ def _expected_files() -> set[str]:
     for package, folder in _package_dirs().items():
         base = ROOT / folder
         for path in base.rglob("*"):
-            if "__pycache__" in path.parts or not path.is_file():
+            if any(p in path.parts for p in NOT_SOURCE) or not path.is_file():
                 continue
             if path.suffix == ".py" or path.suffix in DATA_SUFFIXES:
                 rel = path.relative_to(base).as_posix()
@@ -39,7 +40,7 @@ def _tracked_copy(dest: pathlib.Path) -> None:
     # Files written but not yet committed count too: the wheel must take what is on disk.
     for folder in ["core", "raft", "metadata", "segments", "security", "smartmodule"]:
         for path in (ROOT / folder).rglob("*"):
-            if path.is_file() and "__pycache__" not in path.parts:
+            if path.is_file() and not any(p in path.parts for p in NOT_SOURCE):
                 names.append(path.relative_to(ROOT).as_posix())
     for name in set(names + ["pyproject.toml", "README.md"]):
         src = ROOT / name

@@ -26,7 +26,7 @@ from kolk.smartmodule.abi import KINDS
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "smartmodule" / "examples"
 TEMPLATES = ROOT / "smartmodule" / "templates"
-SUFFIX = {"c": ".c", "rust": ".rs", "wat": ".wat"}
+SUFFIX = {"c": ".c", "rust": ".rs", "as": ".ts", "wat": ".wat"}
 LANGS = sorted(p.name for p in TEMPLATES.iterdir() if p.is_dir())  # every language delivered
 
 
@@ -85,6 +85,7 @@ EXPECTED = {
                                                (5, "temperature 23"), (6, "17")] for _ in range(2)],
     ("wat", "aggregate"): [(i, str(i + 1)) for i in range(7)],
 }
+EXPECTED.update({("as", kind): EXPECTED[("c", kind)] for kind in KINDS})  # the AssemblyScript templates are the C ones
 
 
 def test_every_language_has_a_template_for_every_kind() -> None:
@@ -150,7 +151,7 @@ def test_generate_json_names_the_files_and_commands(capsys: pytest.CaptureFixtur
 
 @pytest.mark.parametrize("args, expected", [
     (["generate", "reduce", "m"], "unknown kind 'reduce': one of filter, map, filter_map, array_map, aggregate"),
-    (["generate", "filter", "m", "--lang", "go"], "unknown language 'go': one of c, rust, wat"),
+    (["generate", "filter", "m", "--lang", "go"], "unknown language 'go': one of c, rust, as, wat"),
     (["generate", "filter", "9lives"], "module name '9lives' is not a name"),
     (["generate", "filter", "my-module"], "module name 'my-module' is not a name"),
     (["generate", "filter", "a.b"], "module name 'a.b' is not a name"),

@@ -242,7 +242,7 @@ def test_load_source_reads_wat_and_refuses_other_files(tmp_path: pathlib.Path) -
     (tmp_path / "m.wat").write_text("(module)")
     assert load_source(tmp_path / "m.wat") == b"\0asm\1\0\0\0"
     (tmp_path / "m.txt").write_text("x")
-    with pytest.raises(BuildError, match="a .wasm, .wat, .c or .rs file"):
+    with pytest.raises(BuildError, match="a .wasm, .wat, .c, .rs or .ts file"):
         load_source(tmp_path / "m.txt")
     (tmp_path / "bad.wat").write_text("(module (func (nope)))")
     with pytest.raises(BuildError, match="not valid WebAssembly text"):

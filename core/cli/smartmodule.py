@@ -103,7 +103,7 @@ def add_commands(sub: Any) -> None:
     ssub = sm.add_subparsers(dest="action", required=True)
     c = ssub.add_parser("create", help="check a module and store it as NAME@VERSION")
     c.add_argument("name", metavar="NAME")
-    c.add_argument("file", nargs="?", metavar="FILE", help="the module: .wasm, .wat, .c or .rs")
+    c.add_argument("file", nargs="?", metavar="FILE", help="the module: .wasm, .wat, .c, .rs or .ts")
     c.add_argument("--wasm", metavar="FILE", help="the module (instead of FILE)")
     c.add_argument("--version", dest="module_version",
                    help="default: 1, or one more than the highest all-digit version stored")
@@ -116,9 +116,9 @@ def add_commands(sub: Any) -> None:
     x = ssub.add_parser("delete", help="delete NAME@VERSION, or every version of NAME")
     x.add_argument("name", metavar="NAME[@VERSION]")
     _sc_option(x)
-    b = ssub.add_parser("build", help="compile a module's source (.c with clang, .rs with rustc, .wat assembled) "
+    b = ssub.add_parser("build", help="compile a module's source (.c with clang, .rs with rustc, .ts with asc, .wat assembled) "
                                       "and check it")
-    b.add_argument("file", metavar="FILE", help="a .c, .rs or .wat file")
+    b.add_argument("file", metavar="FILE", help="a .c, .rs, .ts or .wat file")
     b.add_argument("-o", "--output", metavar="OUT.wasm", help="default: FILE.wasm beside FILE")
     b.add_argument("--json", action="store_true", help="print JSON")
     from .smartmodule_generate import add_generate_command

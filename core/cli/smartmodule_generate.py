@@ -1,6 +1,6 @@
 """``kolk smartmodule generate KIND NAME``: a new module to start from, and test records for it.
 
-Writes ``NAME.c``, ``NAME.rs`` or ``NAME.wat`` from ``smartmodule/templates/<lang>/<kind>.<ext>``
+Writes ``NAME.c``, ``NAME.rs``, ``NAME.ts`` (AssemblyScript) or ``NAME.wat`` from ``smartmodule/templates/<lang>/<kind>.<ext>``
 (the placeholder ``{{NAME}}`` replaced) and ``NAME.jsonl``, records in the JSON-lines format of
 ``kolk smartmodule test``; then prints the two commands that build and test it. It never
 overwrites a file: if either exists, nothing is written.
@@ -19,7 +19,7 @@ from ..protocol.errors import KolkError
 from ..smartmodule.abi import KINDS
 from .admin import _print
 
-LANGUAGES = {"c": ".c", "rust": ".rs", "wat": ".wat"}  # --lang: the source file's suffix
+LANGUAGES = {"c": ".c", "rust": ".rs", "as": ".ts", "wat": ".wat"}  # --lang: the source file's suffix
 NAME_RE = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,63}")
 PLACEHOLDER = "{{NAME}}"
 TEMPLATE_BYTES_MAX = 1 << 20

@@ -3,7 +3,7 @@ records, through the same engine and chain code as an SPU (docs/smartmodule-abi.
 a module").
 
 The chain is the positional MODULE (if given) then each ``--module FILE_OR_NAME``, each stage
-followed by its own ``-p KEY=VALUE``s; a stage is a ``.c``, ``.wat``, ``.rs`` or ``.wasm`` file,
+followed by its own ``-p KEY=VALUE``s; a stage is a ``.c``, ``.wat``, ``.rs``, ``.ts`` or ``.wasm`` file,
 or with ``--sc`` a stored ``NAME[@VERSION]``. The records come from ``--input`` as JSON lines
 or plain lines (smartmodule/testinput.py); all of them make one batch at offset 0. The output
 shows every record with its offset, timestamp, key, value and headers, bytes as UTF-8 or hex,
@@ -42,14 +42,14 @@ def _batch_records(text: str) -> int:
     if not 1 <= n <= 100_000:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number of records from 1 to 100000")
     return n
-SOURCE_SUFFIXES = (".wasm", ".wat", ".c", ".rs")
+SOURCE_SUFFIXES = (".wasm", ".wat", ".c", ".rs", ".ts")
 _CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")  # shown as hex in --bytes auto
 
 
 def add_test_command(ssub: Any) -> None:
     t = ssub.add_parser("test", help="run a module, or a chain of modules, on test records on this machine")
     t.add_argument("module", nargs="?", metavar="MODULE",
-                   help="the first stage: a .c, .wat, .rs or .wasm file, or with --sc a stored NAME[@VERSION]")
+                   help="the first stage: a .c, .wat, .rs, .ts or .wasm file, or with --sc a stored NAME[@VERSION]")
     add_chain_options(t, flag="--module", dest="stages", metavar="FILE_OR_NAME", positional_stage=True,
                       help="a further stage of the chain, as MODULE (repeat, in chain order)")
     t.add_argument("--input", required=True, metavar="FILE",

@@ -1,0 +1,187 @@
+"""Building an AssemblyScript SmartModule (``.ts``) with the SDK in smartmodule/sdk/assemblyscript/.
+
+The author exports one function named after the kind (``export function filter(r: Record):
+bool`` ...) and optionally ``init``. This file finds which kind the source exports, writes the
+glue that exports the ABI's functions around it (smartmodule/sdk/assemblyscript/assembly/run.ts
+does the work), compiles both with asc (stub runtime, -O3, asc's ``abort`` replaced by the SDK's),
+and links the result (as_link.py: no start function, no imports). Pure parts (finding the kind,
+the glue, reading asc's diagnostics) are functions of text; the rest runs asc in a subprocess,
+bounded by a timeout, and says in one line what went wrong.
+
+asc is ``$KOLK_ASC``, else the SDK's own (``npm ci --prefix smartmodule/sdk/assemblyscript``
+installs the pinned version), else ``asc`` on PATH.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import re
+import shutil
+import subprocess
+import tempfile
+from typing import NamedTuple
+
+from .as_link import LinkError, link
+from .build import SDK_DIR, BuildError, check_file
+
+AS_SDK_DIR = SDK_DIR / "assemblyscript"
+AS_LIB_DIR = AS_SDK_DIR / "assembly"  # imported by modules as "kolk-smartmodule"
+AS_PACKAGE = "kolk-smartmodule"
+ASC_ENV = "KOLK_ASC"
+ASC_TIMEOUT_S = 120
+# Size-optimised is not what we want for a hot loop: -O3 (speed) was measured against -Oz on
+# contains.ts (docs/smartmodule-abi.md, "Writing a module in AssemblyScript").
+ASC_FLAGS = ("--runtime", "stub", "-O3", "--noColors", "--exportStart", "kolk_start",
+             "--use", f"abort=~lib/{AS_PACKAGE}/error/kolkAbort")
+KINDS = ("filter", "map", "filter_map", "array_map", "aggregate")
+SIGNATURES = {
+    "filter": "export function filter(r: Record): bool  (or i32: 1 keep, 0 drop, negative error)",
+    "map": "export function map(r: Record, out: Output): i32",
+    "filter_map": "export function filter_map(r: Record, out: Output): i32",
+    "array_map": "export function array_map(r: Record, em: Emitter): i32",
+    "aggregate": "export function aggregate(acc: Accumulator, r: Record, out: Output): i32",
+    "init": "export function init(): i32",
+}
+# The SDK's runner per kind, and the arrow adapting the author's function to its type.
+_RUNNERS = {
+    "filter": ("runFilter", "(r: Record): i32 => <i32>user(r)"),
+    "map": ("runMap", "(r: Record, o: Output): i32 => <i32>user(r, o)"),
+    "filter_map": ("runFilterMap", "(r: Record, o: Output): i32 => <i32>user(r, o)"),
+    "array_map": ("runArrayMap", "(r: Record, e: Emitter): i32 => <i32>user(r, e)"),
+    "aggregate": ("runAggregate", "(a: Accumulator, r: Record, o: Output): i32 => <i32>user(a, r, o)"),
+}
+_FN = re.compile(r"^(?P<export>export\s+)?function\s+(?P<name>" + "|".join(KINDS + ("init",)) + r")\s*[<(]", re.M)
+_COMMENTS = re.compile(r"/\*.*?\*/|//[^\n]*", re.S)
+_DIAG_AT = re.compile(r"in (?P<file>.+?)\((?P<line>\d+),(?P<col>\d+)\)\s*$")
+INSTALL_HINT = f"npm ci --prefix {AS_SDK_DIR}"
+SRC_DIR = "src"  # the author's file in the build folder; the glue is beside it
+
+
+class AsModule(NamedTuple):
+    kind: str
+    has_init: bool
+
+
+def asc() -> list[str] | None:
+    """The asc command to run: $KOLK_ASC, else the SDK's, else the one on PATH; None if none."""
+    explicit = os.environ.get(ASC_ENV)
+    if explicit:
+        return [explicit]
+    local = AS_SDK_DIR / "node_modules" / ".bin" / "asc"
+    if local.exists():
+        return [str(local)]
+    on_path = shutil.which("asc")
+    return [on_path] if on_path else None
+
+
+def find_functions(source: str, text: str) -> AsModule:
+    """The kind (and whether there is an ``init``) that a module's source exports; ``source``
+    names the file in errors."""
+    blank = _COMMENTS.sub(lambda m: re.sub(r"[^\n]", " ", m.group(0)), text)  # keep line numbers
+    found: dict[str, int] = {}
+    for m in _FN.finditer(blank):
+        line = blank.count("\n", 0, m.start()) + 1
+        name = m.group("name")
+        if not m.group("export"):
+            raise BuildError(f"{source}:{line}: function {name} must be exported: {SIGNATURES[name]}")
+        found.setdefault(name, line)
+    kinds = [k for k in KINDS if k in found]
+    if not kinds:
+        raise BuildError(f"{source}: no kind function: a module exports one of function "
+                         f"{', '.join(KINDS)} (docs/smartmodule-abi.md, Writing a module in AssemblyScript)")
+    if len(kinds) > 1:
+        where = " and ".join(f"{k} (line {found[k]})" for k in kinds)
+        raise BuildError(f"{source}: a module has exactly one kind; this one exports {where}")
+    return AsModule(kinds[0], "init" in found)
+
+
+def glue(stem: str, module: AsModule) -> str:
+    """The entry file: the ABI's exports around the author's module ``./src/<stem>``."""
+    runner, adapter = _RUNNERS[module.kind]
+    src = json.dumps(f"./{SRC_DIR}/{stem}")
+    lines = [
+        f"// Generated by kolk smartmodule build: the ABI exports around {stem}.ts.",
+        f'import {{ {runner}, runInit }} from "{AS_PACKAGE}/run";',
+        f'import {{ kolkAlloc }} from "{AS_PACKAGE}/memory";',
+        f'import {{ errorResult }} from "{AS_PACKAGE}/error";',
+        f'import {{ Record, Output, Emitter, Accumulator }} from "{AS_PACKAGE}/record";',
+        f"import {{ {module.kind} as user{', init as userInit' if module.has_init else ''} }} from {src};",
+        f"export function {module.kind}(ptr: i32, len: i32): i64 {{ return {runner}(ptr, len, {adapter}); }}",
+        "export function kolk_alloc(size: i32): i32 { return kolkAlloc(size); }",
+        "export function kolk_abi_version(): i32 { return 1; }",
+        "export function kolk_error(): i64 { return errorResult(); }",
+    ]
+    if module.has_init:
+        lines.append("export function init(ptr: i32, len: i32): i32 { return runInit(ptr, len, (): i32 => <i32>userInit()); }")
+    return "\n".join(lines) + "\n"
+
+
+def first_problem(source: pathlib.Path, stem: str, module: AsModule | None, output: str) -> str:
+    """One line saying why asc failed, naming the author's file and line where it can."""
+    lines = output.splitlines()
+    for i, line in enumerate(lines):
+        if not line.startswith("ERROR"):
+            continue
+        what = line.strip()
+        where = next((m for m in (_DIAG_AT.search(ln.strip()) for ln in lines[i + 1:i + 12]) if m), None)
+        if where is None:
+            return f"{source} does not compile: {what}"
+        file = where.group("file")
+        if file == f"{SRC_DIR}/{stem}.ts":
+            return f"{source} does not compile: {source}:{where.group('line')}:{where.group('col')}: {what}"
+        if file == "glue.ts" and module is not None:
+            name = "init" if "userInit" in _nth(lines, i) else module.kind
+            return f"{source}: {name} must be declared as {SIGNATURES[name]} ({what})"
+        return f"{source} does not compile: {file}:{where.group('line')}:{where.group('col')}: {what}"
+    rest = [ln.strip() for ln in lines if ln.strip()]
+    return f"{source} does not compile: {rest[0] if rest else 'asc failed without a message'}"
+
+
+def _nth(lines: list[str], i: int) -> str:
+    return " ".join(lines[i:i + 6])
+
+
+def build_as_module(source_path: str | os.PathLike[str], out_path: str | os.PathLike[str] | None = None) -> bytes:
+    """Compile an AssemblyScript SmartModule; the module's bytes (also written to ``out_path``)."""
+    source = pathlib.Path(source_path)
+    check_file(source)
+    try:
+        text = source.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise BuildError(f"{source} is not UTF-8 text") from None
+    module = find_functions(str(source), text)
+    command = asc()
+    if command is None:
+        raise BuildError(f"asc (the AssemblyScript compiler) is not installed: {INSTALL_HINT}")
+    stem = re.sub(r"[^A-Za-z0-9_]", "_", source.stem) or "module"
+    with tempfile.TemporaryDirectory(prefix="kolk-build-as-") as tmp_name:
+        tmp = pathlib.Path(tmp_name)
+        (tmp / SRC_DIR).mkdir()
+        (tmp / SRC_DIR / f"{stem}.ts").write_text(text, encoding="utf-8")
+        (tmp / "glue.ts").write_text(glue(stem, module))
+        (tmp / "node_modules").mkdir()
+        (tmp / "node_modules" / AS_PACKAGE).symlink_to(AS_LIB_DIR, target_is_directory=True)
+        cmd = [*command, "glue.ts", "--outFile", "module.wasm", *ASC_FLAGS]
+        try:
+            done = subprocess.run(cmd, cwd=tmp, capture_output=True, text=True, timeout=ASC_TIMEOUT_S,
+                                  stdin=subprocess.DEVNULL)
+        except FileNotFoundError:
+            raise BuildError(f"{command[0]} (asc, the AssemblyScript compiler) is not installed or not found: "
+                             f"{INSTALL_HINT}") from None
+        except PermissionError:
+            raise BuildError(f"{command[0]} (asc) cannot be run: {INSTALL_HINT}") from None
+        except subprocess.TimeoutExpired:
+            raise BuildError(f"{source}: asc ran past {ASC_TIMEOUT_S} s and was stopped") from None
+        output = (done.stderr or "") + (done.stdout or "")
+        out = tmp / "module.wasm"
+        if done.returncode != 0 or not out.exists():
+            raise BuildError(first_problem(source, stem, module, output), output)
+        try:
+            wasm = link(out.read_bytes())
+        except LinkError as e:
+            raise BuildError(f"{source}: {e}") from None
+    if out_path is not None:
+        pathlib.Path(out_path).write_bytes(wasm)
+    return wasm
