@@ -8,7 +8,7 @@ PYTEST_ARGS ?= --durations=30
 PEERS_ARGS ?=
 SOAK_ARGS ?=
 
-.PHONY: setup demo test test-long bench bench-peers soak jepsen jepsen-proxy jepsen-groups clean
+.PHONY: setup demo test node-setup test-long bench bench-peers soak jepsen jepsen-proxy jepsen-groups clean
 
 # Set-up is quiet: no command echo, pip -q, and setuptools' informational "Editable installation"
 # notice (printed for every editable install, whatever the layout) filtered out.
@@ -26,8 +26,20 @@ demo: $(STAMP)
 
 # Every test but those marked `long` (fault runs and deep model checks that would take the suite
 # past 30 minutes on 2 cores); `make test-long` runs those.
-test: $(STAMP)
+test: $(STAMP) node-setup
 	$(PY) -m pytest -m "not long" $(PYTEST_ARGS)
+
+# Node.js packages (issue 23): `npm ci` in each dir with a package-lock.json, once per change of
+# that lock file (a stamp in node_modules). `make demo` does not need Node.
+NODE_DIRS := clients/node smartmodule/sdk/assemblyscript
+NODE_STAMPS := $(foreach d,$(NODE_DIRS),$(if $(wildcard $(d)/package-lock.json),$(d)/node_modules/.kolk-stamp))
+
+%/node_modules/.kolk-stamp: %/package-lock.json
+	@command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 || { echo "make: node and npm are needed for $*: install Node.js >= 18 (Debian: apt-get install nodejs npm)" >&2; exit 1; }
+	@cd $* && npm ci --silent --no-audit --no-fund >/dev/null
+	@touch $@
+
+node-setup: $(NODE_STAMPS)
 
 test-long: $(STAMP)
 	$(PY) -m pytest -m long $(PYTEST_ARGS)
@@ -45,6 +57,7 @@ bench: $(STAMP)
 	$(PY) bench/group_bench.py
 	$(PY) bench/metrics_bench.py
 	$(PY) bench/rebalance_bench.py
+	$(PY) bench/node_client_bench.py
 	$(VENV)/bin/kolk bench
 
 # Kolk beside NATS JetStream and Redis Streams (issue 9); not part of `make test`. Installs

@@ -1,0 +1,176 @@
+/**
+ * The admin client (SC): topics, stored objects, cluster status, producer ids. As Python's
+ * core/client/admin.py: one SC connection at a time; when that SC cannot be reached the client
+ * moves to the next address; `notLeader` moves it to the leader named in the answer. Writes are
+ * retried only when they surely did not happen (noLeader, notLeader, or no connection yet);
+ * reads on every retriable error, with jittered backoff, until the deadline.
+ */
+import type * as $ from "capnp-es";
+import { Connection, CALL_TIMEOUT_MS, CONNECT_TIMEOUT_MS } from "./connection.js";
+import { ClusterUnavailableError, InvalidRequestError, KolkError } from "./errors.js";
+import type { Object as WireObject, ScRequest, ScResponse } from "./gen/kolk.js";
+import { NAME_CHARS_MAX, TOPIC_CONFIG_ENTRIES_MAX } from "./limits.js";
+import type { TlsOptions } from "./tls.js";
+
+export const RETRY_BACKOFF_MIN_MS = 50;
+export const RETRY_BACKOFF_MAX_MS = 1_000;
+
+export interface KolkObject { kind: string; name: string; spec: any; status: any; version: bigint }
+
+export function objectOf(o: WireObject): KolkObject {
+  const parse = (t: string) => (t ? JSON.parse(t) : {});
+  return { kind: o.kind, name: o.name, spec: parse(o.specJson), status: parse(o.statusJson), version: o.version };
+}
+
+export const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
+
+export interface AdminOptions { tls?: TlsOptions; timeoutMs?: number }
+
+export class AdminClient {
+  private readonly addresses: string[];
+  private index = 0;
+  private conn: Connection | null = null;
+  readonly timeoutMs: number;
+
+  constructor(sc: string | string[], private readonly opts: AdminOptions = {}) {
+    this.addresses = Array.isArray(sc) ? [...sc] : [sc];
+    if (this.addresses.length === 0) throw new InvalidRequestError("no SC address given");
+    this.timeoutMs = opts.timeoutMs ?? CALL_TIMEOUT_MS;
+  }
+
+  private async connect(leftMs: number): Promise<Connection> {
+    if (this.conn && !this.conn.closed) return this.conn;
+    const address = this.addresses[this.index % this.addresses.length];
+    this.conn = await Connection.connect(address, { tls: this.opts.tls, timeoutMs: Math.min(CONNECT_TIMEOUT_MS, leftMs) });
+    return this.conn;
+  }
+
+  private drop(leader?: string | null): void {
+    this.conn?.close();
+    this.conn = null;
+    if (leader) {
+      if (!this.addresses.includes(leader)) this.addresses.push(leader);
+      this.index = this.addresses.indexOf(leader);
+    } else {
+      this.index++;
+    }
+  }
+
+  /** One SC call with reconnection, leader following and retries. */
+  async call<T>(build: (req: ScRequest) => void, pick: (resp: ScResponse) => T, write: boolean): Promise<T> {
+    const deadline = Date.now() + this.timeoutMs;
+    let backoff = RETRY_BACKOFF_MIN_MS;
+    let last: KolkError | null = null;
+    while (Date.now() < deadline) {
+      if (this.closed) throw new ClusterUnavailableError("the admin client is closed", { retriable: false });
+      let conn: Connection | null = null;
+      try {
+        conn = await this.connect(deadline - Date.now());
+      } catch (e) {
+        if (!(e instanceof ClusterUnavailableError)) throw e;
+        if (!e.retriable) throw e; // a TLS refusal: retrying cannot help
+        last = e;
+        this.drop();
+      }
+      if (conn) {
+        try {
+          return await conn.scCall(build, pick, { timeoutMs: Math.max(100, deadline - Date.now()), write });
+        } catch (e) {
+          if (!(e instanceof KolkError)) throw e;
+          if (e instanceof ClusterUnavailableError) {
+            this.drop();
+            if (!e.retriable) throw e;
+            if (write) { e.outcomeUnknown = true; throw e; } // it may have been applied
+          } else {
+            if (!e.retriable || (write && e.code !== "noLeader" && e.code !== "notLeader")) throw e;
+            if (e.code === "notLeader") this.drop(e.leader);
+          }
+          last = e;
+        }
+      }
+      await sleep(Math.min(backoff * (0.5 + Math.random()), Math.max(0, deadline - Date.now())));
+      backoff = Math.min(backoff * 2, RETRY_BACKOFF_MAX_MS);
+    }
+    throw last ?? new ClusterUnavailableError(`no answer from the SC at ${this.addresses.join(", ")} within ${this.timeoutMs} ms`);
+  }
+
+  async createTopic(name: string, partitions = 1, replicationFactor = 1, config: Record<string, string> = {}): Promise<KolkObject> {
+    checkName("topic", name);
+    if (!Number.isInteger(partitions) || partitions < 1) throw new InvalidRequestError(`topic ${name}: partitions must be an integer >= 1, not ${partitions}`);
+    if (!Number.isInteger(replicationFactor) || replicationFactor < 1) {
+      throw new InvalidRequestError(`topic ${name}: replicationFactor must be an integer >= 1, not ${replicationFactor}`);
+    }
+    const entries = Object.entries(config);
+    if (entries.length > TOPIC_CONFIG_ENTRIES_MAX) throw new InvalidRequestError(`topic ${name}: ${entries.length} config entries; at most ${TOPIC_CONFIG_ENTRIES_MAX}`);
+    const r = await this.call((q) => {
+      const c = q._initCreateTopic();
+      c.name = name; c.partitions = partitions; c.replicationFactor = replicationFactor;
+      const l = c._initConfig(entries.length);
+      entries.forEach(([k, v], i) => { const kv = l.get(i); kv.key = k; kv.value = String(v); });
+    }, (s) => s.createTopic, true);
+    return objectOf(r.topic);
+  }
+
+  async deleteTopic(name: string): Promise<void> {
+    checkName("topic", name);
+    await this.call((q) => { q._initDeleteTopic().name = name; }, (s) => s.deleteTopic, true);
+  }
+
+  async addPartitions(name: string, count: number): Promise<KolkObject> {
+    checkName("topic", name);
+    const r = await this.call((q) => { const a = q._initAddPartitions(); a.name = name; a.count = count; }, (s) => s.addPartitions, true);
+    return objectOf(r.topic);
+  }
+
+  async alterTopic(name: string, set: Record<string, string> = {}, remove: string[] = []): Promise<KolkObject> {
+    checkName("topic", name);
+    const entries = Object.entries(set);
+    const r = await this.call((q) => {
+      const a = q._initAlterTopic(); a.name = name;
+      const l = a._initSet(entries.length);
+      entries.forEach(([k, v], i) => { const kv = l.get(i); kv.key = k; kv.value = String(v); });
+      const d = a._initDelete(remove.length);
+      remove.forEach((k, i) => d.set(i, k));
+    }, (s) => s.alterTopic, true);
+    return objectOf(r.topic);
+  }
+
+  async listObjects(kind: string, stale = false): Promise<KolkObject[]> {
+    const r = await this.call((q) => { const l = q._initListObjects(); l.kind = kind; l.stale = stale; }, (s) => s.listObjects, false);
+    return listOf(r.objects).map(objectOf);
+  }
+
+  async getObject(kind: string, name: string, stale = false): Promise<KolkObject | null> {
+    const r = await this.call((q) => { const g = q._initGetObject(); g.kind = kind; g.name = name; g.stale = stale; }, (s) => s.getObject, false);
+    return r.found ? objectOf(r.object) : null;
+  }
+
+  async listTopics(): Promise<KolkObject[]> { return this.listObjects("topic"); }
+
+  async clusterStatus(): Promise<any> {
+    const r = await this.call((q) => { q._initClusterStatus(); }, (s) => s.clusterStatus, false);
+    return JSON.parse(r.statusJson);
+  }
+
+  /** `count` producer ids: the first one (the rest follow it). */
+  async allocateProducerIds(count = 1): Promise<bigint> {
+    const r = await this.call((q) => { q._initAllocateProducerIds().count = count; }, (s) => s.allocateProducerIds, true);
+    return r.firstId;
+  }
+
+  private closed = false;
+
+  close(): void { this.closed = true; this.conn?.close(); this.conn = null; }
+}
+
+export function listOf<T>(l: $.List<T>): T[] {
+  const out: T[] = [];
+  for (let i = 0; i < l.length; i++) out.push(l.get(i));
+  return out;
+}
+
+function checkName(what: string, name: string): void {
+  if (typeof name !== "string" || !/^[A-Za-z0-9._-]{1,255}$/.test(name) || name.length > NAME_CHARS_MAX) {
+    throw new InvalidRequestError(`${what} name ${JSON.stringify(name)?.slice(0, 80)} is not 1-${NAME_CHARS_MAX} of A-Z a-z 0-9 . _ -`);
+  }
+}

@@ -1,0 +1,183 @@
+/**
+ * The client: admin calls on the SC, leader routing for the data plane (partition leaders from
+ * the SC's partition and SPU objects, as core/client/client.py), one pooled connection per SPU
+ * address, and the factories of producers and consumers.
+ */
+import { AdminClient, type KolkObject, sleep } from "./admin.js";
+import { Connection, CONNECT_TIMEOUT_MS, CALL_TIMEOUT_MS, type CallOptions } from "./connection.js";
+import {
+  ClusterUnavailableError, InvalidRequestError, KolkError, NotFoundError, PartitionOfflineError,
+} from "./errors.js";
+import type { SpuRequest, SpuResponse } from "./gen/kolk.js";
+import type { TlsOptions } from "./tls.js";
+import { Producer, type ProducerOptions } from "./producer.js";
+import { Consumer, type ConsumerOptions } from "./consumer.js";
+import { GroupConsumer, type GroupConsumerOptions } from "./groups/consumer.js";
+import * as groupsAdmin from "./groups/admin.js";
+
+export interface ClientOptions {
+  /** One SC address (host:port) or several. */
+  sc: string | string[];
+  tls?: TlsOptions;
+  /** The deadline of every call to the cluster (default 30 s). */
+  timeoutMs?: number;
+}
+
+interface Placed { partition: number; leader: number | null; replicas: number[] }
+
+export const LEADER_RETRIES = 10;
+
+export class KolkClient {
+  readonly admin: AdminClient;
+  readonly timeoutMs: number;
+  private readonly tls?: TlsOptions;
+  private readonly placed = new Map<string, Placed[]>();
+  private spus = new Map<number, string>();
+  private readonly conns = new Map<string, Promise<Connection>>();
+
+  constructor(opts: ClientOptions) {
+    this.tls = opts.tls;
+    this.timeoutMs = opts.timeoutMs ?? CALL_TIMEOUT_MS;
+    this.admin = new AdminClient(opts.sc, { tls: opts.tls, timeoutMs: this.timeoutMs });
+  }
+
+  // ---- admin
+  createTopic(name: string, opts: { partitions?: number; replicationFactor?: number; config?: Record<string, string> } = {}): Promise<KolkObject> {
+    return this.admin.createTopic(name, opts.partitions ?? 1, opts.replicationFactor ?? 1, opts.config ?? {});
+  }
+  deleteTopic(name: string): Promise<void> { return this.admin.deleteTopic(name); }
+  listTopics(): Promise<KolkObject[]> { return this.admin.listTopics(); }
+  clusterStatus(): Promise<any> { return this.admin.clusterStatus(); }
+
+  producer(topic: string, opts: ProducerOptions = {}): Producer { return new Producer(this, topic, opts); }
+  consumer(topic: string, opts: ConsumerOptions = {}): Consumer { return new Consumer(this, topic, opts); }
+  /** A member of consumer group `opts.group` reading `topic` (groups/consumer.ts). */
+  groupConsumer(topic: string, opts: GroupConsumerOptions): GroupConsumer { return new GroupConsumer(this, topic, opts); }
+  // Consumer groups for operators (groups/admin.ts): on the client, since groups live on SPUs.
+  listGroups(): Promise<groupsAdmin.GroupListing[]> { return groupsAdmin.listGroups(this); }
+  describeGroup(group: string): Promise<Record<string, any>> { return groupsAdmin.describeGroup(this, group); }
+  deleteGroup(group: string): Promise<void> { return groupsAdmin.deleteGroup(this, group); }
+
+  // ---- routing
+  async partitions(topic: string): Promise<Placed[]> {
+    return this.placed.get(topic) ?? this.refresh(topic);
+  }
+
+  async refresh(topic: string): Promise<Placed[]> {
+    const objs = (await this.admin.listObjects("partition", true)).filter((o) => o.spec?.topic === topic);
+    if (objs.length === 0) {
+      if ((await this.admin.getObject("topic", topic)) === null) throw new NotFoundError(`topic ${topic} does not exist`);
+      throw new ClusterUnavailableError(`topic ${topic} has no partitions yet`);
+    }
+    const parts = objs.map((o) => ({ partition: Number(o.spec.partition), leader: o.status?.leader ?? null, replicas: o.spec.replicas ?? [] }))
+      .sort((a, b) => a.partition - b.partition);
+    const spus = new Map<number, string>();
+    for (const u of await this.admin.listObjects("spu", true)) spus.set(Number(u.spec.id), String(u.spec.public_address));
+    this.spus = spus;
+    this.placed.set(topic, parts);
+    return parts;
+  }
+
+  forgetLeaders(topic: string): void { this.placed.delete(topic); }
+
+  /** The pooled connection to an SPU; concurrent callers share one connect. */
+  connection(address: string): Promise<Connection> {
+    const have = this.conns.get(address);
+    if (have) {
+      return have.then((c) => (c.closed ? this.reconnect(address) : c), () => this.reconnect(address));
+    }
+    return this.reconnect(address);
+  }
+
+  private reconnect(address: string): Promise<Connection> {
+    const p = Connection.connect(address, { tls: this.tls, timeoutMs: Math.min(CONNECT_TIMEOUT_MS, this.timeoutMs) });
+    this.conns.set(address, p);
+    p.catch(() => { if (this.conns.get(address) === p) this.conns.delete(address); });
+    return p;
+  }
+
+  async leader(topic: string, partition: number): Promise<{ conn: Connection; address: string }> {
+    const parts = await this.partitions(topic);
+    if (!Number.isInteger(partition) || partition < 0 || partition >= parts.length) {
+      throw new InvalidRequestError(`topic ${topic} has partitions 0-${parts.length - 1}, not ${partition}`);
+    }
+    const p = parts[partition];
+    if (p.leader === null || p.leader === undefined) {
+      this.forgetLeaders(topic);
+      throw new PartitionOfflineError(`partition ${topic}-${partition} has no leader (replicas ${p.replicas.join(", ")})`);
+    }
+    const address = this.spus.get(p.leader);
+    if (address === undefined) {
+      this.forgetLeaders(topic);
+      throw new ClusterUnavailableError(`partition ${topic}-${partition}: its leader SPU ${p.leader} is not known yet`);
+    }
+    return { conn: await this.connection(address), address };
+  }
+
+  /**
+   * `call` on the partition's leader, retrying what is retriable (with jittered backoff, up to
+   * `retries` times). For a write the final error says whether any attempt may have been
+   * written (`outcomeUnknown`): a later refusal does not make an earlier lost answer definite.
+   */
+  async withLeader<T>(topic: string, partition: number, call: (conn: Connection) => Promise<T>,
+                      retries: number, write = false, deadline = Date.now() + this.timeoutMs): Promise<T> {
+    let backoff = 50;
+    let maybeWritten = false;
+    for (let attempt = 0; ; attempt++) {
+      try {
+        if (this.closed) throw new ClusterUnavailableError("the client is closed", { retriable: false });
+        let conn: Connection | null = null;
+        try {
+          conn = (await this.leader(topic, partition)).conn;
+        } catch (e) {
+          if (e instanceof ClusterUnavailableError) e.outcomeUnknown = false; // nothing sent
+          throw e;
+        }
+        return await call(conn);
+      } catch (e) {
+        if (!(e instanceof KolkError)) throw e;
+        maybeWritten = maybeWritten || (write && e.outcomeUnknown);
+        if (!e.retriable || attempt >= retries || Date.now() >= deadline) {
+          if (maybeWritten && !e.outcomeUnknown) {
+            e.outcomeUnknown = true;
+            e.message += "; an earlier attempt may have been written (outcome unknown)";
+          } else if (write && !e.outcomeUnknown) {
+            e.message += "; nothing was written";
+          }
+          throw e;
+        }
+        this.forgetLeaders(topic);
+        await sleep(Math.min(backoff * (0.5 + Math.random()), Math.max(0, deadline - Date.now())));
+        backoff = Math.min(backoff * 2, 1000);
+      }
+    }
+  }
+
+  spuCall<T>(topic: string, partition: number, build: (req: SpuRequest) => void, pick: (r: SpuResponse) => T,
+             opts: CallOptions & { retries?: number } = {}): Promise<T> {
+    return this.withLeader(topic, partition, (c) => c.spuCall(build, pick, { timeoutMs: this.timeoutMs, ...opts }),
+      opts.retries ?? LEADER_RETRIES, Boolean(opts.write));
+  }
+
+  async offsets(topic: string, partition: number): Promise<{ logStart: bigint; highWatermark: bigint; logEnd: bigint }> {
+    const r = await this.spuCall(topic, partition, (q) => { const o = q._initOffsets(); o.topic = topic; o.partition = partition; },
+      (s) => s.offsets);
+    return { logStart: r.logStartOffset, highWatermark: r.highWatermark, logEnd: r.logEndOffset };
+  }
+
+  async offsetForTimestamp(topic: string, partition: number, timestamp: number): Promise<bigint> {
+    const r = await this.spuCall(topic, partition, (q) => {
+      const o = q._initOffsetForTimestamp(); o.topic = topic; o.partition = partition; o.timestamp = BigInt(timestamp);
+    }, (s) => s.offsetForTimestamp);
+    return r.offset;
+  }
+
+  private closed = false;
+
+  async close(): Promise<void> {
+    this.closed = true;
+    this.admin.close();
+    for (const p of this.conns.values()) p.then((c) => c.close(), () => undefined);
+    this.conns.clear();
+  }
+}

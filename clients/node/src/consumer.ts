@@ -1,0 +1,190 @@
+/**
+ * The consumer (mirrors core/client/consumer.py): one SPU `stream` per partition (all the
+ * topic's partitions when none is given), with credit: the stream starts with `windowBytes` and
+ * each push's bytes are granted back as the push is taken, so at most the window plus one push
+ * waits per partition. A stream that breaks (leader change, lost connection, retriable error)
+ * is reopened on the partition's current leader from the next offset; `return()` on the
+ * iterator, close() or the abort signal CANCEL every stream.
+ */
+import type { KolkClient } from "./client.js";
+import type { Connection, SpuStream } from "./connection.js";
+import { abortError, InvalidRequestError, KolkError, OffsetOutOfRangeError, OverloadedError, PartitionOfflineError, TooManyStreamsError } from "./errors.js";
+import { Isolation } from "./gen/kolk.js";
+import { STREAM_WINDOW_BYTES_MAX } from "./limits.js";
+import { decodeBatches, type ConsumerRecord } from "./records.js";
+import { normalizeChain, writeChain, type ChainStage, type Stage } from "./smartmodules.js";
+
+export const RETRY_BACKOFF_MS = 200;
+export const REOPENS_MAX = 50; // reopens in a row without a push before the error surfaces
+
+export class Offset {
+  private constructor(readonly kind: "beginning" | "end" | "absolute" | "fromEnd" | "timestamp", readonly value: bigint = 0n) {}
+  static beginning(): Offset { return new Offset("beginning"); }
+  static end(): Offset { return new Offset("end"); }
+  static absolute(n: bigint | number): Offset {
+    const v = BigInt(n);
+    if (v < 0n) throw new InvalidRequestError(`an absolute offset is >= 0, got ${v}`);
+    return new Offset("absolute", v);
+  }
+  static fromEnd(n: bigint | number): Offset {
+    const v = BigInt(n);
+    if (v < 0n) throw new InvalidRequestError(`fromEnd takes n >= 0, got ${v}`);
+    return new Offset("fromEnd", v);
+  }
+  static timestamp(ms: number): Offset { return new Offset("timestamp", BigInt(ms)); }
+}
+
+export interface ConsumerOptions {
+  partition?: number; offset?: Offset; isolation?: "committed" | "uncommitted";
+  smartmodules?: ChainStage[]; windowBytes?: number; signal?: AbortSignal;
+}
+
+class PartitionStream {
+  stream: SpuStream | null = null;
+  conn: Connection | null = null;
+  highWatermark = -1n;
+  accumulators: Uint8Array[] | null = null;
+  constructor(private readonly c: Consumer, readonly partition: number, public offset: bigint) {}
+
+  private async open(): Promise<void> {
+    const { client, topic } = this.c;
+    const { conn } = await client.leader(topic, this.partition);
+    this.conn = conn;
+    this.stream = await conn.openStream((q) => {
+      const s = q._initStream();
+      s.topic = topic; s.partition = this.partition; s.offset = this.offset; s.windowBytes = this.c.windowBytes;
+      s.isolation = this.c.isolation === "uncommitted" ? Isolation.UNCOMMITTED : Isolation.COMMITTED;
+      const list = s._initSmartmodules(this.c.chain.length);
+      writeChain(list, this.c.chain);
+      this.c.chain.forEach((_, i) => {
+        const acc = this.accumulators?.[i];
+        if (acc) { const inv = list.get(i); inv.hasAccumulator = true; inv._initAccumulator(acc.length).copyBuffer(acc); }
+      });
+    }, { timeoutMs: client.timeoutMs, signal: this.c.signal });
+  }
+
+  close(): void { this.stream?.cancel(); this.stream = null; }
+
+  /** The records of the next push (possibly none: a keepalive), reopening a broken stream. */
+  async next(): Promise<ConsumerRecord[]> {
+    let reopens = 0;
+    for (;;) {
+      try {
+        if (this.stream === null) await this.open();
+        const got = await this.stream!.next();
+        if (got === null) { this.stream = null; continue; } // ended ok (e.g. leader stepped down): reopen
+        const { push, bytes } = got;
+        const start = this.offset;
+        this.highWatermark = push.highWatermark;
+        if (push.accumulators.length) {
+          this.accumulators = [];
+          for (let i = 0; i < push.accumulators.length; i++) this.accumulators.push(new Uint8Array(push.accumulators.get(i).toUint8Array()));
+        }
+        const data = new Uint8Array(push.records.toUint8Array());
+        if (push.nextOffset > this.offset) this.offset = push.nextOffset;
+        this.stream!.grant(bytes); // taken: the SPU may send as much again
+        return data.length ? decodeBatches(data, this.partition, start) : [];
+      } catch (e) {
+        this.close();
+        if (!(e instanceof KolkError) || !e.retriable || e instanceof TooManyStreamsError || e instanceof OverloadedError ||
+            e instanceof OffsetOutOfRangeError || this.c.signal?.aborted || ++reopens > REOPENS_MAX) throw e;
+        if (!(e instanceof PartitionOfflineError)) this.conn?.close();
+        this.c.client.forgetLeaders(this.c.topic);
+        await new Promise((r) => setTimeout(r, RETRY_BACKOFF_MS));
+      }
+    }
+  }
+}
+
+export class Consumer implements AsyncIterable<ConsumerRecord> {
+  readonly partition?: number; readonly start: Offset; readonly isolation: "committed" | "uncommitted";
+  readonly chain: Stage[]; readonly windowBytes: number; readonly signal?: AbortSignal;
+  private streams: PartitionStream[] | null = null;
+  private pending = new Map<PartitionStream, Promise<[PartitionStream, ConsumerRecord[]]>>();
+  private closed = false;
+  private readonly aborted: Promise<never>;
+
+  constructor(readonly client: KolkClient, readonly topic: string, o: ConsumerOptions = {}) {
+    this.partition = o.partition; this.start = o.offset ?? Offset.beginning();
+    this.isolation = o.isolation ?? "committed";
+    if (this.isolation !== "committed" && this.isolation !== "uncommitted") {
+      throw new InvalidRequestError(`isolation is committed or uncommitted, not ${JSON.stringify(this.isolation)}`);
+    }
+    this.chain = normalizeChain(o.smartmodules);
+    this.windowBytes = o.windowBytes ?? 4 << 20;
+    if (!Number.isInteger(this.windowBytes) || this.windowBytes < 1 || this.windowBytes > STREAM_WINDOW_BYTES_MAX) {
+      throw new InvalidRequestError(`windowBytes is 1-${STREAM_WINDOW_BYTES_MAX}, not ${this.windowBytes}`);
+    }
+    this.signal = o.signal;
+    this.aborted = new Promise<never>((_, reject) => {
+      this.signal?.addEventListener("abort", () => { this.close(); reject(abortError()); }, { once: true });
+    });
+    this.aborted.catch(() => undefined);
+  }
+
+  private async resolve(): Promise<PartitionStream[]> {
+    if (this.streams) return this.streams;
+    const parts = await this.client.partitions(this.topic);
+    if (this.partition !== undefined && !(Number.isInteger(this.partition) && this.partition >= 0 && this.partition < parts.length)) {
+      throw new InvalidRequestError(`topic ${this.topic} has partitions 0-${parts.length - 1}, not ${this.partition}`);
+    }
+    const indexes = this.partition !== undefined ? [this.partition] : parts.map((p) => p.partition);
+    const out: PartitionStream[] = [];
+    for (const p of indexes) {
+      const { logStart, highWatermark: hw, logEnd } = await this.client.offsets(this.topic, p);
+      const s = this.start;
+      let offset: bigint;
+      if (s.kind === "beginning") offset = logStart;
+      else if (s.kind === "end") offset = hw;
+      else if (s.kind === "absolute") {
+        if (s.value < logStart || s.value > logEnd) {
+          throw new OffsetOutOfRangeError(`offset ${s.value} is out of range for ${this.topic}-${p}: it holds ${logStart}-${logEnd}`);
+        }
+        offset = s.value;
+      } else if (s.kind === "fromEnd") offset = hw - s.value > logStart ? hw - s.value : logStart;
+      else offset = await this.client.offsetForTimestamp(this.topic, p, Number(s.value));
+      const ps = new PartitionStream(this, p, offset);
+      ps.highWatermark = hw;
+      out.push(ps);
+    }
+    this.streams = out;
+    return out;
+  }
+
+  /** The records of the next push of any partition (an empty list: a keepalive). */
+  async nextBatch(): Promise<ConsumerRecord[]> {
+    if (this.signal?.aborted) throw abortError();
+    if (this.closed) throw new InvalidRequestError("the consumer is closed");
+    const streams = await this.resolve();
+    for (const s of streams) {
+      if (!this.pending.has(s)) this.pending.set(s, s.next().then((r) => [s, r] as [PartitionStream, ConsumerRecord[]]));
+    }
+    const [s, records] = await Promise.race([...this.pending.values(), this.aborted]);
+    this.pending.delete(s);
+    return records;
+  }
+
+  /** Each non-empty push's records as one array. */
+  async *batches(): AsyncGenerator<ConsumerRecord[]> {
+    try {
+      for (;;) {
+        const b = await this.nextBatch();
+        if (b.length) yield b;
+      }
+    } finally {
+      this.close();
+    }
+  }
+
+  async *[Symbol.asyncIterator](): AsyncGenerator<ConsumerRecord> {
+    for await (const b of this.batches()) yield* b;
+  }
+
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    for (const s of this.streams ?? []) s.close();
+    for (const p of this.pending.values()) p.catch(() => undefined);
+    this.pending.clear();
+  }
+}

@@ -1,0 +1,63 @@
+(module
+  (memory (export "memory") 17)
+  ;; CRC-32C, slicing by 8, for src/crc32c.ts. Memory: 8 tables of 256 u32 at 0-8191 (made by
+  ;; init(poly)), the bytes to checksum copied in at 65536 (the caller's window, 1 MiB).
+  ;; crc(p, end, crc) continues `crc` over memory[p, end); words are little-endian, as wasm is.
+  (func (export "init") (param $poly i32)
+    (local $n i32) (local $c i32) (local $i i32) (local $k i32)
+    (local.set $n (i32.const 0))
+    (block $done (loop $l
+      (br_if $done (i32.ge_u (local.get $n) (i32.const 256)))
+      (local.set $c (local.get $n))
+      (local.set $i (i32.const 0))
+      (block $d2 (loop $l2
+        (br_if $d2 (i32.ge_u (local.get $i) (i32.const 8)))
+        (local.set $c (select (i32.xor (i32.shr_u (local.get $c) (i32.const 1)) (local.get $poly))
+                              (i32.shr_u (local.get $c) (i32.const 1))
+                              (i32.and (local.get $c) (i32.const 1))))
+        (local.set $i (i32.add (local.get $i) (i32.const 1)))
+        (br $l2)))
+      (i32.store (i32.shl (local.get $n) (i32.const 2)) (local.get $c))
+      (local.set $n (i32.add (local.get $n) (i32.const 1)))
+      (br $l)))
+    (local.set $n (i32.const 0))
+    (block $done (loop $l
+      (br_if $done (i32.ge_u (local.get $n) (i32.const 256)))
+      (local.set $c (i32.load (i32.shl (local.get $n) (i32.const 2))))
+      (local.set $k (i32.const 1))
+      (block $d2 (loop $l2
+        (br_if $d2 (i32.ge_u (local.get $k) (i32.const 8)))
+        (local.set $c (i32.xor (i32.load (i32.shl (i32.and (local.get $c) (i32.const 255)) (i32.const 2)))
+                               (i32.shr_u (local.get $c) (i32.const 8))))
+        (i32.store (i32.add (i32.shl (local.get $k) (i32.const 10)) (i32.shl (local.get $n) (i32.const 2))) (local.get $c))
+        (local.set $k (i32.add (local.get $k) (i32.const 1)))
+        (br $l2)))
+      (local.set $n (i32.add (local.get $n) (i32.const 1)))
+      (br $l))))
+  (func (export "crc") (param $p i32) (param $end i32) (param $crc i32) (result i32)
+    (local $c i32) (local $a i32) (local $b i32) (local $stop i32)
+    (local.set $c (i32.xor (local.get $crc) (i32.const -1)))
+    (local.set $stop (i32.sub (local.get $end) (i32.and (i32.sub (local.get $end) (local.get $p)) (i32.const 7))))
+    (block $done (loop $l
+      (br_if $done (i32.ge_u (local.get $p) (local.get $stop)))
+      (local.set $a (i32.xor (i32.load (local.get $p)) (local.get $c)))
+      (local.set $b (i32.load offset=4 (local.get $p)))
+      (local.set $c
+        (i32.xor (i32.xor (i32.xor (i32.load offset=7168 (i32.shl (i32.and (local.get $a) (i32.const 255)) (i32.const 2)))
+                                   (i32.load offset=6144 (i32.shl (i32.and (i32.shr_u (local.get $a) (i32.const 8)) (i32.const 255)) (i32.const 2))))
+                          (i32.xor (i32.load offset=5120 (i32.shl (i32.and (i32.shr_u (local.get $a) (i32.const 16)) (i32.const 255)) (i32.const 2)))
+                                   (i32.load offset=4096 (i32.shl (i32.shr_u (local.get $a) (i32.const 24)) (i32.const 2)))))
+                 (i32.xor (i32.xor (i32.load offset=3072 (i32.shl (i32.and (local.get $b) (i32.const 255)) (i32.const 2)))
+                                   (i32.load offset=2048 (i32.shl (i32.and (i32.shr_u (local.get $b) (i32.const 8)) (i32.const 255)) (i32.const 2))))
+                          (i32.xor (i32.load offset=1024 (i32.shl (i32.and (i32.shr_u (local.get $b) (i32.const 16)) (i32.const 255)) (i32.const 2)))
+                                   (i32.load (i32.shl (i32.shr_u (local.get $b) (i32.const 24)) (i32.const 2)))))))
+      (local.set $p (i32.add (local.get $p) (i32.const 8)))
+      (br $l)))
+    (block $done (loop $l
+      (br_if $done (i32.ge_u (local.get $p) (local.get $end)))
+      (local.set $c (i32.xor (i32.load (i32.shl (i32.and (i32.xor (local.get $c) (i32.load8_u (local.get $p))) (i32.const 255)) (i32.const 2)))
+                             (i32.shr_u (local.get $c) (i32.const 8))))
+      (local.set $p (i32.add (local.get $p) (i32.const 1)))
+      (br $l)))
+    (i32.xor (local.get $c) (i32.const -1)))
+)

@@ -1,0 +1,16 @@
+/**
+ * The wire protocol's limits the client needs, copied from core/protocol/limits.py (the one
+ * definition); test/limits.test.ts reads limits.py and fails when a number here differs.
+ */
+export const FRAME_HEADER_BYTES = 16;
+export const FRAME_BODY_BYTES_MAX = (16 << 20) + (64 << 10);
+export const REQUESTS_IN_FLIGHT_MAX = 256;
+export const STREAMS_PER_CONNECTION_MAX = 64;
+export const STREAM_WINDOW_BYTES_MAX = 64 << 20;
+export const PRODUCE_BYTES_MAX = 16 << 20;
+export const FETCH_BYTES_MAX = 8 << 20;
+export const CHAIN_STAGES_MAX = 16;
+export const SMARTMODULE_PARAMS_MAX = 64;
+export const NAME_CHARS_MAX = 255;
+export const TEXT_CHARS_MAX = 4096;
+export const TOPIC_CONFIG_ENTRIES_MAX = 64;

@@ -1,0 +1,120 @@
+/** End to end against a real SC and SPU (test/cluster.ts): produce/consume round trips. */
+import { after, before, describe, it } from "node:test";
+import assert from "node:assert/strict";
+import { execFileSync } from "node:child_process";
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { dirname, join, resolve } from "node:path";
+import { fileURLToPath } from "node:url";
+import { ClusterUnavailableError, KolkClient, NotFoundError, InvalidRequestError, Offset, SmartModuleFailedError, type ConsumerRecord } from "../src/index.js";
+import { Cluster, freePort, KOLK_BIN } from "./cluster.js";
+
+const root = resolve(dirname(fileURLToPath(import.meta.url)), "../../../..");
+
+const dec = new TextDecoder();
+
+async function take(it: AsyncIterable<ConsumerRecord>, n: number): Promise<ConsumerRecord[]> {
+  const out: ConsumerRecord[] = [];
+  if (n === 0) return out;
+  for await (const r of it) { out.push(r); if (out.length >= n) break; }
+  return out;
+}
+
+describe("a one-SPU cluster", { timeout: 50_000 }, () => {
+  const cluster = new Cluster(1);
+  let client: KolkClient;
+  before(async () => { await cluster.up(); client = new KolkClient({ sc: cluster.sc, timeoutMs: 10_000 }); });
+  after(async () => { await client?.close(); await cluster.close(); });
+
+  for (const acks of ["none", "leader", "all"] as const) {
+    it(`round trip with acks=${acks}`, { timeout: 15_000 }, async () => {
+      const topic = `rt-${acks}`;
+      await client.createTopic(topic, { partitions: 2 });
+      const p = client.producer(topic, { acks, lingerMs: 2 });
+      const metas = await Promise.all(Array.from({ length: 20 }, (_, i) => p.send(`v${i}`, { key: `k${i % 5}` })));
+      await p.close();
+      for (const m of metas) assert.equal(typeof m.offset, "bigint");
+      const got = await take(client.consumer(topic, { offset: Offset.beginning() }), 20);
+      assert.deepEqual(got.map((r) => dec.decode(r.value!)).sort(), Array.from({ length: 20 }, (_, i) => `v${i}`).sort());
+    });
+  }
+
+  it("starts at every kind of position", async () => {
+    const topic = "positions";
+    await client.createTopic(topic);
+    const p = client.producer(topic, { lingerMs: 0 });
+    const t0 = Date.now();
+    for (let i = 0; i < 10; i++) await p.send(`r${i}`, { timestamp: t0 + i * 1000 });
+    await p.close();
+    const vals = async (offset: Offset, n: number) =>
+      (await take(client.consumer(topic, { partition: 0, offset }), n)).map((r) => dec.decode(r.value!));
+    assert.deepEqual(await vals(Offset.beginning(), 3), ["r0", "r1", "r2"]);
+    assert.deepEqual(await vals(Offset.absolute(7), 3), ["r7", "r8", "r9"]);
+    assert.deepEqual(await vals(Offset.fromEnd(2), 2), ["r8", "r9"]);
+    assert.deepEqual(await vals(Offset.timestamp(t0 + 5000), 2), ["r5", "r6"]);
+    // end: only what is produced after the consumer started
+    const c = client.consumer(topic, { partition: 0, offset: Offset.end() });
+    const first = take(c, 1);
+    const p2 = client.producer(topic);
+    await new Promise((r) => setTimeout(r, 300));
+    await p2.send("after");
+    await p2.close();
+    assert.deepEqual((await first).map((r) => dec.decode(r.value!)), ["after"]);
+  });
+
+  it("an unknown topic is a NotFoundError", async () => {
+    await assert.rejects(client.producer("no-such-topic").send("x"), NotFoundError);
+  });
+
+  it("an address with nothing listening is a ClusterUnavailableError naming it", async () => {
+    const dead = `127.0.0.1:${await freePort()}`;
+    const c = new KolkClient({ sc: dead, timeoutMs: 1_500 });
+    try {
+      await assert.rejects(c.listTopics(), (e: Error) => e instanceof ClusterUnavailableError && e.message.includes(dead) && !e.message.includes("\n"));
+    } finally { await c.close(); }
+  });
+
+  it("a consumer of an unknown topic is a NotFoundError", async () => {
+    await assert.rejects(take(client.consumer("no-such-topic"), 1), NotFoundError);
+  });
+
+  it("an oversize record is refused before it is sent", async () => {
+    await client.createTopic("big");
+    await assert.rejects(client.producer("big").send(new Uint8Array(5 << 20)), (e: Error) =>
+      e instanceof InvalidRequestError && /record of \d+ bytes/.test(e.message));
+  });
+
+  it("runs a SmartModule chain on consume", async () => {
+    execFileSync(KOLK_BIN, ["smartmodule", "create", "contains", resolve(root, "smartmodule/examples/contains.c"), "--sc", cluster.sc],
+      { stdio: "pipe", timeout: 60_000 });
+    await client.createTopic("sm");
+    const p = client.producer("sm");
+    await Promise.all(["apple", "banana", "cherry", "pineapple"].map((v) => p.send(v)));
+    await p.close();
+    const got = await take(client.consumer("sm", { partition: 0, smartmodules: [{ name: "contains@1", params: { needle: "apple" } }] }), 2);
+    assert.deepEqual(got.map((r) => dec.decode(r.value!)), ["apple", "pineapple"]);
+    // a parameter the module refuses ends the stream with a typed error naming it
+    await assert.rejects(take(client.consumer("sm", { partition: 0, smartmodules: [{ name: "contains@1", params: { needel: "x" } }] }), 1),
+      (e: Error) => e instanceof SmartModuleFailedError && /needel/.test(e.message));
+  });
+
+  it("npm pack gives a tarball that installs and runs the README's example", async () => {
+    const pkg = resolve(root, "clients/node");
+    const tmp = mkdtempSync(join(tmpdir(), "kolk-node-pack-"));
+    try {
+      // dist/ is fresh: npm test built it just now (prepack would build it again).
+      const tgz = execFileSync("npm", ["pack", "--ignore-scripts", "--silent", "--pack-destination", tmp], { cwd: pkg, encoding: "utf8" }).trim().split("\n").pop()!;
+      writeFileSync(join(tmp, "package.json"), JSON.stringify({ name: "kolk-pack-check", private: true, type: "module" }));
+      execFileSync("npm", ["install", "--offline", "--no-audit", "--no-fund", "--silent", join(tmp, tgz)], { cwd: tmp, stdio: "pipe", timeout: 60_000 });
+      const readme = readFileSync(join(pkg, "README.md"), "utf8");
+      const example = /```js\n([\s\S]*?)```/.exec(readme)![1];
+      writeFileSync(join(tmp, "example.mjs"), example);
+      const out = execFileSync("node", ["example.mjs"], { cwd: tmp, encoding: "utf8", env: { ...process.env, KOLK_SC: cluster.sc }, timeout: 30_000 });
+      assert.match(out, /^0n hello$/m);
+    } finally { rmSync(tmp, { recursive: true, force: true }); }
+  });
+
+  it("a bad SmartModule chain is an InvalidRequestError", () => {
+    assert.throws(() => client.consumer("big", { smartmodules: Array.from({ length: 17 }, () => "x@1") }), InvalidRequestError);
+  });
+});
