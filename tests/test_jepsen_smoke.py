@@ -30,7 +30,7 @@ def jepsen(out: Any, *args: str) -> tuple[subprocess.CompletedProcess, dict[str,
 
 
 def test_short_run_with_kills_and_pauses_is_valid(tmp_path: Any) -> None:
-    proc, results = jepsen(tmp_path / "run", "--nemesis", "kill,pause", "--time", "40", "--seed", "1")
+    proc, results = jepsen(tmp_path / "run", "--nemesis", "kill,pause", "--time", "25", "--seed", "1")
     assert proc.returncode == 0 and results["valid"], (proc.stdout[-2000:], proc.stderr[-4000:])
     # netns mode (a host per node) wherever namespaces can be made, else the proxies (issue 22).
     assert results["net"] == ("netns" if netns_unavailable() is None else "proxy"), results["net"]

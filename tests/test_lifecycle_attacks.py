@@ -324,6 +324,7 @@ def test_small_compressed_requests_that_expand_do_not_stall_the_spu_for_other_to
 SLOW_CLEANER = ("--cleaner-bytes-per-s", "65536")  # the least allowed: ~10 s a pass over 600 KB
 
 
+@pytest.mark.long  # a throttled cleaner and a rebuilt replica: ~40 s; `make test-long`
 def test_a_replica_rebuilt_after_its_part_of_an_erasure_is_erased_again(tmp_path: Any) -> None:
     """Follower F finishes its part of an erasure (it is in ``done``) while the leader, whose
     cleaner is throttled, is still at it. F loses its disk and is rebuilt from the leader, which
