@@ -77,6 +77,8 @@ def _first_problem(source: pathlib.Path, output: str) -> str:
 def check_file(path: pathlib.Path) -> None:
     """A source file that exists and is at most SOURCE_BYTES_MAX bytes."""
     if not path.is_file():
+        if path.exists():  # a directory, FIFO or device (or a symlink to one): never opened
+            raise BuildError(f"{path} is not a regular file")
         raise BuildError(f"{path}: no such file")
     size = path.stat().st_size
     if size > SOURCE_BYTES_MAX:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 
@@ -21,7 +22,23 @@ def test_node_client_suite() -> None:
         setup = subprocess.run(["make", "-s", "node-setup"], cwd=ROOT, capture_output=True, text=True, timeout=600)
         assert setup.returncode == 0, f"make node-setup failed:\n{setup.stdout}\n{setup.stderr}"
     env = dict(os.environ, KOLK_BIN=os.path.join(os.path.dirname(sys.executable), "kolk"), KOLK_PYTHON=sys.executable)
-    r = subprocess.run(["npm", "test", "--silent"], cwd=NODE_DIR, capture_output=True, text=True,
-                       timeout=SUITE_TIMEOUT_S, env=env)
-    assert r.returncode == 0, f"npm test failed (exit {r.returncode}):\n{r.stdout[-20000:]}\n{r.stderr[-5000:]}"
-    assert "# fail 0" in r.stdout and "# pass " in r.stdout, r.stdout[-5000:]
+    # A session of its own: npm, node and the SC and SPU processes the suite starts share its process
+    # group, so a suite past its deadline (a test whose loop never yields cannot time out inside
+    # Node) is stopped whole, by that group's id, and leaves nothing running.
+    proc = subprocess.Popen(["npm", "test", "--silent"], cwd=NODE_DIR, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=SUITE_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        raise AssertionError(f"npm test ran past {SUITE_TIMEOUT_S} s and was stopped:\n{out[-20000:]}\n{err[-5000:]}")
+    finally:
+        try:  # the suite's group, its own id: whatever a failed teardown left running stops too
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        if proc.poll() is None:
+            proc.wait()
+    assert proc.returncode == 0, f"npm test failed (exit {proc.returncode}):\n{out[-20000:]}\n{err[-5000:]}"
+    assert "# fail 0" in out and "# pass " in out, out[-5000:]

@@ -44,3 +44,21 @@ def test_committed_crc32c_wasm_matches_its_source():
     assert committed.read_text() == out, (
         "clients/node/src/gen/crc32c_wasm.ts is stale: run `.venv/bin/python clients/node/tools/gen_crc32c_wasm.py "
         "> clients/node/src/gen/crc32c_wasm.ts`")
+
+
+def test_a_class_whose_parent_is_not_in_errors_py_stops_the_generator_instead_of_looping(monkeypatch):
+    """_classes() orders parents first by passes over the classes; a class whose __base__ it
+    never finds (a parent defined in another module, a mixin listed first) made that loop
+    forever. Now it names the class and stops."""
+    import pytest
+
+    from kolk.protocol import codes_export, errors
+
+    class Elsewhere(errors.KolkError):
+        pass
+
+    Elsewhere.__module__ = "somewhere.else"
+    orphan = type("OrphanError", (Elsewhere,), {"__module__": errors.__name__})
+    monkeypatch.setattr(errors, "OrphanError", orphan, raising=False)
+    with pytest.raises(SystemExit, match=r"OrphanError\(Elsewhere\)"):
+        codes_export._classes()

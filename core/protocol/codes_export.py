@@ -23,9 +23,13 @@ def _classes() -> list[type[errors.KolkError]]:
             found.append(value)
     ordered: list[type[errors.KolkError]] = []
     while len(ordered) < len(found):
+        before = len(ordered)
         for cls in found:
             if cls not in ordered and (cls is errors.KolkError or cls.__base__ in ordered):
                 ordered.append(cls)
+        if len(ordered) == before:  # a parent defined elsewhere (or a mixin first): not a loop forever
+            orphans = ", ".join(f"{c.__name__}({c.__base__.__name__})" for c in found if c not in ordered)
+            raise SystemExit(f"codes_export: errors.py classes whose parent is not an errors.py class: {orphans}")
     return ordered
 
 

@@ -10,7 +10,8 @@ import { Connection, CALL_TIMEOUT_MS, CONNECT_TIMEOUT_MS } from "./connection.js
 import { ClusterUnavailableError, InvalidRequestError, KolkError } from "./errors.js";
 import type { Object as WireObject, ScRequest, ScResponse } from "./gen/kolk.js";
 import { NAME_CHARS_MAX, TOPIC_CONFIG_ENTRIES_MAX } from "./limits.js";
-import type { TlsOptions } from "./tls.js";
+import { MalformedMessageError, reading } from "./message.js";
+import { speaksTls, type TlsOptions } from "./tls.js";
 
 export const RETRY_BACKOFF_MIN_MS = 50;
 export const RETRY_BACKOFF_MAX_MS = 1_000;
@@ -18,8 +19,17 @@ export const RETRY_BACKOFF_MAX_MS = 1_000;
 export interface KolkObject { kind: string; name: string; spec: any; status: any; version: bigint }
 
 export function objectOf(o: WireObject): KolkObject {
-  const parse = (t: string) => (t ? JSON.parse(t) : {});
-  return { kind: o.kind, name: o.name, spec: parse(o.specJson), status: parse(o.statusJson), version: o.version };
+  return reading("an object in an answer", () => {
+    const kind = o.kind, name = o.name;
+    const parse = (field: string, t: string) => {
+      try {
+        return t ? JSON.parse(t) : {};
+      } catch (e) {
+        throw new MalformedMessageError(`the SC sent ${kind} ${JSON.stringify(name.slice(0, 255))} with a ${field} that is not JSON: ${(e as Error).message}`);
+      }
+    };
+    return { kind, name, spec: parse("specJson", o.specJson), status: parse("statusJson", o.statusJson), version: o.version };
+  });
 }
 
 export const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
@@ -30,6 +40,9 @@ export class AdminClient {
   private readonly addresses: string[];
   private index = 0;
   private conn: Connection | null = null;
+  private connecting: Promise<Connection> | null = null;
+  private generation = 0; // bumped each time the client leaves a connection
+  private readonly answered = new WeakSet<Connection>(); // connections that answered a call
   readonly timeoutMs: number;
 
   constructor(sc: string | string[], private readonly opts: AdminOptions = {}) {
@@ -38,14 +51,28 @@ export class AdminClient {
     this.timeoutMs = opts.timeoutMs ?? CALL_TIMEOUT_MS;
   }
 
-  private async connect(leftMs: number): Promise<Connection> {
-    if (this.conn && !this.conn.closed) return this.conn;
+  /** The SC connection; calls that race for it share one connect (each its own would leave
+   * all but the last open, holding the process after close()). */
+  private connect(leftMs: number): Promise<Connection> {
+    if (this.conn && !this.conn.closed) return Promise.resolve(this.conn);
+    if (this.connecting) return this.connecting;
+    if (this.conn) { this.conn = null; this.generation++; } // lost: failures seen on it are old news
     const address = this.addresses[this.index % this.addresses.length];
-    this.conn = await Connection.connect(address, { tls: this.opts.tls, timeoutMs: Math.min(CONNECT_TIMEOUT_MS, leftMs) });
-    return this.conn;
+    const p = Connection.connect(address, { tls: this.opts.tls, timeoutMs: Math.min(CONNECT_TIMEOUT_MS, leftMs) }).then((c) => {
+      if (this.closed) { c.close(); throw new ClusterUnavailableError("the admin client is closed", { retriable: false }); }
+      return (this.conn = c);
+    });
+    this.connecting = p;
+    const done = () => { if (this.connecting === p) this.connecting = null; };
+    p.then(done, done);
+    return p;
   }
 
-  private drop(leader?: string | null): void {
+  /** Leaves the connection (or the failed connect) of generation `gen`: once, however many
+   * calls saw it fail, and never a newer connection another call made since. */
+  private drop(leader: string | null | undefined, gen: number): void {
+    if (gen !== this.generation) return;
+    this.generation++;
     this.conn?.close();
     this.conn = null;
     if (leader) {
@@ -64,26 +91,35 @@ export class AdminClient {
     while (Date.now() < deadline) {
       if (this.closed) throw new ClusterUnavailableError("the admin client is closed", { retriable: false });
       let conn: Connection | null = null;
+      const connecting = this.connect(deadline - Date.now());
+      const gen = this.generation; // after connect(): it may have begun a new generation
       try {
-        conn = await this.connect(deadline - Date.now());
+        conn = await connecting;
       } catch (e) {
         if (!(e instanceof ClusterUnavailableError)) throw e;
         if (!e.retriable) throw e; // a TLS refusal: retrying cannot help
         last = e;
-        this.drop();
+        this.drop(null, gen);
       }
       if (conn) {
         try {
-          return await conn.scCall(build, pick, { timeoutMs: Math.max(100, deadline - Date.now()), write });
+          const value = await conn.scCall(build, pick, { timeoutMs: Math.max(100, deadline - Date.now()), write });
+          this.answered.add(conn);
+          return value;
         } catch (e) {
           if (!(e instanceof KolkError)) throw e;
           if (e instanceof ClusterUnavailableError) {
-            this.drop();
+            this.drop(null, gen);
             if (!e.retriable) throw e;
+            if (!this.opts.tls && !this.answered.has(conn) && await speaksTls(conn.address)) {
+              // a TLS listener drops a plaintext client without a word (as Python's admin.py says)
+              throw new ClusterUnavailableError(`${conn.address} requires TLS and this client connected without it: ` +
+                "give the CA and a client certificate (tls: { caFile, certFile, keyFile })", { retriable: false });
+            }
             if (write) { e.outcomeUnknown = true; throw e; } // it may have been applied
           } else {
             if (!e.retriable || (write && e.code !== "noLeader" && e.code !== "notLeader")) throw e;
-            if (e.code === "notLeader") this.drop(e.leader);
+            if (e.code === "notLeader") this.drop(e.leader, gen);
           }
           last = e;
         }
@@ -149,7 +185,12 @@ export class AdminClient {
 
   async clusterStatus(): Promise<any> {
     const r = await this.call((q) => { q._initClusterStatus(); }, (s) => s.clusterStatus, false);
-    return JSON.parse(r.statusJson);
+    const text = reading("the cluster status", () => r.statusJson);
+    try {
+      return JSON.parse(text);
+    } catch (e) {
+      throw new MalformedMessageError(`the SC's cluster status is not JSON: ${(e as Error).message}`);
+    }
   }
 
   /** `count` producer ids: the first one (the rest follow it). */
@@ -164,9 +205,11 @@ export class AdminClient {
 }
 
 export function listOf<T>(l: $.List<T>): T[] {
-  const out: T[] = [];
-  for (let i = 0; i < l.length; i++) out.push(l.get(i));
-  return out;
+  return reading("a list in an answer", () => {
+    const out: T[] = [];
+    for (let i = 0, n = l.length; i < n; i++) out.push(l.get(i));
+    return out;
+  });
 }
 
 function checkName(what: string, name: string): void {

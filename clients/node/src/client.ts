@@ -36,8 +36,16 @@ export class KolkClient {
   private readonly conns = new Map<string, Promise<Connection>>();
 
   constructor(opts: ClientOptions) {
+    const sc: unknown = opts?.sc;
+    if (!(typeof sc === "string" ? sc : Array.isArray(sc) && sc.length)) {
+      throw new InvalidRequestError('KolkClient needs the SC address: new KolkClient({ sc: "127.0.0.1:9003" }) ' +
+        "(kolk cluster start prints it; or a list of SC addresses)");
+    }
     this.tls = opts.tls;
     this.timeoutMs = opts.timeoutMs ?? CALL_TIMEOUT_MS;
+    if (!Number.isFinite(this.timeoutMs) || this.timeoutMs <= 0) {
+      throw new InvalidRequestError(`timeoutMs is a number of ms > 0, not ${String(opts.timeoutMs)}`);
+    }
     this.admin = new AdminClient(opts.sc, { tls: opts.tls, timeoutMs: this.timeoutMs });
   }
 
@@ -59,6 +67,9 @@ export class KolkClient {
   deleteGroup(group: string): Promise<void> { return groupsAdmin.deleteGroup(this, group); }
 
   // ---- routing
+  /** The topic's partitions when they were already looked up (no I/O), else undefined. */
+  knownPartitions(topic: string): readonly Placed[] | undefined { return this.placed.get(topic); }
+
   async partitions(topic: string): Promise<Placed[]> {
     return this.placed.get(topic) ?? this.refresh(topic);
   }
@@ -90,6 +101,7 @@ export class KolkClient {
   }
 
   private reconnect(address: string): Promise<Connection> {
+    if (this.closed) return Promise.reject(new ClusterUnavailableError("the client is closed", { retriable: false }));
     const p = Connection.connect(address, { tls: this.tls, timeoutMs: Math.min(CONNECT_TIMEOUT_MS, this.timeoutMs) });
     this.conns.set(address, p);
     p.catch(() => { if (this.conns.get(address) === p) this.conns.delete(address); });
@@ -137,6 +149,9 @@ export class KolkClient {
       } catch (e) {
         if (!(e instanceof KolkError)) throw e;
         maybeWritten = maybeWritten || (write && e.outcomeUnknown);
+        // Read the leaders again on the next call too when this one gives up: a leader that hangs
+        // (no answer before the deadline) must not keep every later call on it.
+        if (e.retriable) this.forgetLeaders(topic);
         if (!e.retriable || attempt >= retries || Date.now() >= deadline) {
           if (maybeWritten && !e.outcomeUnknown) {
             e.outcomeUnknown = true;
@@ -146,7 +161,6 @@ export class KolkClient {
           }
           throw e;
         }
-        this.forgetLeaders(topic);
         await sleep(Math.min(backoff * (0.5 + Math.random()), Math.max(0, deadline - Date.now())));
         backoff = Math.min(backoff * 2, 1000);
       }

@@ -26,7 +26,8 @@ import {
 } from "./gen/kolk.js";
 import { abortError, ClusterUnavailableError, errorFromWire, KolkError, RequestTimeoutError } from "./errors.js";
 import { encodeFrame, FrameDecoder, Kind, type Frame } from "./framing.js";
-import { REQUESTS_IN_FLIGHT_MAX, STREAM_WINDOW_BYTES_MAX } from "./limits.js";
+import { FRAME_BODY_BYTES_MAX, REQUESTS_IN_FLIGHT_MAX, STREAM_WINDOW_BYTES_MAX, WRITE_BUFFER_HIGH_BYTES } from "./limits.js";
+import { readMessage, reading } from "./message.js";
 import { tlsConnectOptions, type TlsOptions } from "./tls.js";
 
 export type { TlsOptions } from "./tls.js";
@@ -80,11 +81,19 @@ export class SpuStream {
   private waiter: Waiter | null = null;
   private failure: Error | null = null;
   private ended = false;
+  // Push body bytes received and not yet granted back: past the window and one push, the
+  // server ignores the credit (docs/protocol.md "Streams") and the connection is failed.
+  private outstanding = 0;
 
-  constructor(private readonly conn: Connection, readonly id: number) {}
+  constructor(private readonly conn: Connection, readonly id: number, readonly window: number = STREAM_WINDOW_BYTES_MAX) {}
 
-  /** @internal */ deliver(frame: Frame): void {
+  /** @internal False when the server pushed past the stream's credit. */ deliver(frame: Frame): boolean {
+    if (frame.kind === Kind.PUSH) {
+      this.outstanding += frame.body.length;
+      if (this.outstanding > this.window + FRAME_BODY_BYTES_MAX) return false;
+    }
     if (this.waiter) { const w = this.waiter; this.waiter = null; w.resolve(frame); } else this.queue.push(frame);
+    return true;
   }
   /** @internal */ fail(err: Error): void {
     this.failure = err;
@@ -103,16 +112,24 @@ export class SpuStream {
     if (frame.kind === Kind.END) {
       this.ended = true;
       this.conn.forget(this.id);
-      const end = new $.Message(frame.body, false).getRoot(StreamEnd);
-      checkResult(end);
+      const what = `the END of stream ${this.id} from ${this.conn.address}`;
+      const end = readMessage(frame.body, StreamEnd, what);
+      reading(what, () => checkResult(end));
       return null;
     }
-    const push = new $.Message(frame.body, false).getRoot(Push);
-    if (push.which() !== Push_Which.STREAM) throw new KolkError(`stream ${this.id}: a push that is not a stream push`);
-    return { push: push.stream, bytes: frame.body.length };
+    const what = `a push of stream ${this.id} from ${this.conn.address}`;
+    const push = readMessage(frame.body, Push, what);
+    const stream = reading(what, () => {
+      if (push.which() !== Push_Which.STREAM) throw new KolkError(`stream ${this.id}: a push that is not a stream push`);
+      const s = push.stream;
+      void s.records.length; void s.accumulators.length; void s.highWatermark; void s.nextOffset; // read now: typed errors here
+      return s;
+    });
+    return { push: stream, bytes: frame.body.length };
   }
 
   grant(bytes: number): void {
+    this.outstanding = Math.max(0, this.outstanding - Math.max(0, bytes));
     if (!this.ended && bytes > 0) this.conn.send(encodeFrame(Kind.CREDIT, this.id, undefined, Math.min(bytes, STREAM_WINDOW_BYTES_MAX)));
   }
 
@@ -136,10 +153,15 @@ export class Connection {
   private nextId = 1;
   private inFlight = 0;
   private readonly slotWaiters: Array<() => void> = [];
+  // REQUEST frames waiting, in call order, for the server to read what was written before them:
+  // past WRITE_BUFFER_HIGH_BYTES unread, as the Python client, a call waits (within its deadline)
+  // instead of growing the socket's buffer without bound for a server that does not read.
+  private readonly unsent: Array<{ id: number; frame: Buffer }> = [];
   private failure: Error | null = null;
 
   private constructor(private readonly socket: net.Socket, readonly address: string) {
     socket.on("data", (data: Buffer) => this.onData(data));
+    socket.on("drain", () => this.sendUnsent());
     socket.on("error", (e) => this.fail(new ClusterUnavailableError(`connection to ${address} failed: ${e.message}`,
       { retriable: !isTlsRefusal(e), cause: e })));
     socket.on("close", () => this.fail(new ClusterUnavailableError(`connection to ${address} closed`)));
@@ -179,35 +201,47 @@ export class Connection {
   }
 
   spuCall<T>(build: (req: SpuRequest) => void, pick: (resp: SpuResponse) => T, opts: CallOptions = {}): Promise<T> {
-    return this.call(SpuRequest, build, async (body) => {
-      const resp = new $.Message(body, false).getRoot(SpuResponse);
-      if (resp.which() === SpuResponse_Which.REJECTED) throw wireError(resp.rejected);
-      const out = pick(resp);
-      checkResult(out);
-      return out;
+    return this.call(SpuRequest, build, async (body, id) => {
+      const what = `the answer to request ${id} from ${this.address}`;
+      const resp = readMessage(body, SpuResponse, what);
+      return reading(what, () => {
+        if (resp.which() === SpuResponse_Which.REJECTED) throw wireError(resp.rejected);
+        const out = pick(resp);
+        checkResult(out);
+        return out;
+      });
     }, opts);
   }
 
   scCall<T>(build: (req: ScRequest) => void, pick: (resp: ScResponse) => T, opts: CallOptions = {}): Promise<T> {
-    return this.call(ScRequest, build, async (body) => {
-      const resp = new $.Message(body, false).getRoot(ScResponse);
-      if (resp.which() === ScResponse_Which.REJECTED) throw wireError(resp.rejected);
-      const out = pick(resp);
-      checkResult(out);
-      return out;
+    return this.call(ScRequest, build, async (body, id) => {
+      const what = `the answer to request ${id} from ${this.address}`;
+      const resp = readMessage(body, ScResponse, what);
+      return reading(what, () => {
+        if (resp.which() === ScResponse_Which.REJECTED) throw wireError(resp.rejected);
+        const out = pick(resp);
+        checkResult(out);
+        return out;
+      });
     }, opts);
   }
 
   /** Opens an SPU `stream` (build must init `stream` with its windowBytes). */
   async openStream(build: (req: SpuRequest) => void, opts: CallOptions = {}): Promise<SpuStream> {
     let stream: SpuStream | null = null;
-    await this.call(SpuRequest, build, async (body, id) => {
-      const resp = new $.Message(body, false).getRoot(SpuResponse);
-      if (resp.which() === SpuResponse_Which.REJECTED) throw wireError(resp.rejected);
-      checkResult(resp.stream);
-      stream = new SpuStream(this, id);
+    let window = STREAM_WINDOW_BYTES_MAX;
+    await this.call(SpuRequest, (req) => { build(req); window = req.stream.windowBytes; }, async (body, id) => {
+      const what = `the answer to request ${id} from ${this.address}`;
+      const resp = readMessage(body, SpuResponse, what);
+      reading(what, () => {
+        if (resp.which() === SpuResponse_Which.REJECTED) throw wireError(resp.rejected);
+        checkResult(resp.stream);
+      });
+      stream = new SpuStream(this, id, window);
       this.streams.set(id, stream);
-      for (const f of this.early.get(id) ?? []) stream.deliver(f);
+      for (const f of this.early.get(id) ?? []) {
+        if (!stream.deliver(f)) { this.pushedPastCredit(id); break; }
+      }
       this.early.delete(id);
       return null;
     }, opts);
@@ -240,14 +274,22 @@ export class Connection {
     try {
       const frame = await new Promise<Frame>((resolve, reject) => {
         const timer = setTimeout(() => {
+          const unsent = this.unqueue(id);
           cleanup();
+          if (unsent) {
+            reject(new RequestTimeoutError(`request ${id} to ${this.address} was not sent within ${timeoutMs} ms: the server ` +
+              `has not read the ${this.socket.writableLength} bytes written before it${opts.write ? "; nothing was written" : ""}`,
+            { outcomeUnknown: false }));
+            return;
+          }
           this.send(encodeFrame(Kind.CANCEL, id));
           reject(new RequestTimeoutError(`request ${id} to ${this.address} got no answer within ${timeoutMs} ms` +
             (opts.write ? " (outcome unknown)" : ""), { outcomeUnknown: Boolean(opts.write) }));
         }, Math.max(0, deadline - Date.now()));
         const onAbort = () => {
+          const unsent = this.unqueue(id);
           cleanup();
-          this.send(encodeFrame(Kind.CANCEL, id));
+          if (!unsent) this.send(encodeFrame(Kind.CANCEL, id));
           reject(abortError());
         };
         const cleanup = () => {
@@ -258,7 +300,9 @@ export class Connection {
         this.pending.set(id, { resolve: (f) => { cleanup(); resolve(f); }, reject: (e) => { cleanup(); reject(e); } });
         opts.signal?.addEventListener("abort", onAbort, { once: true });
         if (this.failure) { cleanup(); reject(this.failure); return; }
-        this.send(encodeFrame(Kind.REQUEST, id, body));
+        const frame = encodeFrame(Kind.REQUEST, id, body);
+        if (this.unsent.length === 0 && this.socket.writableLength <= WRITE_BUFFER_HIGH_BYTES) this.send(frame);
+        else this.unsent.push({ id, frame });
       });
       const out = await handle(frame.body, id);
       keepSlot = this.streams.has(id);
@@ -266,6 +310,20 @@ export class Connection {
     } finally {
       this.early.delete(id);
       if (!keepSlot) this.release();
+    }
+  }
+
+  /** Drops request `id` from the unsent queue; true when it was there (never written). */
+  private unqueue(id: number): boolean {
+    const i = this.unsent.findIndex((u) => u.id === id);
+    if (i < 0) return false;
+    this.unsent.splice(i, 1);
+    return true;
+  }
+
+  private sendUnsent(): void {
+    while (this.unsent.length > 0 && !this.failure && this.socket.writableLength <= WRITE_BUFFER_HIGH_BYTES) {
+      this.send(this.unsent.shift()!.frame);
     }
   }
 
@@ -318,8 +376,9 @@ export class Connection {
         this.pending.get(f.id)?.resolve(f);
       } else if (f.kind === Kind.PUSH || f.kind === Kind.END) {
         const stream = this.streams.get(f.id);
-        if (stream) stream.deliver(f);
-        else if (answered.has(f.id)) this.early.set(f.id, [...(this.early.get(f.id) ?? []), f]);
+        if (stream) {
+          if (!stream.deliver(f)) { this.pushedPastCredit(f.id); return; }
+        } else if (answered.has(f.id)) this.early.set(f.id, [...(this.early.get(f.id) ?? []), f]);
       } else {
         this.fail(new ClusterUnavailableError(`connection to ${this.address}: the server sent a frame of kind ${f.kind}`));
         return;
@@ -327,13 +386,19 @@ export class Connection {
     }
   }
 
+  private pushedPastCredit(id: number): void {
+    this.fail(new ClusterUnavailableError(`connection to ${this.address}: the server pushed past the credit of stream ${id}`));
+  }
+
   private fail(err: Error): void {
     if (this.failure) return;
     this.failure = err;
+    const unsent = new Set(this.unsent.splice(0).map((u) => u.id));
     this.socket.destroy();
     // Each pending call gets its own error: a request already sent may have been applied.
-    for (const w of [...this.pending.values()]) {
-      w.reject(new ClusterUnavailableError(`${err.message} before request answered`, { outcomeUnknown: true }));
+    for (const [id, w] of [...this.pending.entries()]) {
+      w.reject(unsent.has(id) ? new ClusterUnavailableError(`${err.message} before request sent`, { outcomeUnknown: false })
+        : new ClusterUnavailableError(`${err.message} before request answered`, { outcomeUnknown: true }));
     }
     this.pending.clear();
     for (const s of this.streams.values()) s.fail(err);

@@ -16,22 +16,35 @@ import { normalizeChain, writeChain, type ChainStage, type Stage } from "./smart
 
 export const RETRY_BACKOFF_MS = 200;
 export const REOPENS_MAX = 50; // reopens in a row without a push before the error surfaces
+/** With no push for this long, check that the stream's SPU still answers and leads (Python's
+ * IDLE_PROBE_S): a leader that hangs sends no END and no error, and its stream would wait forever. */
+export const IDLE_PROBE_MS = 1_000;
+export const PROBE_TIMEOUT_MS = 5_000;
 
 export class Offset {
   private constructor(readonly kind: "beginning" | "end" | "absolute" | "fromEnd" | "timestamp", readonly value: bigint = 0n) {}
   static beginning(): Offset { return new Offset("beginning"); }
   static end(): Offset { return new Offset("end"); }
   static absolute(n: bigint | number): Offset {
-    const v = BigInt(n);
+    const v = int64("an absolute offset", n);
     if (v < 0n) throw new InvalidRequestError(`an absolute offset is >= 0, got ${v}`);
     return new Offset("absolute", v);
   }
   static fromEnd(n: bigint | number): Offset {
-    const v = BigInt(n);
+    const v = int64("fromEnd's n", n);
     if (v < 0n) throw new InvalidRequestError(`fromEnd takes n >= 0, got ${v}`);
     return new Offset("fromEnd", v);
   }
-  static timestamp(ms: number): Offset { return new Offset("timestamp", BigInt(ms)); }
+  static timestamp(ms: number): Offset { return new Offset("timestamp", int64("a timestamp (ms)", ms)); }
+}
+
+/** An offset or timestamp as the wire's Int64: a bigint or a safe integer (not NaN, 1.5, "3"). */
+function int64(what: string, n: unknown): bigint {
+  const v = typeof n === "bigint" ? n : typeof n === "number" && Number.isSafeInteger(n) ? BigInt(n) : null;
+  if (v === null || v >= 2n ** 63n || v < -(2n ** 63n)) {
+    throw new InvalidRequestError(`${what} is an integer (a bigint, or a number up to 2^53), not ${typeof n === "string" ? JSON.stringify(n) : String(n)}`);
+  }
+  return v;
 }
 
 export interface ConsumerOptions {
@@ -44,6 +57,7 @@ class PartitionStream {
   conn: Connection | null = null;
   highWatermark = -1n;
   accumulators: Uint8Array[] | null = null;
+  private waiting: ReturnType<SpuStream["next"]> | null = null; // the stream's next push, across probes
   constructor(private readonly c: Consumer, readonly partition: number, public offset: bigint) {}
 
   private async open(): Promise<void> {
@@ -60,18 +74,38 @@ class PartitionStream {
         const acc = this.accumulators?.[i];
         if (acc) { const inv = list.get(i); inv.hasAccumulator = true; inv._initAccumulator(acc.length).copyBuffer(acc); }
       });
-    }, { timeoutMs: client.timeoutMs, signal: this.c.signal });
+    }, { timeoutMs: client.timeoutMs, signal: this.c.stopper.signal });
   }
 
-  close(): void { this.stream?.cancel(); this.stream = null; }
+  close(): void { this.stream?.cancel(); this.stream = null; this.waiting = null; }
+
+  /** The stream's next push, or "idle" after IDLE_PROBE_MS without one once the leader has
+   * answered an `offsets` probe (a failed probe throws: the stream is opened again). */
+  private async nextOrIdle(): Promise<Awaited<ReturnType<SpuStream["next"]>> | "idle"> {
+    if (this.waiting === null) {
+      this.waiting = this.stream!.next();
+      this.waiting.catch(() => undefined); // awaited below, or dropped with its stream
+    }
+    let timer: NodeJS.Timeout | undefined;
+    const idle = new Promise<"idle">((r) => { timer = setTimeout(() => r("idle"), IDLE_PROBE_MS); });
+    const got = await Promise.race([this.waiting, idle]).finally(() => clearTimeout(timer));
+    if (got !== "idle") { this.waiting = null; return got; }
+    const { topic } = this.c;
+    const r = await this.conn!.spuCall((q) => { const o = q._initOffsets(); o.topic = topic; o.partition = this.partition; },
+      (s) => s.offsets, { timeoutMs: PROBE_TIMEOUT_MS, signal: this.c.stopper.signal });
+    this.highWatermark = r.highWatermark;
+    return "idle";
+  }
 
   /** The records of the next push (possibly none: a keepalive), reopening a broken stream. */
   async next(): Promise<ConsumerRecord[]> {
     let reopens = 0;
     for (;;) {
+      if (this.c.stopper.signal.aborted) throw abortError("the consumer was closed");
       try {
         if (this.stream === null) await this.open();
-        const got = await this.stream!.next();
+        const got = await this.nextOrIdle();
+        if (got === "idle") return []; // the leader answered: as a keepalive
         if (got === null) { this.stream = null; continue; } // ended ok (e.g. leader stepped down): reopen
         const { push, bytes } = got;
         const start = this.offset;
@@ -80,14 +114,15 @@ class PartitionStream {
           this.accumulators = [];
           for (let i = 0; i < push.accumulators.length; i++) this.accumulators.push(new Uint8Array(push.accumulators.get(i).toUint8Array()));
         }
-        const data = new Uint8Array(push.records.toUint8Array());
+        // A view, not a copy: capnp-es already copied the message's segments out of the frame.
+        const data = push.records.toUint8Array();
         if (push.nextOffset > this.offset) this.offset = push.nextOffset;
         this.stream!.grant(bytes); // taken: the SPU may send as much again
         return data.length ? decodeBatches(data, this.partition, start) : [];
       } catch (e) {
         this.close();
         if (!(e instanceof KolkError) || !e.retriable || e instanceof TooManyStreamsError || e instanceof OverloadedError ||
-            e instanceof OffsetOutOfRangeError || this.c.signal?.aborted || ++reopens > REOPENS_MAX) throw e;
+            e instanceof OffsetOutOfRangeError || this.c.stopper.signal.aborted || ++reopens > REOPENS_MAX) throw e;
         if (!(e instanceof PartitionOfflineError)) this.conn?.close();
         this.c.client.forgetLeaders(this.c.topic);
         await new Promise((r) => setTimeout(r, RETRY_BACKOFF_MS));
@@ -103,9 +138,15 @@ export class Consumer implements AsyncIterable<ConsumerRecord> {
   private pending = new Map<PartitionStream, Promise<[PartitionStream, ConsumerRecord[]]>>();
   private closed = false;
   private readonly aborted: Promise<never>;
+  private onAbort: (() => void) | null = null; // removed by close(): a long-lived signal keeps no closed consumer
+  /** @internal Aborted by close(): ends each stream's open, reopen or wait, so none is left open. */
+  readonly stopper = new AbortController();
 
   constructor(readonly client: KolkClient, readonly topic: string, o: ConsumerOptions = {}) {
     this.partition = o.partition; this.start = o.offset ?? Offset.beginning();
+    if (!(this.start instanceof Offset)) {
+      throw new InvalidRequestError(`offset is Offset.beginning(), Offset.end(), Offset.absolute(n), Offset.fromEnd(n) or Offset.timestamp(ms), not ${String(o.offset)}`);
+    }
     this.isolation = o.isolation ?? "committed";
     if (this.isolation !== "committed" && this.isolation !== "uncommitted") {
       throw new InvalidRequestError(`isolation is committed or uncommitted, not ${JSON.stringify(this.isolation)}`);
@@ -117,7 +158,8 @@ export class Consumer implements AsyncIterable<ConsumerRecord> {
     }
     this.signal = o.signal;
     this.aborted = new Promise<never>((_, reject) => {
-      this.signal?.addEventListener("abort", () => { this.close(); reject(abortError()); }, { once: true });
+      this.onAbort = () => { this.close(); reject(abortError()); };
+      this.signal?.addEventListener("abort", this.onAbort, { once: true });
     });
     this.aborted.catch(() => undefined);
   }
@@ -156,19 +198,43 @@ export class Consumer implements AsyncIterable<ConsumerRecord> {
     if (this.signal?.aborted) throw abortError();
     if (this.closed) throw new InvalidRequestError("the consumer is closed");
     const streams = await this.resolve();
+    if (this.closed) throw abortError("the consumer was closed"); // while it looked its partitions up
     for (const s of streams) {
       if (!this.pending.has(s)) this.pending.set(s, s.next().then((r) => [s, r] as [PartitionStream, ConsumerRecord[]]));
     }
-    const [s, records] = await Promise.race([...this.pending.values(), this.aborted]);
+    const [s, records] = await this.first([...this.pending.values()]);
     this.pending.delete(s);
     return records;
+  }
+
+  /** The first of `racers` to settle, or an AbortError once the signal fires. Not a race
+   * against `this.aborted`: a promise that never settles keeps one reaction per race, and each
+   * reaction keeps that call's records alive (every record read, for as long as the consumer
+   * lives). The abort listener is removed when the race ends. */
+  private first<T>(racers: Promise<T>[]): Promise<T> {
+    const signal = this.signal;
+    if (!signal) return Promise.race(racers);
+    return new Promise<T>((resolve, reject) => {
+      if (signal.aborted) { reject(abortError()); return; }
+      const onAbort = () => reject(abortError());
+      signal.addEventListener("abort", onAbort, { once: true });
+      Promise.race(racers).then((v) => { signal.removeEventListener("abort", onAbort); resolve(v); },
+        (e) => { signal.removeEventListener("abort", onAbort); reject(e); });
+    });
   }
 
   /** Each non-empty push's records as one array. */
   async *batches(): AsyncGenerator<ConsumerRecord[]> {
     try {
-      for (;;) {
-        const b = await this.nextBatch();
+      // close() ends the iteration (as Python's consumer); only the abort signal rejects it
+      while (!this.closed) {
+        let b: ConsumerRecord[];
+        try {
+          b = await this.nextBatch();
+        } catch (e) {
+          if (this.closed && !this.signal?.aborted) return;
+          throw e;
+        }
         if (b.length) yield b;
       }
     } finally {
@@ -183,6 +249,8 @@ export class Consumer implements AsyncIterable<ConsumerRecord> {
   close(): void {
     if (this.closed) return;
     this.closed = true;
+    if (this.onAbort) this.signal?.removeEventListener("abort", this.onAbort);
+    this.stopper.abort();
     for (const s of this.streams ?? []) s.close();
     for (const p of this.pending.values()) p.catch(() => undefined);
     this.pending.clear();

@@ -48,7 +48,7 @@ export class FrameDecoder {
     const frames: Frame[] = [];
     for (;;) {
       if (this.size < FRAME_HEADER_BYTES) break;
-      const head = this.peek(FRAME_HEADER_BYTES);
+      const head = this.peek();
       const length = head.readUInt32LE(0);
       const kind = head.readUInt8(8);
       if (kind < Kind.REQUEST || kind > Kind.CREDIT) throw new FramingError(`unknown frame kind ${kind}`);
@@ -57,27 +57,58 @@ export class FrameDecoder {
         throw new FramingError(`frame body of ${length} bytes announced; the limit is ${this.bodyBytesMax}`);
       }
       if (this.size < FRAME_HEADER_BYTES + length) break;
-      const whole = this.take(FRAME_HEADER_BYTES + length);
-      frames.push({
-        kind, id: head.readUInt32LE(4), credit: head.readUInt32LE(12),
-        body: new Uint8Array(whole.buffer, whole.byteOffset + FRAME_HEADER_BYTES, length),
-      });
+      const id = head.readUInt32LE(4);
+      const credit = head.readUInt32LE(12);
+      const first = this.chunks[0];
+      let body: Uint8Array;
+      if (first.length >= FRAME_HEADER_BYTES + length) {
+        // The whole frame in one chunk: the body is a view of it.
+        body = new Uint8Array(first.buffer, first.byteOffset + FRAME_HEADER_BYTES, length);
+        this.drop(FRAME_HEADER_BYTES + length, null);
+      } else {
+        // A frame over several chunks: its body is copied once, into an ArrayBuffer of its own
+        // (so a reader can take the ArrayBuffer whole; readMessage does: capnp-es copies a view).
+        this.drop(FRAME_HEADER_BYTES, null);
+        body = new Uint8Array(Buffer.allocUnsafeSlow(length).buffer, 0, length);
+        this.drop(length, body);
+      }
+      frames.push({ kind, id, credit, body });
     }
     return frames;
   }
 
-  private peek(n: number): Buffer {
-    if (this.chunks[0].length >= n) return this.chunks[0].subarray(0, n);
-    this.chunks = [Buffer.concat(this.chunks)];
-    return this.chunks[0].subarray(0, n);
+  /** The next frame header's 16 bytes, without taking them: a view of the first chunk, or a
+   * copy when the header straddles chunks. */
+  private peek(): Buffer {
+    const first = this.chunks[0];
+    if (first.length >= FRAME_HEADER_BYTES) return first.subarray(0, FRAME_HEADER_BYTES);
+    const head = Buffer.allocUnsafe(FRAME_HEADER_BYTES);
+    let at = 0;
+    for (let i = 0; at < FRAME_HEADER_BYTES; i++) {
+      const c = this.chunks[i];
+      const n = Math.min(c.length, FRAME_HEADER_BYTES - at);
+      head.set(c.subarray(0, n), at);
+      at += n;
+    }
+    return head;
   }
 
-  private take(n: number): Buffer {
-    if (this.chunks[0].length < n) this.chunks = [Buffer.concat(this.chunks)];
-    const first = this.chunks[0];
-    const out = first.subarray(0, n);
-    if (first.length === n) this.chunks.shift(); else this.chunks[0] = first.subarray(n);
+  /** Takes `n` buffered bytes off the front, copying them into `into` when one is given. */
+  private drop(n: number, into: Uint8Array | null): void {
     this.size -= n;
-    return out;
+    let at = 0;
+    while (n > 0) {
+      const c = this.chunks[0];
+      if (c.length <= n) {
+        into?.set(c, at);
+        this.chunks.shift();
+        at += c.length;
+        n -= c.length;
+      } else {
+        into?.set(c.subarray(0, n), at);
+        this.chunks[0] = c.subarray(n);
+        n = 0;
+      }
+    }
   }
 }

@@ -12,3 +12,4 @@ export { normalizeChain, type ChainStage } from "./smartmodules.js";
 export * from "./errors.js";
 export type { ConsumerRecord, ProducerRecord, Header, Codec } from "./records.js";
 export * as limits from "./limits.js";
+export { MalformedMessageError } from "./message.js";

@@ -14,3 +14,8 @@ export const SMARTMODULE_PARAMS_MAX = 64;
 export const NAME_CHARS_MAX = 255;
 export const TEXT_CHARS_MAX = 4096;
 export const TOPIC_CONFIG_ENTRIES_MAX = 64;
+/** The reader of a message from the server: traversal limit 8 words per body word, at least 128 Ki words. */
+export const TRAVERSAL_WORDS_PER_BODY_WORD = 8;
+export const TRAVERSAL_WORDS_MIN = 1 << 17;
+/** Bytes written to a connection and not yet read by the server past which calls wait their turn. */
+export const WRITE_BUFFER_HIGH_BYTES = 4 << 20;

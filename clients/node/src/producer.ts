@@ -37,12 +37,44 @@ export interface RecordMetadata { topic: string; partition: number; offset: bigi
 
 interface Batch {
   partition: number; records: ProducerRecord[]; nbytes: number;
-  waiters: Array<{ resolve: (m: RecordMetadata) => void; reject: (e: Error) => void }>;
+  /** Each record's promise's settle functions, in record order (two arrays: no object per record). */
+  resolves: Array<(m: RecordMetadata) => void>; rejects: Array<(e: Error) => void>;
   timer: NodeJS.Timeout | null;
 }
 
 const bytes = (x: Uint8Array | string | null | undefined): Uint8Array | null =>
   x === undefined || x === null ? null : typeof x === "string" ? new TextEncoder().encode(x) : x;
+
+/** A record's fields are what the wire carries: found at send(), not in a batch whose other
+ * records would then fail with it. */
+function checkRecord(key: unknown, value: unknown, opts: SendOptions): void {
+  const what = (x: unknown) => (x === null ? "null" : typeof x === "object" ? (x as object).constructor?.name ?? "object" : typeof x);
+  if (value !== null && !(value instanceof Uint8Array)) {
+    throw new InvalidRequestError(`a record's value is a Uint8Array, a string or null, not ${what(value)}`);
+  }
+  if (key !== null && !(key instanceof Uint8Array)) {
+    throw new InvalidRequestError(`a record's key is a Uint8Array, a string or null, not ${what(key)}`);
+  }
+  if (opts.timestamp !== undefined && !Number.isSafeInteger(opts.timestamp)) {
+    throw new InvalidRequestError(`a record's timestamp is an integer of ms since the epoch, not ${String(opts.timestamp)}`);
+  }
+  const hs = opts.headers;
+  if (hs === undefined) return;
+  if (!Array.isArray(hs)) throw new InvalidRequestError(`a record's headers are a list of {key, value}, not ${what(hs)}`);
+  for (const h of hs) {
+    if (h === null || typeof h !== "object" || typeof h.key !== "string" ||
+        (h.value !== null && h.value !== undefined && !(h.value instanceof Uint8Array))) {
+      throw new InvalidRequestError("a record's header is {key: string, value: Uint8Array | null}");
+    }
+  }
+}
+
+/** A promise executor shared by every send(): it hands the settle functions over in `captured`
+ * (read right after `new Promise(capture)`), so no closure is made per record. */
+const captured: { resolve: ((m: RecordMetadata) => void) | null; reject: ((e: Error) => void) | null } = { resolve: null, reject: null };
+function capture(resolve: (m: RecordMetadata) => void, reject: (e: Error) => void): void {
+  captured.resolve = resolve; captured.reject = reject;
+}
 
 export function partitionForKey(key: Uint8Array, count: number): number { return crc32c(key) % count; }
 
@@ -60,10 +92,13 @@ export class Producer {
   private readonly ids = new Map<number, { pid: Promise<bigint>; seq: number }>();
   private readonly idle: Array<() => void> = [];
   private closed = false;
+  private counting: Promise<number> | null = null; // the one lookup of the partition count
+  private entering = 0; // send() calls not yet in a batch (waiting for room or the count)
+  private entered: Array<() => void> = [];
 
   constructor(private readonly client: KolkClient, readonly topic: string, o: ProducerOptions = {}) {
     this.acks = o.acks ?? "all";
-    if (!(this.acks in ACKS)) throw new InvalidRequestError(`acks must be one of none, leader, all; got ${JSON.stringify(this.acks)}`);
+    if (typeof this.acks !== "string" || !Object.hasOwn(ACKS, this.acks)) throw new InvalidRequestError(`acks must be one of none, leader, all; got ${JSON.stringify(this.acks)}`);
     this.compression = o.compression ?? "none";
     if (!["none", "gzip", "zstd"].includes(this.compression)) {
       throw new InvalidRequestError(`compression must be one of none, gzip, zstd; got ${JSON.stringify(this.compression)}`);
@@ -76,6 +111,13 @@ export class Producer {
         this.batchBytes > PRODUCE_BYTES_MAX || !(this.lingerMs >= 0)) {
       throw new InvalidRequestError("need 1 <= maxInFlight <= 64, 1 KiB <= batchBytes <= 16 MiB, bufferBytes >= batchBytes, lingerMs >= 0");
     }
+    // NaN passes every comparison above, and an unbounded buffer is no buffer: whole numbers only.
+    for (const [name, v] of [["maxInFlight", this.maxInFlight], ["batchBytes", this.batchBytes], ["bufferBytes", this.bufferBytes],
+      ["lingerMs", this.lingerMs], ["timeoutMs", this.timeoutMs], ["retries", this.retries]] as Array<[string, number]>) {
+      if (!(name === "lingerMs" ? Number.isFinite(v) : Number.isSafeInteger(v)) || v < 0 || (name === "timeoutMs" && v < 1)) {
+        throw new InvalidRequestError(`${name} is a whole number${name === "timeoutMs" ? " >= 1" : " >= 0"}, not ${String(v)}`);
+      }
+    }
     this.chain = normalizeChain(o.smartmodules);
     this.idempotent = o.idempotent ?? (this.acks === "all" && this.chain.length === 0);
     if (this.idempotent && this.chain.length) {
@@ -87,19 +129,36 @@ export class Producer {
     if (this.idempotent && this.acks !== "all") {
       throw new InvalidRequestError("an idempotent producer needs acks 'all': with fewer acks a failover can lose a batch and leave a gap in the sequence (pass idempotent: false)");
     }
+    // Partitions the client already looked up: send() then takes its fast path from the first call.
+    this.count = client.knownPartitions(topic)?.length ?? null;
   }
 
   /** Queues one record; resolves to its partition and offset once acknowledged. */
-  async send(value: Uint8Array | string | null, opts: SendOptions = {}): Promise<RecordMetadata> {
+  send(value: Uint8Array | string | null, opts: SendOptions = {}): Promise<RecordMetadata> {
+    // Not an async function: the fast path makes one promise per record, not three (an async
+    // function's own, and the one it resolves with); every refusal is still a rejected promise.
+    try {
+      return this.place(value, opts);
+    } catch (e) {
+      return Promise.reject(e);
+    }
+  }
+
+  private place(value: Uint8Array | string | null, opts: SendOptions): Promise<RecordMetadata> {
     if (this.closed) throw new InvalidRequestError("the producer is closed");
     const key = bytes(opts.key); const val = bytes(value);
+    checkRecord(key, val, opts);
     let size = RECORD_OVERHEAD_BYTES + (key?.length ?? 0) + (val?.length ?? 0);
-    for (const h of opts.headers ?? []) size += 8 + h.key.length + (h.value?.length ?? 0);
+    for (const h of opts.headers ?? []) size += 8 + Buffer.byteLength(h.key, "utf8") + (h.value?.length ?? 0);
     if (size > RECORD_BYTES_MAX) {
       throw new InvalidRequestError(`a record of ${size} bytes is more than the largest batch an SPU accepts (${RECORD_BYTES_MAX} bytes with its header)`);
     }
-    while (this.buffered >= this.bufferBytes) await new Promise<void>((r) => this.roomWaiters.push(r));
-    const count = this.count ?? (this.count = (await this.client.partitions(this.topic)).length);
+    if (this.count !== null && this.buffered < this.bufferBytes && this.entering === 0) return this.append(key, val, opts, size, this.count);
+    return this.enter().then((count) => this.append(key, val, opts, size, count));
+  }
+
+  /** Puts one checked record into its partition's open batch. */
+  private append(key: Uint8Array | null, val: Uint8Array | null, opts: SendOptions, size: number, count: number): Promise<RecordMetadata> {
     let partition = opts.partition;
     if (partition === undefined) {
       partition = key !== null && this.partitioner === "key" ? partitionForKey(key, count) : (this.rr++ % count);
@@ -109,24 +168,49 @@ export class Producer {
     let batch = this.open.get(partition);
     if (batch && batch.nbytes + size > this.batchBytes) { this.seal(partition); batch = undefined; }
     if (!batch) {
-      batch = { partition, records: [], nbytes: 0, waiters: [], timer: null };
+      batch = { partition, records: [], nbytes: 0, resolves: [], rejects: [], timer: null };
       this.open.set(partition, batch);
       const p = partition;
       batch.timer = setTimeout(() => this.seal(p), this.lingerMs);
     }
-    batch.records.push({ key, value: val, headers: opts.headers ?? [], timestamp: opts.timestamp ?? Date.now() });
+    batch.records.push({ key, value: val, headers: opts.headers, timestamp: opts.timestamp ?? Date.now() });
     batch.nbytes += size;
     this.buffered += size;
-    const done = new Promise<RecordMetadata>((resolve, reject) => batch!.waiters.push({ resolve, reject }));
+    const done = new Promise<RecordMetadata>(capture);
+    batch.resolves.push(captured.resolve!); batch.rejects.push(captured.reject!);
     if (batch.nbytes >= this.batchBytes || this.lingerMs === 0) this.seal(partition);
     return done;
   }
 
-  /** Sends what waits and resolves once every record sent so far has its answer. */
+  /** The slow way into send(): waits for buffer room and the partition count (one lookup for
+   * every send that races for it). Counted in `entering` until the caller's record is in a
+   * batch (the next turn of the event loop), so that flush() waits for it too. */
+  private async enter(): Promise<number> {
+    this.entering++;
+    try {
+      while (this.buffered >= this.bufferBytes) await new Promise<void>((r) => this.roomWaiters.push(r));
+      if (this.count !== null) return this.count;
+      if (this.counting === null) {
+        const c = this.client.partitions(this.topic).then((parts) => (this.count = parts.length));
+        this.counting = c;
+        c.catch(() => { if (this.counting === c) this.counting = null; }); // the next send asks again
+      }
+      return await this.counting;
+    } finally {
+      // Counted out on the next turn of the loop: by then send() has put the record in its batch.
+      setImmediate(() => { if (--this.entering === 0) for (const w of this.entered.splice(0)) w(); });
+    }
+  }
+
+  /** Sends what waits and resolves once every record sent so far has its answer (send()s still
+   * waiting for buffer room or the topic's partition count included). */
   async flush(): Promise<void> {
-    for (const p of [...this.open.keys()]) this.seal(p);
-    while ([...this.inFlight.values()].some((n) => n > 0) || [...this.ready.values()].some((q) => q.length > 0)) {
-      await new Promise<void>((r) => this.idle.push(r));
+    for (;;) {
+      for (const p of [...this.open.keys()]) this.seal(p);
+      if (this.entering > 0) await new Promise<void>((r) => this.entered.push(r));
+      else if ([...this.inFlight.values()].some((n) => n > 0) || [...this.ready.values()].some((q) => q.length > 0)) {
+        await new Promise<void>((r) => this.idle.push(r));
+      } else return;
     }
   }
 
@@ -190,11 +274,13 @@ export class Producer {
           writeChain(p._initSmartmodules(this.chain.length), this.chain);
         }, (s) => s.produce, { timeoutMs: left, write: true });
       }, this.retries, true, deadline);
-      batch.waiters.forEach((w, i) => w.resolve({ topic: this.topic, partition, offset: r.baseOffset + BigInt(i) }));
+      // One read of the answer's base offset: each capnp-es getter call builds pointer objects.
+      const base = r.baseOffset;
+      batch.resolves.forEach((resolve, i) => resolve({ topic: this.topic, partition, offset: base + BigInt(i) }));
     } catch (e) {
       if (this.idempotent) this.ids.delete(partition); // a gap in the sequence: a fresh id next
       const err = e instanceof KolkError ? e : new KolkError(String((e as Error)?.message ?? e));
-      batch.waiters.forEach((w) => w.reject(err));
+      batch.rejects.forEach((reject) => reject(err));
     } finally {
       this.buffered -= batch.nbytes;
       while (this.buffered < this.bufferBytes && this.roomWaiters.length) this.roomWaiters.shift()!();

@@ -300,9 +300,42 @@ export function decodeBatches(data: Uint8Array, partition: number, fromOffset = 
   return out;
 }
 
+/** The fast path of docs/format.md "Records": when every record of the section has no key, no
+ * headers and a value of one size V, the records sit at a stride of 29 + V and each needs only
+ * its four fixed fields compared. Returns false, having added nothing, for any other section
+ * (or a malformed one): decodeSection then decodes record by record and names what is wrong. */
+function decodeStrided(body: Uint8Array, v: DataView, h: BatchHeader, partition: number, fromOffset: bigint,
+                       out: ConsumerRecord[]): boolean {
+  const n = body.length;
+  const count = h.recordCount;
+  if (n < RECORD_FIXED) return false;
+  const length = v.getUint32(0, true);
+  const vlen = length - RECORD_LENGTH_MIN;
+  const stride = 4 + length;
+  if (vlen < 0 || stride * count !== n || v.getInt32(17, true) !== -1 || v.getInt32(21, true) !== vlen) return false;
+  // Check every record before making any: a failed check leaves `out` as it was.
+  for (let p = 0; p < n; p += stride) {
+    if (v.getUint32(p, true) !== length || v.getInt32(p + 17, true) !== -1 || v.getInt32(p + 21, true) !== vlen ||
+        v.getUint32(p + 25 + vlen, true) !== 0) return false;
+  }
+  const ab = body.buffer;
+  const at = body.byteOffset + 25;
+  const base = h.baseOffset;
+  const first = h.firstTimestamp;
+  const skip = base < fromOffset; // only then can a record be before fromOffset
+  for (let p = 0; p < n; p += stride) {
+    const offsetDelta = v.getUint32(p + 13, true);
+    const offset = base + (offsetDelta < DELTAS.length ? DELTAS[offsetDelta] : BigInt(offsetDelta));
+    if (skip && offset < fromOffset) continue;
+    out.push({ partition, offset, timestamp: first + readI64(v, p + 5), key: null, value: new Uint8Array(ab, at + p, vlen), headers: NO_HEADERS });
+  }
+  return true;
+}
+
 function decodeSection(body: Uint8Array, h: BatchHeader, pos: number, partition: number, fromOffset: bigint,
                        out: ConsumerRecord[]): void {
   const v = new DataView(body.buffer, body.byteOffset, body.length);
+  if (decodeStrided(body, v, h, partition, fromOffset, out)) return;
   // Views made with the constructor: measurably cheaper per record than subarray().
   const ab = body.buffer;
   const at = body.byteOffset;

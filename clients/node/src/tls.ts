@@ -4,6 +4,9 @@
  * this client's certificate and key. PEM text or file paths.
  */
 import { readFileSync } from "node:fs";
+import * as net from "node:net";
+import { Duplex } from "node:stream";
+import * as tls from "node:tls";
 import type { ConnectionOptions } from "node:tls";
 import { InvalidRequestError } from "./errors.js";
 
@@ -37,4 +40,42 @@ export function tlsConnectOptions(tls: TlsOptions, host: string): ConnectionOpti
     servername: tls.servername ?? (isIp ? undefined : host),
     // Kolk's dev certificates name 127.0.0.1 / localhost in their SANs; node checks IPs too.
   };
+}
+
+/** How long `speaksTls` waits for an answer (Python's TLS_PROBE_TIMEOUT_S). */
+export const TLS_PROBE_TIMEOUT_MS = 1_000;
+
+/** Whether `address` answers a TLS ClientHello with a TLS record (handshake or alert), as
+ * Python's `speaks_tls` (core/client/admin.py). Asked only after a plaintext connection closed
+ * before any answer: a TLS listener drops a plaintext client without a word, which looks like a
+ * server going away and would be retried until the deadline. No certificate is checked: nothing
+ * is sent after the hello, and the answer only decides which error to report. */
+export function speaksTls(address: string, timeoutMs = TLS_PROBE_TIMEOUT_MS): Promise<boolean> {
+  const i = address.lastIndexOf(":");
+  const host = address.slice(0, i).replace(/^\[|\]$/g, "");
+  const port = Number(address.slice(i + 1));
+  return new Promise<boolean>((resolveProbe) => {
+    let raw: net.Socket | null = null;
+    let wrapped: tls.TLSSocket | null = null;
+    const done = (v: boolean) => {
+      clearTimeout(timer);
+      raw?.destroy(); wrapped?.destroy(); capture.destroy();
+      resolveProbe(v);
+    };
+    const timer = setTimeout(() => done(false), timeoutMs);
+    // node:tls writes its ClientHello into this stream; the probe sends those bytes on a plain socket
+    const capture = new Duplex({
+      read() { /* nothing comes back this way */ },
+      write(chunk: Buffer, _enc, cb) {
+        cb();
+        if (raw) return;
+        raw = net.connect({ host, port }, () => raw!.write(chunk));
+        raw.once("data", (head: Buffer) => done(head.length >= 2 && (head[0] === 21 || head[0] === 22) && head[1] === 3));
+        raw.on("error", () => done(false));
+        raw.on("close", () => done(false));
+      },
+    });
+    wrapped = tls.connect({ socket: capture, rejectUnauthorized: false });
+    wrapped.on("error", () => undefined);
+  });
 }

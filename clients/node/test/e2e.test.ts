@@ -6,7 +6,10 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
+import v8 from "node:v8";
+import { runInNewContext } from "node:vm";
 import { ClusterUnavailableError, KolkClient, NotFoundError, InvalidRequestError, Offset, SmartModuleFailedError, type ConsumerRecord } from "../src/index.js";
+import { PartitionReader } from "../src/groups/stream.js";
 import { Cluster, freePort, KOLK_BIN } from "./cluster.js";
 
 const root = resolve(dirname(fileURLToPath(import.meta.url)), "../../../..");
@@ -111,10 +114,98 @@ describe("a one-SPU cluster", { timeout: 50_000 }, () => {
       writeFileSync(join(tmp, "example.mjs"), example);
       const out = execFileSync("node", ["example.mjs"], { cwd: tmp, encoding: "utf8", env: { ...process.env, KOLK_SC: cluster.sc }, timeout: 30_000 });
       assert.match(out, /^0n hello$/m);
+      // the same example type-checks as strict TypeScript against the installed declarations
+      // (the default lib: DOM's TextDecoder is stricter than @types/node's)
+      writeFileSync(join(tmp, "example.ts"), example);
+      const tsc = join(pkg, "node_modules/.bin/tsc");
+      execFileSync(tsc, ["--noEmit", "--strict", "--skipLibCheck", "--target", "es2022", "--module", "nodenext",
+        "--moduleResolution", "nodenext", "--typeRoots", join(pkg, "node_modules/@types"), "--types", "node", "example.ts"],
+      { cwd: tmp, encoding: "utf8", timeout: 60_000 });
+      // require() from CommonJS is refused in one line that says what to do instead
+      writeFileSync(join(tmp, "req.cjs"), 'try { require("@kolk/client"); } catch (e) { console.log(e.message); }');
+      const said = execFileSync("node", ["req.cjs"], { cwd: tmp, encoding: "utf8", timeout: 30_000 });
+      assert.match(said, /^@kolk\/client is an ES module.*await import\("@kolk\/client"\)/);
     } finally { rmSync(tmp, { recursive: true, force: true }); }
   });
 
   it("a bad SmartModule chain is an InvalidRequestError", () => {
     assert.throws(() => client.consumer("big", { smartmodules: Array.from({ length: 17 }, () => "x@1") }), InvalidRequestError);
+  });
+
+  it("close() ends a for-await loop without an error, as Python's consumer; offset must be an Offset", async () => {
+    const topic = "close-ends";
+    await client.createTopic(topic, { partitions: 2 });
+    const p = client.producer(topic);
+    await p.send("one", { partition: 0 });
+    await p.close();
+    // closed in the loop's body: the loop ends after that record
+    const c1 = client.consumer(topic, { partition: 0 });
+    const seen: string[] = [];
+    for await (const r of c1) { seen.push(dec.decode(r.value!)); c1.close(); }
+    assert.deepEqual(seen, ["one"]);
+    // closed from another task while the loop waits (partition 1 has nothing)
+    const c2 = client.consumer(topic);
+    let n = 0;
+    for await (const _ of c2) { n++; setImmediate(() => c2.close()); }
+    assert.equal(n, 1);
+    // closed before its streams were opened: the loop ends at once
+    const c3 = client.consumer(topic, { partition: 1, offset: Offset.end() });
+    const loop = take(c3, 1);
+    c3.close();
+    assert.deepEqual(await loop, []);
+    // a JavaScript caller's offset: 5 is refused in one line naming the fix
+    assert.throws(() => client.consumer(topic, { offset: 5 as unknown as Offset }),
+      (e: Error) => e instanceof InvalidRequestError && /Offset\.absolute\(n\)/.test(e.message));
+  });
+
+  it("a KolkClient without an SC address is one line naming the fix (Python's Client() has a default, this has none)", () => {
+    for (const o of [undefined, {}, { sc: "" }, { sc: [] }]) {
+      assert.throws(() => new KolkClient(o as unknown as { sc: string }),
+        (e: Error) => e instanceof InvalidRequestError && e.message.startsWith("KolkClient needs the SC address: new KolkClient({ sc: \"127.0.0.1:9003\" })"));
+    }
+  });
+
+  it("a consumer keeps no batch alive once it handed it out", async () => {
+    const topic = "no-leak";
+    await client.createTopic(topic);
+    const p = client.producer(topic, { lingerMs: 0 });
+    for (let i = 0; i < 6; i++) await p.send(`r${i}`); // six stored batches
+    await p.close();
+    v8.setFlagsFromString("--expose-gc");
+    const gc = runInNewContext("gc") as () => void;
+    for (const signal of [undefined, new AbortController().signal]) {
+      // A window smaller than a batch: one batch per push.
+      const c = client.consumer(topic, { partition: 0, offset: Offset.beginning(), windowBytes: 1, signal });
+      const it = c.batches();
+      const first = new WeakRef((await it.next()).value as ConsumerRecord[]);
+      let n = 1;
+      while (n < 6) n += ((await it.next()).value as ConsumerRecord[]).length;
+      await new Promise((r) => setImmediate(r));
+      gc();
+      assert.equal(first.deref(), undefined, "the first batch is still reachable after five more were read");
+      await it.return(undefined);
+    }
+  });
+
+  it("a group's partition reader keeps no push alive once it handed its records out", async () => {
+    const topic = "no-leak-group";
+    await client.createTopic(topic);
+    const p = client.producer(topic, { lingerMs: 0 });
+    for (let i = 0; i < 6; i++) await p.send(`r${i}`); // six stored batches
+    await p.close();
+    v8.setFlagsFromString("--expose-gc");
+    const gc = runInNewContext("gc") as () => void;
+    const reader = new PartitionReader(client, topic, 0, 0n, 1, 0); // a window under a batch: one batch per push
+    try {
+      let got = await reader.next();
+      while (got.length === 0) got = await reader.next();
+      const first = new WeakRef(got[0].value!.buffer); // the push's segment
+      let n = got.length;
+      got = [];
+      while (n < 6) n += (await reader.next()).length;
+      await new Promise((r) => setImmediate(r));
+      gc();
+      assert.equal(first.deref(), undefined, "the first push is still reachable after five more were read");
+    } finally { reader.close(); }
   });
 });

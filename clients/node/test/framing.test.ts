@@ -32,6 +32,20 @@ describe("framing", () => {
     }
   });
 
+  it("gives a body that came over several reads an ArrayBuffer of its own", () => {
+    const body = new Uint8Array(100_000).map((_, i) => i % 251);
+    const wire = Buffer.concat([encodeFrame(Kind.PUSH, 7, body, 3), encodeFrame(Kind.END, 7, new Uint8Array([1, 2]))]);
+    const dec = new FrameDecoder();
+    const got = [];
+    for (let pos = 0; pos < wire.length; pos += 65_536) got.push(...dec.feed(wire.subarray(pos, pos + 65_536)));
+    assert.equal(got.length, 2);
+    assert.deepEqual(Buffer.from(got[0].body), Buffer.from(body));
+    assert.equal(got[0].body.byteOffset, 0);
+    assert.equal(got[0].body.buffer.byteLength, body.length);
+    assert.deepEqual([...got[1].body], [1, 2]);
+    assert.equal(dec.buffered, 0);
+  });
+
   it("refuses a body over the limit before it arrives", () => {
     const head = Buffer.alloc(16);
     head.writeUInt32LE(FRAME_BODY_BYTES_MAX + 1, 0);

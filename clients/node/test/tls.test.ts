@@ -53,6 +53,16 @@ describe("mutual TLS", { timeout: 60_000 }, () => {
     } finally { await client.close(); }
   });
 
+  it("no tls option at all against a TLS cluster says so at once (as Python), not after the deadline", async () => {
+    const client = new KolkClient({ sc: cluster.sc, timeoutMs: 20_000 });
+    const t0 = Date.now();
+    try {
+      await assert.rejects(client.listTopics(), (e: Error) => e instanceof ClusterUnavailableError && !e.retriable &&
+        e.message === `${cluster.sc} requires TLS and this client connected without it: give the CA and a client certificate (tls: { caFile, certFile, keyFile })`);
+      assert.ok(Date.now() - t0 < 10_000, `took ${Date.now() - t0} ms`);
+    } finally { await client.close(); }
+  });
+
   it("a certificate from another CA is refused", async () => {
     const client = new KolkClient({ sc: cluster.sc, tls: { caFile: pki.admin.ca, certFile: other.admin.cert, keyFile: other.admin.key }, timeoutMs: 5_000 });
     try {

@@ -37,7 +37,12 @@ export async function listGroups(client: KolkClient, deadlineMs = GROUP_CALL_DEA
   const answers = await Promise.all(ask.map((p) => offsetsLeaderCall(host, p, (c, o) => listCall(c, o), { deadlineMs: Math.max(100, end - Date.now()) })));
   const seen = new Map<string, GroupListing>();
   for (const text of answers) {
-    const rows: unknown = JSON.parse(text || "[]");
+    let rows: unknown;
+    try {
+      rows = JSON.parse(text || "[]");
+    } catch (e) {
+      throw new KolkError(`listGroups answered text that is not JSON: ${(e as Error).message}`);
+    }
     if (!Array.isArray(rows)) throw new KolkError(`listGroups answered ${typeof rows}, not a list`);
     for (const row of rows) if (row !== null && typeof row === "object" && typeof row.group === "string") seen.set(row.group, row as GroupListing);
   }

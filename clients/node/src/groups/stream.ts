@@ -3,7 +3,7 @@
 // the position after a retriable failure (a leader moved), a bounded number of times in a row.
 
 import type { KolkClient } from "../client.js";
-import type { SpuStream } from "../connection.js";
+import type { Connection, SpuStream } from "../connection.js";
 import { KolkError } from "../errors.js";
 import { decodeBatches, type ConsumerRecord } from "../records.js";
 import { backoffMs } from "./core.js";
@@ -11,15 +11,18 @@ import { sleep } from "./coordinator.js";
 
 export const WINDOW_BYTES_DEFAULT = 4 << 20;
 export const REOPEN_TRIES_MAX = 20; // retriable failures in a row before the error is raised
+/** With no push for this long, probe the stream's leader (as the plain consumer, consumer.ts). */
+export const IDLE_PROBE_MS = 1_000;
+export const PROBE_TIMEOUT_MS = 5_000;
 
 export class PartitionReader {
   highWatermark = -1n;
   private stream: SpuStream | null = null;
+  private conn: Connection | null = null;
+  private waiting: ReturnType<SpuStream["next"]> | null = null; // the stream's next push, across probes
   private closed = false;
   private failures = 0;
   private readonly stopper = new AbortController();
-  // Resolves when closed: a read waiting on a cancelled stream ends then (SpuStream.cancel does not wake it).
-  private readonly stopped = new Promise<null>((resolve) => this.stopper.signal.addEventListener("abort", () => resolve(null), { once: true }));
 
   constructor(private readonly client: KolkClient, readonly topic: string, readonly partition: number, public offset: bigint,
     private readonly windowBytes: number, private readonly isolation: 0 | 1) {}
@@ -30,8 +33,8 @@ export class PartitionReader {
       if (this.closed) return [];
       try {
         if (this.stream === null) this.stream = await this.open();
-        const got = await Promise.race([this.stream.next(), this.stopped]);
-        if (this.closed) return [];
+        const got = await this.untilStopped(this.nextOrIdle(this.stream));
+        if (this.closed || got === "idle") return []; // idle: the leader answered the probe
         if (got === null) throw new KolkError(`the stream of ${this.topic}-${this.partition} ended`, { retriable: true });
         this.failures = 0;
         const { push, bytes } = got;
@@ -44,6 +47,7 @@ export class PartitionReader {
       } catch (e) {
         this.stream?.cancel();
         this.stream = null;
+        this.waiting = null;
         if (this.closed) return [];
         if (!(e instanceof KolkError) || !e.retriable || ++this.failures > REOPEN_TRIES_MAX) throw e;
         this.client.forgetLeaders(this.topic);
@@ -52,8 +56,41 @@ export class PartitionReader {
     }
   }
 
+  /** `read`, or null once closed: a read waiting on a cancelled stream ends then (SpuStream.cancel
+   * does not wake it). Not a race against one promise that settles at close: each race would
+   * leave a reaction on it holding that read's push (every push read, until close). */
+  private untilStopped<T>(read: Promise<T>): Promise<T | null> {
+    const signal = this.stopper.signal;
+    if (signal.aborted) return Promise.resolve(null);
+    return new Promise<T | null>((resolve, reject) => {
+      const onStop = () => resolve(null);
+      signal.addEventListener("abort", onStop, { once: true });
+      read.then((v) => { signal.removeEventListener("abort", onStop); resolve(v); },
+        (e) => { signal.removeEventListener("abort", onStop); reject(e); });
+    });
+  }
+
+  /** The stream's next push, or "idle" after IDLE_PROBE_MS without one once its leader has
+   * answered an `offsets` probe: a leader that hangs sends no END, and a failed probe (a
+   * timeout, notLeader) throws so that the stream is opened again on the leader now. */
+  private async nextOrIdle(stream: SpuStream): Promise<Awaited<ReturnType<SpuStream["next"]>> | "idle"> {
+    if (this.waiting === null) {
+      this.waiting = stream.next();
+      this.waiting.catch(() => undefined); // awaited below, or dropped with its stream
+    }
+    let timer: NodeJS.Timeout | undefined;
+    const idle = new Promise<"idle">((r) => { timer = setTimeout(() => r("idle"), IDLE_PROBE_MS); });
+    const got = await Promise.race([this.waiting, idle]).finally(() => clearTimeout(timer));
+    if (got !== "idle") { this.waiting = null; return got; }
+    const r = await this.conn!.spuCall((q) => { const o = q._initOffsets(); o.topic = this.topic; o.partition = this.partition; },
+      (s) => s.offsets, { timeoutMs: PROBE_TIMEOUT_MS, signal: this.stopper.signal });
+    this.highWatermark = r.highWatermark;
+    return "idle";
+  }
+
   private async open(): Promise<SpuStream> {
     const { conn } = await this.client.leader(this.topic, this.partition);
+    this.conn = conn;
     return conn.openStream((req) => {
       const s = req._initStream();
       s.topic = this.topic; s.partition = this.partition; s.offset = this.offset; s.isolation = this.isolation;
