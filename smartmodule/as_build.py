@@ -24,7 +24,7 @@ import tempfile
 from typing import NamedTuple
 
 from .as_link import LinkError, link
-from .build import SDK_DIR, BuildError, check_file
+from .build import SDK_DIR, BuildError, check_file, single_kind
 
 AS_SDK_DIR = SDK_DIR / "assemblyscript"
 AS_LIB_DIR = AS_SDK_DIR / "assembly"  # imported by modules as "kolk-smartmodule"
@@ -87,14 +87,7 @@ def find_functions(source: str, text: str) -> AsModule:
         if not m.group("export"):
             raise BuildError(f"{source}:{line}: function {name} must be exported: {SIGNATURES[name]}")
         found.setdefault(name, line)
-    kinds = [k for k in KINDS if k in found]
-    if not kinds:
-        raise BuildError(f"{source}: no kind function: a module exports one of function "
-                         f"{', '.join(KINDS)} (docs/smartmodule-abi.md, Writing a module in AssemblyScript)")
-    if len(kinds) > 1:
-        where = " and ".join(f"{k} (line {found[k]})" for k in kinds)
-        raise BuildError(f"{source}: a module has exactly one kind; this one exports {where}")
-    return AsModule(kinds[0], "init" in found)
+    return AsModule(single_kind(source, found, KINDS, "AssemblyScript", "exports one of function"), "init" in found)
 
 
 def glue(stem: str, module: AsModule) -> str:

@@ -85,6 +85,20 @@ def check_file(path: pathlib.Path) -> None:
         raise BuildError(f"{path} is {size} bytes, more than {SOURCE_BYTES_MAX}")
 
 
+def single_kind(source: str, found: dict[str, int], kinds: tuple[str, ...], lang: str, declares: str) -> str:
+    """The one kind among ``found`` (function name -> first line) that a Rust or AssemblyScript
+    module declares; BuildError naming the file when it declares none or several. ``declares``:
+    how the language says it ("defines one of pub fn", "exports one of function")."""
+    present = [k for k in kinds if k in found]
+    if not present:
+        raise BuildError(f"{source}: no kind function: a module {declares} "
+                         f"{', '.join(kinds)} (docs/smartmodule-abi.md, Writing a module in {lang})")
+    if len(present) > 1:
+        where = " and ".join(f"{k} (line {found[k]})" for k in present)
+        raise BuildError(f"{source}: a module has exactly one kind; this one {declares.split(' one of')[0]} {where}")
+    return present[0]
+
+
 SOURCE_SUFFIXES = (".wasm", ".wat", ".c", ".rs", ".ts")
 
 

@@ -26,7 +26,7 @@ import threading
 import time
 from typing import NamedTuple
 
-from .build import SDK_DIR, BuildError, check_file
+from .build import SDK_DIR, BuildError, check_file, single_kind
 
 RUST_SDK_DIR = SDK_DIR / "rust"
 RUSTC_ENV = "KOLK_RUSTC"
@@ -82,14 +82,7 @@ def find_functions(source: str, text: str) -> RustModule:
         if not m.group("vis"):
             raise BuildError(f"{source}:{line}: fn {name} must be public: {SIGNATURES[name]}")
         found.setdefault(name, line)
-    kinds = [k for k in KINDS if k in found]
-    if not kinds:
-        raise BuildError(f"{source}: no kind function: a module defines one of pub fn "
-                         f"{', '.join(KINDS)} (docs/smartmodule-abi.md, Writing a module in Rust)")
-    if len(kinds) > 1:
-        where = " and ".join(f"{k} (line {found[k]})" for k in kinds)
-        raise BuildError(f"{source}: a module has exactly one kind; this one defines {where}")
-    return RustModule(kinds[0], "init" in found)
+    return RustModule(single_kind(source, found, KINDS, "Rust", "defines one of pub fn"), "init" in found)
 
 
 def _rust_string(text: str) -> str:
