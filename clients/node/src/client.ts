@@ -4,7 +4,8 @@
  * address, and the factories of producers and consumers.
  */
 import { AdminClient, type KolkObject, sleep } from "./admin.js";
-import { Connection, CONNECT_TIMEOUT_MS, CALL_TIMEOUT_MS, type CallOptions } from "./connection.js";
+import { Connection, CONNECT_TIMEOUT_MS, CALL_TIMEOUT_MS, isNoAnswer, type CallOptions } from "./connection.js";
+import { checkOptions } from "./options.js";
 import {
   ClusterUnavailableError, InvalidRequestError, KolkError, NotFoundError, PartitionOfflineError,
 } from "./errors.js";
@@ -26,6 +27,7 @@ export interface ClientOptions {
 interface Placed { partition: number; leader: number | null; replicas: number[] }
 
 export const LEADER_RETRIES = 10;
+export const CLIENT_OPTIONS: readonly string[] = ["sc", "tls", "timeoutMs"];
 
 export class KolkClient {
   readonly admin: AdminClient;
@@ -36,6 +38,8 @@ export class KolkClient {
   private readonly conns = new Map<string, Promise<Connection>>();
 
   constructor(opts: ClientOptions) {
+    // A misspelt "sc" is named as such, before the missing address is.
+    if (opts !== null && typeof opts === "object") checkOptions("KolkClient", opts, CLIENT_OPTIONS);
     const sc: unknown = opts?.sc;
     if (!(typeof sc === "string" ? sc : Array.isArray(sc) && sc.length)) {
       throw new InvalidRequestError('KolkClient needs the SC address: new KolkClient({ sc: "127.0.0.1:9003" }) ' +
@@ -91,6 +95,19 @@ export class KolkClient {
 
   forgetLeaders(topic: string): void { this.placed.delete(topic); }
 
+  /** Forgets (and closes) the pooled connection to `address` when it is still `conn`: a call on
+   * it got no answer before the client's own deadline, so it may be hung (Python's
+   * drop_connection). A server's `timeout` answer keeps it: the connection works. */
+  dropConnection(address: string, conn: Connection): void {
+    const have = this.conns.get(address);
+    if (have === undefined) return;
+    have.then((c) => {
+      if (c !== conn) return;
+      if (this.conns.get(address) === have) this.conns.delete(address);
+      c.close();
+    }, () => undefined);
+  }
+
   /** The pooled connection to an SPU; concurrent callers share one connect. */
   connection(address: string): Promise<Connection> {
     const have = this.conns.get(address);
@@ -130,29 +147,39 @@ export class KolkClient {
    * `call` on the partition's leader, retrying what is retriable (with jittered backoff, up to
    * `retries` times). For a write the final error says whether any attempt may have been
    * written (`outcomeUnknown`): a later refusal does not make an earlier lost answer definite.
+   * `resendUnknown` false (a non-idempotent producer): a write whose outcome is unknown is not
+   * sent again (it could be written twice); only what surely was not written is retried.
    */
   async withLeader<T>(topic: string, partition: number, call: (conn: Connection) => Promise<T>,
-                      retries: number, write = false, deadline = Date.now() + this.timeoutMs): Promise<T> {
+                      retries: number, write = false, deadline = Date.now() + this.timeoutMs,
+                      resendUnknown = true): Promise<T> {
     let backoff = 50;
     let maybeWritten = false;
     for (let attempt = 0; ; attempt++) {
       try {
         if (this.closed) throw new ClusterUnavailableError("the client is closed", { retriable: false });
         let conn: Connection | null = null;
+        let address = "";
         try {
-          conn = (await this.leader(topic, partition)).conn;
+          ({ conn, address } = await this.leader(topic, partition));
         } catch (e) {
           if (e instanceof ClusterUnavailableError) e.outcomeUnknown = false; // nothing sent
           throw e;
         }
-        return await call(conn);
+        try {
+          return await call(conn);
+        } catch (e) {
+          if (isNoAnswer(e)) this.dropConnection(address, conn);
+          throw e;
+        }
       } catch (e) {
         if (!(e instanceof KolkError)) throw e;
         maybeWritten = maybeWritten || (write && e.outcomeUnknown);
+        const resendable = !(write && e.outcomeUnknown && !resendUnknown);
         // Read the leaders again on the next call too when this one gives up: a leader that hangs
         // (no answer before the deadline) must not keep every later call on it.
         if (e.retriable) this.forgetLeaders(topic);
-        if (!e.retriable || attempt >= retries || Date.now() >= deadline) {
+        if (!e.retriable || !resendable || attempt >= retries || Date.now() >= deadline) {
           if (maybeWritten && !e.outcomeUnknown) {
             e.outcomeUnknown = true;
             e.message += "; an earlier attempt may have been written (outcome unknown)";

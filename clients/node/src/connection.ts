@@ -35,6 +35,12 @@ export type { TlsOptions } from "./tls.js";
 export const CONNECT_TIMEOUT_MS = 3_000;
 export const CALL_TIMEOUT_MS = 30_000;
 
+/** The errors of calls whose CLIENT-side deadline passed with no answer (not a server's
+ * `timeout` answer): the connection may be hung, so the client drops it from its pool. */
+const NO_ANSWER = new WeakSet<Error>();
+function noAnswer(e: RequestTimeoutError): RequestTimeoutError { NO_ANSWER.add(e); return e; }
+export function isNoAnswer(e: unknown): boolean { return e instanceof Error && NO_ANSWER.has(e); }
+
 export interface CallOptions { timeoutMs?: number; signal?: AbortSignal; write?: boolean }
 export interface ConnectOptions { tls?: TlsOptions; timeoutMs?: number; signal?: AbortSignal }
 
@@ -277,14 +283,14 @@ export class Connection {
           const unsent = this.unqueue(id);
           cleanup();
           if (unsent) {
-            reject(new RequestTimeoutError(`request ${id} to ${this.address} was not sent within ${timeoutMs} ms: the server ` +
+            reject(noAnswer(new RequestTimeoutError(`request ${id} to ${this.address} was not sent within ${timeoutMs} ms: the server ` +
               `has not read the ${this.socket.writableLength} bytes written before it${opts.write ? "; nothing was written" : ""}`,
-            { outcomeUnknown: false }));
+            { outcomeUnknown: false })));
             return;
           }
           this.send(encodeFrame(Kind.CANCEL, id));
-          reject(new RequestTimeoutError(`request ${id} to ${this.address} got no answer within ${timeoutMs} ms` +
-            (opts.write ? " (outcome unknown)" : ""), { outcomeUnknown: Boolean(opts.write) }));
+          reject(noAnswer(new RequestTimeoutError(`request ${id} to ${this.address} got no answer within ${timeoutMs} ms` +
+            (opts.write ? " (outcome unknown)" : ""), { outcomeUnknown: Boolean(opts.write) })));
         }, Math.max(0, deadline - Date.now()));
         const onAbort = () => {
           const unsent = this.unqueue(id);

@@ -1,8 +1,10 @@
 /**
  * The consumer (mirrors core/client/consumer.py): one SPU `stream` per partition (all the
  * topic's partitions when none is given), with credit: the stream starts with `windowBytes` and
- * each push's bytes are granted back as the push is taken, so at most the window plus one push
- * waits per partition. A stream that breaks (leader change, lost connection, retriable error)
+ * each push's bytes are granted back once its last batch is taken, so at most the window plus
+ * one push waits per partition. A push is decoded one batch at a time, as its records are taken
+ * (each batch may expand to 64 MiB; a whole push of gzip batches could expand to ~16 GB). A
+ * stream that breaks (leader change, lost connection, retriable error, an END with status ok)
  * is reopened on the partition's current leader from the next offset; `return()` on the
  * iterator, close() or the abort signal CANCEL every stream.
  */
@@ -11,7 +13,8 @@ import type { Connection, SpuStream } from "./connection.js";
 import { abortError, InvalidRequestError, KolkError, OffsetOutOfRangeError, OverloadedError, PartitionOfflineError, TooManyStreamsError } from "./errors.js";
 import { Isolation } from "./gen/kolk.js";
 import { STREAM_WINDOW_BYTES_MAX } from "./limits.js";
-import { decodeBatches, type ConsumerRecord } from "./records.js";
+import { checkOptions } from "./options.js";
+import { decodeBatchAt, type ConsumerRecord } from "./records.js";
 import { normalizeChain, writeChain, type ChainStage, type Stage } from "./smartmodules.js";
 
 export const RETRY_BACKOFF_MS = 200;
@@ -51,6 +54,7 @@ export interface ConsumerOptions {
   partition?: number; offset?: Offset; isolation?: "committed" | "uncommitted";
   smartmodules?: ChainStage[]; windowBytes?: number; signal?: AbortSignal;
 }
+export const CONSUMER_OPTIONS: readonly string[] = ["partition", "offset", "isolation", "smartmodules", "windowBytes", "signal"];
 
 class PartitionStream {
   stream: SpuStream | null = null;
@@ -58,6 +62,9 @@ class PartitionStream {
   highWatermark = -1n;
   accumulators: Uint8Array[] | null = null;
   private waiting: ReturnType<SpuStream["next"]> | null = null; // the stream's next push, across probes
+  /** The push being handed out batch by batch (its credit is granted back after its last batch):
+   * at most one batch of it is expanded at a time. */
+  private held: { data: Uint8Array; pos: number; bytes: number; nextOffset: bigint } | null = null;
   constructor(private readonly c: Consumer, readonly partition: number, public offset: bigint) {}
 
   private async open(): Promise<void> {
@@ -77,7 +84,31 @@ class PartitionStream {
     }, { timeoutMs: client.timeoutMs, signal: this.c.stopper.signal });
   }
 
-  close(): void { this.stream?.cancel(); this.stream = null; this.waiting = null; }
+  close(): void { this.stream?.cancel(); this.stream = null; this.waiting = null; this.held = null; }
+
+  /** The records of the held push's next batch that has any at or after `offset` (none when it
+   * has no more), moving `offset` past it; after the push's last batch its credit is granted back. */
+  private fromHeld(): ConsumerRecord[] {
+    const h = this.held!;
+    let records: ConsumerRecord[] = [];
+    try {
+      while (records.length === 0 && h.pos < h.data.length) {
+        const b = decodeBatchAt(h.data, h.pos, this.partition, this.offset);
+        h.pos = b.end;
+        records = b.records;
+        if (b.nextOffset > this.offset) this.offset = b.nextOffset;
+      }
+    } catch (e) {
+      this.close(); // a batch that does not decode: the error surfaces, the stream is not read on
+      throw e;
+    }
+    if (h.pos >= h.data.length) {
+      this.held = null;
+      if (h.nextOffset > this.offset) this.offset = h.nextOffset;
+      this.stream?.grant(h.bytes); // taken: the SPU may send as much again
+    }
+    return records;
+  }
 
   /** The stream's next push, or "idle" after IDLE_PROBE_MS without one once the leader has
    * answered an `offsets` probe (a failed probe throws: the stream is opened again). */
@@ -97,33 +128,35 @@ class PartitionStream {
     return "idle";
   }
 
-  /** The records of the next push (possibly none: a keepalive), reopening a broken stream. */
+  /** The records of the next batch (possibly none: a keepalive), reopening a broken stream. */
   async next(): Promise<ConsumerRecord[]> {
     let reopens = 0;
     for (;;) {
       if (this.c.stopper.signal.aborted) throw abortError("the consumer was closed");
+      if (this.held !== null) return this.fromHeld();
+      let endedOk = false;
       try {
         if (this.stream === null) await this.open();
         const got = await this.nextOrIdle();
         if (got === "idle") return []; // the leader answered: as a keepalive
-        if (got === null) { this.stream = null; continue; } // ended ok (e.g. leader stepped down): reopen
+        if (got === null) { // ended ok (e.g. the leader stepped down): reopened after a back-off, counted
+          endedOk = true;
+          throw new KolkError(`the stream of ${this.c.topic}-${this.partition} ended`, { retriable: true });
+        }
         const { push, bytes } = got;
-        const start = this.offset;
         this.highWatermark = push.highWatermark;
         if (push.accumulators.length) {
           this.accumulators = [];
           for (let i = 0; i < push.accumulators.length; i++) this.accumulators.push(new Uint8Array(push.accumulators.get(i).toUint8Array()));
         }
         // A view, not a copy: capnp-es already copied the message's segments out of the frame.
-        const data = push.records.toUint8Array();
-        if (push.nextOffset > this.offset) this.offset = push.nextOffset;
-        this.stream!.grant(bytes); // taken: the SPU may send as much again
-        return data.length ? decodeBatches(data, this.partition, start) : [];
+        this.held = { data: push.records.toUint8Array(), pos: 0, bytes, nextOffset: push.nextOffset };
+        return this.fromHeld();
       } catch (e) {
         this.close();
         if (!(e instanceof KolkError) || !e.retriable || e instanceof TooManyStreamsError || e instanceof OverloadedError ||
             e instanceof OffsetOutOfRangeError || this.c.stopper.signal.aborted || ++reopens > REOPENS_MAX) throw e;
-        if (!(e instanceof PartitionOfflineError)) this.conn?.close();
+        if (!(e instanceof PartitionOfflineError) && !endedOk) this.conn?.close();
         this.c.client.forgetLeaders(this.c.topic);
         await new Promise((r) => setTimeout(r, RETRY_BACKOFF_MS));
       }
@@ -135,7 +168,10 @@ export class Consumer implements AsyncIterable<ConsumerRecord> {
   readonly partition?: number; readonly start: Offset; readonly isolation: "committed" | "uncommitted";
   readonly chain: Stage[]; readonly windowBytes: number; readonly signal?: AbortSignal;
   private streams: PartitionStream[] | null = null;
-  private pending = new Map<PartitionStream, Promise<[PartitionStream, ConsumerRecord[]]>>();
+  // Each stream's read in progress; a failed read settles with its error (it never rejects), so
+  // that it is taken out too: a rejected read left here would be raced again by every later call
+  // and fail it at once, a loop without I/O for a caller that retries.
+  private pending = new Map<PartitionStream, Promise<[PartitionStream, ConsumerRecord[], unknown]>>();
   private closed = false;
   private readonly aborted: Promise<never>;
   private onAbort: (() => void) | null = null; // removed by close(): a long-lived signal keeps no closed consumer
@@ -143,6 +179,7 @@ export class Consumer implements AsyncIterable<ConsumerRecord> {
   readonly stopper = new AbortController();
 
   constructor(readonly client: KolkClient, readonly topic: string, o: ConsumerOptions = {}) {
+    checkOptions("consumer", o, CONSUMER_OPTIONS);
     this.partition = o.partition; this.start = o.offset ?? Offset.beginning();
     if (!(this.start instanceof Offset)) {
       throw new InvalidRequestError(`offset is Offset.beginning(), Offset.end(), Offset.absolute(n), Offset.fromEnd(n) or Offset.timestamp(ms), not ${String(o.offset)}`);
@@ -200,10 +237,14 @@ export class Consumer implements AsyncIterable<ConsumerRecord> {
     const streams = await this.resolve();
     if (this.closed) throw abortError("the consumer was closed"); // while it looked its partitions up
     for (const s of streams) {
-      if (!this.pending.has(s)) this.pending.set(s, s.next().then((r) => [s, r] as [PartitionStream, ConsumerRecord[]]));
+      if (!this.pending.has(s)) {
+        this.pending.set(s, s.next().then((r) => [s, r, undefined] as [PartitionStream, ConsumerRecord[], unknown],
+          (e: unknown) => [s, [], e ?? new KolkError("a read failed")] as [PartitionStream, ConsumerRecord[], unknown]));
+      }
     }
-    const [s, records] = await this.first([...this.pending.values()]);
+    const [s, records, error] = await this.first([...this.pending.values()]);
     this.pending.delete(s);
+    if (error !== undefined) throw error;
     return records;
   }
 
@@ -223,7 +264,7 @@ export class Consumer implements AsyncIterable<ConsumerRecord> {
     });
   }
 
-  /** Each non-empty push's records as one array. */
+  /** Each non-empty batch's records as one array (a push is decoded batch by batch as they are taken). */
   async *batches(): AsyncGenerator<ConsumerRecord[]> {
     try {
       // close() ends the iteration (as Python's consumer); only the abort signal rejects it
@@ -252,7 +293,6 @@ export class Consumer implements AsyncIterable<ConsumerRecord> {
     if (this.onAbort) this.signal?.removeEventListener("abort", this.onAbort);
     this.stopper.abort();
     for (const s of this.streams ?? []) s.close();
-    for (const p of this.pending.values()) p.catch(() => undefined);
     this.pending.clear();
   }
 }

@@ -5,7 +5,11 @@
  * partition. Idempotent (the default with acks "all", as Python): a producer id from the SC per
  * partition, sequences numbered per partition, a batch built once so a retry sends the same
  * bytes; the leader answers a retry of a batch it holds with `duplicate`. Retries: every
- * retriable error, up to `retries` times, via KolkClient.withLeader. A batch that fails for
+ * retriable error, up to `retries` times, via KolkClient.withLeader, each attempt with its own
+ * deadline (`timeoutMs`, the SPU's; the client waits 1 s more), all of them within
+ * `deliveryTimeoutMs` of the batch's creation (Python's request_timeout_ms and
+ * delivery_timeout_ms). An idempotent producer re-sends a batch whose outcome is unknown (the
+ * leader de-duplicates it); a non-idempotent one retries only what surely was not written. A batch that fails for
  * good leaves a gap in its partition's sequence: the partition takes a fresh producer id.
  * Memory: at most `bufferBytes` of records wait; send() waits for room beyond that.
  */
@@ -14,7 +18,8 @@ import { crc32c } from "./crc32c.js";
 import { InvalidRequestError, KolkError, RequestTimeoutError } from "./errors.js";
 import { Acks } from "./gen/kolk.js";
 import { PRODUCE_BYTES_MAX } from "./limits.js";
-import { encodeBatch, type Codec, type Header, type ProducerRecord } from "./records.js";
+import { checkOptions } from "./options.js";
+import { encodeBatchAsync, type Codec, type Header, type ProducerRecord } from "./records.js";
 import { normalizeChain, writeChain, type ChainStage, type Stage } from "./smartmodules.js";
 
 export const RECORD_OVERHEAD_BYTES = 29;
@@ -30,8 +35,12 @@ const ACKS: Record<AcksName, Acks> = { none: Acks.NONE, leader: Acks.LEADER, all
 export interface ProducerOptions {
   acks?: AcksName; compression?: Codec; lingerMs?: number; batchBytes?: number; maxInFlight?: number;
   idempotent?: boolean; timeoutMs?: number; retries?: number; bufferBytes?: number;
-  partitioner?: "key" | "round_robin"; smartmodules?: ChainStage[];
+  partitioner?: "key" | "round_robin"; smartmodules?: ChainStage[]; deliveryTimeoutMs?: number;
 }
+export const PRODUCER_OPTIONS: readonly string[] = ["acks", "compression", "lingerMs", "batchBytes", "maxInFlight", "idempotent",
+  "timeoutMs", "retries", "bufferBytes", "partitioner", "smartmodules", "deliveryTimeoutMs"];
+/** How much longer than the SPU's `timeoutMs` the client waits for its answer (as Python). */
+export const ANSWER_GRACE_MS = 1000;
 export interface SendOptions { key?: Uint8Array | string | null; headers?: Header[]; timestamp?: number; partition?: number }
 export interface RecordMetadata { topic: string; partition: number; offset: bigint }
 
@@ -40,6 +49,8 @@ interface Batch {
   /** Each record's promise's settle functions, in record order (two arrays: no object per record). */
   resolves: Array<(m: RecordMetadata) => void>; rejects: Array<(e: Error) => void>;
   timer: NodeJS.Timeout | null;
+  /** When its first record came (ms): the batch fails past created + deliveryTimeoutMs. */
+  created: number;
 }
 
 const bytes = (x: Uint8Array | string | null | undefined): Uint8Array | null =>
@@ -82,6 +93,7 @@ export class Producer {
   readonly acks: AcksName; readonly compression: Codec; readonly lingerMs: number; readonly batchBytes: number;
   readonly maxInFlight: number; readonly idempotent: boolean; readonly timeoutMs: number; readonly retries: number;
   readonly bufferBytes: number; readonly partitioner: "key" | "round_robin"; private readonly chain: Stage[];
+  readonly deliveryTimeoutMs: number;
   private count: number | null = null;
   private rr = 0;
   private buffered = 0;
@@ -97,6 +109,7 @@ export class Producer {
   private entered: Array<() => void> = [];
 
   constructor(private readonly client: KolkClient, readonly topic: string, o: ProducerOptions = {}) {
+    checkOptions("producer", o, PRODUCER_OPTIONS);
     this.acks = o.acks ?? "all";
     if (typeof this.acks !== "string" || !Object.hasOwn(ACKS, this.acks)) throw new InvalidRequestError(`acks must be one of none, leader, all; got ${JSON.stringify(this.acks)}`);
     this.compression = o.compression ?? "none";
@@ -107,16 +120,21 @@ export class Producer {
     if (this.partitioner !== "key" && this.partitioner !== "round_robin") throw new InvalidRequestError("partitioner must be 'key' or 'round_robin'");
     this.lingerMs = o.lingerMs ?? 5; this.batchBytes = o.batchBytes ?? 256 << 10; this.maxInFlight = o.maxInFlight ?? 4;
     this.timeoutMs = o.timeoutMs ?? 30_000; this.retries = o.retries ?? 20; this.bufferBytes = o.bufferBytes ?? 64 << 20;
+    this.deliveryTimeoutMs = o.deliveryTimeoutMs ?? 120_000;
     if (!(this.maxInFlight >= 1 && this.maxInFlight <= 64) || this.batchBytes < 1024 || this.bufferBytes < this.batchBytes ||
         this.batchBytes > PRODUCE_BYTES_MAX || !(this.lingerMs >= 0)) {
       throw new InvalidRequestError("need 1 <= maxInFlight <= 64, 1 KiB <= batchBytes <= 16 MiB, bufferBytes >= batchBytes, lingerMs >= 0");
     }
     // NaN passes every comparison above, and an unbounded buffer is no buffer: whole numbers only.
     for (const [name, v] of [["maxInFlight", this.maxInFlight], ["batchBytes", this.batchBytes], ["bufferBytes", this.bufferBytes],
-      ["lingerMs", this.lingerMs], ["timeoutMs", this.timeoutMs], ["retries", this.retries]] as Array<[string, number]>) {
+      ["lingerMs", this.lingerMs], ["timeoutMs", this.timeoutMs], ["retries", this.retries],
+      ["deliveryTimeoutMs", this.deliveryTimeoutMs]] as Array<[string, number]>) {
       if (!(name === "lingerMs" ? Number.isFinite(v) : Number.isSafeInteger(v)) || v < 0 || (name === "timeoutMs" && v < 1)) {
         throw new InvalidRequestError(`${name} is a whole number${name === "timeoutMs" ? " >= 1" : " >= 0"}, not ${String(v)}`);
       }
+    }
+    if (this.deliveryTimeoutMs < this.timeoutMs + this.lingerMs) {
+      throw new InvalidRequestError(`deliveryTimeoutMs (${this.deliveryTimeoutMs}) must be at least timeoutMs + lingerMs (${this.timeoutMs + this.lingerMs})`);
     }
     this.chain = normalizeChain(o.smartmodules);
     this.idempotent = o.idempotent ?? (this.acks === "all" && this.chain.length === 0);
@@ -168,7 +186,7 @@ export class Producer {
     let batch = this.open.get(partition);
     if (batch && batch.nbytes + size > this.batchBytes) { this.seal(partition); batch = undefined; }
     if (!batch) {
-      batch = { partition, records: [], nbytes: 0, resolves: [], rejects: [], timer: null };
+      batch = { partition, records: [], nbytes: 0, resolves: [], rejects: [], timer: null, created: Date.now() };
       this.open.set(partition, batch);
       const p = partition;
       batch.timer = setTimeout(() => this.seal(p), this.lingerMs);
@@ -261,19 +279,23 @@ export class Producer {
     try {
       const ident = this.identity(partition, batch.records.length);
       const identity = ident ? { producerId: await ident.pid, producerEpoch: 0, baseSequence: ident.baseSequence } : undefined;
-      const data = encodeBatch(batch.records, { codec: this.compression, identity });
+      // gzip in node:zlib's thread pool, off the event loop (compressAsync); zstd stays sync.
+      const data = await encodeBatchAsync(batch.records, { codec: this.compression, identity });
       if (data.length > PRODUCE_BYTES_MAX) throw new InvalidRequestError(`a produce request of ${data.length} bytes is more than the SPU accepts (${PRODUCE_BYTES_MAX})`);
-      const deadline = Date.now() + this.timeoutMs + 1000;
+      const deadline = batch.created + this.deliveryTimeoutMs;
       const r = await this.client.withLeader(this.topic, partition, async (conn) => {
-        const left = deadline - Date.now();
-        if (left <= 0) throw new RequestTimeoutError(`${batch.records.length} record(s) for ${this.topic}-${partition} were not acknowledged within ${this.timeoutMs} ms (outcome unknown)`, { outcomeUnknown: true, retriable: false });
+        const left = Math.min(this.timeoutMs + ANSWER_GRACE_MS, deadline - Date.now());
+        if (left <= 0) {
+          throw new RequestTimeoutError(`${batch.records.length} record(s) for ${this.topic}-${partition} were not acknowledged within ` +
+            `deliveryTimeoutMs (${this.deliveryTimeoutMs} ms)`, { outcomeUnknown: false, retriable: false });
+        }
         return conn.spuCall((q) => {
           const p = q._initProduce();
           p.topic = this.topic; p.partition = partition; p.acks = ACKS[this.acks]; p.timeoutMs = this.timeoutMs;
           p._initRecords(data.length).copyBuffer(data);
           writeChain(p._initSmartmodules(this.chain.length), this.chain);
         }, (s) => s.produce, { timeoutMs: left, write: true });
-      }, this.retries, true, deadline);
+      }, this.retries, true, deadline, this.idempotent);
       // One read of the answer's base offset: each capnp-es getter call builds pointer objects.
       const base = r.baseOffset;
       batch.resolves.forEach((resolve, i) => resolve({ topic: this.topic, partition, offset: base + BigInt(i) }));

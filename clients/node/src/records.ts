@@ -7,7 +7,7 @@
  */
 import { CorruptDataError } from "./errors.js";
 import { crc32c } from "./crc32c.js";
-import { CODEC_NAMES, CODEC_NUMBERS, RECORDS_BYTES_MAX, compress, decompress, invalid } from "./compression.js";
+import { CODEC_NAMES, CODEC_NUMBERS, RECORDS_BYTES_MAX, compress, compressAsync, decompress, invalid } from "./compression.js";
 import type { Codec } from "./compression.js";
 
 export type { Codec } from "./compression.js";
@@ -161,9 +161,21 @@ export function encodeBatch(records: ProducerRecord[], opts: EncodeOptions): Uin
   if (records.length === 0) throw invalid("count", "a batch holds at least one record; none were given");
   const codecNumber = CODEC_NUMBERS[opts.codec];
   if (codecNumber === undefined) throw new TypeError(`codec must be one of none, gzip, zstd; got ${String(opts.codec)}`);
-  const id = opts.identity ?? NO_IDENTITY;
   const { section, first, max } = encodeSection(records);
-  const body = compress(opts.codec, section);
+  return frameBatch(records.length, opts, codecNumber, compress(opts.codec, section), first, max);
+}
+
+/** encodeBatch with gzip compressed in node:zlib's thread pool, off the event loop (the
+ * producer's path; other codecs as encodeBatch). */
+export async function encodeBatchAsync(records: ProducerRecord[], opts: EncodeOptions): Promise<Uint8Array> {
+  if (opts.codec !== "gzip" || records.length === 0) return encodeBatch(records, opts);
+  const { section, first, max } = encodeSection(records);
+  return frameBatch(records.length, opts, CODEC_NUMBERS.gzip, await compressAsync("gzip", section), first, max);
+}
+
+function frameBatch(count: number, opts: EncodeOptions, codecNumber: number, body: Uint8Array,
+                    first: number, max: number): Uint8Array {
+  const id = opts.identity ?? NO_IDENTITY;
   const out = new Uint8Array(HEADER_SIZE + body.length);
   const v = new DataView(out.buffer);
   v.setBigInt64(0, opts.baseOffset ?? 0n, true);
@@ -171,13 +183,13 @@ export function encodeBatch(records: ProducerRecord[], opts: EncodeOptions): Uin
   v.setInt32(12, opts.leaderEpoch ?? 0, true);
   v.setInt8(16, MAGIC);
   v.setInt16(21, codecNumber, true);
-  v.setInt32(23, records.length - 1, true);
+  v.setInt32(23, count - 1, true);
   writeI64(v, 27, first);
   writeI64(v, 35, max);
   v.setBigInt64(43, BigInt(id.producerId), true);
   v.setInt16(51, id.producerEpoch, true);
   v.setInt32(53, id.baseSequence, true);
-  v.setInt32(57, records.length, true);
+  v.setInt32(57, count, true);
   out.set(body, HEADER_SIZE);
   v.setUint32(17, crc32c(out, CRC_START), true);
   return out;
@@ -287,17 +299,34 @@ export function lastOffsetOf(data: Uint8Array): bigint {
 export function decodeBatches(data: Uint8Array, partition: number, fromOffset = -1n): ConsumerRecord[] {
   const out: ConsumerRecord[] = [];
   let pos = 0;
-  while (pos < data.length) {
-    const h = readHeader(data, pos);
-    const end = pos + LENGTH_PREFIX_SIZE + h.batchLength;
-    if (h.baseOffset + BigInt(h.lastOffsetDelta) >= fromOffset) {
-      const codec = CODEC_NAMES[h.attributes & CODEC_MASK];
-      const body = decompress(codec, data.subarray(pos + HEADER_SIZE, end), RECORDS_BYTES_MAX);
-      decodeSection(body, h, pos, partition, fromOffset, out);
-    }
-    pos = end;
-  }
+  while (pos < data.length) pos = decodeBatchInto(data, pos, partition, fromOffset, out).end;
   return out;
+}
+
+export interface DecodedBatch { records: ConsumerRecord[]; end: number; nextOffset: bigint }
+
+/** The one batch at byte `pos` of `data`: its records from `fromOffset` on, the byte after it
+ * (`end`) and the offset after it (`nextOffset`: base_offset + last_offset_delta + 1). The
+ * consumers decode a push batch by batch as their caller takes the records: each batch may
+ * expand to RECORDS_BYTES_MAX, and a 16 MiB push of ~65 KiB gzip batches would otherwise
+ * expand to ~16 GB at once. */
+export function decodeBatchAt(data: Uint8Array, pos: number, partition: number, fromOffset = -1n): DecodedBatch {
+  const records: ConsumerRecord[] = [];
+  const { end, nextOffset } = decodeBatchInto(data, pos, partition, fromOffset, records);
+  return { records, end, nextOffset };
+}
+
+function decodeBatchInto(data: Uint8Array, pos: number, partition: number, fromOffset: bigint,
+                         out: ConsumerRecord[]): { end: number; nextOffset: bigint } {
+  const h = readHeader(data, pos);
+  const end = pos + LENGTH_PREFIX_SIZE + h.batchLength;
+  const nextOffset = h.baseOffset + BigInt(h.lastOffsetDelta) + 1n;
+  if (nextOffset > fromOffset) {
+    const codec = CODEC_NAMES[h.attributes & CODEC_MASK];
+    const body = decompress(codec, data.subarray(pos + HEADER_SIZE, end), RECORDS_BYTES_MAX);
+    decodeSection(body, h, pos, partition, fromOffset, out);
+  }
+  return { end, nextOffset };
 }
 
 /** The fast path of docs/format.md "Records": when every record of the section has no key, no

@@ -2,7 +2,7 @@
  * acknowledged record is read back exactly once. */
 import { after, before, describe, it } from "node:test";
 import assert from "node:assert/strict";
-import { KolkClient, Offset } from "../src/index.js";
+import { KolkClient, KolkError, Offset, RequestTimeoutError } from "../src/index.js";
 import { Cluster, waitFor } from "./cluster.js";
 import { PartitionReader } from "../src/groups/stream.js";
 
@@ -33,8 +33,8 @@ describe("leader failover", { timeout: 60_000 }, () => {
       const leader = (await w.refresh("hang"))[0].leader;
       stopped = cluster.procs.get(`spu${leader}`)!.pid!;
       process.kill(stopped, "SIGSTOP");
-      // A send on the hung leader times out (outcome unknown: its attempts share one deadline);
-      // the sends after it must find the leader the SC elects.
+      // A send on the hung leader is retried (its own deadline per attempt) and lands on the
+      // leader the SC elects; the sends after it too.
       const acked: string[] = [];
       let n = 0;
       await waitFor("a send acknowledged by a new leader", async () => {
@@ -54,6 +54,47 @@ describe("leader failover", { timeout: 60_000 }, () => {
       if (stopped !== undefined) process.kill(stopped, "SIGCONT");
       await w.close(); await r.close(); await g.close();
       // The next test places a topic on all three SPUs.
+      await waitFor("all SPUs alive", async () => (await client.clusterStatus()).spus.every((s: { alive: boolean }) => s.alive), 15_000);
+    }
+  });
+
+  it("sends issued while the leader hangs (SIGSTOP) are retried on the new leader, each record once; the hung connection is dropped", { timeout: 30_000 }, async () => {
+    // Each attempt has its own timeoutMs (+1 s); deliveryTimeoutMs bounds them all (issue 23 R3).
+    const w = new KolkClient({ sc: cluster.sc, timeoutMs: 10_000 });
+    const w2 = new KolkClient({ sc: cluster.sc, timeoutMs: 10_000 });
+    let stopped: number | undefined;
+    try {
+      await w.createTopic("hung", { partitions: 1, replicationFactor: 3 });
+      const p = w.producer("hung", { lingerMs: 0, timeoutMs: 1_500, deliveryTimeoutMs: 25_000 });
+      assert.equal(p.idempotent, true);
+      for (let i = 0; i < 3; i++) await p.send(`a${i}`);
+      // Not idempotent: a batch whose outcome is unknown is not sent again (it could be written twice).
+      const plain = w2.producer("hung", { idempotent: false, lingerMs: 0, timeoutMs: 1_500, deliveryTimeoutMs: 25_000 });
+      await plain.send("n0");
+      const placed = (await w.refresh("hung"))[0];
+      const hung = await w.connection(cluster.spuAddresses.get(placed.leader!)!);
+      stopped = cluster.procs.get(`spu${placed.leader}`)!.pid!;
+      process.kill(stopped, "SIGSTOP");
+      const sent = Array.from({ length: 5 }, (_, i) => `b${i}`);
+      const unknown = plain.send("n1").then(() => assert.fail("a non-idempotent send to a hung leader was acknowledged"), (e: KolkError) => e);
+      const results = await Promise.allSettled(sent.map((v) => p.send(v)));
+      const e = await unknown;
+      assert.ok(e instanceof RequestTimeoutError && e.outcomeUnknown, `not an outcome-unknown timeout: ${e}`);
+      const failed = results.flatMap((r, i) => (r.status === "rejected" ? [`${sent[i]}: ${(r.reason as Error).message}`] : []));
+      assert.deepEqual(failed, [], "sends on the hung leader failed instead of moving to the new leader");
+      assert.ok(hung.closed, "the connection whose request got no answer is still pooled and open");
+      await p.close();
+      const dec = new TextDecoder();
+      const seen: string[] = [];
+      const { highWatermark } = await w.offsets("hung", 0);
+      for await (const r of w.consumer("hung", { partition: 0, offset: Offset.beginning() })) {
+        seen.push(dec.decode(r.value!));
+        if (r.offset + 1n >= highWatermark) break;
+      }
+      assert.deepEqual(seen, ["a0", "a1", "a2", "n0", ...sent]);
+    } finally {
+      if (stopped !== undefined) process.kill(stopped, "SIGCONT");
+      await w.close(); await w2.close();
       await waitFor("all SPUs alive", async () => (await client.clusterStatus()).spus.every((s: { alive: boolean }) => s.alive), 15_000);
     }
   });

@@ -4,6 +4,7 @@
 
 import type { KolkClient } from "../client.js";
 import { InvalidRequestError, KolkError, abortError } from "../errors.js";
+import { checkOptions } from "../options.js";
 import type { ConsumerRecord } from "../records.js";
 import { checkCommitOffsets, checkGroupOptions, startOffset, toCommit, type CheckedGroupOptions, type GroupOptions } from "./core.js";
 import { groupCall, type GroupHost } from "./coordinator.js";
@@ -21,6 +22,9 @@ export interface GroupConsumerOptions extends GroupOptions {
   isolation?: "committed" | "uncommitted";
   windowBytes?: number; // 64 KiB - 64 MiB, default 4 MiB
 }
+/** `partition` is known only to be refused with its own reason (the coordinator assigns). */
+export const GROUP_CONSUMER_OPTIONS: readonly string[] = ["group", "start", "autoCommit", "autoCommitIntervalMs", "sessionTimeoutMs",
+  "rebalanceTimeoutMs", "groupInstanceId", "assignor", "onAssigned", "onRevoked", "onLost", "signal", "partition", "isolation", "windowBytes"];
 
 type Chunk = { p: number; records: ConsumerRecord[]; end: bigint };
 type Pending = { p: number; reader: PartitionReader; done: boolean; promise: Promise<void>; records?: ConsumerRecord[]; error?: unknown };
@@ -59,6 +63,7 @@ export class GroupConsumer implements AsyncIterable<ConsumerRecord> {
   private closing: Promise<void> | null = null;
 
   constructor(private readonly client: KolkClient, readonly topic: string, private readonly opts: GroupConsumerOptions) {
+    checkOptions("groupConsumer", opts, GROUP_CONSUMER_OPTIONS);
     const checked = checkGroupOptions(topic, opts);
     if (typeof checked === "string") throw new InvalidRequestError(checked);
     const wb = opts.windowBytes ?? WINDOW_BYTES_DEFAULT;

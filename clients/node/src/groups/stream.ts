@@ -1,11 +1,12 @@
 // One assigned partition read through an SPU stream (docs/protocol.md "Streams"): pushes
-// decoded into records, credit granted back as each push is taken, the stream opened again at
+// decoded into records one batch at a time, a push's credit granted back after its last batch
+// is taken, the stream opened again at
 // the position after a retriable failure (a leader moved), a bounded number of times in a row.
 
 import type { KolkClient } from "../client.js";
 import type { Connection, SpuStream } from "../connection.js";
 import { KolkError } from "../errors.js";
-import { decodeBatches, type ConsumerRecord } from "../records.js";
+import { decodeBatchAt, type ConsumerRecord } from "../records.js";
 import { backoffMs } from "./core.js";
 import { sleep } from "./coordinator.js";
 
@@ -20,6 +21,8 @@ export class PartitionReader {
   private stream: SpuStream | null = null;
   private conn: Connection | null = null;
   private waiting: ReturnType<SpuStream["next"]> | null = null; // the stream's next push, across probes
+  /** The push being handed out batch by batch (as the plain consumer's): one batch expanded at a time. */
+  private held: { data: Uint8Array; pos: number; bytes: number; nextOffset: bigint } | null = null;
   private closed = false;
   private failures = 0;
   private readonly stopper = new AbortController();
@@ -27,27 +30,26 @@ export class PartitionReader {
   constructor(private readonly client: KolkClient, readonly topic: string, readonly partition: number, public offset: bigint,
     private readonly windowBytes: number, private readonly isolation: 0 | 1) {}
 
-  /** The records of the next push (possibly none: a push of control records only); [] once closed. */
+  /** The records of the next batch (possibly none: a push of control records only); [] once closed. */
   async next(): Promise<ConsumerRecord[]> {
     for (;;) {
       if (this.closed) return [];
       try {
+        if (this.held !== null) return this.fromHeld();
         if (this.stream === null) this.stream = await this.open();
         const got = await this.untilStopped(this.nextOrIdle(this.stream));
         if (this.closed || got === "idle") return []; // idle: the leader answered the probe
         if (got === null) throw new KolkError(`the stream of ${this.topic}-${this.partition} ended`, { retriable: true });
         this.failures = 0;
         const { push, bytes } = got;
-        const records = decodeBatches(push.records.toUint8Array(), this.partition, this.offset);
         this.highWatermark = push.highWatermark;
-        const after = records.length ? records[records.length - 1].offset + 1n : this.offset;
-        this.offset = push.nextOffset > after ? push.nextOffset : after;
-        this.stream.grant(bytes);
-        return records;
+        this.held = { data: push.records.toUint8Array(), pos: 0, bytes, nextOffset: push.nextOffset };
+        return this.fromHeld();
       } catch (e) {
         this.stream?.cancel();
         this.stream = null;
         this.waiting = null;
+        this.held = null;
         if (this.closed) return [];
         if (!(e instanceof KolkError) || !e.retriable || ++this.failures > REOPEN_TRIES_MAX) throw e;
         this.client.forgetLeaders(this.topic);
@@ -88,6 +90,25 @@ export class PartitionReader {
     return "idle";
   }
 
+  /** The held push's next batch with records at or after `offset` (none when it has no more),
+   * `offset` moved past it; after its last batch the push's credit is granted back. */
+  private fromHeld(): ConsumerRecord[] {
+    const h = this.held!;
+    let records: ConsumerRecord[] = [];
+    while (records.length === 0 && h.pos < h.data.length) {
+      const b = decodeBatchAt(h.data, h.pos, this.partition, this.offset);
+      h.pos = b.end;
+      records = b.records;
+      if (b.nextOffset > this.offset) this.offset = b.nextOffset;
+    }
+    if (h.pos >= h.data.length) {
+      this.held = null;
+      if (h.nextOffset > this.offset) this.offset = h.nextOffset;
+      this.stream?.grant(h.bytes);
+    }
+    return records;
+  }
+
   private async open(): Promise<SpuStream> {
     const { conn } = await this.client.leader(this.topic, this.partition);
     this.conn = conn;
@@ -103,5 +124,6 @@ export class PartitionReader {
     this.stopper.abort();
     this.stream?.cancel();
     this.stream = null;
+    this.held = null;
   }
 }
