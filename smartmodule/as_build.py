@@ -24,7 +24,7 @@ import tempfile
 from typing import NamedTuple
 
 from .as_link import LinkError, link
-from .build import SDK_DIR, BuildError, check_file, single_kind
+from .build import SDK_DIR, BuildError, read_text_source, single_kind
 
 AS_SDK_DIR = SDK_DIR / "assemblyscript"
 AS_LIB_DIR = AS_SDK_DIR / "assembly"  # imported by modules as "kolk-smartmodule"
@@ -139,11 +139,7 @@ def _nth(lines: list[str], i: int) -> str:
 def build_as_module(source_path: str | os.PathLike[str], out_path: str | os.PathLike[str] | None = None) -> bytes:
     """Compile an AssemblyScript SmartModule; the module's bytes (also written to ``out_path``)."""
     source = pathlib.Path(source_path)
-    check_file(source)
-    try:
-        text = source.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise BuildError(f"{source} is not UTF-8 text") from None
+    text = read_text_source(source)
     module = find_functions(str(source), text)
     command = asc()
     if command is None:

@@ -85,6 +85,16 @@ def check_file(path: pathlib.Path) -> None:
         raise BuildError(f"{path} is {size} bytes, more than {SOURCE_BYTES_MAX}")
 
 
+def read_text_source(source: pathlib.Path) -> str:
+    """A Rust or AssemblyScript source's text, once check_file allowed the file; BuildError when
+    it is not UTF-8."""
+    check_file(source)
+    try:
+        return source.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise BuildError(f"{source} is not UTF-8 text") from None
+
+
 def single_kind(source: str, found: dict[str, int], kinds: tuple[str, ...], lang: str, declares: str) -> str:
     """The one kind among ``found`` (function name -> first line) that a Rust or AssemblyScript
     module declares; BuildError naming the file when it declares none or several. ``declares``:

@@ -26,7 +26,7 @@ import threading
 import time
 from typing import NamedTuple
 
-from .build import SDK_DIR, BuildError, check_file, single_kind
+from .build import SDK_DIR, BuildError, read_text_source, single_kind
 
 RUST_SDK_DIR = SDK_DIR / "rust"
 RUSTC_ENV = "KOLK_RUSTC"
@@ -228,11 +228,7 @@ def _rendered(stderr: str) -> str:
 def build_rust_module(source_path: str | os.PathLike[str], out_path: str | os.PathLike[str] | None = None) -> bytes:
     """Compile a Rust SmartModule; the module's bytes (also written to ``out_path`` if given)."""
     source = pathlib.Path(source_path)
-    check_file(source)
-    try:
-        text = source.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise BuildError(f"{source} is not UTF-8 text") from None
+    text = read_text_source(source)
     module = find_functions(str(source), text)
     absolute = source.resolve()
     compiler = rustc()
