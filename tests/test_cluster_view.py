@@ -331,7 +331,9 @@ def test_a_part_denied_is_an_error_line_not_a_failure(cluster: DataPlaneCluster)
         async with cluster.client(as_="eve") as client:
             view = await collect_view(client)
         assert view.topics == () and view.partitions == () and view.scs == ()
-        assert [(s.id, s.alive) for s in view.spus] == [(1, True), (2, True), (3, True)]  # every client may list SPUs
+        # every client may list SPUs (whether each is alive is another test's: a heartbeat missed
+        # on a loaded machine must not fail this one)
+        assert [s.id for s in view.spus] == [1, 2, 3]
         assert any(e.startswith("cluster status: ") and "eve" in e for e in view.errors)
         assert any(e.startswith("policy: ") for e in view.errors) and view.policy.in_force is None
     run_async(body)

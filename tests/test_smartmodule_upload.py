@@ -150,7 +150,10 @@ async def _responsive_while(cluster: DataPlaneCluster, upload: "asyncio.Future[A
     return times
 
 
-@pytest.mark.parametrize("case", sorted(hm.COMPILE_HEAVY))
+# many-locals runs in `make test-long`: each case takes up to two compile time limits (~20 s), and
+# many-functions shows the same property within the 30-minute budget of `make test`.
+@pytest.mark.parametrize("case", [pytest.param(c, marks=pytest.mark.long) if c == "many-locals" else c
+                                  for c in sorted(hm.COMPILE_HEAVY)])
 def test_compile_heavy_module_keeps_the_sc_responsive(cluster: DataPlaneCluster, case: str, tmp_path: Any) -> None:
     """A module that takes seconds to minutes to compile, stored raw and with the CLI: refused
     (by the compile time limit) or stored, both within the upload deadline; the SC answers
@@ -181,7 +184,15 @@ def test_compile_heavy_module_keeps_the_sc_responsive(cluster: DataPlaneCluster,
     cli_s = time.monotonic() - t0
     print(f"cli create {case}: exit {cli.returncode} in {cli_s:.1f} s: {cli.stderr.strip()[:200]}")
     assert cli_s <= CLI_CREATE_S_MAX, f"kolk smartmodule create of {case} took {cli_s:.0f} s (the compile limit is 10 s)"
-    assert cli.returncode == (1 if error else 0), (cli.returncode, cli.stderr)
-    if error is not None:
-        reason = str(error).split(": ", 1)[1]
-        assert reason in cli.stderr, (reason, cli.stderr)
+    # The CLI says what the SC decided for its own upload. That may differ from the raw
+    # upload's outcome: a compile that takes about the limit is stored once and refused once on
+    # a loaded machine.
+    cli_names = run_async(lambda: stored_names(cluster))
+    if cli.returncode == 0:
+        assert f"cli-{case}@1" in cli_names, cli.stdout
+    else:
+        assert cli.returncode == 1, (cli.returncode, cli.stderr)
+        assert f"cli-{case}@1" not in cli_names
+        assert len(cli.stderr.strip().splitlines()) == 1, cli.stderr
+        assert "compile time limit" in cli.stderr or (error is not None and str(error).split(": ", 1)[1] in cli.stderr), \
+            cli.stderr
