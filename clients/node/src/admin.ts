@@ -7,7 +7,7 @@
  */
 import type * as $ from "capnp-es";
 import { Connection, CALL_TIMEOUT_MS, CONNECT_TIMEOUT_MS } from "./connection.js";
-import { ClusterUnavailableError, InvalidRequestError, KolkError } from "./errors.js";
+import { ClusterUnavailableError, InvalidRequestError, KolkError, RequestTimeoutError } from "./errors.js";
 import type { Object as WireObject, ScRequest, ScResponse } from "./gen/kolk.js";
 import { NAME_CHARS_MAX, TOPIC_CONFIG_ENTRIES_MAX } from "./limits.js";
 import { MalformedMessageError, reading } from "./message.js";
@@ -83,9 +83,12 @@ export class AdminClient {
     }
   }
 
-  /** One SC call with reconnection, leader following and retries. */
-  async call<T>(build: (req: ScRequest) => void, pick: (resp: ScResponse) => T, write: boolean): Promise<T> {
-    const deadline = Date.now() + this.timeoutMs;
+  /** One SC call with reconnection, leader following and retries, within the client's
+   * `timeoutMs`, and by `until` (ms since the epoch) when given: a caller that stops waiting
+   * (a producer's deliveryTimeoutMs) ends the call, its connect and its retries then too. */
+  async call<T>(build: (req: ScRequest) => void, pick: (resp: ScResponse) => T, write: boolean, until?: number): Promise<T> {
+    const deadline = Math.min(Date.now() + this.timeoutMs, until ?? Infinity);
+    const least = until === undefined ? 100 : 1; // ms an attempt gets at least
     let backoff = RETRY_BACKOFF_MIN_MS;
     let last: KolkError | null = null;
     while (Date.now() < deadline) {
@@ -103,7 +106,7 @@ export class AdminClient {
       }
       if (conn) {
         try {
-          const value = await conn.scCall(build, pick, { timeoutMs: Math.max(100, deadline - Date.now()), write });
+          const value = await conn.scCall(build, pick, { timeoutMs: Math.max(least, deadline - Date.now()), write });
           this.answered.add(conn);
           return value;
         } catch (e) {
@@ -127,7 +130,11 @@ export class AdminClient {
       await sleep(Math.min(backoff * (0.5 + Math.random()), Math.max(0, deadline - Date.now())));
       backoff = Math.min(backoff * 2, RETRY_BACKOFF_MAX_MS);
     }
-    throw last ?? new ClusterUnavailableError(`no answer from the SC at ${this.addresses.join(", ")} within ${this.timeoutMs} ms`);
+    if (last) throw last;
+    if (deadline === until) { // the caller's deadline ended the call, not the client's timeoutMs
+      throw new RequestTimeoutError(`no answer from the SC at ${this.addresses.join(", ")} before the deadline`, { outcomeUnknown: false });
+    }
+    throw new ClusterUnavailableError(`no answer from the SC at ${this.addresses.join(", ")} within ${this.timeoutMs} ms`);
   }
 
   async createTopic(name: string, partitions = 1, replicationFactor = 1, config: Record<string, string> = {}): Promise<KolkObject> {
@@ -171,13 +178,14 @@ export class AdminClient {
     return objectOf(r.topic);
   }
 
-  async listObjects(kind: string, stale = false): Promise<KolkObject[]> {
-    const r = await this.call((q) => { const l = q._initListObjects(); l.kind = kind; l.stale = stale; }, (s) => s.listObjects, false);
+  /** `until`, here and below: the caller's deadline (ms since the epoch), as call()'s. */
+  async listObjects(kind: string, stale = false, until?: number): Promise<KolkObject[]> {
+    const r = await this.call((q) => { const l = q._initListObjects(); l.kind = kind; l.stale = stale; }, (s) => s.listObjects, false, until);
     return listOf(r.objects).map(objectOf);
   }
 
-  async getObject(kind: string, name: string, stale = false): Promise<KolkObject | null> {
-    const r = await this.call((q) => { const g = q._initGetObject(); g.kind = kind; g.name = name; g.stale = stale; }, (s) => s.getObject, false);
+  async getObject(kind: string, name: string, stale = false, until?: number): Promise<KolkObject | null> {
+    const r = await this.call((q) => { const g = q._initGetObject(); g.kind = kind; g.name = name; g.stale = stale; }, (s) => s.getObject, false, until);
     return r.found ? objectOf(r.object) : null;
   }
 
@@ -194,8 +202,8 @@ export class AdminClient {
   }
 
   /** `count` producer ids: the first one (the rest follow it). */
-  async allocateProducerIds(count = 1): Promise<bigint> {
-    const r = await this.call((q) => { q._initAllocateProducerIds().count = count; }, (s) => s.allocateProducerIds, true);
+  async allocateProducerIds(count = 1, until?: number): Promise<bigint> {
+    const r = await this.call((q) => { q._initAllocateProducerIds().count = count; }, (s) => s.allocateProducerIds, true, until);
     return r.firstId;
   }
 

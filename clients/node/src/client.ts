@@ -7,7 +7,7 @@ import { AdminClient, type KolkObject, sleep } from "./admin.js";
 import { Connection, CONNECT_TIMEOUT_MS, CALL_TIMEOUT_MS, isNoAnswer, type CallOptions } from "./connection.js";
 import { checkOptions } from "./options.js";
 import {
-  ClusterUnavailableError, InvalidRequestError, KolkError, NotFoundError, PartitionOfflineError,
+  ClusterUnavailableError, InvalidRequestError, KolkError, NotFoundError, PartitionOfflineError, RequestTimeoutError,
 } from "./errors.js";
 import type { SpuRequest, SpuResponse } from "./gen/kolk.js";
 import type { TlsOptions } from "./tls.js";
@@ -29,11 +29,28 @@ interface Placed { partition: number; leader: number | null; replicas: number[] 
 export const LEADER_RETRIES = 10;
 export const CLIENT_OPTIONS: readonly string[] = ["sc", "tls", "timeoutMs"];
 
+/**
+ * `p`, or a RequestTimeoutError (nothing sent: `outcomeUnknown` false) once `deadline` (ms since
+ * the epoch) passes; `p` itself goes on (a shared lookup or connect others may still use) and its
+ * outcome is then ignored. No deadline: `p` as it is. The timer ends when `p` settles.
+ */
+export function withinDeadline<T>(p: Promise<T>, deadline: number | undefined, what: string): Promise<T> {
+  if (deadline === undefined) return p;
+  return new Promise<T>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new RequestTimeoutError(`${what}: no answer before the deadline`, { outcomeUnknown: false })),
+      Math.max(0, deadline - Date.now()));
+    p.then((v) => { clearTimeout(timer); resolve(v); }, (e) => { clearTimeout(timer); reject(e); });
+  });
+}
+
 export class KolkClient {
   readonly admin: AdminClient;
   readonly timeoutMs: number;
   private readonly tls?: TlsOptions;
   private readonly placed = new Map<string, Placed[]>();
+  // The lookup of each topic's partitions under way, and the deadline its SC calls end by:
+  // callers that race for it share it (one pair of SC calls, not one per retrying batch).
+  private readonly refreshing = new Map<string, { p: Promise<Placed[]>; until: number | undefined }>();
   private spus = new Map<number, string>();
   private readonly conns = new Map<string, Promise<Connection>>();
 
@@ -74,20 +91,42 @@ export class KolkClient {
   /** The topic's partitions when they were already looked up (no I/O), else undefined. */
   knownPartitions(topic: string): readonly Placed[] | undefined { return this.placed.get(topic); }
 
-  async partitions(topic: string): Promise<Placed[]> {
-    return this.placed.get(topic) ?? this.refresh(topic);
+  /** The topic's partitions (looked up once, then kept until a retriable error forgets them);
+   * with a `deadline`, a lookup still under way then rejects with RequestTimeoutError. */
+  partitions(topic: string, deadline?: number): Promise<Placed[]> {
+    const have = this.placed.get(topic);
+    return have ? Promise.resolve(have) : withinDeadline(this.refresh(topic, deadline), deadline, `looking up the partitions of ${topic}`);
   }
 
-  async refresh(topic: string): Promise<Placed[]> {
-    const objs = (await this.admin.listObjects("partition", true)).filter((o) => o.spec?.topic === topic);
+  /** Reads the topic's partitions and their leaders from the SC; concurrent callers share one
+   * lookup. With a `deadline` its SC calls end by then; a caller whose deadline is later than
+   * the shared lookup's, when that one ran out of time, asks again. */
+  refresh(topic: string, deadline?: number): Promise<Placed[]> {
+    const under = this.refreshing.get(topic);
+    if (under) {
+      const covers = under.until === undefined || (deadline !== undefined && deadline <= under.until);
+      return covers ? under.p : under.p.catch((e) => {
+        if (Date.now() >= under.until! && (deadline === undefined || Date.now() < deadline)) return this.refresh(topic, deadline);
+        throw e;
+      });
+    }
+    const p = this.lookUp(topic, deadline);
+    this.refreshing.set(topic, { p, until: deadline });
+    const done = () => { if (this.refreshing.get(topic)?.p === p) this.refreshing.delete(topic); };
+    p.then(done, done);
+    return p;
+  }
+
+  private async lookUp(topic: string, until: number | undefined): Promise<Placed[]> {
+    const objs = (await this.admin.listObjects("partition", true, until)).filter((o) => o.spec?.topic === topic);
     if (objs.length === 0) {
-      if ((await this.admin.getObject("topic", topic)) === null) throw new NotFoundError(`topic ${topic} does not exist`);
+      if ((await this.admin.getObject("topic", topic, false, until)) === null) throw new NotFoundError(`topic ${topic} does not exist`);
       throw new ClusterUnavailableError(`topic ${topic} has no partitions yet`);
     }
     const parts = objs.map((o) => ({ partition: Number(o.spec.partition), leader: o.status?.leader ?? null, replicas: o.spec.replicas ?? [] }))
       .sort((a, b) => a.partition - b.partition);
     const spus = new Map<number, string>();
-    for (const u of await this.admin.listObjects("spu", true)) spus.set(Number(u.spec.id), String(u.spec.public_address));
+    for (const u of await this.admin.listObjects("spu", true, until)) spus.set(Number(u.spec.id), String(u.spec.public_address));
     this.spus = spus;
     this.placed.set(topic, parts);
     return parts;
@@ -125,8 +164,11 @@ export class KolkClient {
     return p;
   }
 
-  async leader(topic: string, partition: number): Promise<{ conn: Connection; address: string }> {
-    const parts = await this.partitions(topic);
+  /** The partition's leader and a connection to it. With a `deadline` (ms since the epoch) the
+   * lookup and the connect end by then (RequestTimeoutError, nothing sent); without one each has
+   * its own (the client's `timeoutMs`; connecting 3 s). */
+  async leader(topic: string, partition: number, deadline?: number): Promise<{ conn: Connection; address: string }> {
+    const parts = await this.partitions(topic, deadline);
     if (!Number.isInteger(partition) || partition < 0 || partition >= parts.length) {
       throw new InvalidRequestError(`topic ${topic} has partitions 0-${parts.length - 1}, not ${partition}`);
     }
@@ -140,7 +182,7 @@ export class KolkClient {
       this.forgetLeaders(topic);
       throw new ClusterUnavailableError(`partition ${topic}-${partition}: its leader SPU ${p.leader} is not known yet`);
     }
-    return { conn: await this.connection(address), address };
+    return { conn: await withinDeadline(this.connection(address), deadline, `connecting to ${address}`), address };
   }
 
   /**
@@ -149,6 +191,8 @@ export class KolkClient {
    * written (`outcomeUnknown`): a later refusal does not make an earlier lost answer definite.
    * `resendUnknown` false (a non-idempotent producer): a write whose outcome is unknown is not
    * sent again (it could be written twice); only what surely was not written is retried.
+   * Every wait but `call`'s own (which `call` bounds) ends by `deadline`: the leader lookup, the
+   * connect, the back-off.
    */
   async withLeader<T>(topic: string, partition: number, call: (conn: Connection) => Promise<T>,
                       retries: number, write = false, deadline = Date.now() + this.timeoutMs,
@@ -161,9 +205,9 @@ export class KolkClient {
         let conn: Connection | null = null;
         let address = "";
         try {
-          ({ conn, address } = await this.leader(topic, partition));
+          ({ conn, address } = await this.leader(topic, partition, deadline));
         } catch (e) {
-          if (e instanceof ClusterUnavailableError) e.outcomeUnknown = false; // nothing sent
+          if (e instanceof KolkError) e.outcomeUnknown = false; // nothing sent
           throw e;
         }
         try {

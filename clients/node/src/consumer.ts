@@ -1,28 +1,28 @@
 /**
- * The consumer (mirrors core/client/consumer.py): one SPU `stream` per partition (all the
- * topic's partitions when none is given), with credit: the stream starts with `windowBytes` and
- * each push's bytes are granted back once its last batch is taken, so at most the window plus
- * one push waits per partition. A push is decoded one batch at a time, as its records are taken
- * (each batch may expand to 64 MiB; a whole push of gzip batches could expand to ~16 GB). A
- * stream that breaks (leader change, lost connection, retriable error, an END with status ok)
- * is reopened on the partition's current leader from the next offset; `return()` on the
- * iterator, close() or the abort signal CANCEL every stream.
+ * The consumer (mirrors core/client/consumer.py's AsyncConsumer): one SPU `stream` per
+ * partition (all the topic's partitions when none is given), each read by the shared
+ * PartitionStream (partition-stream.ts: credit granted back per push, a push decoded one batch
+ * at a time, the idle probe) with this consumer's policy: its SmartModule chain and the
+ * chain's accumulators go with every (re)open; a stream that breaks (leader change, lost
+ * connection, retriable error, an END with status ok) is reopened on the partition's current
+ * leader from the next offset after RETRY_BACKOFF_MS; an offset retention deleted under the
+ * stream restarts at the log start or raises, as Python's `after_out_of_range` decides.
+ * `return()` on the iterator, close() or the abort signal CANCEL every stream.
  */
 import type { KolkClient } from "./client.js";
-import type { Connection, SpuStream } from "./connection.js";
-import { abortError, InvalidRequestError, KolkError, OffsetOutOfRangeError, OverloadedError, PartitionOfflineError, TooManyStreamsError } from "./errors.js";
-import { Isolation } from "./gen/kolk.js";
+import { abortError, InvalidRequestError, KolkError, OffsetOutOfRangeError, OverloadedError, TooManyStreamsError } from "./errors.js";
 import { STREAM_WINDOW_BYTES_MAX } from "./limits.js";
+import { afterOutOfRange, outOfRange, readable } from "./offset-range.js";
 import { checkOptions } from "./options.js";
-import { decodeBatchAt, type ConsumerRecord } from "./records.js";
+import { PartitionStream, type ReadPolicy } from "./partition-stream.js";
+import type { ConsumerRecord } from "./records.js";
 import { normalizeChain, writeChain, type ChainStage, type Stage } from "./smartmodules.js";
 
+export { IDLE_PROBE_MS, PROBE_TIMEOUT_MS } from "./partition-stream.js";
 export const RETRY_BACKOFF_MS = 200;
 export const REOPENS_MAX = 50; // reopens in a row without a push before the error surfaces
-/** With no push for this long, check that the stream's SPU still answers and leads (Python's
- * IDLE_PROBE_S): a leader that hangs sends no END and no error, and its stream would wait forever. */
-export const IDLE_PROBE_MS = 1_000;
-export const PROBE_TIMEOUT_MS = 5_000;
+/** A start that named no offset follows a log start retention moved this often (Python's RESTARTS_AT_LOG_START_MAX). */
+export const RESTARTS_AT_LOG_START_MAX = 3;
 
 export class Offset {
   private constructor(readonly kind: "beginning" | "end" | "absolute" | "fromEnd" | "timestamp", readonly value: bigint = 0n) {}
@@ -53,129 +53,83 @@ function int64(what: string, n: unknown): bigint {
 export interface ConsumerOptions {
   partition?: number; offset?: Offset; isolation?: "committed" | "uncommitted";
   smartmodules?: ChainStage[]; windowBytes?: number; signal?: AbortSignal;
+  /** End the iteration (and poll() gives []) once every partition read reaches the high
+   * watermark it last saw (Python's stop_at_end); at once for an empty topic. */
+  stopAtEnd?: boolean;
 }
-export const CONSUMER_OPTIONS: readonly string[] = ["partition", "offset", "isolation", "smartmodules", "windowBytes", "signal"];
+export const CONSUMER_OPTIONS: readonly string[] = ["partition", "offset", "isolation", "smartmodules", "windowBytes", "signal", "stopAtEnd"];
 
-class PartitionStream {
-  stream: SpuStream | null = null;
-  conn: Connection | null = null;
-  highWatermark = -1n;
-  accumulators: Uint8Array[] | null = null;
-  private waiting: ReturnType<SpuStream["next"]> | null = null; // the stream's next push, across probes
-  /** The push being handed out batch by batch (its credit is granted back after its last batch):
-   * at most one batch of it is expanded at a time. */
-  private held: { data: Uint8Array; pos: number; bytes: number; nextOffset: bigint } | null = null;
-  constructor(private readonly c: Consumer, readonly partition: number, public offset: bigint) {}
+/** One partition's read in progress; it never rejects (a failure is kept in `error`), so that a
+ * failed read is taken out too: a rejected read left pending would be raced again by every
+ * later call and fail it at once, a loop without I/O for a caller that retries. Calls waiting
+ * for it are in `waiters` while they wait, and only then (see Consumer.first). */
+interface Read { stream: PartitionStream; settled: boolean; records?: ConsumerRecord[]; error?: unknown; waiters: Set<(r: Read) => void> }
+const TIMEOUT = Symbol("timeout");
+const CLOSED = Symbol("closed");
 
-  private async open(): Promise<void> {
-    const { client, topic } = this.c;
-    const { conn } = await client.leader(topic, this.partition);
-    this.conn = conn;
-    this.stream = await conn.openStream((q) => {
-      const s = q._initStream();
-      s.topic = topic; s.partition = this.partition; s.offset = this.offset; s.windowBytes = this.c.windowBytes;
-      s.isolation = this.c.isolation === "uncommitted" ? Isolation.UNCOMMITTED : Isolation.COMMITTED;
-      const list = s._initSmartmodules(this.c.chain.length);
-      writeChain(list, this.c.chain);
-      this.c.chain.forEach((_, i) => {
-        const acc = this.accumulators?.[i];
+/** The plain consumer's policy for partition `partition`'s stream; its state (the chain's
+ * accumulators, the restarts at the log start left) lives with it across reopens. */
+function policyOf(c: Consumer, partition: number): ReadPolicy {
+  let accumulators: Uint8Array[] | null = null;
+  // Before anything was handed out, a start that named no offset may follow the log start.
+  let restartsLeft = c.start.kind === "absolute" ? 0 : RESTARTS_AT_LOG_START_MAX;
+  let rechecksLeft = RESTARTS_AT_LOG_START_MAX; // reopens when the range looks fine again
+  return {
+    triesMax: REOPENS_MAX,
+    backoffMs: () => RETRY_BACKOFF_MS,
+    // A fair-use refusal (tooManyStreams) or a busy SmartModule pool (overloaded) is retriable
+    // only once other streams close or calm down, which a reopen cannot bring about.
+    final: (e) => e instanceof TooManyStreamsError || e instanceof OverloadedError,
+    dropConnection: true,
+    idleResets: true,
+    closed: () => { throw abortError("the consumer was closed"); },
+    writeRequest: (s) => {
+      const list = s._initSmartmodules(c.chain.length);
+      writeChain(list, c.chain);
+      c.chain.forEach((_, i) => {
+        const acc = accumulators?.[i];
         if (acc) { const inv = list.get(i); inv.hasAccumulator = true; inv._initAccumulator(acc.length).copyBuffer(acc); }
       });
-    }, { timeoutMs: client.timeoutMs, signal: this.c.stopper.signal });
-  }
-
-  close(): void { this.stream?.cancel(); this.stream = null; this.waiting = null; this.held = null; }
-
-  /** The records of the held push's next batch that has any at or after `offset` (none when it
-   * has no more), moving `offset` past it; after the push's last batch its credit is granted back. */
-  private fromHeld(): ConsumerRecord[] {
-    const h = this.held!;
-    let records: ConsumerRecord[] = [];
-    try {
-      while (records.length === 0 && h.pos < h.data.length) {
-        const b = decodeBatchAt(h.data, h.pos, this.partition, this.offset);
-        h.pos = b.end;
-        records = b.records;
-        if (b.nextOffset > this.offset) this.offset = b.nextOffset;
+    },
+    onPush: (push, r) => {
+      if (push.nextOffset > r.offset) restartsLeft = 0; // handed out (or skipped by a SmartModule): no moving on now
+      if (push.accumulators.length) { // an aggregate resumes where it was
+        accumulators = [];
+        for (let i = 0; i < push.accumulators.length; i++) accumulators.push(new Uint8Array(push.accumulators.get(i).toUint8Array()));
       }
-    } catch (e) {
-      this.close(); // a batch that does not decode: the error surfaces, the stream is not read on
-      throw e;
-    }
-    if (h.pos >= h.data.length) {
-      this.held = null;
-      if (h.nextOffset > this.offset) this.offset = h.nextOffset;
-      this.stream?.grant(h.bytes); // taken: the SPU may send as much again
-    }
-    return records;
-  }
-
-  /** The stream's next push, or "idle" after IDLE_PROBE_MS without one once the leader has
-   * answered an `offsets` probe (a failed probe throws: the stream is opened again). */
-  private async nextOrIdle(): Promise<Awaited<ReturnType<SpuStream["next"]>> | "idle"> {
-    if (this.waiting === null) {
-      this.waiting = this.stream!.next();
-      this.waiting.catch(() => undefined); // awaited below, or dropped with its stream
-    }
-    let timer: NodeJS.Timeout | undefined;
-    const idle = new Promise<"idle">((r) => { timer = setTimeout(() => r("idle"), IDLE_PROBE_MS); });
-    const got = await Promise.race([this.waiting, idle]).finally(() => clearTimeout(timer));
-    if (got !== "idle") { this.waiting = null; return got; }
-    const { topic } = this.c;
-    const r = await this.conn!.spuCall((q) => { const o = q._initOffsets(); o.topic = topic; o.partition = this.partition; },
-      (s) => s.offsets, { timeoutMs: PROBE_TIMEOUT_MS, signal: this.c.stopper.signal });
-    this.highWatermark = r.highWatermark;
-    return "idle";
-  }
-
-  /** The records of the next batch (possibly none: a keepalive), reopening a broken stream. */
-  async next(): Promise<ConsumerRecord[]> {
-    let reopens = 0;
-    for (;;) {
-      if (this.c.stopper.signal.aborted) throw abortError("the consumer was closed");
-      if (this.held !== null) return this.fromHeld();
-      let endedOk = false;
+    },
+    // Python's _out_of_range: the range now decides between reopening, the log start and the error.
+    outOfRange: async (e, r) => {
+      let range: { logStart: bigint; logEnd: bigint };
       try {
-        if (this.stream === null) await this.open();
-        const got = await this.nextOrIdle();
-        if (got === "idle") return []; // the leader answered: as a keepalive
-        if (got === null) { // ended ok (e.g. the leader stepped down): reopened after a back-off, counted
-          endedOk = true;
-          throw new KolkError(`the stream of ${this.c.topic}-${this.partition} ended`, { retriable: true });
-        }
-        const { push, bytes } = got;
-        this.highWatermark = push.highWatermark;
-        if (push.accumulators.length) {
-          this.accumulators = [];
-          for (let i = 0; i < push.accumulators.length; i++) this.accumulators.push(new Uint8Array(push.accumulators.get(i).toUint8Array()));
-        }
-        // A view, not a copy: capnp-es already copied the message's segments out of the frame.
-        this.held = { data: push.records.toUint8Array(), pos: 0, bytes, nextOffset: push.nextOffset };
-        return this.fromHeld();
-      } catch (e) {
-        this.close();
-        if (!(e instanceof KolkError) || !e.retriable || e instanceof TooManyStreamsError || e instanceof OverloadedError ||
-            e instanceof OffsetOutOfRangeError || this.c.stopper.signal.aborted || ++reopens > REOPENS_MAX) throw e;
-        if (!(e instanceof PartitionOfflineError) && !endedOk) this.conn?.close();
-        this.c.client.forgetLeaders(this.c.topic);
-        await new Promise((r) => setTimeout(r, RETRY_BACKOFF_MS));
+        range = await c.client.offsets(c.topic, partition);
+      } catch (x) {
+        if (x instanceof KolkError) throw e; // the SPU's own words, when the range cannot be learned now
+        throw x;
       }
-    }
-  }
+      const step = afterOutOfRange(r.offset, range.logStart, range.logEnd, restartsLeft > 0);
+      if (step === "reopen") { // the leader changed between the two answers: ask the one that leads now
+        if (--rechecksLeft < 0) throw e;
+        c.client.forgetLeaders(c.topic);
+      } else if (step === "restart") {
+        restartsLeft--;
+        r.offset = range.logStart;
+      } else {
+        throw outOfRange(`${c.topic}-${partition}`, r.offset, range.logStart, range.logEnd);
+      }
+    },
+  };
 }
 
 export class Consumer implements AsyncIterable<ConsumerRecord> {
   readonly partition?: number; readonly start: Offset; readonly isolation: "committed" | "uncommitted";
-  readonly chain: Stage[]; readonly windowBytes: number; readonly signal?: AbortSignal;
+  readonly chain: Stage[]; readonly windowBytes: number; readonly signal?: AbortSignal; readonly stopAtEnd: boolean;
   private streams: PartitionStream[] | null = null;
-  // Each stream's read in progress; a failed read settles with its error (it never rejects), so
-  // that it is taken out too: a rejected read left here would be raced again by every later call
-  // and fail it at once, a loop without I/O for a caller that retries.
-  private pending = new Map<PartitionStream, Promise<[PartitionStream, ConsumerRecord[], unknown]>>();
+  private resolving: Promise<PartitionStream[]> | null = null; // one lookup for calls made at once
+  private readonly pending = new Map<PartitionStream, Read>();
   private closed = false;
-  private readonly aborted: Promise<never>;
   private onAbort: (() => void) | null = null; // removed by close(): a long-lived signal keeps no closed consumer
-  /** @internal Aborted by close(): ends each stream's open, reopen or wait, so none is left open. */
+  /** @internal Aborted by close(): ends a wait for the streams' reads. */
   readonly stopper = new AbortController();
 
   constructor(readonly client: KolkClient, readonly topic: string, o: ConsumerOptions = {}) {
@@ -193,16 +147,24 @@ export class Consumer implements AsyncIterable<ConsumerRecord> {
     if (!Number.isInteger(this.windowBytes) || this.windowBytes < 1 || this.windowBytes > STREAM_WINDOW_BYTES_MAX) {
       throw new InvalidRequestError(`windowBytes is 1-${STREAM_WINDOW_BYTES_MAX}, not ${this.windowBytes}`);
     }
+    this.stopAtEnd = o.stopAtEnd ?? false;
+    if (typeof this.stopAtEnd !== "boolean") throw new InvalidRequestError(`stopAtEnd is true or false, not ${String(o.stopAtEnd)}`);
     this.signal = o.signal;
-    this.aborted = new Promise<never>((_, reject) => {
-      this.onAbort = () => { this.close(); reject(abortError()); };
-      this.signal?.addEventListener("abort", this.onAbort, { once: true });
-    });
-    this.aborted.catch(() => undefined);
+    if (this.signal) {
+      this.onAbort = () => this.close();
+      this.signal.addEventListener("abort", this.onAbort, { once: true });
+    }
   }
 
-  private async resolve(): Promise<PartitionStream[]> {
-    if (this.streams) return this.streams;
+  /** The partitions' streams, looked up once: two calls made at once share the lookup (each
+   * made its own set before, and both sets read: every record twice). A failed lookup is tried
+   * again by the next call. */
+  private resolve(): Promise<PartitionStream[]> {
+    this.resolving ??= this.lookUp().catch((e: unknown) => { this.resolving = null; throw e; });
+    return this.resolving;
+  }
+
+  private async lookUp(): Promise<PartitionStream[]> {
     const parts = await this.client.partitions(this.topic);
     if (this.partition !== undefined && !(Number.isInteger(this.partition) && this.partition >= 0 && this.partition < parts.length)) {
       throw new InvalidRequestError(`topic ${this.topic} has partitions 0-${parts.length - 1}, not ${this.partition}`);
@@ -216,67 +178,127 @@ export class Consumer implements AsyncIterable<ConsumerRecord> {
       if (s.kind === "beginning") offset = logStart;
       else if (s.kind === "end") offset = hw;
       else if (s.kind === "absolute") {
-        if (s.value < logStart || s.value > logEnd) {
-          throw new OffsetOutOfRangeError(`offset ${s.value} is out of range for ${this.topic}-${p}: it holds ${logStart}-${logEnd}`);
-        }
+        // Never clamped: below the log start the records are gone, past the end they do not exist yet.
+        if (!readable(s.value, logStart, logEnd)) throw outOfRange(`${this.topic}-${p}`, s.value, logStart, logEnd);
         offset = s.value;
       } else if (s.kind === "fromEnd") offset = hw - s.value > logStart ? hw - s.value : logStart;
       else offset = await this.client.offsetForTimestamp(this.topic, p, Number(s.value));
-      const ps = new PartitionStream(this, p, offset);
+      const ps = new PartitionStream(this.client, this.topic, p, offset, this.windowBytes, this.isolation === "uncommitted" ? 1 : 0,
+        policyOf(this, p));
       ps.highWatermark = hw;
       out.push(ps);
     }
+    if (this.closed) { for (const ps of out) ps.close(); return out; } // closed while it looked its partitions up
     this.streams = out;
     return out;
   }
 
-  /** The records of the next push of any partition (an empty list: a keepalive). */
-  async nextBatch(): Promise<ConsumerRecord[]> {
-    if (this.signal?.aborted) throw abortError();
-    if (this.closed) throw new InvalidRequestError("the consumer is closed");
-    const streams = await this.resolve();
-    if (this.closed) throw abortError("the consumer was closed"); // while it looked its partitions up
-    for (const s of streams) {
-      if (!this.pending.has(s)) {
-        this.pending.set(s, s.next().then((r) => [s, r, undefined] as [PartitionStream, ConsumerRecord[], unknown],
-          (e: unknown) => [s, [], e ?? new KolkError("a read failed")] as [PartitionStream, ConsumerRecord[], unknown]));
-      }
-    }
-    const [s, records, error] = await this.first([...this.pending.values()]);
-    this.pending.delete(s);
-    if (error !== undefined) throw error;
-    return records;
+  /** Python's _done: with stopAtEnd, a partition read up to the high watermark it last saw. */
+  private isDone(s: PartitionStream): boolean {
+    return this.stopAtEnd && s.highWatermark >= 0n && s.offset >= s.highWatermark && !s.holding;
   }
 
-  /** The first of `racers` to settle, or an AbortError once the signal fires. Not a race
-   * against `this.aborted`: a promise that never settles keeps one reaction per race, and each
-   * reaction keeps that call's records alive (every record read, for as long as the consumer
-   * lives). The abort listener is removed when the race ends. */
-  private first<T>(racers: Promise<T>[]): Promise<T> {
+  /** The records of the next read of any partition, or null when there is nothing more
+   * (closed, or stopAtEnd and every partition done). `until`: a deadline (ms since the epoch)
+   * after which [] is given, or null; `keepalives`: an empty read is given as [] (else waited
+   * past); `together`: the records of other reads already in are added (poll, as Python's). */
+  private async take(until: number | null, keepalives: boolean, together: boolean): Promise<ConsumerRecord[] | null> {
+    if (this.signal?.aborted) throw abortError();
+    if (this.closed) return null;
+    const streams = await this.resolve();
+    for (;;) {
+      if (this.closed) return this.ended();
+      for (const s of streams) if (!this.pending.has(s) && !this.isDone(s)) this.pending.set(s, read(s));
+      if (this.pending.size === 0) return null;
+      const won = await this.first([...this.pending.values()], until);
+      if (won === CLOSED || this.closed) return this.ended();
+      if (won === TIMEOUT) return [];
+      if (this.pending.get(won.stream) !== won) continue; // a call made at the same time took it: each read goes out once
+      this.pending.delete(won.stream);
+      if (won.error !== undefined) throw won.error;
+      let out = won.records!;
+      if (together) {
+        for (const [s, r] of this.pending) {
+          if (r.settled && r.error === undefined) { this.pending.delete(s); out = out.concat(r.records!); }
+        }
+      }
+      if (out.length || keepalives) return out;
+      if (until !== null && Date.now() >= until) return [];
+    }
+  }
+
+  /** null, or the AbortError when the signal closed this consumer (only the signal rejects a read). */
+  private ended(): null {
+    if (this.signal?.aborted) throw abortError();
+    return null;
+  }
+
+  /** The first of `reads` to settle (the first settled already, in order), TIMEOUT at `until`,
+   * CLOSED once closed, or an AbortError once the signal fires. Not Promise.race over the
+   * reads: a race leaves a reaction on each read that has not settled, holding the race and so
+   * what it resolved to, the records of another read; a quiet partition's read, raced by every
+   * call, kept every batch handed out meanwhile alive. Every waiter, listener and the timer go
+   * when this ends. */
+  private first(reads: Read[], until: number | null): Promise<Read | typeof TIMEOUT | typeof CLOSED> {
+    const stop = this.stopper.signal;
     const signal = this.signal;
-    if (!signal) return Promise.race(racers);
-    return new Promise<T>((resolve, reject) => {
-      if (signal.aborted) { reject(abortError()); return; }
-      const onAbort = () => reject(abortError());
-      signal.addEventListener("abort", onAbort, { once: true });
-      Promise.race(racers).then((v) => { signal.removeEventListener("abort", onAbort); resolve(v); },
-        (e) => { signal.removeEventListener("abort", onAbort); reject(e); });
+    return new Promise((resolve, reject) => {
+      if (signal?.aborted) { reject(abortError()); return; }
+      if (stop.aborted) { resolve(CLOSED); return; }
+      const settled = reads.find((r) => r.settled);
+      if (settled) { resolve(settled); return; }
+      let timer: NodeJS.Timeout | undefined;
+      const onAbort = () => { done(); reject(abortError()); };
+      const onStop = () => { done(); resolve(CLOSED); };
+      const onRead = (r: Read) => { done(); resolve(r); };
+      const done = () => {
+        clearTimeout(timer); signal?.removeEventListener("abort", onAbort); stop.removeEventListener("abort", onStop);
+        for (const r of reads) r.waiters.delete(onRead);
+      };
+      signal?.addEventListener("abort", onAbort, { once: true });
+      stop.addEventListener("abort", onStop, { once: true });
+      for (const r of reads) r.waiters.add(onRead);
+      if (until !== null) timer = setTimeout(() => { done(); resolve(TIMEOUT); }, Math.max(0, until - Date.now()));
     });
   }
 
-  /** Each non-empty batch's records as one array (a push is decoded batch by batch as they are taken). */
+  /** The records of the next stored batch of any partition (an empty list: a keepalive). Throws
+   * InvalidRequestError once closed, or (stopAtEnd) once every partition was read to its end. */
+  async nextBatch(): Promise<ConsumerRecord[]> {
+    if (this.closed && !this.signal?.aborted) throw new InvalidRequestError("the consumer is closed");
+    const got = await this.take(null, true, false);
+    if (got !== null) return got;
+    if (this.closed) throw abortError("the consumer was closed");
+    throw new InvalidRequestError(`the consumer has read every partition of ${this.topic} to its end (stopAtEnd)`);
+  }
+
+  /** Python's poll: the records of the next read of any partition (one stored batch) with those
+   * of other partitions' reads already in, [] when none came within `timeoutMs` (a read still
+   * under way stays for the next call), [] once closed or (stopAtEnd) read to the end. A read's
+   * error rejects it, as Python's poll raises it (OffsetOutOfRangeError, a SmartModule's
+   * refusal, the reopens used up), and so does the abort signal. Polls made at once each get
+   * other records. */
+  async poll(timeoutMs: number): Promise<ConsumerRecord[]> {
+    if (typeof timeoutMs !== "number" || !Number.isFinite(timeoutMs) || timeoutMs < 0) {
+      throw new InvalidRequestError(`poll: timeoutMs is a number of ms >= 0, not ${String(timeoutMs)}`);
+    }
+    return (await this.take(Date.now() + timeoutMs, false, true)) ?? [];
+  }
+
+  /** Each non-empty batch's records as one array (a push is decoded batch by batch as they are
+   * taken); ends on close() or (stopAtEnd) at the end, rejects only when the signal aborts. */
   async *batches(): AsyncGenerator<ConsumerRecord[]> {
     try {
-      // close() ends the iteration (as Python's consumer); only the abort signal rejects it
-      while (!this.closed) {
-        let b: ConsumerRecord[];
+      for (;;) {
+        let b: ConsumerRecord[] | null;
         try {
-          b = await this.nextBatch();
+          b = await this.take(null, false, false);
         } catch (e) {
           if (this.closed && !this.signal?.aborted) return;
           throw e;
         }
-        if (b.length) yield b;
+        if (b === null) return;
+        yield b;
       }
     } finally {
       this.close();
@@ -295,4 +317,11 @@ export class Consumer implements AsyncIterable<ConsumerRecord> {
     for (const s of this.streams ?? []) s.close();
     this.pending.clear();
   }
+}
+
+function read(stream: PartitionStream): Read {
+  const r: Read = { stream, settled: false, waiters: new Set() };
+  void stream.next().then((records) => { r.records = records; }, (e: unknown) => { r.error = e ?? new KolkError("a read failed"); })
+    .then(() => { r.settled = true; for (const w of [...r.waiters]) w(r); });
+  return r;
 }

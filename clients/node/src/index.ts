@@ -1,7 +1,7 @@
 /** @kolk/client: the public API. */
 export { KolkClient, type ClientOptions } from "./client.js";
 export { AdminClient, type KolkObject } from "./admin.js";
-export { Producer, partitionForKey, type ProducerOptions, type SendOptions, type RecordMetadata, type AcksName } from "./producer.js";
+export { Producer, SentRecords, partitionForKey, type ProducerOptions, type SendOptions, type RecordMetadata, type AcksName } from "./producer.js";
 export { Consumer, Offset, type ConsumerOptions } from "./consumer.js";
 export { GroupConsumer, type GroupConsumerOptions } from "./groups/consumer.js";
 export type { GroupListing } from "./groups/admin.js";

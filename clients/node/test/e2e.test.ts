@@ -8,9 +8,9 @@ import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import v8 from "node:v8";
 import { runInNewContext } from "node:vm";
-import { ClusterUnavailableError, KolkClient, NotFoundError, InvalidRequestError, Offset, SmartModuleFailedError, type ConsumerRecord } from "../src/index.js";
+import { ClusterUnavailableError, KolkClient, NotFoundError, InvalidRequestError, Offset, OffsetOutOfRangeError, SmartModuleFailedError, type ConsumerRecord } from "../src/index.js";
 import { PartitionReader } from "../src/groups/stream.js";
-import { Cluster, freePort, KOLK_BIN } from "./cluster.js";
+import { Cluster, freePort, KOLK_BIN, waitFor } from "./cluster.js";
 
 const root = resolve(dirname(fileURLToPath(import.meta.url)), "../../../..");
 
@@ -108,7 +108,13 @@ describe("a one-SPU cluster", { timeout: 50_000 }, () => {
       // dist/ is fresh: npm test built it just now (prepack would build it again).
       const tgz = execFileSync("npm", ["pack", "--ignore-scripts", "--silent", "--pack-destination", tmp], { cwd: pkg, encoding: "utf8" }).trim().split("\n").pop()!;
       writeFileSync(join(tmp, "package.json"), JSON.stringify({ name: "kolk-pack-check", private: true, type: "module" }));
-      execFileSync("npm", ["install", "--offline", "--no-audit", "--no-fund", "--silent", join(tmp, tgz)], { cwd: tmp, stdio: "pipe", timeout: 60_000 });
+      // Its dependencies are packed from node_modules (the versions package-lock.json pins), so
+      // that the install needs no registry: `--offline` alone needs each dependency's registry
+      // metadata in npm's cache, which `npm ci` does not put there.
+      const deps = execFileSync("npm", ["pack", "--ignore-scripts", "--silent", "--pack-destination", tmp,
+        ...Object.keys(JSON.parse(readFileSync(join(pkg, "package.json"), "utf8")).dependencies).map((d) => join(pkg, "node_modules", d))], { cwd: tmp, encoding: "utf8" })
+        .trim().split("\n").map((f) => join(tmp, f.trim()));
+      execFileSync("npm", ["install", "--offline", "--no-audit", "--no-fund", "--silent", ...deps, join(tmp, tgz)], { cwd: tmp, stdio: "pipe", timeout: 60_000 });
       const readme = readFileSync(join(pkg, "README.md"), "utf8");
       const example = /```js\n([\s\S]*?)```/.exec(readme)![1];
       writeFileSync(join(tmp, "example.mjs"), example);
@@ -158,6 +164,40 @@ describe("a one-SPU cluster", { timeout: 50_000 }, () => {
       (e: Error) => e instanceof InvalidRequestError && /Offset\.absolute\(n\)/.test(e.message));
   });
 
+  it("a consumer overtaken by retention gets the range in Python's words; one from the beginning reads what is left, stopAtEnd", { timeout: 20_000 }, async () => {
+    const topic = "retained"; // small segments and a small size limit: retention deletes as records arrive
+    await client.createTopic(topic, { config: { segment_bytes: "4096", max_message_bytes: "4096", retention_bytes: "16384" } });
+    const p = client.producer(topic, { lingerMs: 0, batchBytes: 2048 });
+    const value = new Uint8Array(200).fill(7);
+    const produce = async (n: number) => { await Promise.all(Array.from({ length: n }, () => p.send(value))); };
+    await produce(40); // about 9 KiB: below retention_bytes, nothing deleted yet
+    const c = client.consumer(topic, { partition: 0, windowBytes: 1 }); // one batch per push: the rest waits on the SPU
+    try {
+      const first = await c.poll(5_000);
+      assert.equal(first[0]?.offset, 0n);
+      const seen = first.map((r) => r.offset);
+      await produce(200);
+      await waitFor("retention to delete past the consumer's position", async () =>
+        (await client.offsets(topic, 0)).logStart > seen[seen.length - 1] + 20n, 15_000);
+      const e = await (async () => {
+        for (let i = 0; i < 100; i++) { // bounded: a window of one batch holds at most one push
+          try { seen.push(...(await c.poll(5_000)).map((r) => r.offset)); } catch (x) { return x as OffsetOutOfRangeError; }
+        }
+        return null;
+      })();
+      assert.ok(e instanceof OffsetOutOfRangeError, `not an OffsetOutOfRangeError: ${String(e)}`);
+      assert.deepEqual(seen, Array.from({ length: seen.length }, (_, i) => BigInt(i)), "in order, without gaps");
+      assert.equal(e.offset, BigInt(seen.length));
+      assert.match(e.message, new RegExp(`^offset ${seen.length} of retained-0 is below the log start ${e.logStartOffset} \\(records ${e.logStartOffset}-`));
+    } finally { c.close(); await p.close(); }
+    const { logStart, logEnd } = await client.offsets(topic, 0);
+    const rest: bigint[] = [];
+    for await (const r of client.consumer(topic, { partition: 0, stopAtEnd: true })) rest.push(r.offset);
+    assert.ok(rest[0] >= logStart, `read from ${rest[0]}, the log start was ${logStart}`);
+    assert.deepEqual(rest, Array.from({ length: rest.length }, (_, i) => rest[0] + BigInt(i)), "what is left, in order, to the end");
+    assert.equal(rest[rest.length - 1], logEnd - 1n);
+  });
+
   it("a KolkClient without an SC address is one line naming the fix (Python's Client() has a default, this has none)", () => {
     for (const o of [undefined, {}, { sc: "" }, { sc: [] }]) {
       assert.throws(() => new KolkClient(o as unknown as { sc: string }),
@@ -173,17 +213,23 @@ describe("a one-SPU cluster", { timeout: 50_000 }, () => {
     await p.close();
     v8.setFlagsFromString("--expose-gc");
     const gc = runInNewContext("gc") as () => void;
-    for (const signal of [undefined, new AbortController().signal]) {
+    // batches(), with and without a signal, and poll() (its race, its timer, the reads it leaves pending).
+    for (const [signal, how] of [[undefined, "batches"], [new AbortController().signal, "batches"], [undefined, "poll"]] as const) {
       // A window smaller than a batch: one batch per push.
       const c = client.consumer(topic, { partition: 0, offset: Offset.beginning(), windowBytes: 1, signal });
       const it = c.batches();
-      const first = new WeakRef((await it.next()).value as ConsumerRecord[]);
+      const next = async (): Promise<ConsumerRecord[]> => {
+        if (how === "batches") return (await it.next()).value as ConsumerRecord[];
+        for (;;) { const b = await c.poll(50); if (b.length) return b; }
+      };
+      const first = new WeakRef(await next());
       let n = 1;
-      while (n < 6) n += ((await it.next()).value as ConsumerRecord[]).length;
+      while (n < 6) n += (await next()).length;
       await new Promise((r) => setImmediate(r));
       gc();
-      assert.equal(first.deref(), undefined, "the first batch is still reachable after five more were read");
+      assert.equal(first.deref(), undefined, `the first batch is still reachable after five more were read (${how})`);
       await it.return(undefined);
+      c.close();
     }
   });
 

@@ -5,9 +5,9 @@ import zlib from "node:zlib";
 import { compress as zstdCompress } from "@bokuweb/zstd-wasm";
 import { CorruptDataError, InvalidBatchError } from "../src/errors.js";
 import { crc32, crc32c, crc32cPortable } from "../src/crc32c.js";
-import { RECORDS_BYTES_MAX, compress, decompress } from "../src/compression.js";
+import { RECORDS_BYTES_MAX, compress, decompress, decompressAsync } from "../src/compression.js";
 import {
-  CRC_START, HEADER_SIZE, batchRecordCount, decodeBatches, encodeBatch, lastOffsetOf, readHeader,
+  CRC_START, HEADER_SIZE, batchRecordCount, decodeBatchAt, decodeBatchAtAsync, decodeBatches, encodeBatch, lastOffsetOf, readHeader,
 } from "../src/records.js";
 import type { BatchIdentity, Codec, ConsumerRecord, ProducerRecord } from "../src/records.js";
 
@@ -293,6 +293,46 @@ test("refuses a section that expands past the limit", () => {
   assert.match(refuses(() => decompress("zstd", compress("zstd", big), RECORDS_BYTES_MAX), "expansion"), /past the limit/);
   // Through the decoder too: a small batch whose section would expand past 64 MiB.
   refuses(() => decodeBatches(withBody(compress("zstd", big), 4), 0), "expansion");
+});
+
+test("gzip expanded off the event loop: decodeBatchAtAsync decodes and refuses exactly as decodeBatchAt", async () => {
+  const gz = zlib.gzipSync(plainSection());
+  const batches: Uint8Array[] = [
+    withBody(gz, 1), withBody(new Uint8Array([...gz, 0, 1, 2]), 1), withBody(new Uint8Array([...gz, ...gz]), 1),
+    withBody(gz.subarray(0, gz.length - 4), 1), withBody(gz.subarray(0, 20), 1), withBody(plainSection(), 1),
+    withBody(zlib.gzipSync(new Uint8Array(RECORDS_BYTES_MAX + 1)), 1), // expands past the limit: refused, not expanded
+  ];
+  const bad = new Uint8Array(gz); bad[bad.length - 1] ^= 1;
+  batches.push(withBody(bad, 1));
+  const r = rng(11);
+  for (let i = 0; i < 20; i++) batches.push(encodeBatch(randomRecords(r), { codec: (["none", "gzip", "zstd"] as const)[i % 3] }));
+  const outcome = async (f: () => unknown) => {
+    try { return { records: await f() }; } catch (e) { return { error: (e as InvalidBatchError).constructor.name, reason: (e as InvalidBatchError).reason, message: (e as Error).message }; }
+  };
+  for (const [i, b] of batches.entries()) {
+    const sync = await outcome(() => decodeBatchAt(b, 0, 3, 1n));
+    assert.deepEqual(await outcome(() => decodeBatchAtAsync(b, 0, 3, 1n)), sync, `batch ${i}`);
+    if (i < 8) assert.ok("error" in sync || i === 0, `batch ${i} is refused`);
+  }
+  // A bomb is stopped at the limit it is given, with the typed refusal.
+  const bomb = zlib.gzipSync(new Uint8Array(1 << 20));
+  assert.match(refuses(() => decompress("gzip", bomb, 64 << 10), "expansion"), /past the limit of 65536 bytes/);
+  await assert.rejects(decompressAsync("gzip", bomb, 64 << 10), (e: InvalidBatchError) => e.reason === "expansion" && /past the limit of 65536 bytes/.test(e.message));
+});
+
+test("a 4 MiB gzip section expands while the event loop turns", async () => {
+  const r = rng(5);
+  const raw = new Uint8Array(4 << 20);
+  for (let i = 0; i < raw.length; i++) raw[i] = 97 + Math.floor(r() * 16);
+  const gz = compress("gzip", raw);
+  let turns = 0;
+  let done = false;
+  const turn = () => { turns++; if (!done) setImmediate(turn); };
+  setImmediate(turn);
+  const out = await decompressAsync("gzip", gz);
+  done = true;
+  assert.ok(Buffer.from(out.buffer, out.byteOffset, out.length).equals(raw), "what went in comes out");
+  assert.ok(turns > 0, "the event loop did not turn while the section expanded");
 });
 
 // A seeded random round trip: every codec, keys, null keys and values, headers with null values,

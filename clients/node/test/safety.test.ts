@@ -1,10 +1,11 @@
 /** Data safety and clean shutdown against a real SC and SPU (test/cluster.ts): flush and close
  * wait for every record handed to send(), a closed client leaves no socket behind, a closed
- * consumer leaves no stream open. */
+ * consumer leaves no stream open, a send ends by deliveryTimeoutMs while the SC hangs, sendAll's
+ * records read back. */
 import { after, before, describe, it } from "node:test";
 import assert from "node:assert/strict";
 import { getEventListeners } from "node:events";
-import { InvalidRequestError, KolkClient } from "../src/index.js";
+import { InvalidRequestError, KolkClient, Offset, RequestTimeoutError } from "../src/index.js";
 import { RECORD_BYTES_MAX } from "../src/producer.js";
 import { Cluster, waitFor } from "./cluster.js";
 
@@ -78,6 +79,65 @@ describe("data safety on a one-SPU cluster", { timeout: 40_000 }, () => {
       c.close();
     }
     assert.equal(getEventListeners(ac.signal, "abort").length, 0, "each closed consumer keeps a listener (and itself) on the signal");
+  });
+
+  it("while the SC hangs (SIGSTOP), sends needing it (leader lookup, partition count, producer id) fail by deliveryTimeoutMs", async () => {
+    const DELIVERY_MS = 1_000;
+    const GRACE_MS = 500; // timers' precision and a loaded machine's event-loop lag
+    await client.createTopic("s-hang", { partitions: 1 });
+    await client.createTopic("s-hang2", { partitions: 1 });
+    const c = new KolkClient({ sc: cluster.sc, timeoutMs: 20_000 }); // the SC's own deadline: far past deliveryTimeoutMs
+    const opts = { lingerMs: 0, timeoutMs: 500, deliveryTimeoutMs: DELIVERY_MS };
+    const sc = cluster.procs.get("sc")!.pid!;
+    let stopped = false;
+    try {
+      const p = c.producer("s-hang", opts);
+      await p.send("warm"); // the count, a producer id, the leader and a connection: all known now
+      const fresh = c.producer("s-hang", opts); // knows the count; has no producer id yet
+      const unknown = c.producer("s-hang2", opts); // does not know the count
+      process.kill(sc, "SIGSTOP");
+      stopped = true;
+      c.forgetLeaders("s-hang"); // as a retriable error does: the next attempt asks the SC
+      const t0 = Date.now();
+      const outcomes = await Promise.all([p.send("a"), fresh.send("b"), unknown.send("c")].map((s) =>
+        within(s.then(() => null, (e: Error) => e), "a send while the SC hangs")));
+      const took = Date.now() - t0;
+      // The SC calls end with the sends that waited for them (not at the client's 20 s).
+      const scPending = () => (c.admin as any).conn?.pending.size ?? 0;
+      await waitFor("the SC calls to end", async () => scPending() === 0, GRACE_MS)
+        .catch(() => assert.fail(`${scPending()} SC call(s) still pending after the sends that made them gave up`));
+      process.kill(sc, "SIGCONT");
+      stopped = false;
+      for (const e of outcomes) {
+        assert.ok(e instanceof RequestTimeoutError && /deliveryTimeoutMs \(1000 ms\)/.test(e.message) && !e.outcomeUnknown, `not a timeout: ${e}`);
+      }
+      assert.ok(took <= DELIVERY_MS + GRACE_MS, `the sends settled ${took} ms after they were made (deliveryTimeoutMs ${DELIVERY_MS})`);
+      // The SC back: each producer sends again (a fresh lookup, producer id, partition count).
+      await within(Promise.all([p.send("a"), fresh.send("b"), unknown.send("c")]), "sends once the SC is back");
+      await Promise.all([p.close(), fresh.close(), unknown.close()]);
+    } finally {
+      if (stopped) process.kill(sc, "SIGCONT");
+      await c.close();
+    }
+  });
+
+  it("sendAll's records are written in order to one partition and read back with the offsets it gave", async () => {
+    await client.createTopic("s-all", { partitions: 3 });
+    const p = client.producer("s-all", { lingerMs: 5, batchBytes: 4096 });
+    const values = Array.from({ length: 200 }, (_, i) => `v${i}`.padEnd(50, "."));
+    const sent = await p.sendAll(values, { key: "k" });
+    const metas = await within(sent.metadata(), "sendAll's metadata");
+    assert.equal(metas.length, 200);
+    assert.ok(metas.every((m, i) => m.partition === sent.partition && m.offset === metas[0].offset + BigInt(i)), "offsets not consecutive");
+    const dec = new TextDecoder();
+    const read: string[] = [];
+    for await (const r of client.consumer("s-all", { partition: sent.partition, offset: Offset.absolute(metas[0].offset) })) {
+      assert.equal(dec.decode(r.key!), "k");
+      read.push(dec.decode(r.value!));
+      if (r.offset === metas[199].offset) break;
+    }
+    assert.deepEqual(read, values);
+    await p.close();
   });
 
   it("a header name is counted in UTF-8 bytes by the size check", async () => {
