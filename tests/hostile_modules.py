@@ -59,7 +59,7 @@ _STEP_LOOP = """(block $done (loop $again (br_if $done (i32.eqz (local.get $k)))
 def slow_filter(steps: int, max_pages: int | None = None) -> bytes:
     """A legal filter that runs ``steps`` steps of a dependent chain of SQRT_CHAIN square
     roots per call, then keeps every record. A step costs ~``step_cost()`` fuel (74 here)
-    and ~0.4 µs, so up to ~1.3 M steps fit the default 100 M fuel per call: up to ~0.5 s a
+    and ~0.27-0.4 µs, so up to ~1.3 M steps fit the default 100 M fuel per call: up to ~0.3-0.5 s a
     call here, legal and only slow (``slow_filter_taking`` picks the steps for a time).
     ``max_pages``: the memory's declared maximum (default none: it may grow to the cap)."""
     if not 0 < steps < 2**31:
@@ -91,6 +91,13 @@ def step_cost() -> tuple[float, int]:
         best = min(best, (time.perf_counter() - t0) / steps)
         fuel = (10**12 - store.get_fuel()) // steps
     return best, fuel
+
+
+def legal_seconds(fuel_per_call: int = 100_000_000) -> float:
+    """The longest call of ``slow_filter`` that stays within 75% of ``fuel_per_call`` on this
+    machine: faster machines run more steps a second, so the same fuel buys less time."""
+    step_s, step_fuel = step_cost()
+    return 0.75 * fuel_per_call / step_fuel * step_s
 
 
 def slow_filter_taking(seconds: float, fuel_per_call: int = 100_000_000, max_pages: int | None = None) -> bytes:
