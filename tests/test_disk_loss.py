@@ -407,6 +407,9 @@ def _cli(c: DataPlaneCluster, *args: str, check: bool = True) -> str:
     return r.stdout + r.stderr
 
 
+# `make test-long` (15-20 s of CLI cluster starts): the same loss is tested in `make test` through
+# the client, test_an_spu_back_with_an_empty_disk_costs_no_acknowledged_record.
+@pytest.mark.long
 def test_the_issue_as_a_new_user_types_it(tmp_path: Any) -> None:
     """Issue 15's steps with the CLI and a local cluster: 500 records with acks=all to
     orders-2, the cluster stopped, the leader's data directory deleted, the cluster started

@@ -30,6 +30,9 @@ def jepsen(out: Any, *args: str) -> tuple[subprocess.CompletedProcess, dict[str,
     return proc, json.loads((out / "results.json").read_text())
 
 
+# `make test-long` (30 s, a seeded 25-second fault run): in `make test`, groups under faults are
+# tests/test_group_consumer.py's coordinator kill and the Node client's group failover.
+@pytest.mark.long
 def test_group_run_with_member_kills_pauses_and_coordinator_kills_is_valid(tmp_path: Any) -> None:
     """Seed 289, 25 s: member 1 is frozen for 4.6 s from 6.6 s (its session is 3 s), the
     coordinator's SPU is killed -9 from 13.5 s to 17.1 s, member 1 is killed -9 at 16.4 s and a
