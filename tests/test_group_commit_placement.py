@@ -5,6 +5,7 @@ on the loop when the device is fast again. Every append is durable in every mode
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import time
 from pathlib import Path
@@ -18,16 +19,20 @@ from test_storage_errors import make_batch, opened
 
 
 class Device:
-    """Stands in for the disk under fdatasync: a chosen duration, and which thread called."""
+    """Stands in for the disk under fdatasync: a chosen duration, and which thread called.
+
+    The real fdatasync is not called: its duration is the machine's, and on a loaded CI
+    machine it passed the 0.5 ms threshold and moved the "fast device" onto a thread. These
+    tests are about where the fsync runs for a given duration; that every append is durable
+    after a real fdatasync is test_storage_errors' and test_storage_disk_faults'."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.seconds = 0.0
         self.threads: list[int] = []
-        real = log_module.os.fdatasync
 
         def fdatasync(fd: int) -> None:
+            os.fstat(fd)  # still refuses a closed descriptor, as the real call would
             self.threads.append(threading.get_ident())
-            real(fd)
             if self.seconds:
                 time.sleep(self.seconds)  # a slow device, not synchronisation
         monkeypatch.setattr(log_module.os, "fdatasync", fdatasync)
@@ -48,7 +53,9 @@ def log(tmp_path: Path):
 
 def test_fast_fsyncs_run_on_the_event_loop(log, monkeypatch: pytest.MonkeyPatch) -> None:
     device = Device(monkeypatch)
-    group = GroupCommit(log)
+    # A wide threshold: a fast device here is one this loaded machine cannot push past it by
+    # preempting the loop in the middle of a timed fsync.
+    group = GroupCommit(log, inline_fsync_max_s=0.05)
     appends(group, 20)
     assert group.fsyncs == group.inline_fsyncs == 20
     assert set(device.threads) == {threading.get_ident()}
@@ -57,8 +64,8 @@ def test_fast_fsyncs_run_on_the_event_loop(log, monkeypatch: pytest.MonkeyPatch)
 
 def test_slow_fsyncs_move_to_a_worker_thread_and_back(log, monkeypatch: pytest.MonkeyPatch) -> None:
     device = Device(monkeypatch)
-    group = GroupCommit(log, inline_fsync_max_s=0.001)
-    device.seconds = 0.005
+    group = GroupCommit(log, inline_fsync_max_s=0.015)
+    device.seconds = 0.05
     appends(group, 10)
     # The first one or two run on the loop (the average starts at 0), the rest on a thread.
     assert group.inline_fsyncs <= 2 and group.fsyncs == 10
