@@ -21,21 +21,18 @@
  * sendAll(): many records to one partition in one call, as Python's send_all.
  */
 import { withinDeadline, type KolkClient } from "./client.js";
-import { crc32c } from "./crc32c.js";
 import { InvalidRequestError, KolkError, OutOfOrderSequenceError, OverloadedError, RequestTimeoutError } from "./errors.js";
 import { Acks } from "./gen/kolk.js";
 import { PRODUCE_BYTES_MAX } from "./limits.js";
 import { checkOptions } from "./options.js";
 import { encodeBatchAsync, type Codec, type Header, type ProducerRecord } from "./records.js";
+import { RECORD_OVERHEAD_BYTES, bytes, checkRecord, checkSize, partitionForKey, what, type SendOptions } from "./producer-record.js";
 import { SentRecords, type RecordMetadata } from "./sent-records.js";
 import { normalizeChain, writeChain, type ChainStage, type Stage } from "./smartmodules.js";
 
 export { SentRecords, type RecordMetadata };
+export { BATCH_HEADER_BYTES, RECORD_BYTES_MAX, RECORD_OVERHEAD_BYTES, partitionForKey, type SendOptions } from "./producer-record.js";
 
-export const RECORD_OVERHEAD_BYTES = 29;
-export const BATCH_HEADER_BYTES = 61;
-/** One record alone in a batch of the SPU's batch_bytes_max (4 MiB), as Python. */
-export const RECORD_BYTES_MAX = (4 << 20) - BATCH_HEADER_BYTES;
 export const SEQUENCE_WRAP = 2 ** 31;
 export const BATCHES_KEPT = 5; // batches per producer the leader remembers for duplicates
 
@@ -58,7 +55,6 @@ export const PRODUCER_OPTIONS: readonly string[] = ["acks", "compression", "ling
   "timeoutMs", "retries", "bufferBytes", "partitioner", "smartmodules", "deliveryTimeoutMs"];
 /** How much longer than the SPU's `timeoutMs` the client waits for its answer (as Python). */
 export const ANSWER_GRACE_MS = 1000;
-export interface SendOptions { key?: Uint8Array | string | null; headers?: Header[]; timestamp?: number; partition?: number }
 
 interface Batch {
   partition: number; records: ProducerRecord[]; nbytes: number;
@@ -83,49 +79,12 @@ interface Waiting {
   all: { sent: SentRecords; resolve: (s: SentRecords) => void; reject: (e: Error) => void } | null;
 }
 
-const bytes = (x: Uint8Array | string | null | undefined): Uint8Array | null =>
-  x === undefined || x === null ? null : typeof x === "string" ? new TextEncoder().encode(x) : x;
-
-/** A record alone must fit a batch the SPU takes (Python's RECORD_BYTES_MAX). */
-function checkSize(size: number): void {
-  if (size > RECORD_BYTES_MAX) {
-    throw new InvalidRequestError(`a record of ${size} bytes is more than the largest batch an SPU accepts (${RECORD_BYTES_MAX} bytes with its header)`);
-  }
-}
-
-const what = (x: unknown) => (x === null ? "null" : typeof x === "object" ? (x as object).constructor?.name ?? "object" : typeof x);
-
-/** A record's fields are what the wire carries: found at send(), not in a batch whose other
- * records would then fail with it. */
-function checkRecord(key: unknown, value: unknown, opts: SendOptions): void {
-  if (value !== null && !(value instanceof Uint8Array)) {
-    throw new InvalidRequestError(`a record's value is a Uint8Array, a string or null, not ${what(value)}`);
-  }
-  if (key !== null && !(key instanceof Uint8Array)) {
-    throw new InvalidRequestError(`a record's key is a Uint8Array, a string or null, not ${what(key)}`);
-  }
-  if (opts.timestamp !== undefined && !Number.isSafeInteger(opts.timestamp)) {
-    throw new InvalidRequestError(`a record's timestamp is an integer of ms since the epoch, not ${String(opts.timestamp)}`);
-  }
-  const hs = opts.headers;
-  if (hs === undefined) return;
-  if (!Array.isArray(hs)) throw new InvalidRequestError(`a record's headers are a list of {key, value}, not ${what(hs)}`);
-  for (const h of hs) {
-    if (h === null || typeof h !== "object" || typeof h.key !== "string" ||
-        (h.value !== null && h.value !== undefined && !(h.value instanceof Uint8Array))) {
-      throw new InvalidRequestError("a record's header is {key: string, value: Uint8Array | null}");
-    }
-  }
-}
-
 /** A promise executor shared by every send(): it hands the settle functions over in `captured`
  * (read right after `new Promise(capture)`), so no closure is made per record. */
 const captured: { resolve: ((m: RecordMetadata) => void) | null; reject: ((e: Error) => void) | null } = { resolve: null, reject: null };
 function capture(resolve: (m: RecordMetadata) => void, reject: (e: Error) => void): void {
   captured.resolve = resolve; captured.reject = reject;
 }
-
-export function partitionForKey(key: Uint8Array, count: number): number { return crc32c(key) % count; }
 
 export class Producer {
   readonly acks: AcksName; readonly compression: Codec; readonly lingerMs: number; readonly batchBytes: number;

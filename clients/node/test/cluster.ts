@@ -24,12 +24,14 @@ export function freePort(): Promise<number> {
   });
 }
 
-export async function waitFor<T>(what: string, fn: () => Promise<T | null | undefined | false>, timeoutMs = START_TIMEOUT_MS): Promise<T> {
+/** Poll `fn` every `intervalMs` until it gives something truthy; fail after `timeoutMs`. */
+export async function waitFor<T>(what: string, fn: () => T | null | undefined | false | Promise<T | null | undefined | false>,
+                                 timeoutMs = START_TIMEOUT_MS, intervalMs = 100): Promise<T> {
   const deadline = Date.now() + timeoutMs;
   let last: unknown = null;
   while (Date.now() < deadline) {
     try { const v = await fn(); if (v) return v; } catch (e) { last = e; }
-    await new Promise((r) => setTimeout(r, 100));
+    await new Promise((r) => setTimeout(r, intervalMs));
   }
   throw new Error(`timed out waiting for ${what}${last ? `: ${(last as Error).message}` : ""}`);
 }

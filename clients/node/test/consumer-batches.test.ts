@@ -22,6 +22,7 @@ import { RECORDS_BYTES_MAX } from "../src/compression.js";
 import { readMessage } from "../src/message.js";
 import { afterOutOfRange } from "../src/offset-range.js";
 import type { KolkClient } from "../src/client.js";
+import { waitFor } from "./cluster.js";
 import { watchInflates } from "./inflates.js";
 
 const servers: net.Server[] = [];
@@ -100,12 +101,9 @@ async function stubClient(address: string, hw: bigint, ranges: Range[] = []): Pr
   } as unknown as KolkClient;
 }
 
+/** A condition of the test's own state: polled often, since nothing else wakes the test. */
 async function until(what: string, cond: () => boolean, ms = 5_000): Promise<void> {
-  const deadline = Date.now() + ms;
-  while (!cond()) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 5));
-  }
+  await waitFor(what, cond, ms, 5);
 }
 
 // One gzip batch of one record of ~64 MiB of zeros (~65 KiB on the wire), made once.
