@@ -97,12 +97,14 @@ class DataPlaneCluster:
         return self.sc.admin_addresses
 
     def start(self) -> "DataPlaneCluster":
+        # The SPUs start beside the SC, as `kolk cluster start` starts them: an SPU retries its
+        # registration until the SC leads, and the two start-ups overlap (1-3 s per cluster).
         self.sc.start_all()
+        for i in self.spus:
+            self.launch_spu(i)
         wait_for(lambda: run(lambda: AdminClient(self.sc_addresses, timeout_s=2,
                                                  tls=self.tls_for("node")).cluster_status())["leader"],
                  START_TIMEOUT_S, lambda: "the SC to elect itself leader\n" + self.sc.logs())
-        for i in self.spus:
-            self.launch_spu(i)
         for i in self.spus:
             wait_for(lambda i=i: self._ready(i), START_TIMEOUT_S, lambda i=i: f"SPU {i} to serve\n" + self.logs())
         return self
