@@ -69,17 +69,26 @@ class Writing:
 
 
 def stop_all_spus(c: DataPlaneCluster) -> None:
-    for i in c.spus:
-        c.kill_spu(i, signal.SIGTERM)
+    """SIGTERM every SPU at once, then wait for each, as `kolk cluster stop` does
+    (core/cli/local_cluster.py _stop_pids): each still hands its leaderships over first."""
+    running = [s.proc for s in c.spus.values() if s.alive]
+    for proc in running:
+        os.kill(proc.pid, signal.SIGTERM)
+    for proc in running:
+        proc.wait(timeout=30)
 
 
 async def restart_whole_cluster(c: DataPlaneCluster, wipe: int | None = None) -> None:
-    """The issue's steps: stop every SPU and the SC, optionally lose one SPU's disk, start all."""
+    """The issue's steps: stop every SPU and the SC, optionally lose one SPU's disk, start all.
+    The SPUs start beside the SC, as `kolk cluster start` starts them: each registers once the
+    SC answers (it retries until then)."""
     stop_all_spus(c)
     c.sc.kill_all(signal.SIGTERM)
     if wipe is not None:
         shutil.rmtree(c.spus[wipe].data_dir)
     c.sc.start_all()
+    for i in c.spus:
+        c.launch_spu(i)
 
     async def sc_leads() -> bool:
         admin = AdminClient(c.sc_addresses, timeout_s=2)
@@ -88,8 +97,6 @@ async def restart_whole_cluster(c: DataPlaneCluster, wipe: int | None = None) ->
         finally:
             await admin.close()
     await wait_until(sc_leads, 30, "the SC to lead again")
-    for i in c.spus:
-        c.launch_spu(i)
     for i in c.spus:
         await c.wait_spu_ready(i)
 
@@ -333,9 +340,11 @@ def test_offline_partition_and_unclean_election(tmp_path: Any) -> None:
             await client.produce("solo", 0, b"", retries=0)
         text = str(e.value)
         assert "offline" in text and f"SPU {owner}" in text and "--unclean" in text, text
-        listed = _cli(c, "partition", "list", "--topic", "solo")
+        # Both at once (one CLI start less to wait for): the refused election changes nothing.
+        listed, refused = await asyncio.gather(
+            asyncio.to_thread(_cli, c, "partition", "list", "--topic", "solo"),
+            asyncio.to_thread(_cli, c, "partition", "elect", "solo-0", check=False))
         assert "no in-sync replica holds every acknowledged record" in listed, listed
-        refused = _cli(c, "partition", "elect", "solo-0", check=False)
         assert "unclean" in refused, refused
         out = _cli(c, "partition", "elect", "solo-0", "--unclean")
         assert f"SPU {owner} leads" in out and "given up" in out, out

@@ -196,8 +196,10 @@ def test_isolated_leader_is_replaced_and_its_divergent_tail_truncated(tmp_path: 
         client = c.client()
         await client.create_topic("t", 1, 3)
         acked: dict[bytes, int] = {}
+        first = client.producer("t")
         for i in range(50):
-            acked[b"a-%d" % i] = (await (await client.producer("t").send(b"a-%d" % i))).offset
+            acked[b"a-%d" % i] = (await (await first.send(b"a-%d" % i))).offset
+        await first.close()
         await wait_in_sync(client, "t-0")
         old = await leader_of(client, "t-0")
         c.proxies["private"][old].cut("blackhole")
@@ -211,7 +213,11 @@ def test_isolated_leader_is_replaced_and_its_divergent_tail_truncated(tmp_path: 
         r = await produce_raw(spu, "all", one(b"never"), 500)
         assert not r.result.ok
         await wait_until(lambda: _leader_moved(client, old), 20, "a new leader to be elected")
-        producer = client.producer("t", retries=50)
+        # The client still has the isolated leader cached, so the first request goes there and
+        # cannot be acknowledged: it waits out its request timeout, then is retried on the new
+        # leader. 3 s instead of the default 30 s: still 15x the followers' fetch wait (200 ms)
+        # that commits a request on the new leader, and a slow one there is retried (idempotent).
+        producer = client.producer("t", retries=50, request_timeout_ms=3000)
         futs = {b"b-%d" % i: await producer.send(b"b-%d" % i) for i in range(500)}
         await producer.flush()
         acked.update({v: (await f).offset for v, f in futs.items()})
