@@ -474,21 +474,32 @@ TEMPLATES = EXAMPLES.parent / "templates" / "rust"
 TEMPLATE_RECORDS = [(b"k", b"temp is 21"), (None, b"a  b"), (b"k", None), (b"", b""), (b"x", b"\xffz")]
 
 
+@pytest.fixture(scope="module")
+def templates_built() -> dict[str, dict[str, bytes]]:
+    """kind -> {"rs": wasm, "c": wasm}, filled by the first case of each kind: the cases of
+    one kind differ only in parameters, and building the same two sources again (~1.5 s of
+    rustc and clang) shows nothing more."""
+    return {}
+
+
 @pytest.mark.parametrize("kind, params", [("filter", {}), ("filter", {"contains": "temp"}), ("map", {}),
                                           ("filter_map", {}), ("array_map", {}), ("aggregate", {}),
                                           ("aggregate", {"initial": "100"})])
 def test_each_rust_template_does_what_its_c_template_does(cache: ModuleCache, tmp_path: pathlib.Path, kind: str,
-                                                          params: dict[str, str]) -> None:
+                                                          params: dict[str, str],
+                                                          templates_built: dict[str, dict[str, bytes]]) -> None:
     """smartmodule/templates/rust/KIND.rs with {{NAME}} filled in builds, and on records of
     every sort gives what the C template of that kind gives, parameters included."""
     assert sorted(p.stem for p in TEMPLATES.glob("*.rs")) == sorted(rust_build.KINDS)
-    built = {}
+    built = templates_built.get(kind, {})
     for lang, build in (("rs", build_rust), ("c", build_c)):
         text = (TEMPLATES.parent / ("rust" if lang == "rs" else "c") / f"{kind}.{lang}").read_text()
         assert "{{NAME}}" in text
-        src = tmp_path / f"my_module.{lang}"
-        src.write_text(text.replace("{{NAME}}", "my_module"))
-        built[lang] = build(src)
+        if lang not in built:
+            src = tmp_path / f"my_module.{lang}"
+            src.write_text(text.replace("{{NAME}}", "my_module"))
+            built[lang] = build(src)
+    templates_built[kind] = built
     assert cache.load(built["rs"]).kind == kind
     got = outcome(cache, built["rs"], [TEMPLATE_RECORDS, [], TEMPLATE_RECORDS], params)
     assert got == outcome(cache, built["c"], [TEMPLATE_RECORDS, [], TEMPLATE_RECORDS], params)
