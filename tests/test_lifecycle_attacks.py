@@ -5,6 +5,9 @@ Each test is one attack of the attacker review of issue 19. Each found a hole (e
 while a replica held the key, a wrong SPU reporting, an offset past the log end, a stalled
 loop, recompressed batches past the limit, producer state lost to compaction, the index's
 open files), fixed since; they stay as the proof.
+
+The tests on one SPU that neither stop nor restart it share one cluster (``shared``), each on
+topics of its own; the ones that stop an SPU start their own.
 """
 
 from __future__ import annotations
@@ -14,11 +17,11 @@ import hashlib
 import os
 import shutil
 import signal
-from typing import Any
+from typing import Any, Iterator
 
 import pytest
 
-from dataplane_cluster import DataPlaneCluster, read_all, wait_until
+from dataplane_cluster import DataPlaneCluster, read_all, run_async, wait_until
 from kolk.client.client import AsyncClient
 from kolk.client.producer import partition_for_key
 from kolk.protocol.errors import KolkError
@@ -33,6 +36,19 @@ P0 = f"{TOPIC}-0"
 ERASE_TIMEOUT_S = 60
 
 
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory: Any) -> Iterator[DataPlaneCluster]:
+    """One SC and one SPU for every test here that neither stops, restarts nor reconfigures a
+    process: each uses topics of its own (starting a cluster per test cost ~2-4 s each).
+    Stopped by pid at the end."""
+    c = lifecycle_cluster(tmp_path_factory.mktemp("attacks"), spus=1)
+    try:
+        c.start()
+        yield c
+    finally:
+        c.close()
+
+
 async def produce(client: AsyncClient, topic: str, records: list[tuple[bytes | None, bytes | None]]) -> list[int]:
     """Send ``records`` (key, value) with acks=all; their offsets."""
     producer = client.producer(topic, batch_bytes=2000, linger_ms=1, request_timeout_ms=5000, retries=50)
@@ -45,135 +61,141 @@ async def produce(client: AsyncClient, topic: str, records: list[tuple[bytes | N
 # ---------------------------------------------------------------- produce rules
 
 
-def test_a_compressed_batch_that_expands_past_max_message_bytes_is_not_stored(tmp_path: Any) -> None:
+def test_a_compressed_batch_that_expands_past_max_message_bytes_is_not_stored(shared: DataPlaneCluster) -> None:
     """max_message_bytes is checked on the batch as sent; compression=none then decompresses it.
     A 1 MiB record compressed to a few hundred bytes passes the check and is stored as a 1 MiB
     batch in a topic whose batches may be 4 KiB and whose segments are 4 KiB."""
-    c = lifecycle_cluster(tmp_path, spus=1)
+    c = shared
+    topic = "bomb-none"
 
     async def body() -> None:
         async with c.client() as client:
-            await client.create_topic(TOPIC, 1, 1, config={**SMALL_SEGMENTS, "compression": "none"})
+            await client.create_topic(topic, 1, 1, config={**SMALL_SEGMENTS, "compression": "none"})
             bomb = build_batch([(b"k", b"\0" * (1 << 20))], codec=CODEC_ZSTD)
             assert len(bomb) < 4096
             refused: KolkError | None = None
             try:
-                await client.produce(TOPIC, 0, bomb, retries=0)
+                await client.produce(topic, 0, bomb, retries=0)
             except KolkError as e:
                 refused = e
-            _start, _hw, leo = await client.offsets(TOPIC, 0)
-            biggest = max((os.path.getsize(p) for p in segment_files(c, 1, P0)), default=0)
+            _start, _hw, leo = await client.offsets(topic, 0)
+            biggest = max((os.path.getsize(p) for p in segment_files(c, 1, f"{topic}-0")), default=0)
             assert refused is not None and leo == 0, (
                 f"a {len(bomb)}-byte zstd batch was stored as {biggest} bytes on disk in a topic with "
                 f"max_message_bytes 4096 and segment_bytes 4096 (log end {leo})")
             assert "max_message_bytes" in str(refused)
 
-    run_on(c, body)
+    run_async(body)
 
 
-def test_recompressing_incompressible_records_does_not_store_a_batch_over_max_message_bytes(tmp_path: Any) -> None:
+def test_recompressing_incompressible_records_does_not_store_a_batch_over_max_message_bytes(
+        shared: DataPlaneCluster) -> None:
     """compression=gzip recompresses what producers send; random bytes grow under gzip. A batch
     just under max_message_bytes as sent is stored over it (and over segment_bytes)."""
-    c = lifecycle_cluster(tmp_path, spus=1)
+    c = shared
+    topic = "regzipped"
 
     async def body() -> None:
         async with c.client() as client:
-            await client.create_topic(TOPIC, 1, 1, config={**SMALL_SEGMENTS, "compression": "gzip"})
+            await client.create_topic(topic, 1, 1, config={**SMALL_SEGMENTS, "compression": "gzip"})
             sent = build_batch([(b"k", os.urandom(3990))])
             assert len(sent) <= 4096
             stored_or_refused = "refused"
             try:
-                await client.produce(TOPIC, 0, sent, retries=0)
+                await client.produce(topic, 0, sent, retries=0)
                 stored_or_refused = "stored"
             except KolkError:
                 pass
-            biggest = max((os.path.getsize(p) for p in segment_files(c, 1, P0)), default=0)
+            biggest = max((os.path.getsize(p) for p in segment_files(c, 1, f"{topic}-0")), default=0)
             assert biggest <= 4096, (
                 f"a {len(sent)}-byte batch was {stored_or_refused}; the SPU wrote a {biggest}-byte gzip batch into a "
                 f"topic with max_message_bytes 4096 and segment_bytes 4096")
 
-    run_on(c, body)
+    run_async(body)
 
 
-def test_a_keyless_record_behind_a_keyed_one_in_a_compressed_batch_is_refused(tmp_path: Any) -> None:
-    c = lifecycle_cluster(tmp_path, spus=1)
+def test_a_keyless_record_behind_a_keyed_one_in_a_compressed_batch_is_refused(shared: DataPlaneCluster) -> None:
+    c = shared
+    topic = "smuggled"
 
     async def body() -> None:
         async with c.client() as client:
-            await client.create_topic(TOPIC, 1, 1, config={"cleanup_policy": "compact"})
+            await client.create_topic(topic, 1, 1, config={"cleanup_policy": "compact"})
             smuggled = build_batch([(b"k", b"v"), (b"k2", b"v2"), (None, b"no key")], codec=CODEC_GZIP)
             with pytest.raises(KolkError) as e:
-                await client.produce(TOPIC, 0, smuggled, retries=0)
+                await client.produce(topic, 0, smuggled, retries=0)
             assert "record 2 of the batch at byte 0 has no key" in str(e.value)
-            _start, _hw, leo = await client.offsets(TOPIC, 0)
+            _start, _hw, leo = await client.offsets(topic, 0)
             assert leo == 0
 
-    run_on(c, body)
+    run_async(body)
 
 
 # ---------------------------------------------------------------- erasure
 
 
-def test_an_erasure_after_add_partitions_reaches_the_partition_that_holds_the_key(tmp_path: Any) -> None:
+def test_an_erasure_after_add_partitions_reaches_the_partition_that_holds_the_key(shared: DataPlaneCluster) -> None:
     """The key's records were written while the topic had 1 partition (all in partition 0).
     After add-partitions the key hashes elsewhere; `erase` writes the tombstone and erases only
     there, and reports done while partition 0 still holds every record of the key."""
-    c = lifecycle_cluster(tmp_path, spus=1)
+    c = shared
     subject = next(b"subject-%d" % i for i in range(100) if partition_for_key(b"subject-%d" % i, 4) != 0)
+    topic = "grown"
 
     async def body() -> None:
         async with c.client() as client:
-            await client.create_topic(TOPIC, 1, 1, config={**SMALL_SEGMENTS, "cleanup_policy": "compact"})
-            await produce(client, TOPIC, [(subject, b"secret %d" % i) for i in range(5)])
-            await client.admin.add_partitions(TOPIC, 4)
-            erasures = await asyncio.wait_for(client.admin.erase_key(TOPIC, subject, timeout_s=ERASE_TIMEOUT_S),
+            await client.create_topic(topic, 1, 1, config={**SMALL_SEGMENTS, "cleanup_policy": "compact"})
+            await produce(client, topic, [(subject, b"secret %d" % i) for i in range(5)])
+            await client.admin.add_partitions(topic, 4)
+            erasures = await asyncio.wait_for(client.admin.erase_key(topic, subject, timeout_s=ERASE_TIMEOUT_S),
                                               ERASE_TIMEOUT_S + 30)
             assert len(erasures) == 4 and all(e.state == "done" for e in erasures)  # one per partition
             erasure = next(e for e in erasures if e.partition == 0)
             assert erasure.found
-            holders = {f"{TOPIC}-{p}": [o for o, k, _v in replica_records(c, 1, f"{TOPIC}-{p}") if k == subject]
+            holders = {f"{topic}-{p}": [o for o, k, _v in replica_records(c, 1, f"{topic}-{p}") if k == subject]
                        for p in range(4)}
             assert not any(holders.values()), (
                 f"erasure {erasure.name} is done, but offsets of the key are still on disk: {holders}")
 
-    run_on(c, body)
+    run_async(body)
 
 
-def test_an_erase_request_past_the_log_end_does_not_erase_records_written_after_it(tmp_path: Any) -> None:
+def test_an_erase_request_past_the_log_end_does_not_erase_records_written_after_it(shared: DataPlaneCluster) -> None:
     """eraseKey takes the tombstone's offset from the caller and the SC checks only that it is
     >= 0. An offset past the log end is accepted; the SPU waits until its high watermark passes
     it and then removes every record of the key up to there -- including records written after
     the request (a new consent, a new account under the same id)."""
-    c = lifecycle_cluster(tmp_path, spus=1)
+    c = shared
     subject = b"subject-bogus-offset"
     digest = hashlib.sha256(subject).hexdigest()
+    topic = "far-offset"
 
     async def body() -> None:
         async with c.client() as client:
-            await client.create_topic(TOPIC, 1, 1, config={**SMALL_SEGMENTS, "cleanup_policy": "compact"})
-            await produce(client, TOPIC, [(b"other-%d" % i, b"v") for i in range(5)])
-            _s, _hw, leo = await client.offsets(TOPIC, 0)
+            await client.create_topic(topic, 1, 1, config={**SMALL_SEGMENTS, "cleanup_policy": "compact"})
+            await produce(client, topic, [(b"other-%d" % i, b"v") for i in range(5)])
+            _s, _hw, leo = await client.offsets(topic, 0)
             try:
-                r = await client.admin._request("eraseKey", write=True, topic=TOPIC, partition=0, keySha256=digest,
+                r = await client.admin._request("eraseKey", write=True, topic=topic, partition=0, keySha256=digest,
                                                 offset=leo + 50)
             except KolkError as e:  # refused: the fix; the message names the offset and the log end
                 assert str(leo + 50) in str(e) and str(leo) in str(e)
                 return
             name = r.erasure.name
             # Written after the request, never erased by anyone.
-            later = await produce(client, TOPIC, [(subject, b"written later %d" % i) for i in range(10)]
+            later = await produce(client, topic, [(subject, b"written later %d" % i) for i in range(10)]
                                   + [(b"filler-%d" % i, b"f" * 300) for i in range(60)])
             await wait_until(lambda: client.admin.erasure_status(name), 10, "the erasure to be readable")
 
             async def settled() -> bool:
                 return (await client.admin.erasure_status(name)).state == "done"
             await wait_until(settled, ERASE_TIMEOUT_S, f"erasure {name} to finish")
-            kept = [r.offset for r in await read_all(client, TOPIC, partition=0) if r.key == subject]
+            kept = [r.offset for r in await read_all(client, topic, partition=0) if r.key == subject]
             assert kept == later[:10], (
                 f"eraseKey at offset {leo + 50} (the log ended at {leo}) was accepted and removed records of the "
                 f"key written after the request: offsets {later[:10]} written, {kept} left")
 
-    run_on(c, body)
+    run_async(body)
 
 
 # ---------------------------------------------------------------- compaction and idempotent producers
@@ -271,17 +293,18 @@ BOMBS = 20
 STALL_S_MAX = 0.25
 
 
-def test_small_compressed_requests_that_expand_do_not_stall_the_spu_for_other_topics(tmp_path: Any) -> None:
+def test_small_compressed_requests_that_expand_do_not_stall_the_spu_for_other_topics(shared: DataPlaneCluster) -> None:
     """prepare() runs on the event loop when the request is at most 64 KiB, whatever the batch
     decompresses to (up to SECTION_BYTES_MAX, 64 MiB). A 2 KB zstd batch of one 60 MiB record
     to a topic with compression=none is refused only after the SPU decompressed and
     re-encoded it on the loop (~70 ms each): twenty such requests (40 KB in all) stall a
     one-record produce to an unrelated topic for more than a second."""
-    c = lifecycle_cluster(tmp_path, spus=1)
+    c = shared
+    topic = "bombed"
 
     async def body() -> None:
         async with c.client() as client:
-            await client.create_topic(TOPIC, 1, 1, config={"compression": "none"})
+            await client.create_topic(topic, 1, 1, config={"compression": "none"})
             await client.create_topic("other", 1, 1)
             bomb = build_batch([(b"k", b"\0" * (60 << 20))], codec=CODEC_ZSTD)
             small = build_batch([(b"k", b"v")])
@@ -297,7 +320,7 @@ def test_small_compressed_requests_that_expand_do_not_stall_the_spu_for_other_to
 
             async def attacker() -> str:
                 try:
-                    await client.produce(TOPIC, 0, bomb, retries=0)
+                    await client.produce(topic, 0, bomb, retries=0)
                     return "stored"
                 except KolkError as e:
                     return str(e)
@@ -315,7 +338,7 @@ def test_small_compressed_requests_that_expand_do_not_stall_the_spu_for_other_to
                 f"{BOMBS} produce requests of {len(bomb)} bytes each (refused) held a one-record produce to another "
                 f"topic for {max(waits):.2f} s")
 
-    run_on(c, body)
+    run_async(body)
 
 
 # ---------------------------------------------------------------- erasure and a rebuilt replica

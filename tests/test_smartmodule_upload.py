@@ -7,6 +7,10 @@ the CLI). Both give the message ``validate_module`` gives, and nothing is stored
 module is accepted both ways. The two modules that are slow to compile (``COMPILE_HEAVY``)
 may be refused by the compile time limit or accepted, but while the SC checks one, it keeps
 answering other requests within ``ANSWER_S_MAX``.
+
+Each CLI run is a fresh Python that spends about a second importing before it checks anything,
+so the CLI runs of the refused corpus and the good module are started together by the
+``cli_creates`` fixture, ``CLI_RUNS_PARALLEL`` at a time, and each test waits for its own.
 """
 
 from __future__ import annotations
@@ -18,7 +22,8 @@ import os
 import subprocess
 import sys
 import time
-from typing import Any
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, Iterator
 
 import pytest
 
@@ -36,6 +41,8 @@ UPLOAD_TIMEOUT_S = 180.0
 # (docs/smartmodule-abi.md "Validation"), met at most twice (the CLI's own check, the SC's),
 # plus room for process start-up on a loaded machine.
 CLI_CREATE_S_MAX = 40.0
+# CLI runs of `cli_creates` at a time: a run is mostly CPU (imports), and CI has 2 cores.
+CLI_RUNS_PARALLEL = 2
 
 
 @pytest.fixture(scope="module")
@@ -47,6 +54,25 @@ def cluster(tmp_path_factory: Any) -> Any:
         yield c
     finally:
         c.close()
+
+
+@pytest.fixture(scope="module")
+def cli_creates(cluster: DataPlaneCluster, tmp_path_factory: Any) -> Iterator[dict[str, "Future[Any]"]]:
+    """``kolk smartmodule create`` of every module of ``UPLOAD_REFUSED`` (as ``cli-CASE@1``)
+    and of the good one (``cli-good@1``), started in the order the tests run,
+    ``CLI_RUNS_PARALLEL`` at a time; each test takes the result of its own. The labels are all
+    different, so the runs cannot change each other's outcome. The pool waits for the runs
+    still going when the module ends."""
+    d = tmp_path_factory.mktemp("cli-wasm")
+    modules = {f"cli-{case}@1": hm.UPLOAD_REFUSED[case]() for case in sorted(hm.UPLOAD_REFUSED)}
+    modules["cli-good@1"] = hm.good_filter()
+    with ThreadPoolExecutor(max_workers=CLI_RUNS_PARALLEL) as pool:
+        runs = {}
+        for label, wasm in modules.items():
+            path = d / f"{label.replace('@', '-')}.wasm"
+            path.write_bytes(wasm)
+            runs[label] = pool.submit(kolk_create, cluster, label, str(path))
+        yield runs
 
 
 def validation_error(wasm: bytes) -> str:
@@ -91,15 +117,14 @@ async def put_raw(cluster: DataPlaneCluster, label: str, wasm: bytes) -> KolkErr
 
 
 @pytest.mark.parametrize("case", sorted(hm.UPLOAD_REFUSED))
-def test_refused_by_create_and_by_raw_put(cluster: DataPlaneCluster, case: str, tmp_path: Any) -> None:
+def test_refused_by_create_and_by_raw_put(cluster: DataPlaneCluster, cli_creates: dict[str, "Future[Any]"],
+                                          case: str) -> None:
     """The module is refused by the CLI and by a raw putObject, each with the validator's
     message, and neither stores it."""
     wasm = hm.UPLOAD_REFUSED[case]()
     message = validation_error(wasm)
-    path = tmp_path / f"{case}.wasm"
-    path.write_bytes(wasm)
 
-    cli = kolk_create(cluster, f"cli-{case}@1", str(path))
+    cli = cli_creates[f"cli-{case}@1"].result()  # kolk_create of this module (started by the fixture)
     assert cli.returncode == 1, (cli.returncode, cli.stdout, cli.stderr)
     assert cli.stderr.startswith("kolk smartmodule create: ") and message in cli.stderr, (message, cli.stderr)
     assert len(cli.stderr.strip().splitlines()) == 1, cli.stderr
@@ -113,12 +138,11 @@ def test_refused_by_create_and_by_raw_put(cluster: DataPlaneCluster, case: str, 
     assert f"cli-{case}@1" not in names and f"raw-{case}@1" not in names, names
 
 
-def test_good_module_accepted_by_create_and_by_raw_put(cluster: DataPlaneCluster, tmp_path: Any) -> None:
+def test_good_module_accepted_by_create_and_by_raw_put(cluster: DataPlaneCluster,
+                                                       cli_creates: dict[str, "Future[Any]"]) -> None:
     """The identity filter is stored both ways, with the kind the SC found in it."""
     wasm = hm.good_filter()
-    path = tmp_path / "good.wasm"
-    path.write_bytes(wasm)
-    cli = kolk_create(cluster, "cli-good@1", str(path))
+    cli = cli_creates["cli-good@1"].result()  # kolk_create of the good module (started by the fixture)
     assert cli.returncode == 0, cli.stderr
     assert run_async(lambda: put_raw(cluster, "raw-good@1", wasm)) is None
 
