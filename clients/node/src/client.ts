@@ -5,6 +5,7 @@
  */
 import { AdminClient, type KolkObject, sleep } from "./admin.js";
 import { Connection, CONNECT_TIMEOUT_MS, CALL_TIMEOUT_MS, isNoAnswer, type CallOptions } from "./connection.js";
+import { MAX_MESSAGE_BYTES_DEFAULT, TOPIC_DEFAULTS_NAME } from "./limits.js";
 import { checkOptions } from "./options.js";
 import {
   ClusterUnavailableError, InvalidRequestError, KolkError, NotFoundError, PartitionOfflineError, RequestTimeoutError,
@@ -42,6 +43,9 @@ export function withinDeadline<T>(p: Promise<T>, deadline: number | undefined, w
     p.then((v) => { clearTimeout(timer); resolve(v); }, (e) => { clearTimeout(timer); reject(e); });
   });
 }
+
+/** How long a producer waits for its topic's max_message_bytes before it batches without it. */
+export const CONFIG_READ_MS = 2000;
 
 export class KolkClient {
   readonly admin: AdminClient;
@@ -86,6 +90,24 @@ export class KolkClient {
   listGroups(): Promise<groupsAdmin.GroupListing[]> { return groupsAdmin.listGroups(this); }
   describeGroup(group: string): Promise<Record<string, any>> { return groupsAdmin.describeGroup(this, group); }
   deleteGroup(group: string): Promise<void> { return groupsAdmin.deleteGroup(this, group); }
+
+  /** The topic's effective max_message_bytes (its own, the cluster default, else the built-in
+   * 4 MiB), or null when it cannot be read now (the SPU still enforces it). As Python's, but
+   * asked for at most CONFIG_READ_MS (or until `deadline`): a producer whose client knows the
+   * partitions does not wait out a slow SC for it. */
+  async maxMessageBytes(topic: string, deadline?: number): Promise<number | null> {
+    const until = Math.min(deadline ?? Infinity, Date.now() + CONFIG_READ_MS);
+    try {
+      const [t, defaults] = await withinDeadline(Promise.all([this.admin.getObject("topic", topic, true, until),
+        this.admin.getObject("config", TOPIC_DEFAULTS_NAME, true, until)]), until, `reading the config of ${topic}`);
+      if (t === null) return null;
+      const raw = t.spec?.config?.max_message_bytes ?? defaults?.spec?.max_message_bytes;
+      const n = raw === undefined ? MAX_MESSAGE_BYTES_DEFAULT : Number(raw);
+      return Number.isSafeInteger(n) && n > 0 ? n : null;
+    } catch {
+      return null;
+    }
+  }
 
   // ---- routing
   /** The topic's partitions when they were already looked up (no I/O), else undefined. */

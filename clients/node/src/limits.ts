@@ -19,3 +19,8 @@ export const TRAVERSAL_WORDS_PER_BODY_WORD = 8;
 export const TRAVERSAL_WORDS_MIN = 1 << 17;
 /** Bytes written to a connection and not yet read by the server past which calls wait their turn. */
 export const WRITE_BUFFER_HIGH_BYTES = 4 << 20;
+/** From metadata/topic_config.py (there BATCH_BYTES_MAX and DEFAULTS_NAME): a topic's
+ * max_message_bytes when neither it nor the cluster defaults set one (the storage's batch
+ * limit), and the name of the `config` object holding the cluster-wide topic defaults. */
+export const MAX_MESSAGE_BYTES_DEFAULT = 4 << 20;
+export const TOPIC_DEFAULTS_NAME = "topic-defaults";

@@ -26,7 +26,7 @@ import { Acks } from "./gen/kolk.js";
 import { PRODUCE_BYTES_MAX } from "./limits.js";
 import { checkOptions } from "./options.js";
 import { encodeBatchAsync, type Codec, type Header, type ProducerRecord } from "./records.js";
-import { RECORD_OVERHEAD_BYTES, bytes, checkRecord, checkSize, partitionForKey, what, type SendOptions } from "./producer-record.js";
+import { BATCH_HEADER_BYTES, RECORD_OVERHEAD_BYTES, bytes, checkRecord, checkSize, partitionForKey, what, type SendOptions } from "./producer-record.js";
 import { SentRecords, type RecordMetadata } from "./sent-records.js";
 import { normalizeChain, writeChain, type ChainStage, type Stage } from "./smartmodules.js";
 
@@ -92,6 +92,9 @@ export class Producer {
   readonly bufferBytes: number; readonly partitioner: "key" | "round_robin"; private readonly chain: Stage[];
   readonly deliveryTimeoutMs: number;
   private count: number | null = null;
+  /** The most record bytes one batch holds: batchBytes, lowered to the topic's max_message_bytes
+   * (less the batch header) once the partition count is looked up, as Python's producer. */
+  private batchLimit: number;
   private rr = 0;
   private buffered = 0;
   // Calls waiting for room or the count, oldest first from `head` (a queue without O(n) shifts),
@@ -121,6 +124,7 @@ export class Producer {
     this.lingerMs = o.lingerMs ?? 5; this.batchBytes = o.batchBytes ?? 256 << 10; this.maxInFlight = o.maxInFlight ?? 4;
     this.timeoutMs = o.timeoutMs ?? 30_000; this.retries = o.retries ?? 20; this.bufferBytes = o.bufferBytes ?? 64 << 20;
     this.deliveryTimeoutMs = o.deliveryTimeoutMs ?? 120_000;
+    this.batchLimit = this.batchBytes;
     if (!(this.maxInFlight >= 1 && this.maxInFlight <= 64) || this.batchBytes < 1024 || this.bufferBytes < this.batchBytes ||
         this.batchBytes > PRODUCE_BYTES_MAX || !(this.lingerMs >= 0)) {
       throw new InvalidRequestError("need 1 <= maxInFlight <= 64, 1 KiB <= batchBytes <= 16 MiB, bufferBytes >= batchBytes, lingerMs >= 0");
@@ -233,7 +237,7 @@ export class Producer {
     let batch = this.open.get(partition);
     // A record past its deadline and one before it never share a batch (the batch would fail
     // the live one at its seal). Only a record that waited can be past it, or a batch it made.
-    if (batch && (batch.nbytes + size > this.batchBytes ||
+    if (batch && (batch.nbytes + size > this.batchLimit ||
         ((since !== undefined || batch.waited) && this.expired(batch.created) !== this.expired(since ?? Date.now())))) {
       this.seal(partition);
       batch = undefined;
@@ -255,7 +259,7 @@ export class Producer {
                     since: number | undefined, resolve: (m: RecordMetadata) => void, reject: (e: Error) => void): void {
     const batch = this.add(partition, { key, value: val, headers: opts.headers, timestamp: opts.timestamp ?? Date.now() }, size, since);
     batch.resolves.push(resolve); batch.rejects.push(reject);
-    if (batch.nbytes >= this.batchBytes || this.lingerMs === 0) this.seal(partition);
+    if (batch.nbytes >= this.batchLimit || this.lingerMs === 0) this.seal(partition);
   }
 
   /** Queues a call behind the others that wait, refusing it when they already hold bufferBytes. */
@@ -295,7 +299,7 @@ export class Producer {
         if (batch !== runBatch) { run = sent.open(batch.records.length - 1); runBatch = batch; (batch.parts ??= []).push({ sent, index: run }); }
         batch.resolves.push(null); batch.rejects.push(null);
         sent.add(run);
-        if (batch.nbytes >= this.batchBytes) this.seal(partition);
+        if (batch.nbytes >= this.batchLimit) this.seal(partition);
       }
       if (w.next < w.values.length) return; // no room: the next answered batch pumps again
       this.dequeue(w);
@@ -316,7 +320,9 @@ export class Producer {
     return (w.one ?? w.all)!;
   }
 
-  /** The one lookup of the partition count, ending by the oldest waiting call's deadline. When
+  /** The one lookup of the partition count (and the topic's max_message_bytes, which bounds each
+   * batch; unknown when it cannot be read, and the SPU still enforces it), ending by the oldest
+   * waiting call's deadline. When
    * it times out the calls whose deadline passed fail and the others ask again (each waits
    * until its own deadline); any other failure fails every waiting call (the next send asks
    * again). */
@@ -324,8 +330,9 @@ export class Producer {
     if (this.counting) return;
     this.counting = true;
     const deadline = this.waiting[this.head].since + this.deliveryTimeoutMs;
-    this.client.partitions(this.topic, deadline).then((parts) => {
+    Promise.all([this.client.partitions(this.topic, deadline), this.client.maxMessageBytes(this.topic, deadline)]).then(([parts, limit]) => {
       this.counting = false;
+      if (limit !== null) this.batchLimit = Math.min(this.batchBytes, Math.max(RECORD_OVERHEAD_BYTES, limit - BATCH_HEADER_BYTES));
       this.count = parts.length;
       this.pump();
     }, (e) => {

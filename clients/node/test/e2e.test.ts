@@ -87,6 +87,18 @@ describe("a one-SPU cluster", { timeout: 50_000 }, () => {
       e instanceof InvalidRequestError && /record of \d+ bytes/.test(e.message));
   });
 
+  it("a topic's max_message_bytes bounds the producer's batches, as Python's producer", async () => {
+    // 4 KiB batches on the topic, 256 KiB by default in the producer: 200 records of 100 B sent
+    // at once fill several batches, none past 4 KiB (the SPU would refuse a bigger one whole).
+    await client.createTopic("small-batches", { config: { max_message_bytes: "4096" } });
+    const p = client.producer("small-batches", { lingerMs: 50 });
+    const value = "x".repeat(100);
+    const metas = await Promise.all(Array.from({ length: 200 }, () => p.send(value)));
+    await p.close();
+    assert.deepEqual(metas.map((m) => m.offset), Array.from({ length: 200 }, (_, i) => BigInt(i)));
+    assert.equal((await take(client.consumer("small-batches", { offset: Offset.beginning() }), 200)).length, 200);
+  });
+
   it("runs a SmartModule chain on consume", async () => {
     execFileSync(KOLK_BIN, ["smartmodule", "create", "contains", resolve(root, "smartmodule/examples/contains.c"), "--sc", cluster.sc],
       { stdio: "pipe", timeout: 60_000 });

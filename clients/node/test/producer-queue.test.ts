@@ -37,6 +37,7 @@ class Stub {
 
   private parts() { return Array.from({ length: this.count }, (_, i) => ({ partition: i, leader: 1, replicas: [1] })); }
   knownPartitions() { return this.known ? this.parts() : undefined; }
+  maxMessageBytes(): Promise<number | null> { return Promise.resolve(null); } // unknown: batchBytes bounds batches
   partitions(topic: string, deadline?: number) {
     return withinDeadline(this.lookup ?? Promise.resolve(this.parts()), deadline, `looking up the partitions of ${topic}`);
   }
