@@ -233,6 +233,12 @@ def cluster(tmp_path_factory: Any) -> Any:
                 await admin.admin.put_object("policy", "active", {"version": 1, "source": ALICE_POLICY,
                                                                    "sha256": parse_policy(ALICE_POLICY).sha256})
                 await fill(admin)
+
+                # The SC creates _audit within a second of the first SPU joining (a TLS
+                # cluster): the pages below list it, so the scenario starts once it exists.
+                async def audit_topic() -> bool:
+                    return await admin.admin.get_object("topic", "_audit") is not None
+                await wait_until(audit_topic, WAIT_S, "the SC to create _audit")
         run_async(setup)
         c.console = address  # type: ignore[attr-defined]
         yield c
