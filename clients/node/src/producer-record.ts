@@ -5,12 +5,13 @@
  */
 import { crc32c } from "./crc32c.js";
 import { InvalidRequestError } from "./errors.js";
+import { MAX_MESSAGE_BYTES_DEFAULT } from "./limits.js";
 import type { Header } from "./records.js";
 
 export const RECORD_OVERHEAD_BYTES = 29;
 export const BATCH_HEADER_BYTES = 61;
-/** One record alone in a batch of the SPU's batch_bytes_max (4 MiB), as Python. */
-export const RECORD_BYTES_MAX = (4 << 20) - BATCH_HEADER_BYTES;
+/** One record alone in a batch of the storage's batch limit (4 MiB), as Python. */
+export const RECORD_BYTES_MAX = MAX_MESSAGE_BYTES_DEFAULT - BATCH_HEADER_BYTES;
 export interface SendOptions { key?: Uint8Array | string | null; headers?: Header[]; timestamp?: number; partition?: number }
 
 export const bytes = (x: Uint8Array | string | null | undefined): Uint8Array | null =>
